@@ -1,0 +1,1 @@
+//! The `flotilla` operator CLI.

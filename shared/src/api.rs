@@ -1,0 +1,449 @@
+//! Dashboard API request and response types (`/api/v1/...`), shared by the relay's handlers, the
+//! `flotilla` CLI and the tests. Timestamps are RFC 3339 UTC.
+
+use crate::command::{Command, CommandKind, CommandResult};
+use crate::heartbeat::{AgentEvent, Heartbeat};
+use crate::limit::Limit;
+use crate::selector::{Labels, Selector};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Every API error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// API token scopes; each includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Operate,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Operate => "operate",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Scope::Read),
+            "operate" => Ok(Scope::Operate),
+            "admin" => Ok(Scope::Admin),
+            other => Err(format!(
+                "unknown scope {other:?}: expected read, operate or admin"
+            )),
+        }
+    }
+}
+
+// === enrollment ===
+
+/// `POST /api/v1/enrollment-tokens` (operate).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrollmentToken {
+    #[serde(default)]
+    pub labels: Labels,
+    /// Lifetime in seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Number of enrollments allowed (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uses: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// An enrollment token as listed (never the secret itself).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub max_uses: u32,
+    pub uses: u32,
+    pub revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub created_by: String,
+}
+
+/// Answer to `POST /api/v1/enrollment-tokens`: the only time the secret is shown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollmentTokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: EnrollmentTokenInfo,
+}
+
+/// Facts an agent reports about its host when it enrolls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentFacts {
+    pub hostname: String,
+    pub os: String,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+/// `POST /api/v1/enroll` (no bearer token: the enrollment token is the credential).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// Display name (default: the hostname).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The agent's Ed25519 public key, base64.
+    pub public_key: String,
+    /// Labels the agent asks for; merged over the token's labels (the token's win on conflict,
+    /// since the operator set them).
+    #[serde(default)]
+    pub labels: Labels,
+    pub facts: AgentFacts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub agent_id: String,
+    pub name: String,
+    pub labels: Labels,
+    /// The relay's Ed25519 public key, base64: the agent pins it.
+    pub relay_public_key: String,
+    pub relay_key_fingerprint: String,
+    pub heartbeat_interval_secs: u64,
+}
+
+// === agents ===
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Online,
+    Offline,
+    Revoked,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Offline => "offline",
+            AgentStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// The few figures shown in fleet lists.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsSummary {
+    pub cpu_percent: f32,
+    pub load_1: f64,
+    pub memory_used_percent: f32,
+    pub disk_max_used_percent: f32,
+    pub containers_running: u32,
+    pub containers_total: u32,
+    pub containers_unhealthy: u32,
+}
+
+impl MetricsSummary {
+    pub fn of(hb: &Heartbeat) -> MetricsSummary {
+        let c = &hb.docker.containers;
+        MetricsSummary {
+            cpu_percent: hb.host.cpu_percent,
+            load_1: hb.host.load_1,
+            memory_used_percent: hb.host.memory_used_percent(),
+            disk_max_used_percent: hb.host.disk_max_used_percent(),
+            containers_running: c.iter().filter(|c| c.state == "running").count() as u32,
+            containers_total: c.len() as u32,
+            containers_unhealthy: c
+                .iter()
+                .filter(|c| c.health.as_deref() == Some("unhealthy"))
+                .count() as u32,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub status: AgentStatus,
+    pub enrolled_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<DateTime<Utc>>,
+    pub agent_version: String,
+    pub facts: AgentFacts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<MetricsSummary>,
+}
+
+/// `GET /api/v1/agents/{id}`: the agent plus its latest heartbeat in full.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentDetail {
+    #[serde(flatten)]
+    pub agent: AgentInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// `PATCH /api/v1/agents/{id}`: replaces the agent's labels. The agent sees the new labels at its
+/// next connection (its welcome is re-signed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchAgent {
+    pub labels: Labels,
+}
+
+// === commands ===
+
+/// `POST /api/v1/agents/{id}/commands` (operate), `?wait=SECONDS` to wait for the result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateCommand {
+    #[serde(flatten)]
+    pub command: Command,
+    /// How long the relay keeps trying to deliver (default 600 s, at most 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// Where one command stands for one agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its turn in a job (max-concurrency).
+    Pending,
+    /// Persisted; will be sent when the agent is connected.
+    Queued,
+    /// Written to the agent's socket.
+    Sent,
+    /// The agent journaled it.
+    Received,
+    Succeeded,
+    Failed,
+    Rejected,
+    /// Expired before the agent received it.
+    Undelivered,
+    /// Never dispatched: the job stopped (max-errors reached).
+    Skipped,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Queued => "queued",
+            DeliveryState::Sent => "sent",
+            DeliveryState::Received => "received",
+            DeliveryState::Succeeded => "succeeded",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Rejected => "rejected",
+            DeliveryState::Undelivered => "undelivered",
+            DeliveryState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Queued,
+            DeliveryState::Sent,
+            DeliveryState::Received,
+            DeliveryState::Succeeded,
+            DeliveryState::Failed,
+            DeliveryState::Rejected,
+            DeliveryState::Undelivered,
+            DeliveryState::Skipped,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+
+    /// No further change will happen.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            DeliveryState::Succeeded
+                | DeliveryState::Failed
+                | DeliveryState::Rejected
+                | DeliveryState::Undelivered
+                | DeliveryState::Skipped
+        )
+    }
+
+    /// Counts against a job's max-errors.
+    pub fn is_error(self) -> bool {
+        matches!(self, DeliveryState::Failed | DeliveryState::Rejected)
+    }
+}
+
+/// A command to one agent (`GET /api/v1/commands/{id}`; for a job's command, `agent_id` picks
+/// the agent with `?agent=`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandInfo {
+    pub id: String,
+    pub agent_id: String,
+    pub kind: CommandKind,
+    pub command: Command,
+    pub state: DeliveryState,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CommandResult>,
+}
+
+// === jobs (fan-out) ===
+
+/// `POST /api/v1/jobs` (operate): one command to every agent matching the selector.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateJob {
+    pub selector: Selector,
+    #[serde(flatten)]
+    pub command: Command,
+    /// Most agents working on it at once (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<Limit>,
+    /// Stop dispatching to new agents once errors exceed this (default: never stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_errors: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    /// Every target reached a final state.
+    Completed,
+    /// Errors exceeded max-errors: no new targets were dispatched.
+    Stopped,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub targets: u32,
+    pub pending: u32,
+    pub in_flight: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub rejected: u32,
+    pub undelivered: u32,
+    pub skipped: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobTarget {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub state: DeliveryState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<CommandResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub command_id: String,
+    pub selector: Selector,
+    pub kind: CommandKind,
+    pub command: Command,
+    pub state: JobState,
+    /// Resolved against the number of targets.
+    pub max_concurrency: u32,
+    pub max_errors: Option<u32>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+    pub counts: JobCounts,
+    pub targets: Vec<JobTarget>,
+}
+
+// === API tokens ===
+
+/// `POST /api/v1/api-tokens` (admin).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiToken {
+    pub name: String,
+    pub scope: Scope,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokenCreated {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+}
+
+// === events ===
+
+/// An agent event as stored by the relay (`GET /api/v1/agents/{id}/events`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub agent_id: String,
+    pub received_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub event: AgentEvent,
+}
+
+/// `GET /healthz`, `GET /readyz`, and what `flotilla-relay` prints about itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    pub status: String,
+    pub version: String,
+    pub relay_key_fingerprint: String,
+    pub connected_agents: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn create_command_wire_form() {
+        let v = json!({"kind": "container.stop", "args": {"container": "web", "timeout_secs": 2}, "ttl_secs": 30});
+        let c: CreateCommand = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(c.command.kind(), CommandKind::ContainerStop);
+        assert_eq!(c.ttl_secs, Some(30));
+        assert_eq!(serde_json::to_value(&c).unwrap(), v);
+    }
+
+    #[test]
+    fn create_job_wire_form() {
+        let v = json!({"selector": "tier=build", "kind": "container.list", "args": {"all": true},
+                       "max_concurrency": "50%", "max_errors": "1"});
+        let j: CreateJob = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(j.max_concurrency, Some(Limit::Percent(50)));
+        assert_eq!(serde_json::to_value(&j).unwrap(), v);
+        let bad = json!({"selector": "tier=build", "kind": "container.list", "args": {}, "max_errors": "x%"});
+        assert!(serde_json::from_value::<CreateJob>(bad).is_err());
+    }
+}

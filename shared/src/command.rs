@@ -1,0 +1,524 @@
+//! The enumerated command kinds (no free-form shell), their typed arguments and results, and the
+//! signed envelope in which the relay sends them.
+
+use crate::selector::{Labels, Selector};
+use crate::signing::{PublicKey, SigningError, SigningKey, COMMAND_DOMAIN};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Default stop timeout when a stop/restart names none (Docker's own default).
+pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
+/// Default and largest number of log lines a `container.logs` returns.
+pub const DEFAULT_LOG_TAIL: u32 = 100;
+pub const MAX_LOG_TAIL: u32 = 10_000;
+
+/// Every command kind, in its wire spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum CommandKind {
+    #[serde(rename = "ping")]
+    Ping,
+    #[serde(rename = "container.list")]
+    ContainerList,
+    #[serde(rename = "container.inspect")]
+    ContainerInspect,
+    #[serde(rename = "container.start")]
+    ContainerStart,
+    #[serde(rename = "container.stop")]
+    ContainerStop,
+    #[serde(rename = "container.restart")]
+    ContainerRestart,
+    #[serde(rename = "container.logs")]
+    ContainerLogs,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 7] = [
+        CommandKind::Ping,
+        CommandKind::ContainerList,
+        CommandKind::ContainerInspect,
+        CommandKind::ContainerStart,
+        CommandKind::ContainerStop,
+        CommandKind::ContainerRestart,
+        CommandKind::ContainerLogs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Ping => "ping",
+            CommandKind::ContainerList => "container.list",
+            CommandKind::ContainerInspect => "container.inspect",
+            CommandKind::ContainerStart => "container.start",
+            CommandKind::ContainerStop => "container.stop",
+            CommandKind::ContainerRestart => "container.restart",
+            CommandKind::ContainerLogs => "container.logs",
+        }
+    }
+
+    /// Whether the command changes state on the agent's host (at most one mutating command per
+    /// container runs at a time).
+    pub fn is_mutating(self) -> bool {
+        matches!(
+            self,
+            CommandKind::ContainerStart
+                | CommandKind::ContainerStop
+                | CommandKind::ContainerRestart
+        )
+    }
+}
+
+impl fmt::Display for CommandKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for CommandKind {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CommandKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
+/// A command with its typed arguments: `{"kind": "container.stop", "args": {...}}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "args", deny_unknown_fields)]
+pub enum Command {
+    #[serde(rename = "ping")]
+    Ping(#[serde(default)] PingArgs),
+    #[serde(rename = "container.list")]
+    ContainerList(#[serde(default)] ContainerListArgs),
+    #[serde(rename = "container.inspect")]
+    ContainerInspect(ContainerRef),
+    #[serde(rename = "container.start")]
+    ContainerStart(ContainerRef),
+    #[serde(rename = "container.stop")]
+    ContainerStop(ContainerStopArgs),
+    #[serde(rename = "container.restart")]
+    ContainerRestart(ContainerStopArgs),
+    #[serde(rename = "container.logs")]
+    ContainerLogs(ContainerLogsArgs),
+}
+
+impl Command {
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Command::Ping(_) => CommandKind::Ping,
+            Command::ContainerList(_) => CommandKind::ContainerList,
+            Command::ContainerInspect(_) => CommandKind::ContainerInspect,
+            Command::ContainerStart(_) => CommandKind::ContainerStart,
+            Command::ContainerStop(_) => CommandKind::ContainerStop,
+            Command::ContainerRestart(_) => CommandKind::ContainerRestart,
+            Command::ContainerLogs(_) => CommandKind::ContainerLogs,
+        }
+    }
+
+    /// The container a command acts on, if any (used to serialise mutating commands).
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            Command::Ping(_) | Command::ContainerList(_) => None,
+            Command::ContainerInspect(a) | Command::ContainerStart(a) => Some(&a.container),
+            Command::ContainerStop(a) | Command::ContainerRestart(a) => Some(&a.container),
+            Command::ContainerLogs(a) => Some(&a.container),
+        }
+    }
+
+    /// Builds a command from a kind and its JSON arguments (`null` means no arguments), with an
+    /// error that names what was wrong.
+    pub fn from_parts(kind: &str, args: serde_json::Value) -> Result<Command, String> {
+        let kind: CommandKind = kind.parse().map_err(|e: UnknownKind| e.to_string())?;
+        let args = if args.is_null() {
+            serde_json::json!({})
+        } else {
+            args
+        };
+        serde_json::from_value(serde_json::json!({"kind": kind.as_str(), "args": args}))
+            .map_err(|e| format!("invalid arguments for {kind}: {e}"))
+    }
+
+    /// Checks argument values that the types alone cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(c) = self.container() {
+            if c.is_empty() || c.len() > 128 {
+                return Err("container must be a name or id of 1-128 characters".into());
+            }
+        }
+        if let Command::ContainerLogs(a) = self {
+            if a.tail.unwrap_or(DEFAULT_LOG_TAIL) > MAX_LOG_TAIL {
+                return Err(format!("tail must be at most {MAX_LOG_TAIL} lines"));
+            }
+        }
+        if let Command::ContainerStop(a) | Command::ContainerRestart(a) = self {
+            if a.timeout_secs.unwrap_or(0) > 3600 {
+                return Err("timeout_secs must be at most 3600".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingArgs {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerListArgs {
+    /// Include stopped containers (default true).
+    #[serde(default = "yes")]
+    pub all: bool,
+}
+
+impl Default for ContainerListArgs {
+    fn default() -> Self {
+        ContainerListArgs { all: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A container named by its name (without the leading `/`) or its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRef {
+    pub container: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerStopArgs {
+    pub container: String,
+    /// Seconds to wait after the stop signal before killing (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerLogsArgs {
+    pub container: String,
+    /// Last N lines (default 100, at most 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
+    /// Only lines since this time (RFC 3339, or unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub timestamps: bool,
+}
+
+/// Who a command is addressed to. A fan-out job is signed once with its selector as audience; each
+/// agent checks the selector against the labels in its signed welcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Audience {
+    Agent { agent_id: String },
+    Selector { selector: Selector },
+}
+
+impl Audience {
+    /// Whether an agent with this id and these (relay-signed) labels is addressed.
+    pub fn includes(&self, agent_id: &str, labels: &Labels) -> bool {
+        match self {
+            Audience::Agent { agent_id: a } => a == agent_id,
+            Audience::Selector { selector } => selector.matches(labels),
+        }
+    }
+}
+
+/// What the relay signs: everything that decides what the agent does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandEnvelope {
+    pub id: String,
+    pub audience: Audience,
+    pub command: Command,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An envelope as it travels: the exact JSON text that was signed, and the signature.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedCommand {
+    pub envelope: String,
+    pub signature: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("command signature invalid: {0}")]
+    Signature(#[from] SigningError),
+    #[error("command envelope is malformed: {0}")]
+    Malformed(String),
+}
+
+impl SignedCommand {
+    pub fn sign(envelope: &CommandEnvelope, key: &SigningKey) -> SignedCommand {
+        let text = serde_json::to_string(envelope).expect("envelope serialises");
+        let signature = key.sign(COMMAND_DOMAIN, text.as_bytes());
+        SignedCommand {
+            envelope: text,
+            signature,
+        }
+    }
+
+    /// Checks the signature over the exact received bytes, then parses them. Addressee, expiry and
+    /// replay are the caller's checks (they need the agent's identity, clock and journal).
+    pub fn verify(&self, relay_key: &PublicKey) -> Result<CommandEnvelope, VerifyError> {
+        relay_key.verify(COMMAND_DOMAIN, self.envelope.as_bytes(), &self.signature)?;
+        serde_json::from_str(&self.envelope).map_err(|e| VerifyError::Malformed(e.to_string()))
+    }
+
+    /// Reads the envelope without checking the signature (for the relay's own bookkeeping and
+    /// for logging what was refused).
+    pub fn peek(&self) -> Result<CommandEnvelope, VerifyError> {
+        serde_json::from_str(&self.envelope).map_err(|e| VerifyError::Malformed(e.to_string()))
+    }
+}
+
+/// How a command ended on the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultStatus {
+    /// It ran and did what was asked.
+    Succeeded,
+    /// It ran (or tried to) and failed: unknown container, Docker error, ...
+    Failed,
+    /// The agent refused it before running: bad signature, wrong addressee, expired, policy.
+    Rejected,
+}
+
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Succeeded => "succeeded",
+            ResultStatus::Failed => "failed",
+            ResultStatus::Rejected => "rejected",
+        }
+    }
+}
+
+/// A machine-readable error code plus a sentence for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+}
+
+/// Error codes an agent reports in results.
+pub mod error_codes {
+    pub const BAD_SIGNATURE: &str = "bad_signature";
+    pub const MALFORMED: &str = "malformed_command";
+    pub const WRONG_AUDIENCE: &str = "wrong_audience";
+    pub const EXPIRED: &str = "expired";
+    pub const NOT_YET_VALID: &str = "not_yet_valid";
+    pub const POLICY: &str = "policy_denied";
+    pub const NO_SUCH_CONTAINER: &str = "no_such_container";
+    pub const BUSY: &str = "container_busy";
+    pub const DOCKER: &str = "docker_error";
+    pub const INVALID_ARGS: &str = "invalid_args";
+}
+
+/// The outcome of one command on one agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command_id: String,
+    pub status: ResultStatus,
+    /// The typed output of the command kind (see `*Output` types), when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Output of `ping`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PingOutput {
+    pub agent_version: String,
+    pub hostname: String,
+}
+
+/// One container as `container.list` and heartbeats report it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_id: String,
+    /// created, running, paused, restarting, removing, exited, dead
+    pub state: String,
+    /// Docker's human status line, e.g. "Up 5 minutes (healthy)".
+    pub status: String,
+    /// starting, healthy, unhealthy; None when the container has no health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+    pub restart_count: i64,
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+}
+
+/// Output of `container.list`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerListOutput {
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// Output of `container.start` / `stop` / `restart`: the container's state afterwards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerActionOutput {
+    pub container: ContainerInfo,
+    /// False when the container already was in the requested state (start of a running one).
+    pub changed: bool,
+}
+
+/// Output of `container.logs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerLogsOutput {
+    pub container: String,
+    pub lines: Vec<String>,
+    /// True when lines were dropped to keep the result under the frame size limit.
+    pub truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope(audience: Audience) -> CommandEnvelope {
+        CommandEnvelope {
+            id: "cmd_1".into(),
+            audience,
+            command: Command::ContainerStop(ContainerStopArgs {
+                container: "web".into(),
+                timeout_secs: Some(3),
+            }),
+            issued_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+            expires_at: "2026-01-01T00:10:00Z".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn command_wire_form() {
+        let c =
+            Command::from_parts("container.logs", json!({"container": "web", "tail": 5})).unwrap();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({"kind": "container.logs", "args": {"container": "web", "tail": 5, "timestamps": false}})
+        );
+        assert_eq!(
+            Command::from_parts("ping", serde_json::Value::Null).unwrap(),
+            Command::Ping(PingArgs {})
+        );
+        assert_eq!(
+            Command::from_parts("container.list", json!({})).unwrap(),
+            Command::ContainerList(ContainerListArgs { all: true })
+        );
+    }
+
+    #[test]
+    fn bad_commands_name_the_problem() {
+        let e = Command::from_parts("container.nuke", json!({})).unwrap_err();
+        assert!(e.contains("unknown command kind \"container.nuke\""), "{e}");
+        let e = Command::from_parts("container.stop", json!({})).unwrap_err();
+        assert!(
+            e.contains("container.stop") && e.contains("container"),
+            "{e}"
+        );
+        let e = Command::from_parts("container.stop", json!({"container": "a", "force": true}))
+            .unwrap_err();
+        assert!(e.contains("force"), "{e}");
+        let c = Command::from_parts("container.logs", json!({"container": "a", "tail": 999999}))
+            .unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn signed_envelope_verifies_and_detects_tampering() {
+        let key = SigningKey::generate();
+        let env = envelope(Audience::Agent {
+            agent_id: "ag_1".into(),
+        });
+        let signed = SignedCommand::sign(&env, &key);
+        assert_eq!(signed.verify(&key.public_key()).unwrap(), env);
+
+        // Any change to the signed bytes breaks the signature.
+        let tampered = SignedCommand {
+            envelope: signed.envelope.replace("ag_1", "ag_2"),
+            signature: signed.signature.clone(),
+        };
+        assert!(matches!(
+            tampered.verify(&key.public_key()),
+            Err(VerifyError::Signature(SigningError::BadSignature))
+        ));
+        // A different key's signature does not verify.
+        let forged = SignedCommand::sign(&env, &SigningKey::generate());
+        assert!(forged.verify(&key.public_key()).is_err());
+        // The wire form of a signed command is stable: exactly the envelope text that was signed.
+        let wire = serde_json::to_string(&signed).unwrap();
+        let back: SignedCommand = serde_json::from_str(&wire).unwrap();
+        assert_eq!(back, signed);
+    }
+
+    #[test]
+    fn canonical_bytes_are_deterministic() {
+        let key = SigningKey::generate();
+        let env = envelope(Audience::Selector {
+            selector: "tier=build".parse().unwrap(),
+        });
+        let a = SignedCommand::sign(&env, &key);
+        let b = SignedCommand::sign(&env.clone(), &key);
+        assert_eq!(a.envelope, b.envelope);
+        assert_eq!(
+            a.envelope,
+            r#"{"id":"cmd_1","audience":{"type":"selector","selector":"tier=build"},"command":{"kind":"container.stop","args":{"container":"web","timeout_secs":3}},"issued_at":"2026-01-01T00:00:00Z","expires_at":"2026-01-01T00:10:00Z"}"#
+        );
+    }
+
+    #[test]
+    fn audience_checks() {
+        let mut labels = Labels::new();
+        labels.insert("tier".into(), "build".into());
+        assert!(Audience::Agent {
+            agent_id: "a".into()
+        }
+        .includes("a", &labels));
+        assert!(!Audience::Agent {
+            agent_id: "a".into()
+        }
+        .includes("b", &labels));
+        let sel = Audience::Selector {
+            selector: "tier=build".parse().unwrap(),
+        };
+        assert!(sel.includes("x", &labels));
+        assert!(!sel.includes("x", &Labels::new()));
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in CommandKind::ALL {
+            assert_eq!(k.as_str().parse::<CommandKind>().unwrap(), k);
+            assert_eq!(serde_json::to_value(k).unwrap(), json!(k.as_str()));
+        }
+    }
+}

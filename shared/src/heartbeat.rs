@@ -1,0 +1,153 @@
+//! What an agent reports every heartbeat interval, and the events it raises in between.
+
+use crate::command::ContainerInfo;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub at: DateTime<Utc>,
+    pub agent_version: String,
+    pub host: HostMetrics,
+    pub docker: DockerSnapshot,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostMetrics {
+    pub hostname: String,
+    pub os: String,
+    pub kernel: String,
+    pub arch: String,
+    pub uptime_secs: u64,
+    pub cpu_count: u32,
+    /// Whole-machine CPU use since the previous heartbeat, 0-100.
+    pub cpu_percent: f32,
+    pub load_1: f64,
+    pub load_5: f64,
+    pub load_15: f64,
+    pub memory_total_bytes: u64,
+    /// Used = total - available (what `free` calls used plus unreclaimable cache).
+    pub memory_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub filesystems: Vec<FilesystemUsage>,
+}
+
+impl HostMetrics {
+    pub fn memory_used_percent(&self) -> f32 {
+        percent(self.memory_used_bytes, self.memory_total_bytes)
+    }
+
+    /// The fullest filesystem's use, 0-100 (0 when none is reported).
+    pub fn disk_max_used_percent(&self) -> f32 {
+        self.filesystems
+            .iter()
+            .map(|f| f.used_percent)
+            .fold(0.0, f32::max)
+    }
+}
+
+fn percent(used: u64, total: u64) -> f32 {
+    if total == 0 {
+        0.0
+    } else {
+        (used as f64 * 100.0 / total as f64) as f32
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FilesystemUsage {
+    pub mount_point: String,
+    pub device: String,
+    pub fs_type: String,
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+    pub used_percent: f32,
+}
+
+impl FilesystemUsage {
+    pub fn new(
+        mount_point: String,
+        device: String,
+        fs_type: String,
+        total: u64,
+        available: u64,
+    ) -> Self {
+        FilesystemUsage {
+            mount_point,
+            device,
+            fs_type,
+            total_bytes: total,
+            available_bytes: available,
+            used_percent: percent(total.saturating_sub(available), total),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DockerSnapshot {
+    /// Engine version, e.g. "20.10.24"; None when the engine was unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Why the snapshot is missing or partial (engine down, permission denied, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub containers: Vec<ContainerInfo>,
+}
+
+/// Kinds of event an agent raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "agent.started")]
+    AgentStarted,
+    #[serde(rename = "container.started")]
+    ContainerStarted,
+    #[serde(rename = "container.died")]
+    ContainerDied,
+    #[serde(rename = "container.oom")]
+    ContainerOom,
+    #[serde(rename = "container.health")]
+    ContainerHealth,
+    #[serde(rename = "container.restart_loop")]
+    ContainerRestartLoop,
+    /// A command was refused before running (bad signature, wrong audience, expired, replay of an
+    /// unknown id, policy). Raised as an event because a forged command has no relay record.
+    #[serde(rename = "command.rejected")]
+    CommandRejected,
+    /// Forward compatibility: an event kind this build does not know.
+    #[serde(other, rename = "unknown")]
+    Unknown,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::AgentStarted => "agent.started",
+            EventKind::ContainerStarted => "container.started",
+            EventKind::ContainerDied => "container.died",
+            EventKind::ContainerOom => "container.oom",
+            EventKind::ContainerHealth => "container.health",
+            EventKind::ContainerRestartLoop => "container.restart_loop",
+            EventKind::CommandRejected => "command.rejected",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentEvent {
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// One sentence for people: "container web died with exit code 137".
+    pub message: String,
+    /// Extra facts: exit_code, health_status, restarts_in_window, command_id, reason, ...
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}

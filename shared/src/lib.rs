@@ -1,0 +1,36 @@
+//! flotilla-shared: everything the agent, the relay and the operator CLI must agree on — the wire
+//! protocol between agent and relay, the dashboard API's request and response types, the
+//! enumerated command kinds with their typed arguments and results, Ed25519 signing of commands
+//! and welcomes, and label selectors.
+//!
+//! This crate does no I/O: no sockets, no files, no clocks other than what callers pass in
+//! (the one exception is the operating system's random source, used for ids and tokens).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod command;
+pub mod duration;
+pub mod heartbeat;
+pub mod ids;
+pub mod limit;
+pub mod protocol;
+pub mod selector;
+pub mod signing;
+
+/// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
+/// speaking a version it does not know.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest websocket message either side accepts (1 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Version of these crates, reported by agents in heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Label keys on Docker containers that the agent reads.
+pub mod docker_labels {
+    /// `flotilla.ignore=true`: the container is invisible to Flotilla and cannot be touched.
+    pub const IGNORE: &str = "flotilla.ignore";
+    pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+    pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+}
