@@ -1,1 +1,388 @@
-//! The `flotilla` operator CLI.
+//! The `flotilla` operator CLI: a thin client of the relay's dashboard API. Requests and answers
+//! are the typed structs of `flotilla_shared::api`; `--json` prints the API's JSON unchanged.
+//!
+//! Exit status: 0 on success; 1 when what was asked for did not happen (a command failed, was
+//! rejected or undelivered, a job had errors or stopped, a wait timed out); 2 on usage errors
+//! and API errors, with `error: <message>` on stderr.
+
+mod client;
+mod render;
+mod run;
+
+pub use client::{ApiClient, CliError};
+
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand};
+use flotilla_shared::api::{
+    AgentDetail, AgentInfo, ApiTokenCreated, CommandInfo, CreateApiToken, CreateEnrollmentToken,
+    EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, PatchAgent, RelayStatus,
+    Scope,
+};
+use flotilla_shared::duration::parse_duration;
+use flotilla_shared::limit::Limit;
+use flotilla_shared::selector::{parse_labels, Labels, Selector};
+use run::print_value;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Operate a Flotilla fleet through its relay.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the relay's API.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_ADDR",
+        default_value = "http://127.0.0.1:8700"
+    )]
+    pub addr: String,
+    /// API token (the relay's admin token, or one made with `flotilla api-token create`).
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of the human form.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Enrollment tokens, with which new agents join the fleet.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List agents.
+    Agents {
+        /// Only agents matching this label selector (`region=eu,tier!=build,gpu,!old`).
+        #[arg(long)]
+        selector: Option<Selector>,
+    },
+    /// Inspect and manage one agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Send a command to one agent (--agent) or to every agent a selector matches (--selector).
+    Run(RunArgs),
+    /// Commands already sent.
+    #[command(subcommand)]
+    Command(CommandCommand),
+    /// Fan-out jobs already created.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// API tokens for operators and automation.
+    #[command(name = "api-token", subcommand)]
+    ApiToken(ApiTokenCommand),
+    /// The relay's health, version and key fingerprint (no token needed).
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an enrollment token; its secret is shown only this once.
+    Create {
+        /// Labels every agent enrolled with it gets (`k=v,k2=v2`).
+        #[arg(long, value_parser = parse_labels)]
+        labels: Option<Labels>,
+        /// How long it stays valid (`90s`, `30m`, `1h`, `7d`; default 1h).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// How many agents may enroll with it (default 1).
+        #[arg(long)]
+        uses: Option<u32>,
+        /// Free text shown in `token list`.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// List enrollment tokens (never their secrets).
+    List,
+    /// Revoke an enrollment token so nobody can enroll with it any more.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Everything the agent's latest heartbeat says: host, filesystems, Docker, containers.
+    Show { id: String },
+    /// Replace the agent's labels (`k=v,k2=v2`; an empty string removes them all).
+    Label {
+        id: String,
+        #[arg(value_parser = parse_labels)]
+        labels: Labels,
+    },
+    /// Revoke the agent: it is disconnected and refused from then on.
+    Revoke { id: String },
+    /// Events the agent raised (container died, health changed, command rejected, ...).
+    Events {
+        id: String,
+        /// Only events of this kind (`container.died`, `command.rejected`, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Only events with an id above this one.
+        #[arg(long)]
+        after: Option<i64>,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["agent", "selector"])))]
+pub struct RunArgs {
+    /// The agent to run it on.
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Run it on every agent matching this selector, as one job.
+    #[arg(long)]
+    pub selector: Option<Selector>,
+    /// Command kind: ping, container.list, container.inspect, container.start, container.stop,
+    /// container.restart, container.logs.
+    pub kind: String,
+    /// Container name or id.
+    #[arg(long)]
+    pub container: Option<String>,
+    /// Stop/restart: how long to wait after SIGTERM before killing (`10`, `30s`).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Logs: the last N lines.
+    #[arg(long)]
+    pub tail: Option<u32>,
+    /// Logs: only lines since this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Logs: prefix each line with its timestamp.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// List: include stopped containers (the default).
+    #[arg(long, conflicts_with = "running")]
+    pub all: bool,
+    /// List: only running containers.
+    #[arg(long)]
+    pub running: bool,
+    /// Arguments as a JSON object; the flags above override the same keys.
+    #[arg(long)]
+    pub args: Option<String>,
+    /// How long the relay keeps trying to deliver it (default 10m).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Wait for the outcome and exit 0 only if it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub wait_timeout: Duration,
+    /// Jobs: most agents working on it at once (`5` or `10%`).
+    #[arg(long, conflicts_with = "agent")]
+    pub max_concurrency: Option<Limit>,
+    /// Jobs: stop dispatching once more than this many agents failed (`0`, `2` or `10%`).
+    #[arg(long, conflicts_with = "agent")]
+    pub max_errors: Option<Limit>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CommandCommand {
+    /// A command's state and result.
+    Show {
+        id: String,
+        /// For a job's command: which agent's copy.
+        #[arg(long)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// A job's state and the outcome on every target agent.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiTokenCommand {
+    /// Create an API token; its secret is shown only this once.
+    Create {
+        /// Who or what uses it (shown in the audit log).
+        #[arg(long)]
+        name: String,
+        /// read < operate < admin.
+        #[arg(long)]
+        scope: Scope,
+    },
+}
+
+/// What a CLI invocation concluded; [`main`] maps it to the exit status.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Exit 1, after printing the reason on stderr.
+    Failed(String),
+}
+
+/// Runs the parsed command line and returns the process exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(execute(&cli)) {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(reason)) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
+    let client = ApiClient::new(&cli.addr, cli.token.clone())?;
+    let json = cli.json;
+    let now = Utc::now();
+    match &cli.command {
+        CliCommand::Token(TokenCommand::Create {
+            labels,
+            ttl,
+            uses,
+            note,
+        }) => {
+            let body = CreateEnrollmentToken {
+                labels: labels.clone().unwrap_or_default(),
+                ttl_secs: ttl.map(|d| d.as_secs()),
+                max_uses: *uses,
+                note: note.clone(),
+            };
+            let value = client
+                .post(
+                    &["api", "v1", "enrollment-tokens"],
+                    &[],
+                    &body,
+                    Duration::ZERO,
+                )
+                .await?;
+            let created: EnrollmentTokenCreated = client::decode(&value, "enrollment token")?;
+            print_value(&value, json, || {
+                render::enrollment_token_created(&created, &cli.addr, now)
+            });
+        }
+        CliCommand::Token(TokenCommand::List) => {
+            let value = client.get(&["api", "v1", "enrollment-tokens"], &[]).await?;
+            let list: Vec<EnrollmentTokenInfo> = client::decode(&value, "enrollment tokens")?;
+            print_value(&value, json, || render::enrollment_tokens(&list, now));
+        }
+        CliCommand::Token(TokenCommand::Revoke { id }) => {
+            client
+                .delete(&["api", "v1", "enrollment-tokens", id])
+                .await?;
+            print_done(json, id, "revoked enrollment token");
+        }
+        CliCommand::Agents { selector } => {
+            let query: Vec<(&str, String)> = selector
+                .iter()
+                .map(|s| ("selector", s.to_string()))
+                .collect();
+            let value = client.get(&["api", "v1", "agents"], &query).await?;
+            let list: Vec<AgentInfo> = client::decode(&value, "agents")?;
+            print_value(&value, json, || render::agents(&list, now));
+        }
+        CliCommand::Agent(AgentCommand::Show { id }) => {
+            let value = client.get(&["api", "v1", "agents", id], &[]).await?;
+            let detail: AgentDetail = client::decode(&value, "agent")?;
+            print_value(&value, json, || render::agent_detail(&detail, now));
+        }
+        CliCommand::Agent(AgentCommand::Label { id, labels }) => {
+            let body = PatchAgent {
+                labels: labels.clone(),
+            };
+            let value = client.patch(&["api", "v1", "agents", id], &body).await?;
+            let agent: AgentInfo = client::decode(&value, "agent")?;
+            print_value(&value, json, || {
+                format!(
+                    "agent {} ({}) labels: {}\n",
+                    agent.id,
+                    agent.name,
+                    render::labels(&agent.labels)
+                )
+            });
+        }
+        CliCommand::Agent(AgentCommand::Revoke { id }) => {
+            client.delete(&["api", "v1", "agents", id]).await?;
+            print_done(json, id, "revoked agent");
+        }
+        CliCommand::Agent(AgentCommand::Events {
+            id,
+            kind,
+            limit,
+            after,
+        }) => {
+            let mut query = Vec::new();
+            if let Some(k) = kind {
+                query.push(("kind", k.clone()));
+            }
+            if let Some(a) = after {
+                query.push(("after_id", a.to_string()));
+            }
+            if let Some(l) = limit {
+                query.push(("limit", l.to_string()));
+            }
+            let value = client
+                .get(&["api", "v1", "agents", id, "events"], &query)
+                .await?;
+            let events: Vec<EventRecord> = client::decode(&value, "events")?;
+            print_value(&value, json, || render::events(&events));
+        }
+        CliCommand::Run(args) => return run::run(&client, args, json).await,
+        CliCommand::Command(CommandCommand::Show { id, agent }) => {
+            let query: Vec<(&str, String)> = agent.iter().map(|a| ("agent", a.clone())).collect();
+            let value = client.get(&["api", "v1", "commands", id], &query).await?;
+            let info: CommandInfo = client::decode(&value, "command")?;
+            print_value(&value, json, || render::command_info(&info, now));
+        }
+        CliCommand::Job(JobCommand::Show { id }) => {
+            let value = client.get(&["api", "v1", "jobs", id], &[]).await?;
+            let job: JobInfo = client::decode(&value, "job")?;
+            print_value(&value, json, || {
+                render::job_info(&job, now) + &render::job_outputs(&job)
+            });
+        }
+        CliCommand::ApiToken(ApiTokenCommand::Create { name, scope }) => {
+            let body = CreateApiToken {
+                name: name.clone(),
+                scope: *scope,
+            };
+            let value = client
+                .post(&["api", "v1", "api-tokens"], &[], &body, Duration::ZERO)
+                .await?;
+            let created: ApiTokenCreated = client::decode(&value, "api token")?;
+            print_value(&value, json, || render::api_token_created(&created));
+        }
+        CliCommand::Status => {
+            let value = client.get_public(&["healthz"]).await?;
+            let status: RelayStatus = client::decode(&value, "relay status")?;
+            print_value(&value, json, || render::relay_status(&status, &cli.addr));
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+/// DELETE answers 204 with no body; `--json` still prints an object scripts can read.
+fn print_done(json: bool, id: &str, what: &str) {
+    if json {
+        run::emit(&format!(
+            "{}\n",
+            serde_json::json!({"id": id, "revoked": true})
+        ));
+    } else {
+        run::emit(&format!("{what} {id}\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! The dashboard API (`/api/v1/...`), health and metrics endpoints, and the route table that
+//! also mounts the agent websocket.
+//!
+//! Handlers speak the shared API types, authenticate with [`auth::Caller`], return
+//! [`error::ApiError`] (always a `{"error": {"code", "message"}}` body), and write an audit row
+//! for every mutating call. They reach the database only through [`crate::store::Store`].
+
+mod agents;
+mod auth;
+mod commands;
+mod error;
+mod system;
+mod tokens;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::state::{AppState, Shared};
+use crate::store::AuditEntry;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use flotilla_shared::protocol::{CONNECT_PATH, ENROLL_PATH};
+
+/// Builds the whole HTTP surface of the relay.
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .route(CONNECT_PATH, get(crate::ws::connect))
+        .route(ENROLL_PATH, post(tokens::enroll))
+        .route(
+            "/api/v1/enrollment-tokens",
+            post(tokens::create_enrollment_token).get(tokens::list_enrollment_tokens),
+        )
+        .route(
+            "/api/v1/enrollment-tokens/{id}",
+            axum::routing::delete(tokens::revoke_enrollment_token),
+        )
+        .route("/api/v1/api-tokens", post(tokens::create_api_token))
+        .route("/api/v1/agents", get(agents::list))
+        .route(
+            "/api/v1/agents/{id}",
+            get(agents::show)
+                .patch(agents::patch)
+                .delete(agents::revoke),
+        )
+        .route("/api/v1/agents/{id}/events", get(agents::events))
+        .route("/api/v1/agents/{id}/commands", post(commands::create))
+        .route("/api/v1/commands/{id}", get(commands::show))
+        .route("/api/v1/jobs", post(commands::create_job))
+        .route("/api/v1/jobs/{id}", get(commands::show_job));
+    if state.config.test_hooks {
+        // Test-only: lets end-to-end tests put forged, expired or replayed commands on an
+        // agent's socket. Off unless `test_hooks` is set.
+        router = router.route(
+            "/api/v1/debug/agents/{id}/frames",
+            post(system::inject_frame)
+                .layer(DefaultBodyLimit::max(4 * state.config.max_frame_bytes)),
+        );
+    }
+    router
+        .fallback(system::no_route)
+        .method_not_allowed_fallback(system::method_not_allowed)
+        .with_state(state)
+}
+
+/// Writes an audit row for a mutating call (`outcome` is "ok" or "error: <code>").
+pub(crate) async fn audit<T>(
+    state: &Shared,
+    actor: &str,
+    action: &str,
+    target: &str,
+    result: &Result<T, ApiError>,
+    detail: Option<String>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("error: {}", e.code),
+    };
+    let entry = AuditEntry {
+        ts: crate::store::now(),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        target: target.to_string(),
+        outcome,
+        detail,
+    };
+    if let Err(e) = state.store.audit(entry).await {
+        tracing::error!(error = %e, action, target, "cannot write audit row");
+    }
+}

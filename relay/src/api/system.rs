@@ -1,0 +1,94 @@
+//! Health, readiness, metrics, route fallbacks and the test-only frame injection hook.
+
+use super::{audit, ApiError, Caller};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flotilla_shared::api::{RelayStatus, Scope};
+use std::sync::atomic::Ordering;
+
+fn status(state: &AppState, status: &str) -> RelayStatus {
+    RelayStatus {
+        status: status.to_string(),
+        version: flotilla_shared::VERSION.to_string(),
+        relay_key_fingerprint: state.fingerprint.clone(),
+        connected_agents: state.hub.connected_count() as u64,
+    }
+}
+
+pub async fn healthz(State(state): State<AppState>) -> Json<RelayStatus> {
+    Json(status(&state, "ok"))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        Json(status(&state, "ready")).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the relay is starting",
+        )
+        .into_response()
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&state.gauges());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// `POST /api/v1/debug/agents/{id}/frames` (admin, only with `test_hooks`): the body is sent
+/// verbatim as one text frame to the agent's websocket.
+pub async fn inject_frame(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(agent_id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let result = match String::from_utf8(body.to_vec()) {
+        Err(_) => Err(ApiError::bad_request("frame must be UTF-8 text")),
+        Ok(text) => {
+            if state.hub.send(&agent_id, text.into()) {
+                Ok(StatusCode::NO_CONTENT)
+            } else {
+                Err(ApiError::not_found(format!(
+                    "agent {agent_id} is not connected"
+                )))
+            }
+        }
+    };
+    audit(
+        &state,
+        caller.name(),
+        "debug.inject_frame",
+        &agent_id,
+        &result,
+        None,
+    )
+    .await;
+    result
+}

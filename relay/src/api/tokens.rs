@@ -1,0 +1,250 @@
+//! Enrollment tokens, enrollment itself, and API tokens.
+
+use super::error::JsonBody;
+use super::{audit, ApiError, Caller};
+use crate::state::AppState;
+use crate::store::{now, EnrollRefusal, NewAgent, NewApiToken, NewEnrollmentToken};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flotilla_shared::api::{
+    ApiTokenCreated, CreateApiToken, CreateEnrollmentToken, EnrollRequest, EnrollResponse,
+    EnrollmentTokenCreated, EnrollmentTokenInfo, Scope,
+};
+use flotilla_shared::ids;
+use flotilla_shared::selector::validate_labels;
+use flotilla_shared::signing::PublicKey;
+use std::net::SocketAddr;
+
+/// Enrollment token lifetime when none is asked for.
+const DEFAULT_ENROLLMENT_TTL_SECS: u64 = 3600;
+/// Longest enrollment token lifetime (one year).
+const MAX_ENROLLMENT_TTL_SECS: u64 = 365 * 24 * 3600;
+
+pub async fn create_enrollment_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<EnrollmentTokenCreated>), ApiError> {
+    caller.require(Scope::Operate)?;
+    let id = ids::new_id("et");
+    let result = async {
+        validate_labels(&req.labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let ttl = req.ttl_secs.unwrap_or(DEFAULT_ENROLLMENT_TTL_SECS);
+        if !(1..=MAX_ENROLLMENT_TTL_SECS).contains(&ttl) {
+            return Err(ApiError::bad_request(format!(
+                "ttl_secs must be between 1 and {MAX_ENROLLMENT_TTL_SECS}"
+            )));
+        }
+        let max_uses = req.max_uses.unwrap_or(1);
+        if max_uses == 0 {
+            return Err(ApiError::bad_request("max_uses must be at least 1"));
+        }
+        let token = ids::new_secret_token("fle");
+        let created_at = now();
+        let info = state
+            .store
+            .create_enrollment_token(NewEnrollmentToken {
+                id: id.clone(),
+                token_hash: ids::token_hash(&token),
+                labels: req.labels.clone(),
+                created_at,
+                expires_at: created_at + chrono::Duration::seconds(ttl as i64),
+                max_uses,
+                note: req.note.clone(),
+                created_by: caller.name().to_string(),
+            })
+            .await?;
+        Ok((
+            StatusCode::CREATED,
+            Json(EnrollmentTokenCreated { token, info }),
+        ))
+    }
+    .await;
+    audit(
+        &state,
+        caller.name(),
+        "enrollment_token.create",
+        &id,
+        &result,
+        None,
+    )
+    .await;
+    result
+}
+
+pub async fn list_enrollment_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<EnrollmentTokenInfo>>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(state.store.list_enrollment_tokens().await?))
+}
+
+pub async fn revoke_enrollment_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Operate)?;
+    let result = match state.store.revoke_enrollment_token(id.clone()).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found(format!(
+            "no enrollment token with id {id}"
+        ))),
+        Err(e) => Err(e.into()),
+    };
+    audit(
+        &state,
+        caller.name(),
+        "enrollment_token.revoke",
+        &id,
+        &result,
+        None,
+    )
+    .await;
+    result
+}
+
+/// `POST /api/v1/enroll`: the enrollment token is the credential; rate-limited per client IP.
+pub async fn enroll(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<JsonBody<EnrollRequest>, ApiError>,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    if !state
+        .enroll_limiter
+        .check(peer.ip(), std::time::Instant::now())
+    {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many enrollment attempts from {}; at most {} per minute",
+                peer.ip(),
+                state.config.enroll_rate_per_minute
+            ),
+        ));
+    }
+    let JsonBody(req) = body?;
+    let public_key = PublicKey::from_base64(&req.public_key)
+        .map_err(|e| ApiError::bad_request(format!("invalid public_key: {e}")))?;
+    validate_labels(&req.labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(name) = &req.name {
+        if name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "name must be at most 128 characters without control characters",
+            ));
+        }
+    }
+    let agent_id = ids::new_id("ag");
+    let outcome = state
+        .store
+        .enroll(
+            ids::token_hash(&req.token),
+            NewAgent {
+                id: agent_id.clone(),
+                name: req.name.clone(),
+                public_key: public_key.to_base64(),
+                labels: req.labels.clone(),
+                facts: req.facts.clone(),
+            },
+        )
+        .await?;
+    let result = match outcome {
+        Ok((agent, token_id)) => {
+            state.metrics.enrollment();
+            tracing::info!(agent_id = %agent.id, name = %agent.name, token_id = %token_id, "agent enrolled");
+            Ok((
+                token_id,
+                Json(EnrollResponse {
+                    agent_id: agent.id,
+                    name: agent.name,
+                    labels: agent.labels,
+                    relay_public_key: state.key.public_key().to_base64(),
+                    relay_key_fingerprint: state.fingerprint.clone(),
+                    heartbeat_interval_secs: state.config.heartbeat_interval_secs,
+                }),
+            ))
+        }
+        Err(refusal) => Err(match refusal {
+            EnrollRefusal::Unknown => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "enrollment token is not valid",
+            ),
+            EnrollRefusal::Used => ApiError::new(
+                StatusCode::GONE,
+                "token_used",
+                "enrollment token has already been used",
+            ),
+            EnrollRefusal::Expired => ApiError::new(
+                StatusCode::GONE,
+                "token_expired",
+                "enrollment token has expired",
+            ),
+            EnrollRefusal::Revoked => ApiError::new(
+                StatusCode::GONE,
+                "token_revoked",
+                "enrollment token has been revoked",
+            ),
+        }),
+    };
+    let (actor, target) = match &result {
+        Ok((token_id, _)) => (format!("enrollment-token:{token_id}"), agent_id.as_str()),
+        Err(_) => (format!("enroll:{}", peer.ip()), "-"),
+    };
+    audit(&state, &actor, "agent.enroll", target, &result, None).await;
+    result.map(|(_, body)| body)
+}
+
+pub async fn create_api_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<CreateApiToken>,
+) -> Result<(StatusCode, Json<ApiTokenCreated>), ApiError> {
+    caller.require(Scope::Admin)?;
+    let id = ids::new_id("tok");
+    let result = async {
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "name must be 1-64 characters without control characters",
+            ));
+        }
+        let token = ids::new_secret_token("flt");
+        let created_at = now();
+        state
+            .store
+            .create_api_token(NewApiToken {
+                id: id.clone(),
+                token_hash: ids::token_hash(&token),
+                name: name.to_string(),
+                scope: req.scope,
+                created_at,
+                created_by: caller.name().to_string(),
+            })
+            .await?;
+        Ok((
+            StatusCode::CREATED,
+            Json(ApiTokenCreated {
+                id: id.clone(),
+                name: name.to_string(),
+                scope: req.scope,
+                token,
+                created_at,
+            }),
+        ))
+    }
+    .await;
+    audit(
+        &state,
+        caller.name(),
+        "api_token.create",
+        &id,
+        &result,
+        Some(format!("name={} scope={}", req.name, req.scope.as_str())),
+    )
+    .await;
+    result
+}

@@ -1,0 +1,356 @@
+//! The relay's settings. Precedence, highest first: command-line flag, `FLOTILLA_*` environment
+//! variable, `relay.toml` (given with `--config` / `FLOTILLA_CONFIG`), built-in default.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for {key}: {expected}")]
+    Value {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// Settings of `flotilla-relay serve` (and `dev`). Keys of `relay.toml` are these field names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Address the HTTP API and agent websocket listen on (`IP:PORT`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Directory holding `relay.db`, `relay.key`, `admin-token` and `listen-addr`.
+    pub data_dir: PathBuf,
+    /// Seconds between agent heartbeats, told to agents in their welcome.
+    pub heartbeat_interval_secs: u64,
+    /// Largest websocket message accepted from an agent, in bytes.
+    pub max_frame_bytes: usize,
+    /// How long a command is deliverable when the request names no TTL, in seconds.
+    pub default_command_ttl_secs: u64,
+    /// Enrollment requests allowed per client IP per minute (burst size and refill rate).
+    pub enroll_rate_per_minute: u32,
+    /// Enables the test-only endpoint that injects raw frames into an agent's websocket.
+    pub test_hooks: bool,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8700)),
+            data_dir: PathBuf::from("./relay-data"),
+            heartbeat_interval_secs: 60,
+            max_frame_bytes: flotilla_shared::DEFAULT_MAX_FRAME_BYTES,
+            default_command_ttl_secs: 600,
+            enroll_rate_per_minute: 30,
+            test_hooks: false,
+        }
+    }
+}
+
+/// Longest command TTL accepted anywhere (7 days).
+pub const MAX_COMMAND_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// Settings given on the command line or in the environment; `None` = not given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub heartbeat_interval_secs: Option<u64>,
+    pub max_frame_bytes: Option<usize>,
+    pub default_command_ttl_secs: Option<u64>,
+    pub enroll_rate_per_minute: Option<u32>,
+    pub test_hooks: Option<bool>,
+}
+
+fn parse_env<T: std::str::FromStr>(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    expected: &'static str,
+) -> Result<Option<T>, ConfigError> {
+    match get(key) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Value {
+            key: key.to_string(),
+            value: v,
+            expected,
+        }),
+    }
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Overrides {
+    /// Reads the `FLOTILLA_*` variables through `get` (`std::env::var(..).ok()` in production).
+    pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
+        let test_hooks = match get("FLOTILLA_TEST_HOOKS") {
+            None => None,
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(parse_bool(&v).ok_or_else(|| ConfigError::Value {
+                key: "FLOTILLA_TEST_HOOKS".into(),
+                value: v.clone(),
+                expected: "expected true or false",
+            })?),
+        };
+        Ok(Overrides {
+            config: get("FLOTILLA_CONFIG")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            listen: parse_env(get, "FLOTILLA_LISTEN", "expected IP:PORT")?,
+            data_dir: get("FLOTILLA_DATA_DIR")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            heartbeat_interval_secs: parse_env(
+                get,
+                "FLOTILLA_HEARTBEAT_INTERVAL_SECS",
+                "expected a whole number of seconds",
+            )?,
+            max_frame_bytes: parse_env(
+                get,
+                "FLOTILLA_MAX_FRAME_BYTES",
+                "expected a whole number of bytes",
+            )?,
+            default_command_ttl_secs: parse_env(
+                get,
+                "FLOTILLA_DEFAULT_COMMAND_TTL_SECS",
+                "expected a whole number of seconds",
+            )?,
+            enroll_rate_per_minute: parse_env(
+                get,
+                "FLOTILLA_ENROLL_RATE_PER_MINUTE",
+                "expected a whole number of requests",
+            )?,
+            test_hooks,
+        })
+    }
+
+    /// `self` where set, else `lower`.
+    pub fn over(self, lower: Overrides) -> Overrides {
+        Overrides {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            data_dir: self.data_dir.or(lower.data_dir),
+            heartbeat_interval_secs: self
+                .heartbeat_interval_secs
+                .or(lower.heartbeat_interval_secs),
+            max_frame_bytes: self.max_frame_bytes.or(lower.max_frame_bytes),
+            default_command_ttl_secs: self
+                .default_command_ttl_secs
+                .or(lower.default_command_ttl_secs),
+            enroll_rate_per_minute: self.enroll_rate_per_minute.or(lower.enroll_rate_per_minute),
+            test_hooks: self.test_hooks.or(lower.test_hooks),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// Parses `relay.toml` text; unknown keys are errors that name the key.
+    pub fn from_toml(path: &Path, text: &str) -> Result<RelayConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.message().to_string()
+                + &e.span()
+                    .map(|s| {
+                        let line = text[..s.start].matches('\n').count() + 1;
+                        format!(" (line {line})")
+                    })
+                    .unwrap_or_default(),
+        })
+    }
+
+    /// Builds the configuration from flags/environment (already merged, flags first), the config
+    /// file they name (if any) and the defaults, then validates it.
+    pub fn load(overrides: Overrides) -> Result<RelayConfig, ConfigError> {
+        let base = match &overrides.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                RelayConfig::from_toml(path, &text)?
+            }
+            None => RelayConfig::default(),
+        };
+        let config = RelayConfig {
+            listen: overrides.listen.unwrap_or(base.listen),
+            data_dir: overrides.data_dir.unwrap_or(base.data_dir),
+            heartbeat_interval_secs: overrides
+                .heartbeat_interval_secs
+                .unwrap_or(base.heartbeat_interval_secs),
+            max_frame_bytes: overrides.max_frame_bytes.unwrap_or(base.max_frame_bytes),
+            default_command_ttl_secs: overrides
+                .default_command_ttl_secs
+                .unwrap_or(base.default_command_ttl_secs),
+            enroll_rate_per_minute: overrides
+                .enroll_rate_per_minute
+                .unwrap_or(base.enroll_rate_per_minute),
+            test_hooks: overrides.test_hooks.unwrap_or(base.test_hooks),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, expected: &'static str| {
+            Err(ConfigError::Value {
+                key: key.to_string(),
+                value,
+                expected,
+            })
+        };
+        if !(1..=86_400).contains(&self.heartbeat_interval_secs) {
+            return bad(
+                "heartbeat_interval_secs",
+                self.heartbeat_interval_secs.to_string(),
+                "expected 1 to 86400 seconds",
+            );
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return bad(
+                "max_frame_bytes",
+                self.max_frame_bytes.to_string(),
+                "expected 4096 to 67108864 bytes",
+            );
+        }
+        if !(1..=MAX_COMMAND_TTL_SECS).contains(&self.default_command_ttl_secs) {
+            return bad(
+                "default_command_ttl_secs",
+                self.default_command_ttl_secs.to_string(),
+                "expected 1 to 604800 seconds",
+            );
+        }
+        if self.enroll_rate_per_minute == 0 {
+            return bad(
+                "enroll_rate_per_minute",
+                "0".into(),
+                "expected at least 1 request per minute",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn write_toml(text: &str) -> (PathBuf, impl Drop) {
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let path = std::env::temp_dir().join(format!(
+            "flotilla-relay-test-{}.toml",
+            flotilla_shared::ids::new_id("cfg")
+        ));
+        std::fs::write(&path, text).unwrap();
+        (path.clone(), Cleanup(path))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = RelayConfig::load(Overrides::default()).unwrap();
+        assert_eq!(c, RelayConfig::default());
+        assert_eq!(c.heartbeat_interval_secs, 60);
+        assert_eq!(c.max_frame_bytes, 1_048_576);
+        assert_eq!(c.default_command_ttl_secs, 600);
+        assert_eq!(c.enroll_rate_per_minute, 30);
+        assert!(!c.test_hooks);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file_beats_default() {
+        let (path, _cleanup) = write_toml(
+            "listen = \"127.0.0.1:9000\"\nheartbeat_interval_secs = 5\nmax_frame_bytes = 8192\ntest_hooks = true\n",
+        );
+        let from_env = Overrides::from_env(&env(&[
+            ("FLOTILLA_LISTEN", "127.0.0.1:9001"),
+            ("FLOTILLA_HEARTBEAT_INTERVAL_SECS", "7"),
+            ("FLOTILLA_CONFIG", path.to_str().unwrap()),
+        ]))
+        .unwrap();
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9002".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let c = RelayConfig::load(flags.over(from_env)).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9002".parse().unwrap()); // flag
+        assert_eq!(c.heartbeat_interval_secs, 7); // env
+        assert_eq!(c.max_frame_bytes, 8192); // file
+        assert!(c.test_hooks); // file
+        assert_eq!(c.default_command_ttl_secs, 600); // default
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let (path, _cleanup) = write_toml("listen = \"127.0.0.1:1\"\nheartbeat_secs = 5\n");
+        let e = RelayConfig::load(Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn bad_env_values_are_named() {
+        let e = Overrides::from_env(&env(&[("FLOTILLA_MAX_FRAME_BYTES", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_MAX_FRAME_BYTES") && e.contains("lots"),
+            "{e}"
+        );
+        let e = Overrides::from_env(&env(&[("FLOTILLA_TEST_HOOKS", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOTILLA_TEST_HOOKS"), "{e}");
+        let e = RelayConfig::load(Overrides {
+            heartbeat_interval_secs: Some(0),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("heartbeat_interval_secs"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = RelayConfig::load(Overrides {
+            config: Some("/nonexistent/relay.toml".into()),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("/nonexistent/relay.toml"), "{e}");
+    }
+}

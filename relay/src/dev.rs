@@ -1,0 +1,124 @@
+//! `flotilla-relay dev`: a relay plus one in-process agent enrolled against it and the local
+//! Docker engine, for trying Flotilla on one machine.
+
+use crate::config::RelayConfig;
+use crate::keys::read_admin_token;
+use crate::server::start;
+use crate::store::{now, NewEnrollmentToken};
+use anyhow::Context;
+use flotilla_agent::config::AgentConfig;
+use flotilla_agent::enroll::{enroll, EnrollOptions};
+use flotilla_shared::ids;
+use flotilla_shared::selector::Labels;
+use std::future::Future;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+
+/// Remembers which agent `dev` enrolled, so later runs reuse it.
+const DEV_AGENT_ID_FILE: &str = "dev-agent-id";
+
+/// Runs the relay and the dev agent until `shutdown` completes.
+pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let relay = start(config).await.context("cannot start the relay")?;
+    let base_url = relay.base_url();
+    let admin_token = match relay.admin_token_created() {
+        Some(t) => t.to_string(),
+        None => read_admin_token(&data_dir).context("cannot read the admin token")?,
+    };
+    let agent_state_dir = data_dir.join("agent");
+    let agent_id = match enrolled_agent(&data_dir, &agent_state_dir).await? {
+        Some(id) => id,
+        None => {
+            let id = enroll_dev_agent(&relay, &base_url, &agent_state_dir).await?;
+            tokio::fs::write(data_dir.join(DEV_AGENT_ID_FILE), format!("{id}\n"))
+                .await
+                .context("cannot record the dev agent's id")?;
+            id
+        }
+    };
+
+    let mut agent_config =
+        AgentConfig::load(None).context("cannot build the dev agent's configuration")?;
+    agent_config.state_dir = agent_state_dir;
+    agent_config.relay_url = Some(base_url.clone());
+    let agent_shutdown = CancellationToken::new();
+    let agent = tokio::spawn(flotilla_agent::run(agent_config, agent_shutdown.clone()));
+
+    println!("flotilla dev: relay and one agent running");
+    println!("  API:         {base_url}");
+    println!("  admin token: {admin_token}");
+    println!("  fingerprint: {}", relay.fingerprint());
+    println!("  agent:       {agent_id}");
+    println!();
+    println!("Try (in another terminal):");
+    println!("  export FLOTILLA_ADDR={base_url} FLOTILLA_TOKEN={admin_token}");
+    println!("  flotilla agents");
+    println!("  flotilla agent show {agent_id}");
+    println!("  flotilla run --agent {agent_id} container.list --wait");
+    println!();
+    println!("Press Ctrl-C to stop.");
+
+    let relay_token = relay.shutdown_token();
+    tokio::select! {
+        _ = shutdown => {}
+        _ = relay_token.cancelled() => {}
+    }
+    agent_shutdown.cancel();
+    match agent.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "dev agent ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "dev agent task failed"),
+    }
+    relay.shutdown().await.context("relay shutdown failed")?;
+    Ok(())
+}
+
+/// The id of the agent a previous `dev` run enrolled, if its state is still there.
+async fn enrolled_agent(data_dir: &Path, agent_state_dir: &Path) -> anyhow::Result<Option<String>> {
+    if !tokio::fs::try_exists(agent_state_dir.join("agent.db"))
+        .await
+        .unwrap_or(false)
+    {
+        return Ok(None);
+    }
+    match tokio::fs::read_to_string(data_dir.join(DEV_AGENT_ID_FILE)).await {
+        Ok(id) if !id.trim().is_empty() => Ok(Some(id.trim().to_string())),
+        _ => Ok(None),
+    }
+}
+
+async fn enroll_dev_agent(
+    relay: &crate::server::RunningRelay,
+    base_url: &str,
+    agent_state_dir: &Path,
+) -> anyhow::Result<String> {
+    let token = ids::new_secret_token("fle");
+    let created_at = now();
+    let mut labels = Labels::new();
+    labels.insert("env".into(), "dev".into());
+    relay
+        .store()
+        .create_enrollment_token(NewEnrollmentToken {
+            id: ids::new_id("et"),
+            token_hash: ids::token_hash(&token),
+            labels: labels.clone(),
+            created_at,
+            expires_at: created_at + chrono::Duration::minutes(10),
+            max_uses: 1,
+            note: Some("flotilla-relay dev".into()),
+            created_by: "dev".into(),
+        })
+        .await
+        .context("cannot create an enrollment token")?;
+    let response = enroll(EnrollOptions {
+        relay_url: base_url.to_string(),
+        token,
+        state_dir: agent_state_dir.to_path_buf(),
+        name: None,
+        labels,
+    })
+    .await
+    .context("cannot enroll the dev agent")?;
+    Ok(response.agent_id)
+}

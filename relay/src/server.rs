@@ -1,0 +1,213 @@
+//! Starting and stopping the relay in-process: open the data directory, store and keys, bind,
+//! serve, and run the background tasks (heartbeat flusher, job engine, expiry sweeper) until the
+//! shutdown token is cancelled. `main` and the tests both go through [`start`].
+
+use crate::config::RelayConfig;
+use crate::heartbeats::{run_flusher, HeartbeatCache};
+use crate::hub::Hub;
+use crate::jobs::{run_engine, run_expiry_sweeper, JobKicker};
+use crate::keys::{ensure_admin_token, load_or_create_relay_key, KeyError};
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::state::{AppState, Shared};
+use crate::store::{Store, StoreError};
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DB_FILE: &str = "relay.db";
+pub const LISTEN_ADDR_FILE: &str = "listen-addr";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Store { path: PathBuf, source: StoreError },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    ListenAddrFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("startup task failed: {0}")]
+    Task(String),
+}
+
+/// A relay serving in this process.
+pub struct RunningRelay {
+    addr: SocketAddr,
+    admin_token_created: Option<String>,
+    state: AppState,
+    server: JoinHandle<std::io::Result<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningRelay {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://IP:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The admin token, if it was created by this start (first start only).
+    pub fn admin_token_created(&self) -> Option<&str> {
+        self.admin_token_created.as_deref()
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.state.fingerprint
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.state.store
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancel it to stop the relay (same as [`RunningRelay::shutdown`] without waiting).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Stops serving, closes agent connections, writes the latest heartbeats, and waits for
+    /// every task to end.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.state.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits until the relay stops (its shutdown token was cancelled elsewhere).
+    pub async fn wait(self) -> Result<(), StartError> {
+        let served = self
+            .server
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))?;
+        // The server only ends by shutdown or error; either way stop the rest.
+        self.state.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        served.map_err(|source| StartError::Bind {
+            addr: self.addr,
+            source,
+        })
+    }
+}
+
+fn create_data_dir(path: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::create_dir_all(path).map_err(err)?;
+        // Holds the signing key and the admin token: owner only.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Opens everything, binds `config.listen`, writes `<data-dir>/listen-addr` and starts serving.
+pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
+    let data_dir = config.data_dir.clone();
+    let key = {
+        let data_dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            create_data_dir(&data_dir)?;
+            Ok::<_, StartError>(load_or_create_relay_key(&data_dir)?)
+        })
+        .await
+        .map_err(|e| StartError::Task(e.to_string()))??
+    };
+    let db_path = data_dir.join(DB_FILE);
+    let store = Store::open(&db_path)
+        .await
+        .map_err(|source| StartError::Store {
+            path: db_path.clone(),
+            source,
+        })?;
+    let admin_token_created = ensure_admin_token(&store, &data_dir).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let addr_file = data_dir.join(LISTEN_ADDR_FILE);
+    tokio::fs::write(&addr_file, addr.to_string())
+        .await
+        .map_err(|source| StartError::ListenAddrFile {
+            path: addr_file.clone(),
+            source,
+        })?;
+
+    let shutdown = CancellationToken::new();
+    let (jobs, jobs_rx) = JobKicker::channel();
+    let (completions, _) = broadcast::channel(1024);
+    let heartbeats = Arc::new(HeartbeatCache::default());
+    let state = AppState(Arc::new(Shared {
+        fingerprint: key.public_key().fingerprint(),
+        enroll_limiter: RateLimiter::new(config.enroll_rate_per_minute),
+        config,
+        store: store.clone(),
+        hub: Hub::new(),
+        key,
+        metrics: Metrics::default(),
+        heartbeats: heartbeats.clone(),
+        jobs,
+        completions,
+        shutdown: shutdown.clone(),
+        ready: AtomicBool::new(false),
+    }));
+
+    let tasks = vec![
+        tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
+        tokio::spawn(run_engine(state.clone(), jobs_rx, shutdown.clone())),
+        tokio::spawn(run_expiry_sweeper(state.clone(), shutdown.clone())),
+    ];
+    let app = crate::api::router(state.clone());
+    let server = tokio::spawn(
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future(),
+    );
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(%addr, fingerprint = %state.fingerprint, "relay serving");
+    Ok(RunningRelay {
+        addr,
+        admin_token_created,
+        state,
+        server,
+        tasks,
+    })
+}

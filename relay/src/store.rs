@@ -1,0 +1,454 @@
+//! The relay's persistent state behind a small repository layer.
+//!
+//! [`Store`] offers domain operations only ("enroll an agent with this token", "record this
+//! result"); no SQL leaves this module and handlers never see rusqlite. Every call runs on tokio's
+//! blocking pool, because SQLite calls block.
+//!
+//! Today the only backend is SQLite (one file, WAL, migrations by `PRAGMA user_version`, see
+//! `store/sqlite.rs`). To run several relays against PostgreSQL later, turn the inherent methods
+//! of [`Store`] into a trait implemented per backend; the domain types below are already
+//! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
+//! method is one transaction, which maps one-to-one onto a PostgreSQL transaction.
+
+mod sqlite;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use flotilla_shared::api::{
+    AgentFacts, DeliveryState, EnrollmentTokenInfo, EventRecord, JobInfo, JobState, Scope,
+};
+use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
+use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
+use flotilla_shared::selector::{Labels, Selector};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use flotilla_shared::api::CommandInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database schema version {found} is newer than this relay understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Current time with the precision the store keeps (microseconds), so a value written and read
+/// back compares equal.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// An enrolled agent as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentRecord {
+    pub id: String,
+    pub name: String,
+    /// Ed25519 public key, base64.
+    pub public_key: String,
+    pub labels: Labels,
+    pub facts: AgentFacts,
+    pub enrolled_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub agent_version: String,
+    /// The latest heartbeat flushed to the database (the in-memory one may be newer).
+    pub last_heartbeat: Option<Heartbeat>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// A new enrollment token (its secret is only given as a hash).
+#[derive(Clone, Debug)]
+pub struct NewEnrollmentToken {
+    pub id: String,
+    pub token_hash: String,
+    pub labels: Labels,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub max_uses: u32,
+    pub note: Option<String>,
+    pub created_by: String,
+}
+
+/// What an agent presents when enrolling (after the handler validated it).
+#[derive(Clone, Debug)]
+pub struct NewAgent {
+    pub id: String,
+    /// Display name; `None` means the hostname from the facts.
+    pub name: Option<String>,
+    pub public_key: String,
+    pub labels: Labels,
+    pub facts: AgentFacts,
+}
+
+/// Why an enrollment token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnrollRefusal {
+    Unknown,
+    Used,
+    Expired,
+    Revoked,
+}
+
+/// The caller behind an API token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCaller {
+    pub token_id: String,
+    pub name: String,
+    pub scope: Scope,
+}
+
+/// A new API token (stored hashed).
+#[derive(Clone, Debug)]
+pub struct NewApiToken {
+    pub id: String,
+    pub token_hash: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A signed command and who it goes to, persisted before anything is sent.
+#[derive(Clone, Debug)]
+pub struct NewCommand {
+    pub id: String,
+    pub command: Command,
+    pub signed: SignedCommand,
+    pub audience: Audience,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+    pub job_id: Option<String>,
+    /// Target agents in dispatch order, each with its first delivery state.
+    pub targets: Vec<(String, DeliveryState)>,
+}
+
+/// A job's own row (its command and deliveries are stored with [`NewCommand`]).
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub id: String,
+    pub selector: Selector,
+    pub max_concurrency: u32,
+    pub max_errors: Option<u32>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// What recording a result did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResultOutcome {
+    /// The delivery moved to this final state; `job_id` is set for job commands.
+    Recorded {
+        state: DeliveryState,
+        job_id: Option<String>,
+    },
+    /// The delivery was already final (a duplicate result): nothing changed.
+    AlreadyFinal,
+    /// No such (command, agent) delivery exists.
+    Unknown,
+}
+
+/// A delivery that just changed state to a final one without a result (expiry, revocation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finalised {
+    pub command_id: String,
+    pub agent_id: String,
+    pub job_id: Option<String>,
+}
+
+/// What one step of a job's dispatch did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobStep {
+    /// Agents whose delivery went pending → queued now: send them the command.
+    pub queued: Vec<String>,
+    /// The job's signed command (set when `queued` is not empty).
+    pub signed: Option<SignedCommand>,
+    pub command_id: String,
+    /// Agents whose delivery went pending → skipped now (max-errors exceeded).
+    pub skipped: usize,
+    pub state: Option<JobState>,
+}
+
+/// One audit row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub ts: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// A heartbeat waiting to be flushed.
+#[derive(Clone, Debug)]
+pub struct HeartbeatWrite {
+    pub agent_id: String,
+    pub heartbeat: Arc<Heartbeat>,
+    pub received_at: DateTime<Utc>,
+}
+
+/// Filter of `GET /api/v1/agents/{id}/events`.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    pub kind: Option<String>,
+    pub after_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// The relay's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Mutex<sqlite::Db>>,
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database file.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let path = path.to_path_buf();
+        let db = tokio::task::spawn_blocking(move || sqlite::Db::open(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(Store {
+            db: Arc::new(Mutex::new(db)),
+        })
+    }
+
+    /// An in-memory database, for unit tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Arc::new(Mutex::new(sqlite::Db::open_in_memory()?)),
+        })
+    }
+
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut sqlite::Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite half-written (transactions
+            // roll back on drop), so a poisoned lock is safe to keep using.
+            let mut guard = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    // === api tokens ===
+
+    pub async fn has_admin_token(&self) -> Result<bool, StoreError> {
+        self.call(|db| db.has_admin_token()).await
+    }
+
+    pub async fn create_api_token(&self, token: NewApiToken) -> Result<(), StoreError> {
+        self.call(move |db| db.create_api_token(&token)).await
+    }
+
+    /// The caller owning this token hash, if the token exists and is not revoked.
+    pub async fn api_caller(&self, token_hash: String) -> Result<Option<ApiCaller>, StoreError> {
+        self.call(move |db| db.api_caller(&token_hash)).await
+    }
+
+    // === enrollment ===
+
+    pub async fn create_enrollment_token(
+        &self,
+        token: NewEnrollmentToken,
+    ) -> Result<EnrollmentTokenInfo, StoreError> {
+        self.call(move |db| db.create_enrollment_token(&token))
+            .await
+    }
+
+    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
+        self.call(|db| db.list_enrollment_tokens()).await
+    }
+
+    /// Revokes an enrollment token; false when no such token exists.
+    pub async fn revoke_enrollment_token(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |db| db.revoke_enrollment_token(&id, now()))
+            .await
+    }
+
+    /// Uses one enrollment of the token and creates the agent, in one transaction. The agent's
+    /// labels are its own merged with the token's (the token's win).
+    pub async fn enroll(
+        &self,
+        token_hash: String,
+        agent: NewAgent,
+    ) -> Result<Result<(AgentRecord, String), EnrollRefusal>, StoreError> {
+        self.call(move |db| db.enroll(&token_hash, agent, now()))
+            .await
+    }
+
+    // === agents ===
+
+    pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
+        self.call(move |db| db.agent(&id)).await
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.call(|db| db.agents()).await
+    }
+
+    /// Replaces an agent's labels; returns the updated agent (None when unknown).
+    pub async fn set_agent_labels(
+        &self,
+        id: String,
+        labels: Labels,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        self.call(move |db| db.set_agent_labels(&id, &labels)).await
+    }
+
+    pub async fn set_agent_version(&self, id: String, version: String) -> Result<(), StoreError> {
+        self.call(move |db| db.set_agent_version(&id, &version))
+            .await
+    }
+
+    /// Revokes an agent and ends its unfinished deliveries as undelivered. Returns None when the
+    /// agent is unknown, else the deliveries that were ended.
+    pub async fn revoke_agent(&self, id: String) -> Result<Option<Vec<Finalised>>, StoreError> {
+        self.call(move |db| db.revoke_agent(&id, now())).await
+    }
+
+    /// Writes a batch of latest heartbeats in one transaction.
+    pub async fn save_heartbeats(&self, batch: Vec<HeartbeatWrite>) -> Result<(), StoreError> {
+        self.call(move |db| db.save_heartbeats(&batch)).await
+    }
+
+    // === commands ===
+
+    /// Persists a command with its deliveries (one transaction).
+    pub async fn create_command(&self, command: NewCommand) -> Result<(), StoreError> {
+        self.call(move |db| db.create_command(&command, None)).await
+    }
+
+    /// Persists a job with its command and deliveries (one transaction).
+    pub async fn create_job(&self, job: NewJob, command: NewCommand) -> Result<(), StoreError> {
+        self.call(move |db| db.create_command(&command, Some(&job)))
+            .await
+    }
+
+    /// The command as seen by one agent. With `agent_id` None the command must be a single
+    /// (non-job) command.
+    pub async fn command_info(
+        &self,
+        command_id: String,
+        agent_id: Option<String>,
+    ) -> Result<CommandLookup, StoreError> {
+        self.call(move |db| db.command_info(&command_id, agent_id.as_deref()))
+            .await
+    }
+
+    /// Unfinished, unexpired commands for an agent (queued, sent or received), oldest first.
+    pub async fn pending_commands(
+        &self,
+        agent_id: String,
+    ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
+        self.call(move |db| db.pending_commands(&agent_id, now()))
+            .await
+    }
+
+    /// queued → sent for these deliveries (other states are left alone).
+    pub async fn mark_sent(
+        &self,
+        command_id: String,
+        agent_ids: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.call(move |db| db.mark_sent(&command_id, &agent_ids, now()))
+            .await
+    }
+
+    /// queued/sent → received. False when the agent has no such unfinished delivery.
+    pub async fn mark_received(
+        &self,
+        command_id: String,
+        agent_id: String,
+    ) -> Result<bool, StoreError> {
+        self.call(move |db| db.mark_received(&command_id, &agent_id, now()))
+            .await
+    }
+
+    /// Records an agent's result unless the delivery is already final.
+    pub async fn record_result(
+        &self,
+        agent_id: String,
+        result: CommandResult,
+    ) -> Result<ResultOutcome, StoreError> {
+        self.call(move |db| db.record_result(&agent_id, &result, now()))
+            .await
+    }
+
+    /// Ends every pending/queued/sent delivery whose command expired as undelivered.
+    pub async fn expire_deliveries(&self) -> Result<Vec<Finalised>, StoreError> {
+        self.call(|db| db.expire_deliveries(now())).await
+    }
+
+    // === jobs ===
+
+    pub async fn job_info(&self, id: String) -> Result<Option<JobInfo>, StoreError> {
+        self.call(move |db| db.job_info(&id)).await
+    }
+
+    pub async fn running_jobs(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|db| db.running_jobs()).await
+    }
+
+    /// One dispatch step of a job (see `jobs::plan_step`), in one transaction.
+    pub async fn advance_job(&self, id: String) -> Result<Option<JobStep>, StoreError> {
+        self.call(move |db| db.advance_job(&id, now())).await
+    }
+
+    // === events ===
+
+    /// Stores an agent event unless (agent, seq) is already stored; true when inserted.
+    pub async fn insert_event(
+        &self,
+        agent_id: String,
+        seq: u64,
+        event: AgentEvent,
+    ) -> Result<bool, StoreError> {
+        self.call(move |db| db.insert_event(&agent_id, seq, &event, now()))
+            .await
+    }
+
+    pub async fn events(
+        &self,
+        agent_id: String,
+        query: EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        self.call(move |db| db.events(&agent_id, &query)).await
+    }
+
+    // === audit ===
+
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.call(move |db| db.audit(&entry)).await
+    }
+
+    /// The newest audit rows first.
+    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.call(move |db| db.recent_audit(limit)).await
+    }
+}
+
+/// Answer to [`Store::command_info`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandLookup {
+    Found(Box<CommandInfo>),
+    /// No such command, or no delivery of it to the given agent.
+    NotFound,
+    /// A job command asked for without `?agent=`.
+    NeedsAgent {
+        job_id: Option<String>,
+    },
+}
+
+#[cfg(test)]
+mod tests;

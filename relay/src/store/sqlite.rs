@@ -1,0 +1,1183 @@
+//! The SQLite backend: schema, migrations and every SQL statement of the relay.
+//!
+//! Timestamps are stored as fixed-width RFC 3339 UTC text with microseconds, so text order is
+//! time order and comparisons can be done in SQL. JSON columns hold the shared wire types.
+
+use super::{
+    AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal, EventQuery, Finalised,
+    HeartbeatWrite, JobStep, NewAgent, NewApiToken, NewCommand, NewEnrollmentToken, NewJob,
+    ResultOutcome, StoreError,
+};
+use crate::jobs::plan_step;
+use chrono::{DateTime, SecondsFormat, Utc};
+use flotilla_shared::api::{
+    AgentFacts, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobCounts, JobInfo,
+    JobState, JobTarget, Scope,
+};
+use flotilla_shared::command::{Command, CommandResult, ResultStatus, SignedCommand};
+use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
+use flotilla_shared::selector::{Labels, Selector};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+use std::time::Duration;
+
+/// Schema migrations; `PRAGMA user_version` is the number applied so far.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    enrolled_at TEXT NOT NULL,
+    revoked_at TEXT,
+    agent_version TEXT NOT NULL DEFAULT '',
+    last_heartbeat TEXT,
+    last_heartbeat_at TEXT,
+    enrollment_token_id TEXT
+);
+CREATE TABLE enrollment_tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    labels TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    max_uses INTEGER NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0,
+    revoked_at TEXT,
+    note TEXT,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at TEXT
+);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    command_id TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    max_concurrency INTEGER NOT NULL,
+    max_errors INTEGER,
+    state TEXT NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE INDEX jobs_state ON jobs(state);
+CREATE TABLE commands (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    command TEXT NOT NULL,
+    envelope TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    audience TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    job_id TEXT REFERENCES jobs(id)
+);
+CREATE TABLE deliveries (
+    command_id TEXT NOT NULL REFERENCES commands(id),
+    agent_id TEXT NOT NULL REFERENCES agents(id),
+    position INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    result TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (command_id, agent_id)
+);
+CREATE INDEX deliveries_agent_state ON deliveries(agent_id, state);
+CREATE INDEX deliveries_state ON deliveries(state);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event TEXT NOT NULL,
+    UNIQUE (agent_id, seq)
+);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+"#];
+
+/// States in which a delivery is still waiting to reach the agent or to finish.
+const UNFINISHED: &str = "('pending','queued','sent','received')";
+
+pub(super) struct Db {
+    conn: Connection,
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("bad timestamp {s:?}: {e}")))
+}
+
+fn parse_opt_ts(s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    s.as_deref().map(parse_ts).transpose()
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("shared types serialise")
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("bad {what} json: {e}")))
+}
+
+fn parse_state(s: &str) -> Result<DeliveryState, StoreError> {
+    DeliveryState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("bad delivery state {s:?}")))
+}
+
+fn job_state_str(s: JobState) -> &'static str {
+    match s {
+        JobState::Running => "running",
+        JobState::Completed => "completed",
+        JobState::Stopped => "stopped",
+    }
+}
+
+fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
+    match s {
+        "running" => Ok(JobState::Running),
+        "completed" => Ok(JobState::Completed),
+        "stopped" => Ok(JobState::Stopped),
+        other => Err(StoreError::Corrupt(format!("bad job state {other:?}"))),
+    }
+}
+
+const AGENT_COLUMNS: &str = "id, name, public_key, labels, facts, enrolled_at, revoked_at, \
+     agent_version, last_heartbeat, last_heartbeat_at";
+
+/// Raw agent row; converted outside the rusqlite closure so JSON errors surface as ours.
+struct AgentRow {
+    id: String,
+    name: String,
+    public_key: String,
+    labels: String,
+    facts: String,
+    enrolled_at: String,
+    revoked_at: Option<String>,
+    agent_version: String,
+    last_heartbeat: Option<String>,
+    last_heartbeat_at: Option<String>,
+}
+
+impl AgentRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+        Ok(AgentRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            public_key: r.get(2)?,
+            labels: r.get(3)?,
+            facts: r.get(4)?,
+            enrolled_at: r.get(5)?,
+            revoked_at: r.get(6)?,
+            agent_version: r.get(7)?,
+            last_heartbeat: r.get(8)?,
+            last_heartbeat_at: r.get(9)?,
+        })
+    }
+
+    fn into_record(self) -> Result<AgentRecord, StoreError> {
+        Ok(AgentRecord {
+            labels: from_json("labels", &self.labels)?,
+            facts: from_json::<AgentFacts>("facts", &self.facts)?,
+            enrolled_at: parse_ts(&self.enrolled_at)?,
+            revoked_at: parse_opt_ts(self.revoked_at)?,
+            last_heartbeat: self
+                .last_heartbeat
+                .as_deref()
+                .map(|s| from_json::<Heartbeat>("heartbeat", s))
+                .transpose()?,
+            last_heartbeat_at: parse_opt_ts(self.last_heartbeat_at)?,
+            id: self.id,
+            name: self.name,
+            public_key: self.public_key,
+            agent_version: self.agent_version,
+        })
+    }
+}
+
+struct TokenRow {
+    id: String,
+    labels: String,
+    created_at: String,
+    expires_at: String,
+    max_uses: u32,
+    uses: u32,
+    revoked_at: Option<String>,
+    note: Option<String>,
+    created_by: String,
+}
+
+const TOKEN_COLUMNS: &str =
+    "id, labels, created_at, expires_at, max_uses, uses, revoked_at, note, created_by";
+
+impl TokenRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<TokenRow> {
+        Ok(TokenRow {
+            id: r.get(0)?,
+            labels: r.get(1)?,
+            created_at: r.get(2)?,
+            expires_at: r.get(3)?,
+            max_uses: r.get(4)?,
+            uses: r.get(5)?,
+            revoked_at: r.get(6)?,
+            note: r.get(7)?,
+            created_by: r.get(8)?,
+        })
+    }
+
+    fn into_info(self) -> Result<EnrollmentTokenInfo, StoreError> {
+        Ok(EnrollmentTokenInfo {
+            id: self.id,
+            labels: from_json("labels", &self.labels)?,
+            created_at: parse_ts(&self.created_at)?,
+            expires_at: parse_ts(&self.expires_at)?,
+            max_uses: self.max_uses,
+            uses: self.uses,
+            revoked: self.revoked_at.is_some(),
+            note: self.note,
+            created_by: self.created_by,
+        })
+    }
+}
+
+impl Db {
+    pub(super) fn open(path: &Path) -> Result<Db, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        Self::init(conn)
+    }
+
+    pub(super) fn open_in_memory() -> Result<Db, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Db, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    // === api tokens ===
+
+    pub(super) fn has_admin_token(&mut self) -> Result<bool, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM api_tokens WHERE scope = 'admin' AND name = 'admin'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
+    pub(super) fn create_api_token(&mut self, t: &NewApiToken) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO api_tokens (id, token_hash, name, scope, created_at, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                t.id,
+                t.token_hash,
+                t.name,
+                t.scope.as_str(),
+                ts(t.created_at),
+                t.created_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn api_caller(&mut self, token_hash: &str) -> Result<Option<ApiCaller>, StoreError> {
+        let row: Option<(String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT id, name, scope FROM api_tokens \
+                 WHERE token_hash = ?1 AND revoked_at IS NULL",
+                [token_hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(token_id, name, scope)| {
+            let scope: Scope = scope.parse().map_err(StoreError::Corrupt)?;
+            Ok(ApiCaller {
+                token_id,
+                name,
+                scope,
+            })
+        })
+        .transpose()
+    }
+
+    // === enrollment ===
+
+    pub(super) fn create_enrollment_token(
+        &mut self,
+        t: &NewEnrollmentToken,
+    ) -> Result<EnrollmentTokenInfo, StoreError> {
+        self.conn.execute(
+            "INSERT INTO enrollment_tokens \
+             (id, token_hash, labels, created_at, expires_at, max_uses, note, created_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                t.id,
+                t.token_hash,
+                to_json(&t.labels),
+                ts(t.created_at),
+                ts(t.expires_at),
+                t.max_uses,
+                t.note,
+                t.created_by
+            ],
+        )?;
+        Ok(EnrollmentTokenInfo {
+            id: t.id.clone(),
+            labels: t.labels.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            max_uses: t.max_uses,
+            uses: 0,
+            revoked: false,
+            note: t.note.clone(),
+            created_by: t.created_by.clone(),
+        })
+    }
+
+    pub(super) fn list_enrollment_tokens(
+        &mut self,
+    ) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at, id"
+        ))?;
+        let rows = stmt
+            .query_map([], TokenRow::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(TokenRow::into_info).collect()
+    }
+
+    pub(super) fn revoke_enrollment_token(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let exists: bool = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM enrollment_tokens WHERE id = ?1",
+                [id],
+                |_| Ok(true),
+            )
+            .optional()?
+            .unwrap_or(false);
+        if exists {
+            self.conn.execute(
+                "UPDATE enrollment_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, ts(now)],
+            )?;
+        }
+        Ok(exists)
+    }
+
+    pub(super) fn enroll(
+        &mut self,
+        token_hash: &str,
+        agent: NewAgent,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(AgentRecord, String), EnrollRefusal>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let token = tx
+            .query_row(
+                &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE token_hash = ?1"),
+                [token_hash],
+                TokenRow::read,
+            )
+            .optional()?;
+        let Some(token) = token else {
+            return Ok(Err(EnrollRefusal::Unknown));
+        };
+        let token = token.into_info()?;
+        if token.revoked {
+            return Ok(Err(EnrollRefusal::Revoked));
+        }
+        if token.uses >= token.max_uses {
+            return Ok(Err(EnrollRefusal::Used));
+        }
+        if token.expires_at <= now {
+            return Ok(Err(EnrollRefusal::Expired));
+        }
+        let mut labels = agent.labels;
+        labels.extend(token.labels.clone());
+        let name = agent
+            .name
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| {
+                if agent.facts.hostname.is_empty() {
+                    agent.id.clone()
+                } else {
+                    agent.facts.hostname.clone()
+                }
+            });
+        let record = AgentRecord {
+            id: agent.id,
+            name,
+            public_key: agent.public_key,
+            labels,
+            agent_version: agent.facts.agent_version.clone(),
+            facts: agent.facts,
+            enrolled_at: now,
+            revoked_at: None,
+            last_heartbeat: None,
+            last_heartbeat_at: None,
+        };
+        tx.execute(
+            "INSERT INTO agents (id, name, public_key, labels, facts, enrolled_at, agent_version, \
+             enrollment_token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                record.id,
+                record.name,
+                record.public_key,
+                to_json(&record.labels),
+                to_json(&record.facts),
+                ts(now),
+                record.agent_version,
+                token.id
+            ],
+        )?;
+        tx.execute(
+            "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1",
+            [&token.id],
+        )?;
+        tx.commit()?;
+        Ok(Ok((record, token.id)))
+    }
+
+    // === agents ===
+
+    pub(super) fn agent(&mut self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"),
+                [id],
+                AgentRow::read,
+            )
+            .optional()?;
+        row.map(AgentRow::into_record).transpose()
+    }
+
+    pub(super) fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name, id"
+        ))?;
+        let rows = stmt
+            .query_map([], AgentRow::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(AgentRow::into_record).collect()
+    }
+
+    pub(super) fn set_agent_labels(
+        &mut self,
+        id: &str,
+        labels: &Labels,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE agents SET labels = ?2 WHERE id = ?1",
+            params![id, to_json(labels)],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.agent(id)
+    }
+
+    pub(super) fn set_agent_version(&mut self, id: &str, version: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE agents SET agent_version = ?2 WHERE id = ?1",
+            params![id, version],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn revoke_agent(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Finalised>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, ts(now)],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let ended = finalise_where(
+            &tx,
+            "d.agent_id = ?1 AND d.state IN ('pending','queued','sent','received')",
+            params![id],
+            now,
+        )?;
+        tx.commit()?;
+        Ok(Some(ended))
+    }
+
+    pub(super) fn save_heartbeats(&mut self, batch: &[HeartbeatWrite]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE agents SET last_heartbeat = ?2, last_heartbeat_at = ?3, \
+                 agent_version = ?4 WHERE id = ?1",
+            )?;
+            for hb in batch {
+                stmt.execute(params![
+                    hb.agent_id,
+                    to_json(&*hb.heartbeat),
+                    ts(hb.received_at),
+                    hb.heartbeat.agent_version
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // === commands ===
+
+    pub(super) fn create_command(
+        &mut self,
+        c: &NewCommand,
+        job: Option<&NewJob>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        if let Some(job) = job {
+            tx.execute(
+                "INSERT INTO jobs (id, command_id, selector, max_concurrency, max_errors, state, \
+                 created_at, expires_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8)",
+                params![
+                    job.id,
+                    c.id,
+                    job.selector.to_string(),
+                    job.max_concurrency,
+                    job.max_errors,
+                    ts(job.created_at),
+                    ts(job.expires_at),
+                    job.created_by
+                ],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO commands (id, kind, command, envelope, signature, audience, created_at, \
+             expires_at, created_by, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                c.id,
+                c.command.kind().as_str(),
+                to_json(&c.command),
+                c.signed.envelope,
+                c.signed.signature,
+                to_json(&c.audience),
+                ts(c.created_at),
+                ts(c.expires_at),
+                c.created_by,
+                c.job_id
+            ],
+        )?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO deliveries (command_id, agent_id, position, state, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (i, (agent_id, state)) in c.targets.iter().enumerate() {
+                stmt.execute(params![
+                    c.id,
+                    agent_id,
+                    i as i64,
+                    state.as_str(),
+                    ts(c.created_at)
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn command_info(
+        &mut self,
+        command_id: &str,
+        agent_id: Option<&str>,
+    ) -> Result<CommandLookup, StoreError> {
+        let cmd: Option<(String, String, String, String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT command, created_at, expires_at, created_by, job_id FROM commands \
+                 WHERE id = ?1",
+                [command_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((command, created_at, expires_at, created_by, job_id)) = cmd else {
+            return Ok(CommandLookup::NotFound);
+        };
+        let agent_id = match agent_id {
+            Some(a) => a.to_string(),
+            None => {
+                if job_id.is_some() {
+                    return Ok(CommandLookup::NeedsAgent { job_id });
+                }
+                let only: Option<String> = self
+                    .conn
+                    .query_row(
+                        "SELECT agent_id FROM deliveries WHERE command_id = ?1 LIMIT 1",
+                        [command_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match only {
+                    Some(a) => a,
+                    None => return Ok(CommandLookup::NotFound),
+                }
+            }
+        };
+        let delivery: Option<(String, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT state, result FROM deliveries WHERE command_id = ?1 AND agent_id = ?2",
+                params![command_id, agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((state, result)) = delivery else {
+            return Ok(CommandLookup::NotFound);
+        };
+        let command: Command = from_json("command", &command)?;
+        Ok(CommandLookup::Found(Box::new(CommandInfo {
+            id: command_id.to_string(),
+            agent_id,
+            kind: command.kind(),
+            command,
+            state: parse_state(&state)?,
+            created_at: parse_ts(&created_at)?,
+            expires_at: parse_ts(&expires_at)?,
+            created_by,
+            job_id,
+            result: result
+                .as_deref()
+                .map(|r| from_json::<CommandResult>("result", r))
+                .transpose()?,
+        })))
+    }
+
+    pub(super) fn pending_commands(
+        &mut self,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.id, c.envelope, c.signature FROM deliveries d \
+             JOIN commands c ON c.id = d.command_id \
+             WHERE d.agent_id = ?1 AND d.state IN ('queued','sent','received') \
+             AND c.expires_at > ?2 ORDER BY c.created_at, c.id",
+        )?;
+        let rows = stmt
+            .query_map(params![agent_id, ts(now)], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    SignedCommand {
+                        envelope: r.get(1)?,
+                        signature: r.get(2)?,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub(super) fn mark_sent(
+        &mut self,
+        command_id: &str,
+        agent_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE deliveries SET state = 'sent', updated_at = ?3 \
+                 WHERE command_id = ?1 AND agent_id = ?2 AND state = 'queued'",
+            )?;
+            for a in agent_ids {
+                stmt.execute(params![command_id, a, ts(now)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn mark_received(
+        &mut self,
+        command_id: &str,
+        agent_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE deliveries SET state = 'received', updated_at = ?3 \
+             WHERE command_id = ?1 AND agent_id = ?2 AND state IN ('queued','sent')",
+            params![command_id, agent_id, ts(now)],
+        )?;
+        if n > 0 {
+            return Ok(true);
+        }
+        // Already received (a duplicate `received`) is still a known delivery.
+        let known: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM deliveries WHERE command_id = ?1 AND agent_id = ?2",
+                params![command_id, agent_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(known.is_some())
+    }
+
+    pub(super) fn record_result(
+        &mut self,
+        agent_id: &str,
+        result: &CommandResult,
+        now: DateTime<Utc>,
+    ) -> Result<ResultOutcome, StoreError> {
+        let tx = self.conn.transaction()?;
+        let row: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT d.state, c.job_id FROM deliveries d JOIN commands c ON c.id = d.command_id \
+                 WHERE d.command_id = ?1 AND d.agent_id = ?2",
+                params![result.command_id, agent_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((state, job_id)) = row else {
+            return Ok(ResultOutcome::Unknown);
+        };
+        if parse_state(&state)?.is_final() {
+            return Ok(ResultOutcome::AlreadyFinal);
+        }
+        let new_state = match result.status {
+            ResultStatus::Succeeded => DeliveryState::Succeeded,
+            ResultStatus::Failed => DeliveryState::Failed,
+            ResultStatus::Rejected => DeliveryState::Rejected,
+        };
+        tx.execute(
+            "UPDATE deliveries SET state = ?3, result = ?4, updated_at = ?5 \
+             WHERE command_id = ?1 AND agent_id = ?2",
+            params![
+                result.command_id,
+                agent_id,
+                new_state.as_str(),
+                to_json(result),
+                ts(now)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(ResultOutcome::Recorded {
+            state: new_state,
+            job_id,
+        })
+    }
+
+    pub(super) fn expire_deliveries(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Finalised>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let ended = finalise_where(
+            &tx,
+            "d.state IN ('pending','queued','sent') AND c.expires_at <= ?1",
+            params![ts(now)],
+            now,
+        )?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    // === jobs ===
+
+    pub(super) fn running_jobs(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
+    pub(super) fn advance_job(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobStep>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let job: Option<(String, u32, Option<u32>, String, bool)> = tx
+            .query_row(
+                "SELECT command_id, max_concurrency, max_errors, state, stopped FROM jobs \
+                 WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let Some((command_id, max_concurrency, max_errors, state, stopped)) = job else {
+            return Ok(None);
+        };
+        let state = parse_job_state(&state)?;
+        let mut step = JobStep {
+            command_id: command_id.clone(),
+            ..JobStep::default()
+        };
+        if state != JobState::Running {
+            step.state = Some(state);
+            return Ok(Some(step));
+        }
+        let counts = delivery_counts(&tx, &command_id)?;
+        let plan = plan_step(&counts, max_concurrency, max_errors, stopped);
+        if plan.stop {
+            tx.execute("UPDATE jobs SET stopped = 1 WHERE id = ?1", [id])?;
+            step.skipped = tx.execute(
+                "UPDATE deliveries SET state = 'skipped', updated_at = ?2 \
+                 WHERE command_id = ?1 AND state = 'pending'",
+                params![command_id, ts(now)],
+            )?;
+        }
+        if plan.dispatch > 0 {
+            let mut stmt = tx.prepare(
+                "SELECT agent_id FROM deliveries WHERE command_id = ?1 AND state = 'pending' \
+                 ORDER BY position LIMIT ?2",
+            )?;
+            step.queued = stmt
+                .query_map(params![command_id, plan.dispatch as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            drop(stmt);
+            let mut upd = tx.prepare(
+                "UPDATE deliveries SET state = 'queued', updated_at = ?3 \
+                 WHERE command_id = ?1 AND agent_id = ?2",
+            )?;
+            for a in &step.queued {
+                upd.execute(params![command_id, a, ts(now)])?;
+            }
+            drop(upd);
+            step.signed = Some(tx.query_row(
+                "SELECT envelope, signature FROM commands WHERE id = ?1",
+                [&command_id],
+                |r| {
+                    Ok(SignedCommand {
+                        envelope: r.get(0)?,
+                        signature: r.get(1)?,
+                    })
+                },
+            )?);
+        }
+        if plan.state != JobState::Running {
+            tx.execute(
+                "UPDATE jobs SET state = ?2 WHERE id = ?1",
+                params![id, job_state_str(plan.state)],
+            )?;
+        }
+        step.state = Some(plan.state);
+        tx.commit()?;
+        Ok(Some(step))
+    }
+
+    pub(super) fn job_info(&mut self, id: &str) -> Result<Option<JobInfo>, StoreError> {
+        type JobRow = (
+            String,
+            String,
+            u32,
+            Option<u32>,
+            String,
+            String,
+            String,
+            String,
+            String,
+        );
+        let job: Option<JobRow> = self
+            .conn
+            .query_row(
+                "SELECT j.command_id, j.selector, j.max_concurrency, j.max_errors, j.state, \
+                 j.created_at, j.expires_at, j.created_by, c.command \
+                 FROM jobs j JOIN commands c ON c.id = j.command_id WHERE j.id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((
+            command_id,
+            selector,
+            max_concurrency,
+            max_errors,
+            state,
+            created_at,
+            expires_at,
+            created_by,
+            command,
+        )) = job
+        else {
+            return Ok(None);
+        };
+        let mut stmt = self.conn.prepare(
+            "SELECT d.agent_id, a.name, d.state, d.result FROM deliveries d \
+             JOIN agents a ON a.id = d.agent_id WHERE d.command_id = ?1 ORDER BY d.position",
+        )?;
+        let rows = stmt
+            .query_map([&command_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut targets = Vec::with_capacity(rows.len());
+        for (agent_id, agent_name, state, result) in rows {
+            targets.push(JobTarget {
+                agent_id,
+                agent_name,
+                state: parse_state(&state)?,
+                result: result
+                    .as_deref()
+                    .map(|r| from_json::<CommandResult>("result", r))
+                    .transpose()?,
+            });
+        }
+        let mut counts = JobCounts::default();
+        for t in &targets {
+            count_state(&mut counts, t.state, 1);
+        }
+        let command: Command = from_json("command", &command)?;
+        Ok(Some(JobInfo {
+            id: id.to_string(),
+            command_id,
+            selector: selector
+                .parse::<Selector>()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            kind: command.kind(),
+            command,
+            state: parse_job_state(&state)?,
+            max_concurrency,
+            max_errors,
+            created_at: parse_ts(&created_at)?,
+            expires_at: parse_ts(&expires_at)?,
+            created_by,
+            counts,
+            targets,
+        }))
+    }
+
+    // === events ===
+
+    pub(super) fn insert_event(
+        &mut self,
+        agent_id: &str,
+        seq: u64,
+        event: &AgentEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO events (agent_id, seq, received_at, kind, event) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                agent_id,
+                seq as i64,
+                ts(now),
+                event.kind.as_str(),
+                to_json(event)
+            ],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub(super) fn events(
+        &mut self,
+        agent_id: &str,
+        q: &EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, received_at, event FROM events WHERE agent_id = ?1 \
+             AND (?2 IS NULL OR kind = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![agent_id, q.kind, q.after_id.unwrap_or(0), q.limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, received_at, event)| {
+                Ok(EventRecord {
+                    id,
+                    agent_id: agent_id.to_string(),
+                    received_at: parse_ts(&received_at)?,
+                    event: from_json("event", &event)?,
+                })
+            })
+            .collect()
+    }
+
+    // === audit ===
+
+    pub(super) fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO audit (ts, actor, action, target, outcome, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![ts(e.ts), e.actor, e.action, e.target, e.outcome, e.detail],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn recent_audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ts, actor, action, target, outcome, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(t, actor, action, target, outcome, detail)| {
+                Ok(AuditEntry {
+                    ts: parse_ts(&t)?,
+                    actor,
+                    action,
+                    target,
+                    outcome,
+                    detail,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Adds one delivery state to a job's counts.
+fn count_state(c: &mut JobCounts, state: DeliveryState, n: u32) {
+    c.targets += n;
+    let bucket = match state {
+        DeliveryState::Pending => &mut c.pending,
+        DeliveryState::Queued | DeliveryState::Sent | DeliveryState::Received => &mut c.in_flight,
+        DeliveryState::Succeeded => &mut c.succeeded,
+        DeliveryState::Failed => &mut c.failed,
+        DeliveryState::Rejected => &mut c.rejected,
+        DeliveryState::Undelivered => &mut c.undelivered,
+        DeliveryState::Skipped => &mut c.skipped,
+    };
+    *bucket += n;
+}
+
+fn delivery_counts(tx: &Transaction<'_>, command_id: &str) -> Result<JobCounts, StoreError> {
+    let mut stmt =
+        tx.prepare("SELECT state, COUNT(*) FROM deliveries WHERE command_id = ?1 GROUP BY state")?;
+    let rows = stmt
+        .query_map([command_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut counts = JobCounts::default();
+    for (state, n) in rows {
+        count_state(&mut counts, parse_state(&state)?, n);
+    }
+    Ok(counts)
+}
+
+/// Marks the deliveries matched by `condition` (over `deliveries d JOIN commands c`) undelivered
+/// and returns them.
+fn finalise_where(
+    tx: &Transaction<'_>,
+    condition: &str,
+    args: impl rusqlite::Params + Clone,
+    now: DateTime<Utc>,
+) -> Result<Vec<Finalised>, StoreError> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT d.command_id, d.agent_id, c.job_id FROM deliveries d \
+         JOIN commands c ON c.id = d.command_id WHERE {condition}"
+    ))?;
+    let ended = stmt
+        .query_map(args, |r| {
+            Ok(Finalised {
+                command_id: r.get(0)?,
+                agent_id: r.get(1)?,
+                job_id: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    drop(stmt);
+    let mut upd = tx.prepare(&format!(
+        "UPDATE deliveries SET state = 'undelivered', updated_at = ?3 \
+         WHERE command_id = ?1 AND agent_id = ?2 AND state IN {UNFINISHED}"
+    ))?;
+    for f in &ended {
+        upd.execute(params![f.command_id, f.agent_id, ts(now)])?;
+    }
+    Ok(ended)
+}

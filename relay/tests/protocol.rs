@@ -1,0 +1,399 @@
+//! The relay's side of the agent protocol, driven by a scripted agent over a real websocket
+//! against an in-process relay on 127.0.0.1:0.
+
+use flotilla_relay::config::RelayConfig;
+use flotilla_shared::api::{
+    AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
+    EnrollmentTokenCreated,
+};
+use flotilla_shared::command::{CommandResult, ResultStatus};
+use flotilla_shared::heartbeat::{AgentEvent, EventKind};
+use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame};
+use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Relay {
+    relay: flotilla_relay::RunningRelay,
+    base: String,
+    admin: String,
+    http: reqwest::Client,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn relay(max_frame_bytes: usize) -> Relay {
+    let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("relay-proto"));
+    let relay = flotilla_relay::start(RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.clone(),
+        max_frame_bytes,
+        test_hooks: true,
+        ..RelayConfig::default()
+    })
+    .await
+    .unwrap();
+    let admin = relay.admin_token_created().unwrap().to_string();
+    let listen = std::fs::read_to_string(dir.join("listen-addr")).unwrap();
+    assert_eq!(listen.trim(), relay.local_addr().to_string());
+    Relay {
+        base: relay.base_url(),
+        relay,
+        admin,
+        http: reqwest::Client::new(),
+        _dir: TempDir(dir),
+    }
+}
+
+impl Relay {
+    async fn enroll(&self, key: &SigningKey) -> EnrollResponse {
+        let token: EnrollmentTokenCreated = self
+            .http
+            .post(format!("{}/api/v1/enrollment-tokens", self.base))
+            .bearer_auth(&self.admin)
+            .json(&CreateEnrollmentToken::default())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/enroll", self.base))
+            .json(&EnrollRequest {
+                token: token.token,
+                name: Some("scripted".into()),
+                public_key: key.public_key().to_base64(),
+                labels: Default::default(),
+                facts: AgentFacts::default(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    async fn connect(&self) -> Ws {
+        let url = format!("{}/api/v1/agent/connect", self.base.replace("http", "ws"));
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+}
+
+async fn next_frame(ws: &mut Ws) -> Option<RelayFrame> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("relay answers within 10 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, frame: &AgentFrame) {
+    ws.send(Message::text(serde_json::to_string(frame).unwrap()))
+        .await
+        .unwrap();
+}
+
+/// Connects and authenticates; returns the socket after the welcome.
+async fn login(relay: &Relay, key: &SigningKey, agent_id: &str) -> Ws {
+    let mut ws = relay.connect().await;
+    let Some(RelayFrame::Hello { challenge, .. }) = next_frame(&mut ws).await else {
+        panic!("no hello")
+    };
+    send(
+        &mut ws,
+        &AgentFrame::Auth {
+            agent_id: agent_id.into(),
+            protocol_version: 1,
+            agent_version: "test".into(),
+            signature: key.sign(AUTH_DOMAIN, &auth_message(&challenge, agent_id)),
+        },
+    )
+    .await;
+    match next_frame(&mut ws).await {
+        Some(RelayFrame::Welcome { welcome, .. }) => {
+            let body = welcome
+                .verify(
+                    &flotilla_shared::signing::PublicKey::from_base64(&relay.relay_public_key())
+                        .unwrap(),
+                )
+                .unwrap();
+            assert_eq!(body.agent_id, agent_id);
+        }
+        other => panic!("expected welcome, got {other:?}"),
+    }
+    ws
+}
+
+impl Relay {
+    fn relay_public_key(&self) -> String {
+        self.relay.state().key.public_key().to_base64()
+    }
+
+    async fn command(&self, agent_id: &str, query: &str) -> (u16, CommandInfo) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/agents/{agent_id}/commands{query}",
+                self.base
+            ))
+            .bearer_auth(&self.admin)
+            .json(&serde_json::json!({"kind": "ping", "args": {}}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+}
+
+#[tokio::test]
+async fn auth_commands_results_events_and_abuse() {
+    let relay = relay(64 * 1024).await;
+    let key = SigningKey::generate();
+    let agent_id = relay.enroll(&key).await.agent_id;
+
+    // A wrong key is refused with auth_failed.
+    {
+        let mut ws = relay.connect().await;
+        let Some(RelayFrame::Hello { challenge, .. }) = next_frame(&mut ws).await else {
+            panic!()
+        };
+        let wrong = SigningKey::generate();
+        send(
+            &mut ws,
+            &AgentFrame::Auth {
+                agent_id: agent_id.clone(),
+                protocol_version: 1,
+                agent_version: "t".into(),
+                signature: wrong.sign(AUTH_DOMAIN, &auth_message(&challenge, &agent_id)),
+            },
+        )
+        .await;
+        match next_frame(&mut ws).await {
+            Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "auth_failed"),
+            other => panic!("{other:?}"),
+        }
+        assert!(next_frame(&mut ws).await.is_none(), "closed after refusal");
+    }
+
+    // A command queued while offline is sent after the welcome.
+    let (status, queued) = relay.command(&agent_id, "").await;
+    assert_eq!(status, 201);
+    assert_eq!(queued.state, DeliveryState::Queued);
+    let mut ws = login(&relay, &key, &agent_id).await;
+    let Some(RelayFrame::Command(signed)) = next_frame(&mut ws).await else {
+        panic!("pending command not re-sent")
+    };
+    let env = signed
+        .verify(&relay.relay.state().key.public_key())
+        .unwrap();
+    assert_eq!(env.id, queued.id);
+
+    // Malformed frames get an error and the connection continues.
+    ws.send(Message::text("{not json")).await.unwrap();
+    match next_frame(&mut ws).await {
+        Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "malformed_frame"),
+        other => panic!("{other:?}"),
+    }
+    send(
+        &mut ws,
+        &AgentFrame::Received {
+            command_id: queued.id.clone(),
+        },
+    )
+    .await;
+    let result = CommandResult {
+        command_id: queued.id.clone(),
+        status: ResultStatus::Succeeded,
+        output: None,
+        error: None,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    };
+    for _ in 0..2 {
+        // The second copy is a harmless duplicate: acked again.
+        send(
+            &mut ws,
+            &AgentFrame::Outbox {
+                seq: 1,
+                item: OutboxItem::Result(result.clone()),
+            },
+        )
+        .await;
+        assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 1 }));
+    }
+    let event = AgentEvent {
+        kind: EventKind::ContainerDied,
+        at: chrono::Utc::now(),
+        container_id: None,
+        container_name: Some("web".into()),
+        message: "died".into(),
+        attributes: Default::default(),
+    };
+    for _ in 0..2 {
+        send(
+            &mut ws,
+            &AgentFrame::Outbox {
+                seq: 2,
+                item: OutboxItem::Event(event.clone()),
+            },
+        )
+        .await;
+        assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 2 }));
+    }
+    // A result for a command never sent to this agent is acked and dropped.
+    send(
+        &mut ws,
+        &AgentFrame::Outbox {
+            seq: 3,
+            item: OutboxItem::Result(CommandResult {
+                command_id: "cmd_unknown".into(),
+                ..result.clone()
+            }),
+        },
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 3 }));
+
+    let events: Vec<serde_json::Value> = relay
+        .http
+        .get(format!("{}/api/v1/agents/{agent_id}/events", relay.base))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    let info: CommandInfo = relay
+        .http
+        .get(format!("{}/api/v1/commands/{}", relay.base, queued.id))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info.state, DeliveryState::Succeeded);
+
+    // ?wait returns 200 once the result is in.
+    let waiter = {
+        let http = relay.http.clone();
+        let url = format!("{}/api/v1/agents/{agent_id}/commands?wait=10", relay.base);
+        let admin = relay.admin.clone();
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(admin)
+                .json(&serde_json::json!({"kind": "ping", "args": {}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<CommandInfo>().await.unwrap())
+        })
+    };
+    let Some(RelayFrame::Command(signed)) = next_frame(&mut ws).await else {
+        panic!("no command")
+    };
+    let id = signed.peek().unwrap().id;
+    send(
+        &mut ws,
+        &AgentFrame::Outbox {
+            seq: 4,
+            item: OutboxItem::Result(CommandResult {
+                command_id: id.clone(),
+                ..result.clone()
+            }),
+        },
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 4 }));
+    let (status, info) = waiter.await.unwrap();
+    assert_eq!((status, info.id.as_str()), (200, id.as_str()));
+    assert_eq!(info.state, DeliveryState::Succeeded);
+
+    // A second connection replaces the first.
+    let mut second = login(&relay, &key, &agent_id).await;
+    match next_frame(&mut ws).await {
+        Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "replaced_by_new_connection"),
+        other => panic!("{other:?}"),
+    }
+    assert!(next_frame(&mut ws).await.is_none());
+
+    // An oversized frame closes only that connection.
+    let big = "x".repeat(70 * 1024);
+    let _ = second.send(Message::text(big)).await;
+    loop {
+        match next_frame(&mut second).await {
+            Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "frame_too_large"),
+            None => break,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Revocation closes the connection and refuses the agent from then on.
+    let mut third = login(&relay, &key, &agent_id).await;
+    let resp = relay
+        .http
+        .delete(format!("{}/api/v1/agents/{agent_id}", relay.base))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    match next_frame(&mut third).await {
+        Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "revoked"),
+        other => panic!("{other:?}"),
+    }
+    let mut ws = relay.connect().await;
+    let Some(RelayFrame::Hello { challenge, .. }) = next_frame(&mut ws).await else {
+        panic!()
+    };
+    send(
+        &mut ws,
+        &AgentFrame::Auth {
+            agent_id: agent_id.clone(),
+            protocol_version: 1,
+            agent_version: "t".into(),
+            signature: key.sign(AUTH_DOMAIN, &auth_message(&challenge, &agent_id)),
+        },
+    )
+    .await;
+    match next_frame(&mut ws).await {
+        Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "revoked"),
+        other => panic!("{other:?}"),
+    }
+
+    let metrics = relay
+        .http
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("flotilla_protocol_errors_total{reason=\"malformed_frame\"} 1"));
+    assert!(metrics.contains("flotilla_protocol_errors_total{reason=\"frame_too_large\"} 1"));
+    assert!(metrics.contains("flotilla_commands_total{outcome=\"succeeded\"} 2"));
+    relay.relay.shutdown().await.unwrap();
+}
