@@ -1,0 +1,397 @@
+//! Test fixtures shared by every end-to-end test: the static `flotilla-testapp` binary, the
+//! container images built from it, a real local registry (`docker-registry`), and a check that
+//! the Docker engine is reachable.
+//!
+//! Everything here is blocking (it shells out to `cargo` and `docker`); async tests call it from
+//! `tokio::task::spawn_blocking`. Every function is idempotent and safe to call from several test
+//! processes at once: builds are skipped when their inputs have not changed, and run under a file
+//! lock when they must happen.
+//!
+//! The tests need a real engine: when it is missing they fail with a message saying so, never
+//! skip.
+
+mod http;
+mod lock;
+mod registry;
+
+pub use http::{http_get, http_request, wait_for_http_status, HttpResponse};
+pub use registry::{start_registry, Registry};
+
+use anyhow::{bail, Context};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+/// Docker label on every test image, and so on every container made from one: `scripts/test`
+/// removes leftover containers carrying it before a run.
+pub const TEST_LABEL: &str = "flotilla.test";
+/// Docker label holding a hash of everything an image was built from, so a current image is
+/// never rebuilt.
+pub const BUILD_LABEL: &str = "flotilla.testapp.build";
+/// Repository of the test images.
+pub const TESTAPP_REPO: &str = "flotilla-testapp";
+/// Port the test application listens on inside its container.
+pub const TESTAPP_PORT: u16 = 8080;
+
+/// How long one fixture build may wait for another process's build to finish.
+const BUILD_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The tags of the test images, all built from the same static testapp binary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestImages {
+    /// `flotilla-testapp:v1`: healthy, reports version `v1`.
+    pub v1: String,
+    /// `flotilla-testapp:v2`: the same, reporting version `v2`.
+    pub v2: String,
+    /// `flotilla-testapp:broken`: exits with status 1 about one second after starting.
+    pub broken: String,
+    /// The static binary inside the images.
+    pub binary: PathBuf,
+    /// Hex sha256 of that binary.
+    pub binary_sha256: String,
+}
+
+impl TestImages {
+    /// A Docker health check `test` for containers of these images: the images have no shell,
+    /// so the binary probes its own `/health` (`testapp --healthcheck` exits 0 or 1).
+    pub fn healthcheck_cmd(&self) -> Vec<String> {
+        ["CMD", "/testapp", "--healthcheck"]
+            .map(String::from)
+            .to_vec()
+    }
+}
+
+/// One image variant: its tag and the environment baked into it.
+struct ImageSpec {
+    tag: &'static str,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const IMAGE_SPECS: [ImageSpec; 3] = [
+    ImageSpec {
+        tag: "v1",
+        env: &[("APP_VERSION", "v1")],
+    },
+    ImageSpec {
+        tag: "v2",
+        env: &[("APP_VERSION", "v2")],
+    },
+    ImageSpec {
+        tag: "broken",
+        env: &[
+            ("APP_VERSION", "broken"),
+            ("APP_EXIT_AFTER_SECS", "1"),
+            ("APP_EXIT_CODE", "1"),
+        ],
+    },
+];
+
+/// The workspace root (the directory holding the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// Where the testapp is built: its own target dir, so its static-linking RUSTFLAGS never
+/// invalidate the main build cache.
+fn testapp_target_dir() -> PathBuf {
+    workspace_root().join("target").join("testapp")
+}
+
+/// Fails with a clear message when the Docker engine cannot be reached. The end-to-end tests
+/// need a real engine and must fail, not skip, without one.
+pub fn docker_available() -> anyhow::Result<()> {
+    let host = std::env::var("DOCKER_HOST").unwrap_or_default();
+    if host.is_empty() || host.starts_with("unix://") {
+        let socket = host
+            .strip_prefix("unix://")
+            .unwrap_or("/var/run/docker.sock")
+            .to_string();
+        ping_unix_socket(Path::new(&socket)).with_context(|| {
+            format!(
+                "the Docker engine is not reachable at {socket}: the end-to-end tests need a \
+                 running Docker engine (start dockerd, or set DOCKER_HOST)"
+            )
+        })?;
+    }
+    let version = docker(&["version", "--format", "{{.Server.Version}}"])
+        .context("the docker CLI cannot talk to the engine: the end-to-end tests need it")?;
+    if version.trim().is_empty() {
+        bail!("the docker CLI reported no engine version: is the Docker engine running?");
+    }
+    Ok(())
+}
+
+fn ping_unix_socket(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .with_context(|| format!("cannot connect to {}", path.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    if !answer.starts_with("HTTP/1.") || !answer.ends_with("OK") {
+        bail!(
+            "unexpected answer to /_ping: {:?}",
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the docker CLI and returns its stdout; a non-zero exit becomes an error carrying stderr.
+pub fn docker(args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("docker")
+        .args(args)
+        .output()
+        .context("cannot run the docker CLI (is it installed and on PATH?)")?;
+    if !output.status.success() {
+        bail!(
+            "`docker {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+// === impl testapp binary ===
+
+/// Builds the static testapp binary unless it is newer than its sources, and returns its path.
+pub fn testapp_binary() -> anyhow::Result<PathBuf> {
+    let target_dir = testapp_target_dir();
+    std::fs::create_dir_all(&target_dir)
+        .with_context(|| format!("cannot create {}", target_dir.display()))?;
+    let binary = target_dir.join("x86_64-unknown-linux-gnu/release/flotilla-testapp");
+    // Cargo would notice an up-to-date build by itself, but asking it costs a process start and
+    // its build lock on every test; the stamp is touched after each successful build because
+    // cargo leaves the binary's mtime alone when nothing changed.
+    let stamp = target_dir.join("flotilla-testapp.stamp");
+    if binary.exists() && !sources_newer_than(&stamp)? {
+        return Ok(binary);
+    }
+    let _lock = lock::FileLock::acquire(&target_dir.join("build.lock"), BUILD_LOCK_TIMEOUT)?;
+    if binary.exists() && !sources_newer_than(&stamp)? {
+        return Ok(binary);
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "flotilla-testapp",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        // An outer cargo may have set these for its own build; they would override RUSTFLAGS.
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .output()
+        .context("cannot run cargo to build flotilla-testapp")?;
+    if !output.status.success() {
+        bail!(
+            "building the static flotilla-testapp failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if !binary.exists() {
+        bail!("cargo succeeded but {} does not exist", binary.display());
+    }
+    std::fs::write(&stamp, b"").with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(binary)
+}
+
+/// Whether any input of the testapp build is newer than `stamp` (true when it is missing).
+fn sources_newer_than(stamp: &Path) -> anyhow::Result<bool> {
+    let Ok(stamp_time) = std::fs::metadata(stamp).and_then(|m| m.modified()) else {
+        return Ok(true);
+    };
+    let root = workspace_root();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for input in [
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+        root.join("tests/testapp"),
+    ] {
+        newest = newest.max(newest_mtime(&input)?);
+    }
+    Ok(newest > stamp_time)
+}
+
+fn newest_mtime(path: &Path) -> anyhow::Result<SystemTime> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let mut newest = meta.modified()?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            newest = newest.max(newest_mtime(&entry?.path())?);
+        }
+    }
+    Ok(newest)
+}
+
+// === impl images ===
+
+/// Builds (when missing or out of date) the test images `flotilla-testapp:v1`, `:v2` and
+/// `:broken`, all `FROM scratch` holding only the static testapp binary, and returns their tags.
+pub fn ensure_test_images() -> anyhow::Result<TestImages> {
+    docker_available()?;
+    let binary = testapp_binary()?;
+    let bytes =
+        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let binary_sha256 = sha256_hex(&bytes);
+
+    let wanted: Vec<(String, String, String)> = IMAGE_SPECS
+        .iter()
+        .map(|spec| {
+            let tag = format!("{TESTAPP_REPO}:{}", spec.tag);
+            let dockerfile = dockerfile(spec);
+            let build_id = sha256_hex(format!("{binary_sha256}\n{dockerfile}").as_bytes());
+            (tag, dockerfile, build_id)
+        })
+        .collect();
+
+    let current = |tag: &str, build_id: &str| image_build_id(tag).as_deref() == Some(build_id);
+    if !wanted.iter().all(|(tag, _, id)| current(tag, id)) {
+        let _lock = lock::FileLock::acquire(
+            &testapp_target_dir().join("images.lock"),
+            BUILD_LOCK_TIMEOUT,
+        )?;
+        // The builds are independent and each mostly waits on the engine: run them at once.
+        std::thread::scope(|scope| {
+            let builds: Vec<_> = wanted
+                .iter()
+                .filter(|(tag, _, build_id)| !current(tag, build_id))
+                .map(|(tag, dockerfile, build_id)| {
+                    let binary = &binary;
+                    scope.spawn(move || build_image(binary, tag, dockerfile, build_id))
+                })
+                .collect();
+            builds
+                .into_iter()
+                .try_for_each(|b| b.join().expect("image build thread panicked"))
+        })?;
+    }
+    let tag = |i: usize| wanted[i].0.clone();
+    Ok(TestImages {
+        v1: tag(0),
+        v2: tag(1),
+        broken: tag(2),
+        binary,
+        binary_sha256,
+    })
+}
+
+fn dockerfile(spec: &ImageSpec) -> String {
+    let mut text = String::from("FROM scratch\nCOPY testapp /testapp\n");
+    for (key, value) in spec.env {
+        text.push_str(&format!("ENV {key}={value}\n"));
+    }
+    text.push_str(&format!(
+        "LABEL {TEST_LABEL}=1\nEXPOSE {TESTAPP_PORT}\nENTRYPOINT [\"/testapp\"]\n"
+    ));
+    text
+}
+
+/// The build id label of a local image, or None when the image does not exist.
+fn image_build_id(tag: &str) -> Option<String> {
+    let format = format!("{{{{index .Config.Labels \"{BUILD_LABEL}\"}}}}");
+    docker(&["image", "inspect", "--format", &format, tag])
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+fn build_image(binary: &Path, tag: &str, dockerfile: &str, build_id: &str) -> anyhow::Result<()> {
+    let context = tempfile::Builder::new()
+        .prefix("flotilla-testapp-image-")
+        .tempdir()
+        .context("cannot create a temporary build context")?;
+    std::fs::copy(binary, context.path().join("testapp"))
+        .context("cannot copy the testapp binary into the build context")?;
+    std::fs::write(context.path().join("Dockerfile"), dockerfile)
+        .context("cannot write the Dockerfile")?;
+    let label = format!("{BUILD_LABEL}={build_id}");
+    let context_dir = context.path().to_string_lossy().into_owned();
+    // The classic builder: this machine's engine (20.10) has no buildx, and the image is two
+    // layers of plain COPY, so BuildKit would bring nothing.
+    let output = Command::new("docker")
+        .args([
+            "build",
+            "--quiet",
+            "--label",
+            &label,
+            "--tag",
+            tag,
+            &context_dir,
+        ])
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .context("cannot run docker build")?;
+    if !output.status.success() {
+        bail!(
+            "`docker build` of {tag} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    if image_build_id(tag).as_deref() != Some(build_id) {
+        bail!("`docker build` of {tag} succeeded but the image does not carry the expected build label");
+    }
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
+}
+
+/// A name for a test container or resource that no other test process will pick.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dockerfiles_differ_per_variant_and_label_test_containers() {
+        let files: Vec<String> = IMAGE_SPECS.iter().map(dockerfile).collect();
+        assert!(files[0].contains("ENV APP_VERSION=v1\n"));
+        assert!(files[2].contains("ENV APP_EXIT_AFTER_SECS=1\n"));
+        assert!(files.iter().all(|f| f.contains("LABEL flotilla.test=1\n")));
+        assert_ne!(files[0], files[1]);
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        assert_ne!(unique_name("c"), unique_name("c"));
+    }
+}

@@ -1,0 +1,160 @@
+//! The fixtures themselves work against the real engine: images build, a real registry serves
+//! what was pushed to it, and the test application answers its health check in a container.
+//! `scripts/test` runs this target first, so a broken Docker setup fails early and clearly.
+
+use flotilla_tests::fixtures::{
+    self, docker, ensure_test_images, start_registry, unique_name, wait_for_http_status,
+    TESTAPP_PORT, TEST_LABEL,
+};
+use std::time::Duration;
+
+/// Removes a container when the test ends, passed or failed.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "--force", "--volumes", &self.0]);
+    }
+}
+
+/// Removes an image reference when the test ends.
+struct ImageGuard(String);
+
+impl Drop for ImageGuard {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "--force", &self.0]);
+    }
+}
+
+fn image_id(reference: &str) -> String {
+    docker(&["image", "inspect", "--format", "{{.Id}}", reference])
+        .unwrap_or_else(|e| panic!("inspect {reference}: {e:#}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn docker_engine_is_reachable() {
+    fixtures::docker_available().expect("the end-to-end tests need the Docker engine");
+}
+
+#[test]
+fn images_build_idempotently_and_round_trip_through_a_real_registry() {
+    let images = ensure_test_images().expect("build test images");
+    assert_eq!(images.v1, "flotilla-testapp:v1");
+    assert_eq!(images.v2, "flotilla-testapp:v2");
+    assert_eq!(images.broken, "flotilla-testapp:broken");
+    // A second call finds everything current and changes nothing.
+    let ids: Vec<String> = [&images.v1, &images.v2, &images.broken]
+        .iter()
+        .map(|t| image_id(t))
+        .collect();
+    assert_eq!(ensure_test_images().expect("second call"), images);
+    let again: Vec<String> = [&images.v1, &images.v2, &images.broken]
+        .iter()
+        .map(|t| image_id(t))
+        .collect();
+    assert_eq!(ids, again, "a current image must not be rebuilt");
+    assert_ne!(ids[0], ids[1], "v1 and v2 must be different images");
+
+    let registry = start_registry().expect("start docker-registry");
+    let repo = unique_name("fixtures/testapp");
+    let mut pushed = Vec::new();
+    for (local, tag) in [
+        (&images.v1, "v1"),
+        (&images.v2, "v2"),
+        (&images.broken, "broken"),
+    ] {
+        let reference = registry
+            .push(local, &format!("{repo}:{tag}"))
+            .unwrap_or_else(|e| panic!("push {local}: {e:#}"));
+        assert_eq!(reference, format!("{}/{repo}:{tag}", registry.host()));
+        pushed.push(ImageGuard(reference));
+    }
+
+    // Pull v2 back by digest after dropping every local name for it in this registry, so the
+    // bytes must come from the registry.
+    let digest = registry
+        .manifest_digest(&repo, "v2")
+        .expect("manifest digest");
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    docker(&["rmi", &registry.reference(&format!("{repo}:v2"))]).expect("untag pushed v2");
+    let by_digest = format!("{}/{repo}@{digest}", registry.host());
+    let _pulled = ImageGuard(by_digest.clone());
+    docker(&["pull", "--quiet", &by_digest]).expect("pull v2 by digest from the registry");
+    assert_eq!(
+        image_id(&by_digest),
+        ids[1],
+        "the image pulled by digest must be the v2 that was pushed"
+    );
+
+    // The registry knows nothing it was not given.
+    assert!(registry.manifest_digest(&repo, "v3").is_err());
+}
+
+#[test]
+fn v1_container_serves_health_and_version() {
+    let images = ensure_test_images().expect("build test images");
+    let name = unique_name("flotilla-fixtures-v1");
+    let label = format!("{TEST_LABEL}=1");
+    let port = format!("127.0.0.1::{TESTAPP_PORT}");
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--label",
+        &label,
+        "--publish",
+        &port,
+        &images.v1,
+    ])
+    .expect("docker run v1");
+    let _guard = ContainerGuard(name.clone());
+    let published = docker(&["port", &name, &format!("{TESTAPP_PORT}/tcp")]).expect("docker port");
+    let host_port = published
+        .lines()
+        .find(|l| l.starts_with("127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no loopback port published: {published:?}"))
+        .trim()
+        .to_string();
+
+    wait_for_http_status(&host_port, "/health", 200, Duration::from_secs(30))
+        .expect("v1 answers /health with 200");
+    let root = fixtures::http_get(&host_port, "/").expect("GET /");
+    assert_eq!(root.status, 200);
+    let json: serde_json::Value = serde_json::from_str(&root.body).expect("GET / returns JSON");
+    assert_eq!(
+        json,
+        serde_json::json!({"version": "v1", "mode": "healthy"})
+    );
+
+    // The built-in health probe works inside the container (the image has no shell or curl).
+    docker(&["exec", &name, "/testapp", "--healthcheck"]).expect("--healthcheck exits 0");
+
+    // SIGTERM ends it promptly with status 0, not after docker's 10 s kill timeout.
+    let started = std::time::Instant::now();
+    docker(&["stop", "--time", "10", &name]).expect("docker stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "testapp took {:?} to stop on SIGTERM",
+        started.elapsed()
+    );
+    let exit = docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]).expect("inspect");
+    assert_eq!(exit.trim(), "0");
+    let logs = docker(&["logs", &name]).expect("docker logs");
+    assert!(logs.contains("testapp v1 listening on 8080"), "{logs}");
+}
+
+#[test]
+fn broken_image_exits_with_status_1() {
+    let images = ensure_test_images().expect("build test images");
+    let name = unique_name("flotilla-fixtures-broken");
+    let label = format!("{TEST_LABEL}=1");
+    let _guard = ContainerGuard(name.clone());
+    // `docker run` without --detach waits for the container and exits with its status.
+    let err = docker(&["run", "--name", &name, "--label", &label, &images.broken])
+        .expect_err("the broken image must exit non-zero");
+    let exit = docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]).expect("inspect");
+    assert_eq!(exit.trim(), "1", "{err:#}");
+}
