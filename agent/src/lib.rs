@@ -1,4 +1,220 @@
 //! flotilla-agent: the small process on every server of the fleet. It keeps one outbound,
 //! authenticated websocket to the relay, reports heartbeats and Docker events, and runs the
 //! relay's signed commands against the local Docker engine.
+//!
+//! `run` wires a handful of long-lived tasks that talk over channels: the session (websocket,
+//! reconnects, outbox sending), the heartbeat builder, the Docker event follower and the command
+//! executor. Everything durable — identity, command journal, outbox — lives in one SQLite file in
+//! the state directory (`state`). Only `docker` talks to the Docker engine.
 #![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod docker;
+pub mod enroll;
+pub mod events;
+pub mod executor;
+pub mod heartbeat;
+pub mod session;
+pub mod state;
+pub mod verify;
+
+use anyhow::{anyhow, Context, Result};
+use chrono::Utc;
+use config::AgentConfig;
+use flotilla_shared::heartbeat::{AgentEvent, EventKind};
+use flotilla_shared::protocol::OutboxItem;
+use flotilla_shared::signing::{PublicKey, SigningKey};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How long tasks get to wind down after shutdown was requested.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Runs the agent until `shutdown` is cancelled (or a task fails for good). The state directory
+/// must hold an enrolled identity (see `enroll::enroll`).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
+    config.validate()?;
+    let state = state::State::open(&config.state_dir).await?;
+    let identity = state.identity().await?.ok_or_else(|| {
+        anyhow!(
+            "this agent is not enrolled: {} holds no identity; run `flotilla-agent enroll` first",
+            state.path().display()
+        )
+    })?;
+    let key = SigningKey::from_pkcs8(&identity.pkcs8)
+        .map_err(|e| anyhow!("the stored agent key is unusable: {e}"))?;
+    let relay_key = PublicKey::from_base64(&identity.relay_public_key)
+        .map_err(|e| anyhow!("the pinned relay key is unusable: {e}"))?;
+    let relay_url = config
+        .relay_url
+        .clone()
+        .unwrap_or_else(|| identity.relay_url.clone());
+    let ws_url = session::websocket_url(&relay_url, config.allow_insecure_ws)?;
+    let tls = if ws_url.starts_with("wss://") {
+        let ca = config.ca_file.clone();
+        Some(
+            tokio::task::spawn_blocking(move || session::tls_config(ca.as_deref()))
+                .await
+                .context("tls setup task failed")??,
+        )
+    } else {
+        None
+    };
+
+    // Housekeeping before anything new comes in.
+    state.prune_journal(Utc::now()).await?;
+    let interrupted = executor::fail_interrupted(&state).await?;
+    if interrupted > 0 {
+        warn!(
+            count = interrupted,
+            "reported commands interrupted by the previous stop as failed"
+        );
+    }
+    // Labels from the last welcome (re-verified) serve until the relay sends a fresh one.
+    let initial_welcome = state
+        .last_welcome()
+        .await?
+        .and_then(|w| w.verify(&relay_key).ok())
+        .filter(|b| b.agent_id == identity.agent_id);
+
+    let (hostname, _, _) = tokio::task::spawn_blocking(heartbeat::host_facts)
+        .await
+        .context("host facts task failed")?;
+    let docker = docker::DockerClient::new(
+        config.docker_host.clone(),
+        docker::Visibility::new(config.only_label_pair()),
+    );
+
+    let mut attributes = BTreeMap::new();
+    attributes.insert("version".to_string(), flotilla_shared::VERSION.to_string());
+    state
+        .append_outbox(vec![OutboxItem::Event(AgentEvent {
+            kind: EventKind::AgentStarted,
+            at: Utc::now(),
+            container_id: None,
+            container_name: None,
+            message: format!(
+                "agent {} started (version {})",
+                identity.name,
+                flotilla_shared::VERSION
+            ),
+            attributes,
+        })])
+        .await?;
+
+    // Channels between the tasks.
+    let (heartbeat_tx, heartbeat_rx) = watch::channel(None);
+    let (interval_tx, interval_rx) = watch::channel(heartbeat::DEFAULT_INTERVAL);
+    let (welcome_tx, welcome_rx) = watch::channel(initial_welcome);
+    let (commands_tx, commands_rx) = mpsc::channel(64);
+    let (control_tx, control_rx) = mpsc::channel(256);
+    let poke = Arc::new(Notify::new());
+
+    let tasks_token = shutdown.child_token();
+    let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
+
+    let session = session::Session {
+        state: state.clone(),
+        agent_id: identity.agent_id.clone(),
+        key,
+        relay_key,
+        ws_url: ws_url.clone(),
+        tls,
+        max_frame_bytes: config.max_frame_bytes,
+        hold_outbox: config.test_hold_outbox,
+        heartbeats: heartbeat_rx,
+        heartbeat_interval: interval_tx,
+        heartbeat_poke: poke.clone(),
+        welcome: welcome_tx,
+        commands: commands_tx,
+        control: control_rx,
+    };
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("session", session.run(token).await) });
+
+    let hb = heartbeat::HeartbeatTask {
+        docker: docker.clone(),
+        interval: interval_rx,
+        poke,
+        out: heartbeat_tx,
+    };
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("heartbeat", hb.run(token).await) });
+
+    let ev = events::EventsTask {
+        docker: docker.clone(),
+        state: state.clone(),
+        restart_loop_threshold: config.restart_loop_threshold,
+        restart_loop_window_secs: config.restart_loop_window_secs,
+    };
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("events", ev.run(token).await) });
+
+    let exec = executor::Executor {
+        verifier: verify::Verifier {
+            agent_id: identity.agent_id.clone(),
+            relay_key,
+            allowed: config.allowed_commands.iter().copied().collect(),
+        },
+        state: state.clone(),
+        docker,
+        welcome: welcome_rx,
+        control_tx,
+        max_frame_bytes: config.max_frame_bytes,
+        hostname,
+    };
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });
+
+    info!(
+        agent_id = identity.agent_id,
+        name = identity.name,
+        relay = ws_url,
+        hold_outbox = config.test_hold_outbox,
+        only_label = config.only_label.as_deref().unwrap_or(""),
+        "agent running"
+    );
+
+    let mut outcome = Ok(());
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => info!("shutting down"),
+        // Tasks watch a child of `shutdown`, so one may finish first during a normal stop.
+        Some(joined) = tasks.join_next(), if !shutdown.is_cancelled() => {
+            outcome = Err(match joined {
+                Ok((name, Ok(()))) => anyhow!("{name} task stopped unexpectedly"),
+                Ok((name, Err(e))) => e.context(format!("{name} task failed")),
+                Err(e) => anyhow!("agent task panicked: {e}"),
+            });
+            if shutdown.is_cancelled() {
+                outcome = Ok(());
+            } else if let Err(e) = &outcome {
+                error!(error = format!("{e:#}"), "agent task ended; stopping");
+            }
+        }
+    }
+    tasks_token.cancel();
+    let drained = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((name, Err(e))) = joined {
+                warn!(
+                    task = name,
+                    error = format!("{e:#}"),
+                    "task failed while stopping"
+                );
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        warn!("some tasks did not stop in time");
+        tasks.abort_all();
+    }
+    outcome
+}

@@ -1,0 +1,359 @@
+//! The agent's settings: `agent.toml`, then `FLOTILLA_*` environment variables over it.
+
+use flotilla_shared::command::CommandKind;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the agent keeps its state when nothing else is configured.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/flotilla";
+
+/// Everything `agent.toml` may set. Every key is optional; each can also be given as an
+/// environment variable `FLOTILLA_<KEY IN UPPER CASE>`, which wins over the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Directory holding `agent.db` (identity, command journal, outbox). Created if missing.
+    pub state_dir: PathBuf,
+    /// Relay base URL (`https://relay.example.com`); overrides the URL the agent enrolled with.
+    pub relay_url: Option<String>,
+    /// Allow plain `ws://` to hosts other than loopback. Off by default: commands and
+    /// credentials would travel unencrypted.
+    pub allow_insecure_ws: bool,
+    /// PEM file of CA certificates trusted for `wss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Docker endpoint (`unix:///var/run/docker.sock`, `tcp://host:2375`); default: `DOCKER_HOST`
+    /// or the local socket.
+    pub docker_host: Option<String>,
+    /// Command kinds this agent accepts (default: every known kind). Others are rejected with
+    /// `policy_denied`.
+    pub allowed_commands: Vec<CommandKind>,
+    /// `key=value`: manage ONLY containers carrying this Docker label. Every other container is
+    /// invisible, exactly like one labelled `flotilla.ignore=true`.
+    pub only_label: Option<String>,
+    /// Largest websocket message accepted from the relay, in bytes.
+    pub max_frame_bytes: usize,
+    /// Starts of one container within `restart_loop_window_secs` that count as a restart loop.
+    pub restart_loop_threshold: u32,
+    /// Window for restart-loop detection, in seconds.
+    pub restart_loop_window_secs: u64,
+    /// Test hook: results and events are written to the outbox but not sent while set.
+    pub test_hold_outbox: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            relay_url: None,
+            allow_insecure_ws: false,
+            ca_file: None,
+            docker_host: None,
+            allowed_commands: CommandKind::ALL.to_vec(),
+            only_label: None,
+            max_frame_bytes: flotilla_shared::DEFAULT_MAX_FRAME_BYTES,
+            restart_loop_threshold: 3,
+            restart_loop_window_secs: 300,
+            test_hold_outbox: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid {name} {value:?}: {expected}")]
+    Env {
+        name: String,
+        value: String,
+        expected: String,
+    },
+    #[error("invalid {key} {value:?}: {expected}")]
+    Value {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
+}
+
+impl AgentConfig {
+    /// Reads `path` (when given; a missing file is an error), then applies `FLOTILLA_*`
+    /// environment overrides, then checks values that the types alone cannot.
+    pub fn load(path: Option<&Path>) -> Result<AgentConfig, ConfigError> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message,
+                })?
+            }
+            None => AgentConfig::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses `agent.toml` text; the error names the offending key.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Applies `FLOTILLA_<KEY>` overrides read through `get` (a parameter so tests need not
+    /// touch the process environment).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let env_err = |name: &str, value: &str, expected: &str| ConfigError::Env {
+            name: name.to_string(),
+            value: value.to_string(),
+            expected: expected.to_string(),
+        };
+        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("FLOTILLA_STATE_DIR") {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("FLOTILLA_RELAY_URL") {
+            self.relay_url = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("FLOTILLA_ALLOW_INSECURE_WS") {
+            self.allow_insecure_ws = parse_bool(&v).ok_or_else(|| {
+                env_err("FLOTILLA_ALLOW_INSECURE_WS", &v, "expected true or false")
+            })?;
+        }
+        if let Some(v) = get("FLOTILLA_CA_FILE") {
+            self.ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("FLOTILLA_DOCKER_HOST") {
+            self.docker_host = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("FLOTILLA_ALLOWED_COMMANDS") {
+            let mut kinds = Vec::new();
+            for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let kind: CommandKind =
+                    part.parse()
+                        .map_err(|e: flotilla_shared::command::UnknownKind| {
+                            env_err("FLOTILLA_ALLOWED_COMMANDS", &v, &e.to_string())
+                        })?;
+                kinds.push(kind);
+            }
+            self.allowed_commands = kinds;
+        }
+        if let Some(v) = get("FLOTILLA_ONLY_LABEL") {
+            self.only_label = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("FLOTILLA_MAX_FRAME_BYTES") {
+            self.max_frame_bytes = v.trim().parse().map_err(|_| {
+                env_err("FLOTILLA_MAX_FRAME_BYTES", &v, "expected a number of bytes")
+            })?;
+        }
+        if let Some(v) = get("FLOTILLA_RESTART_LOOP_THRESHOLD") {
+            self.restart_loop_threshold = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_RESTART_LOOP_THRESHOLD",
+                    &v,
+                    "expected a whole number",
+                )
+            })?;
+        }
+        if let Some(v) = get("FLOTILLA_RESTART_LOOP_WINDOW_SECS") {
+            self.restart_loop_window_secs = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_RESTART_LOOP_WINDOW_SECS",
+                    &v,
+                    "expected a number of seconds",
+                )
+            })?;
+        }
+        if let Some(v) = get("FLOTILLA_TEST_HOLD_OUTBOX") {
+            self.test_hold_outbox = parse_bool(&v).ok_or_else(|| {
+                env_err("FLOTILLA_TEST_HOLD_OUTBOX", &v, "expected true or false")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks values whose type is right but whose content may not be.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(label) = &self.only_label {
+            parse_only_label(label)?;
+        }
+        if self.max_frame_bytes < 16 * 1024 {
+            return Err(ConfigError::Value {
+                key: "max_frame_bytes",
+                value: self.max_frame_bytes.to_string(),
+                expected: "expected at least 16384 bytes".into(),
+            });
+        }
+        if self.restart_loop_threshold < 2 {
+            return Err(ConfigError::Value {
+                key: "restart_loop_threshold",
+                value: self.restart_loop_threshold.to_string(),
+                expected: "expected at least 2 starts".into(),
+            });
+        }
+        if self.restart_loop_window_secs == 0 {
+            return Err(ConfigError::Value {
+                key: "restart_loop_window_secs",
+                value: "0".into(),
+                expected: "expected at least 1 second".into(),
+            });
+        }
+        if let Some(url) = &self.relay_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Value {
+                    key: "relay_url",
+                    value: url.clone(),
+                    expected: "expected an http:// or https:// URL".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `only_label` split into key and value (validated by `load`).
+    pub fn only_label_pair(&self) -> Option<(String, String)> {
+        self.only_label
+            .as_deref()
+            .and_then(|l| parse_only_label(l).ok())
+    }
+}
+
+fn parse_only_label(label: &str) -> Result<(String, String), ConfigError> {
+    let bad = || ConfigError::Value {
+        key: "only_label",
+        value: label.to_string(),
+        expected: "expected a Docker label as key=value".into(),
+    };
+    let (k, v) = label.split_once('=').ok_or_else(bad)?;
+    let (k, v) = (k.trim(), v.trim());
+    if k.is_empty() {
+        return Err(bad());
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Accepts the spellings people use for booleans in environment variables.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with_env(pairs: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = AgentConfig::default();
+        c.apply_env(|n| env.get(n).cloned())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = AgentConfig::from_toml("").unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.allowed_commands.len(), CommandKind::ALL.len());
+        assert_eq!(c.max_frame_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn file_keys_parse() {
+        let c = AgentConfig::from_toml(
+            r#"
+            state_dir = "/tmp/x"
+            relay_url = "http://127.0.0.1:8700"
+            allowed_commands = ["ping", "container.list"]
+            only_label = "flotilla.test=abc"
+            restart_loop_threshold = 4
+            test_hold_outbox = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(
+            c.allowed_commands,
+            vec![CommandKind::Ping, CommandKind::ContainerList]
+        );
+        assert_eq!(
+            c.only_label_pair(),
+            Some(("flotilla.test".into(), "abc".into()))
+        );
+        assert!(c.test_hold_outbox);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = AgentConfig::from_toml("heartbeat_secs = 3").unwrap_err();
+        assert!(e.contains("heartbeat_secs"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = AgentConfig::from_toml("max_frame_bytes = \"big\"").unwrap_err();
+        assert!(e.contains("max_frame_bytes"), "{e}");
+        let e = AgentConfig::from_toml("allowed_commands = [\"container.nuke\"]").unwrap_err();
+        assert!(e.contains("container.nuke"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_and_errors_name_the_variable() {
+        let c = with_env(&[
+            ("FLOTILLA_TEST_HOLD_OUTBOX", "1"),
+            ("FLOTILLA_ALLOWED_COMMANDS", "ping, container.logs"),
+            ("FLOTILLA_RESTART_LOOP_WINDOW_SECS", "60"),
+        ])
+        .unwrap();
+        assert!(c.test_hold_outbox);
+        assert_eq!(
+            c.allowed_commands,
+            vec![CommandKind::Ping, CommandKind::ContainerLogs]
+        );
+        assert_eq!(c.restart_loop_window_secs, 60);
+
+        let e = with_env(&[("FLOTILLA_MAX_FRAME_BYTES", "lots")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_MAX_FRAME_BYTES") && e.contains("lots"),
+            "{e}"
+        );
+        let e = with_env(&[("FLOTILLA_ALLOWED_COMMANDS", "ping,shell")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_ALLOWED_COMMANDS") && e.contains("shell"),
+            "{e}"
+        );
+        let e = with_env(&[("FLOTILLA_TEST_HOLD_OUTBOX", "maybe")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOTILLA_TEST_HOLD_OUTBOX"), "{e}");
+        let e = with_env(&[("FLOTILLA_ONLY_LABEL", "novalue")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only_label") && e.contains("novalue"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = AgentConfig::load(Some(Path::new("/nonexistent/agent.toml"))).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/agent.toml"), "{e}");
+    }
+}

@@ -1,0 +1,335 @@
+//! Follows the engine's container events and turns the interesting ones into agent events in the
+//! outbox: died (with exit code), OOM, health changes, starts — and restart loops, which the
+//! engine does not report as such.
+
+use crate::backoff::Backoff;
+use crate::docker::{ContainerEvent, DockerClient};
+use crate::state::State;
+use chrono::{DateTime, Utc};
+use flotilla_shared::heartbeat::{AgentEvent, EventKind};
+use flotilla_shared::protocol::OutboxItem;
+use futures_util::StreamExt;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// A stream that stayed up this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// The events task's wiring.
+pub struct EventsTask {
+    pub docker: DockerClient,
+    pub state: State,
+    pub restart_loop_threshold: u32,
+    pub restart_loop_window_secs: u64,
+}
+
+impl EventsTask {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Backoff::reconnect();
+        let mut detector = RestartLoopDetector::new(
+            self.restart_loop_threshold as usize,
+            self.restart_loop_window_secs,
+        );
+        // Where to resume after the stream broke, so events during the gap are not lost.
+        let mut since: Option<i64> = None;
+        let mut outage_logged = false;
+        loop {
+            let subscribed = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.docker.events(since.map(format_since)) => r,
+            };
+            let why = match subscribed {
+                Err(e) => e.to_string(),
+                Ok(mut stream) => {
+                    let up_since = Instant::now();
+                    since.get_or_insert_with(now_nanos);
+                    if outage_logged {
+                        info!("following docker events again");
+                        outage_logged = false;
+                    } else {
+                        debug!("following docker events");
+                    }
+                    let why = loop {
+                        let item = tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            item = stream.next() => item,
+                        };
+                        match item {
+                            None => break "the engine closed the event stream".to_string(),
+                            Some(Err(e)) => break e.to_string(),
+                            Some(Ok(ev)) => {
+                                // Resume strictly after this event.
+                                since = Some(ev.time_nano + 1);
+                                let events = map_event(&ev, &mut detector);
+                                if !events.is_empty() {
+                                    let items = events.into_iter().map(OutboxItem::Event).collect();
+                                    if let Err(e) = self.state.append_outbox(items).await {
+                                        warn!(
+                                            error = format!("{e:#}"),
+                                            "cannot store container event"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    if up_since.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                    why
+                }
+            };
+            if outage_logged {
+                debug!(error = why, "docker events still unavailable");
+            } else {
+                warn!(
+                    error = why,
+                    "lost the docker event stream; retrying with backoff"
+                );
+                outage_logged = true;
+            }
+            let delay = backoff.next_delay();
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+fn now_nanos() -> i64 {
+    Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// Docker's `since`: unix seconds with a nanosecond fraction.
+fn format_since(nanos: i64) -> String {
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
+}
+
+/// Maps one engine event to zero or more agent events.
+pub fn map_event(ev: &ContainerEvent, detector: &mut RestartLoopDetector) -> Vec<AgentEvent> {
+    let at = DateTime::<Utc>::from_timestamp_nanos(ev.time_nano);
+    let name = ev
+        .name
+        .clone()
+        .unwrap_or_else(|| ev.id.chars().take(12).collect());
+    let mut attributes = BTreeMap::new();
+    if let Some(image) = ev.attributes.get("image") {
+        attributes.insert("image".to_string(), image.clone());
+    }
+    let event = |kind, message: String, attributes| AgentEvent {
+        kind,
+        at,
+        container_id: Some(ev.id.clone()),
+        container_name: Some(name.clone()),
+        message,
+        attributes,
+    };
+    let action = ev.action.as_str();
+    match action {
+        "start" => {
+            let mut out = vec![event(
+                EventKind::ContainerStarted,
+                format!("container {name} started"),
+                attributes.clone(),
+            )];
+            if let Some(count) = detector.record_start(&ev.id, ev.time_nano) {
+                let mut a = attributes;
+                a.insert("restarts_in_window".into(), count.to_string());
+                a.insert("window_secs".into(), detector.window_secs.to_string());
+                out.push(event(
+                    EventKind::ContainerRestartLoop,
+                    format!(
+                        "container {name} started {count} times within {} s (restart loop)",
+                        detector.window_secs
+                    ),
+                    a,
+                ));
+            }
+            out
+        }
+        "die" => {
+            let exit_code = ev.attributes.get("exitCode").cloned();
+            let message = match &exit_code {
+                Some(code) => format!("container {name} died with exit code {code}"),
+                None => format!("container {name} died"),
+            };
+            if let Some(code) = exit_code {
+                attributes.insert("exit_code".into(), code);
+            }
+            vec![event(EventKind::ContainerDied, message, attributes)]
+        }
+        "oom" => vec![event(
+            EventKind::ContainerOom,
+            format!("container {name} ran out of memory"),
+            attributes,
+        )],
+        "destroy" => {
+            detector.forget(&ev.id);
+            Vec::new()
+        }
+        a if a.starts_with("health_status") => {
+            let status = a
+                .split_once(':')
+                .map(|(_, s)| s.trim().to_string())
+                .unwrap_or_default();
+            if status.is_empty() {
+                return Vec::new();
+            }
+            attributes.insert("health_status".into(), status.clone());
+            vec![event(
+                EventKind::ContainerHealth,
+                format!("container {name} is {status}"),
+                attributes,
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+// === impl RestartLoopDetector ===
+
+/// Counts starts per container in a sliding window; reports a loop at most once per window.
+pub struct RestartLoopDetector {
+    threshold: usize,
+    window_secs: u64,
+    starts: HashMap<String, VecDeque<i64>>,
+    last_alert: HashMap<String, i64>,
+}
+
+impl RestartLoopDetector {
+    pub fn new(threshold: usize, window_secs: u64) -> Self {
+        RestartLoopDetector {
+            threshold: threshold.max(1),
+            window_secs,
+            starts: HashMap::new(),
+            last_alert: HashMap::new(),
+        }
+    }
+
+    fn window_nanos(&self) -> i64 {
+        (self.window_secs as i64).saturating_mul(1_000_000_000)
+    }
+
+    /// Records a start at `t` (unix nanos); returns the number of starts in the window when this
+    /// start makes a restart loop that has not been reported within the last window.
+    pub fn record_start(&mut self, id: &str, t: i64) -> Option<usize> {
+        let window = self.window_nanos();
+        if self.starts.len() > 256 {
+            // Containers that stopped starting long ago need no memory.
+            self.starts
+                .retain(|_, q| q.back().is_some_and(|last| t - last <= window));
+            let starts = &self.starts;
+            self.last_alert.retain(|id, _| starts.contains_key(id));
+        }
+        let q = self.starts.entry(id.to_string()).or_default();
+        q.push_back(t);
+        while q.front().is_some_and(|first| t - first > window) {
+            q.pop_front();
+        }
+        let count = q.len();
+        if count < self.threshold {
+            return None;
+        }
+        let due = self
+            .last_alert
+            .get(id)
+            .is_none_or(|last| t - last >= window);
+        if due {
+            self.last_alert.insert(id.to_string(), t);
+            Some(count)
+        } else {
+            None
+        }
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.starts.remove(id);
+        self.last_alert.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn ev(action: &str, t_secs: i64, attrs: &[(&str, &str)]) -> ContainerEvent {
+        let mut attributes: HashMap<String, String> = attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        attributes.insert("name".into(), "web".into());
+        attributes.insert("image".into(), "nginx:1".into());
+        ContainerEvent {
+            action: action.into(),
+            id: "abc123".into(),
+            name: Some("web".into()),
+            attributes,
+            time_nano: 1_700_000_000 * S + t_secs * S,
+        }
+    }
+
+    fn kinds(events: &[AgentEvent]) -> Vec<EventKind> {
+        events.iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn died_oom_and_health_map() {
+        let mut d = RestartLoopDetector::new(3, 300);
+        let out = map_event(&ev("die", 0, &[("exitCode", "137")]), &mut d);
+        assert_eq!(kinds(&out), vec![EventKind::ContainerDied]);
+        assert_eq!(out[0].attributes["exit_code"], "137");
+        assert_eq!(out[0].message, "container web died with exit code 137");
+        assert_eq!(out[0].container_name.as_deref(), Some("web"));
+        assert_eq!(out[0].container_id.as_deref(), Some("abc123"));
+        let out = map_event(&ev("oom", 0, &[]), &mut d);
+        assert_eq!(kinds(&out), vec![EventKind::ContainerOom]);
+        let out = map_event(&ev("health_status: unhealthy", 0, &[]), &mut d);
+        assert_eq!(kinds(&out), vec![EventKind::ContainerHealth]);
+        assert_eq!(out[0].attributes["health_status"], "unhealthy");
+        assert!(map_event(&ev("exec_start: sh -c true", 0, &[]), &mut d).is_empty());
+        assert!(map_event(&ev("restart", 0, &[]), &mut d).is_empty());
+    }
+
+    #[test]
+    fn restart_loop_reported_once_per_window() {
+        let mut d = RestartLoopDetector::new(3, 300);
+        let mut loops = Vec::new();
+        for t in [0, 10, 20, 30, 40, 200, 330] {
+            let out = map_event(&ev("start", t, &[]), &mut d);
+            assert_eq!(out[0].kind, EventKind::ContainerStarted);
+            if let Some(l) = out
+                .iter()
+                .find(|e| e.kind == EventKind::ContainerRestartLoop)
+            {
+                loops.push((t, l.attributes["restarts_in_window"].clone()));
+            }
+        }
+        // Third start at t=20 makes the loop; the next report is due a window later (t=320+).
+        assert_eq!(loops, vec![(20, "3".to_string()), (330, "4".to_string())]);
+    }
+
+    #[test]
+    fn slow_restarts_are_not_a_loop() {
+        let mut d = RestartLoopDetector::new(3, 60);
+        for t in [0, 50, 100, 150, 200] {
+            assert_eq!(d.record_start("x", t * S), None, "t={t}");
+        }
+        d.forget("x");
+        assert!(d.starts.is_empty());
+    }
+
+    #[test]
+    fn since_is_seconds_with_nanos() {
+        assert_eq!(format_since(1_700_000_000 * S + 5), "1700000000.000000005");
+    }
+}

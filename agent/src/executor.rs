@@ -1,0 +1,498 @@
+//! Runs accepted commands against Docker and files their results.
+//!
+//! Commands arrive from the session one at a time and are admitted (verified and journaled)
+//! strictly in order, so two copies of one command can never both be accepted. Accepted commands
+//! then run concurrently as tasks, except that at most one mutating command (start, stop,
+//! restart) runs per container: a second one WAITS for the first, for at most
+//! `MAX_BUSY_WAIT` and never past its own expiry, and then fails with `container_busy`.
+//! Each result is written to the journal and appended to the outbox in one transaction.
+
+use crate::docker::{DockerClient, DockerError, ResolvedContainer};
+use crate::state::State;
+use crate::verify::{admit, Admission, Rejection, Verifier};
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use flotilla_shared::command::{
+    error_codes, Command, CommandEnvelope, CommandResult, ContainerActionOutput,
+    ContainerListOutput, ContainerLogsOutput, ErrorInfo, PingOutput, ResultStatus, SignedCommand,
+    DEFAULT_LOG_TAIL, DEFAULT_STOP_TIMEOUT_SECS,
+};
+use flotilla_shared::protocol::{AgentFrame, OutboxItem, WelcomeBody};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Longest a mutating command waits for another one on the same container.
+pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(300);
+/// On shutdown, running commands get this long to finish; the rest are reported as
+/// interrupted at the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often expired journal entries are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Result error code for a command that was running when the agent stopped.
+pub const INTERRUPTED: &str = "interrupted";
+/// Result error code for an output too large for one frame.
+pub const RESULT_TOO_LARGE: &str = "result_too_large";
+/// Room left in a frame for the result's envelope around the output.
+const FRAME_OVERHEAD_BYTES: usize = 4096;
+
+/// A `command` frame as the session hands it over.
+#[derive(Clone, Debug)]
+pub enum IncomingCommand {
+    Signed(SignedCommand),
+    /// A `command` frame that did not parse as a signed command at all.
+    Malformed {
+        command_id: Option<String>,
+        reason: String,
+    },
+}
+
+/// Everything the executor needs; built by `run`.
+pub struct Executor {
+    pub verifier: Verifier,
+    pub state: State,
+    pub docker: DockerClient,
+    /// The latest verified welcome: selector audiences are checked against its labels.
+    pub welcome: watch::Receiver<Option<WelcomeBody>>,
+    /// Frames for the session to send (`received`).
+    pub control_tx: mpsc::Sender<AgentFrame>,
+    pub max_frame_bytes: usize,
+    pub hostname: String,
+}
+
+/// What running commands share.
+struct Shared {
+    state: State,
+    docker: DockerClient,
+    locks: ContainerLocks,
+    max_frame_bytes: usize,
+    hostname: String,
+}
+
+// === impl Executor ===
+
+impl Executor {
+    /// Admits and runs commands until shutdown or until the session side closes.
+    pub async fn run(
+        self,
+        mut commands: mpsc::Receiver<IncomingCommand>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let shared = Arc::new(Shared {
+            state: self.state.clone(),
+            docker: self.docker.clone(),
+            locks: ContainerLocks::default(),
+            max_frame_bytes: self.max_frame_bytes,
+            hostname: self.hostname.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(e) = joined {
+                        error!(error = %e, "command task failed");
+                    }
+                }
+                msg = commands.recv() => match msg {
+                    Some(cmd) => self.handle(cmd, &shared, &mut tasks).await,
+                    None => break,
+                },
+                _ = prune.tick() => {
+                    match self.state.prune_journal(Utc::now()).await {
+                        Ok(0) => {}
+                        Ok(n) => debug!(removed = n, "pruned expired command journal entries"),
+                        Err(e) => warn!(error = format!("{e:#}"), "cannot prune command journal"),
+                    }
+                }
+            }
+        }
+        if !tasks.is_empty() {
+            info!(
+                running = tasks.len(),
+                "waiting for running commands to finish"
+            );
+            let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                warn!(
+                    running = tasks.len(),
+                    "stopping with commands still running; they will be reported as interrupted"
+                );
+                tasks.abort_all();
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, cmd: IncomingCommand, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
+        let now = Utc::now();
+        let signed = match cmd {
+            IncomingCommand::Signed(s) => s,
+            IncomingCommand::Malformed { command_id, reason } => {
+                self.reject(
+                    Rejection {
+                        command_id,
+                        code: error_codes::MALFORMED,
+                        reason,
+                        authentic: false,
+                    },
+                    now,
+                )
+                .await;
+                return;
+            }
+        };
+        let labels = self
+            .welcome
+            .borrow()
+            .as_ref()
+            .map(|w| w.labels.clone())
+            .unwrap_or_default();
+        match admit(&self.verifier, &self.state, &signed, &labels, now).await {
+            Err(e) => {
+                // Without a journal entry the command must not run (it could run twice); the
+                // relay re-sends it on the next connection.
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot journal command; not running it"
+                );
+            }
+            Ok(Admission::Rejected(r)) => self.reject(r, now).await,
+            Ok(Admission::Duplicate {
+                command_id,
+                stored: Some(result),
+            }) => {
+                info!(
+                    command_id,
+                    "command already ran; re-sending its stored result"
+                );
+                if let Err(e) = self
+                    .state
+                    .append_outbox(vec![OutboxItem::Result(*result)])
+                    .await
+                {
+                    error!(
+                        command_id,
+                        error = format!("{e:#}"),
+                        "cannot re-queue result"
+                    );
+                }
+            }
+            Ok(Admission::Duplicate {
+                command_id,
+                stored: None,
+            }) => {
+                debug!(command_id, "command is already running");
+                self.send_received(command_id);
+            }
+            Ok(Admission::Accepted(env)) => {
+                info!(
+                    command_id = env.id,
+                    kind = %env.command.kind(),
+                    container = env.command.container().unwrap_or(""),
+                    "running command"
+                );
+                self.send_received(env.id.clone());
+                let shared = shared.clone();
+                tasks.spawn(async move { run_command(&shared, env).await });
+            }
+        }
+    }
+
+    fn send_received(&self, command_id: String) {
+        // `received` is advisory (the result is what counts), so a full queue may drop it.
+        if self
+            .control_tx
+            .try_send(AgentFrame::Received { command_id })
+            .is_err()
+        {
+            debug!("control queue full; dropping a received frame");
+        }
+    }
+
+    async fn reject(&self, r: Rejection, now: DateTime<Utc>) {
+        warn!(
+            command_id = r.command_id.as_deref().unwrap_or("?"),
+            code = r.code,
+            reason = r.reason,
+            "rejected command"
+        );
+        if let Err(e) = self.state.append_outbox(r.outbox_items(now)).await {
+            error!(error = format!("{e:#}"), "cannot record command rejection");
+        }
+    }
+}
+
+/// Fails every command a previous process left running: it may or may not have taken effect,
+/// and running it again could do it twice, so the relay is told it was interrupted.
+pub async fn fail_interrupted(state: &State) -> Result<usize> {
+    let ids = state.journal_running().await?;
+    for id in &ids {
+        let now = Utc::now();
+        warn!(
+            command_id = id,
+            "command was interrupted by an agent restart"
+        );
+        state
+            .finish_command(CommandResult {
+                command_id: id.clone(),
+                status: ResultStatus::Failed,
+                output: None,
+                error: Some(ErrorInfo {
+                    code: INTERRUPTED.into(),
+                    message: "the agent stopped while the command was running; it was not retried"
+                        .into(),
+                }),
+                started_at: now,
+                finished_at: now,
+            })
+            .await?;
+    }
+    Ok(ids.len())
+}
+
+async fn run_command(shared: &Shared, env: CommandEnvelope) {
+    let started_at = Utc::now();
+    let clock = std::time::Instant::now();
+    let outcome = match env.command.validate() {
+        Err(message) => Err(ErrorInfo {
+            code: error_codes::INVALID_ARGS.into(),
+            message,
+        }),
+        Ok(()) => execute(shared, &env).await,
+    };
+    let outcome = outcome.and_then(|output| {
+        let size = serde_json::to_string(&output).map(|s| s.len()).unwrap_or(0);
+        if size + FRAME_OVERHEAD_BYTES > shared.max_frame_bytes {
+            Err(ErrorInfo {
+                code: RESULT_TOO_LARGE.into(),
+                message: format!(
+                    "output of {size} bytes does not fit in a {} byte frame",
+                    shared.max_frame_bytes
+                ),
+            })
+        } else {
+            Ok(output)
+        }
+    });
+    let (status, output, error) = match outcome {
+        Ok(output) => (ResultStatus::Succeeded, Some(output), None),
+        Err(e) => (ResultStatus::Failed, None, Some(e)),
+    };
+    match &error {
+        None => info!(
+            command_id = env.id,
+            elapsed_ms = clock.elapsed().as_millis() as u64,
+            "command succeeded"
+        ),
+        Some(e) => info!(
+            command_id = env.id,
+            code = e.code,
+            error = e.message,
+            "command failed"
+        ),
+    }
+    let result = CommandResult {
+        command_id: env.id.clone(),
+        status,
+        output,
+        error,
+        started_at,
+        finished_at: Utc::now(),
+    };
+    if let Err(e) = shared.state.finish_command(result).await {
+        error!(
+            command_id = env.id,
+            error = format!("{e:#}"),
+            "cannot store command result"
+        );
+    }
+}
+
+fn docker_err(e: DockerError) -> ErrorInfo {
+    ErrorInfo {
+        code: e.code().into(),
+        message: e.to_string(),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorInfo> {
+    serde_json::to_value(v).map_err(|e| ErrorInfo {
+        code: error_codes::DOCKER.into(),
+        message: format!("cannot encode output: {e}"),
+    })
+}
+
+async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::Value, ErrorInfo> {
+    let docker = &shared.docker;
+    match &env.command {
+        Command::Ping(_) => to_json(&PingOutput {
+            agent_version: flotilla_shared::VERSION.to_string(),
+            hostname: shared.hostname.clone(),
+        }),
+        Command::ContainerList(a) => to_json(&ContainerListOutput {
+            containers: docker.list(a.all).await.map_err(docker_err)?,
+        }),
+        Command::ContainerInspect(r) => {
+            let c = docker.resolve(&r.container).await.map_err(docker_err)?;
+            docker.inspect(&c).await.map_err(docker_err)
+        }
+        Command::ContainerStart(r) => {
+            let c = docker.resolve(&r.container).await.map_err(docker_err)?;
+            let _guard = shared.locks.lock(&c, env.expires_at).await?;
+            let out = docker.start(&c).await.map_err(docker_err)?;
+            to_json(&ContainerActionOutput {
+                container: out.container,
+                changed: out.changed,
+            })
+        }
+        Command::ContainerStop(a) | Command::ContainerRestart(a) => {
+            let c = docker.resolve(&a.container).await.map_err(docker_err)?;
+            let timeout =
+                Duration::from_secs(a.timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS) as u64);
+            let _guard = shared.locks.lock(&c, env.expires_at).await?;
+            let out = if matches!(env.command, Command::ContainerStop(_)) {
+                docker.stop(&c, timeout).await
+            } else {
+                docker.restart(&c, timeout).await
+            }
+            .map_err(docker_err)?;
+            to_json(&ContainerActionOutput {
+                container: out.container,
+                changed: out.changed,
+            })
+        }
+        Command::ContainerLogs(a) => {
+            let c = docker.resolve(&a.container).await.map_err(docker_err)?;
+            let lines = docker
+                .logs(
+                    &c,
+                    a.tail.unwrap_or(DEFAULT_LOG_TAIL),
+                    a.since.as_deref(),
+                    a.timestamps,
+                )
+                .await
+                .map_err(docker_err)?;
+            let budget = (shared.max_frame_bytes / 2).saturating_sub(FRAME_OVERHEAD_BYTES);
+            let (lines, truncated) = keep_newest_lines(lines, budget);
+            to_json(&ContainerLogsOutput {
+                container: c.name,
+                lines,
+                truncated,
+            })
+        }
+    }
+}
+
+/// Drops the oldest lines until the lines' JSON encoding fits in `budget` bytes.
+pub fn keep_newest_lines(mut lines: Vec<String>, budget: usize) -> (Vec<String>, bool) {
+    let mut used = 2; // the brackets
+    let mut keep_from = lines.len();
+    for (i, line) in lines.iter().enumerate().rev() {
+        let cost = serde_json::to_string(line)
+            .map(|s| s.len())
+            .unwrap_or(line.len())
+            + 1;
+        if used + cost > budget {
+            break;
+        }
+        used += cost;
+        keep_from = i;
+    }
+    let truncated = keep_from > 0;
+    if truncated {
+        lines.drain(..keep_from);
+    }
+    (lines, truncated)
+}
+
+// === impl ContainerLocks ===
+
+/// One async mutex per container id, for mutating commands.
+#[derive(Default)]
+struct ContainerLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ContainerLocks {
+    /// Waits for the container's lock, at most until `MAX_BUSY_WAIT` passed or the command
+    /// expires, whichever comes first.
+    async fn lock(
+        &self,
+        c: &ResolvedContainer,
+        expires_at: DateTime<Utc>,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, ErrorInfo> {
+        let mutex = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget locks nobody holds or waits for, so the map stays small.
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(c.id.clone()).or_default().clone()
+        };
+        let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let wait = MAX_BUSY_WAIT.min(until_expiry).max(Duration::from_secs(1));
+        match tokio::time::timeout(wait, mutex.lock_owned()).await {
+            Ok(guard) => Ok(guard),
+            Err(_) => Err(ErrorInfo {
+                code: error_codes::BUSY.into(),
+                message: format!(
+                    "container {} is busy with another command (waited {} s)",
+                    c.name,
+                    wait.as_secs()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_keep_the_newest_lines_within_budget() {
+        let lines: Vec<String> = (0..100).map(|i| format!("line {i:03}")).collect();
+        let (all, truncated) = keep_newest_lines(lines.clone(), 1_000_000);
+        assert_eq!(all.len(), 100);
+        assert!(!truncated);
+        let (some, truncated) = keep_newest_lines(lines.clone(), 100);
+        assert!(truncated);
+        assert_eq!(some.last().unwrap(), "line 099");
+        assert!(serde_json::to_string(&some).unwrap().len() <= 100);
+        assert!(some.len() < 100 && !some.is_empty());
+        let (none, truncated) = keep_newest_lines(lines, 0);
+        assert!(none.is_empty() && truncated);
+        let (empty, truncated) = keep_newest_lines(Vec::new(), 0);
+        assert!(empty.is_empty() && !truncated);
+    }
+
+    #[tokio::test]
+    async fn mutating_commands_on_one_container_wait_then_give_up() {
+        let locks = ContainerLocks::default();
+        let c = ResolvedContainer {
+            id: "abc".into(),
+            name: "web".into(),
+        };
+        let other = ResolvedContainer {
+            id: "def".into(),
+            name: "db".into(),
+        };
+        let soon = Utc::now() + chrono::Duration::seconds(1);
+        let held = locks.lock(&c, soon).await.unwrap();
+        // Another container is not affected.
+        locks.lock(&other, soon).await.unwrap();
+        // The same container waits, then fails with container_busy once the command expires.
+        let e = locks.lock(&c, soon).await.unwrap_err();
+        assert_eq!(e.code, "container_busy");
+        assert!(e.message.contains("web"), "{}", e.message);
+        drop(held);
+        locks.lock(&c, soon).await.unwrap();
+    }
+}

@@ -1,0 +1,684 @@
+//! The websocket session with the relay: connect, authenticate, verify the welcome, then pump
+//! frames both ways until the link drops — and reconnect with backoff, forever.
+//!
+//! Handshake: the relay sends `hello{challenge}`; the agent answers `auth` signed with its key;
+//! the relay answers `welcome` (signed with the relay key the agent pinned at enrollment) or an
+//! `error` and closes. After the welcome the agent sends a heartbeat at once, then every
+//! interval; it sends its outbox in seq order (everything unacknowledged after each connect, then
+//! new items as they are appended), hands `command` frames to the executor and deletes outbox
+//! items as the relay acknowledges them.
+
+use crate::backoff::Backoff;
+use crate::executor::IncomingCommand;
+use crate::state::State;
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_shared::heartbeat::Heartbeat;
+use flotilla_shared::protocol::{
+    error_codes, AgentFrame, RelayFrame, SignedWelcome, WelcomeBody, CONNECT_PATH,
+};
+use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
+use futures_util::{SinkExt, StreamExt};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// Websocket ping interval.
+pub const PING_INTERVAL: Duration = Duration::from_secs(25);
+/// A relay silent this long is considered gone.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// A link up this long resets the reconnect backoff to its first step.
+pub const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// TCP + TLS + websocket upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The contract gives the agent 10 s to answer `hello`; the same bound applies to each
+/// handshake step on our side.
+const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A send that cannot complete in this time means the link is dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outbox items read per batch.
+const OUTBOX_BATCH: usize = 64;
+/// Per-connection socket buffers are kept small (the relay holds many of these).
+const SOCKET_BUFFER_BYTES: usize = 4096;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Turns the relay's http(s) base URL into its agent websocket URL. Plain `ws://` is only
+/// allowed to loopback hosts unless `allow_insecure_ws`.
+pub fn websocket_url(relay_url: &str, allow_insecure_ws: bool) -> Result<String> {
+    let base = crate::enroll::normalise_relay_url(relay_url)?;
+    let url = reqwest::Url::parse(&base).map_err(|e| anyhow!("invalid relay URL {base:?}: {e}"))?;
+    let secure = url.scheme() == "https";
+    if !secure && !allow_insecure_ws && !is_loopback(&url) {
+        bail!(
+            "refusing plain ws:// to {}: only loopback relays may be reached without TLS \
+             (use https://, or set allow_insecure_ws)",
+            url.host_str().unwrap_or("?")
+        );
+    }
+    let rest = base
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(base.as_str());
+    let scheme = if secure { "wss" } else { "ws" };
+    Ok(format!("{scheme}://{rest}{CONNECT_PATH}"))
+}
+
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// rustls client settings for `wss://`: the CAs in `ca_file` when given, else the system roots.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read ca_file {}", path.display()))?;
+            let mut reader = std::io::BufReader::new(pem.as_slice());
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut reader) {
+                let cert =
+                    cert.with_context(|| format!("invalid certificate in {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                bail!("ca_file {} holds no PEM certificates", path.display());
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                debug!(error = %e, "skipping unreadable system certificate");
+            }
+            let (ok, _bad) = roots.add_parsable_certificates(native.certs);
+            if ok == 0 {
+                warn!("no system CA certificates found; wss:// connections will fail");
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot configure TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Why a connection attempt or a connection ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    /// The relay refused this agent (`auth_failed`, `revoked`): retry at the slowest pace.
+    Refused {
+        code: String,
+        message: String,
+    },
+    /// The welcome does not verify with the pinned relay key (or names another agent).
+    BadWelcome(String),
+    /// Anything else: network, protocol, relay restart.
+    Lost(String),
+}
+
+/// A verified welcome.
+struct Welcome {
+    signed: SignedWelcome,
+    body: WelcomeBody,
+    heartbeat_interval: Duration,
+}
+
+/// The session task's wiring.
+pub struct Session {
+    pub state: State,
+    pub agent_id: String,
+    pub key: SigningKey,
+    pub relay_key: PublicKey,
+    pub ws_url: String,
+    /// TLS settings for wss (None for ws).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub max_frame_bytes: usize,
+    /// Test hook: append to the outbox but never send it.
+    pub hold_outbox: bool,
+    pub heartbeats: watch::Receiver<Option<Arc<Heartbeat>>>,
+    pub heartbeat_interval: watch::Sender<Duration>,
+    pub heartbeat_poke: Arc<Notify>,
+    pub welcome: watch::Sender<Option<WelcomeBody>>,
+    pub commands: mpsc::Sender<IncomingCommand>,
+    /// Frames from the executor (`received`).
+    pub control: mpsc::Receiver<AgentFrame>,
+}
+
+// === impl Session ===
+
+impl Session {
+    /// Connects and reconnects until shutdown.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let mut backoff = Backoff::reconnect();
+        // One log line per outage, not per retry.
+        let mut outage_logged = false;
+        let mut failed_attempts = 0u32;
+        let mut refused_logged = false;
+        loop {
+            let attempt = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = self.connect() => r,
+            };
+            let end = match attempt {
+                Ok((ws, welcome)) => {
+                    if outage_logged {
+                        info!(failed_attempts, url = self.ws_url, "reconnected to relay");
+                    } else {
+                        info!(url = self.ws_url, "connected to relay");
+                    }
+                    outage_logged = false;
+                    refused_logged = false;
+                    failed_attempts = 0;
+                    let up_since = Instant::now();
+                    let end = self.serve(ws, welcome, &shutdown).await;
+                    if up_since.elapsed() >= STABLE_AFTER {
+                        backoff.reset();
+                    }
+                    if let End::Lost(why) = &end {
+                        warn!(reason = why, "lost connection to relay; reconnecting");
+                        outage_logged = true;
+                    }
+                    end
+                }
+                Err(end) => {
+                    failed_attempts += 1;
+                    end
+                }
+            };
+            let delay = match end {
+                End::Shutdown => return Ok(()),
+                End::Refused { code, message } => {
+                    if !refused_logged {
+                        error!(
+                            code,
+                            message,
+                            "relay refused this agent; retrying every {} s",
+                            backoff.cap().as_secs()
+                        );
+                        refused_logged = true;
+                    }
+                    outage_logged = true;
+                    backoff.cap()
+                }
+                End::BadWelcome(why) => {
+                    if !outage_logged {
+                        error!(
+                            reason = why,
+                            "relay welcome failed verification; disconnected"
+                        );
+                        outage_logged = true;
+                    } else {
+                        debug!(reason = why, "relay welcome failed verification again");
+                    }
+                    backoff.next_delay()
+                }
+                End::Lost(why) => {
+                    if !outage_logged {
+                        warn!(
+                            error = why,
+                            url = self.ws_url,
+                            "cannot connect to relay; retrying with backoff"
+                        );
+                        outage_logged = true;
+                    } else {
+                        debug!(error = why, "still cannot connect to relay");
+                    }
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(SOCKET_BUFFER_BYTES)
+            .write_buffer_size(SOCKET_BUFFER_BYTES)
+            .max_write_buffer_size(self.max_frame_bytes.saturating_mul(2) + SOCKET_BUFFER_BYTES)
+            .max_message_size(Some(self.max_frame_bytes))
+            .max_frame_size(Some(self.max_frame_bytes))
+    }
+
+    /// Dials, authenticates and verifies the welcome.
+    async fn connect(&mut self) -> Result<(Ws, Welcome), End> {
+        let connector = match &self.tls {
+            Some(cfg) => Connector::Rustls(cfg.clone()),
+            None => Connector::Plain,
+        };
+        let (mut ws, _) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_tungstenite::connect_async_tls_with_config(
+                self.ws_url.as_str(),
+                Some(self.ws_config()),
+                true,
+                Some(connector),
+            ),
+        )
+        .await
+        .map_err(|_| End::Lost("timed out connecting".into()))?
+        .map_err(|e| End::Lost(e.to_string()))?;
+
+        let challenge = match read_frame(&mut ws).await? {
+            RelayFrame::Hello {
+                protocol_version,
+                challenge,
+            } => {
+                if protocol_version != flotilla_shared::PROTOCOL_VERSION {
+                    debug!(
+                        relay = protocol_version,
+                        agent = flotilla_shared::PROTOCOL_VERSION,
+                        "relay speaks another protocol version"
+                    );
+                }
+                challenge
+            }
+            RelayFrame::Error { code, message } => return Err(refusal(code, message)),
+            other => {
+                return Err(End::Lost(format!(
+                    "expected hello, got {}",
+                    frame_name(&other)
+                )))
+            }
+        };
+        let signature = self
+            .key
+            .sign(AUTH_DOMAIN, &auth_message(&challenge, &self.agent_id));
+        send(
+            &mut ws,
+            &AgentFrame::Auth {
+                agent_id: self.agent_id.clone(),
+                protocol_version: flotilla_shared::PROTOCOL_VERSION,
+                agent_version: flotilla_shared::VERSION.to_string(),
+                signature,
+            },
+        )
+        .await
+        .map_err(|e| End::Lost(e.to_string()))?;
+        match read_frame(&mut ws).await? {
+            RelayFrame::Welcome {
+                welcome,
+                heartbeat_interval_secs,
+            } => {
+                let body = self.verify_welcome(&welcome).map_err(End::BadWelcome)?;
+                Ok((
+                    ws,
+                    Welcome {
+                        signed: welcome,
+                        body,
+                        heartbeat_interval: Duration::from_secs(heartbeat_interval_secs),
+                    },
+                ))
+            }
+            RelayFrame::Error { code, message } => Err(refusal(code, message)),
+            other => Err(End::Lost(format!(
+                "expected welcome, got {}",
+                frame_name(&other)
+            ))),
+        }
+    }
+
+    fn verify_welcome(&self, welcome: &SignedWelcome) -> Result<WelcomeBody, String> {
+        let body = welcome.verify(&self.relay_key).map_err(|e| {
+            format!(
+                "welcome does not verify with the pinned relay key {}: {e}",
+                self.relay_key.fingerprint()
+            )
+        })?;
+        if body.agent_id != self.agent_id {
+            return Err(format!(
+                "welcome is for agent {}, this agent is {}",
+                body.agent_id, self.agent_id
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Stores and publishes a verified welcome.
+    async fn apply_welcome(&self, welcome: Welcome) {
+        if let Err(e) = self.state.save_welcome(welcome.signed).await {
+            warn!(error = format!("{e:#}"), "cannot store welcome");
+        }
+        debug!(labels = ?welcome.body.labels, "welcome verified");
+        self.welcome.send_replace(Some(welcome.body));
+        let interval = welcome.heartbeat_interval;
+        self.heartbeat_interval.send_if_modified(|current| {
+            let changed = *current != interval && !interval.is_zero();
+            if changed {
+                *current = interval;
+            }
+            changed
+        });
+    }
+
+    /// Pumps frames on an authenticated connection until it ends.
+    async fn serve(&mut self, mut ws: Ws, welcome: Welcome, shutdown: &CancellationToken) -> End {
+        self.apply_welcome(welcome).await;
+        // Heartbeat immediately after the welcome, and ask for a fresh one.
+        let latest = self.heartbeats.borrow_and_update().clone();
+        if let Some(hb) = latest {
+            if let Err(e) = send(&mut ws, &AgentFrame::Heartbeat(Box::new((*hb).clone()))).await {
+                return End::Lost(e.to_string());
+            }
+        }
+        self.heartbeat_poke.notify_one();
+
+        let notify = self.state.outbox_notify();
+        // Highest seq sent on THIS connection: nothing is sent twice per connection; after a
+        // reconnect everything unacknowledged goes again.
+        let mut sent_up_to = 0u64;
+        let mut outbox_pending = !self.hold_outbox;
+        let mut heartbeats_open = true;
+        let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut last_seen = Instant::now();
+        let mut malformed_logged = false;
+
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    return End::Shutdown;
+                }
+                msg = ws.next() => {
+                    last_seen = Instant::now();
+                    match msg {
+                        None => return End::Lost("relay closed the connection".into()),
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(end) = self
+                                .on_text(text.as_str(), &mut ws, &mut malformed_logged)
+                                .await
+                            {
+                                return end;
+                            }
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame
+                                .map(|f| format!("relay closed the connection: {} {}", f.code, f.reason))
+                                .unwrap_or_else(|| "relay closed the connection".into());
+                            return End::Lost(why);
+                        }
+                        // Pings are answered by tungstenite; pongs only prove liveness.
+                        Some(Ok(_)) => {}
+                    }
+                }
+                _ = notify.notified(), if !self.hold_outbox => outbox_pending = true,
+                _ = std::future::ready(()), if outbox_pending => {
+                    let items = match self.state.outbox_after(sent_up_to, OUTBOX_BATCH).await {
+                        Ok(items) => items,
+                        Err(e) => {
+                            error!(error = format!("{e:#}"), "cannot read outbox");
+                            return End::Lost("cannot read the outbox".into());
+                        }
+                    };
+                    if items.len() < OUTBOX_BATCH {
+                        outbox_pending = false;
+                    }
+                    for (seq, item) in items {
+                        if let Err(e) = send(&mut ws, &AgentFrame::Outbox { seq, item }).await {
+                            return End::Lost(e.to_string());
+                        }
+                        sent_up_to = seq;
+                    }
+                }
+                changed = self.heartbeats.changed(), if heartbeats_open => {
+                    if changed.is_err() {
+                        heartbeats_open = false;
+                        continue;
+                    }
+                    let latest = self.heartbeats.borrow_and_update().clone();
+                    if let Some(hb) = latest {
+                        if let Err(e) = send(&mut ws, &AgentFrame::Heartbeat(Box::new((*hb).clone()))).await {
+                            return End::Lost(e.to_string());
+                        }
+                    }
+                }
+                Some(frame) = self.control.recv() => {
+                    if let Err(e) = send(&mut ws, &frame).await {
+                        return End::Lost(e.to_string());
+                    }
+                }
+                _ = ping.tick() => {
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::Ping(Default::default()))).await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return End::Lost(e.to_string()),
+                        Err(_) => return End::Lost("timed out sending a ping".into()),
+                    }
+                }
+                _ = tokio::time::sleep_until(last_seen + SILENCE_LIMIT) => {
+                    return End::Lost(format!("relay silent for {} s", SILENCE_LIMIT.as_secs()));
+                }
+            }
+        }
+    }
+
+    /// Handles one text frame; returns how the connection ends if it must.
+    async fn on_text(&self, text: &str, ws: &mut Ws, malformed_logged: &mut bool) -> Option<End> {
+        let frame = match serde_json::from_str::<RelayFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                // A command that cannot even be read still gets a rejection report.
+                if let Some(command_id) = malformed_command_id(text) {
+                    let cmd = IncomingCommand::Malformed {
+                        command_id,
+                        reason: format!("command frame is malformed: {e}"),
+                    };
+                    if self.commands.send(cmd).await.is_err() {
+                        return Some(End::Shutdown);
+                    }
+                    return None;
+                }
+                if !*malformed_logged {
+                    warn!(error = %e, "malformed frame from relay; ignoring it");
+                    *malformed_logged = true;
+                }
+                let reply = AgentFrame::Error {
+                    code: error_codes::MALFORMED_FRAME.into(),
+                    message: format!("malformed frame: {e}"),
+                };
+                if let Err(e) = send(ws, &reply).await {
+                    return Some(End::Lost(e.to_string()));
+                }
+                return None;
+            }
+        };
+        match frame {
+            RelayFrame::Command(signed) => {
+                if self
+                    .commands
+                    .send(IncomingCommand::Signed(signed))
+                    .await
+                    .is_err()
+                {
+                    return Some(End::Shutdown);
+                }
+            }
+            RelayFrame::Ack { seq } => {
+                if let Err(e) = self.state.ack_outbox(seq).await {
+                    error!(
+                        error = format!("{e:#}"),
+                        "cannot delete acknowledged outbox items"
+                    );
+                }
+            }
+            RelayFrame::Welcome {
+                welcome,
+                heartbeat_interval_secs,
+            } => match self.verify_welcome(&welcome) {
+                Ok(body) => {
+                    info!(labels = ?body.labels, "relay sent new labels");
+                    self.apply_welcome(Welcome {
+                        signed: welcome,
+                        body,
+                        heartbeat_interval: Duration::from_secs(heartbeat_interval_secs),
+                    })
+                    .await;
+                }
+                Err(why) => return Some(End::BadWelcome(why)),
+            },
+            RelayFrame::Error { code, message } => match code.as_str() {
+                error_codes::AUTH_FAILED | error_codes::REVOKED => {
+                    return Some(End::Refused { code, message })
+                }
+                error_codes::REPLACED => {
+                    return Some(End::Lost(format!(
+                        "replaced by a newer connection of this agent: {message}"
+                    )))
+                }
+                _ => warn!(code, message, "relay reported an error"),
+            },
+            RelayFrame::Hello { .. } => debug!("ignoring a hello in the middle of a session"),
+        }
+        None
+    }
+}
+
+fn refusal(code: String, message: String) -> End {
+    match code.as_str() {
+        error_codes::AUTH_FAILED | error_codes::REVOKED => End::Refused { code, message },
+        _ => End::Lost(format!("relay error {code}: {message}")),
+    }
+}
+
+fn frame_name(f: &RelayFrame) -> &'static str {
+    match f {
+        RelayFrame::Hello { .. } => "hello",
+        RelayFrame::Welcome { .. } => "welcome",
+        RelayFrame::Command(_) => "command",
+        RelayFrame::Ack { .. } => "ack",
+        RelayFrame::Error { .. } => "error",
+    }
+}
+
+/// For a frame of type `command` that failed to parse: `Some(id if readable)`; None when the
+/// frame is not a command at all.
+fn malformed_command_id(text: &str) -> Option<Option<String>> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    if v.get("type")?.as_str()? != "command" {
+        return None;
+    }
+    let id = v
+        .get("envelope")
+        .and_then(|e| e.as_str())
+        .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+        .and_then(|e| e.get("id").and_then(|i| i.as_str()).map(str::to_string));
+    Some(id)
+}
+
+/// Reads the next relay frame during the handshake (bounded in time).
+async fn read_frame(ws: &mut Ws) -> Result<RelayFrame, End> {
+    let deadline = Instant::now() + HANDSHAKE_STEP_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| {
+                End::Lost("timed out waiting for the relay during the handshake".into())
+            })?;
+        match msg {
+            None => {
+                return Err(End::Lost(
+                    "relay closed the connection during the handshake".into(),
+                ))
+            }
+            Some(Err(e)) => return Err(End::Lost(e.to_string())),
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map_err(|e| End::Lost(format!("malformed frame from relay: {e}")))
+            }
+            Some(Ok(Message::Close(f))) => {
+                return Err(End::Lost(
+                    f.map(|f| format!("relay closed the connection: {} {}", f.code, f.reason))
+                        .unwrap_or_else(|| "relay closed the connection".into()),
+                ))
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, frame: &AgentFrame) -> Result<()> {
+    let text = serde_json::to_string(frame).context("cannot encode frame")?;
+    tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text)))
+        .await
+        .map_err(|_| anyhow!("timed out sending to the relay"))?
+        .map_err(|e| anyhow!("cannot send to the relay: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(
+            websocket_url("http://127.0.0.1:8700", false).unwrap(),
+            "ws://127.0.0.1:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("http://localhost:8700/", false).unwrap(),
+            "ws://localhost:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("http://[::1]:8700", false).unwrap(),
+            "ws://[::1]:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("https://relay.example.com/flotilla", false).unwrap(),
+            "wss://relay.example.com/flotilla/api/v1/agent/connect"
+        );
+        let e = websocket_url("http://relay.example.com", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refusing plain ws://"), "{e}");
+        assert_eq!(
+            websocket_url("http://10.0.0.5:8700", true).unwrap(),
+            "ws://10.0.0.5:8700/api/v1/agent/connect"
+        );
+    }
+
+    #[test]
+    fn malformed_command_frames_are_recognised() {
+        assert_eq!(malformed_command_id(r#"{"type":"ack"}"#), None);
+        assert_eq!(malformed_command_id("not json"), None);
+        assert_eq!(
+            malformed_command_id(r#"{"type":"command","envelope":5}"#),
+            Some(None)
+        );
+        assert_eq!(
+            malformed_command_id(r#"{"type":"command","envelope":"{\"id\":\"cmd_7\"}"}"#),
+            Some(Some("cmd_7".into()))
+        );
+    }
+
+    #[test]
+    fn tls_config_builds_from_system_roots() {
+        tls_config(None).unwrap();
+        assert!(tls_config(Some(Path::new("/nonexistent.pem"))).is_err());
+    }
+}

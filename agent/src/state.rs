@@ -1,0 +1,661 @@
+//! The agent's durable state: one SQLite file, `<state-dir>/agent.db` (WAL, mode 0600).
+//!
+//! It holds the identity (agent id, private key, pinned relay key), the command journal (which
+//! makes every command run at most once and remembers its result), the outbox of results and
+//! events not yet acknowledged by the relay, and the last verified welcome.
+//!
+//! SQLite calls block, so every method hops onto the blocking pool; the connection sits behind a
+//! std mutex that is only ever held inside those blocking closures, never across an `.await`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use flotilla_shared::command::CommandResult;
+use flotilla_shared::protocol::{OutboxItem, SignedWelcome};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "agent.db";
+
+/// Journal entries are kept this long after their command expired: past expiry a replay is
+/// refused as expired anyway, so the entry is no longer needed for deduplication.
+const JOURNAL_KEEP_AFTER_EXPIRY_HOURS: i64 = 24;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    r#"
+    CREATE TABLE identity (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        agent_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pkcs8 BLOB NOT NULL,
+        relay_public_key TEXT NOT NULL,
+        relay_url TEXT NOT NULL,
+        enrolled_at TEXT NOT NULL
+    );
+    CREATE TABLE journal (
+        id TEXT PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('running', 'done')),
+        result TEXT
+    );
+    CREATE INDEX journal_expires ON journal (expires_at);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        item TEXT NOT NULL
+    );
+    CREATE TABLE welcome (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        body TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        received_at TEXT NOT NULL
+    );
+    "#,
+];
+
+/// Who this agent is, as stored at enrollment.
+#[derive(Clone)]
+pub struct Identity {
+    pub agent_id: String,
+    pub name: String,
+    /// The agent's Ed25519 private key (PKCS#8). Never logged.
+    pub pkcs8: Vec<u8>,
+    /// The relay's public key (base64), pinned at enrollment.
+    pub relay_public_key: String,
+    pub relay_url: String,
+    pub enrolled_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("agent_id", &self.agent_id)
+            .field("name", &self.name)
+            .field("relay_url", &self.relay_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a command stands in the journal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JournalEntry {
+    Running,
+    Done(Box<CommandResult>),
+}
+
+/// What `journal_begin` found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JournalBegin {
+    /// First time this id is seen: it is now journaled as running.
+    New,
+    /// Already journaled.
+    Existing(JournalEntry),
+}
+
+/// Handle to the agent database; cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    outbox_notify: Arc<Notify>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").field("path", &self.path).finish()
+    }
+}
+
+// === impl State ===
+
+impl State {
+    /// Opens (creating if needed) `<state_dir>/agent.db` and brings its schema up to date.
+    pub async fn open(state_dir: &Path) -> Result<State> {
+        let dir = state_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || State::open_blocking(&dir))
+            .await
+            .context("state open task failed")?
+    }
+
+    /// The blocking body of `open`.
+    pub fn open_blocking(state_dir: &Path) -> Result<State> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(DB_FILE);
+        create_private_file(&path)?;
+        let mut conn = Connection::open(&path)
+            .with_context(|| format!("cannot open agent database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .context("cannot enable WAL on the agent database")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn).with_context(|| format!("cannot migrate {}", path.display()))?;
+        Ok(State {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+            outbox_notify: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Woken (one permit is stored) whenever an item is appended to the outbox.
+    pub fn outbox_notify(&self) -> Arc<Notify> {
+        self.outbox_notify.clone()
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn call<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn
+                .lock()
+                .map_err(|_| anyhow!("agent database lock poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .context("agent database task failed")?
+    }
+
+    // --- identity ---
+
+    pub async fn identity(&self) -> Result<Option<Identity>> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT agent_id, name, pkcs8, relay_public_key, relay_url, enrolled_at
+                 FROM identity WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Identity {
+                        agent_id: r.get(0)?,
+                        name: r.get(1)?,
+                        pkcs8: r.get(2)?,
+                        relay_public_key: r.get(3)?,
+                        relay_url: r.get(4)?,
+                        enrolled_at: parse_ts(&r.get::<_, String>(5)?),
+                    })
+                },
+            )
+            .optional()
+            .context("cannot read identity")
+        })
+        .await
+    }
+
+    /// Stores the identity; refuses to replace an existing one.
+    pub async fn save_identity(&self, identity: Identity) -> Result<()> {
+        let path = self.path.clone();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let existing: Option<String> = tx
+                .query_row("SELECT agent_id FROM identity WHERE id = 1", [], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            if let Some(id) = existing {
+                bail!(
+                    "{} already holds the identity of agent {id}; refusing to overwrite it",
+                    path.display()
+                );
+            }
+            tx.execute(
+                "INSERT INTO identity (id, agent_id, name, pkcs8, relay_public_key, relay_url,
+                 enrolled_at) VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    identity.agent_id,
+                    identity.name,
+                    identity.pkcs8,
+                    identity.relay_public_key,
+                    identity.relay_url,
+                    ts(identity.enrolled_at)
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    // --- welcome ---
+
+    pub async fn save_welcome(&self, welcome: SignedWelcome) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO welcome (id, body, signature, received_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body,
+                 signature = excluded.signature, received_at = excluded.received_at",
+                params![welcome.body, welcome.signature, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn last_welcome(&self) -> Result<Option<SignedWelcome>> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT body, signature FROM welcome WHERE id = 1",
+                [],
+                |r| {
+                    Ok(SignedWelcome {
+                        body: r.get(0)?,
+                        signature: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .context("cannot read last welcome")
+        })
+        .await
+    }
+
+    // --- command journal ---
+
+    pub async fn journal_get(&self, command_id: &str) -> Result<Option<JournalEntry>> {
+        let id = command_id.to_string();
+        self.call(move |c| journal_get(c, &id)).await
+    }
+
+    /// Journals a command as running unless its id is already journaled (atomic: the lookup and
+    /// the insert happen under one lock).
+    pub async fn journal_begin(
+        &self,
+        command_id: &str,
+        received_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<JournalBegin> {
+        let id = command_id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            if let Some(existing) = journal_get(&tx, &id)? {
+                return Ok(JournalBegin::Existing(existing));
+            }
+            tx.execute(
+                "INSERT INTO journal (id, received_at, expires_at, status) VALUES (?1, ?2, ?3, 'running')",
+                params![id, ts(received_at), ts(expires_at)],
+            )?;
+            tx.commit()?;
+            Ok(JournalBegin::New)
+        })
+        .await
+    }
+
+    /// Records a command's result in the journal and appends it to the outbox, in one
+    /// transaction: either the relay will hear about the result or the command still shows as
+    /// running. Returns the outbox seq.
+    pub async fn finish_command(&self, result: CommandResult) -> Result<u64> {
+        let notify = self.outbox_notify.clone();
+        let seq = self
+            .call(move |c| {
+                let result_json = serde_json::to_string(&result)?;
+                let item_json = serde_json::to_string(&OutboxItem::Result(result.clone()))?;
+                let tx = c.transaction()?;
+                let n = tx.execute(
+                    "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
+                    params![result.command_id, result_json],
+                )?;
+                if n == 0 {
+                    bail!("command {} is not in the journal", result.command_id);
+                }
+                tx.execute("INSERT INTO outbox (item) VALUES (?1)", params![item_json])?;
+                let seq = tx.last_insert_rowid() as u64;
+                tx.commit()?;
+                Ok(seq)
+            })
+            .await?;
+        notify.notify_one();
+        Ok(seq)
+    }
+
+    /// Ids of commands journaled as running (used at startup: a previous process died while
+    /// running them).
+    pub async fn journal_running(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT id FROM journal WHERE status = 'running' ORDER BY received_at")?;
+            let ids = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// Deletes journal entries whose command expired more than a day before `now`.
+    pub async fn prune_journal(&self, now: DateTime<Utc>) -> Result<usize> {
+        let cutoff = now - ChronoDuration::hours(JOURNAL_KEEP_AFTER_EXPIRY_HOURS);
+        self.call(move |c| {
+            Ok(c.execute(
+                "DELETE FROM journal WHERE expires_at < ?1",
+                params![ts(cutoff)],
+            )?)
+        })
+        .await
+    }
+
+    // --- outbox ---
+
+    /// Appends items in one transaction; returns their seqs.
+    pub async fn append_outbox(&self, items: Vec<OutboxItem>) -> Result<Vec<u64>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let notify = self.outbox_notify.clone();
+        let seqs = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut seqs = Vec::with_capacity(items.len());
+                for item in &items {
+                    tx.execute(
+                        "INSERT INTO outbox (item) VALUES (?1)",
+                        params![serde_json::to_string(item)?],
+                    )?;
+                    seqs.push(tx.last_insert_rowid() as u64);
+                }
+                tx.commit()?;
+                Ok(seqs)
+            })
+            .await?;
+        notify.notify_one();
+        Ok(seqs)
+    }
+
+    /// Up to `limit` unacknowledged items with seq greater than `after`, in seq order.
+    pub async fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, OutboxItem)>> {
+        self.call(move |c| {
+            let mut stmt =
+                c.prepare("SELECT seq, item FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let rows = stmt
+                .query_map(params![after as i64, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (seq, text) in rows {
+                match serde_json::from_str(&text) {
+                    Ok(item) => out.push((seq as u64, item)),
+                    // An item this build cannot read would block the queue forever; it can only
+                    // come from a newer agent version sharing the state dir, so skip it.
+                    Err(e) => tracing::warn!(seq, error = %e, "skipping unreadable outbox item"),
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes every item with seq at or below `seq` (the relay's acks are cumulative).
+    pub async fn ack_outbox(&self, seq: u64) -> Result<usize> {
+        self.call(
+            move |c| Ok(c.execute("DELETE FROM outbox WHERE seq <= ?1", params![seq as i64])?),
+        )
+        .await
+    }
+
+    /// Number of unacknowledged outbox items.
+    pub async fn outbox_len(&self) -> Result<u64> {
+        self.call(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+/// Timestamps are stored as fixed-width RFC 3339 UTC text, so text order is time order.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn journal_get(c: &Connection, id: &str) -> Result<Option<JournalEntry>> {
+    let row: Option<(String, Option<String>)> = c
+        .query_row(
+            "SELECT status, result FROM journal WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((status, Some(result))) if status == "done" => {
+            let result: CommandResult = serde_json::from_str(&result)
+                .with_context(|| format!("journaled result of {id} is unreadable"))?;
+            Ok(Some(JournalEntry::Done(Box::new(result))))
+        }
+        Some(_) => Ok(Some(JournalEntry::Running)),
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        bail!(
+            "database schema version {version} is newer than this agent understands ({known}); \
+             upgrade the agent"
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("cannot create state directory {}", dir.display()))
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it, so the private key is never
+/// readable by others, not even for a moment. Tightens the mode of an existing file too.
+fn create_private_file(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use flotilla_shared::command::ResultStatus;
+    use flotilla_shared::heartbeat::{AgentEvent, EventKind};
+
+    /// A fresh state directory under the system temp dir (removed by the caller if it cares).
+    pub(crate) fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("flotilla-agent-test"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    pub(crate) fn result(id: &str) -> CommandResult {
+        CommandResult {
+            command_id: id.into(),
+            status: ResultStatus::Succeeded,
+            output: Some(serde_json::json!({"pong": true})),
+            error: None,
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+        }
+    }
+
+    fn event(msg: &str) -> OutboxItem {
+        OutboxItem::Event(AgentEvent {
+            kind: EventKind::AgentStarted,
+            at: Utc::now(),
+            container_id: None,
+            container_name: None,
+            message: msg.into(),
+            attributes: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn file_is_private_and_reopens() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(state.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(state);
+        State::open(&dir).await.unwrap();
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn identity_is_never_overwritten() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        assert!(state.identity().await.unwrap().is_none());
+        let id = Identity {
+            agent_id: "ag_1".into(),
+            name: "host".into(),
+            pkcs8: vec![1, 2, 3],
+            relay_public_key: "key".into(),
+            relay_url: "http://127.0.0.1:1".into(),
+            enrolled_at: Utc::now(),
+        };
+        state.save_identity(id.clone()).await.unwrap();
+        let back = state.identity().await.unwrap().unwrap();
+        assert_eq!(back.agent_id, "ag_1");
+        assert_eq!(back.pkcs8, vec![1, 2, 3]);
+        let e = state.save_identity(id).await.unwrap_err().to_string();
+        assert!(e.contains("ag_1") && e.contains("refusing"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn outbox_round_trip_and_cumulative_ack() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let seqs = state
+            .append_outbox(vec![event("a"), event("b"), event("c")])
+            .await
+            .unwrap();
+        assert_eq!(seqs.len(), 3);
+        assert!(seqs[0] < seqs[1] && seqs[1] < seqs[2]);
+        let items = state.outbox_after(0, 10).await.unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1].1, event_message(&items[1].1, "b"));
+        let after_first = state.outbox_after(seqs[0], 10).await.unwrap();
+        assert_eq!(after_first.len(), 2);
+        assert_eq!(state.outbox_after(0, 1).await.unwrap().len(), 1);
+        assert_eq!(state.ack_outbox(seqs[1]).await.unwrap(), 2);
+        let rest = state.outbox_after(0, 10).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0, seqs[2]);
+        // Seqs keep growing after deletes (AUTOINCREMENT), so the relay never sees one reused.
+        state.ack_outbox(seqs[2]).await.unwrap();
+        let next = state.append_outbox(vec![event("d")]).await.unwrap();
+        assert!(next[0] > seqs[2]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn event_message(item: &OutboxItem, expected: &str) -> OutboxItem {
+        match item {
+            OutboxItem::Event(e) if e.message == expected => item.clone(),
+            other => panic!("unexpected item {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn journal_round_trip() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let now = Utc::now();
+        let exp = now + ChronoDuration::minutes(10);
+        assert_eq!(
+            state.journal_begin("cmd_1", now, exp).await.unwrap(),
+            JournalBegin::New
+        );
+        assert_eq!(
+            state.journal_begin("cmd_1", now, exp).await.unwrap(),
+            JournalBegin::Existing(JournalEntry::Running)
+        );
+        assert_eq!(state.journal_running().await.unwrap(), vec!["cmd_1"]);
+        let r = result("cmd_1");
+        let seq = state.finish_command(r.clone()).await.unwrap();
+        assert_eq!(
+            state.journal_get("cmd_1").await.unwrap(),
+            Some(JournalEntry::Done(Box::new(r.clone())))
+        );
+        let items = state.outbox_after(0, 10).await.unwrap();
+        assert_eq!(items, vec![(seq, OutboxItem::Result(r))]);
+        assert!(state.finish_command(result("cmd_unknown")).await.is_err());
+        // The failed finish must not have left an outbox row behind.
+        assert_eq!(state.outbox_len().await.unwrap(), 1);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn prune_drops_only_long_expired_entries() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let now = Utc::now();
+        state
+            .journal_begin("old", now, now - ChronoDuration::hours(25))
+            .await
+            .unwrap();
+        state
+            .journal_begin("recent", now, now - ChronoDuration::hours(23))
+            .await
+            .unwrap();
+        state
+            .journal_begin("live", now, now + ChronoDuration::minutes(5))
+            .await
+            .unwrap();
+        assert_eq!(state.prune_journal(now).await.unwrap(), 1);
+        assert!(state.journal_get("old").await.unwrap().is_none());
+        assert!(state.journal_get("recent").await.unwrap().is_some());
+        assert!(state.journal_get("live").await.unwrap().is_some());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,185 @@
+//! The docker module and the events task against the real local engine, with the
+//! `flotilla-testapp` images. Ignored by default (needs Docker and the images):
+//! `cargo test -p flotilla-agent --test docker_engine -- --ignored`.
+
+use flotilla_agent::docker::{DockerClient, DockerError, Visibility};
+use flotilla_agent::events::EventsTask;
+use flotilla_agent::state::State;
+use flotilla_shared::heartbeat::EventKind;
+use flotilla_shared::protocol::OutboxItem;
+use std::process::Command;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the docker CLI (test setup only; the agent itself uses the API).
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("docker").args(["rm", "-f", name]).output();
+        }
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(t) = f().await {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore]
+async fn actions_visibility_logs_and_events() {
+    let run = flotilla_shared::ids::new_id("t");
+    let label = format!("flotilla.test={run}");
+    let web = format!("flt-{run}-web");
+    let hidden = format!("flt-{run}-hidden");
+    let flappy = format!("flt-{run}-flappy");
+    let _cleanup = Cleanup(vec![web.clone(), hidden.clone(), flappy.clone()]);
+
+    let dir = std::env::temp_dir().join(format!("flotilla-docker-{run}"));
+    let state = State::open(&dir).await.unwrap();
+    let client = DockerClient::new(
+        None,
+        Visibility::new(Some(("flotilla.test".into(), run.clone()))),
+    );
+    let shutdown = CancellationToken::new();
+    let events_task = tokio::spawn(
+        EventsTask {
+            docker: client.clone(),
+            state: state.clone(),
+            restart_loop_threshold: 3,
+            restart_loop_window_secs: 60,
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    docker(&[
+        "create", "--name", &web, "--label", &label, "-e", "APP_LOG_LINES=5",
+        "flotilla-testapp:v1",
+    ]);
+    docker(&[
+        "create", "--name", &hidden, "--label", &label, "--label", "flotilla.ignore=true",
+        "flotilla-testapp:v1",
+    ]);
+
+    // Listing: only the visible container, name without '/'.
+    let list = client.list(true).await.unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].name, web);
+    assert_eq!(list[0].state, "created");
+
+    // The ignored one is indistinguishable from a missing one.
+    assert_eq!(
+        client.resolve(&hidden).await.unwrap_err(),
+        DockerError::NoSuchContainer(hidden.clone())
+    );
+    let c = client.resolve(&web).await.unwrap();
+    assert_eq!(client.resolve(&c.id[..12]).await.unwrap(), c);
+
+    let started = client.start(&c).await.unwrap();
+    assert!(started.changed);
+    assert_eq!(started.container.state, "running");
+    let again = client.start(&c).await.unwrap();
+    assert!(!again.changed);
+
+    let lines = eventually("log lines", || {
+        let client = client.clone();
+        let c = c.clone();
+        async move {
+            let lines = client.logs(&c, 100, None, false).await.unwrap();
+            lines
+                .iter()
+                .any(|l| l.contains("testapp line 5"))
+                .then_some(lines)
+        }
+    })
+    .await;
+    let tail = client.logs(&c, 2, None, true).await.unwrap();
+    assert_eq!(tail.len(), 2, "{tail:?} of {lines:?}");
+
+    let inspect = client.inspect(&c).await.unwrap();
+    assert_eq!(inspect["Id"], serde_json::json!(c.id));
+
+    let stopped = client.stop(&c, Duration::from_secs(5)).await.unwrap();
+    assert!(stopped.changed);
+    assert_eq!(stopped.container.state, "exited");
+    assert!(stopped.container.exit_code.is_some());
+    assert!(!client.stop(&c, Duration::from_secs(5)).await.unwrap().changed);
+    let restarted = client.restart(&c, Duration::from_secs(5)).await.unwrap();
+    assert!(restarted.changed);
+    assert_eq!(restarted.container.state, "running");
+
+    // A container that keeps dying under a restart policy makes a restart loop.
+    docker(&[
+        "run", "-d", "--name", &flappy, "--label", &label, "--restart", "always", "-e",
+        "APP_EXIT_AFTER_SECS=0", "-e", "APP_EXIT_CODE=3", "flotilla-testapp:v1",
+    ]);
+    // And starting the hidden one must raise no event.
+    docker(&["start", &hidden]);
+
+    let items = eventually("restart loop event", || {
+        let state = state.clone();
+        async move {
+            let items = state.outbox_after(0, 1000).await.unwrap();
+            items
+                .iter()
+                .any(|(_, i)| {
+                    matches!(i, OutboxItem::Event(e) if e.kind == EventKind::ContainerRestartLoop)
+                })
+                .then_some(items)
+        }
+    })
+    .await;
+    let events: Vec<_> = items
+        .iter()
+        .filter_map(|(_, i)| match i {
+            OutboxItem::Event(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(events
+        .iter()
+        .all(|e| e.container_name.as_deref() != Some(hidden.as_str())));
+    assert!(events
+        .iter()
+        .any(|e| e.kind == EventKind::ContainerStarted
+            && e.container_name.as_deref() == Some(web.as_str())));
+    let died = events
+        .iter()
+        .find(|e| {
+            e.kind == EventKind::ContainerDied && e.container_name.as_deref() == Some(flappy.as_str())
+        })
+        .expect("flappy died");
+    assert_eq!(died.attributes["exit_code"], "3");
+    let loops = events
+        .iter()
+        .filter(|e| e.kind == EventKind::ContainerRestartLoop)
+        .count();
+    assert_eq!(loops, 1, "one restart_loop event per window");
+
+    shutdown.cancel();
+    events_task.await.unwrap().unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}
