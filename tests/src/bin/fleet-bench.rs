@@ -1,0 +1,271 @@
+//! fleet-bench: prints the figures BENCHMARKS.md reports, measured on real processes.
+//!
+//! - relay memory per agent connection and broadcast time, with N scripted agents
+//!   (real enrollment, real challenge/response, real websockets on loopback);
+//! - command round trip through relay and a real agent (ping, `?wait`), p50/p95/max;
+//! - a real agent's idle RSS and CPU use;
+//! - time from a relay crash (SIGKILL) and restart until every real agent is back online.
+//!
+//! Usage: `cargo build --release --workspace --bins && target/release/fleet-bench [N]`
+//! (N scripted connections, default 5000; raise `ulimit -n` above N + 100 first).
+
+use anyhow::{bail, Context, Result};
+use flotilla_shared::api::{AgentFacts, CreateJob, EnrollRequest, EnrollResponse};
+use flotilla_shared::command::Command;
+use flotilla_shared::protocol::{AgentFrame, RelayFrame};
+use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
+use flotilla_tests::harness::{eventually, scope, Agent, Relay};
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("N must be a number")?
+        .unwrap_or(5000);
+    println!(
+        "fleet-bench: {n} scripted connections, binaries from {}",
+        flotilla_tests::harness::bin_dir().display()
+    );
+    let mut relay = Relay::start_with_env(&[
+        ("FLOTILLA_ENROLL_RATE_PER_MINUTE", "100000000"),
+        ("FLOTILLA_LOG", "warn"),
+    ])
+    .await;
+    let relay_pid = relay_pid(&relay)?;
+
+    // === real agents: round trip, idle RSS/CPU ===
+    let scope = scope("bench");
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        agents.push(Agent::start(&relay, &format!("real-{i}"), "kind=real", &scope).await);
+    }
+    let api = relay.api();
+    for a in &agents {
+        api.wait_online(&a.id, Duration::from_secs(30)).await;
+    }
+    let mut rtts = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let info = api
+            .command(&agents[0].id, Command::Ping(Default::default()), Some(30))
+            .await?;
+        if !info.state.is_final() {
+            bail!("ping did not finish: {info:?}");
+        }
+        rtts.push(t.elapsed());
+    }
+    rtts.sort();
+    let pct = |p: f64| rtts[((rtts.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    println!(
+        "command round trip (API → relay → agent → relay → API, ping, 200 runs): p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.95),
+        pct(1.0)
+    );
+
+    let agent_pid = agents[0].pid().context("agent pid")?;
+    let cpu0 = cpu_ticks(agent_pid)?;
+    let idle = Duration::from_secs(20);
+    tokio::time::sleep(idle).await; // measuring idle behaviour over a fixed window, not waiting for an effect
+    let cpu1 = cpu_ticks(agent_pid)?;
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    println!(
+        "agent idle (heartbeat every {}s, {} containers visible): RSS {:.1} MiB, CPU {:.2}% of one core over {}s",
+        flotilla_tests::harness::TEST_HEARTBEAT_SECS,
+        api.agent(&agents[0].id)
+            .await
+            .heartbeat
+            .map_or(0, |h| h.docker.containers.len()),
+        rss_kib(agent_pid)? as f64 / 1024.0,
+        (cpu1 - cpu0) as f64 / ticks_per_sec / idle.as_secs_f64() * 100.0,
+        idle.as_secs()
+    );
+
+    // === scripted connections: memory per connection and broadcast ===
+    let rss_before = rss_kib(relay_pid)?;
+    let received = Arc::new(AtomicUsize::new(0));
+    let all_received = Arc::new(Notify::new());
+    let connected = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (id, key) = enroll(&http, &relay, i).await?;
+        let ws_url = relay.ws_url();
+        let received = received.clone();
+        let connected = connected.clone();
+        let all_received = all_received.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                scripted_agent(&ws_url, &id, &key, &connected, &received, n, &all_received).await
+            {
+                eprintln!("scripted agent {id}: {e:#}");
+            }
+        }));
+    }
+    println!("enrolled {n} agents in {:.1}s", t.elapsed().as_secs_f64());
+    eventually(
+        Duration::from_secs(300),
+        "all scripted agents connected",
+        || async { (connected.load(Ordering::SeqCst) >= n).then_some(()) },
+    )
+    .await;
+    println!(
+        "{n} connections up {:.1}s after the first enrollment",
+        t.elapsed().as_secs_f64()
+    );
+    // Let the relay settle (welcome, resend scan) before reading its RSS.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = rss_kib(relay_pid)?;
+    println!(
+        "relay RSS: {:.1} MiB before, {:.1} MiB with {n} more connections → {:.1} KiB per connection",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after.saturating_sub(rss_before)) as f64 / n as f64
+    );
+
+    let t = Instant::now();
+    let job = api
+        .job(&CreateJob {
+            selector: "kind=scripted".parse().unwrap(),
+            command: Command::Ping(Default::default()),
+            max_concurrency: None,
+            max_errors: None,
+            ttl_secs: Some(120),
+        })
+        .await?;
+    let created = t.elapsed();
+    tokio::time::timeout(Duration::from_secs(120), all_received.notified())
+        .await
+        .context("broadcast did not reach every agent")?;
+    println!(
+        "broadcast of one signed command to {} agents: job created in {:.0} ms, last agent received it {:.0} ms after the request",
+        job.counts.targets,
+        created.as_secs_f64() * 1000.0,
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    for t in tasks {
+        t.abort();
+    }
+
+    // === relay crash and restart ===
+    let t = Instant::now();
+    relay.restart().await;
+    let api = relay.api();
+    for a in &agents {
+        api.wait_online(&a.id, Duration::from_secs(120)).await;
+    }
+    println!(
+        "relay SIGKILL + restart → all {} real agents back online in {:.2}s",
+        agents.len(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn enroll(http: &reqwest::Client, relay: &Relay, i: usize) -> Result<(String, SigningKey)> {
+    // One token per agent, as operators hand them out.
+    let token = relay.enrollment_token("kind=scripted").await;
+    let key = SigningKey::generate();
+    let resp = http
+        .post(format!("{}/api/v1/enroll", relay.url()))
+        .json(&EnrollRequest {
+            token,
+            name: Some(format!("scripted-{i}")),
+            public_key: key.public_key().to_base64(),
+            labels: Default::default(),
+            facts: AgentFacts::default(),
+        })
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("enroll {i}: {} {}", resp.status(), resp.text().await?);
+    }
+    let body: EnrollResponse = resp.json().await?;
+    Ok((body.agent_id, key))
+}
+
+async fn scripted_agent(
+    url: &str,
+    id: &str,
+    key: &SigningKey,
+    connected: &AtomicUsize,
+    received: &AtomicUsize,
+    n: usize,
+    all_received: &Notify,
+) -> Result<()> {
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = 4096;
+    config.write_buffer_size = 0;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg? else { continue };
+        match serde_json::from_str::<RelayFrame>(text.as_str())? {
+            RelayFrame::Hello { challenge, .. } => {
+                let signature = key.sign(AUTH_DOMAIN, &auth_message(&challenge, id));
+                let auth = AgentFrame::Auth {
+                    agent_id: id.to_string(),
+                    protocol_version: flotilla_shared::PROTOCOL_VERSION,
+                    agent_version: "bench".into(),
+                    signature,
+                };
+                ws.send(Message::text(serde_json::to_string(&auth)?))
+                    .await?;
+            }
+            RelayFrame::Welcome { .. } => {
+                connected.fetch_add(1, Ordering::SeqCst);
+            }
+            RelayFrame::Command(_) => {
+                if received.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    all_received.notify_one();
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn relay_pid(relay: &Relay) -> Result<u32> {
+    // The harness does not expose the child; find the process listening with our data dir.
+    let dir = relay.dir.path().to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("flotilla-relay") && cmdline.contains(&dir) {
+                return Ok(pid);
+            }
+        }
+    }
+    bail!("relay process not found")
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}

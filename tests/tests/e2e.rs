@@ -1,0 +1,36 @@
+//! End-to-end tests: real `flotilla-relay` and `flotilla-agent` processes on loopback, the real
+//! Docker engine, real SQLite files. Each test gets its own relay and its own scope label, so tests
+//! run in parallel on one engine without seeing each other's containers.
+
+mod e2e {
+    pub mod api;
+    pub mod cli;
+    pub mod commands;
+    pub mod delivery;
+    pub mod enrollment;
+    pub mod events;
+    pub mod fanout;
+    pub mod heartbeats;
+    pub mod protocol_abuse;
+    pub mod trust;
+}
+
+use std::time::Duration;
+
+/// Generous upper bound for an effect that normally takes well under a second; tests poll and
+/// return as soon as the effect is seen.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The test images (built once per test process; building is idempotent across processes).
+pub async fn images() -> &'static flotilla_tests::fixtures::TestImages {
+    static IMAGES: tokio::sync::OnceCell<flotilla_tests::fixtures::TestImages> =
+        tokio::sync::OnceCell::const_new();
+    IMAGES
+        .get_or_init(|| async {
+            tokio::task::spawn_blocking(flotilla_tests::fixtures::ensure_test_images)
+                .await
+                .expect("fixture thread")
+                .expect("build test images (is the Docker engine reachable?)")
+        })
+        .await
+}

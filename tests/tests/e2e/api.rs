@@ -1,0 +1,135 @@
+//! The dashboard API: scopes, clear errors, health and metrics endpoints, label changes.
+
+use crate::DEADLINE;
+use flotilla_shared::api::{
+    AgentInfo, ApiTokenCreated, CreateApiToken, PatchAgent, RelayStatus, Scope,
+};
+use flotilla_shared::command::Command;
+use flotilla_tests::harness::{api_error, eventually, labels, scope, Agent, Api, Relay};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scopes_errors_health_and_metrics() {
+    let relay = Relay::start().await;
+    let agent = Agent::start(&relay, "host-a", "tier=build", &scope("api")).await;
+    let admin = relay.api();
+    admin.wait_online(&agent.id, DEADLINE).await;
+
+    let health: RelayStatus = admin.get("/healthz").await.unwrap();
+    assert_eq!(health.connected_agents, 1);
+    assert!(health.relay_key_fingerprint.starts_with("SHA256:"));
+
+    // No token, unknown token.
+    let anon = Api::new(&relay.url(), "");
+    let e = anon
+        .get::<Vec<AgentInfo>>("/api/v1/agents")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 401);
+    let e = admin
+        .with_token("flt_bogus")
+        .get::<Vec<AgentInfo>>("/api/v1/agents")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 401);
+
+    // A read token reads but cannot operate.
+    let read: ApiTokenCreated = admin
+        .post(
+            "/api/v1/api-tokens",
+            &CreateApiToken {
+                name: "dash".into(),
+                scope: Scope::Read,
+            },
+        )
+        .await
+        .unwrap();
+    let reader = admin.with_token(&read.token);
+    assert_eq!(
+        reader
+            .get::<Vec<AgentInfo>>("/api/v1/agents")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let e = reader
+        .command(&agent.id, Command::Ping(Default::default()), None)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 403, "{e:#}");
+    let e = reader
+        .post::<_, ApiTokenCreated>(
+            "/api/v1/api-tokens",
+            &CreateApiToken {
+                name: "x".into(),
+                scope: Scope::Admin,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 403);
+
+    // Unknown agent, bad command, bad selector: 404 / 400 with messages naming the problem.
+    let e = admin
+        .command("ag_nope", Command::Ping(Default::default()), None)
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 404);
+    let e = admin
+        .post::<_, serde_json::Value>(
+            &format!("/api/v1/agents/{}/commands", agent.id),
+            &serde_json::json!({"kind": "container.nuke", "args": {}}),
+        )
+        .await
+        .unwrap_err();
+    let err = api_error(&e);
+    assert_eq!(err.status, 400);
+    assert!(err.message.contains("container.nuke"), "{}", err.message);
+    let e = admin
+        .get::<Vec<AgentInfo>>("/api/v1/agents?selector=a%20b")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 400);
+
+    // Label changes take effect for selectors at once.
+    let patched: AgentInfo = admin
+        .patch(
+            &format!("/api/v1/agents/{}", agent.id),
+            &PatchAgent {
+                labels: labels("tier=web"),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(patched.labels, labels("tier=web"));
+    let web: Vec<AgentInfo> = admin
+        .get("/api/v1/agents?selector=tier%3Dweb")
+        .await
+        .unwrap();
+    assert_eq!(web.len(), 1);
+
+    // Prometheus text with the promised series.
+    let ping = admin
+        .command(&agent.id, Command::Ping(Default::default()), Some(30))
+        .await
+        .unwrap();
+    assert!(ping.state.is_final());
+    let metrics = eventually(DEADLINE, "metrics", || async {
+        let m = reqwest::get(format!("{}/metrics", relay.url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        m.contains("flotilla_connected_agents 1").then_some(m)
+    })
+    .await;
+    for series in [
+        "flotilla_frames_in_total",
+        "flotilla_frames_out_total",
+        "flotilla_commands_total",
+        "flotilla_heartbeat_lag_seconds",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The operator CLI `flotilla` and the all-in-one `flotilla-relay dev` mode, as a user runs them.
+
+use crate::{images, DEADLINE};
+use flotilla_shared::api::{AgentInfo, CommandInfo, DeliveryState, JobInfo, JobState};
+use flotilla_shared::command::ContainerListOutput;
+use flotilla_tests::harness::{bin, cli, eventually, scope, Api, Containers, Relay};
+use std::process::Stdio;
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn both(o: &std::process::Output) -> String {
+    format!("{}{}", stdout(o), String::from_utf8_lossy(&o.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_tokens_agents_commands_and_jobs() {
+    let img = images().await;
+    let scope = scope("cli");
+    let docker = Containers::new(&scope).await;
+    let web = docker.run("web", &img.v1, &[], &[], true).await;
+    let relay = Relay::start().await;
+
+    // token create --json prints {"token": ...}
+    let out = cli(
+        &relay,
+        &[
+            "token",
+            "create",
+            "--labels",
+            "region=eu,tier=build",
+            "--ttl",
+            "1h",
+            "--uses",
+            "1",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", both(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let token = created["token"].as_str().unwrap().to_string();
+
+    let dir = tempfile::tempdir().unwrap();
+    let enrolled =
+        flotilla_tests::harness::enroll_with_token(&relay.url(), &token, dir.path(), "cli-host")
+            .await
+            .unwrap();
+    assert!(enrolled.status.success(), "{}", both(&enrolled));
+    let mut agent_proc = tokio::process::Command::new(bin("flotilla-agent"))
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .env(
+            "FLOTILLA_ONLY_LABEL",
+            format!("flotilla.test.scope={scope}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let api = relay.api();
+    let agents = eventually(DEADLINE, "cli agent listed online", || async {
+        let out = cli(&relay, &["agents", "--selector", "tier=build", "--json"]).await;
+        let list: Vec<AgentInfo> = serde_json::from_slice(&out.stdout).ok()?;
+        (list.len() == 1 && list[0].status.as_str() == "online").then_some(list)
+    })
+    .await;
+    let id = agents[0].id.clone();
+    api.wait_online(&id, DEADLINE).await;
+
+    // Human table mentions the agent; show prints heartbeat facts.
+    let out = cli(&relay, &["agents"]).await;
+    assert!(
+        out.status.success() && stdout(&out).contains("cli-host"),
+        "{}",
+        both(&out)
+    );
+    let out = cli(&relay, &["agent", "show", &id]).await;
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(
+        stdout(&out).contains(&web),
+        "container listed in show: {}",
+        stdout(&out)
+    );
+
+    // run --wait --json returns the agent's real containers.
+    let out = cli(
+        &relay,
+        &["run", "--agent", &id, "container.list", "--wait", "--json"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", both(&out));
+    let info: CommandInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info.state, DeliveryState::Succeeded);
+    let list: ContainerListOutput =
+        serde_json::from_value(info.result.unwrap().output.unwrap()).unwrap();
+    assert_eq!(list.containers.len(), 1);
+    assert_eq!(list.containers[0].name, web);
+
+    // stop with a timeout, for real.
+    let out = cli(
+        &relay,
+        &[
+            "run",
+            "--agent",
+            &id,
+            "container.stop",
+            "--container",
+            &web,
+            "--timeout",
+            "1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(!docker.running(&web).await);
+
+    // A failing command exits 1 and says why.
+    let out = cli(
+        &relay,
+        &[
+            "run",
+            "--agent",
+            &id,
+            "container.start",
+            "--container",
+            "nope",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(both(&out).contains("no such container"), "{}", both(&out));
+
+    // Fan-out with limits, then job show.
+    let out = cli(
+        &relay,
+        &[
+            "run",
+            "--selector",
+            "tier=build",
+            "container.start",
+            "--container",
+            &web,
+            "--max-concurrency",
+            "1",
+            "--max-errors",
+            "0",
+            "--wait",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", both(&out));
+    let job: JobInfo = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert!(docker.running(&web).await);
+    let out = cli(&relay, &["job", "show", &job.id]).await;
+    assert!(
+        out.status.success() && stdout(&out).contains("cli-host"),
+        "{}",
+        both(&out)
+    );
+
+    // Missing token: a clear error and exit 2.
+    let out = tokio::process::Command::new(bin("flotilla"))
+        .args(["agents"])
+        .env("FLOTILLA_ADDR", relay.url())
+        .env_remove("FLOTILLA_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", both(&out));
+    agent_proc.kill().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_starts_a_relay_with_a_local_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dev");
+    let log = std::fs::File::create(dir.path().join("dev.log")).unwrap();
+    let mut dev = tokio::process::Command::new(bin("flotilla-relay"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("FLOTILLA_HEARTBEAT_INTERVAL_SECS", "1")
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = eventually(DEADLINE, "dev relay listen-addr", || async {
+        std::fs::read_to_string(data.join("listen-addr"))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    })
+    .await;
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let api = Api::new(&format!("http://{}", addr.trim()), token.trim());
+    let agent = eventually(DEADLINE, "dev agent online", || async {
+        let list: Vec<AgentInfo> = api.get("/api/v1/agents").await.ok()?;
+        list.into_iter().find(|a| a.status.as_str() == "online")
+    })
+    .await;
+    api.wait_online(&agent.id, DEADLINE).await;
+    let printed = std::fs::read_to_string(dir.path().join("dev.log")).unwrap();
+    assert!(
+        printed.contains(token.trim()),
+        "dev mode prints the admin token: {printed}"
+    );
+    assert!(
+        printed.contains("flotilla agents"),
+        "dev mode prints example commands: {printed}"
+    );
+    dev.kill().await.ok();
+}
