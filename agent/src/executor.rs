@@ -21,7 +21,7 @@ use flotilla_shared::protocol::{AgentFrame, OutboxItem, WelcomeBody};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -62,6 +62,8 @@ pub struct Executor {
     pub control_tx: mpsc::Sender<AgentFrame>,
     pub max_frame_bytes: usize,
     pub hostname: String,
+    /// Asks the heartbeat task for a fresh heartbeat (after a container changed).
+    pub heartbeat_poke: Arc<Notify>,
 }
 
 /// What running commands share.
@@ -71,6 +73,7 @@ struct Shared {
     locks: ContainerLocks,
     max_frame_bytes: usize,
     hostname: String,
+    heartbeat_poke: Arc<Notify>,
 }
 
 // === impl Executor ===
@@ -88,6 +91,7 @@ impl Executor {
             locks: ContainerLocks::default(),
             max_frame_bytes: self.max_frame_bytes,
             hostname: self.hostname.clone(),
+            heartbeat_poke: self.heartbeat_poke.clone(),
         });
         let mut tasks = JoinSet::new();
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -314,6 +318,10 @@ async fn run_command(shared: &Shared, env: CommandEnvelope) {
             error = format!("{e:#}"),
             "cannot store command result"
         );
+    }
+    if env.command.kind().is_mutating() {
+        // Let the relay see the container's new state without waiting a whole interval.
+        shared.heartbeat_poke.notify_one();
     }
 }
 

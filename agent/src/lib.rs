@@ -141,7 +141,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let hb = heartbeat::HeartbeatTask {
         docker: docker.clone(),
         interval: interval_rx,
-        poke,
+        poke: poke.clone(),
         out: heartbeat_tx,
     };
     let token = tasks_token.clone();
@@ -168,6 +168,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         control_tx,
         max_frame_bytes: config.max_frame_bytes,
         hostname,
+        heartbeat_poke: poke,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });

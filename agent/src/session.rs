@@ -399,10 +399,17 @@ impl Session {
         let mut malformed_logged = false;
 
         loop {
+            // Biased: `received` frames (control) go out before the results that follow them.
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => {
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                     return End::Shutdown;
+                }
+                Some(frame) = self.control.recv() => {
+                    if let Err(e) = send(&mut ws, &frame).await {
+                        return End::Lost(e.to_string());
+                    }
                 }
                 msg = ws.next() => {
                     last_seen = Instant::now();
@@ -456,11 +463,6 @@ impl Session {
                         if let Err(e) = send(&mut ws, &AgentFrame::Heartbeat(Box::new((*hb).clone()))).await {
                             return End::Lost(e.to_string());
                         }
-                    }
-                }
-                Some(frame) = self.control.recv() => {
-                    if let Err(e) = send(&mut ws, &frame).await {
-                        return End::Lost(e.to_string());
                     }
                 }
                 _ = ping.tick() => {

@@ -76,11 +76,23 @@ async fn actions_visibility_logs_and_events() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     docker(&[
-        "create", "--name", &web, "--label", &label, "-e", "APP_LOG_LINES=5",
+        "create",
+        "--name",
+        &web,
+        "--label",
+        &label,
+        "-e",
+        "APP_LOG_LINES=5",
         "flotilla-testapp:v1",
     ]);
     docker(&[
-        "create", "--name", &hidden, "--label", &label, "--label", "flotilla.ignore=true",
+        "create",
+        "--name",
+        &hidden,
+        "--label",
+        &label,
+        "--label",
+        "flotilla.ignore=true",
         "flotilla-testapp:v1",
     ]);
 
@@ -126,15 +138,32 @@ async fn actions_visibility_logs_and_events() {
     assert!(stopped.changed);
     assert_eq!(stopped.container.state, "exited");
     assert!(stopped.container.exit_code.is_some());
-    assert!(!client.stop(&c, Duration::from_secs(5)).await.unwrap().changed);
+    assert!(
+        !client
+            .stop(&c, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .changed
+    );
     let restarted = client.restart(&c, Duration::from_secs(5)).await.unwrap();
     assert!(restarted.changed);
     assert_eq!(restarted.container.state, "running");
 
     // A container that keeps dying under a restart policy makes a restart loop.
     docker(&[
-        "run", "-d", "--name", &flappy, "--label", &label, "--restart", "always", "-e",
-        "APP_EXIT_AFTER_SECS=0", "-e", "APP_EXIT_CODE=3", "flotilla-testapp:v1",
+        "run",
+        "-d",
+        "--name",
+        &flappy,
+        "--label",
+        &label,
+        "--restart",
+        "always",
+        "-e",
+        "APP_EXIT_AFTER_SECS=0",
+        "-e",
+        "APP_EXIT_CODE=3",
+        "flotilla-testapp:v1",
     ]);
     // And starting the hidden one must raise no event.
     docker(&["start", &hidden]);
@@ -162,14 +191,13 @@ async fn actions_visibility_logs_and_events() {
     assert!(events
         .iter()
         .all(|e| e.container_name.as_deref() != Some(hidden.as_str())));
-    assert!(events
-        .iter()
-        .any(|e| e.kind == EventKind::ContainerStarted
-            && e.container_name.as_deref() == Some(web.as_str())));
+    assert!(events.iter().any(|e| e.kind == EventKind::ContainerStarted
+        && e.container_name.as_deref() == Some(web.as_str())));
     let died = events
         .iter()
         .find(|e| {
-            e.kind == EventKind::ContainerDied && e.container_name.as_deref() == Some(flappy.as_str())
+            e.kind == EventKind::ContainerDied
+                && e.container_name.as_deref() == Some(flappy.as_str())
         })
         .expect("flappy died");
     assert_eq!(died.attributes["exit_code"], "3");

@@ -125,8 +125,12 @@ async fn accept(h: &Harness, labels: &str) -> Conn {
             let state = State::open(&h.state_dir).await.unwrap();
             let id = state.identity().await.unwrap().unwrap();
             let pk: PublicKey = SigningKey::from_pkcs8(&id.pkcs8).unwrap().public_key();
-            pk.verify(AUTH_DOMAIN, &auth_message(&challenge, &agent_id), &signature)
-                .expect("auth signature verifies");
+            pk.verify(
+                AUTH_DOMAIN,
+                &auth_message(&challenge, &agent_id),
+                &signature,
+            )
+            .expect("auth signature verifies");
         }
         other => panic!("expected auth, got {other:?}"),
     }
@@ -340,7 +344,10 @@ async fn handshake_outbox_commands_replay_and_forgery() {
     // appended after the last ack we sent. Drop the link; the agent comes back.
     drop(ws);
     let mut ws = accept(&h, "tier=build").await;
-    until(&mut ws, |f| matches!(f, AgentFrame::Heartbeat(_)).then_some(())).await;
+    until(&mut ws, |f| {
+        matches!(f, AgentFrame::Heartbeat(_)).then_some(())
+    })
+    .await;
 
     h.shutdown.cancel();
     drop(ws);
@@ -361,7 +368,10 @@ async fn handshake_outbox_commands_replay_and_forgery() {
 async fn held_outbox_is_not_sent_and_survives_for_the_next_run() {
     let h = start(true).await;
     let mut ws = accept(&h, "").await;
-    until(&mut ws, |f| matches!(f, AgentFrame::Heartbeat(_)).then_some(())).await;
+    until(&mut ws, |f| {
+        matches!(f, AgentFrame::Heartbeat(_)).then_some(())
+    })
+    .await;
     let ping = command(&h, "cmd_held", me(&h), Command::Ping(PingArgs {}));
     send(&mut ws, &RelayFrame::Command(ping)).await;
     until(&mut ws, |f| match f {
