@@ -33,10 +33,7 @@ pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(300);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often expired journal entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-/// Result error code for a command that was running when the agent stopped.
-pub const INTERRUPTED: &str = "interrupted";
-/// Result error code for an output too large for one frame.
-pub const RESULT_TOO_LARGE: &str = "result_too_large";
+pub use flotilla_shared::command::error_codes::{INTERRUPTED, RESULT_TOO_LARGE};
 /// Room left in a frame for the result's envelope around the output.
 const FRAME_OVERHEAD_BYTES: usize = 4096;
 

@@ -34,6 +34,7 @@ const PSEUDO_FS: &[&str] = &[
     "efivarfs",
     "fusectl",
     "fuse.lxcfs",
+    "fuse.fuse-overlayfs",
     "fuse.snapfuse",
     "hugetlbfs",
     "mqueue",
@@ -126,7 +127,8 @@ fn filesystems(disks: &Disks) -> Vec<FilesystemUsage> {
         .iter()
         .filter_map(|d| {
             let fs_type = d.file_system().to_string_lossy().into_owned();
-            if is_pseudo_fs(&fs_type) || d.total_space() == 0 {
+            let mount_point = d.mount_point().to_string_lossy();
+            if is_pseudo_fs(&fs_type) || is_container_mount(&mount_point) || d.total_space() == 0 {
                 return None;
             }
             Some(FilesystemUsage::new(
@@ -153,6 +155,17 @@ fn filesystems(disks: &Disks) -> Vec<FilesystemUsage> {
 
 pub fn is_pseudo_fs(fs_type: &str) -> bool {
     PSEUDO_FS.contains(&fs_type)
+}
+
+/// Mounts the container engine makes for containers' root file systems and network namespaces
+/// (whatever storage driver made them): one per running container, not host storage.
+pub fn is_container_mount(mount_point: &str) -> bool {
+    const ENGINE_DIRS: [&str; 3] = ["/var/lib/docker/", "/run/docker/", "/var/run/docker/"];
+    ENGINE_DIRS.iter().any(|d| mount_point.starts_with(d))
+        && mount_point
+            .rsplit('/')
+            .next()
+            .is_some_and(|leaf| matches!(leaf, "merged" | "mnt") || mount_point.contains("/netns/"))
 }
 
 /// The heartbeat task's wiring.
@@ -274,6 +287,25 @@ pub fn host_facts() -> (String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_mounts_are_skipped() {
+        for m in [
+            "/var/lib/docker/fuse-overlayfs/0123abcd/merged",
+            "/var/lib/docker/overlay2/0123abcd/merged",
+            "/run/docker/netns/0123abcd",
+        ] {
+            assert!(is_container_mount(m), "{m}");
+        }
+        for m in [
+            "/",
+            "/var/lib/docker",
+            "/srv/data",
+            "/var/lib/docker/volumes",
+        ] {
+            assert!(!is_container_mount(m), "{m}");
+        }
+    }
 
     #[test]
     fn pseudo_file_systems_are_skipped() {

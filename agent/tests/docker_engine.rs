@@ -1,6 +1,6 @@
 //! The docker module and the events task against the real local engine, with the
-//! `flotilla-testapp` images. Ignored by default (needs Docker and the images):
-//! `cargo test -p flotilla-agent --test docker_engine -- --ignored`.
+//! `flotilla-testapp` images, which scripts/test builds before running the tests. Without an
+//! engine these tests fail; they never skip.
 
 use flotilla_agent::docker::{DockerClient, DockerError, Visibility};
 use flotilla_agent::events::EventsTask;
@@ -48,7 +48,6 @@ where
 }
 
 #[tokio::test]
-#[ignore]
 async fn actions_visibility_logs_and_events() {
     let run = flotilla_shared::ids::new_id("t");
     let label = format!("flotilla.test={run}");

@@ -328,6 +328,11 @@ pub mod error_codes {
     pub const BUSY: &str = "container_busy";
     pub const DOCKER: &str = "docker_error";
     pub const INVALID_ARGS: &str = "invalid_args";
+    /// The command was running when the agent process stopped; it is not run again (it may or
+    /// may not have taken effect), so the operator decides.
+    pub const INTERRUPTED: &str = "interrupted";
+    /// The output does not fit in one frame (max_frame_bytes).
+    pub const RESULT_TOO_LARGE: &str = "result_too_large";
 }
 
 /// The outcome of one command on one agent.

@@ -224,10 +224,8 @@ async fn scripted_agent(
             RelayFrame::Welcome { .. } => {
                 connected.fetch_add(1, Ordering::SeqCst);
             }
-            RelayFrame::Command(_) => {
-                if received.fetch_add(1, Ordering::SeqCst) + 1 == n {
-                    all_received.notify_one();
-                }
+            RelayFrame::Command(_) if received.fetch_add(1, Ordering::SeqCst) + 1 == n => {
+                all_received.notify_one();
             }
             _ => {}
         }
