@@ -259,12 +259,14 @@ pub async fn docker_snapshot(docker: &DockerClient) -> DockerSnapshot {
     };
     match docker.list(true).await {
         Ok(containers) => DockerSnapshot {
+            containers_omitted: 0,
             version: version.version,
             api_version: version.api_version,
             error: None,
             containers,
         },
         Err(e) => DockerSnapshot {
+            containers_omitted: 0,
             version: version.version,
             api_version: version.api_version,
             error: Some(e.to_string()),

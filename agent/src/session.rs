@@ -324,6 +324,7 @@ impl Session {
             RelayFrame::Welcome {
                 welcome,
                 heartbeat_interval_secs,
+                ..
             } => {
                 let body = self.verify_welcome(&welcome).map_err(End::BadWelcome)?;
                 Ok((
@@ -532,6 +533,7 @@ impl Session {
             RelayFrame::Welcome {
                 welcome,
                 heartbeat_interval_secs,
+                ..
             } => match self.verify_welcome(&welcome) {
                 Ok(body) => {
                     info!(labels = ?body.labels, "relay sent new labels");

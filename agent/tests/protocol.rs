@@ -144,6 +144,7 @@ async fn accept(h: &Harness, labels: &str) -> Conn {
         &RelayFrame::Welcome {
             welcome: SignedWelcome::sign(&body, &h.relay_key),
             heartbeat_interval_secs: 1,
+            max_frame_bytes: None,
         },
     )
     .await;

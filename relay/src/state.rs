@@ -102,6 +102,7 @@ impl Shared {
         encode(&RelayFrame::Welcome {
             welcome: SignedWelcome::sign(&body, &self.key),
             heartbeat_interval_secs: self.config.heartbeat_interval_secs,
+            max_frame_bytes: Some(self.config.max_frame_bytes),
         })
     }
 

@@ -96,6 +96,14 @@ pub struct DockerSnapshot {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub containers: Vec<ContainerInfo>,
+    /// Containers left out so the heartbeat fits in one frame (0 normally). The full list is
+    /// always available through `container.list`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub containers_omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Kinds of event an agent raises.

@@ -32,6 +32,10 @@ pub enum RelayFrame {
     Welcome {
         welcome: SignedWelcome,
         heartbeat_interval_secs: u64,
+        /// The largest frame the relay accepts; the agent keeps every frame it sends below it
+        /// (absent from older relays: the agent then uses its own configured limit).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_frame_bytes: Option<usize>,
     },
     Command(SignedCommand),
     /// Every outbox item with `seq` at or below this one is persisted by the relay.
@@ -159,6 +163,7 @@ mod tests {
                 &key,
             ),
             heartbeat_interval_secs: 60,
+            max_frame_bytes: Some(1 << 20),
         });
         let env = crate::command::CommandEnvelope {
             id: "cmd_1".into(),

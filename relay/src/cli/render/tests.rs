@@ -95,6 +95,7 @@ fn heartbeat_sample() -> Heartbeat {
             version: Some("20.10.24".into()),
             api_version: Some("1.41".into()),
             error: None,
+            containers_omitted: 0,
             containers: vec![
                 container("web", "running", Some("healthy")),
                 container("db", "exited", None),
