@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::state::{AppState, Shared};
 use crate::store::{Store, StoreError};
+use axum::serve::ListenerExt;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -195,7 +196,13 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let app = crate::api::router(state.clone());
     let server = tokio::spawn(
         axum::serve(
-            listener,
+            // Frames are small and latency matters (a command, then its ack and result): without
+            // TCP_NODELAY, Nagle's algorithm meets delayed ACKs and every exchange waits ~40 ms.
+            listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
+                }
+            }),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
