@@ -12,6 +12,7 @@ mod e2e {
     pub mod fanout;
     pub mod heartbeats;
     pub mod protocol_abuse;
+    pub mod tls;
     pub mod trust;
 }
 
