@@ -9,6 +9,8 @@
 //! - `APP_EXIT_AFTER_SECS=N`: exit with `APP_EXIT_CODE` (default 1) after N seconds.
 //! - `APP_START_DELAY_SECS=N`: do not listen until N seconds after start.
 //! - `APP_LOG_LINES=N`: print `testapp line <i>` for i in 1..=N to stdout at start.
+//! - `APP_ALLOC_MB=N`: touch N MiB of memory at start and keep it (run with a smaller memory
+//!   limit to get the container OOM-killed).
 //!
 //! `testapp --healthcheck` asks `127.0.0.1:$APP_PORT/health` and exits 0 (healthy) or 1, for use
 //! as a Docker HEALTHCHECK in images that have no shell or curl.
@@ -38,6 +40,7 @@ struct Settings {
     exit_code: u8,
     start_delay_secs: u64,
     log_lines: u64,
+    alloc_mb: u64,
 }
 
 impl Settings {
@@ -60,6 +63,7 @@ impl Settings {
             exit_code: env_parse("APP_EXIT_CODE")?.unwrap_or(1),
             start_delay_secs: env_parse("APP_START_DELAY_SECS")?.unwrap_or(0),
             log_lines: env_parse("APP_LOG_LINES")?.unwrap_or(0),
+            alloc_mb: env_parse("APP_ALLOC_MB")?.unwrap_or(0),
         })
     }
 
@@ -138,6 +142,15 @@ fn install_signal_handlers() -> std::io::Result<()> {
 fn serve(settings: Settings) -> std::io::Result<()> {
     for i in 1..=settings.log_lines {
         println!("testapp line {i}");
+    }
+    // Held until the process ends; every page is written so it really counts against the limit.
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..settings.alloc_mb {
+        hoard.push(vec![0x5a; 1024 * 1024]);
+    }
+    if settings.alloc_mb > 0 {
+        std::hint::black_box(&hoard);
+        println!("testapp holding {} MiB", settings.alloc_mb);
     }
     if let Some(secs) = settings.exit_after_secs {
         let code = settings.exit_code;

@@ -57,7 +57,7 @@ async fn create(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn died_unhealthy_and_restart_loop_events_reach_the_relay() {
+async fn died_oom_unhealthy_and_restart_loop_events_reach_the_relay() {
     let img = images().await;
     let scope = scope("events");
     let docker = Containers::new(&scope).await;
@@ -116,6 +116,34 @@ async fn died_unhealthy_and_restart_loop_events_reach_the_relay() {
     })
     .await;
     assert!(health.event.message.contains("unhealthy"), "{health:?}");
+
+    // OOM: the app touches 128 MiB inside a 32 MiB limit and is killed by the kernel.
+    let hog = create(
+        &docker,
+        "hog",
+        &img.v1,
+        &["APP_ALLOC_MB=128"],
+        ContainerCreateBody {
+            host_config: Some(HostConfig {
+                memory: Some(32 * 1024 * 1024),
+                memory_swap: Some(32 * 1024 * 1024),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let oom = wait_event(&api, &agent.id, EventKind::ContainerOom, &hog).await;
+    assert!(oom.event.message.contains(&hog), "{oom:?}");
+    eventually(DEADLINE, "oom_killed in heartbeat", || async {
+        let hb = api.agent(&agent.id).await.heartbeat?;
+        hb.docker
+            .containers
+            .iter()
+            .find(|c| c.name == hog && c.oom_killed && c.state == "exited")
+            .map(|_| ())
+    })
+    .await;
 
     // Restart loop: an image that exits at once, with restart policy always.
     let looping = create(
