@@ -4,6 +4,9 @@ use flotilla_shared::command::CommandKind;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// The smallest `max_outbox_events` accepted.
+const MIN_OUTBOX_EVENTS: usize = 100;
+
 /// Where the agent keeps its state when nothing else is configured.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/flotilla";
 
@@ -30,8 +33,12 @@ pub struct AgentConfig {
     /// `key=value`: manage ONLY containers carrying this Docker label. Every other container is
     /// invisible, exactly like one labelled `flotilla.ignore=true`.
     pub only_label: Option<String>,
-    /// Largest websocket message accepted from the relay, in bytes.
+    /// Largest websocket message accepted from the relay, and sent to it, in bytes (lowered to
+    /// the relay's own limit when its welcome announces a smaller one).
     pub max_frame_bytes: usize,
+    /// Events the outbox keeps while the relay is unreachable; beyond it the oldest are
+    /// dropped and one event reports how many. Command results are never dropped.
+    pub max_outbox_events: usize,
     /// Starts of one container within `restart_loop_window_secs` that count as a restart loop.
     pub restart_loop_threshold: u32,
     /// Window for restart-loop detection, in seconds.
@@ -51,6 +58,7 @@ impl Default for AgentConfig {
             allowed_commands: CommandKind::ALL.to_vec(),
             only_label: None,
             max_frame_bytes: flotilla_shared::DEFAULT_MAX_FRAME_BYTES,
+            max_outbox_events: crate::state::DEFAULT_MAX_OUTBOX_EVENTS,
             restart_loop_threshold: 3,
             restart_loop_window_secs: 300,
             test_hold_outbox: false,
@@ -154,6 +162,15 @@ impl AgentConfig {
                 env_err("FLOTILLA_MAX_FRAME_BYTES", &v, "expected a number of bytes")
             })?;
         }
+        if let Some(v) = get("FLOTILLA_MAX_OUTBOX_EVENTS") {
+            self.max_outbox_events = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_MAX_OUTBOX_EVENTS",
+                    &v,
+                    "expected a number of events",
+                )
+            })?;
+        }
         if let Some(v) = get("FLOTILLA_RESTART_LOOP_THRESHOLD") {
             self.restart_loop_threshold = v.trim().parse().map_err(|_| {
                 env_err(
@@ -190,6 +207,13 @@ impl AgentConfig {
                 key: "max_frame_bytes",
                 value: self.max_frame_bytes.to_string(),
                 expected: "expected at least 16384 bytes".into(),
+            });
+        }
+        if self.max_outbox_events < MIN_OUTBOX_EVENTS {
+            return Err(ConfigError::Value {
+                key: "max_outbox_events",
+                value: self.max_outbox_events.to_string(),
+                expected: format!("expected at least {MIN_OUTBOX_EVENTS} events"),
             });
         }
         if self.restart_loop_threshold < 2 {
@@ -318,8 +342,15 @@ mod tests {
             ("FLOTILLA_TEST_HOLD_OUTBOX", "1"),
             ("FLOTILLA_ALLOWED_COMMANDS", "ping, container.logs"),
             ("FLOTILLA_RESTART_LOOP_WINDOW_SECS", "60"),
+            ("FLOTILLA_MAX_OUTBOX_EVENTS", "500"),
         ])
         .unwrap();
+        assert_eq!(c.max_outbox_events, 500);
+        assert_eq!(AgentConfig::default().max_outbox_events, 10_000);
+        let e = with_env(&[("FLOTILLA_MAX_OUTBOX_EVENTS", "5")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_outbox_events"), "{e}");
         assert!(c.test_hold_outbox);
         assert_eq!(
             c.allowed_commands,

@@ -1,10 +1,16 @@
 //! Follows the engine's container events and turns the interesting ones into agent events in the
 //! outbox: died (with exit code), OOM, health changes, starts — and restart loops, which the
 //! engine does not report as such.
+//!
+//! Where it stands is stored with the events it appends (`state::EventCursor`), so a restarted
+//! agent resumes behind the last stored event — events from while it was down are not lost, as
+//! far as the engine still has them (it keeps a short backlog; the agent looks back at most
+//! `MAX_RESUME_AGE`). Events at exactly the stored time are told apart by container and action,
+//! so none is stored twice.
 
 use crate::backoff::Backoff;
 use crate::docker::{ContainerEvent, DockerClient};
-use crate::state::State;
+use crate::state::{EventCursor, State};
 use chrono::{DateTime, Utc};
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::OutboxItem;
@@ -17,6 +23,8 @@ use tracing::{debug, info, warn};
 
 /// A stream that stayed up this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
+/// A restarted agent asks the engine for events at most this far back.
+pub const MAX_RESUME_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// The events task's wiring.
 pub struct EventsTask {
@@ -33,19 +41,30 @@ impl EventsTask {
             self.restart_loop_threshold as usize,
             self.restart_loop_window_secs,
         );
-        // Where to resume after the stream broke, so events during the gap are not lost.
-        let mut since: Option<i64> = None;
+        // Where to resume — after a restart or after the stream broke — so events during the
+        // gap are not lost.
+        let stored = match self.state.events_cursor().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "cannot read where the event stream stopped; following from now"
+                );
+                None
+            }
+        };
+        let mut cursor = resume_cursor(stored, now_nanos());
         let mut outage_logged = false;
         loop {
+            let since = format_since(cursor.time_nano);
             let subscribed = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.docker.events(since.map(format_since)) => r,
+                r = self.docker.events(Some(since)) => r,
             };
             let why = match subscribed {
                 Err(e) => e.to_string(),
                 Ok(mut stream) => {
                     let up_since = Instant::now();
-                    since.get_or_insert_with(now_nanos);
                     if outage_logged {
                         info!("following docker events again");
                         outage_logged = false;
@@ -61,12 +80,19 @@ impl EventsTask {
                             None => break "the engine closed the event stream".to_string(),
                             Some(Err(e)) => break e.to_string(),
                             Some(Ok(ev)) => {
-                                // Resume strictly after this event.
-                                since = Some(ev.time_nano + 1);
+                                if !cursor.advance(&ev) {
+                                    debug!(
+                                        id = ev.id,
+                                        action = ev.action,
+                                        "skipping an event already handled"
+                                    );
+                                    continue;
+                                }
                                 let events = map_event(&ev, &mut detector);
                                 if !events.is_empty() {
                                     let items = events.into_iter().map(OutboxItem::Event).collect();
-                                    if let Err(e) = self.state.append_outbox(items).await {
+                                    let stored = self.state.append_events(items, cursor.clone());
+                                    if let Err(e) = stored.await {
                                         warn!(
                                             error = format!("{e:#}"),
                                             "cannot store container event"
@@ -102,6 +128,53 @@ impl EventsTask {
 
 fn now_nanos() -> i64 {
     Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+/// Where a starting follower begins: behind the stored cursor, but never more than
+/// `MAX_RESUME_AGE` before `now`; from `now` when nothing was stored (or the stored cursor lies
+/// in the future: the clock was set back, and the engine's times are not comparable to it).
+fn resume_cursor(stored: Option<EventCursor>, now: i64) -> EventCursor {
+    let oldest = now.saturating_sub(MAX_RESUME_AGE.as_nanos() as i64);
+    match stored {
+        Some(c) if c.time_nano >= oldest && c.time_nano <= now => c,
+        Some(c) if c.time_nano < oldest => EventCursor {
+            time_nano: oldest,
+            keys: Vec::new(),
+        },
+        _ => EventCursor {
+            time_nano: now,
+            keys: Vec::new(),
+        },
+    }
+}
+
+// === impl EventCursor (as the follower uses it) ===
+
+trait Advance {
+    /// Moves past `ev`; false when `ev` was handled already (before the cursor, or at its time
+    /// with the same container and action).
+    fn advance(&mut self, ev: &ContainerEvent) -> bool;
+}
+
+impl Advance for EventCursor {
+    fn advance(&mut self, ev: &ContainerEvent) -> bool {
+        if ev.time_nano <= 0 {
+            // No time to order it by (never from a current engine): handle it, keep the cursor.
+            return true;
+        }
+        let key = format!("{}/{}", ev.id, ev.action);
+        if ev.time_nano < self.time_nano
+            || (ev.time_nano == self.time_nano && self.keys.contains(&key))
+        {
+            return false;
+        }
+        if ev.time_nano > self.time_nano {
+            self.time_nano = ev.time_nano;
+            self.keys.clear();
+        }
+        self.keys.push(key);
+        true
+    }
 }
 
 /// Docker's `since`: unix seconds with a nanosecond fraction.
@@ -326,6 +399,48 @@ mod tests {
         }
         d.forget("x");
         assert!(d.starts.is_empty());
+    }
+
+    #[test]
+    fn cursor_skips_what_was_handled_and_only_that() {
+        let mut c = EventCursor::default();
+        let die = ev("die", 0, &[]);
+        let start = ev("start", 0, &[]);
+        assert!(c.advance(&die));
+        assert!(!c.advance(&die), "same event again");
+        assert!(c.advance(&start), "another action at the same time");
+        assert!(!c.advance(&start));
+        assert!(!c.advance(&ev("die", -1, &[])), "older than the cursor");
+        assert!(c.advance(&ev("die", 1, &[])));
+        assert_eq!(c.keys, vec!["abc123/die".to_string()]);
+    }
+
+    #[test]
+    fn resume_is_bounded_to_a_day() {
+        let now = 1_700_000_000 * S;
+        let fresh = resume_cursor(None, now);
+        assert_eq!((fresh.time_nano, fresh.keys.len()), (now, 0));
+        let stored = EventCursor {
+            time_nano: now - 60 * S,
+            keys: vec!["x/die".into()],
+        };
+        assert_eq!(resume_cursor(Some(stored.clone()), now), stored);
+        let ancient = EventCursor {
+            time_nano: now - 48 * 3600 * S,
+            keys: vec!["x/die".into()],
+        };
+        let bounded = resume_cursor(Some(ancient), now);
+        assert_eq!(bounded.time_nano, now - 24 * 3600 * S);
+        assert!(bounded.keys.is_empty());
+        // A cursor from the future (clock set back) is not trusted either.
+        let future = resume_cursor(
+            Some(EventCursor {
+                time_nano: now + 3600 * S,
+                keys: Vec::new(),
+            }),
+            now,
+        );
+        assert_eq!(future.time_nano, now);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! Each result is written to the journal and appended to the outbox in one transaction.
 
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
+use crate::session::FrameLimit;
 use crate::state::State;
 use crate::verify::{admit, Admission, Rejection, Verifier};
 use anyhow::Result;
@@ -17,8 +18,9 @@ use flotilla_shared::command::{
     ContainerListOutput, ContainerLogsOutput, ErrorInfo, PingOutput, ResultStatus, SignedCommand,
     DEFAULT_LOG_TAIL, DEFAULT_STOP_TIMEOUT_SECS,
 };
-use flotilla_shared::protocol::{AgentFrame, OutboxItem, WelcomeBody};
+use flotilla_shared::protocol::{AgentFrame, WelcomeBody};
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -57,7 +59,8 @@ pub struct Executor {
     pub welcome: watch::Receiver<Option<WelcomeBody>>,
     /// Frames for the session to send (`received`).
     pub control_tx: mpsc::Sender<AgentFrame>,
-    pub max_frame_bytes: usize,
+    /// The largest frame the session may send now (results are sized by it).
+    pub frame_limit: FrameLimit,
     pub hostname: String,
     /// Asks the heartbeat task for a fresh heartbeat (after a container changed).
     pub heartbeat_poke: Arc<Notify>,
@@ -68,7 +71,7 @@ struct Shared {
     state: State,
     docker: DockerClient,
     locks: ContainerLocks,
-    max_frame_bytes: usize,
+    frame_limit: FrameLimit,
     hostname: String,
     heartbeat_poke: Arc<Notify>,
 }
@@ -86,7 +89,7 @@ impl Executor {
             state: self.state.clone(),
             docker: self.docker.clone(),
             locks: ContainerLocks::default(),
-            max_frame_bytes: self.max_frame_bytes,
+            frame_limit: self.frame_limit.clone(),
             hostname: self.hostname.clone(),
             heartbeat_poke: self.heartbeat_poke.clone(),
         });
@@ -171,20 +174,22 @@ impl Executor {
                 command_id,
                 stored: Some(result),
             }) => {
-                info!(
-                    command_id,
-                    "command already ran; re-sending its stored result"
-                );
-                if let Err(e) = self
-                    .state
-                    .append_outbox(vec![OutboxItem::Result(*result)])
-                    .await
-                {
-                    error!(
+                // The relay re-sends a command until it has the result; if the result is
+                // still queued it is on its way, and another copy would only pile up.
+                match self.state.requeue_result(*result).await {
+                    Ok(true) => info!(
+                        command_id,
+                        "command already ran; re-sending its stored result"
+                    ),
+                    Ok(false) => debug!(
+                        command_id,
+                        "command already ran; its result is still queued for the relay"
+                    ),
+                    Err(e) => error!(
                         command_id,
                         error = format!("{e:#}"),
                         "cannot re-queue result"
-                    );
+                    ),
                 }
             }
             Ok(Admission::Duplicate {
@@ -270,14 +275,14 @@ async fn run_command(shared: &Shared, env: CommandEnvelope) {
         }),
         Ok(()) => execute(shared, &env).await,
     };
+    let max_frame_bytes = shared.frame_limit.load(Ordering::Relaxed);
     let outcome = outcome.and_then(|output| {
         let size = serde_json::to_string(&output).map(|s| s.len()).unwrap_or(0);
-        if size + FRAME_OVERHEAD_BYTES > shared.max_frame_bytes {
+        if size + FRAME_OVERHEAD_BYTES > max_frame_bytes {
             Err(ErrorInfo {
                 code: RESULT_TOO_LARGE.into(),
                 message: format!(
-                    "output of {size} bytes does not fit in a {} byte frame",
-                    shared.max_frame_bytes
+                    "output of {size} bytes does not fit in a {max_frame_bytes} byte frame"
                 ),
             })
         } else {
@@ -386,7 +391,8 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 )
                 .await
                 .map_err(docker_err)?;
-            let budget = (shared.max_frame_bytes / 2).saturating_sub(FRAME_OVERHEAD_BYTES);
+            let budget = (shared.frame_limit.load(Ordering::Relaxed) / 2)
+                .saturating_sub(FRAME_OVERHEAD_BYTES);
             let (lines, truncated) = keep_newest_lines(lines, budget);
             to_json(&ContainerLogsOutput {
                 container: c.name,

@@ -4,7 +4,9 @@
 
 use crate::docker::DockerClient;
 use chrono::Utc;
+use flotilla_shared::command::ContainerInfo;
 use flotilla_shared::heartbeat::{DockerSnapshot, FilesystemUsage, Heartbeat, HostMetrics};
+use flotilla_shared::protocol::AgentFrame;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,13 @@ use tracing::{debug, warn};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 /// Shortest interval honoured, whatever the relay asks.
 const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest interval honoured (a day): anything longer would overflow timers.
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
+
+/// The interval a relay asks for, bounded to what the agent honours.
+pub fn interval_from_secs(secs: u64) -> Duration {
+    Duration::from_secs(secs).clamp(MIN_INTERVAL, MAX_INTERVAL)
+}
 
 /// File system types that are not storage anyone runs out of: kernel pseudo file systems,
 /// memory-backed ones and container layers.
@@ -186,7 +195,7 @@ impl HeartbeatTask {
                 .await
                 .map_err(|e| anyhow::anyhow!("host metrics task failed: {e}"))?,
         );
-        let mut interval = (*self.interval.borrow_and_update()).max(MIN_INTERVAL);
+        let mut interval = (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
         let mut interval_open = true;
         let mut next = Instant::now();
         loop {
@@ -198,7 +207,8 @@ impl HeartbeatTask {
                     if changed.is_err() {
                         interval_open = false;
                     } else {
-                        interval = (*self.interval.borrow_and_update()).max(MIN_INTERVAL);
+                        interval =
+                            (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
                         next = next.min(Instant::now() + interval);
                     }
                     continue;
@@ -275,6 +285,96 @@ pub async fn docker_snapshot(docker: &DockerClient) -> DockerSnapshot {
     }
 }
 
+/// A heartbeat frame made to fit in `limit` bytes.
+#[derive(Debug)]
+pub struct FittedHeartbeat {
+    /// The frame's JSON text.
+    pub text: String,
+    /// Containers left out (also in the frame as `containers_omitted`).
+    pub containers_omitted: u32,
+    /// The host's file systems had to be left out too.
+    pub filesystems_omitted: bool,
+}
+
+/// Encodes `hb` as a heartbeat frame of at most `limit` bytes. A host with thousands of
+/// containers would otherwise exceed the relay's frame limit, be disconnected and reconnect
+/// forever. Containers are left out (counted in `containers_omitted`) healthy running ones
+/// first, so the ones that need attention stay visible; only if no container fits are the file
+/// systems left out as well. None when not even that fits.
+pub fn fit_heartbeat(hb: &Heartbeat, limit: usize) -> Option<FittedHeartbeat> {
+    let encode = |hb: Heartbeat| {
+        let frame = AgentFrame::Heartbeat(Box::new(hb));
+        serde_json::to_string(&frame).unwrap_or_default()
+    };
+    let text = encode(hb.clone());
+    if text.len() <= limit {
+        return Some(FittedHeartbeat {
+            text,
+            containers_omitted: 0,
+            filesystems_omitted: false,
+        });
+    }
+    let all = &hb.docker.containers;
+    let mut empty = hb.clone();
+    empty.docker.containers = Vec::new();
+    empty.docker.containers_omitted = u32::try_from(all.len()).unwrap_or(u32::MAX);
+    // Upper bound of the frame without containers (the count has its most digits here).
+    let base = encode(empty.clone()).len();
+    // Most important first; stable, so equal ones keep the engine's order.
+    let mut order: Vec<usize> = (0..all.len()).collect();
+    order.sort_by_key(|&i| drop_rank(&all[i]));
+    let mut keep = vec![false; all.len()];
+    let mut used = base;
+    for &i in &order {
+        // Each container costs its encoding plus a separating comma.
+        let cost = serde_json::to_string(&all[i]).map(|s| s.len()).unwrap_or(0) + 1;
+        if used + cost > limit {
+            break;
+        }
+        used += cost;
+        keep[i] = true;
+    }
+    let mut kept: Vec<usize> = order.iter().copied().filter(|&i| keep[i]).collect();
+    loop {
+        let mut out = hb.clone();
+        let mut chosen = kept.clone();
+        chosen.sort_unstable();
+        out.docker.containers = chosen.iter().map(|&i| all[i].clone()).collect();
+        let omitted = all.len() - chosen.len();
+        out.docker.containers_omitted = u32::try_from(omitted).unwrap_or(u32::MAX);
+        let text = encode(out.clone());
+        if text.len() <= limit {
+            return Some(FittedHeartbeat {
+                text,
+                containers_omitted: out.docker.containers_omitted,
+                filesystems_omitted: false,
+            });
+        }
+        if kept.pop().is_none() {
+            // Not even without containers: the host part alone is too big.
+            out.host.filesystems = Vec::new();
+            let text = encode(out.clone());
+            return (text.len() <= limit).then_some(FittedHeartbeat {
+                text,
+                containers_omitted: out.docker.containers_omitted,
+                filesystems_omitted: true,
+            });
+        }
+    }
+}
+
+/// Which containers a heartbeat leaves out first (highest rank first): healthy or unchecked
+/// running ones, then running ones whose health is still starting, and last the ones that are
+/// not running or unhealthy — those are what an operator is looking for.
+fn drop_rank(c: &ContainerInfo) -> u8 {
+    match (c.state.as_str(), c.health.as_deref()) {
+        ("running", Some("unhealthy")) => 0,
+        ("running", Some("starting")) => 1,
+        ("running", _) => 2,
+        _ => 0,
+    }
+}
+
 /// Host facts for enrollment: hostname, OS, architecture. Blocking (reads a few small files).
 pub fn host_facts() -> (String, String, String) {
     (
@@ -317,6 +417,128 @@ mod tests {
         for fs in ["ext4", "xfs", "btrfs", "vfat", "zfs"] {
             assert!(!is_pseudo_fs(fs), "{fs}");
         }
+    }
+
+    fn container(i: usize, state: &str, health: Option<&str>) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("{i:064}"),
+            name: format!("container-{i}"),
+            image: "registry.example.com/team/app:1.2.3".into(),
+            image_id: format!("sha256:{i:064}"),
+            state: state.into(),
+            status: "Up 5 minutes".into(),
+            health: health.map(str::to_string),
+            restart_count: 0,
+            oom_killed: false,
+            exit_code: None,
+            started_at: Some("2024-01-01T00:00:00Z".into()),
+            compose_project: Some("project".into()),
+            compose_service: Some("service".into()),
+        }
+    }
+
+    fn heartbeat(containers: Vec<ContainerInfo>) -> Heartbeat {
+        Heartbeat {
+            at: Utc::now(),
+            agent_version: "0.1.0".into(),
+            host: HostMetrics {
+                filesystems: vec![FilesystemUsage::new(
+                    "/".into(),
+                    "/dev/sda1".into(),
+                    "ext4".into(),
+                    100,
+                    50,
+                )],
+                ..HostMetrics::default()
+            },
+            docker: DockerSnapshot {
+                containers,
+                ..DockerSnapshot::default()
+            },
+        }
+    }
+
+    fn decode(text: &str) -> Heartbeat {
+        match serde_json::from_str::<AgentFrame>(text).unwrap() {
+            AgentFrame::Heartbeat(hb) => *hb,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn small_heartbeats_are_sent_whole() {
+        let hb = heartbeat((0..10).map(|i| container(i, "running", None)).collect());
+        let fitted = fit_heartbeat(&hb, 1 << 20).unwrap();
+        assert_eq!(fitted.containers_omitted, 0);
+        assert_eq!(decode(&fitted.text), hb);
+    }
+
+    #[test]
+    fn big_heartbeats_leave_out_healthy_running_containers_first() {
+        // 5000 containers are far over 64 KiB; a few need attention.
+        let mut containers: Vec<ContainerInfo> = (0..5000)
+            .map(|i| container(i, "running", Some("healthy")))
+            .collect();
+        containers[10] = container(10, "exited", None);
+        containers[2500] = container(2500, "running", Some("unhealthy"));
+        containers[4999] = container(4999, "restarting", None);
+        containers[3000] = container(3000, "running", Some("starting"));
+        let hb = heartbeat(containers);
+        let limit = 64 * 1024;
+        let fitted = fit_heartbeat(&hb, limit).unwrap();
+        assert!(fitted.text.len() <= limit, "{}", fitted.text.len());
+        assert!(!fitted.filesystems_omitted);
+        let back = decode(&fitted.text);
+        let kept = back.docker.containers.len();
+        assert!(kept > 100, "kept only {kept}");
+        assert_eq!(back.docker.containers_omitted as usize, 5000 - kept);
+        assert_eq!(fitted.containers_omitted, back.docker.containers_omitted);
+        let names: Vec<&str> = back
+            .docker
+            .containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        for must in [
+            "container-10",
+            "container-2500",
+            "container-4999",
+            "container-3000",
+        ] {
+            assert!(names.contains(&must), "{must} was left out");
+        }
+        // The engine's order is kept among those sent.
+        let mut sorted = back.docker.containers.clone();
+        sorted.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(sorted, back.docker.containers);
+        // It is as full as it can be: one more container would not fit.
+        assert!(fitted.text.len() + 400 > limit, "{}", fitted.text.len());
+        assert_eq!(back.host, hb.host);
+    }
+
+    #[test]
+    fn a_tiny_limit_drops_file_systems_or_gives_up() {
+        let hb = heartbeat((0..3).map(|i| container(i, "running", None)).collect());
+        let mut no_fs = hb.clone();
+        no_fs.docker.containers.clear();
+        no_fs.docker.containers_omitted = 3;
+        no_fs.host.filesystems.clear();
+        let min = serde_json::to_string(&AgentFrame::Heartbeat(Box::new(no_fs)))
+            .unwrap()
+            .len();
+        let fitted = fit_heartbeat(&hb, min).unwrap();
+        assert!(fitted.filesystems_omitted);
+        assert_eq!(fitted.containers_omitted, 3);
+        assert!(fit_heartbeat(&hb, min - 1).is_none());
+    }
+
+    #[test]
+    fn relay_intervals_are_bounded() {
+        assert_eq!(interval_from_secs(0), Duration::from_secs(1));
+        assert_eq!(interval_from_secs(30), Duration::from_secs(30));
+        assert_eq!(interval_from_secs(u64::MAX), Duration::from_secs(86_400));
+        // The bounded interval can always be added to a timer.
+        let _ = Instant::now() + interval_from_secs(u64::MAX);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::OutboxItem;
 use flotilla_shared::signing::{PublicKey, SigningKey};
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
@@ -41,6 +42,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()> {
     config.validate()?;
     let state = state::State::open(&config.state_dir).await?;
+    state.set_max_outbox_events(config.max_outbox_events);
     let identity = state.identity().await?.ok_or_else(|| {
         anyhow!(
             "this agent is not enrolled: {} holds no identity; run `flotilla-agent enroll` first",
@@ -115,6 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (control_tx, control_rx) = mpsc::channel(256);
     let poke = Arc::new(Notify::new());
+    let frame_limit: session::FrameLimit = Arc::new(AtomicUsize::new(config.max_frame_bytes));
 
     let tasks_token = shutdown.child_token();
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();
@@ -127,6 +130,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         ws_url: ws_url.clone(),
         tls,
         max_frame_bytes: config.max_frame_bytes,
+        frame_limit: frame_limit.clone(),
         hold_outbox: config.test_hold_outbox,
         heartbeats: heartbeat_rx,
         heartbeat_interval: interval_tx,
@@ -166,7 +170,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         docker,
         welcome: welcome_rx,
         control_tx,
-        max_frame_bytes: config.max_frame_bytes,
+        frame_limit,
         hostname,
         heartbeat_poke: poke,
     };

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use flotilla_agent::config::{AgentConfig, DEFAULT_STATE_DIR};
-use flotilla_agent::enroll::{enroll, EnrollOptions};
+use flotilla_agent::enroll::{enroll_with, EnrollOptions, EnrollTrust};
 use flotilla_shared::selector::parse_labels;
 use std::path::{Path, PathBuf};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ enum Cmd {
         /// Relay base URL, e.g. https://relay.example.com
         #[arg(long = "relay", env = "FLOTILLA_RELAY_URL")]
         relay_url: String,
-        /// Enrollment token from `flotilla enrollment-token create`.
+        /// Enrollment token from `flotilla token create`.
         #[arg(long, env = "FLOTILLA_ENROLL_TOKEN", hide_env_values = true)]
         token: String,
         /// Directory for the agent's state (identity, journal, outbox).
@@ -37,6 +37,22 @@ enum Cmd {
         /// Labels to ask for, `k=v,k2=v2` (the token's labels win on conflict).
         #[arg(long, default_value = "")]
         labels: String,
+        /// The relay key fingerprint to expect, `SHA256:...` (printed by `flotilla-relay` at
+        /// start, shown by its /healthz). Enrollment fails, storing nothing, on any other key.
+        #[arg(long, env = "FLOTILLA_RELAY_FINGERPRINT")]
+        relay_fingerprint: Option<String>,
+        /// PEM file of CA certificates trusted for an https:// relay instead of the system's.
+        #[arg(long, env = "FLOTILLA_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Allow plain http:// to a relay that is not on this host (the token and the relay's
+        /// key then travel unprotected).
+        #[arg(
+            long = "allow-insecure",
+            env = "FLOTILLA_ALLOW_INSECURE_WS",
+            action = clap::ArgAction::SetTrue,
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        allow_insecure: bool,
     },
     /// Run the agent.
     Run {
@@ -88,15 +104,25 @@ async fn real_main(cli: Cli) -> Result<()> {
             state_dir,
             name,
             labels,
+            relay_fingerprint,
+            ca_file,
+            allow_insecure,
         } => {
             let labels = parse_labels(&labels).context("invalid --labels")?;
-            let enrolled = enroll(EnrollOptions {
-                relay_url,
-                token,
-                state_dir,
-                name,
-                labels,
-            })
+            let enrolled = enroll_with(
+                EnrollOptions {
+                    relay_url,
+                    token,
+                    state_dir,
+                    name,
+                    labels,
+                },
+                EnrollTrust {
+                    allow_insecure,
+                    relay_fingerprint: relay_fingerprint.filter(|f| !f.trim().is_empty()),
+                    ca_file: ca_file.filter(|p| !p.as_os_str().is_empty()),
+                },
+            )
             .await?;
             println!("{}", enrolled.agent_id);
             Ok(())

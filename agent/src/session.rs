@@ -10,16 +10,20 @@
 
 use crate::backoff::Backoff;
 use crate::executor::IncomingCommand;
+use crate::heartbeat::{fit_heartbeat, interval_from_secs};
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_shared::heartbeat::Heartbeat;
+use flotilla_shared::command::error_codes::RESULT_TOO_LARGE;
+use flotilla_shared::command::{CommandResult, ErrorInfo, ResultStatus};
+use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::protocol::{
-    error_codes, AgentFrame, RelayFrame, SignedWelcome, WelcomeBody, CONNECT_PATH,
+    error_codes, AgentFrame, OutboxItem, RelayFrame, SignedWelcome, WelcomeBody, CONNECT_PATH,
 };
 use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
 use futures_util::{SinkExt, StreamExt};
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -48,6 +52,18 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTBOX_BATCH: usize = 64;
 /// Per-connection socket buffers are kept small (the relay holds many of these).
 const SOCKET_BUFFER_BYTES: usize = 4096;
+/// The smallest frame limit a relay may announce (its own configuration minimum); a smaller
+/// announcement is not believed.
+const MIN_RELAY_FRAME_BYTES: usize = 4096;
+/// Event fields are cut to these lengths when an event does not fit in a frame.
+const TRIMMED_MESSAGE_BYTES: usize = 1024;
+const TRIMMED_FIELD_BYTES: usize = 256;
+const MINIMAL_FIELD_BYTES: usize = 128;
+
+/// The largest frame the agent may send on the current connection: its own `max_frame_bytes`,
+/// lowered to the relay's when the welcome announces a smaller one. Shared with the executor,
+/// which sizes command output by it.
+pub type FrameLimit = Arc<AtomicUsize>;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -72,7 +88,8 @@ pub fn websocket_url(relay_url: &str, allow_insecure_ws: bool) -> Result<String>
     Ok(format!("{scheme}://{rest}{CONNECT_PATH}"))
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
+/// Whether `url` names this host (a loopback address or `localhost`).
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
@@ -144,6 +161,8 @@ struct Welcome {
     signed: SignedWelcome,
     body: WelcomeBody,
     heartbeat_interval: Duration,
+    /// The relay's frame limit, when it says.
+    max_frame_bytes: Option<usize>,
 }
 
 /// The session task's wiring.
@@ -155,7 +174,10 @@ pub struct Session {
     pub ws_url: String,
     /// TLS settings for wss (None for ws).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The agent's own frame limit (`max_frame_bytes` from its configuration).
     pub max_frame_bytes: usize,
+    /// The effective limit for what the agent sends; set from each welcome.
+    pub frame_limit: FrameLimit,
     /// Test hook: append to the outbox but never send it.
     pub hold_outbox: bool,
     pub heartbeats: watch::Receiver<Option<Arc<Heartbeat>>>,
@@ -324,7 +346,7 @@ impl Session {
             RelayFrame::Welcome {
                 welcome,
                 heartbeat_interval_secs,
-                ..
+                max_frame_bytes,
             } => {
                 let body = self.verify_welcome(&welcome).map_err(End::BadWelcome)?;
                 Ok((
@@ -332,7 +354,8 @@ impl Session {
                     Welcome {
                         signed: welcome,
                         body,
-                        heartbeat_interval: Duration::from_secs(heartbeat_interval_secs),
+                        heartbeat_interval: interval_from_secs(heartbeat_interval_secs),
+                        max_frame_bytes,
                     },
                 ))
             }
@@ -357,6 +380,18 @@ impl Session {
                 body.agent_id, self.agent_id
             ));
         }
+        // A replayed old welcome would roll the labels back (and with them which selector
+        // jobs this agent accepts): only a welcome at least as new as the stored one counts.
+        if let Some(stored) = self.welcome.borrow().as_ref().map(|w| w.issued_at) {
+            if body.issued_at < stored {
+                return Err(format!(
+                    "welcome issued at {} is older than the one already stored (issued at {}); \
+                     refusing to roll its labels back",
+                    body.issued_at.to_rfc3339(),
+                    stored.to_rfc3339()
+                ));
+            }
+        }
         Ok(body)
     }
 
@@ -367,6 +402,15 @@ impl Session {
         }
         debug!(labels = ?welcome.body.labels, "welcome verified");
         self.welcome.send_replace(Some(welcome.body));
+        let limit = effective_frame_limit(self.max_frame_bytes, welcome.max_frame_bytes);
+        if self.frame_limit.swap(limit, Ordering::Relaxed) != limit && limit < self.max_frame_bytes
+        {
+            info!(
+                limit,
+                configured = self.max_frame_bytes,
+                "the relay accepts smaller frames than configured; keeping frames below its limit"
+            );
+        }
         let interval = welcome.heartbeat_interval;
         self.heartbeat_interval.send_if_modified(|current| {
             let changed = *current != interval && !interval.is_zero();
@@ -380,10 +424,12 @@ impl Session {
     /// Pumps frames on an authenticated connection until it ends.
     async fn serve(&mut self, mut ws: Ws, welcome: Welcome, shutdown: &CancellationToken) -> End {
         self.apply_welcome(welcome).await;
+        // Oversized heartbeats are reported once per connection, not every interval.
+        let mut trim_logged = false;
         // Heartbeat immediately after the welcome, and ask for a fresh one.
         let latest = self.heartbeats.borrow_and_update().clone();
         if let Some(hb) = latest {
-            if let Err(e) = send(&mut ws, &AgentFrame::Heartbeat(Box::new((*hb).clone()))).await {
+            if let Err(e) = self.send_heartbeat(&mut ws, &hb, &mut trim_logged).await {
                 return End::Lost(e.to_string());
             }
         }
@@ -448,7 +494,8 @@ impl Session {
                         outbox_pending = false;
                     }
                     for (seq, item) in items {
-                        if let Err(e) = send(&mut ws, &AgentFrame::Outbox { seq, item }).await {
+                        let text = self.outbox_frame(seq, item).await;
+                        if let Err(e) = send_text(&mut ws, text).await {
                             return End::Lost(e.to_string());
                         }
                         sent_up_to = seq;
@@ -461,7 +508,7 @@ impl Session {
                     }
                     let latest = self.heartbeats.borrow_and_update().clone();
                     if let Some(hb) = latest {
-                        if let Err(e) = send(&mut ws, &AgentFrame::Heartbeat(Box::new((*hb).clone()))).await {
+                        if let Err(e) = self.send_heartbeat(&mut ws, &hb, &mut trim_logged).await {
                             return End::Lost(e.to_string());
                         }
                     }
@@ -479,6 +526,77 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends a heartbeat cut down to the frame limit (see `fit_heartbeat`).
+    async fn send_heartbeat(
+        &self,
+        ws: &mut Ws,
+        hb: &Heartbeat,
+        trim_logged: &mut bool,
+    ) -> Result<()> {
+        let limit = self.frame_limit.load(Ordering::Relaxed);
+        match fit_heartbeat(hb, limit) {
+            Some(fitted) => {
+                if (fitted.containers_omitted > 0 || fitted.filesystems_omitted) && !*trim_logged {
+                    warn!(
+                        containers = hb.docker.containers.len(),
+                        containers_omitted = fitted.containers_omitted,
+                        filesystems_omitted = fitted.filesystems_omitted,
+                        limit,
+                        "heartbeat too large for one frame; leaving healthy running containers out"
+                    );
+                    *trim_logged = true;
+                }
+                send_text(ws, fitted.text).await
+            }
+            None => {
+                if !*trim_logged {
+                    warn!(
+                        limit,
+                        "heartbeat does not fit in one frame even without containers; not sent"
+                    );
+                    *trim_logged = true;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The `outbox` frame for an item. An item too large for the relay would be refused (and
+    /// the connection closed) on every attempt, blocking everything queued behind it, so it is
+    /// replaced — in the outbox too — by one that fits (see `fit_outbox_item`).
+    async fn outbox_frame(&self, seq: u64, item: OutboxItem) -> String {
+        let limit = self.frame_limit.load(Ordering::Relaxed);
+        let frame = AgentFrame::Outbox { seq, item };
+        let text = encode(&frame);
+        if text.len() <= limit {
+            return text;
+        }
+        let AgentFrame::Outbox { item, .. } = frame else {
+            unreachable!("built as an outbox frame")
+        };
+        let replacement = fit_outbox_item(seq, item, text.len(), limit);
+        warn!(
+            seq,
+            bytes = text.len(),
+            limit,
+            "outbox item too large for the relay; sending a shortened one in its place"
+        );
+        if let Err(e) = self
+            .state
+            .replace_outbox_item(seq, replacement.clone())
+            .await
+        {
+            warn!(
+                error = format!("{e:#}"),
+                "cannot store the shortened outbox item"
+            );
+        }
+        encode(&AgentFrame::Outbox {
+            seq,
+            item: replacement,
+        })
     }
 
     /// Handles one text frame; returns how the connection ends if it must.
@@ -533,14 +651,15 @@ impl Session {
             RelayFrame::Welcome {
                 welcome,
                 heartbeat_interval_secs,
-                ..
+                max_frame_bytes,
             } => match self.verify_welcome(&welcome) {
                 Ok(body) => {
                     info!(labels = ?body.labels, "relay sent new labels");
                     self.apply_welcome(Welcome {
                         signed: welcome,
                         body,
-                        heartbeat_interval: Duration::from_secs(heartbeat_interval_secs),
+                        heartbeat_interval: interval_from_secs(heartbeat_interval_secs),
+                        max_frame_bytes,
                     })
                     .await;
                 }
@@ -561,6 +680,109 @@ impl Session {
         }
         None
     }
+}
+
+/// The largest frame to send: the agent's own limit, or the relay's when that is smaller.
+pub fn effective_frame_limit(configured: usize, relay: Option<usize>) -> usize {
+    match relay {
+        Some(r) => configured.min(r.max(MIN_RELAY_FRAME_BYTES)),
+        None => configured,
+    }
+}
+
+/// What to send in place of an outbox item whose frame (`size` bytes) exceeds `limit`:
+/// - a result becomes a `failed` result with code `result_too_large` for the same command;
+/// - an event keeps its kind, time and container but its message and attributes are cut
+///   (marked with the attribute `truncated=true`) until the frame fits.
+pub fn fit_outbox_item(seq: u64, item: OutboxItem, size: usize, limit: usize) -> OutboxItem {
+    let fits = |item: &OutboxItem| {
+        encode(&AgentFrame::Outbox {
+            seq,
+            item: item.clone(),
+        })
+        .len()
+            <= limit
+    };
+    match item {
+        OutboxItem::Result(r) => {
+            // Small whatever the output was: the relay's ids and the message are short.
+            OutboxItem::Result(CommandResult {
+                command_id: r.command_id,
+                status: ResultStatus::Failed,
+                output: None,
+                error: Some(ErrorInfo {
+                    code: RESULT_TOO_LARGE.into(),
+                    message: format!(
+                        "the result ({size} bytes) does not fit in the relay's frame limit of \
+                         {limit} bytes"
+                    ),
+                }),
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+            })
+        }
+        OutboxItem::Event(mut e) => {
+            e.attributes.insert("truncated".into(), "true".into());
+            truncate_utf8(&mut e.message, TRIMMED_MESSAGE_BYTES);
+            for v in e.attributes.values_mut() {
+                truncate_utf8(v, TRIMMED_FIELD_BYTES);
+            }
+            for f in [&mut e.container_id, &mut e.container_name]
+                .into_iter()
+                .flatten()
+            {
+                truncate_utf8(f, TRIMMED_FIELD_BYTES);
+            }
+            // Then the largest attributes go, one by one.
+            while !fits(&OutboxItem::Event(e.clone())) {
+                let largest = e
+                    .attributes
+                    .iter()
+                    .filter(|(k, _)| k.as_str() != "truncated")
+                    .max_by_key(|(k, v)| k.len() + v.len())
+                    .map(|(k, _)| k.clone());
+                match largest {
+                    Some(k) => {
+                        e.attributes.remove(&k);
+                    }
+                    None => break,
+                }
+            }
+            if !fits(&OutboxItem::Event(e.clone())) {
+                truncate_utf8(&mut e.message, MINIMAL_FIELD_BYTES);
+                for f in [&mut e.container_id, &mut e.container_name]
+                    .into_iter()
+                    .flatten()
+                {
+                    truncate_utf8(f, MINIMAL_FIELD_BYTES);
+                }
+            }
+            if !fits(&OutboxItem::Event(e.clone())) {
+                e = AgentEvent {
+                    kind: e.kind,
+                    at: e.at,
+                    container_id: None,
+                    container_name: None,
+                    message: "event too large to send".into(),
+                    attributes: [("truncated".to_string(), "true".to_string())].into(),
+                };
+            }
+            OutboxItem::Event(e)
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), ending it with "..." when cut.
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str("...");
 }
 
 fn refusal(code: String, message: String) -> End {
@@ -626,8 +848,15 @@ async fn read_frame(ws: &mut Ws) -> Result<RelayFrame, End> {
     }
 }
 
+fn encode(frame: &AgentFrame) -> String {
+    serde_json::to_string(frame).expect("agent frames always encode")
+}
+
 async fn send(ws: &mut Ws, frame: &AgentFrame) -> Result<()> {
-    let text = serde_json::to_string(frame).context("cannot encode frame")?;
+    send_text(ws, encode(frame)).await
+}
+
+async fn send_text(ws: &mut Ws, text: String) -> Result<()> {
     tokio::time::timeout(SEND_TIMEOUT, ws.send(Message::text(text)))
         .await
         .map_err(|_| anyhow!("timed out sending to the relay"))?
@@ -678,6 +907,127 @@ mod tests {
             malformed_command_id(r#"{"type":"command","envelope":"{\"id\":\"cmd_7\"}"}"#),
             Some(Some("cmd_7".into()))
         );
+    }
+
+    #[test]
+    fn frame_limit_is_the_smaller_one() {
+        assert_eq!(effective_frame_limit(1 << 20, None), 1 << 20);
+        assert_eq!(effective_frame_limit(1 << 20, Some(65_536)), 65_536);
+        assert_eq!(effective_frame_limit(65_536, Some(1 << 20)), 65_536);
+        // An absurd announcement is not believed below the relay's own minimum.
+        assert_eq!(effective_frame_limit(1 << 20, Some(10)), 4096);
+    }
+
+    fn frame_len(seq: u64, item: &OutboxItem) -> usize {
+        encode(&AgentFrame::Outbox {
+            seq,
+            item: item.clone(),
+        })
+        .len()
+    }
+
+    #[test]
+    fn an_oversized_result_becomes_result_too_large() {
+        let started = chrono::Utc::now();
+        let big = OutboxItem::Result(CommandResult {
+            command_id: "cmd_big".into(),
+            status: ResultStatus::Succeeded,
+            output: Some(serde_json::json!({ "lines": vec!["x".repeat(1000); 100] })),
+            error: None,
+            started_at: started,
+            finished_at: started,
+        });
+        let size = frame_len(7, &big);
+        let limit = 16 * 1024;
+        assert!(size > limit);
+        let small = fit_outbox_item(7, big, size, limit);
+        assert!(frame_len(7, &small) <= limit);
+        match small {
+            OutboxItem::Result(r) => {
+                assert_eq!(r.command_id, "cmd_big");
+                assert_eq!(r.status, ResultStatus::Failed);
+                assert!(r.output.is_none());
+                assert_eq!(r.started_at, started);
+                let e = r.error.unwrap();
+                assert_eq!(e.code, "result_too_large");
+                assert!(e.message.contains(&size.to_string()), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_oversized_event_is_trimmed_to_fit() {
+        let at = chrono::Utc::now();
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("code".to_string(), "malformed_command".to_string());
+        attributes.insert("reason".to_string(), "é".repeat(50_000));
+        attributes.insert("command_id".to_string(), "cmd_1".to_string());
+        let event = AgentEvent {
+            kind: flotilla_shared::heartbeat::EventKind::CommandRejected,
+            at,
+            container_id: None,
+            container_name: Some("web".into()),
+            message: "m".repeat(100_000),
+            attributes,
+        };
+        let item = OutboxItem::Event(event);
+        let size = frame_len(3, &item);
+        for limit in [16 * 1024, 4096] {
+            let small = fit_outbox_item(3, item.clone(), size, limit);
+            assert!(frame_len(3, &small) <= limit, "limit {limit}");
+            match small {
+                OutboxItem::Event(e) => {
+                    assert_eq!(
+                        e.kind,
+                        flotilla_shared::heartbeat::EventKind::CommandRejected
+                    );
+                    assert_eq!(e.at, at);
+                    assert_eq!(e.container_name.as_deref(), Some("web"));
+                    assert_eq!(e.attributes["truncated"], "true");
+                    assert_eq!(e.attributes["command_id"], "cmd_1");
+                    assert_eq!(e.attributes["code"], "malformed_command");
+                    assert!(e.attributes["reason"].ends_with("..."));
+                    assert!(e.message.len() <= TRIMMED_MESSAGE_BYTES);
+                    assert!(e.message.starts_with("mmm"));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Far too many attributes: the largest go until it fits.
+        let mut many = std::collections::BTreeMap::new();
+        for i in 0..200 {
+            many.insert(format!("attr{i:03}"), "v".repeat(100 + i));
+        }
+        let item = OutboxItem::Event(AgentEvent {
+            kind: flotilla_shared::heartbeat::EventKind::ContainerDied,
+            at,
+            container_id: None,
+            container_name: None,
+            message: "died".into(),
+            attributes: many,
+        });
+        let size = frame_len(4, &item);
+        let small = fit_outbox_item(4, item, size, 4096);
+        assert!(frame_len(4, &small) <= 4096);
+        match small {
+            OutboxItem::Event(e) => {
+                assert_eq!(e.message, "died");
+                assert!(e.attributes.contains_key("attr000"), "smallest kept");
+                assert!(!e.attributes.contains_key("attr199"), "largest dropped");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncation_respects_characters() {
+        let mut s = "ééééé".to_string(); // 10 bytes
+        truncate_utf8(&mut s, 8);
+        assert_eq!(s, "éé...");
+        let mut short = "abc".to_string();
+        truncate_utf8(&mut short, 8);
+        assert_eq!(short, "abc");
     }
 
     #[test]

@@ -10,9 +10,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use flotilla_shared::command::CommandResult;
+use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::{OutboxItem, SignedWelcome};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -54,7 +56,31 @@ const MIGRATIONS: &[&str] = &[
         received_at TEXT NOT NULL
     );
     "#,
+    // 2: outbox rows say what they hold (event cap, one pending result per command); the Docker
+    // events cursor; the pending "events dropped" notice
+    r#"
+    ALTER TABLE outbox ADD COLUMN is_event INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN command_id TEXT;
+    UPDATE outbox SET is_event = 1 WHERE json_extract(item, '$.item') = 'event';
+    UPDATE outbox SET command_id = json_extract(item, '$.command_id')
+        WHERE json_extract(item, '$.item') = 'result';
+    CREATE INDEX outbox_events ON outbox (is_event, seq);
+    CREATE INDEX outbox_command ON outbox (command_id);
+    CREATE TABLE events_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        time_nano INTEGER NOT NULL,
+        keys TEXT NOT NULL
+    );
+    CREATE TABLE outbox_dropped (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        count INTEGER NOT NULL
+    );
+    "#,
 ];
+
+/// Events kept in the outbox when nothing else is configured.
+pub const DEFAULT_MAX_OUTBOX_EVENTS: usize = 10_000;
 
 /// Who this agent is, as stored at enrollment.
 #[derive(Clone)]
@@ -95,12 +121,23 @@ pub enum JournalBegin {
     Existing(JournalEntry),
 }
 
+/// Where the Docker event follower stands: the engine time of the last event it stored, and
+/// the events (`id/action`) seen at exactly that time. Resuming from `time_nano` (inclusive)
+/// and skipping those keys loses nothing and repeats nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventCursor {
+    pub time_nano: i64,
+    pub keys: Vec<String>,
+}
+
 /// Handle to the agent database; cheap to clone.
 #[derive(Clone)]
 pub struct State {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     outbox_notify: Arc<Notify>,
+    /// Events (not results) the outbox may hold; older ones are dropped beyond it.
+    max_outbox_events: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for State {
@@ -137,7 +174,15 @@ impl State {
             conn: Arc::new(Mutex::new(conn)),
             path,
             outbox_notify: Arc::new(Notify::new()),
+            max_outbox_events: Arc::new(AtomicUsize::new(DEFAULT_MAX_OUTBOX_EVENTS)),
         })
+    }
+
+    /// Caps the events the outbox holds (for every clone of this handle). While the relay is
+    /// unreachable a restart-looping container would otherwise grow it without bound; the
+    /// oldest events go first, results are never dropped.
+    pub fn set_max_outbox_events(&self, max: usize) {
+        self.max_outbox_events.store(max.max(1), Ordering::Relaxed);
     }
 
     /// Path of the database file.
@@ -298,7 +343,6 @@ impl State {
         let seq = self
             .call(move |c| {
                 let result_json = serde_json::to_string(&result)?;
-                let item_json = serde_json::to_string(&OutboxItem::Result(result.clone()))?;
                 let tx = c.transaction()?;
                 let n = tx.execute(
                     "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
@@ -307,8 +351,7 @@ impl State {
                 if n == 0 {
                     bail!("command {} is not in the journal", result.command_id);
                 }
-                tx.execute("INSERT INTO outbox (item) VALUES (?1)", params![item_json])?;
-                let seq = tx.last_insert_rowid() as u64;
+                let seq = insert_outbox(&tx, &OutboxItem::Result(result))?;
                 tx.commit()?;
                 Ok(seq)
             })
@@ -350,17 +393,43 @@ impl State {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        self.append_events_at(items, None).await
+    }
+
+    /// Appends container events and moves the events cursor past them, in one transaction:
+    /// after a restart the follower resumes exactly behind what was stored.
+    pub async fn append_events(
+        &self,
+        items: Vec<OutboxItem>,
+        cursor: EventCursor,
+    ) -> Result<Vec<u64>> {
+        self.append_events_at(items, Some(cursor)).await
+    }
+
+    async fn append_events_at(
+        &self,
+        items: Vec<OutboxItem>,
+        cursor: Option<EventCursor>,
+    ) -> Result<Vec<u64>> {
         let notify = self.outbox_notify.clone();
+        let max_events = self.max_outbox_events.load(Ordering::Relaxed);
         let seqs = self
             .call(move |c| {
                 let tx = c.transaction()?;
                 let mut seqs = Vec::with_capacity(items.len());
                 for item in &items {
+                    seqs.push(insert_outbox(&tx, item)?);
+                }
+                if items.iter().any(|i| matches!(i, OutboxItem::Event(_))) {
+                    cap_events(&tx, max_events)?;
+                }
+                if let Some(cursor) = cursor {
                     tx.execute(
-                        "INSERT INTO outbox (item) VALUES (?1)",
-                        params![serde_json::to_string(item)?],
+                        "INSERT INTO events_cursor (id, time_nano, keys) VALUES (1, ?1, ?2)
+                         ON CONFLICT (id) DO UPDATE SET time_nano = excluded.time_nano,
+                         keys = excluded.keys",
+                        params![cursor.time_nano, serde_json::to_string(&cursor.keys)?],
                     )?;
-                    seqs.push(tx.last_insert_rowid() as u64);
                 }
                 tx.commit()?;
                 Ok(seqs)
@@ -368,6 +437,76 @@ impl State {
             .await?;
         notify.notify_one();
         Ok(seqs)
+    }
+
+    /// The Docker events cursor stored by `append_events`, if any.
+    pub async fn events_cursor(&self) -> Result<Option<EventCursor>> {
+        self.call(|c| {
+            let row: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT time_nano, keys FROM events_cursor WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(row.map(|(time_nano, keys)| EventCursor {
+                time_nano,
+                keys: serde_json::from_str(&keys).unwrap_or_default(),
+            }))
+        })
+        .await
+    }
+
+    /// Queues a stored result again (the relay re-sent a command that already ran), unless
+    /// the outbox still holds an unacknowledged result for that command: that one will reach
+    /// the relay, and every duplicate would otherwise add another copy. Returns whether it was
+    /// queued.
+    pub async fn requeue_result(&self, result: CommandResult) -> Result<bool> {
+        let notify = self.outbox_notify.clone();
+        let queued = self
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let pending: Option<i64> = tx
+                    .query_row(
+                        "SELECT seq FROM outbox WHERE command_id = ?1 AND is_event = 0 LIMIT 1",
+                        params![result.command_id],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if pending.is_some() {
+                    return Ok(false);
+                }
+                insert_outbox(&tx, &OutboxItem::Result(result))?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await?;
+        if queued {
+            notify.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Replaces the item at `seq` (one that can never be sent as it is) keeping its place in
+    /// the queue; a replaced result also replaces the journaled one, so a re-sent duplicate
+    /// gets the same answer.
+    pub async fn replace_outbox_item(&self, seq: u64, item: OutboxItem) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE outbox SET item = ?2 WHERE seq = ?1",
+                params![seq as i64, serde_json::to_string(&item)?],
+            )?;
+            if let OutboxItem::Result(r) = &item {
+                tx.execute(
+                    "UPDATE journal SET result = ?2 WHERE id = ?1 AND status = 'done'",
+                    params![r.command_id, serde_json::to_string(r)?],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     /// Up to `limit` unacknowledged items with seq greater than `after`, in seq order.
@@ -409,6 +548,93 @@ impl State {
             Ok(n as u64)
         })
         .await
+    }
+}
+
+/// Inserts one outbox row; returns its seq.
+fn insert_outbox(c: &Connection, item: &OutboxItem) -> Result<u64> {
+    let (is_event, command_id) = match item {
+        OutboxItem::Event(_) => (true, None),
+        OutboxItem::Result(r) => (false, Some(r.command_id.as_str())),
+    };
+    c.execute(
+        "INSERT INTO outbox (item, is_event, command_id) VALUES (?1, ?2, ?3)",
+        params![serde_json::to_string(item)?, is_event, command_id],
+    )?;
+    Ok(c.last_insert_rowid() as u64)
+}
+
+/// Keeps at most `max` events in the outbox: beyond it the oldest are deleted and ONE notice
+/// event (updated in place while it is still queued) says how many were dropped.
+fn cap_events(c: &Connection, max: usize) -> Result<()> {
+    let events: i64 = c.query_row("SELECT COUNT(*) FROM outbox WHERE is_event = 1", [], |r| {
+        r.get(0)
+    })?;
+    let max = max.max(1) as i64;
+    if events <= max {
+        return Ok(());
+    }
+    let notice: Option<(i64, i64)> = c
+        .query_row(
+            "SELECT d.seq, d.count FROM outbox_dropped d JOIN outbox o ON o.seq = d.seq
+             WHERE d.id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    // A new notice needs room for itself.
+    let excess = events - max + i64::from(notice.is_none());
+    let dropped = c.execute(
+        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE is_event = 1
+         AND seq != ?1 ORDER BY seq LIMIT ?2)",
+        params![notice.map(|n| n.0).unwrap_or(-1), excess],
+    )? as i64;
+    let total = notice.map(|n| n.1).unwrap_or(0) + dropped;
+    let item = serde_json::to_string(&OutboxItem::Event(dropped_notice(total as u64, max as u64)))?;
+    match notice {
+        Some((seq, _)) => {
+            c.execute(
+                "UPDATE outbox SET item = ?2 WHERE seq = ?1",
+                params![seq, item],
+            )?;
+            c.execute(
+                "UPDATE outbox_dropped SET count = ?1 WHERE id = 1",
+                params![total],
+            )?;
+        }
+        None => {
+            c.execute(
+                "INSERT INTO outbox (item, is_event) VALUES (?1, 1)",
+                params![item],
+            )?;
+            c.execute(
+                "INSERT INTO outbox_dropped (id, seq, count) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, count = excluded.count",
+                params![c.last_insert_rowid(), total],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Attribute of the notice event that counts the events dropped from a full outbox.
+pub const DROPPED_EVENTS_ATTRIBUTE: &str = "dropped_events";
+
+/// The event that reports dropped events (`agent.events_dropped`, count in `dropped_events`).
+pub fn dropped_notice(count: u64, max: u64) -> AgentEvent {
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert(DROPPED_EVENTS_ATTRIBUTE.to_string(), count.to_string());
+    attributes.insert("max_outbox_events".to_string(), max.to_string());
+    AgentEvent {
+        kind: EventKind::AgentEventsDropped,
+        at: Utc::now(),
+        container_id: None,
+        container_name: None,
+        message: format!(
+            "agent dropped its {count} oldest unsent events: the outbox holds at most {max} \
+             events while the relay is unreachable"
+        ),
+        attributes,
     }
 }
 
@@ -501,7 +727,6 @@ fn create_private_file(path: &Path) -> Result<()> {
 pub(crate) mod tests {
     use super::*;
     use flotilla_shared::command::ResultStatus;
-    use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 
     /// A fresh state directory under the system temp dir (removed by the caller if it cares).
     pub(crate) fn temp_dir() -> PathBuf {
@@ -632,6 +857,173 @@ pub(crate) mod tests {
         assert!(state.finish_command(result("cmd_unknown")).await.is_err());
         // The failed finish must not have left an outbox row behind.
         assert_eq!(state.outbox_len().await.unwrap(), 1);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    fn dropped_count(item: &OutboxItem) -> Option<u64> {
+        match item {
+            OutboxItem::Event(e) => e
+                .attributes
+                .get(DROPPED_EVENTS_ATTRIBUTE)
+                .map(|n| n.parse().unwrap()),
+            OutboxItem::Result(_) => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_capped_results_never_dropped() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        state.set_max_outbox_events(5);
+        let now = Utc::now();
+        state
+            .journal_begin("cmd_1", now, now + ChronoDuration::minutes(5))
+            .await
+            .unwrap();
+        state.finish_command(result("cmd_1")).await.unwrap();
+        for i in 0..8 {
+            state
+                .append_outbox(vec![event(&format!("e{i}"))])
+                .await
+                .unwrap();
+        }
+        let items = state.outbox_after(0, 100).await.unwrap();
+        let messages: Vec<String> = items
+            .iter()
+            .filter_map(|(_, i)| match i {
+                OutboxItem::Event(e) if dropped_count(i).is_none() => Some(e.message.clone()),
+                _ => None,
+            })
+            .collect();
+        // 4 newest events + one notice = 5 events; the result stays.
+        assert_eq!(messages, vec!["e4", "e5", "e6", "e7"], "{items:?}");
+        let notices: Vec<u64> = items.iter().filter_map(|(_, i)| dropped_count(i)).collect();
+        assert_eq!(notices, vec![4]);
+        assert!(items
+            .iter()
+            .any(|(_, i)| matches!(i, OutboxItem::Result(r) if r.command_id == "cmd_1")));
+
+        // More overflow updates the same notice instead of adding notices.
+        state
+            .append_outbox(vec![event("e8"), event("e9")])
+            .await
+            .unwrap();
+        let items = state.outbox_after(0, 100).await.unwrap();
+        let notices: Vec<u64> = items.iter().filter_map(|(_, i)| dropped_count(i)).collect();
+        assert_eq!(notices, vec![6], "{items:?}");
+        assert_eq!(items.len(), 6, "5 events and the result: {items:?}");
+
+        // Once the notice was acknowledged, the next overflow starts a new one.
+        let last = items.last().unwrap().0;
+        state.ack_outbox(last).await.unwrap();
+        for i in 0..6 {
+            state
+                .append_outbox(vec![event(&format!("f{i}"))])
+                .await
+                .unwrap();
+        }
+        let items = state.outbox_after(0, 100).await.unwrap();
+        let notices: Vec<u64> = items.iter().filter_map(|(_, i)| dropped_count(i)).collect();
+        assert_eq!(notices, vec![2], "{items:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_queued_result_is_not_queued_twice() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let now = Utc::now();
+        state
+            .journal_begin("cmd_1", now, now + ChronoDuration::minutes(5))
+            .await
+            .unwrap();
+        let seq = state.finish_command(result("cmd_1")).await.unwrap();
+        // Still queued: the duplicate adds nothing.
+        assert!(!state.requeue_result(result("cmd_1")).await.unwrap());
+        assert_eq!(state.outbox_len().await.unwrap(), 1);
+        // Acknowledged: a later duplicate queues it again, once.
+        state.ack_outbox(seq).await.unwrap();
+        assert!(state.requeue_result(result("cmd_1")).await.unwrap());
+        assert!(!state.requeue_result(result("cmd_1")).await.unwrap());
+        assert_eq!(state.outbox_len().await.unwrap(), 1);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn replacing_an_item_keeps_its_place_and_updates_the_journal() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let now = Utc::now();
+        state
+            .journal_begin("cmd_1", now, now + ChronoDuration::minutes(5))
+            .await
+            .unwrap();
+        let seq = state.finish_command(result("cmd_1")).await.unwrap();
+        state.append_outbox(vec![event("after")]).await.unwrap();
+        let mut small = result("cmd_1");
+        small.status = ResultStatus::Failed;
+        small.output = None;
+        state
+            .replace_outbox_item(seq, OutboxItem::Result(small.clone()))
+            .await
+            .unwrap();
+        let items = state.outbox_after(0, 10).await.unwrap();
+        assert_eq!(items[0], (seq, OutboxItem::Result(small.clone())));
+        assert_eq!(items.len(), 2);
+        assert_eq!(
+            state.journal_get("cmd_1").await.unwrap(),
+            Some(JournalEntry::Done(Box::new(small)))
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn events_cursor_is_stored_with_the_events() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        assert_eq!(state.events_cursor().await.unwrap(), None);
+        let cursor = EventCursor {
+            time_nano: 1_700_000_000_000_000_123,
+            keys: vec!["abc/die".into()],
+        };
+        state
+            .append_events(vec![event("died")], cursor.clone())
+            .await
+            .unwrap();
+        drop(state);
+        let state = State::open(&dir).await.unwrap();
+        assert_eq!(state.events_cursor().await.unwrap(), Some(cursor));
+        assert_eq!(state.outbox_len().await.unwrap(), 1);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn migration_marks_existing_outbox_rows() {
+        // A version-1 database with a queued result and event.
+        let dir = temp_dir();
+        {
+            let mut conn = Connection::open(dir.join(DB_FILE)).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            for item in [OutboxItem::Result(result("cmd_old")), event("old")] {
+                tx.execute(
+                    "INSERT INTO outbox (item) VALUES (?1)",
+                    params![serde_json::to_string(&item).unwrap()],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let state = State::open(&dir).await.unwrap();
+        assert!(!state.requeue_result(result("cmd_old")).await.unwrap());
+        state.set_max_outbox_events(1);
+        state.append_outbox(vec![event("new")]).await.unwrap();
+        let items = state.outbox_after(0, 10).await.unwrap();
+        // The old event went, the result stayed, and the notice took the one event place.
+        assert_eq!(items.len(), 2, "{items:?}");
+        assert!(matches!(&items[0].1, OutboxItem::Result(r) if r.command_id == "cmd_old"));
+        assert_eq!(dropped_count(&items[1].1), Some(2));
         std::fs::remove_dir_all(dir).ok();
     }
 

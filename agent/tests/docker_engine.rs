@@ -210,3 +210,88 @@ async fn actions_visibility_logs_and_events() {
     events_task.await.unwrap().unwrap();
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn events_from_while_the_agent_was_down_are_not_lost() {
+    let run = flotilla_shared::ids::new_id("t");
+    let label = format!("flotilla.test={run}");
+    let victim = format!("flt-{run}-victim");
+    let _cleanup = Cleanup(vec![victim.clone()]);
+    let dir = std::env::temp_dir().join(format!("flotilla-docker-{run}"));
+    let client = DockerClient::new(
+        None,
+        Visibility::new(Some(("flotilla.test".into(), run.clone()))),
+    );
+    let follow = |state: State, shutdown: CancellationToken| {
+        tokio::spawn(
+            EventsTask {
+                docker: client.clone(),
+                state,
+                restart_loop_threshold: 3,
+                restart_loop_window_secs: 60,
+            }
+            .run(shutdown),
+        )
+    };
+    let events_of = |state: State, kind: EventKind| {
+        let victim = victim.clone();
+        async move {
+            state
+                .outbox_after(0, 1000)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(_, i)| {
+                    matches!(i, OutboxItem::Event(e)
+                        if e.kind == kind && e.container_name.as_deref() == Some(victim.as_str()))
+                })
+                .count()
+        }
+    };
+
+    // First run: the start is seen and stored.
+    let state = State::open(&dir).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let task = follow(state.clone(), shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &victim,
+        "--label",
+        &label,
+        "flotilla-testapp:v1",
+    ]);
+    eventually("started event", || {
+        let state = state.clone();
+        let events_of = &events_of;
+        async move { (events_of(state, EventKind::ContainerStarted).await == 1).then_some(()) }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    drop(state);
+
+    // While the agent is down the container dies.
+    docker(&["kill", &victim]);
+
+    // Next run (a fresh database handle, as after a restart): the death is reported, and the
+    // start is not reported again.
+    let state = State::open(&dir).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let task = follow(state.clone(), shutdown.clone());
+    eventually("died event after the restart", || {
+        let state = state.clone();
+        let events_of = &events_of;
+        async move { (events_of(state, EventKind::ContainerDied).await == 1).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        events_of(state.clone(), EventKind::ContainerStarted).await,
+        1
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    std::fs::remove_dir_all(dir).ok();
+}

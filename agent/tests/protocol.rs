@@ -5,12 +5,12 @@
 
 use chrono::{Duration as ChronoDuration, Utc};
 use flotilla_agent::config::AgentConfig;
-use flotilla_agent::state::{Identity, State};
+use flotilla_agent::state::{Identity, JournalEntry, State};
 use flotilla_shared::command::{
-    Audience, Command, CommandEnvelope, ContainerListArgs, ContainerRef, PingArgs, ResultStatus,
-    SignedCommand,
+    Audience, Command, CommandEnvelope, CommandResult, ContainerListArgs, ContainerRef, PingArgs,
+    ResultStatus, SignedCommand,
 };
-use flotilla_shared::heartbeat::EventKind;
+use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame, SignedWelcome, WelcomeBody};
 use flotilla_shared::selector::parse_labels;
 use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
@@ -33,7 +33,21 @@ struct Harness {
     agent: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// An enrolled state directory and a listening fake relay, before the agent runs.
+struct Prepared {
+    relay_key: SigningKey,
+    agent_id: String,
+    listener: TcpListener,
+    state_dir: PathBuf,
+    /// The agent's database (tests may queue items before the agent starts).
+    state: State,
+}
+
 async fn start(hold_outbox: bool) -> Harness {
+    launch(prepare().await, hold_outbox)
+}
+
+async fn prepare() -> Prepared {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
@@ -60,26 +74,41 @@ async fn start(hold_outbox: bool) -> Harness {
         })
         .await
         .unwrap();
-    drop(state);
+    Prepared {
+        relay_key,
+        agent_id,
+        listener,
+        state_dir,
+        state,
+    }
+}
+
+fn launch(p: Prepared, hold_outbox: bool) -> Harness {
+    drop(p.state);
     let config = AgentConfig {
-        state_dir: state_dir.clone(),
-        only_label: Some(format!("flotilla.test={agent_id}")),
+        state_dir: p.state_dir.clone(),
+        only_label: Some(format!("flotilla.test={}", p.agent_id)),
         test_hold_outbox: hold_outbox,
         ..AgentConfig::default()
     };
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(flotilla_agent::run(config, shutdown.clone()));
     Harness {
-        relay_key,
-        agent_id,
-        listener,
-        state_dir,
+        relay_key: p.relay_key,
+        agent_id: p.agent_id,
+        listener: p.listener,
+        state_dir: p.state_dir,
         shutdown,
         agent,
     }
 }
 
 async fn recv(ws: &mut Conn) -> AgentFrame {
+    recv_sized(ws).await.1
+}
+
+/// The next agent frame and its size in bytes.
+async fn recv_sized(ws: &mut Conn) -> (usize, AgentFrame) {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -87,7 +116,8 @@ async fn recv(ws: &mut Conn) -> AgentFrame {
             .expect("connection open")
             .expect("websocket ok");
         if let Message::Text(t) = msg {
-            return serde_json::from_str(t.as_str()).expect("valid agent frame");
+            let frame = serde_json::from_str(t.as_str()).expect("valid agent frame");
+            return (t.len(), frame);
         }
     }
 }
@@ -100,6 +130,16 @@ async fn send(ws: &mut Conn, frame: &RelayFrame) {
 
 /// Accepts the agent's connection and runs the relay side of the handshake.
 async fn accept(h: &Harness, labels: &str) -> Conn {
+    accept_with(h, labels, Utc::now(), None).await
+}
+
+/// `accept` with the welcome's issue time and announced frame limit chosen by the test.
+async fn accept_with(
+    h: &Harness,
+    labels: &str,
+    issued_at: chrono::DateTime<Utc>,
+    max_frame_bytes: Option<usize>,
+) -> Conn {
     let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), h.listener.accept())
         .await
         .expect("agent connects within 10 s")
@@ -137,14 +177,14 @@ async fn accept(h: &Harness, labels: &str) -> Conn {
     let body = WelcomeBody {
         agent_id: h.agent_id.clone(),
         labels: parse_labels(labels).unwrap(),
-        issued_at: Utc::now(),
+        issued_at,
     };
     send(
         &mut ws,
         &RelayFrame::Welcome {
             welcome: SignedWelcome::sign(&body, &h.relay_key),
             heartbeat_interval_secs: 1,
-            max_frame_bytes: None,
+            max_frame_bytes,
         },
     )
     .await;
@@ -406,4 +446,183 @@ async fn held_outbox_is_not_sent_and_survives_for_the_next_run() {
         "{items:?}"
     );
     std::fs::remove_dir_all(&h.state_dir).ok();
+}
+
+async fn stop(h: Harness, ws: Conn) -> PathBuf {
+    h.shutdown.cancel();
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(20), h.agent)
+        .await
+        .expect("agent stops within 20 s")
+        .unwrap()
+        .unwrap();
+    h.state_dir
+}
+
+#[tokio::test]
+async fn items_too_large_for_the_relay_are_shortened_and_the_queue_moves_on() {
+    let p = prepare().await;
+    // Queued before the agent starts: a result and an event far over the relay's limit, and a
+    // small event behind them that must still get through.
+    let now = Utc::now();
+    p.state
+        .journal_begin("cmd_huge", now, now + ChronoDuration::minutes(5))
+        .await
+        .unwrap();
+    p.state
+        .finish_command(CommandResult {
+            command_id: "cmd_huge".into(),
+            status: ResultStatus::Succeeded,
+            output: Some(serde_json::json!({ "blob": "x".repeat(100_000) })),
+            error: None,
+            started_at: now,
+            finished_at: now,
+        })
+        .await
+        .unwrap();
+    p.state
+        .append_outbox(vec![
+            OutboxItem::Event(AgentEvent {
+                kind: EventKind::CommandRejected,
+                at: now,
+                container_id: None,
+                container_name: None,
+                message: "y".repeat(100_000),
+                attributes: [("command_id".to_string(), "cmd_x".to_string())].into(),
+            }),
+            OutboxItem::Event(AgentEvent {
+                kind: EventKind::ContainerDied,
+                at: now,
+                container_id: None,
+                container_name: Some("web".into()),
+                message: "behind the big ones".into(),
+                attributes: Default::default(),
+            }),
+        ])
+        .await
+        .unwrap();
+    let h = launch(p, false);
+    let limit = 16 * 1024;
+    let mut ws = accept_with(&h, "", Utc::now(), Some(limit)).await;
+    let (mut result, mut trimmed, mut behind) = (None, None, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while result.is_none() || trimmed.is_none() || !behind {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "items did not arrive"
+        );
+        let (len, f) = recv_sized(&mut ws).await;
+        assert!(
+            len <= limit,
+            "frame of {len} bytes exceeds the relay's {limit}"
+        );
+        if let AgentFrame::Outbox { seq, item } = &f {
+            send(&mut ws, &RelayFrame::Ack { seq: *seq }).await;
+            match item {
+                OutboxItem::Result(r) if r.command_id == "cmd_huge" => result = Some(r.clone()),
+                OutboxItem::Event(e) if e.kind == EventKind::CommandRejected => {
+                    trimmed = Some(e.clone())
+                }
+                OutboxItem::Event(e) if e.message == "behind the big ones" => behind = true,
+                _ => {}
+            }
+        }
+    }
+    let r = result.unwrap();
+    assert_eq!(r.status, ResultStatus::Failed);
+    assert_eq!(r.error.unwrap().code, "result_too_large");
+    let e = trimmed.unwrap();
+    assert_eq!(e.attributes["truncated"], "true");
+    assert_eq!(e.attributes["command_id"], "cmd_x");
+
+    let dir = stop(h, ws).await;
+    // The replacement was stored: a re-sent duplicate of the command gets the same answer.
+    let state = State::open(&dir).await.unwrap();
+    match state.journal_get("cmd_huge").await.unwrap() {
+        Some(JournalEntry::Done(r)) => assert_eq!(r.error.unwrap().code, "result_too_large"),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn an_older_welcome_than_the_stored_one_is_refused() {
+    let h = start(false).await;
+    let ws = accept(&h, "tier=new").await;
+    let mut ws = ws;
+    until(&mut ws, |f| {
+        matches!(f, AgentFrame::Heartbeat(_)).then_some(())
+    })
+    .await;
+    drop(ws);
+
+    // A replayed, validly signed but older welcome (with older labels): the agent hangs up
+    // instead of sending anything.
+    let mut ws = accept_with(&h, "tier=old", Utc::now() - ChronoDuration::hours(1), None).await;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("the agent hangs up within 10 s");
+        match msg {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Text(t))) => panic!("agent accepted an older welcome and sent {t}"),
+            Some(Ok(_)) => {}
+        }
+    }
+    let state = State::open(&h.state_dir).await.unwrap();
+    let stored = state.last_welcome().await.unwrap().unwrap();
+    assert!(stored.body.contains("\"tier\":\"new\""), "{}", stored.body);
+    drop(state);
+
+    // A current welcome is accepted again.
+    let mut ws = accept(&h, "tier=new").await;
+    until(&mut ws, |f| {
+        matches!(f, AgentFrame::Heartbeat(_)).then_some(())
+    })
+    .await;
+    let dir = stop(h, ws).await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn duplicates_of_a_finished_command_do_not_pile_up_results() {
+    let h = start(true).await;
+    let mut ws = accept(&h, "").await;
+    until(&mut ws, |f| {
+        matches!(f, AgentFrame::Heartbeat(_)).then_some(())
+    })
+    .await;
+    let ping = command(&h, "cmd_dup", me(&h), Command::Ping(PingArgs {}));
+    send(&mut ws, &RelayFrame::Command(ping.clone())).await;
+    let state = State::open(&h.state_dir).await.unwrap();
+    let results = |items: Vec<(u64, OutboxItem)>| {
+        items
+            .into_iter()
+            .filter(|(_, i)| matches!(i, OutboxItem::Result(r) if r.command_id == "cmd_dup"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while results(state.outbox_after(0, 1000).await.unwrap()) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no result for cmd_dup"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The relay re-sends it (e.g. after reconnects) while the result is still queued.
+    for _ in 0..3 {
+        send(&mut ws, &RelayFrame::Command(ping.clone())).await;
+    }
+    // Commands are admitted in order: once this one is received, the copies were handled.
+    let marker = command(&h, "cmd_marker", me(&h), Command::Ping(PingArgs {}));
+    send(&mut ws, &RelayFrame::Command(marker)).await;
+    until(&mut ws, |f| match f {
+        AgentFrame::Received { command_id } if command_id == "cmd_marker" => Some(()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(results(state.outbox_after(0, 1000).await.unwrap()), 1);
+    drop(state);
+    let dir = stop(h, ws).await;
+    std::fs::remove_dir_all(&dir).ok();
 }

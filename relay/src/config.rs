@@ -2,7 +2,7 @@
 //! variable, `relay.toml` (given with `--config` / `FLOTILLA_CONFIG`), built-in default.
 
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,22 @@ pub struct RelayConfig {
     pub enroll_rate_per_minute: u32,
     /// Enables the test-only endpoint that injects raw frames into an agent's websocket.
     pub test_hooks: bool,
+    /// How long after a command expires the relay still waits for the result of a delivery the
+    /// agent accepted (`received`), in seconds. After that the delivery ends `failed` with code
+    /// `no_result` (a result arriving later still replaces it). Covers a container stop's
+    /// timeout plus the wait for a busy container.
+    pub result_grace_secs: u64,
+    /// Agent websocket connections allowed to be waiting for authentication at once; further
+    /// upgrade requests get 503. Bounds what unauthenticated peers can hold: each may buffer up
+    /// to `max_frame_bytes`, since a websocket's limits cannot change after the upgrade.
+    pub max_pending_handshakes: usize,
+    /// Addresses of reverse proxies (e.g. nginx) whose `X-Forwarded-For` is believed: for
+    /// requests from these peers the enrollment rate limit keys on the last address in that
+    /// header instead of the peer. Empty: the header is ignored.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Events, audit rows and finished commands older than this many days are deleted (a sweep
+    /// runs every few hours). 0 keeps everything.
+    pub retention_days: u32,
 }
 
 impl Default for RelayConfig {
@@ -52,6 +68,10 @@ impl Default for RelayConfig {
             default_command_ttl_secs: 600,
             enroll_rate_per_minute: 30,
             test_hooks: false,
+            result_grace_secs: 900,
+            max_pending_handshakes: 1024,
+            trusted_proxies: Vec::new(),
+            retention_days: 30,
         }
     }
 }
@@ -70,6 +90,10 @@ pub struct Overrides {
     pub default_command_ttl_secs: Option<u64>,
     pub enroll_rate_per_minute: Option<u32>,
     pub test_hooks: Option<bool>,
+    pub result_grace_secs: Option<u64>,
+    pub max_pending_handshakes: Option<usize>,
+    pub trusted_proxies: Option<Vec<IpAddr>>,
+    pub retention_days: Option<u32>,
 }
 
 fn parse_env<T: std::str::FromStr>(
@@ -108,6 +132,22 @@ impl Overrides {
                 expected: "expected true or false",
             })?),
         };
+        let trusted_proxies = match get("FLOTILLA_TRUSTED_PROXIES") {
+            None => None,
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.parse::<IpAddr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| ConfigError::Value {
+                        key: "FLOTILLA_TRUSTED_PROXIES".into(),
+                        value: v.clone(),
+                        expected: "expected comma-separated IP addresses",
+                    })?,
+            ),
+        };
         Ok(Overrides {
             config: get("FLOTILLA_CONFIG")
                 .filter(|v| !v.trim().is_empty())
@@ -137,6 +177,22 @@ impl Overrides {
                 "expected a whole number of requests",
             )?,
             test_hooks,
+            result_grace_secs: parse_env(
+                get,
+                "FLOTILLA_RESULT_GRACE_SECS",
+                "expected a whole number of seconds",
+            )?,
+            max_pending_handshakes: parse_env(
+                get,
+                "FLOTILLA_MAX_PENDING_HANDSHAKES",
+                "expected a whole number of connections",
+            )?,
+            trusted_proxies,
+            retention_days: parse_env(
+                get,
+                "FLOTILLA_RETENTION_DAYS",
+                "expected a whole number of days",
+            )?,
         })
     }
 
@@ -155,6 +211,10 @@ impl Overrides {
                 .or(lower.default_command_ttl_secs),
             enroll_rate_per_minute: self.enroll_rate_per_minute.or(lower.enroll_rate_per_minute),
             test_hooks: self.test_hooks.or(lower.test_hooks),
+            result_grace_secs: self.result_grace_secs.or(lower.result_grace_secs),
+            max_pending_handshakes: self.max_pending_handshakes.or(lower.max_pending_handshakes),
+            trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
+            retention_days: self.retention_days.or(lower.retention_days),
         }
     }
 }
@@ -201,6 +261,14 @@ impl RelayConfig {
                 .enroll_rate_per_minute
                 .unwrap_or(base.enroll_rate_per_minute),
             test_hooks: overrides.test_hooks.unwrap_or(base.test_hooks),
+            result_grace_secs: overrides
+                .result_grace_secs
+                .unwrap_or(base.result_grace_secs),
+            max_pending_handshakes: overrides
+                .max_pending_handshakes
+                .unwrap_or(base.max_pending_handshakes),
+            trusted_proxies: overrides.trusted_proxies.unwrap_or(base.trusted_proxies),
+            retention_days: overrides.retention_days.unwrap_or(base.retention_days),
         };
         config.validate()?;
         Ok(config)
@@ -241,6 +309,27 @@ impl RelayConfig {
                 "enroll_rate_per_minute",
                 "0".into(),
                 "expected at least 1 request per minute",
+            );
+        }
+        if self.result_grace_secs > MAX_COMMAND_TTL_SECS {
+            return bad(
+                "result_grace_secs",
+                self.result_grace_secs.to_string(),
+                "expected 0 to 604800 seconds",
+            );
+        }
+        if self.max_pending_handshakes == 0 {
+            return bad(
+                "max_pending_handshakes",
+                "0".into(),
+                "expected at least 1 connection",
+            );
+        }
+        if self.retention_days > 36_500 {
+            return bad(
+                "retention_days",
+                self.retention_days.to_string(),
+                "expected 0 (keep everything) to 36500 days",
             );
         }
         Ok(())
@@ -284,6 +373,39 @@ mod tests {
         assert_eq!(c.default_command_ttl_secs, 600);
         assert_eq!(c.enroll_rate_per_minute, 30);
         assert!(!c.test_hooks);
+        assert_eq!(c.result_grace_secs, 900);
+        assert_eq!(c.max_pending_handshakes, 1024);
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.retention_days, 30);
+    }
+
+    #[test]
+    fn new_settings_from_env_and_file() {
+        let (path, _cleanup) = write_toml(
+            "result_grace_secs = 60\ntrusted_proxies = [\"10.0.0.1\"]\nretention_days = 7\n",
+        );
+        let from_env = Overrides::from_env(&env(&[
+            ("FLOTILLA_CONFIG", path.to_str().unwrap()),
+            ("FLOTILLA_TRUSTED_PROXIES", "127.0.0.1, ::1"),
+            ("FLOTILLA_MAX_PENDING_HANDSHAKES", "16"),
+            ("FLOTILLA_RESULT_GRACE_SECS", "30"),
+        ]))
+        .unwrap();
+        let c = RelayConfig::load(from_env).unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            vec![
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.max_pending_handshakes, 16);
+        assert_eq!(c.result_grace_secs, 30); // env beats file
+        assert_eq!(c.retention_days, 7); // file
+        let e = Overrides::from_env(&env(&[("FLOTILLA_TRUSTED_PROXIES", "10.0.0.1,nginx")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOTILLA_TRUSTED_PROXIES"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use flotilla_agent::enroll::{enroll, EnrollOptions};
 use flotilla_shared::ids;
 use flotilla_shared::selector::Labels;
 use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +22,7 @@ const DEV_AGENT_ID_FILE: &str = "dev-agent-id";
 pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let relay = start(config).await.context("cannot start the relay")?;
-    let base_url = relay.base_url();
+    let base_url = local_url(relay.local_addr());
     let admin_token = match relay.admin_token_created() {
         Some(t) => t.to_string(),
         None => read_admin_token(&data_dir).context("cannot read the admin token")?,
@@ -74,6 +75,18 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
     Ok(())
 }
 
+/// The URL the in-process agent dials. A relay listening on every address (`0.0.0.0`, `[::]`)
+/// is reached over loopback: the unspecified address is not a destination, and the agent only
+/// allows plain `ws://` to loopback hosts.
+fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
 /// The id of the agent a previous `dev` run enrolled, if its state is still there.
 async fn enrolled_agent(data_dir: &Path, agent_state_dir: &Path) -> anyhow::Result<Option<String>> {
     if !tokio::fs::try_exists(agent_state_dir.join("agent.db"))
@@ -121,4 +134,18 @@ async fn enroll_dev_agent(
     .await
     .context("cannot enroll the dev agent")?;
     Ok(response.agent_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_url;
+
+    #[test]
+    fn unspecified_listen_addresses_become_loopback() {
+        let url = |a: &str| local_url(a.parse().unwrap());
+        assert_eq!(url("0.0.0.0:8700"), "http://127.0.0.1:8700");
+        assert_eq!(url("[::]:8700"), "http://[::1]:8700");
+        assert_eq!(url("127.0.0.1:9"), "http://127.0.0.1:9");
+        assert_eq!(url("192.0.2.1:8700"), "http://192.0.2.1:8700");
+    }
 }

@@ -44,7 +44,21 @@ impl HeartbeatCache {
         );
     }
 
-    /// The newest heartbeat received since this relay started, if any.
+    /// Fills in heartbeats read from the database (at startup), without overwriting newer ones
+    /// and without marking them for writing back.
+    pub fn load(&self, stored: Vec<HeartbeatWrite>) {
+        let mut map = self.lock();
+        for w in stored {
+            map.entry(w.agent_id).or_insert(Entry {
+                heartbeat: w.heartbeat,
+                received_at: w.received_at,
+                dirty: false,
+            });
+        }
+    }
+
+    /// The newest heartbeat of the agent: received since this relay started, or loaded from the
+    /// database at startup.
     pub fn latest(&self, agent_id: &str) -> Option<(Arc<Heartbeat>, DateTime<Utc>)> {
         self.lock()
             .get(agent_id)
@@ -55,6 +69,7 @@ impl HeartbeatCache {
         self.lock().get(agent_id).map(|e| e.received_at)
     }
 
+    /// Drops an agent's entry (it was revoked; an unflushed heartbeat of it is not worth keeping).
     pub fn forget(&self, agent_id: &str) {
         self.lock().remove(agent_id);
     }

@@ -138,7 +138,9 @@ pub async fn run_engine(
     }
 }
 
-/// Every few seconds, ends deliveries whose command expired before the agent received it.
+/// Every few seconds, ends deliveries whose command expired before the agent received it
+/// (undelivered), and accepted ones whose result is overdue by more than `result_grace_secs`
+/// (failed `no_result`).
 pub async fn run_expiry_sweeper(state: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,15 +149,20 @@ pub async fn run_expiry_sweeper(state: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match state.store.expire_deliveries().await {
+        let grace = Duration::from_secs(state.config.result_grace_secs);
+        match state.store.expire_deliveries(grace).await {
             Ok(ended) => {
                 for f in ended {
-                    tracing::info!(command_id = %f.command_id, agent_id = %f.agent_id, "command expired before delivery");
+                    if f.state == flotilla_shared::api::DeliveryState::Undelivered {
+                        tracing::info!(command_id = %f.command_id, agent_id = %f.agent_id, "command expired before delivery");
+                    } else {
+                        tracing::warn!(command_id = %f.command_id, agent_id = %f.agent_id, "agent accepted the command but sent no result in time; marked failed (no_result)");
+                    }
                     state.delivery_finished(
                         &f.command_id,
                         &f.agent_id,
                         f.job_id.as_deref(),
-                        flotilla_shared::api::DeliveryState::Undelivered,
+                        f.state,
                     );
                 }
             }

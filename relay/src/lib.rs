@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod retention;
 pub mod server;
 pub mod state;
 pub mod store;

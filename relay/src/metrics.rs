@@ -18,10 +18,12 @@ pub enum ProtocolError {
     UnsupportedVersion,
     UnexpectedFrame,
     UnknownDelivery,
+    /// An agent websocket refused because `max_pending_handshakes` were authenticating.
+    TooManyHandshakes,
 }
 
 impl ProtocolError {
-    const ALL: [ProtocolError; 8] = [
+    const ALL: [ProtocolError; 9] = [
         ProtocolError::MalformedFrame,
         ProtocolError::FrameTooLarge,
         ProtocolError::AuthFailed,
@@ -30,6 +32,7 @@ impl ProtocolError {
         ProtocolError::UnsupportedVersion,
         ProtocolError::UnexpectedFrame,
         ProtocolError::UnknownDelivery,
+        ProtocolError::TooManyHandshakes,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +45,7 @@ impl ProtocolError {
             ProtocolError::UnsupportedVersion => "unsupported_protocol_version",
             ProtocolError::UnexpectedFrame => "unexpected_frame",
             ProtocolError::UnknownDelivery => "unknown_delivery",
+            ProtocolError::TooManyHandshakes => "too_many_handshakes",
         }
     }
 }
@@ -60,7 +64,7 @@ pub struct Metrics {
     frames_out: AtomicU64,
     enrollments: AtomicU64,
     commands: [AtomicU64; 4],
-    protocol_errors: [AtomicU64; 8],
+    protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
 }
 
 /// Figures that are read from live state when rendering rather than counted.

@@ -1,6 +1,6 @@
 //! Starting and stopping the relay in-process: open the data directory, store and keys, bind,
-//! serve, and run the background tasks (heartbeat flusher, job engine, expiry sweeper) until the
-//! shutdown token is cancelled. `main` and the tests both go through [`start`].
+//! serve, and run the background tasks (heartbeat flusher, job engine, expiry sweeper, rate-limit
+//! pruner, retention sweep) until the shutdown token is cancelled. `main` and the tests both go through [`start`].
 
 use crate::config::RelayConfig;
 use crate::heartbeats::{run_flusher, HeartbeatCache};
@@ -173,9 +173,20 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let (jobs, jobs_rx) = JobKicker::channel();
     let (completions, _) = broadcast::channel(1024);
     let heartbeats = Arc::new(HeartbeatCache::default());
+    // Once, so listing agents never has to parse heartbeat JSON from the database.
+    heartbeats.load(
+        store
+            .latest_heartbeats()
+            .await
+            .map_err(|source| StartError::Store {
+                path: db_path.clone(),
+                source,
+            })?,
+    );
     let state = AppState(Arc::new(Shared {
         fingerprint: key.public_key().fingerprint(),
         enroll_limiter: RateLimiter::new(config.enroll_rate_per_minute),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes)),
         config,
         store: store.clone(),
         hub: Hub::new(),
@@ -192,6 +203,11 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
         tokio::spawn(run_engine(state.clone(), jobs_rx, shutdown.clone())),
         tokio::spawn(run_expiry_sweeper(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::ratelimit::run_pruner(
+            state.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::retention::run(state.clone(), shutdown.clone())),
     ];
     let app = crate::api::router(state.clone());
     let server = tokio::spawn(

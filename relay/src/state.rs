@@ -39,6 +39,9 @@ pub struct Shared {
     pub jobs: JobKicker,
     pub completions: broadcast::Sender<Completion>,
     pub enroll_limiter: RateLimiter,
+    /// One permit per agent websocket that has not authenticated yet
+    /// (`max_pending_handshakes`).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
     pub shutdown: CancellationToken,
     /// Set once the store is open and the background tasks run (`GET /readyz`).
     pub ready: AtomicBool,

@@ -5,7 +5,9 @@
 //! blocking pool, because SQLite calls block.
 //!
 //! Today the only backend is SQLite (one file, WAL, migrations by `PRAGMA user_version`, see
-//! `store/sqlite.rs`). To run several relays against PostgreSQL later, turn the inherent methods
+//! `store/sqlite.rs`). Writes go through one connection behind a mutex; pure reads use a small
+//! pool of read-only connections to the same WAL file, so API reads and agent handshakes do not
+//! queue behind writes (WAL readers see every committed write). To run several relays against PostgreSQL later, turn the inherent methods
 //! of [`Store`] into a trait implemented per backend; the domain types below are already
 //! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
 //! method is one transaction, which maps one-to-one onto a PostgreSQL transaction.
@@ -20,6 +22,7 @@ use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use flotilla_shared::api::CommandInfo;
@@ -35,6 +38,22 @@ pub enum StoreError {
     #[error("database task failed: {0}")]
     Task(String),
 }
+
+/// Error codes of results the relay writes itself when it cannot hear from the agent. They
+/// could move to `flotilla_shared::command::error_codes` if agents ever need to know them.
+pub mod relay_error_codes {
+    /// The agent accepted (`received`) the command but no result arrived before the command's
+    /// expiry plus `result_grace_secs`. A real result arriving later replaces this one.
+    pub const NO_RESULT: &str = "no_result";
+    /// The agent was revoked after it accepted the command; whether it ran is unknown.
+    pub const AGENT_REVOKED: &str = "agent_revoked";
+}
+
+/// Read-only connections per file database.
+pub const READ_CONNECTIONS: usize = 4;
+
+/// Rows of each kind one retention batch deletes.
+const PRUNE_BATCH: u32 = 5000;
 
 /// Current time with the precision the store keeps (microseconds), so a value written and read
 /// back compares equal.
@@ -54,9 +73,29 @@ pub struct AgentRecord {
     pub enrolled_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub agent_version: String,
-    /// The latest heartbeat flushed to the database (the in-memory one may be newer).
+    /// The latest heartbeat flushed to the database (the in-memory one may be newer). Only
+    /// [`Store::agent`] loads it; [`Store::agents`] leaves it `None` (use the heartbeat cache).
     pub last_heartbeat: Option<Heartbeat>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// What the websocket handshake needs to know about an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentAuth {
+    /// Ed25519 public key, base64.
+    pub public_key: String,
+    pub revoked: bool,
+    pub labels: Labels,
+    pub name: String,
+    pub agent_version: String,
+}
+
+/// What one retention sweep deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: usize,
+    pub audit: usize,
+    pub commands: usize,
 }
 
 /// A new enrollment token (its secret is only given as a hash).
@@ -145,6 +184,9 @@ pub enum ResultOutcome {
     Recorded {
         state: DeliveryState,
         job_id: Option<String>,
+        /// Set when the result replaced an ending the relay had decided itself (undelivered, or
+        /// failed with `no_result`): the state it replaced.
+        replaced: Option<DeliveryState>,
     },
     /// The delivery was already final (a duplicate result): nothing changed.
     AlreadyFinal,
@@ -152,12 +194,14 @@ pub enum ResultOutcome {
     Unknown,
 }
 
-/// A delivery that just changed state to a final one without a result (expiry, revocation).
+/// A delivery the relay just ended without an agent's result (expiry, revocation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finalised {
     pub command_id: String,
     pub agent_id: String,
     pub job_id: Option<String>,
+    /// Undelivered, or failed (`no_result`, `agent_revoked`) when the agent had accepted it.
+    pub state: DeliveryState,
 }
 
 /// What one step of a job's dispatch did.
@@ -204,17 +248,29 @@ pub struct EventQuery {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Mutex<sqlite::Db>>,
+    /// Read-only connections; empty for an in-memory database (its reads use the writer).
+    readers: Arc<[Mutex<rusqlite::Connection>]>,
+    next_reader: Arc<AtomicUsize>,
 }
 
 impl Store {
-    /// Opens (creating and migrating as needed) the database file.
+    /// Opens (creating and migrating as needed) the database file, with its writer and
+    /// [`READ_CONNECTIONS`] read-only connections.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         let path = path.to_path_buf();
-        let db = tokio::task::spawn_blocking(move || sqlite::Db::open(&path))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let (db, readers) = tokio::task::spawn_blocking(move || {
+            let db = sqlite::Db::open(&path)?;
+            let readers = (0..READ_CONNECTIONS)
+                .map(|_| sqlite::Db::open_reader(&path).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>((db, readers))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(Store {
             db: Arc::new(Mutex::new(db)),
+            readers: readers.into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -222,7 +278,32 @@ impl Store {
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Ok(Store {
             db: Arc::new(Mutex::new(sqlite::Db::open_in_memory()?)),
+            readers: Vec::new().into(),
+            next_reader: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Runs a pure read on a read-only connection (a free one if any, else the next in turn).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        if self.readers.is_empty() {
+            return self.call(move |db| f(db.conn())).await;
+        }
+        let readers = self.readers.clone();
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || {
+            let n = readers.len();
+            // Same reasoning as in `call`: a poisoned lock guards a usable connection.
+            let guard = (0..n)
+                .find_map(|i| readers[(start + i) % n].try_lock().ok())
+                .unwrap_or_else(|| readers[start % n].lock().unwrap_or_else(|p| p.into_inner()));
+            f(&guard)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -244,7 +325,7 @@ impl Store {
     // === api tokens ===
 
     pub async fn has_admin_token(&self) -> Result<bool, StoreError> {
-        self.call(|db| db.has_admin_token()).await
+        self.read(sqlite::Db::has_admin_token).await
     }
 
     pub async fn create_api_token(&self, token: NewApiToken) -> Result<(), StoreError> {
@@ -253,7 +334,8 @@ impl Store {
 
     /// The caller owning this token hash, if the token exists and is not revoked.
     pub async fn api_caller(&self, token_hash: String) -> Result<Option<ApiCaller>, StoreError> {
-        self.call(move |db| db.api_caller(&token_hash)).await
+        self.read(move |c| sqlite::Db::api_caller(c, &token_hash))
+            .await
     }
 
     // === enrollment ===
@@ -267,7 +349,7 @@ impl Store {
     }
 
     pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
-        self.call(|db| db.list_enrollment_tokens()).await
+        self.read(sqlite::Db::list_enrollment_tokens).await
     }
 
     /// Revokes an enrollment token; false when no such token exists.
@@ -290,11 +372,27 @@ impl Store {
     // === agents ===
 
     pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
-        self.call(move |db| db.agent(&id)).await
+        self.read(move |c| sqlite::Db::agent(c, &id)).await
     }
 
+    /// Authentication data of one agent (light: no facts, no heartbeat).
+    pub async fn agent_auth(&self, id: String) -> Result<Option<AgentAuth>, StoreError> {
+        self.read(move |c| sqlite::Db::agent_auth(c, &id)).await
+    }
+
+    /// Ids and labels of every agent that is not revoked, in listing order.
+    pub async fn agent_targets(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        self.read(sqlite::Db::agent_targets).await
+    }
+
+    /// The last flushed heartbeat of every agent that is not revoked.
+    pub async fn latest_heartbeats(&self) -> Result<Vec<HeartbeatWrite>, StoreError> {
+        self.read(sqlite::Db::latest_heartbeats).await
+    }
+
+    /// Every agent, without its last heartbeat (`last_heartbeat` is `None`).
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.call(|db| db.agents()).await
+        self.read(sqlite::Db::agents).await
     }
 
     /// Replaces an agent's labels; returns the updated agent (None when unknown).
@@ -311,8 +409,9 @@ impl Store {
             .await
     }
 
-    /// Revokes an agent and ends its unfinished deliveries as undelivered. Returns None when the
-    /// agent is unknown, else the deliveries that were ended.
+    /// Revokes an agent and ends its unfinished deliveries: undelivered if the agent had not
+    /// accepted them, else failed with `agent_revoked`. Returns None when the agent is unknown,
+    /// else the deliveries that were ended.
     pub async fn revoke_agent(&self, id: String) -> Result<Option<Vec<Finalised>>, StoreError> {
         self.call(move |db| db.revoke_agent(&id, now())).await
     }
@@ -342,7 +441,7 @@ impl Store {
         command_id: String,
         agent_id: Option<String>,
     ) -> Result<CommandLookup, StoreError> {
-        self.call(move |db| db.command_info(&command_id, agent_id.as_deref()))
+        self.read(move |c| sqlite::Db::command_info(c, &command_id, agent_id.as_deref()))
             .await
     }
 
@@ -351,7 +450,7 @@ impl Store {
         &self,
         agent_id: String,
     ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
-        self.call(move |db| db.pending_commands(&agent_id, now()))
+        self.read(move |c| sqlite::Db::pending_commands(c, &agent_id, now()))
             .await
     }
 
@@ -375,7 +474,8 @@ impl Store {
             .await
     }
 
-    /// Records an agent's result unless the delivery is already final.
+    /// Records an agent's result unless the delivery is already final. An ending the relay
+    /// decided itself (undelivered, failed `no_result`) is replaced by the real result.
     pub async fn record_result(
         &self,
         agent_id: String,
@@ -385,19 +485,44 @@ impl Store {
             .await
     }
 
-    /// Ends every pending/queued/sent delivery whose command expired as undelivered.
-    pub async fn expire_deliveries(&self) -> Result<Vec<Finalised>, StoreError> {
-        self.call(|db| db.expire_deliveries(now())).await
+    /// Ends every pending/queued/sent delivery whose command expired as undelivered, and every
+    /// received one whose command expired more than `result_grace` ago as failed `no_result`.
+    pub async fn expire_deliveries(
+        &self,
+        result_grace: std::time::Duration,
+    ) -> Result<Vec<Finalised>, StoreError> {
+        let grace = chrono::Duration::from_std(result_grace)
+            .unwrap_or_else(|_| chrono::Duration::days(365));
+        self.call(move |db| db.expire_deliveries(now(), grace))
+            .await
+    }
+
+    /// Deletes events and audit rows older than `cutoff`, and commands (with deliveries and
+    /// finished jobs) that expired before it and are finished, in batches.
+    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        let mut total = Pruned::default();
+        loop {
+            let p = self
+                .call(move |db| db.prune_batch(cutoff, PRUNE_BATCH))
+                .await?;
+            total.events += p.events;
+            total.audit += p.audit;
+            total.commands += p.commands;
+            let batch = PRUNE_BATCH as usize;
+            if p.events < batch && p.audit < batch && p.commands < batch {
+                return Ok(total);
+            }
+        }
     }
 
     // === jobs ===
 
     pub async fn job_info(&self, id: String) -> Result<Option<JobInfo>, StoreError> {
-        self.call(move |db| db.job_info(&id)).await
+        self.read(move |c| sqlite::Db::job_info(c, &id)).await
     }
 
     pub async fn running_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.call(|db| db.running_jobs()).await
+        self.read(sqlite::Db::running_jobs).await
     }
 
     /// One dispatch step of a job (see `jobs::plan_step`), in one transaction.
@@ -423,7 +548,8 @@ impl Store {
         agent_id: String,
         query: EventQuery,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        self.call(move |db| db.events(&agent_id, &query)).await
+        self.read(move |c| sqlite::Db::events(c, &agent_id, &query))
+            .await
     }
 
     // === audit ===
@@ -434,7 +560,7 @@ impl Store {
 
     /// The newest audit rows first.
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        self.call(move |db| db.recent_audit(limit)).await
+        self.read(move |c| sqlite::Db::recent_audit(c, limit)).await
     }
 }
 

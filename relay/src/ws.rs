@@ -5,7 +5,13 @@
 //! Each connection is one task that owns its socket and selects over the socket, the hub's queue
 //! for it, the ping timer and the dead-peer deadline. Buffers are small on purpose: a relay holds
 //! many thousands of these.
+//!
+//! Unauthenticated connections are bounded by a semaphore (`max_pending_handshakes`) taken before
+//! the upgrade and released once the agent authenticated (or the attempt ended). axum fixes a
+//! websocket's message size limit at upgrade time, so a peer that has not authenticated may still
+//! send up to `max_frame_bytes`; the semaphore is what bounds the total.
 
+use crate::api::ApiError;
 use crate::hub::{encode, Outgoing};
 use crate::metrics::ProtocolError;
 use crate::state::AppState;
@@ -13,14 +19,17 @@ use crate::store::{now, ResultOutcome};
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use flotilla_shared::protocol::{error_codes, AgentFrame, OutboxItem, RelayFrame};
 use flotilla_shared::signing::{auth_message, PublicKey, AUTH_DOMAIN};
 use flotilla_shared::PROTOCOL_VERSION;
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 
 /// Socket buffer sizes: small, since the relay holds one socket per agent.
 pub const READ_BUFFER_BYTES: usize = 4096;
@@ -40,6 +49,17 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 pub async fn connect(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    let Ok(handshake) = state.handshakes.clone().try_acquire_owned() else {
+        state
+            .metrics
+            .protocol_error(ProtocolError::TooManyHandshakes);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_handshakes",
+            "too many agent connections are authenticating; retry later",
+        )
+        .into_response();
+    };
     let max = state.config.max_frame_bytes;
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
@@ -54,6 +74,8 @@ pub async fn connect(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
                 state,
                 socket,
                 agent_id: String::new(),
+                handshake: Some(handshake),
+                unknown_delivery_logged: false,
             };
             conn.run().await;
         })
@@ -64,6 +86,24 @@ struct Connection {
     socket: WebSocket,
     /// Empty until authenticated.
     agent_id: String,
+    /// Held until authenticated: counts this connection against `max_pending_handshakes`.
+    handshake: Option<OwnedSemaphorePermit>,
+    /// `received`/results for deliveries the relay does not know are logged once per connection.
+    unknown_delivery_logged: bool,
+}
+
+/// True when a websocket read failed because the peer's message or frame exceeded the limit.
+fn is_too_large(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { .. }
+                )
+            )
+        })
 }
 
 /// Why the connection ends.
@@ -160,6 +200,8 @@ impl Connection {
             return;
         }
         self.agent_id = agent_id;
+        // Authenticated: no longer counts as a pending handshake.
+        self.handshake = None;
         self.serve(agent_version).await;
     }
 
@@ -219,7 +261,7 @@ impl Connection {
     }
 
     async fn authenticate(&mut self, challenge: &str, agent_id: &str, signature: &str) -> bool {
-        let agent = match self.state.store.agent(agent_id.to_string()).await {
+        let agent = match self.state.store.agent_auth(agent_id.to_string()).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "cannot look up connecting agent");
@@ -239,7 +281,7 @@ impl Connection {
             .await;
             return false;
         };
-        if agent.revoked_at.is_some() {
+        if agent.revoked {
             self.refuse(
                 ProtocolError::Revoked,
                 error_codes::REVOKED,
@@ -288,8 +330,8 @@ impl Connection {
 
         // Read the agent again after registering: a label change or revocation that happened
         // meanwhile is either seen here or sent through the hub.
-        let agent = match state.store.agent(agent_id.clone()).await {
-            Ok(Some(a)) if a.revoked_at.is_none() => a,
+        let agent = match state.store.agent_auth(agent_id.clone()).await {
+            Ok(Some(a)) if !a.revoked => a,
             Ok(_) => {
                 self.refuse(
                     ProtocolError::Revoked,
@@ -375,7 +417,7 @@ impl Connection {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => {
                             let text = e.to_string();
-                            if text.contains("too long") || text.contains("Space limit") {
+                            if is_too_large(&e) {
                                 state.metrics.protocol_error(ProtocolError::FrameTooLarge);
                                 tracing::warn!(agent_id = %agent_id, error = %text, "agent frame larger than max_frame_bytes; closing its connection");
                                 let _ = self.send_error(error_codes::FRAME_TOO_LARGE, &format!("frames may be at most {} bytes", state.config.max_frame_bytes)).await;
@@ -434,7 +476,9 @@ impl Connection {
                     Ok(true) => {}
                     Ok(false) => {
                         state.metrics.protocol_error(ProtocolError::UnknownDelivery);
-                        tracing::warn!(agent_id = %agent_id, command_id = %command_id, "agent received a command the relay has no delivery of");
+                        if !std::mem::replace(&mut self.unknown_delivery_logged, true) {
+                            tracing::warn!(agent_id = %agent_id, command_id = %command_id, "agent received a command the relay has no delivery of (further ones on this connection are not logged)");
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot record command received");
@@ -477,8 +521,16 @@ impl Connection {
                     ResultOutcome::Recorded {
                         state: delivery,
                         job_id,
+                        replaced,
                     } => {
-                        tracing::info!(agent_id = %agent_id, command_id = %command_id, outcome = delivery.as_str(), "command finished");
+                        match replaced {
+                            None => {
+                                tracing::info!(agent_id = %agent_id, command_id = %command_id, outcome = delivery.as_str(), "command finished")
+                            }
+                            Some(before) => {
+                                tracing::info!(agent_id = %agent_id, command_id = %command_id, outcome = delivery.as_str(), replaced = before.as_str(), "late result replaced the relay's own ending")
+                            }
+                        }
                         state.delivery_finished(
                             &command_id,
                             &agent_id,
@@ -491,7 +543,9 @@ impl Connection {
                     }
                     ResultOutcome::Unknown => {
                         state.metrics.protocol_error(ProtocolError::UnknownDelivery);
-                        tracing::warn!(agent_id = %agent_id, command_id = %command_id, seq, "result for a command the relay never sent to this agent; acknowledged and dropped");
+                        if !std::mem::replace(&mut self.unknown_delivery_logged, true) {
+                            tracing::warn!(agent_id = %agent_id, command_id = %command_id, seq, "result for a command the relay never sent to this agent; acknowledged and dropped (further ones on this connection are not logged)");
+                        }
                     }
                 }
             }

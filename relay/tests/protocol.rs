@@ -4,7 +4,7 @@
 use flotilla_relay::config::RelayConfig;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
-    EnrollmentTokenCreated,
+    EnrollmentTokenCreated, JobInfo, JobState,
 };
 use flotilla_shared::command::{CommandResult, ResultStatus};
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
@@ -33,16 +33,19 @@ impl Drop for TempDir {
 }
 
 async fn relay(max_frame_bytes: usize) -> Relay {
+    relay_with(|c| c.max_frame_bytes = max_frame_bytes).await
+}
+
+async fn relay_with(configure: impl FnOnce(&mut RelayConfig)) -> Relay {
     let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("relay-proto"));
-    let relay = flotilla_relay::start(RelayConfig {
+    let mut config = RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.clone(),
-        max_frame_bytes,
         test_hooks: true,
         ..RelayConfig::default()
-    })
-    .await
-    .unwrap();
+    };
+    configure(&mut config);
+    let relay = flotilla_relay::start(config).await.unwrap();
     let admin = relay.admin_token_created().unwrap().to_string();
     let listen = std::fs::read_to_string(dir.join("listen-addr")).unwrap();
     assert_eq!(listen.trim(), relay.local_addr().to_string());
@@ -112,7 +115,11 @@ async fn send(ws: &mut Ws, frame: &AgentFrame) {
 
 /// Connects and authenticates; returns the socket after the welcome.
 async fn login(relay: &Relay, key: &SigningKey, agent_id: &str) -> Ws {
-    let mut ws = relay.connect().await;
+    authenticate(relay, relay.connect().await, key, agent_id).await
+}
+
+/// Answers the hello on an open socket; returns it after the welcome.
+async fn authenticate(relay: &Relay, mut ws: Ws, key: &SigningKey, agent_id: &str) -> Ws {
     let Some(RelayFrame::Hello { challenge, .. }) = next_frame(&mut ws).await else {
         panic!("no hello")
     };
@@ -395,5 +402,210 @@ async fn auth_commands_results_events_and_abuse() {
     assert!(metrics.contains("flotilla_protocol_errors_total{reason=\"malformed_frame\"} 1"));
     assert!(metrics.contains("flotilla_protocol_errors_total{reason=\"frame_too_large\"} 1"));
     assert!(metrics.contains("flotilla_commands_total{outcome=\"succeeded\"} 2"));
+    relay.relay.shutdown().await.unwrap();
+}
+
+/// Polls `check` every 50 ms until it returns Some, for at most `secs` seconds.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Relay {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn ok_result(command_id: &str) -> CommandResult {
+    CommandResult {
+        command_id: command_id.into(),
+        status: ResultStatus::Succeeded,
+        output: None,
+        error: None,
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn accepted_command_without_result_fails_then_late_result_wins() {
+    let relay = relay_with(|c| c.result_grace_secs = 0).await;
+    let key = SigningKey::generate();
+    let agent_id = relay.enroll(&key).await.agent_id;
+    let mut ws = login(&relay, &key, &agent_id).await;
+
+    // A one-agent job whose command expires in a second; the agent accepts it, then goes quiet.
+    let resp = relay
+        .http
+        .post(format!("{}/api/v1/jobs", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(&serde_json::json!({"selector": "", "kind": "ping", "args": {}, "ttl_secs": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let job: JobInfo = resp.json().await.unwrap();
+    let Some(RelayFrame::Command(signed)) = next_frame(&mut ws).await else {
+        panic!("no command")
+    };
+    let command_id = signed.peek().unwrap().id;
+    send(
+        &mut ws,
+        &AgentFrame::Received {
+            command_id: command_id.clone(),
+        },
+    )
+    .await;
+
+    // The job does not hang in `running`: the delivery fails with no_result.
+    let path = format!("/api/v1/jobs/{}", job.id);
+    let done: JobInfo = eventually(15, "job finishes without a result", || async {
+        let j: JobInfo = relay.get_json(&path).await;
+        (j.state != JobState::Running).then_some(j)
+    })
+    .await;
+    assert_eq!(done.state, JobState::Completed);
+    assert_eq!(done.targets[0].state, DeliveryState::Failed);
+    let error = done.targets[0]
+        .result
+        .as_ref()
+        .unwrap()
+        .error
+        .clone()
+        .unwrap();
+    assert_eq!(error.code, "no_result");
+
+    // The real result arriving afterwards replaces the relay's guess.
+    send(
+        &mut ws,
+        &AgentFrame::Outbox {
+            seq: 1,
+            item: OutboxItem::Result(ok_result(&command_id)),
+        },
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 1 }));
+    let after: JobInfo = relay.get_json(&path).await;
+    assert_eq!(after.targets[0].state, DeliveryState::Succeeded);
+    assert_eq!((after.counts.succeeded, after.counts.failed), (1, 0));
+
+    // Revocation forgets the agent's cached heartbeat.
+    send(
+        &mut ws,
+        &AgentFrame::Heartbeat(Box::new(flotilla_shared::heartbeat::Heartbeat {
+            at: chrono::Utc::now(),
+            agent_version: "test".into(),
+            host: Default::default(),
+            docker: Default::default(),
+        })),
+    )
+    .await;
+    let heartbeats = relay.relay.state().heartbeats.clone();
+    eventually(10, "heartbeat cached", || async {
+        heartbeats.latest(&agent_id).map(|_| ())
+    })
+    .await;
+    let resp = relay
+        .http
+        .delete(format!("{}/api/v1/agents/{agent_id}", relay.base))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(heartbeats.latest(&agent_id).is_none());
+    relay.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped() {
+    let relay = relay_with(|c| c.max_pending_handshakes = 1).await;
+    let key = SigningKey::generate();
+    let agent_id = relay.enroll(&key).await.agent_id;
+    let url = format!("{}/api/v1/agent/connect", relay.base.replace("http", "ws"));
+
+    // One connection sits in the handshake: the next upgrade is refused with 503.
+    let mut idle = relay.connect().await;
+    assert!(matches!(
+        next_frame(&mut idle).await,
+        Some(RelayFrame::Hello { .. })
+    ));
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_handshakes");
+        }
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+
+    // It leaves: its slot is free again.
+    drop(idle);
+    let ws = eventually(10, "handshake slot released", || async {
+        tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .ok()
+            .map(|(ws, _)| ws)
+    })
+    .await;
+
+    // Once authenticated, the agent no longer holds the slot.
+    let _authenticated = authenticate(&relay, ws, &key, &agent_id).await;
+    let (mut another, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("slot free while the agent is connected");
+    assert!(matches!(
+        next_frame(&mut another).await,
+        Some(RelayFrame::Hello { .. })
+    ));
+    relay.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn enrollment_limit_keys_on_forwarded_for_only_behind_trusted_proxy() {
+    let relay = relay_with(|c| {
+        c.enroll_rate_per_minute = 1;
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let enroll = |forwarded: &'static str| {
+        let http = relay.http.clone();
+        let url = format!("{}/api/v1/enroll", relay.base);
+        async move {
+            http.post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&serde_json::json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The test's requests come from 127.0.0.1, the trusted proxy: clients are told apart by
+    // the address the proxy appended last, not by the proxy's own address.
+    assert_ne!(enroll("10.9.9.9, 203.0.113.1").await, 429);
+    assert_eq!(enroll("203.0.113.1").await, 429);
+    assert_ne!(enroll("10.9.9.9, 203.0.113.2").await, 429);
     relay.relay.shutdown().await.unwrap();
 }

@@ -111,6 +111,10 @@ fn is_zero(n: &u32) -> bool {
 pub enum EventKind {
     #[serde(rename = "agent.started")]
     AgentStarted,
+    /// The agent's outbox hit its cap while the relay was unreachable and dropped its oldest
+    /// events (never results); attributes say how many.
+    #[serde(rename = "agent.events_dropped")]
+    AgentEventsDropped,
     #[serde(rename = "container.started")]
     ContainerStarted,
     #[serde(rename = "container.died")]
@@ -134,6 +138,7 @@ impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::AgentStarted => "agent.started",
+            EventKind::AgentEventsDropped => "agent.events_dropped",
             EventKind::ContainerStarted => "container.started",
             EventKind::ContainerDied => "container.died",
             EventKind::ContainerOom => "container.oom",

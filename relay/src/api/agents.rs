@@ -8,8 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, AgentStatus, DeliveryState, EventRecord, MetricsSummary, PatchAgent,
-    Scope,
+    AgentDetail, AgentInfo, AgentStatus, EventRecord, MetricsSummary, PatchAgent, Scope,
 };
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::protocol::error_codes;
@@ -20,8 +19,9 @@ use serde::Deserialize;
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
 const MAX_EVENTS_LIMIT: u32 = 1000;
 
-/// The agent as the API shows it, with its live status and the newest heartbeat (in memory if
-/// received since this relay started, else the last one written to the database).
+/// The agent as the API shows it, with its live status and the newest heartbeat: from the
+/// heartbeat cache (which holds every heartbeat received since start plus the stored ones loaded
+/// at startup), else the record's own (only [`crate::store::Store::agent`] loads it).
 pub(super) fn agent_detail(state: &Shared, agent: AgentRecord) -> AgentDetail {
     let connected_at = state.hub.connected_at(&agent.id);
     let status = if agent.revoked_at.is_some() {
@@ -147,7 +147,8 @@ pub async fn patch(
 }
 
 /// `DELETE /api/v1/agents/{id}`: revoke, close its connection, refuse it from then on. Its
-/// unfinished deliveries end as undelivered.
+/// unfinished deliveries end as undelivered, or failed `agent_revoked` when it had accepted
+/// them (they may have run).
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -163,13 +164,9 @@ pub async fn revoke(
         state
             .hub
             .disconnect(&id, error_codes::REVOKED, "this agent has been revoked");
+        state.heartbeats.forget(&id);
         for f in ended {
-            state.delivery_finished(
-                &f.command_id,
-                &f.agent_id,
-                f.job_id.as_deref(),
-                DeliveryState::Undelivered,
-            );
+            state.delivery_finished(&f.command_id, &f.agent_id, f.job_id.as_deref(), f.state);
         }
         tracing::info!(agent_id = %id, "agent revoked");
         Ok(StatusCode::NO_CONTENT)
@@ -194,7 +191,9 @@ pub async fn events(
     QueryParams(q): QueryParams<EventsQuery>,
 ) -> Result<Json<Vec<EventRecord>>, ApiError> {
     caller.require(Scope::Read)?;
-    find_agent(&state, &id).await?;
+    if state.store.agent_auth(id.clone()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no agent with id {id}")));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_EVENTS_LIMIT);
     if !(1..=MAX_EVENTS_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(

@@ -105,10 +105,10 @@ pub async fn create(
         validate(&req.command)?;
         let agent = state
             .store
-            .agent(agent_id.clone())
+            .agent_auth(agent_id.clone())
             .await?
             .ok_or_else(|| ApiError::not_found(format!("no agent with id {agent_id}")))?;
-        if agent.revoked_at.is_some() {
+        if agent.revoked {
             return Err(ApiError::new(
                 StatusCode::GONE,
                 "agent_revoked",
@@ -227,11 +227,11 @@ pub async fn create_job(
         let expires_at = expiry(&state, req.ttl_secs, issued_at)?;
         let targets: Vec<String> = state
             .store
-            .agents()
+            .agent_targets()
             .await?
             .into_iter()
-            .filter(|a| a.revoked_at.is_none() && req.selector.matches(&a.labels))
-            .map(|a| a.id)
+            .filter(|(_, labels)| req.selector.matches(labels))
+            .map(|(id, _)| id)
             .collect();
         let n = targets.len();
         let max_concurrency = match req.max_concurrency {

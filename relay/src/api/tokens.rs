@@ -5,7 +5,7 @@ use super::{audit, ApiError, Caller};
 use crate::state::AppState;
 use crate::store::{now, EnrollRefusal, NewAgent, NewApiToken, NewEnrollmentToken};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_shared::api::{
     ApiTokenCreated, CreateApiToken, CreateEnrollmentToken, EnrollRequest, EnrollResponse,
@@ -106,23 +106,26 @@ pub async fn revoke_enrollment_token(
     result
 }
 
-/// `POST /api/v1/enroll`: the enrollment token is the credential; rate-limited per client IP.
+/// `POST /api/v1/enroll`: the enrollment token is the credential; rate-limited per client
+/// address (from `X-Forwarded-For` only behind a trusted proxy).
 pub async fn enroll(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<JsonBody<EnrollRequest>, ApiError>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
+    let client =
+        crate::ratelimit::client_address(peer.ip(), &headers, &state.config.trusted_proxies);
     if !state
         .enroll_limiter
-        .check(peer.ip(), std::time::Instant::now())
+        .check(client, std::time::Instant::now())
     {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!(
                 "too many enrollment attempts from {}; at most {} per minute",
-                peer.ip(),
-                state.config.enroll_rate_per_minute
+                client, state.config.enroll_rate_per_minute
             ),
         ));
     }
@@ -192,7 +195,7 @@ pub async fn enroll(
     };
     let (actor, target) = match &result {
         Ok((token_id, _)) => (format!("enrollment-token:{token_id}"), agent_id.as_str()),
-        Err(_) => (format!("enroll:{}", peer.ip()), "-"),
+        Err(_) => (format!("enroll:{client}"), "-"),
     };
     audit(&state, &actor, "agent.enroll", target, &result, None).await;
     result.map(|(_, body)| body)

@@ -4,9 +4,9 @@
 //! time order and comparisons can be done in SQL. JSON columns hold the shared wire types.
 
 use super::{
-    AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal, EventQuery, Finalised,
-    HeartbeatWrite, JobStep, NewAgent, NewApiToken, NewCommand, NewEnrollmentToken, NewJob,
-    ResultOutcome, StoreError,
+    relay_error_codes, AgentAuth, AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal,
+    EventQuery, Finalised, HeartbeatWrite, JobStep, NewAgent, NewApiToken, NewCommand,
+    NewEnrollmentToken, NewJob, Pruned, ResultOutcome, StoreError,
 };
 use crate::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -14,16 +14,17 @@ use flotilla_shared::api::{
     AgentFacts, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobCounts, JobInfo,
     JobState, JobTarget, Scope,
 };
-use flotilla_shared::command::{Command, CommandResult, ResultStatus, SignedCommand};
+use flotilla_shared::command::{Command, CommandResult, ErrorInfo, ResultStatus, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::time::Duration;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied so far.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -112,7 +113,14 @@ CREATE TABLE audit (
     outcome TEXT NOT NULL,
     detail TEXT
 );
-"#];
+"#,
+    // Retention deletes by age.
+    r#"
+CREATE INDEX events_received_at ON events(received_at);
+CREATE INDEX audit_ts ON audit(ts);
+CREATE INDEX commands_expires_at ON commands(expires_at);
+"#,
+];
 
 /// States in which a delivery is still waiting to reach the agent or to finish.
 const UNFINISHED: &str = "('pending','queued','sent','received')";
@@ -166,6 +174,10 @@ fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
 
 const AGENT_COLUMNS: &str = "id, name, public_key, labels, facts, enrolled_at, revoked_at, \
      agent_version, last_heartbeat, last_heartbeat_at";
+/// [`AGENT_COLUMNS`] without the heartbeat JSON (NULL in its place): listing many agents must
+/// not parse every agent's last heartbeat; the heartbeat cache has the latest ones.
+const AGENT_LIST_COLUMNS: &str = "id, name, public_key, labels, facts, enrolled_at, revoked_at, \
+     agent_version, NULL, last_heartbeat_at";
 
 /// Raw agent row; converted outside the rusqlite closure so JSON errors surface as ours.
 struct AgentRow {
@@ -269,6 +281,22 @@ impl Db {
         Self::init(conn)
     }
 
+    /// A read-only connection to the same (WAL) database file, for pure reads that should not
+    /// queue behind the writer. Open the writer first: it creates and migrates the file.
+    pub(super) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(conn)
+    }
+
+    /// The writer connection, for reads done by the writer itself (in-memory stores).
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     pub(super) fn open_in_memory() -> Result<Db, StoreError> {
         Self::init(Connection::open_in_memory()?)
     }
@@ -304,8 +332,8 @@ impl Db {
 
     // === api tokens ===
 
-    pub(super) fn has_admin_token(&mut self) -> Result<bool, StoreError> {
-        let n: i64 = self.conn.query_row(
+    pub(super) fn has_admin_token(conn: &Connection) -> Result<bool, StoreError> {
+        let n: i64 = conn.query_row(
             "SELECT COUNT(*) FROM api_tokens WHERE scope = 'admin' AND name = 'admin'",
             [],
             |r| r.get(0),
@@ -329,9 +357,11 @@ impl Db {
         Ok(())
     }
 
-    pub(super) fn api_caller(&mut self, token_hash: &str) -> Result<Option<ApiCaller>, StoreError> {
-        let row: Option<(String, String, String)> = self
-            .conn
+    pub(super) fn api_caller(
+        conn: &Connection,
+        token_hash: &str,
+    ) -> Result<Option<ApiCaller>, StoreError> {
+        let row: Option<(String, String, String)> = conn
             .query_row(
                 "SELECT id, name, scope FROM api_tokens \
                  WHERE token_hash = ?1 AND revoked_at IS NULL",
@@ -385,9 +415,9 @@ impl Db {
     }
 
     pub(super) fn list_enrollment_tokens(
-        &mut self,
+        conn: &Connection,
     ) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
+        let mut stmt = conn.prepare(&format!(
             "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at, id"
         ))?;
         let rows = stmt
@@ -494,9 +524,8 @@ impl Db {
 
     // === agents ===
 
-    pub(super) fn agent(&mut self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        let row = self
-            .conn
+    pub(super) fn agent(conn: &Connection, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        let row = conn
             .query_row(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"),
                 [id],
@@ -506,14 +535,79 @@ impl Db {
         row.map(AgentRow::into_record).transpose()
     }
 
-    pub(super) fn agents(&mut self) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents ORDER BY name, id"
+    pub(super) fn agents(conn: &Connection) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AGENT_LIST_COLUMNS} FROM agents ORDER BY name, id"
         ))?;
         let rows = stmt
             .query_map([], AgentRow::read)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(AgentRow::into_record).collect()
+    }
+
+    /// What the websocket handshake needs, without the facts and heartbeat JSON.
+    pub(super) fn agent_auth(conn: &Connection, id: &str) -> Result<Option<AgentAuth>, StoreError> {
+        let row: Option<(String, bool, String, String, String)> = conn
+            .query_row(
+                "SELECT public_key, revoked_at IS NOT NULL, labels, name, agent_version \
+                 FROM agents WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(public_key, revoked, labels, name, agent_version)| {
+            Ok(AgentAuth {
+                public_key,
+                revoked,
+                labels: from_json("labels", &labels)?,
+                name,
+                agent_version,
+            })
+        })
+        .transpose()
+    }
+
+    /// Ids and labels of the agents that are not revoked (job target resolution).
+    pub(super) fn agent_targets(conn: &Connection) -> Result<Vec<(String, Labels)>, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT id, labels FROM agents WHERE revoked_at IS NULL ORDER BY name, id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, labels)| Ok((id, from_json("labels", &labels)?)))
+            .collect()
+    }
+
+    /// The last flushed heartbeat of every agent that is not revoked (to fill the heartbeat
+    /// cache once at startup).
+    pub(super) fn latest_heartbeats(conn: &Connection) -> Result<Vec<HeartbeatWrite>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
+             WHERE revoked_at IS NULL AND last_heartbeat IS NOT NULL \
+             AND last_heartbeat_at IS NOT NULL",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(agent_id, heartbeat, at)| {
+                Ok(HeartbeatWrite {
+                    agent_id,
+                    heartbeat: std::sync::Arc::new(from_json::<Heartbeat>(
+                        "heartbeat",
+                        &heartbeat,
+                    )?),
+                    received_at: parse_ts(&at)?,
+                })
+            })
+            .collect()
     }
 
     pub(super) fn set_agent_labels(
@@ -528,7 +622,7 @@ impl Db {
         if n == 0 {
             return Ok(None);
         }
-        self.agent(id)
+        Db::agent(&self.conn, id)
     }
 
     pub(super) fn set_agent_version(&mut self, id: &str, version: &str) -> Result<(), StoreError> {
@@ -552,12 +646,25 @@ impl Db {
         if n == 0 {
             return Ok(None);
         }
-        let ended = finalise_where(
+        let mut ended = finalise_where(
             &tx,
-            "d.agent_id = ?1 AND d.state IN ('pending','queued','sent','received')",
+            "d.agent_id = ?1 AND d.state IN ('pending','queued','sent')",
             params![id],
             now,
+            Ending::Undelivered,
         )?;
+        // The agent journaled these and may have run them: "undelivered" would be a lie.
+        ended.extend(finalise_where(
+            &tx,
+            "d.agent_id = ?1 AND d.state = 'received'",
+            params![id],
+            now,
+            Ending::Failed {
+                code: relay_error_codes::AGENT_REVOKED,
+                message: "the agent was revoked after it accepted the command; \
+                          whether the command ran is unknown",
+            },
+        )?);
         tx.commit()?;
         Ok(Some(ended))
     }
@@ -642,12 +749,11 @@ impl Db {
     }
 
     pub(super) fn command_info(
-        &mut self,
+        conn: &Connection,
         command_id: &str,
         agent_id: Option<&str>,
     ) -> Result<CommandLookup, StoreError> {
-        let cmd: Option<(String, String, String, String, Option<String>)> = self
-            .conn
+        let cmd: Option<(String, String, String, String, Option<String>)> = conn
             .query_row(
                 "SELECT command, created_at, expires_at, created_by, job_id FROM commands \
                  WHERE id = ?1",
@@ -664,8 +770,7 @@ impl Db {
                 if job_id.is_some() {
                     return Ok(CommandLookup::NeedsAgent { job_id });
                 }
-                let only: Option<String> = self
-                    .conn
+                let only: Option<String> = conn
                     .query_row(
                         "SELECT agent_id FROM deliveries WHERE command_id = ?1 LIMIT 1",
                         [command_id],
@@ -678,8 +783,7 @@ impl Db {
                 }
             }
         };
-        let delivery: Option<(String, Option<String>)> = self
-            .conn
+        let delivery: Option<(String, Option<String>)> = conn
             .query_row(
                 "SELECT state, result FROM deliveries WHERE command_id = ?1 AND agent_id = ?2",
                 params![command_id, agent_id],
@@ -708,11 +812,11 @@ impl Db {
     }
 
     pub(super) fn pending_commands(
-        &mut self,
+        conn: &Connection,
         agent_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = conn.prepare(
             "SELECT c.id, c.envelope, c.signature FROM deliveries d \
              JOIN commands c ON c.id = d.command_id \
              WHERE d.agent_id = ?1 AND d.state IN ('queued','sent','received') \
@@ -738,17 +842,13 @@ impl Db {
         agent_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare(
-                "UPDATE deliveries SET state = 'sent', updated_at = ?3 \
-                 WHERE command_id = ?1 AND agent_id = ?2 AND state = 'queued'",
-            )?;
-            for a in agent_ids {
-                stmt.execute(params![command_id, a, ts(now)])?;
-            }
-        }
-        tx.commit()?;
+        // One statement for the whole fan-out, not one per agent.
+        self.conn.execute(
+            "UPDATE deliveries SET state = 'sent', updated_at = ?3 \
+             WHERE command_id = ?1 AND state = 'queued' \
+             AND agent_id IN (SELECT value FROM json_each(?2))",
+            params![command_id, to_json(&agent_ids), ts(now)],
+        )?;
         Ok(())
     }
 
@@ -785,18 +885,25 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<ResultOutcome, StoreError> {
         let tx = self.conn.transaction()?;
-        let row: Option<(String, Option<String>)> = tx
+        let row: Option<(String, Option<String>, Option<String>)> = tx
             .query_row(
-                "SELECT d.state, c.job_id FROM deliveries d JOIN commands c ON c.id = d.command_id \
+                "SELECT d.state, c.job_id, json_extract(d.result, '$.error.code') \
+                 FROM deliveries d JOIN commands c ON c.id = d.command_id \
                  WHERE d.command_id = ?1 AND d.agent_id = ?2",
                 params![result.command_id, agent_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((state, job_id)) = row else {
+        let Some((state, job_id, error_code)) = row else {
             return Ok(ResultOutcome::Unknown);
         };
-        if parse_state(&state)?.is_final() {
+        let state = parse_state(&state)?;
+        // Endings the relay decided without hearing from the agent (expired before delivery,
+        // no result in time) give way to the agent's real result: it says what happened.
+        let relay_guess = state == DeliveryState::Undelivered
+            || (state == DeliveryState::Failed
+                && error_code.as_deref() == Some(relay_error_codes::NO_RESULT));
+        if state.is_final() && !relay_guess {
             return Ok(ResultOutcome::AlreadyFinal);
         }
         let new_state = match result.status {
@@ -819,30 +926,44 @@ impl Db {
         Ok(ResultOutcome::Recorded {
             state: new_state,
             job_id,
+            replaced: relay_guess.then_some(state),
         })
     }
 
     pub(super) fn expire_deliveries(
         &mut self,
         now: DateTime<Utc>,
+        result_grace: chrono::Duration,
     ) -> Result<Vec<Finalised>, StoreError> {
         let tx = self.conn.transaction()?;
-        let ended = finalise_where(
+        let mut ended = finalise_where(
             &tx,
             "d.state IN ('pending','queued','sent') AND c.expires_at <= ?1",
             params![ts(now)],
             now,
+            Ending::Undelivered,
         )?;
+        // Accepted but never answered: the agent vanished (or lost its state) after `received`.
+        // Waiting for ever would leave the command, and its job, running for ever.
+        ended.extend(finalise_where(
+            &tx,
+            "d.state = 'received' AND c.expires_at <= ?1",
+            params![ts(now - result_grace)],
+            now,
+            Ending::Failed {
+                code: relay_error_codes::NO_RESULT,
+                message: "the agent accepted the command but no result arrived in time",
+            },
+        )?);
         tx.commit()?;
         Ok(ended)
     }
 
     // === jobs ===
 
-    pub(super) fn running_jobs(&mut self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")?;
+    pub(super) fn running_jobs(conn: &Connection) -> Result<Vec<String>, StoreError> {
+        let mut stmt =
+            conn.prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")?;
         let ids = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -894,14 +1015,12 @@ impl Db {
                 .query_map(params![command_id, plan.dispatch as i64], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
             drop(stmt);
-            let mut upd = tx.prepare(
+            tx.execute(
                 "UPDATE deliveries SET state = 'queued', updated_at = ?3 \
-                 WHERE command_id = ?1 AND agent_id = ?2",
+                 WHERE command_id = ?1 AND state = 'pending' \
+                 AND agent_id IN (SELECT value FROM json_each(?2))",
+                params![command_id, to_json(&step.queued), ts(now)],
             )?;
-            for a in &step.queued {
-                upd.execute(params![command_id, a, ts(now)])?;
-            }
-            drop(upd);
             step.signed = Some(tx.query_row(
                 "SELECT envelope, signature FROM commands WHERE id = ?1",
                 [&command_id],
@@ -924,7 +1043,7 @@ impl Db {
         Ok(Some(step))
     }
 
-    pub(super) fn job_info(&mut self, id: &str) -> Result<Option<JobInfo>, StoreError> {
+    pub(super) fn job_info(conn: &Connection, id: &str) -> Result<Option<JobInfo>, StoreError> {
         type JobRow = (
             String,
             String,
@@ -936,8 +1055,7 @@ impl Db {
             String,
             String,
         );
-        let job: Option<JobRow> = self
-            .conn
+        let job: Option<JobRow> = conn
             .query_row(
                 "SELECT j.command_id, j.selector, j.max_concurrency, j.max_errors, j.state, \
                  j.created_at, j.expires_at, j.created_by, c.command \
@@ -972,7 +1090,7 @@ impl Db {
         else {
             return Ok(None);
         };
-        let mut stmt = self.conn.prepare(
+        let mut stmt = conn.prepare(
             "SELECT d.agent_id, a.name, d.state, d.result FROM deliveries d \
              JOIN agents a ON a.id = d.agent_id WHERE d.command_id = ?1 ORDER BY d.position",
         )?;
@@ -1046,11 +1164,11 @@ impl Db {
     }
 
     pub(super) fn events(
-        &mut self,
+        conn: &Connection,
         agent_id: &str,
         q: &EventQuery,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = conn.prepare(
             "SELECT id, received_at, event FROM events WHERE agent_id = ?1 \
              AND (?2 IS NULL OR kind = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
         )?;
@@ -1089,8 +1207,11 @@ impl Db {
         Ok(())
     }
 
-    pub(super) fn recent_audit(&mut self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self.conn.prepare(
+    pub(super) fn recent_audit(
+        conn: &Connection,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = conn.prepare(
             "SELECT ts, actor, action, target, outcome, detail FROM audit ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt
@@ -1117,6 +1238,69 @@ impl Db {
                 })
             })
             .collect()
+    }
+}
+
+// === impl Db: retention ===
+
+impl Db {
+    /// Deletes at most `batch` rows of each kind older than `cutoff`: events, audit rows, and
+    /// commands that expired before it with every delivery final (with their deliveries and
+    /// finished job). Called repeatedly until less than a batch goes, so the writer is never
+    /// held for long.
+    pub(super) fn prune_batch(
+        &mut self,
+        cutoff: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<Pruned, StoreError> {
+        let cutoff = ts(cutoff);
+        let tx = self.conn.transaction()?;
+        let events = tx.execute(
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE received_at < ?1 LIMIT ?2)",
+            params![cutoff, batch],
+        )?;
+        let audit = tx.execute(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?1 LIMIT ?2)",
+            params![cutoff, batch],
+        )?;
+        let ids: Vec<String> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT c.id FROM commands c WHERE c.expires_at < ?1 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d \
+                     WHERE d.command_id = c.id AND d.state IN {UNFINISHED}) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j \
+                     WHERE j.id = c.job_id AND j.state = 'running') \
+                 LIMIT ?2"
+            ))?;
+            let ids = stmt
+                .query_map(params![cutoff, batch], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            ids
+        };
+        let commands = ids.len();
+        if !ids.is_empty() {
+            let ids = to_json(&ids);
+            tx.execute(
+                "DELETE FROM deliveries WHERE command_id IN (SELECT value FROM json_each(?1))",
+                [&ids],
+            )?;
+            tx.execute(
+                "DELETE FROM commands WHERE id IN (SELECT value FROM json_each(?1))",
+                [&ids],
+            )?;
+            tx.execute(
+                "DELETE FROM jobs WHERE state <> 'running' \
+                 AND command_id IN (SELECT value FROM json_each(?1))",
+                [&ids],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Pruned {
+            events,
+            audit,
+            commands,
+        })
     }
 }
 
@@ -1150,14 +1334,29 @@ fn delivery_counts(tx: &Transaction<'_>, command_id: &str) -> Result<JobCounts, 
     Ok(counts)
 }
 
-/// Marks the deliveries matched by `condition` (over `deliveries d JOIN commands c`) undelivered
-/// and returns them.
+/// How [`finalise_where`] ends deliveries.
+enum Ending {
+    Undelivered,
+    /// Failed with a relay-made result carrying this error.
+    Failed {
+        code: &'static str,
+        message: &'static str,
+    },
+}
+
+/// Ends the unfinished deliveries matched by `condition` (over `deliveries d JOIN commands c`)
+/// as `ending` says and returns them.
 fn finalise_where(
     tx: &Transaction<'_>,
     condition: &str,
     args: impl rusqlite::Params + Clone,
     now: DateTime<Utc>,
+    ending: Ending,
 ) -> Result<Vec<Finalised>, StoreError> {
+    let state = match ending {
+        Ending::Undelivered => DeliveryState::Undelivered,
+        Ending::Failed { .. } => DeliveryState::Failed,
+    };
     let mut stmt = tx.prepare(&format!(
         "SELECT d.command_id, d.agent_id, c.job_id FROM deliveries d \
          JOIN commands c ON c.id = d.command_id WHERE {condition}"
@@ -1168,16 +1367,37 @@ fn finalise_where(
                 command_id: r.get(0)?,
                 agent_id: r.get(1)?,
                 job_id: r.get(2)?,
+                state,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     drop(stmt);
     let mut upd = tx.prepare(&format!(
-        "UPDATE deliveries SET state = 'undelivered', updated_at = ?3 \
+        "UPDATE deliveries SET state = ?4, result = ?5, updated_at = ?3 \
          WHERE command_id = ?1 AND agent_id = ?2 AND state IN {UNFINISHED}"
     ))?;
     for f in &ended {
-        upd.execute(params![f.command_id, f.agent_id, ts(now)])?;
+        let result = match &ending {
+            Ending::Undelivered => None,
+            Ending::Failed { code, message } => Some(to_json(&CommandResult {
+                command_id: f.command_id.clone(),
+                status: ResultStatus::Failed,
+                output: None,
+                error: Some(ErrorInfo {
+                    code: code.to_string(),
+                    message: message.to_string(),
+                }),
+                started_at: now,
+                finished_at: now,
+            })),
+        };
+        upd.execute(params![
+            f.command_id,
+            f.agent_id,
+            ts(now),
+            state.as_str(),
+            result
+        ])?;
     }
     Ok(ended)
 }

@@ -100,6 +100,26 @@ async fn state_of(store: &Store, command_id: &str, agent_id: &str) -> DeliverySt
     }
 }
 
+const GRACE: std::time::Duration = std::time::Duration::from_secs(900);
+
+fn error_code(info: &CommandInfo) -> Option<&str> {
+    info.result
+        .as_ref()
+        .and_then(|r| r.error.as_ref())
+        .map(|e| e.code.as_str())
+}
+
+async fn info_of(store: &Store, command_id: &str, agent_id: &str) -> CommandInfo {
+    match store
+        .command_info(command_id.into(), Some(agent_id.into()))
+        .await
+        .unwrap()
+    {
+        CommandLookup::Found(info) => *info,
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn enrollment_token_used_expired_revoked_unknown() {
     let store = Store::open_in_memory().unwrap();
@@ -306,7 +326,8 @@ async fn delivery_state_transitions() {
             .unwrap(),
         ResultOutcome::Recorded {
             state: DeliveryState::Failed,
-            job_id: None
+            job_id: None,
+            replaced: None,
         }
     );
     // A duplicate result changes nothing.
@@ -374,14 +395,14 @@ async fn expiry_and_revocation_end_deliveries() {
     let pending = store.pending_commands(a.id.clone()).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0, "cmd_new");
-    let ended = store.expire_deliveries().await.unwrap();
+    let ended = store.expire_deliveries(GRACE).await.unwrap();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].command_id, "cmd_old");
     assert_eq!(
         state_of(&store, "cmd_old", &a.id).await,
         DeliveryState::Undelivered
     );
-    assert!(store.expire_deliveries().await.unwrap().is_empty());
+    assert!(store.expire_deliveries(GRACE).await.unwrap().is_empty());
 
     let ended = store.revoke_agent(b.id.clone()).await.unwrap().unwrap();
     assert_eq!(ended.len(), 1);
@@ -537,4 +558,385 @@ async fn file_database_migrates_once() {
     let store = Store::open(&path).await.unwrap();
     assert_eq!(store.list_enrollment_tokens().await.unwrap().len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn accepted_commands_without_result_fail_after_grace_and_real_results_win() {
+    let store = Store::open_in_memory().unwrap();
+    token(&store, "t", 3600, 5, "").await;
+    let a = enroll_ok(&store, "t", new_agent("a", "")).await;
+    // Expired a second ago and accepted by the agent.
+    store
+        .create_command(command(
+            "cmd_rx",
+            vec![(a.id.clone(), DeliveryState::Queued)],
+            -1,
+        ))
+        .await
+        .unwrap();
+    store
+        .mark_sent("cmd_rx".into(), vec![a.id.clone()])
+        .await
+        .unwrap();
+    assert!(store
+        .mark_received("cmd_rx".into(), a.id.clone())
+        .await
+        .unwrap());
+    // Within the grace period the relay keeps waiting for the result.
+    assert!(store.expire_deliveries(GRACE).await.unwrap().is_empty());
+    assert_eq!(
+        state_of(&store, "cmd_rx", &a.id).await,
+        DeliveryState::Received
+    );
+    // After it, the delivery fails with no_result instead of staying received for ever.
+    let ended = store
+        .expire_deliveries(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        ended,
+        vec![Finalised {
+            command_id: "cmd_rx".into(),
+            agent_id: a.id.clone(),
+            job_id: None,
+            state: DeliveryState::Failed,
+        }]
+    );
+    let info = info_of(&store, "cmd_rx", &a.id).await;
+    assert_eq!(info.state, DeliveryState::Failed);
+    assert_eq!(error_code(&info), Some(relay_error_codes::NO_RESULT));
+    // The real result arriving late replaces the relay's guess, once.
+    assert_eq!(
+        store
+            .record_result(a.id.clone(), result("cmd_rx", ResultStatus::Succeeded))
+            .await
+            .unwrap(),
+        ResultOutcome::Recorded {
+            state: DeliveryState::Succeeded,
+            job_id: None,
+            replaced: Some(DeliveryState::Failed),
+        }
+    );
+    assert_eq!(
+        store
+            .record_result(a.id.clone(), result("cmd_rx", ResultStatus::Failed))
+            .await
+            .unwrap(),
+        ResultOutcome::AlreadyFinal
+    );
+    assert_eq!(
+        state_of(&store, "cmd_rx", &a.id).await,
+        DeliveryState::Succeeded
+    );
+
+    // Expired while only sent (the `received` frame was lost), then the result arrives.
+    store
+        .create_command(command(
+            "cmd_sent",
+            vec![(a.id.clone(), DeliveryState::Queued)],
+            -1,
+        ))
+        .await
+        .unwrap();
+    store
+        .mark_sent("cmd_sent".into(), vec![a.id.clone()])
+        .await
+        .unwrap();
+    assert_eq!(store.expire_deliveries(GRACE).await.unwrap().len(), 1);
+    assert_eq!(
+        state_of(&store, "cmd_sent", &a.id).await,
+        DeliveryState::Undelivered
+    );
+    assert_eq!(
+        store
+            .record_result(a.id.clone(), result("cmd_sent", ResultStatus::Failed))
+            .await
+            .unwrap(),
+        ResultOutcome::Recorded {
+            state: DeliveryState::Failed,
+            job_id: None,
+            replaced: Some(DeliveryState::Undelivered),
+        }
+    );
+    // A real failure is final: a later result does not replace it.
+    assert_eq!(
+        store
+            .record_result(a.id.clone(), result("cmd_sent", ResultStatus::Succeeded))
+            .await
+            .unwrap(),
+        ResultOutcome::AlreadyFinal
+    );
+}
+
+#[tokio::test]
+async fn revoking_fails_accepted_deliveries_instead_of_undelivered() {
+    let store = Store::open_in_memory().unwrap();
+    token(&store, "t", 3600, 5, "").await;
+    let a = enroll_ok(&store, "t", new_agent("a", "")).await;
+    for id in ["cmd_q", "cmd_r"] {
+        store
+            .create_command(command(
+                id,
+                vec![(a.id.clone(), DeliveryState::Queued)],
+                600,
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .mark_sent("cmd_r".into(), vec![a.id.clone()])
+        .await
+        .unwrap();
+    store
+        .mark_received("cmd_r".into(), a.id.clone())
+        .await
+        .unwrap();
+    let mut ended = store.revoke_agent(a.id.clone()).await.unwrap().unwrap();
+    ended.sort_by(|x, y| x.command_id.cmp(&y.command_id));
+    let states: Vec<_> = ended
+        .iter()
+        .map(|f| (f.command_id.as_str(), f.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("cmd_q", DeliveryState::Undelivered),
+            ("cmd_r", DeliveryState::Failed)
+        ]
+    );
+    let info = info_of(&store, "cmd_r", &a.id).await;
+    assert_eq!(info.state, DeliveryState::Failed);
+    assert_eq!(error_code(&info), Some(relay_error_codes::AGENT_REVOKED));
+}
+
+#[tokio::test]
+async fn fan_out_marks_many_deliveries_sent_at_once() {
+    let store = Store::open_in_memory().unwrap();
+    token(&store, "t", 3600, 5, "").await;
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c"] {
+        ids.push(enroll_ok(&store, "t", new_agent(n, "")).await.id);
+    }
+    let targets = vec![
+        (ids[0].clone(), DeliveryState::Queued),
+        (ids[1].clone(), DeliveryState::Queued),
+        (ids[2].clone(), DeliveryState::Pending),
+    ];
+    store
+        .create_command(command("cmd_fan", targets, 600))
+        .await
+        .unwrap();
+    store
+        .mark_sent("cmd_fan".into(), ids.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        state_of(&store, "cmd_fan", &ids[0]).await,
+        DeliveryState::Sent
+    );
+    assert_eq!(
+        state_of(&store, "cmd_fan", &ids[1]).await,
+        DeliveryState::Sent
+    );
+    // Only queued deliveries move.
+    assert_eq!(
+        state_of(&store, "cmd_fan", &ids[2]).await,
+        DeliveryState::Pending
+    );
+}
+
+#[tokio::test]
+async fn file_database_reads_use_read_only_connections() {
+    let dir = std::env::temp_dir().join(new_id("relay-store-test"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&dir.join("relay.db")).await.unwrap();
+    assert_eq!(store.readers.len(), READ_CONNECTIONS);
+    token(&store, "t", 3600, 5, "").await;
+    let a = enroll_ok(&store, "t", new_agent("a", "x=1")).await;
+    let hb = Heartbeat {
+        at: now(),
+        agent_version: "0.2.0".into(),
+        host: Default::default(),
+        docker: Default::default(),
+    };
+    let at = now();
+    store
+        .save_heartbeats(vec![HeartbeatWrite {
+            agent_id: a.id.clone(),
+            heartbeat: Arc::new(hb.clone()),
+            received_at: at,
+        }])
+        .await
+        .unwrap();
+    // Every committed write is visible to the read connections at once.
+    for _ in 0..READ_CONNECTIONS * 2 {
+        let auth = store.agent_auth(a.id.clone()).await.unwrap().unwrap();
+        assert_eq!(auth.labels, labels("x=1"));
+        assert!(!auth.revoked);
+        assert_eq!(auth.agent_version, "0.2.0");
+    }
+    // Listing does not load heartbeats; the startup cache load does.
+    let listed = store.agents().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_heartbeat, None);
+    assert_eq!(listed[0].last_heartbeat_at, Some(at));
+    let latest = store.latest_heartbeats().await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(*latest[0].heartbeat, hb);
+    assert_eq!(
+        store.agent_targets().await.unwrap(),
+        vec![(a.id.clone(), labels("x=1"))]
+    );
+    // The read connections cannot write.
+    let write = store
+        .read(|c| {
+            c.execute("DELETE FROM agents", [])?;
+            Ok(())
+        })
+        .await;
+    assert!(write.is_err(), "a read connection wrote");
+    assert_eq!(store.agents().await.unwrap().len(), 1);
+    store.revoke_agent(a.id.clone()).await.unwrap().unwrap();
+    assert!(
+        store
+            .agent_auth(a.id.clone())
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(store.agent_targets().await.unwrap().is_empty());
+    assert!(store.latest_heartbeats().await.unwrap().is_empty());
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn retention_prunes_old_events_audit_and_finished_commands() {
+    let store = Store::open_in_memory().unwrap();
+    token(&store, "t", 3600, 5, "").await;
+    let a = enroll_ok(&store, "t", new_agent("a", "")).await;
+    let event = AgentEvent {
+        kind: EventKind::ContainerDied,
+        at: now(),
+        container_id: None,
+        container_name: None,
+        message: "died".into(),
+        attributes: Default::default(),
+    };
+    store
+        .insert_event(a.id.clone(), 1, event.clone())
+        .await
+        .unwrap();
+    store
+        .audit(AuditEntry {
+            ts: now(),
+            actor: "test".into(),
+            action: "x".into(),
+            target: "-".into(),
+            outcome: "ok".into(),
+            detail: None,
+        })
+        .await
+        .unwrap();
+    // Finished and expired: pruned. Expired but unfinished: kept (the sweeper ends it first).
+    // Finished but not expired yet: kept.
+    for (id, ttl) in [("cmd_done", -1), ("cmd_open", -1), ("cmd_fresh", 3600)] {
+        store
+            .create_command(command(
+                id,
+                vec![(a.id.clone(), DeliveryState::Queued)],
+                ttl,
+            ))
+            .await
+            .unwrap();
+    }
+    for id in ["cmd_done", "cmd_fresh"] {
+        store
+            .record_result(a.id.clone(), result(id, ResultStatus::Succeeded))
+            .await
+            .unwrap();
+    }
+    // A finished job's command goes with its job; a running job's command stays.
+    let mut cmd = command("cmd_job", vec![(a.id.clone(), DeliveryState::Pending)], -1);
+    cmd.job_id = Some("job_1".into());
+    store
+        .create_job(
+            NewJob {
+                id: "job_1".into(),
+                selector: Selector::all(),
+                max_concurrency: 1,
+                max_errors: None,
+                created_at: now(),
+                expires_at: cmd.expires_at,
+                created_by: "test".into(),
+            },
+            cmd,
+        )
+        .await
+        .unwrap();
+    store.expire_deliveries(GRACE).await.unwrap(); // cmd_open and cmd_job → undelivered
+    store
+        .create_command(command(
+            "cmd_open2",
+            vec![(a.id.clone(), DeliveryState::Queued)],
+            -1,
+        ))
+        .await
+        .unwrap();
+    store.advance_job("job_1".into()).await.unwrap();
+    assert!(store.running_jobs().await.unwrap().is_empty());
+
+    // Nothing is older than a day ago.
+    let pruned = store
+        .prune(now() - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(pruned, Pruned::default());
+
+    let pruned = store
+        .prune(now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned,
+        Pruned {
+            events: 1,
+            audit: 1,
+            commands: 3, // cmd_done, cmd_open (undelivered), cmd_job
+        }
+    );
+    assert!(store
+        .events(
+            a.id.clone(),
+            EventQuery {
+                limit: 10,
+                ..EventQuery::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.recent_audit(10).await.unwrap().is_empty());
+    for gone in ["cmd_done", "cmd_open"] {
+        assert_eq!(
+            store
+                .command_info(gone.into(), Some(a.id.clone()))
+                .await
+                .unwrap(),
+            CommandLookup::NotFound
+        );
+    }
+    assert!(store.job_info("job_1".into()).await.unwrap().is_none());
+    for kept in ["cmd_fresh", "cmd_open2"] {
+        assert!(matches!(
+            store
+                .command_info(kept.into(), Some(a.id.clone()))
+                .await
+                .unwrap(),
+            CommandLookup::Found(_)
+        ));
+    }
+    // Events inserted again after pruning still deduplicate by (agent, seq) from now on.
+    assert!(store.insert_event(a.id.clone(), 2, event).await.unwrap());
 }

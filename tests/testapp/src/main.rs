@@ -306,6 +306,7 @@ mod tests {
             exit_code: 1,
             start_delay_secs: 0,
             log_lines: 0,
+            alloc_mb: 0,
         }
     }
 
