@@ -69,8 +69,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// nginx in the foreground with a config of our own; killed on drop.
-struct Nginx(tokio::process::Child);
+/// nginx in the foreground with a config of our own; killed on drop (kill_on_drop).
+struct Nginx {
+    _process: tokio::process::Child,
+}
 
 impl Nginx {
     async fn start(dir: &Path, port: u16, upstream: &str, cert: &Path, key: &Path) -> Nginx {
@@ -126,7 +128,7 @@ http {{
             tokio::net::TcpStream::connect(&addr).await.ok().map(|_| ())
         })
         .await;
-        Nginx(child)
+        Nginx { _process: child }
     }
 }
 
