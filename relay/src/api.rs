@@ -50,7 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}/commands", post(commands::create))
         .route("/api/v1/commands/{id}", get(commands::show))
         .route("/api/v1/jobs", post(commands::create_job))
-        .route("/api/v1/jobs/{id}", get(commands::show_job));
+        .route("/api/v1/jobs/{id}", get(commands::show_job))
+        .route("/api/v1/audit", get(system::audit_trail));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an
         // agent's socket. Off unless `test_hooks` is set.

@@ -14,9 +14,9 @@ pub use client::{ApiClient, CliError};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, ApiTokenCreated, CommandInfo, CreateApiToken, CreateEnrollmentToken,
-    EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, PatchAgent, RelayStatus,
-    Scope,
+    AgentDetail, AgentInfo, ApiTokenCreated, AuditRecord, CommandInfo, CreateApiToken,
+    CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo,
+    PatchAgent, RelayStatus, Scope,
 };
 use flotilla_shared::duration::parse_duration;
 use flotilla_shared::limit::Limit;
@@ -72,6 +72,12 @@ pub enum CliCommand {
     /// API tokens for operators and automation.
     #[command(name = "api-token", subcommand)]
     ApiToken(ApiTokenCommand),
+    /// The audit trail: who did what and when, newest first.
+    Audit {
+        /// Most rows to show (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// The relay's health, version and key fingerprint (no token needed).
     Status,
 }
@@ -362,6 +368,13 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
                 .await?;
             let created: ApiTokenCreated = client::decode(&value, "api token")?;
             print_value(&value, json, || render::api_token_created(&created));
+        }
+        CliCommand::Audit { limit } => {
+            let value = client
+                .get(&["api", "v1", "audit"], &[("limit", limit.to_string())])
+                .await?;
+            let rows: Vec<AuditRecord> = client::decode(&value, "audit trail")?;
+            print_value(&value, json, || render::audit(&rows));
         }
         CliCommand::Status => {
             let value = client.get_public(&["healthz"]).await?;

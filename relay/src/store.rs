@@ -217,16 +217,8 @@ pub struct JobStep {
     pub state: Option<JobState>,
 }
 
-/// One audit row.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub ts: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub outcome: String,
-    pub detail: Option<String>,
-}
+/// One audit row (the API type itself: the trail is served as stored).
+pub use flotilla_shared::api::AuditRecord as AuditEntry;
 
 /// A heartbeat waiting to be flushed.
 #[derive(Clone, Debug)]

@@ -413,6 +413,23 @@ pub struct EventRecord {
     pub event: AgentEvent,
 }
 
+/// One row of the relay's audit trail (`GET /api/v1/audit`): who did what, when, and how it
+/// ended. Every mutating API call writes one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub ts: DateTime<Utc>,
+    /// The API token's name (`admin` for the first admin token).
+    pub actor: String,
+    /// e.g. `command.create`, `job.create`, `agent.revoke`, `enrollment_token.create`.
+    pub action: String,
+    /// The id acted on.
+    pub target: String,
+    /// `ok` or `error: <code>`.
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 /// `GET /healthz`, `GET /readyz`, and what `flotilla-relay` prints about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RelayStatus {

@@ -1,5 +1,6 @@
 //! Health, readiness, metrics, route fallbacks and the test-only frame injection hook.
 
+use super::error::QueryParams;
 use super::{audit, ApiError, Caller};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -7,7 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flotilla_shared::api::{RelayStatus, Scope};
+use flotilla_shared::api::{AuditRecord, RelayStatus, Scope};
+use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
 fn status(state: &AppState, status: &str) -> RelayStatus {
@@ -46,6 +48,31 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+const DEFAULT_AUDIT_LIMIT: u32 = 100;
+const MAX_AUDIT_LIMIT: u32 = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/audit?limit=N`: the newest audit rows first.
+pub async fn audit_trail(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<AuditQuery>,
+) -> Result<Json<Vec<AuditRecord>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = q.limit.unwrap_or(DEFAULT_AUDIT_LIMIT);
+    if !(1..=MAX_AUDIT_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_AUDIT_LIMIT}"
+        )));
+    }
+    Ok(Json(state.store.recent_audit(limit).await?))
 }
 
 pub async fn no_route() -> ApiError {

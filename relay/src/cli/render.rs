@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, ApiTokenCreated, CommandInfo, EnrollmentTokenCreated,
+    AgentDetail, AgentInfo, ApiTokenCreated, AuditRecord, CommandInfo, EnrollmentTokenCreated,
     EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus,
 };
 use flotilla_shared::command::{
@@ -435,6 +435,21 @@ pub fn events(list: &[EventRecord]) -> String {
                     .collect::<Vec<_>>()
                     .join(" ")
             },
+        ]);
+    }
+    table.render()
+}
+
+pub fn audit(rows: &[AuditRecord]) -> String {
+    let mut table = Table::new(&["TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL"]);
+    for r in rows {
+        table.row(vec![
+            time(r.ts),
+            r.actor.clone(),
+            r.action.clone(),
+            r.target.clone(),
+            r.outcome.clone(),
+            or_dash(r.detail.as_deref()),
         ]);
     }
     table.render()

@@ -2,7 +2,7 @@
 
 use crate::DEADLINE;
 use flotilla_shared::api::{
-    AgentInfo, ApiTokenCreated, CreateApiToken, PatchAgent, RelayStatus, Scope,
+    AgentInfo, ApiTokenCreated, AuditRecord, CreateApiToken, PatchAgent, RelayStatus, Scope,
 };
 use flotilla_shared::command::Command;
 use flotilla_tests::harness::{api_error, eventually, labels, scope, Agent, Api, Relay};
@@ -107,6 +107,24 @@ async fn scopes_errors_health_and_metrics() {
         .await
         .unwrap();
     assert_eq!(web.len(), 1);
+
+    // Every mutating call left an audit row: who, what, when, target, outcome; readers can see it.
+    let trail: Vec<AuditRecord> = reader.get("/api/v1/audit?limit=1000").await.unwrap();
+    let has = |action: &str, target: &str, outcome: &str| {
+        trail.iter().any(|r| {
+            r.actor == "admin"
+                && r.action == action
+                && r.target.contains(target)
+                && r.outcome == outcome
+        })
+    };
+    assert!(has("api_token.create", "", "ok"), "{trail:#?}");
+    assert!(has("agent.set_labels", &agent.id, "ok"), "{trail:#?}");
+    assert!(
+        has("command.create", "ag_nope", "error: not_found"),
+        "{trail:#?}"
+    );
+    assert!(trail.windows(2).all(|w| w[0].ts >= w[1].ts), "newest first");
 
     // Prometheus text with the promised series.
     let ping = admin

@@ -167,6 +167,20 @@ async fn the_cli_drives_tokens_agents_commands_and_jobs() {
         both(&out)
     );
 
+    // The audit trail shows what this session did.
+    let out = cli(&relay, &["audit", "--json"]).await;
+    assert!(out.status.success(), "{}", both(&out));
+    let trail: Vec<flotilla_shared::api::AuditRecord> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|r| r.action == "job.create" && r.outcome == "ok"),
+        "{trail:#?}"
+    );
+    let out = cli(&relay, &["audit"]).await;
+    assert!(stdout(&out).contains("command.create"), "{}", both(&out));
+
     // Missing token: a clear error and exit 2.
     let out = tokio::process::Command::new(bin("flotilla"))
         .args(["agents"])
