@@ -275,6 +275,25 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn example_config_documents_every_setting_with_its_default() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent.toml");
+        let text = std::fs::read_to_string(&path).expect("packaging/agent.toml");
+        let parsed = AgentConfig::from_toml(&text).expect("example parses");
+        assert_eq!(
+            parsed,
+            AgentConfig::default(),
+            "example values are the defaults"
+        );
+        let defaults = serde_json::to_value(AgentConfig::default()).unwrap();
+        for key in defaults.as_object().unwrap().keys() {
+            assert!(
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+                "{key} is not documented in packaging/agent.toml"
+            );
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 

@@ -338,6 +338,25 @@ impl RelayConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn example_config_documents_every_setting_with_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/relay.toml");
+        let text = std::fs::read_to_string(&path).expect("packaging/relay.toml");
+        let parsed = RelayConfig::from_toml(&path, &text).expect("example parses");
+        assert_eq!(
+            parsed,
+            RelayConfig::default(),
+            "example values are the defaults"
+        );
+        let defaults = serde_json::to_value(RelayConfig::default()).unwrap();
+        for key in defaults.as_object().unwrap().keys() {
+            assert!(
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+                "{key} is not documented in packaging/relay.toml"
+            );
+        }
+    }
+
     use super::*;
     use std::collections::HashMap;
 
