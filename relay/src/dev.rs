@@ -53,10 +53,11 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
     println!("  agent:       {agent_id}");
     println!();
     println!("Try (in another terminal):");
+    let cli = cli_path();
     println!("  export FLOTILLA_ADDR={base_url} FLOTILLA_TOKEN={admin_token}");
-    println!("  flotilla agents");
-    println!("  flotilla agent show {agent_id}");
-    println!("  flotilla run --agent {agent_id} container.list --wait");
+    println!("  {cli} agents");
+    println!("  {cli} agent show {agent_id}");
+    println!("  {cli} run --agent {agent_id} container.list --wait");
     println!();
     println!("Press Ctrl-C to stop.");
 
@@ -134,6 +135,33 @@ async fn enroll_dev_agent(
     .await
     .context("cannot enroll the dev agent")?;
     Ok(response.agent_id)
+}
+
+/// How to call the operator CLI from here: the `flotilla` binary built next to this one (a new
+/// user has not installed it on their PATH); from a cargo build where it was not built yet,
+/// `cargo run` for it; else plain `flotilla`.
+fn cli_path() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "flotilla".to_string();
+    };
+    let beside = exe.with_file_name("flotilla");
+    if beside.is_file() {
+        return beside.display().to_string();
+    }
+    let profile = exe
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|n| n.to_str());
+    let in_cargo_target = exe
+        .ancestors()
+        .any(|a| a.file_name().is_some_and(|n| n == "target"));
+    match profile {
+        Some(p) if in_cargo_target => {
+            let release = if p == "release" { " --release" } else { "" };
+            format!("cargo run -q{release} -p flotilla-relay --bin flotilla --")
+        }
+        _ => "flotilla".to_string(),
+    }
 }
 
 #[cfg(test)]
