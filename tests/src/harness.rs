@@ -542,6 +542,16 @@ impl Api {
         .await
     }
 
+    /// Waits until the relay reports the agent with this status.
+    pub async fn wait_status(&self, agent: &str, status: AgentStatus, deadline: Duration) {
+        eventually(
+            deadline,
+            &format!("agent {agent} {}", status.as_str()),
+            || async { (self.agent(agent).await.agent.status == status).then_some(()) },
+        )
+        .await
+    }
+
     /// Sends a raw text frame to a connected agent (relay test hook).
     pub async fn inject_frame(&self, agent: &str, text: String) -> Result<()> {
         let resp = self

@@ -22,10 +22,8 @@ async fn a_command_to_an_offline_agent_is_delivered_when_it_returns() {
     api.wait_online(&agent.id, DEADLINE).await;
 
     agent.kill().await;
-    eventually(DEADLINE, "agent offline", || async {
-        (api.agent(&agent.id).await.agent.status == AgentStatus::Offline).then_some(())
-    })
-    .await;
+    api.wait_status(&agent.id, AgentStatus::Offline, DEADLINE)
+        .await;
 
     let info = api
         .command(
@@ -66,10 +64,7 @@ async fn after_a_relay_restart_agents_reconnect_and_queued_commands_complete() {
 
     // b goes away; a command for it is queued; then the relay crashes and comes back.
     b.kill().await;
-    eventually(DEADLINE, "b offline", || async {
-        (api.agent(&b.id).await.agent.status == AgentStatus::Offline).then_some(())
-    })
-    .await;
+    api.wait_status(&b.id, AgentStatus::Offline, DEADLINE).await;
     let queued = api
         .command(
             &b.id,

@@ -6,7 +6,7 @@ use flotilla_shared::api::AgentStatus;
 use flotilla_shared::api::{CreateJob, DeliveryState, JobState};
 use flotilla_shared::command::{Command, ContainerListArgs, ContainerStopArgs};
 use flotilla_shared::limit::Limit;
-use flotilla_tests::harness::{eventually, scope, Agent, Containers, Relay};
+use flotilla_tests::harness::{scope, Agent, Containers, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_runs_everywhere_and_stops_dispatching_after_max_errors() {
@@ -103,10 +103,8 @@ async fn offline_agents_count_as_undelivered_not_as_errors() {
     api.wait_online(&online.id, DEADLINE).await;
     api.wait_online(&offline.id, DEADLINE).await;
     offline.kill().await;
-    eventually(DEADLINE, "agent offline", || async {
-        (api.agent(&offline.id).await.agent.status == AgentStatus::Offline).then_some(())
-    })
-    .await;
+    api.wait_status(&offline.id, AgentStatus::Offline, DEADLINE)
+        .await;
 
     let job = api
         .job(&CreateJob {

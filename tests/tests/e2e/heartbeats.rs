@@ -103,10 +103,7 @@ async fn an_agent_that_stops_goes_offline_and_comes_back() {
     let api = relay.api();
     api.wait_online(&a.id, DEADLINE).await;
     a.kill().await;
-    eventually(DEADLINE, "agent offline", || async {
-        (api.agent(&a.id).await.agent.status == AgentStatus::Offline).then_some(())
-    })
-    .await;
+    api.wait_status(&a.id, AgentStatus::Offline, DEADLINE).await;
     a.run().await;
     api.wait_online(&a.id, DEADLINE).await;
 }

@@ -23,10 +23,8 @@ async fn a_revoked_agent_is_disconnected_and_refused() {
     api.delete(&format!("/api/v1/agents/{}", agent.id))
         .await
         .unwrap();
-    eventually(DEADLINE, "agent revoked", || async {
-        (api.agent(&agent.id).await.agent.status == AgentStatus::Revoked).then_some(())
-    })
-    .await;
+    api.wait_status(&agent.id, AgentStatus::Revoked, DEADLINE)
+        .await;
     // Commands to it are refused.
     let err = api
         .command(&agent.id, Command::Ping(Default::default()), None)
