@@ -232,3 +232,51 @@ async fn dev_mode_starts_a_relay_with_a_local_agent() {
     );
     dev.kill().await.ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_refused_naming_what_was_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("relay.toml");
+    std::fs::write(&conf, "listen = \"127.0.0.1:0\"\nheartbeat_interval = 5\n").unwrap();
+    let out = tokio::process::Command::new(bin("flotilla-relay"))
+        .args(["serve", "--config"])
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("heartbeat_interval") && err.contains("line 2"),
+        "{err}"
+    );
+
+    let out = tokio::process::Command::new(bin("flotilla-relay"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("FLOTILLA_MAX_FRAME_BYTES", "lots")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FLOTILLA_MAX_FRAME_BYTES"));
+
+    let out = tokio::process::Command::new(bin("flotilla-agent"))
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.path().join("agent"))
+        .env("FLOTILLA_ONLY_LABEL", "nolabel")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only_label"),
+        "{}",
+        both(&out)
+    );
+}
