@@ -38,7 +38,14 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/enrollment-tokens/{id}",
             axum::routing::delete(tokens::revoke_enrollment_token),
         )
-        .route("/api/v1/api-tokens", post(tokens::create_api_token))
+        .route(
+            "/api/v1/api-tokens",
+            post(tokens::create_api_token).get(tokens::list_api_tokens),
+        )
+        .route(
+            "/api/v1/api-tokens/{id}",
+            axum::routing::delete(tokens::revoke_api_token),
+        )
         .route("/api/v1/agents", get(agents::list))
         .route(
             "/api/v1/agents/{id}",

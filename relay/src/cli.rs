@@ -14,9 +14,9 @@ pub use client::{ApiClient, CliError};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, ApiTokenCreated, AuditRecord, CommandInfo, CreateApiToken,
-    CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo,
-    PatchAgent, RelayStatus, Scope,
+    AgentDetail, AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CommandInfo,
+    CreateApiToken, CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo,
+    EventRecord, JobInfo, PatchAgent, RelayStatus, Scope,
 };
 use flotilla_shared::duration::parse_duration;
 use flotilla_shared::limit::Limit;
@@ -213,6 +213,13 @@ pub enum ApiTokenCommand {
         #[arg(long)]
         scope: Scope,
     },
+    /// List API tokens (never their secrets).
+    List,
+    /// Revoke an API token; its next request is refused.
+    Revoke {
+        /// Token id (`tok_...`).
+        id: String,
+    },
 }
 
 /// What a CLI invocation concluded; [`main`] maps it to the exit status.
@@ -368,6 +375,15 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
                 .await?;
             let created: ApiTokenCreated = client::decode(&value, "api token")?;
             print_value(&value, json, || render::api_token_created(&created));
+        }
+        CliCommand::ApiToken(ApiTokenCommand::List) => {
+            let value = client.get(&["api", "v1", "api-tokens"], &[]).await?;
+            let list: Vec<ApiTokenInfo> = client::decode(&value, "api tokens")?;
+            print_value(&value, json, || render::api_tokens(&list, now));
+        }
+        CliCommand::ApiToken(ApiTokenCommand::Revoke { id }) => {
+            client.delete(&["api", "v1", "api-tokens", id]).await?;
+            print_done(json, id, "revoked API token");
         }
         CliCommand::Audit { limit } => {
             let value = client

@@ -16,7 +16,8 @@ mod sqlite;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use flotilla_shared::api::{
-    AgentFacts, DeliveryState, EnrollmentTokenInfo, EventRecord, JobInfo, JobState, Scope,
+    AgentFacts, ApiTokenInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobInfo, JobState,
+    Scope,
 };
 use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
@@ -322,6 +323,16 @@ impl Store {
 
     pub async fn create_api_token(&self, token: NewApiToken) -> Result<(), StoreError> {
         self.call(move |db| db.create_api_token(&token)).await
+    }
+
+    /// Every API token, oldest first (hashes are never returned).
+    pub async fn api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StoreError> {
+        self.read(sqlite::Db::api_tokens).await
+    }
+
+    /// Revokes an API token at once (its next request gets 401). False if there is no such id.
+    pub async fn revoke_api_token(&self, id: String) -> Result<bool, StoreError> {
+        self.call(move |db| db.revoke_api_token(&id, now())).await
     }
 
     /// The caller owning this token hash, if the token exists and is not revoked.

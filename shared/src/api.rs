@@ -401,6 +401,18 @@ pub struct ApiTokenCreated {
     pub created_at: DateTime<Utc>,
 }
 
+/// An API token as listed by `GET /api/v1/api-tokens` (never the secret itself).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 // === events ===
 
 /// An agent event as stored by the relay (`GET /api/v1/agents/{id}/events`).

@@ -8,8 +8,8 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_shared::api::{
-    ApiTokenCreated, CreateApiToken, CreateEnrollmentToken, EnrollRequest, EnrollResponse,
-    EnrollmentTokenCreated, EnrollmentTokenInfo, Scope,
+    ApiTokenCreated, ApiTokenInfo, CreateApiToken, CreateEnrollmentToken, EnrollRequest,
+    EnrollResponse, EnrollmentTokenCreated, EnrollmentTokenInfo, Scope,
 };
 use flotilla_shared::ids;
 use flotilla_shared::selector::validate_labels;
@@ -98,6 +98,39 @@ pub async fn revoke_enrollment_token(
         &state,
         caller.name(),
         "enrollment_token.revoke",
+        &id,
+        &result,
+        None,
+    )
+    .await;
+    result
+}
+
+/// `GET /api/v1/api-tokens` (admin): every API token, revoked ones included, never the secret.
+pub async fn list_api_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ApiTokenInfo>>, ApiError> {
+    caller.require(Scope::Admin)?;
+    Ok(Json(state.store.api_tokens().await?))
+}
+
+/// `DELETE /api/v1/api-tokens/{id}` (admin): the token stops working with its next request.
+pub async fn revoke_api_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let result = match state.store.revoke_api_token(id.clone()).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError::not_found(format!("no API token with id {id}"))),
+        Err(e) => Err(e.into()),
+    };
+    audit(
+        &state,
+        caller.name(),
+        "api_token.revoke",
         &id,
         &result,
         None,

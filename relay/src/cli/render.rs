@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, ApiTokenCreated, AuditRecord, CommandInfo, EnrollmentTokenCreated,
-    EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus,
+    AgentDetail, AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CommandInfo,
+    EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus,
 };
 use flotilla_shared::command::{
     CommandKind, CommandResult, ContainerActionOutput, ContainerInfo, ContainerListOutput,
@@ -194,6 +194,21 @@ pub fn enrollment_tokens(tokens: &[EnrollmentTokenInfo], now: DateTime<Utc>) -> 
             if t.revoked { "yes" } else { "no" }.into(),
             t.created_by.clone(),
             or_dash(t.note.as_deref()),
+        ]);
+    }
+    table.render()
+}
+
+pub fn api_tokens(tokens: &[ApiTokenInfo], now: DateTime<Utc>) -> String {
+    let mut table = Table::new(&["ID", "NAME", "SCOPE", "CREATED", "CREATED BY", "REVOKED"]);
+    for t in tokens {
+        table.row(vec![
+            t.id.clone(),
+            t.name.clone(),
+            t.scope.as_str().into(),
+            ago(t.created_at, now),
+            t.created_by.clone(),
+            t.revoked_at.map_or_else(|| "no".into(), |at| ago(at, now)),
         ]);
     }
     table.render()

@@ -11,8 +11,8 @@ use super::{
 use crate::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
 use flotilla_shared::api::{
-    AgentFacts, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobCounts, JobInfo,
-    JobState, JobTarget, Scope,
+    AgentFacts, ApiTokenInfo, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord,
+    JobCounts, JobInfo, JobState, JobTarget, Scope,
 };
 use flotilla_shared::command::{Command, CommandResult, ErrorInfo, ResultStatus, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
@@ -355,6 +355,56 @@ impl Db {
             ],
         )?;
         Ok(())
+    }
+
+    pub(super) fn api_tokens(conn: &Connection) -> Result<Vec<ApiTokenInfo>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens \
+             ORDER BY created_at, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, name, scope, created_at, created_by, revoked_at)| {
+                Ok(ApiTokenInfo {
+                    id,
+                    name,
+                    scope: scope.parse().map_err(StoreError::Corrupt)?,
+                    created_at: parse_ts(&created_at)?,
+                    created_by,
+                    revoked_at: revoked_at.as_deref().map(parse_ts).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn revoke_api_token(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let exists = self
+            .conn
+            .query_row("SELECT 1 FROM api_tokens WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            self.conn.execute(
+                "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, ts(now)],
+            )?;
+        }
+        Ok(exists)
     }
 
     pub(super) fn api_caller(

@@ -2,7 +2,8 @@
 
 use crate::DEADLINE;
 use flotilla_shared::api::{
-    AgentInfo, ApiTokenCreated, AuditRecord, CreateApiToken, PatchAgent, RelayStatus, Scope,
+    AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CreateApiToken, PatchAgent, RelayStatus,
+    Scope,
 };
 use flotilla_shared::command::Command;
 use flotilla_tests::harness::{api_error, eventually, labels, scope, Agent, Api, Relay};
@@ -108,8 +109,40 @@ async fn scopes_errors_health_and_metrics() {
         .unwrap();
     assert_eq!(web.len(), 1);
 
+    // API tokens are listed without secrets and can be revoked; a revoked token stops working.
+    let tokens: Vec<ApiTokenInfo> = admin.get("/api/v1/api-tokens").await.unwrap();
+    assert!(tokens
+        .iter()
+        .any(|t| t.id == read.id && t.revoked_at.is_none()));
+    assert!(!serde_json::to_string(&tokens)
+        .unwrap()
+        .contains(&read.token));
+    let e = reader
+        .get::<Vec<ApiTokenInfo>>("/api/v1/api-tokens")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 403, "listing tokens needs admin");
+    admin
+        .delete(&format!("/api/v1/api-tokens/{}", read.id))
+        .await
+        .unwrap();
+    let e = reader
+        .get::<Vec<AgentInfo>>("/api/v1/agents")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 401, "revoked token refused: {e:#}");
+    let e = admin
+        .delete("/api/v1/api-tokens/tok_nope")
+        .await
+        .unwrap_err();
+    assert_eq!(api_error(&e).status, 404);
+    let tokens: Vec<ApiTokenInfo> = admin.get("/api/v1/api-tokens").await.unwrap();
+    assert!(tokens
+        .iter()
+        .any(|t| t.id == read.id && t.revoked_at.is_some()));
+
     // Every mutating call left an audit row: who, what, when, target, outcome; readers can see it.
-    let trail: Vec<AuditRecord> = reader.get("/api/v1/audit?limit=1000").await.unwrap();
+    let trail: Vec<AuditRecord> = admin.get("/api/v1/audit?limit=1000").await.unwrap();
     let has = |action: &str, target: &str, outcome: &str| {
         trail.iter().any(|r| {
             r.actor == "admin"
@@ -119,6 +152,7 @@ async fn scopes_errors_health_and_metrics() {
         })
     };
     assert!(has("api_token.create", "", "ok"), "{trail:#?}");
+    assert!(has("api_token.revoke", &read.id, "ok"), "{trail:#?}");
     assert!(has("agent.set_labels", &agent.id, "ok"), "{trail:#?}");
     assert!(
         has("command.create", "ag_nope", "error: not_found"),

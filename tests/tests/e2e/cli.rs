@@ -167,6 +167,30 @@ async fn the_cli_drives_tokens_agents_commands_and_jobs() {
         both(&out)
     );
 
+    // API tokens: create, list, revoke through the CLI.
+    let out = cli(
+        &relay,
+        &[
+            "api-token",
+            "create",
+            "--name",
+            "ci-bot",
+            "--scope",
+            "read",
+            "--json",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", both(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tok_id = created["id"].as_str().unwrap().to_string();
+    let out = cli(&relay, &["api-token", "list"]).await;
+    assert!(stdout(&out).contains("ci-bot"), "{}", both(&out));
+    let out = cli(&relay, &["api-token", "revoke", &tok_id]).await;
+    assert!(out.status.success(), "{}", both(&out));
+    let bot = Api::new(&relay.url(), created["token"].as_str().unwrap());
+    assert!(bot.get::<Vec<AgentInfo>>("/api/v1/agents").await.is_err());
+
     // The audit trail shows what this session did.
     let out = cli(&relay, &["audit", "--json"]).await;
     assert!(out.status.success(), "{}", both(&out));
