@@ -4,7 +4,7 @@
 
 use flotilla_agent::docker::{DockerClient, DockerError, Visibility};
 use flotilla_agent::events::EventsTask;
-use flotilla_agent::state::State;
+use flotilla_agent::state::{EventCursor, State};
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::protocol::OutboxItem;
 use std::process::Command;
@@ -20,6 +20,26 @@ fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Starts the event follower's cursor a second in the past, so events from containers created
+/// right after the follower is spawned are seen however long it takes to subscribe (instead of
+/// sleeping and hoping it subscribed in time).
+async fn prime_cursor(state: &State) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    state
+        .append_events(
+            Vec::new(),
+            EventCursor {
+                time_nano: now - 1_000_000_000,
+                keys: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
 }
 
 struct Cleanup(Vec<String>);
@@ -58,6 +78,7 @@ async fn actions_visibility_logs_and_events() {
 
     let dir = std::env::temp_dir().join(format!("flotilla-docker-{run}"));
     let state = State::open(&dir).await.unwrap();
+    prime_cursor(&state).await;
     let client = DockerClient::new(
         None,
         Visibility::new(Some(("flotilla.test".into(), run.clone()))),
@@ -72,7 +93,6 @@ async fn actions_visibility_logs_and_events() {
         }
         .run(shutdown.clone()),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     docker(&[
         "create",
@@ -251,9 +271,9 @@ async fn events_from_while_the_agent_was_down_are_not_lost() {
 
     // First run: the start is seen and stored.
     let state = State::open(&dir).await.unwrap();
+    prime_cursor(&state).await;
     let shutdown = CancellationToken::new();
     let task = follow(state.clone(), shutdown.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
     docker(&[
         "run",
         "-d",
