@@ -277,6 +277,11 @@ async fn bad_configuration_is_refused_naming_what_was_wrong() {
         err.contains("heartbeat_interval") && err.contains("line 2"),
         "{err}"
     );
+    // One line for the operator, not a debug dump with a backtrace.
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
 
     let out = tokio::process::Command::new(bin("flotilla-relay"))
         .arg("serve")
