@@ -1,6 +1,7 @@
 //! The agent's settings: `agent.toml`, then `FLOTILLA_*` environment variables over it.
 
 use flotilla_shared::command::CommandKind;
+use flotilla_shared::update::UpdatePhase;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -45,6 +46,53 @@ pub struct AgentConfig {
     pub restart_loop_window_secs: u64,
     /// Test hook: results and events are written to the outbox but not sent while set.
     pub test_hold_outbox: bool,
+    /// Test hook: an update that reaches this phase (e.g. `old_stopped`) journals it, creates
+    /// `<state_dir>/update-paused-<phase>` and then waits forever, so a test can kill the agent
+    /// there. Environment only (`FLOTILLA_TEST_UPDATE_PAUSE_AT`).
+    #[serde(skip)]
+    pub test_update_pause_at: Option<UpdatePhase>,
+    /// `container.update` settings.
+    pub update: UpdateConfig,
+}
+
+/// `[update]`: image policy and registry credentials for `container.update`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Images a container may be updated to: registry hosts (`ghcr.io`, `127.0.0.1:5000`) or
+    /// repository prefixes (`registry.example.com/team/`). Empty: only the registry the
+    /// container's current image comes from.
+    pub allowed_images: Vec<String>,
+    /// Docker config file whose `auths` are used for pulls the `registries` below do not
+    /// cover. Default: `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// Credentials per registry.
+    pub registries: Vec<RegistryAuth>,
+}
+
+/// `[[update.registries]]`: a username and a file holding the password (or token).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// Registry host as in image references: `ghcr.io`, `docker.io`, `127.0.0.1:5000`.
+    pub registry: String,
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+impl UpdateConfig {
+    /// The docker config file to read credentials from, if any.
+    pub fn docker_config_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.docker_config {
+            return Some(p.clone());
+        }
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".docker/config.json"))
+    }
 }
 
 impl Default for AgentConfig {
@@ -62,6 +110,8 @@ impl Default for AgentConfig {
             restart_loop_threshold: 3,
             restart_loop_window_secs: 300,
             test_hold_outbox: false,
+            test_update_pause_at: None,
+            update: UpdateConfig::default(),
         }
     }
 }
@@ -189,6 +239,24 @@ impl AgentConfig {
                 )
             })?;
         }
+        if let Some(v) = get("FLOTILLA_UPDATE_ALLOWED_IMAGES") {
+            self.update.allowed_images = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+        }
+        if let Some(v) = get("FLOTILLA_UPDATE_DOCKER_CONFIG") {
+            self.update.docker_config = Some(PathBuf::from(v.trim()));
+        }
+        if let Some(v) = get("FLOTILLA_TEST_UPDATE_PAUSE_AT") {
+            self.test_update_pause_at = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|e: String| env_err("FLOTILLA_TEST_UPDATE_PAUSE_AT", &v, &e))?,
+            );
+        }
         if let Some(v) = get("FLOTILLA_TEST_HOLD_OUTBOX") {
             self.test_hold_outbox = parse_bool(&v).ok_or_else(|| {
                 env_err("FLOTILLA_TEST_HOLD_OUTBOX", &v, "expected true or false")
@@ -229,6 +297,15 @@ impl AgentConfig {
                 value: "0".into(),
                 expected: "expected at least 1 second".into(),
             });
+        }
+        for r in &self.update.registries {
+            if r.registry.trim().is_empty() || r.registry.contains('/') {
+                return Err(ConfigError::Value {
+                    key: "update.registries.registry",
+                    value: r.registry.clone(),
+                    expected: "expected a registry host such as ghcr.io or 127.0.0.1:5000".into(),
+                });
+            }
         }
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -288,7 +365,9 @@ mod tests {
         let defaults = serde_json::to_value(AgentConfig::default()).unwrap();
         for key in defaults.as_object().unwrap().keys() {
             assert!(
-                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+                text.contains(&format!("\n{key} = "))
+                    || text.contains(&format!("\n# {key} = "))
+                    || text.contains(&format!("\n[{key}]\n")),
                 "{key} is not documented in packaging/agent.toml"
             );
         }

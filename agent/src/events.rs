@@ -30,6 +30,8 @@ pub const MAX_RESUME_AGE: Duration = Duration::from_secs(24 * 3600);
 pub struct EventsTask {
     pub docker: DockerClient,
     pub state: State,
+    /// Containers an update acts on: their events carry `updating=<command id>`.
+    pub updating: crate::update::Updating,
     pub restart_loop_threshold: u32,
     pub restart_loop_window_secs: u64,
 }
@@ -88,7 +90,16 @@ impl EventsTask {
                                     );
                                     continue;
                                 }
-                                let events = map_event(&ev, &mut detector);
+                                let mut events = map_event(&ev, &mut detector);
+                                for e in &mut events {
+                                    let update = e
+                                        .container_name
+                                        .as_deref()
+                                        .and_then(|n| self.updating.command_for(n));
+                                    if let Some(command_id) = update {
+                                        e.attributes.insert("updating".into(), command_id);
+                                    }
+                                }
                                 if !events.is_empty() {
                                     let items = events.into_iter().map(OutboxItem::Event).collect();
                                     let stored = self.state.append_events(items, cursor.clone());

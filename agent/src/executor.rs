@@ -10,13 +10,14 @@
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
 use crate::session::FrameLimit;
 use crate::state::State;
+use crate::update::Updater;
 use crate::verify::{admit, Admission, Rejection, Verifier};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::{
     error_codes, Command, CommandEnvelope, CommandResult, ContainerActionOutput,
-    ContainerListOutput, ContainerLogsOutput, ErrorInfo, PingOutput, ResultStatus, SignedCommand,
-    DEFAULT_LOG_TAIL, DEFAULT_STOP_TIMEOUT_SECS,
+    ContainerListOutput, ContainerLogsOutput, ContainerUpdateArgs, ErrorInfo, PingOutput,
+    ResultStatus, SignedCommand, DEFAULT_LOG_TAIL, DEFAULT_STOP_TIMEOUT_SECS,
 };
 use flotilla_shared::protocol::{AgentFrame, WelcomeBody};
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ pub struct Executor {
     pub hostname: String,
     /// Asks the heartbeat task for a fresh heartbeat (after a container changed).
     pub heartbeat_poke: Arc<Notify>,
+    /// Runs `container.update` and converges updates a previous process left unfinished.
+    pub updater: Updater,
 }
 
 /// What running commands share.
@@ -74,6 +77,7 @@ struct Shared {
     frame_limit: FrameLimit,
     hostname: String,
     heartbeat_poke: Arc<Notify>,
+    updater: Updater,
 }
 
 // === impl Executor ===
@@ -92,8 +96,10 @@ impl Executor {
             frame_limit: self.frame_limit.clone(),
             hostname: self.hostname.clone(),
             heartbeat_poke: self.heartbeat_poke.clone(),
+            updater: self.updater.clone(),
         });
         let mut tasks = JoinSet::new();
+        self.recover_updates(&shared, &mut tasks).await;
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         loop {
             tokio::select! {
@@ -213,6 +219,31 @@ impl Executor {
         }
     }
 
+    /// Converges every update a previous process left unfinished, each holding its container's
+    /// lock (taken before any new command is admitted).
+    async fn recover_updates(&self, shared: &Arc<Shared>, tasks: &mut JoinSet<()>) {
+        let records = match self.state.unfinished_updates().await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = format!("{e:#}"), "cannot read the update journal");
+                return;
+            }
+        };
+        for record in records {
+            let name = serde_json::from_str::<serde_json::Value>(&record)
+                .ok()
+                .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
+                .unwrap_or_default();
+            let guard = shared.locks.try_lock(&name);
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let _guard = guard;
+                shared.updater.recover(&record).await;
+                shared.heartbeat_poke.notify_one();
+            });
+        }
+    }
+
     fn send_received(&self, command_id: String) {
         // `received` is advisory (the result is what counts), so a full queue may drop it.
         if self
@@ -265,7 +296,40 @@ pub async fn fail_interrupted(state: &State) -> Result<usize> {
     Ok(ids.len())
 }
 
+/// `container.update`: refused at once when another mutating command holds the container.
+async fn run_update(shared: &Shared, command_id: &str, args: &ContainerUpdateArgs) {
+    let updater = &shared.updater;
+    if let Err(message) = args.validate() {
+        let e = ErrorInfo {
+            code: error_codes::INVALID_ARGS.into(),
+            message,
+        };
+        return updater.refuse(command_id, args, e).await;
+    }
+    let c = match shared.docker.resolve(&args.container).await {
+        Ok(c) => c,
+        Err(e) => return updater.refuse(command_id, args, docker_err(e)).await,
+    };
+    let Some(_guard) = shared.locks.try_lock(&c.name) else {
+        let e = ErrorInfo {
+            code: error_codes::BUSY.into(),
+            message: format!(
+                "container {} is busy with another command (an update or a start/stop/restart); \
+                 nothing was changed",
+                c.name
+            ),
+        };
+        return updater.refuse(command_id, args, e).await;
+    };
+    updater.run(command_id, args.clone()).await;
+}
+
 async fn run_command(shared: &Shared, env: CommandEnvelope) {
+    if let Command::ContainerUpdate(args) = &env.command {
+        run_update(shared, &env.id, args).await;
+        shared.heartbeat_poke.notify_one();
+        return;
+    }
     let started_at = Utc::now();
     let clock = std::time::Instant::now();
     let outcome = match env.command.validate() {
@@ -380,6 +444,10 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 changed: out.changed,
             })
         }
+        Command::ContainerUpdate(_) => Err(ErrorInfo {
+            code: error_codes::INVALID_ARGS.into(),
+            message: "container.update is run by the updater, not here".into(),
+        }),
         Command::ContainerLogs(a) => {
             let c = docker.resolve(&a.container).await.map_err(docker_err)?;
             let lines = docker
@@ -427,7 +495,8 @@ pub fn keep_newest_lines(mut lines: Vec<String>, budget: usize) -> (Vec<String>,
 
 // === impl ContainerLocks ===
 
-/// One async mutex per container id, for mutating commands.
+/// One async mutex per container NAME, for mutating commands (an update gives the container a
+/// new id but keeps its name).
 #[derive(Default)]
 struct ContainerLocks {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -445,7 +514,7 @@ impl ContainerLocks {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             // Forget locks nobody holds or waits for, so the map stays small.
             map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(c.id.clone()).or_default().clone()
+            map.entry(c.name.clone()).or_default().clone()
         };
         let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         let wait = MAX_BUSY_WAIT.min(until_expiry).max(Duration::from_secs(1));
@@ -460,6 +529,16 @@ impl ContainerLocks {
                 ),
             }),
         }
+    }
+
+    /// The container's lock if nobody holds it now.
+    fn try_lock(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        let mutex = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+            map.entry(name.to_string()).or_default().clone()
+        };
+        mutex.try_lock_owned().ok()
     }
 }
 

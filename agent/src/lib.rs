@@ -17,6 +17,7 @@ pub mod executor;
 pub mod heartbeat;
 pub mod session;
 pub mod state;
+pub mod update;
 pub mod verify;
 
 use anyhow::{anyhow, Context, Result};
@@ -151,15 +152,26 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("heartbeat", hb.run(token).await) });
 
+    let updating = update::Updating::default();
     let ev = events::EventsTask {
         docker: docker.clone(),
         state: state.clone(),
+        updating: updating.clone(),
         restart_loop_threshold: config.restart_loop_threshold,
         restart_loop_window_secs: config.restart_loop_window_secs,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("events", ev.run(token).await) });
 
+    let updater = update::Updater {
+        docker: docker.clone(),
+        state: state.clone(),
+        config: config.update.clone(),
+        pause_at: config.test_update_pause_at,
+        state_dir: config.state_dir.clone(),
+        updating,
+        frame_limit: frame_limit.clone(),
+    };
     let exec = executor::Executor {
         verifier: verify::Verifier {
             agent_id: identity.agent_id.clone(),
@@ -173,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         frame_limit,
         hostname,
         heartbeat_poke: poke,
+        updater,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });

@@ -77,6 +77,17 @@ const MIGRATIONS: &[&str] = &[
         count INTEGER NOT NULL
     );
     "#,
+    // 3: container.update journal: what an update needs to converge after a crash
+    r#"
+    CREATE TABLE updates (
+        command_id TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        record TEXT NOT NULL,
+        finished INTEGER NOT NULL DEFAULT 0,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX updates_unfinished ON updates (finished);
+    "#,
 ];
 
 /// Events kept in the outbox when nothing else is configured.
@@ -361,11 +372,14 @@ impl State {
     }
 
     /// Ids of commands journaled as running (used at startup: a previous process died while
-    /// running them).
+    /// running them), except unfinished updates, which converge from their own journal.
     pub async fn journal_running(&self) -> Result<Vec<String>> {
         self.call(|c| {
-            let mut stmt =
-                c.prepare("SELECT id FROM journal WHERE status = 'running' ORDER BY received_at")?;
+            let mut stmt = c.prepare(
+                "SELECT id FROM journal WHERE status = 'running'
+                 AND id NOT IN (SELECT command_id FROM updates WHERE finished = 0)
+                 ORDER BY received_at",
+            )?;
             let ids = stmt
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()?;
@@ -378,12 +392,78 @@ impl State {
     pub async fn prune_journal(&self, now: DateTime<Utc>) -> Result<usize> {
         let cutoff = now - ChronoDuration::hours(JOURNAL_KEEP_AFTER_EXPIRY_HOURS);
         self.call(move |c| {
-            Ok(c.execute(
+            let n = c.execute(
                 "DELETE FROM journal WHERE expires_at < ?1",
                 params![ts(cutoff)],
-            )?)
+            )?;
+            c.execute(
+                "DELETE FROM updates WHERE finished = 1
+                 AND command_id NOT IN (SELECT id FROM journal)",
+                [],
+            )?;
+            Ok(n)
         })
         .await
+    }
+
+    // --- update journal ---
+
+    /// Saves an update's journal record (JSON) and the phase it reached; durable when this
+    /// returns.
+    pub async fn save_update(&self, command_id: &str, phase: &str, record: String) -> Result<()> {
+        let (id, phase) = (command_id.to_string(), phase.to_string());
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO updates (command_id, phase, record, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (command_id) DO UPDATE SET phase = excluded.phase,
+                 record = excluded.record, updated_at = excluded.updated_at",
+                params![id, phase, record, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records of updates that have not finished (a previous process stopped during them).
+    pub async fn unfinished_updates(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT record FROM updates WHERE finished = 0 ORDER BY updated_at")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Finishes an update: its journal record, the command journal and the outbox in one
+    /// transaction.
+    pub async fn finish_update(&self, result: CommandResult, record: String) -> Result<u64> {
+        let notify = self.outbox_notify.clone();
+        let seq = self
+            .call(move |c| {
+                let result_json = serde_json::to_string(&result)?;
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE updates SET finished = 1, phase = 'done', record = ?2, updated_at = ?3
+                     WHERE command_id = ?1",
+                    params![result.command_id, record, ts(Utc::now())],
+                )?;
+                let n = tx.execute(
+                    "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
+                    params![result.command_id, result_json],
+                )?;
+                if n == 0 {
+                    bail!("command {} is not in the journal", result.command_id);
+                }
+                let seq = insert_outbox(&tx, &OutboxItem::Result(result))?;
+                tx.commit()?;
+                Ok(seq)
+            })
+            .await?;
+        notify.notify_one();
+        Ok(seq)
     }
 
     // --- outbox ---

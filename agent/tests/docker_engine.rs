@@ -86,6 +86,7 @@ async fn actions_visibility_logs_and_events() {
     let shutdown = CancellationToken::new();
     let events_task = tokio::spawn(
         EventsTask {
+            updating: Default::default(),
             docker: client.clone(),
             state: state.clone(),
             restart_loop_threshold: 3,
@@ -245,6 +246,7 @@ async fn events_from_while_the_agent_was_down_are_not_lost() {
     let follow = |state: State, shutdown: CancellationToken| {
         tokio::spawn(
             EventsTask {
+                updating: Default::default(),
                 docker: client.clone(),
                 state,
                 restart_loop_threshold: 3,

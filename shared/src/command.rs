@@ -3,6 +3,7 @@
 
 use crate::selector::{Labels, Selector};
 use crate::signing::{PublicKey, SigningError, SigningKey, COMMAND_DOMAIN};
+pub use crate::update::ContainerUpdateArgs;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -31,10 +32,12 @@ pub enum CommandKind {
     ContainerRestart,
     #[serde(rename = "container.logs")]
     ContainerLogs,
+    #[serde(rename = "container.update")]
+    ContainerUpdate,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 7] = [
+    pub const ALL: [CommandKind; 8] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -42,6 +45,7 @@ impl CommandKind {
         CommandKind::ContainerStop,
         CommandKind::ContainerRestart,
         CommandKind::ContainerLogs,
+        CommandKind::ContainerUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl CommandKind {
             CommandKind::ContainerStop => "container.stop",
             CommandKind::ContainerRestart => "container.restart",
             CommandKind::ContainerLogs => "container.logs",
+            CommandKind::ContainerUpdate => "container.update",
         }
     }
 
@@ -64,6 +69,7 @@ impl CommandKind {
             CommandKind::ContainerStart
                 | CommandKind::ContainerStop
                 | CommandKind::ContainerRestart
+                | CommandKind::ContainerUpdate
         )
     }
 }
@@ -75,7 +81,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -106,6 +112,8 @@ pub enum Command {
     ContainerRestart(ContainerStopArgs),
     #[serde(rename = "container.logs")]
     ContainerLogs(ContainerLogsArgs),
+    #[serde(rename = "container.update")]
+    ContainerUpdate(ContainerUpdateArgs),
 }
 
 impl Command {
@@ -118,6 +126,7 @@ impl Command {
             Command::ContainerStop(_) => CommandKind::ContainerStop,
             Command::ContainerRestart(_) => CommandKind::ContainerRestart,
             Command::ContainerLogs(_) => CommandKind::ContainerLogs,
+            Command::ContainerUpdate(_) => CommandKind::ContainerUpdate,
         }
     }
 
@@ -128,6 +137,7 @@ impl Command {
             Command::ContainerInspect(a) | Command::ContainerStart(a) => Some(&a.container),
             Command::ContainerStop(a) | Command::ContainerRestart(a) => Some(&a.container),
             Command::ContainerLogs(a) => Some(&a.container),
+            Command::ContainerUpdate(a) => Some(&a.container),
         }
     }
 
@@ -160,6 +170,9 @@ impl Command {
             if a.timeout_secs.unwrap_or(0) > 3600 {
                 return Err("timeout_secs must be at most 3600".into());
             }
+        }
+        if let Command::ContainerUpdate(a) = self {
+            a.validate()?;
         }
         Ok(())
     }
@@ -333,6 +346,12 @@ pub mod error_codes {
     pub const INTERRUPTED: &str = "interrupted";
     /// The output does not fit in one frame (max_frame_bytes).
     pub const RESULT_TOO_LARGE: &str = "result_too_large";
+    /// `container.update`: the new container failed and the old one runs again.
+    pub const UPDATE_ROLLED_BACK: &str = "update_rolled_back";
+    /// `container.update`: nothing was changed (pull failed, refused, ...).
+    pub const UPDATE_FAILED_UNCHANGED: &str = "update_failed_unchanged";
+    /// `container.update`: the new container failed and so did the old one on the way back.
+    pub const ROLLBACK_FAILED: &str = "rollback_failed";
 }
 
 /// The outcome of one command on one agent.
@@ -340,7 +359,8 @@ pub mod error_codes {
 pub struct CommandResult {
     pub command_id: String,
     pub status: ResultStatus,
-    /// The typed output of the command kind (see `*Output` types), when it succeeded.
+    /// The typed output of the command kind (see `*Output` types), when it succeeded; for
+    /// `container.update` whatever the outcome (an `UpdateReport`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -129,6 +129,10 @@ pub enum EventKind {
     /// unknown id, policy). Raised as an event because a forged command has no relay record.
     #[serde(rename = "command.rejected")]
     CommandRejected,
+    /// Progress of a `container.update` (attributes: command_id, phase, and for pulls
+    /// layers_done / layers_total). Recovery after an agent restart raises one too.
+    #[serde(rename = "container.update")]
+    ContainerUpdate,
     /// Forward compatibility: an event kind this build does not know.
     #[serde(other, rename = "unknown")]
     Unknown,
@@ -145,6 +149,7 @@ impl EventKind {
             EventKind::ContainerHealth => "container.health",
             EventKind::ContainerRestartLoop => "container.restart_loop",
             EventKind::CommandRejected => "command.rejected",
+            EventKind::ContainerUpdate => "container.update",
             EventKind::Unknown => "unknown",
         }
     }
@@ -161,6 +166,8 @@ pub struct AgentEvent {
     /// One sentence for people: "container web died with exit code 137".
     pub message: String,
     /// Extra facts: exit_code, health_status, restarts_in_window, command_id, reason, ...
+    /// Container events raised while an update acts on the container carry `updating` (the
+    /// update's command id), so alerts can be suppressed for them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
 }

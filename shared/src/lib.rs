@@ -16,6 +16,7 @@ pub mod limit;
 pub mod protocol;
 pub mod selector;
 pub mod signing;
+pub mod update;
 
 /// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
 /// speaking a version it does not know.

@@ -4,6 +4,14 @@
 //! `flotilla.ignore=true`, and — when `only_label` is configured — containers that do not carry
 //! that label, are left out of every listing and event, and any command naming one fails exactly
 //! like a command naming a container that does not exist (`no_such_container`).
+//!
+//! `ops` holds the calls only `container.update` needs, `raw` the small unix-socket client
+//! through which the engine's inspect/create JSON passes untouched.
+
+mod ops;
+pub mod raw;
+
+pub use ops::PullProgress;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
