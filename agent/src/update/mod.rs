@@ -348,31 +348,33 @@ impl Updater {
         let image = run.j.args.image.clone();
         let registry = policy::ImageRef::parse(&image).registry;
         let creds = policy::credentials(&self.config, &registry)?;
-        let mut last_sent = Instant::now();
-        let mut progress_events = Vec::new();
-        let pulled = self
-            .docker
-            .pull(&image, creds, |p| {
-                if last_sent.elapsed() >= PROGRESS_EVERY {
-                    last_sent = Instant::now();
-                    progress_events.push(p.clone());
-                }
-            })
-            .await;
-        for p in progress_events {
-            let mut attrs = BTreeMap::new();
-            attrs.insert("layers_done".into(), p.layers_done.to_string());
-            attrs.insert("layers_total".into(), p.layers_total.to_string());
-            self.event(
-                run,
-                format!(
+        // Progress goes to the relay while the pull runs (at most every PROGRESS_EVERY).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let pull = async move {
+            let mut last_sent: Option<Instant> = None;
+            self.docker
+                .pull(&image, creds, |p| {
+                    if last_sent.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                        last_sent = Some(Instant::now());
+                        let _ = tx.send(p.clone());
+                    }
+                })
+                .await
+        };
+        let image = run.j.args.image.clone();
+        let forward = async {
+            while let Some(p) = rx.recv().await {
+                let mut attrs = BTreeMap::new();
+                attrs.insert("layers_done".into(), p.layers_done.to_string());
+                attrs.insert("layers_total".into(), p.layers_total.to_string());
+                let message = format!(
                     "pulling {image}: {}/{} layers",
                     p.layers_done, p.layers_total
-                ),
-                attrs,
-            )
-            .await;
-        }
+                );
+                self.event(run, message, attrs).await;
+            }
+        };
+        let (pulled, ()) = tokio::join!(pull, forward);
         pulled.map_err(|e| e.to_string())?;
         let img = self
             .docker
