@@ -256,6 +256,21 @@ impl Updater {
             .await
             .map_err(docker_err)?
             .ok_or_else(|| docker_err(DockerError::NoSuchContainer(c.name.clone())))?;
+        let status = old
+            .pointer("/State/Status")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if matches!(status, "created" | "exited" | "dead" | "removing") {
+            // A rollback restores the old container RUNNING, which would change a stopped one.
+            return Err(refuse(
+                error_codes::INVALID_ARGS,
+                format!(
+                    "container {} is {status}: container.update replaces running containers; \
+                     start it first",
+                    c.name
+                ),
+            ));
+        }
         let current_image = old
             .pointer("/Config/Image")
             .and_then(Value::as_str)
