@@ -11,6 +11,7 @@ mod commands;
 mod error;
 mod system;
 mod tokens;
+mod updates;
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -55,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/agents/{id}/events", get(agents::events))
         .route("/api/v1/agents/{id}/commands", post(commands::create))
+        .route("/api/v1/agents/{id}/updates", get(updates::agent_updates))
+        .route("/api/v1/updates", get(updates::fleet_updates))
         .route("/api/v1/commands/{id}", get(commands::show))
         .route("/api/v1/jobs", post(commands::create_job))
         .route("/api/v1/jobs/{id}", get(commands::show_job))

@@ -2,12 +2,13 @@
 //! are the typed structs of `flotilla_shared::api`; `--json` prints the API's JSON unchanged.
 //!
 //! Exit status: 0 on success; 1 when what was asked for did not happen (a command failed, was
-//! rejected or undelivered, a job had errors or stopped, a wait timed out); 2 on usage errors
-//! and API errors, with `error: <message>` on stderr.
+//! rejected or undelivered, a job had errors or stopped, an update ended other than `updated`,
+//! a wait timed out); 2 on usage errors and API errors, with `error: <message>` on stderr.
 
 mod client;
 mod render;
 mod run;
+mod update;
 
 pub use client::{ApiClient, CliError};
 
@@ -16,11 +17,12 @@ use clap::{Args, Parser, Subcommand};
 use flotilla_shared::api::{
     AgentDetail, AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CommandInfo,
     CreateApiToken, CreateEnrollmentToken, EnrollmentTokenCreated, EnrollmentTokenInfo,
-    EventRecord, JobInfo, PatchAgent, RelayStatus, Scope,
+    EventRecord, JobInfo, PatchAgent, RelayStatus, Scope, UpdateRecord,
 };
 use flotilla_shared::duration::parse_duration;
 use flotilla_shared::limit::Limit;
 use flotilla_shared::selector::{parse_labels, Labels, Selector};
+use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use run::print_value;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,6 +65,22 @@ pub enum CliCommand {
     Agent(AgentCommand),
     /// Send a command to one agent (--agent) or to every agent a selector matches (--selector).
     Run(RunArgs),
+    /// Update a container to a new image, health-checked, rolled back if the new one fails.
+    Update(UpdateArgs),
+    /// Update history: one agent's (or, without an agent, the fleet's) container updates.
+    Updates {
+        /// The agent; without it, every agent's updates.
+        agent: Option<String>,
+        /// Only updates of this container (name or id).
+        #[arg(long)]
+        container: Option<String>,
+        /// Only updates still in progress.
+        #[arg(long)]
+        active: bool,
+        /// Most updates to show, newest first (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
     /// Commands already sent.
     #[command(subcommand)]
     Command(CommandCommand),
@@ -142,7 +160,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub selector: Option<Selector>,
     /// Command kind: ping, container.list, container.inspect, container.start, container.stop,
-    /// container.restart, container.logs.
+    /// container.restart, container.logs, container.update (easier with `flotilla update`).
     pub kind: String,
     /// Container name or id.
     #[arg(long)]
@@ -183,6 +201,45 @@ pub struct RunArgs {
     /// Jobs: stop dispatching once more than this many agents failed (`0`, `2` or `10%`).
     #[arg(long, conflicts_with = "agent")]
     pub max_errors: Option<Limit>,
+}
+
+/// `flotilla update`: a `container.update` command to one agent.
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The agent running the container.
+    #[arg(long)]
+    pub agent: String,
+    /// The container to update (name or id).
+    #[arg(long)]
+    pub container: String,
+    /// The image to update to (`registry/repo:tag` or `registry/repo@sha256:...`).
+    #[arg(long)]
+    pub image: String,
+    /// How the new container proves it works: auto (its Docker HEALTHCHECK if it has one, else
+    /// running), docker, running, http:<port><path> (e.g. http:8080/healthz) or tcp:<port>.
+    #[arg(long)]
+    pub health: Option<HealthSpec>,
+    /// Deadline for the health check (`120s`, `5m`; default 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// How long the new container must then stay up without restarting (default 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub stable: Option<Duration>,
+    /// stop-first (default): stop the old container, then start the new one. start-first: start
+    /// the new one first (only for containers without published ports).
+    #[arg(long)]
+    pub strategy: Option<UpdateStrategy>,
+    /// Wait for the outcome, render the report, and exit 0 only if the container was updated.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits (default: long enough for the pull, both health gates and a
+    /// rollback: 2 × (health timeout + stable) + 15m).
+    #[arg(long, value_parser = parse_duration)]
+    pub wait_timeout: Option<Duration>,
+    /// How long the relay keeps trying to deliver it (default: the relay's default TTL, but at
+    /// least as long as --wait's default, so the delivery does not end while the agent works).
+    #[arg(long, value_parser = parse_duration)]
+    pub ttl: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -352,6 +409,33 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
             print_value(&value, json, || render::events(&events));
         }
         CliCommand::Run(args) => return run::run(&client, args, json).await,
+        CliCommand::Update(args) => return update::update(&client, args, json).await,
+        CliCommand::Updates {
+            agent,
+            container,
+            active,
+            limit,
+        } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(c) = container {
+                query.push(("container", c.clone()));
+            }
+            if *active {
+                query.push(("active", "true".into()));
+            }
+            let value = match agent {
+                Some(id) => {
+                    client
+                        .get(&["api", "v1", "agents", id, "updates"], &query)
+                        .await?
+                }
+                None => client.get(&["api", "v1", "updates"], &query).await?,
+            };
+            let list: Vec<UpdateRecord> = client::decode(&value, "updates")?;
+            print_value(&value, json, || {
+                render::updates(&list, now, agent.is_none())
+            });
+        }
         CliCommand::Command(CommandCommand::Show { id, agent }) => {
             let query: Vec<(&str, String)> = agent.iter().map(|a| ("agent", a.clone())).collect();
             let value = client.get(&["api", "v1", "commands", id], &query).await?;

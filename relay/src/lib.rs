@@ -19,6 +19,7 @@ pub mod retention;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod updates;
 pub mod ws;
 
 pub use config::RelayConfig;

@@ -1,5 +1,6 @@
-//! The retention sweep: every few hours, deletes events, audit rows and finished commands older
-//! than `retention_days`, so the database does not grow for ever.
+//! The retention sweep: every few hours, deletes events, audit rows, finished commands and
+//! finished update-history rows older than `retention_days`, so the database does not grow for
+//! ever.
 
 use crate::state::AppState;
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 events = p.events,
                 audit = p.audit,
                 commands = p.commands,
+                updates = p.updates,
                 retention_days = days,
                 "retention sweep done"
             ),

@@ -11,13 +11,28 @@
 //! of [`Store`] into a trait implemented per backend; the domain types below are already
 //! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
 //! method is one transaction, which maps one-to-one onto a PostgreSQL transaction.
+//!
+//! Update history (`container.update`): one row per (command, agent), made when the command is
+//! dispatched to the agent (at creation for a single command, when a job's pending delivery is
+//! queued for a job), its `phase` advanced by the agent's `container.update` progress events
+//! (matched by their `command_id` attribute), and finished by the agent's result (whose output
+//! is the `UpdateReport`, also on failure) or by the relay's own endings (undelivered,
+//! `no_result`, `agent_revoked`); a late real result replaces a relay-made ending.
+//!
+//! **Alert suppression hook.** Alerts about a container that an update is acting on (it is
+//! stopped, renamed, restarted on purpose) should be suppressed. Two signals, in this order:
+//! a container event raised during an update carries the attribute `updating=<command id>`;
+//! otherwise ask [`Store::is_updating`] (agent + container name or id → the unfinished update's
+//! command id) or take the whole set from [`Store::active_updates`]. An update counts as active
+//! from dispatch until its result or the relay's ending; so a stuck one stops suppressing at
+//! the latest when its delivery expires (command TTL + `result_grace_secs`).
 
 mod sqlite;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobInfo, JobState,
-    Scope,
+    Scope, UpdateRecord,
 };
 use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
@@ -97,6 +112,8 @@ pub struct Pruned {
     pub events: usize,
     pub audit: usize,
     pub commands: usize,
+    /// Finished update-history rows.
+    pub updates: usize,
 }
 
 /// A new enrollment token (its secret is only given as a hash).
@@ -236,6 +253,23 @@ pub struct EventQuery {
     pub after_id: Option<i64>,
     pub limit: u32,
 }
+
+/// Filter of the update history (`GET /api/v1/agents/{id}/updates`, `GET /api/v1/updates`).
+#[derive(Clone, Debug, Default)]
+pub struct UpdateQuery {
+    /// One agent's updates; None for the whole fleet.
+    pub agent_id: Option<String>,
+    /// Updates of this container: as asked for (name or id) or as the agent reported its name.
+    pub container: Option<String>,
+    /// Only unfinished (true) or only finished (false) updates.
+    pub active: Option<bool>,
+    pub command_id: Option<String>,
+    /// Newest first, at most this many.
+    pub limit: u32,
+}
+
+/// Most rows [`Store::active_updates`] returns (active updates are bounded by command expiry).
+pub const MAX_ACTIVE_UPDATES: u32 = 100_000;
 
 /// The relay's database. Cheap to clone.
 #[derive(Clone)]
@@ -511,8 +545,9 @@ impl Store {
             total.events += p.events;
             total.audit += p.audit;
             total.commands += p.commands;
+            total.updates += p.updates;
             let batch = PRUNE_BATCH as usize;
-            if p.events < batch && p.audit < batch && p.commands < batch {
+            if p.events < batch && p.audit < batch && p.commands < batch && p.updates < batch {
                 return Ok(total);
             }
         }
@@ -552,6 +587,36 @@ impl Store {
         query: EventQuery,
     ) -> Result<Vec<EventRecord>, StoreError> {
         self.read(move |c| sqlite::Db::events(c, &agent_id, &query))
+            .await
+    }
+
+    // === update history ===
+
+    /// Update history, newest first.
+    pub async fn updates(&self, query: UpdateQuery) -> Result<Vec<UpdateRecord>, StoreError> {
+        self.read(move |c| sqlite::Db::updates(c, &query)).await
+    }
+
+    /// Every unfinished update in the fleet, newest first (the alert suppression hook, see the
+    /// module doc).
+    pub async fn active_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
+        self.updates(UpdateQuery {
+            active: Some(true),
+            limit: MAX_ACTIVE_UPDATES,
+            ..UpdateQuery::default()
+        })
+        .await
+    }
+
+    /// Whether an update is acting on this agent's container now (the container named by its
+    /// name or id as the update asked for it, or by the name the agent reported): the
+    /// unfinished update's command id. The alert suppression hook, see the module doc.
+    pub async fn is_updating(
+        &self,
+        agent_id: String,
+        container: String,
+    ) -> Result<Option<String>, StoreError> {
+        self.read(move |c| sqlite::Db::updating(c, &agent_id, &container))
             .await
     }
 

@@ -609,3 +609,233 @@ async fn enrollment_limit_keys_on_forwarded_for_only_behind_trusted_proxy() {
     assert_ne!(enroll("10.9.9.9, 203.0.113.2").await, 429);
     relay.relay.shutdown().await.unwrap();
 }
+
+impl Relay {
+    async fn get_status(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+}
+
+fn rolled_back_report() -> flotilla_shared::update::UpdateReport {
+    serde_json::from_value(serde_json::json!({
+        "outcome": "rolled_back", "container": "web", "image": "reg.example/app:v2",
+        "strategy": "stop-first", "health": "tcp:8080", "old_image": "reg.example/app:v1",
+        "old_image_id": "sha256:1111", "new_image_id": "sha256:2222", "phase": "done",
+        "timings": [{"phase": "pull", "ms": 800}, {"phase": "health", "ms": 30000}],
+        "health_evidence": {"method": "tcp", "passed": false, "checks": 30, "check_ms": 30000,
+                            "stable_ms": 0, "detail": "connection refused until the deadline"},
+        "reason": "the new container failed its health check",
+        "failed_logs": ["listening on 8081"], "old_stopped": true, "total_ms": 32000
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn update_history_follows_progress_and_results() {
+    use flotilla_shared::api::UpdateRecord;
+    use flotilla_shared::update::UpdateOutcome;
+    let relay = relay(256 * 1024).await;
+    let key = SigningKey::generate();
+    let agent_id = relay.enroll(&key).await.agent_id;
+    let mut ws = login(&relay, &key, &agent_id).await;
+    let post = |body: serde_json::Value| {
+        let req = relay
+            .http
+            .post(format!("{}/api/v1/agents/{agent_id}/commands", relay.base))
+            .bearer_auth(&relay.admin)
+            .json(&body);
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 201);
+            resp.json::<CommandInfo>().await.unwrap()
+        }
+    };
+
+    // Without a TTL an update gets at least its run budget: 2 × (30 + 10) + 15 min, more than
+    // the 10 minute default; an explicit TTL is kept.
+    let web = post(serde_json::json!({"kind": "container.update", "args": {
+        "container": "web", "image": "reg.example/app:v2", "health": "tcp:8080",
+        "health_timeout_secs": 30}}))
+    .await;
+    assert_eq!((web.expires_at - web.created_at).num_seconds(), 980);
+    let Some(RelayFrame::Command(signed)) = next_frame(&mut ws).await else {
+        panic!("no command")
+    };
+    assert_eq!(signed.peek().unwrap().id, web.id);
+    let db = post(
+        serde_json::json!({"kind": "container.update", "ttl_secs": 120,
+        "args": {"container": "db", "image": "reg.example/db:2"}}),
+    )
+    .await;
+    assert_eq!((db.expires_at - db.created_at).num_seconds(), 120);
+    let Some(RelayFrame::Command(_)) = next_frame(&mut ws).await else {
+        panic!("no command")
+    };
+
+    send(
+        &mut ws,
+        &AgentFrame::Received {
+            command_id: web.id.clone(),
+        },
+    )
+    .await;
+    let progress = AgentEvent {
+        kind: EventKind::ContainerUpdate,
+        at: chrono::Utc::now(),
+        container_id: None,
+        container_name: Some("web".into()),
+        message: "pulling reg.example/app:v2".into(),
+        attributes: [
+            ("command_id".to_string(), web.id.clone()),
+            ("phase".to_string(), "pulling".to_string()),
+            ("layers_done".to_string(), "1".to_string()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    send(
+        &mut ws,
+        &AgentFrame::Outbox {
+            seq: 1,
+            item: OutboxItem::Event(progress),
+        },
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 1 }));
+    let path = format!("/api/v1/agents/{agent_id}/updates?container=web");
+    let rows: Vec<UpdateRecord> = relay.get_json(&path).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].command_id, web.id);
+    assert!(rows[0].active);
+    assert_eq!(rows[0].state, DeliveryState::Received);
+    assert_eq!(rows[0].phase.as_deref(), Some("pulling"));
+    assert_eq!(rows[0].requested_by, "admin");
+    let active: Vec<UpdateRecord> = relay.get_json("/api/v1/updates?active=true").await;
+    assert_eq!(active.len(), 2);
+    assert!(relay
+        .relay
+        .state()
+        .store
+        .is_updating(agent_id.clone(), "web".into())
+        .await
+        .unwrap()
+        .is_some());
+
+    // The failed result carries the report: history and command both show it.
+    let report = rolled_back_report();
+    let result = CommandResult {
+        command_id: web.id.clone(),
+        status: ResultStatus::Failed,
+        output: Some(serde_json::to_value(&report).unwrap()),
+        error: Some(flotilla_shared::command::ErrorInfo {
+            code: "update_rolled_back".into(),
+            message: "the new container failed its health check; rolled back".into(),
+        }),
+        started_at: chrono::Utc::now(),
+        finished_at: chrono::Utc::now(),
+    };
+    send(
+        &mut ws,
+        &AgentFrame::Outbox {
+            seq: 2,
+            item: OutboxItem::Result(result),
+        },
+    )
+    .await;
+    assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq: 2 }));
+    let rows: Vec<UpdateRecord> = relay.get_json(&path).await;
+    assert!(!rows[0].active);
+    assert_eq!(rows[0].state, DeliveryState::Failed);
+    assert_eq!(rows[0].outcome, Some(UpdateOutcome::RolledBack));
+    assert_eq!(rows[0].report.as_ref(), Some(&report));
+    let info: CommandInfo = relay
+        .get_json(&format!("/api/v1/commands/{}", web.id))
+        .await;
+    assert_eq!(info.state, DeliveryState::Failed);
+    assert_eq!(
+        info.result.unwrap().output,
+        Some(serde_json::to_value(&report).unwrap())
+    );
+    let active: Vec<UpdateRecord> = relay.get_json("/api/v1/updates?active=true").await;
+    assert_eq!(
+        active
+            .iter()
+            .map(|u| u.command_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![db.id.as_str()]
+    );
+    let all: Vec<UpdateRecord> = relay
+        .get_json(&format!("/api/v1/agents/{agent_id}/updates"))
+        .await;
+    assert_eq!(
+        all.iter()
+            .map(|u| u.command_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![db.id.as_str(), web.id.as_str()]
+    );
+
+    // A fan-out job's update gets its row when dispatched, with the job's id.
+    let resp = relay
+        .http
+        .post(format!("{}/api/v1/jobs", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(
+            &serde_json::json!({"selector": "", "kind": "container.update",
+            "args": {"container": "cache", "image": "reg.example/cache:7"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let job: JobInfo = resp.json().await.unwrap();
+    // One round of default updates (2 × (120 + 10) + 15 min).
+    assert_eq!((job.expires_at - job.created_at).num_seconds(), 1160);
+    let rows: Vec<UpdateRecord> = relay
+        .get_json(&format!(
+            "/api/v1/agents/{agent_id}/updates?container=cache"
+        ))
+        .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].job_id.as_deref(), Some(job.id.as_str()));
+    assert_eq!(rows[0].command_id, job.command_id);
+
+    // Read scope is enough; unknown agents and bad filters are clear errors.
+    let read: flotilla_shared::api::ApiTokenCreated = relay
+        .http
+        .post(format!("{}/api/v1/api-tokens", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(&serde_json::json!({"name": "viewer", "scope": "read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (status, body) = relay
+        .get_status("/api/v1/updates?active=false&limit=1", &read.token)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().unwrap().len(), 1);
+    let (status, body) = relay
+        .get_status("/api/v1/agents/ag_nope/updates", &read.token)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["message"], "no agent with id ag_nope");
+    for bad in ["limit=0", "limit=1001", "active=maybe", "colour=red"] {
+        let (status, body) = relay
+            .get_status(
+                &format!("/api/v1/agents/{agent_id}/updates?{bad}"),
+                &read.token,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    relay.relay.shutdown().await.unwrap();
+}

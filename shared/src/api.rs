@@ -1,10 +1,11 @@
 //! Dashboard API request and response types (`/api/v1/...`), shared by the relay's handlers, the
 //! `flotilla` CLI and the tests. Timestamps are RFC 3339 UTC.
 
-use crate::command::{Command, CommandKind, CommandResult};
+use crate::command::{Command, CommandKind, CommandResult, ErrorInfo};
 use crate::heartbeat::{AgentEvent, Heartbeat};
 use crate::limit::Limit;
 use crate::selector::{Labels, Selector};
+use crate::update::{HealthSpec, UpdateOutcome, UpdateReport, UpdateStrategy};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -382,6 +383,58 @@ pub struct JobInfo {
     pub targets: Vec<JobTarget>,
 }
 
+// === update history ===
+
+/// One `container.update` on one agent, as the relay's update history keeps it
+/// (`GET /api/v1/agents/{id}/updates`, `GET /api/v1/updates`). Newest first in lists.
+///
+/// While `active`, `phase` follows the agent's `container.update` progress events. Once the
+/// update ended, `finished_at` is set and either `report` (with `outcome`) says how it went, or,
+/// when it ended without a report (rejected, undelivered, no result, interrupted, agent revoked),
+/// `outcome` and `report` are absent and `state` plus `error` say why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRecord {
+    pub command_id: String,
+    pub agent_id: String,
+    /// Set when the update was part of a fan-out job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The container as asked for (name or id).
+    pub container: String,
+    /// The container's name as the agent reported it (progress events, report), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+    /// The image reference asked for.
+    pub image: String,
+    pub health: HealthSpec,
+    pub strategy: UpdateStrategy,
+    /// The API token's name that asked for it.
+    pub requested_by: String,
+    pub created_at: DateTime<Utc>,
+    /// Not finished yet: the agent may be acting on the container.
+    pub active: bool,
+    /// The delivery's state: queued, sent or received while active; succeeded, failed, rejected
+    /// or undelivered once finished.
+    pub state: DeliveryState,
+    /// The latest update phase (`validated`, `pulling`, ..., `done`; see
+    /// `flotilla_shared::update::UpdatePhase`), when the agent reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_at: Option<DateTime<Utc>>,
+    /// How it ended, from the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<UpdateOutcome>,
+    /// The result's error (e.g. `update_rolled_back`, `container_busy`, `no_result`,
+    /// `interrupted`, `agent_revoked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<UpdateReport>,
+}
+
 // === API tokens ===
 
 /// `POST /api/v1/api-tokens` (admin).
@@ -474,5 +527,39 @@ mod tests {
         assert_eq!(serde_json::to_value(&j).unwrap(), v);
         let bad = json!({"selector": "tier=build", "kind": "container.list", "args": {}, "max_errors": "x%"});
         assert!(serde_json::from_value::<CreateJob>(bad).is_err());
+    }
+
+    #[test]
+    fn update_record_wire_form() {
+        // In progress: no outcome, error, finish or report keys at all.
+        let v = json!({"command_id": "cmd_1", "agent_id": "ag_1", "container": "web",
+                       "image": "reg.example/app:v2", "health": "http:8080/healthz",
+                       "strategy": "start-first", "requested_by": "admin",
+                       "created_at": "2026-03-01T12:00:00Z", "active": true, "state": "received",
+                       "phase": "health_gate", "phase_at": "2026-03-01T12:00:05Z"});
+        let r: UpdateRecord = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            r.health,
+            HealthSpec::Http {
+                port: 8080,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(r.strategy, UpdateStrategy::StartFirst);
+        assert_eq!(serde_json::to_value(&r).unwrap(), v);
+        // Ended without a report: state and error say how.
+        let v = json!({"command_id": "cmd_2", "agent_id": "ag_1", "job_id": "job_1",
+                       "container": "web", "image": "app:v2", "health": "auto",
+                       "strategy": "stop-first", "requested_by": "admin",
+                       "created_at": "2026-03-01T12:00:00Z", "active": false, "state": "failed",
+                       "error": {"code": "no_result", "message": "no result in time"},
+                       "finished_at": "2026-03-01T12:30:00Z"});
+        let r: UpdateRecord = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!((r.outcome, r.report.is_none()), (None, true));
+        assert_eq!(serde_json::to_value(&r).unwrap(), v);
+        let mut with_outcome = v;
+        with_outcome["outcome"] = json!("rollback_failed");
+        let r: UpdateRecord = serde_json::from_value(with_outcome).unwrap();
+        assert_eq!(r.outcome, Some(UpdateOutcome::RollbackFailed));
     }
 }

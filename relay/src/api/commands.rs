@@ -19,12 +19,22 @@ use tokio::sync::broadcast::error::RecvError;
 /// Longest `?wait=` honoured; larger values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 300;
 
+/// When a command expires. Without a TTL in the request: the relay's default, except that a
+/// `container.update` gets at least its run budget times `waves` (the job's targets run that
+/// many after one another under max-concurrency; 1 for a single command), see
+/// [`crate::updates`], so no delivery ends while an agent may still be working on it.
 fn expiry(
     state: &Shared,
     ttl_secs: Option<u64>,
+    command: &Command,
+    waves: u64,
     issued_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, ApiError> {
-    let ttl = ttl_secs.unwrap_or(state.config.default_command_ttl_secs);
+    let default = state.config.default_command_ttl_secs;
+    let ttl = ttl_secs.unwrap_or(match command {
+        Command::ContainerUpdate(args) => crate::updates::default_ttl_secs(args, default, waves),
+        _ => default,
+    });
     if !(1..=MAX_COMMAND_TTL_SECS).contains(&ttl) {
         return Err(ApiError::bad_request(format!(
             "ttl_secs must be between 1 and {MAX_COMMAND_TTL_SECS} (7 days)"
@@ -116,7 +126,7 @@ pub async fn create(
             ));
         }
         let issued_at = now();
-        let expires_at = expiry(&state, req.ttl_secs, issued_at)?;
+        let expires_at = expiry(&state, req.ttl_secs, &req.command, 1, issued_at)?;
         let signed = sign(
             &state,
             &command_id,
@@ -224,7 +234,6 @@ pub async fn create_job(
     let result = async {
         validate(&req.command)?;
         let issued_at = now();
-        let expires_at = expiry(&state, req.ttl_secs, issued_at)?;
         let targets: Vec<String> = state
             .store
             .agent_targets()
@@ -246,6 +255,8 @@ pub async fn create_job(
                 c
             }
         };
+        let waves = n.div_ceil(max_concurrency.max(1)).max(1) as u64;
+        let expires_at = expiry(&state, req.ttl_secs, &req.command, waves, issued_at)?;
         let max_errors = req.max_errors.map(|l| l.resolve(n) as u32);
         let command_id = ids::new_id("cmd");
         let audience = Audience::Selector {

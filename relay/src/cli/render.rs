@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::{
     AgentDetail, AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CommandInfo,
-    EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus,
+    EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus, UpdateRecord,
 };
 use flotilla_shared::command::{
     CommandKind, CommandResult, ContainerActionOutput, ContainerInfo, ContainerListOutput,
@@ -12,6 +12,7 @@ use flotilla_shared::command::{
 };
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::selector::Labels;
+use flotilla_shared::update::{HealthEvidence, UpdateOutcome, UpdatePhase, UpdateReport};
 use std::fmt::Write;
 
 // === impl Table ===
@@ -544,6 +545,9 @@ pub fn command_result(kind: CommandKind, r: &CommandResult) -> String {
                 })
         }
         CommandKind::ContainerInspect => None,
+        CommandKind::ContainerUpdate => serde_json::from_value::<UpdateReport>(output.clone())
+            .ok()
+            .map(|r| update_report(&r)),
     };
     out.push_str(
         &typed.unwrap_or_else(|| serde_json::to_string_pretty(output).unwrap_or_default() + "\n"),
@@ -619,9 +623,10 @@ pub fn job_info(j: &JobInfo, now: DateTime<Utc>) -> String {
     out
 }
 
-/// Per-target outputs of a job, for kinds whose output is worth reading (lists, logs, pings).
+/// Per-target outputs of a job, for kinds whose output is worth reading (lists, logs, pings,
+/// update reports).
 pub fn job_outputs(j: &JobInfo) -> String {
-    if j.kind.is_mutating() {
+    if j.kind.is_mutating() && j.kind != CommandKind::ContainerUpdate {
         return String::new();
     }
     let mut out = String::new();
@@ -642,6 +647,214 @@ fn job_state(j: &JobInfo) -> &'static str {
         flotilla_shared::api::JobState::Completed => "completed",
         flotilla_shared::api::JobState::Stopped => "stopped (max errors exceeded)",
     }
+}
+
+// === impl updates ===
+
+/// `850ms`, `12.3s`, `2m 5s`.
+pub fn millis(ms: u64) -> String {
+    match ms {
+        m if m < 1000 => format!("{m}ms"),
+        m if m < 60_000 => format!("{:.1}s", m as f64 / 1000.0),
+        m => {
+            let s = m / 1000;
+            format!("{}m {}s", s / 60, s % 60)
+        }
+    }
+}
+
+/// One sentence per outcome, saying what state the container is in.
+fn outcome_sentence(o: UpdateOutcome) -> &'static str {
+    match o {
+        UpdateOutcome::Updated => "updated: the new container passed its health check",
+        UpdateOutcome::RolledBack => {
+            "rolled back: the new container failed, the old one runs again"
+        }
+        UpdateOutcome::FailedUnchanged => "failed, nothing was changed",
+        UpdateOutcome::RollbackFailed => {
+            "ROLLBACK FAILED: the new container failed and so did the old one; \
+             it is left in place, needs an operator"
+        }
+    }
+}
+
+/// `reg/app:v1, image 49115dfa4e6f, digest reg/app@sha256:..., container 0123456789ab`.
+fn image_facts(
+    image: Option<&str>,
+    image_id: Option<&str>,
+    digest: Option<&str>,
+    container_id: Option<&str>,
+) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(i) = image {
+        parts.push(i.to_string());
+    }
+    if let Some(id) = image_id {
+        parts.push(format!("image {}", short_id(id)));
+    }
+    if let Some(d) = digest {
+        parts.push(format!("digest {d}"));
+    }
+    if let Some(c) = container_id {
+        parts.push(format!("container {}", short_id(c)));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn evidence(h: &HealthEvidence) -> String {
+    let mut text = format!(
+        "{} {} after {} check{} in {}",
+        h.method,
+        if h.passed { "passed" } else { "FAILED" },
+        h.checks,
+        if h.checks == 1 { "" } else { "s" },
+        millis(h.check_ms)
+    );
+    if h.stable_ms > 0 {
+        let _ = write!(text, ", then up for {}", millis(h.stable_ms));
+    }
+    let _ = write!(text, ": {}", h.detail);
+    if let Some(o) = h.last_output.as_deref().filter(|o| !o.trim().is_empty()) {
+        let _ = write!(text, " (last output: {})", o.trim());
+    }
+    text
+}
+
+/// A `container.update` report for people: outcome, images, health evidence, reason, timings
+/// and the failed container's last log lines.
+pub fn update_report(r: &UpdateReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "update of {} to {}: {}",
+        r.container,
+        r.image,
+        outcome_sentence(r.outcome)
+    );
+    let _ = writeln!(
+        out,
+        "  strategy {}, health check {}{}",
+        r.strategy,
+        r.health,
+        if r.old_stopped {
+            ""
+        } else {
+            "; the old container was never stopped"
+        }
+    );
+    if let Some(old) = image_facts(
+        r.old_image.as_deref(),
+        r.old_image_id.as_deref(),
+        r.old_image_digest.as_deref(),
+        r.old_container_id.as_deref(),
+    ) {
+        let _ = writeln!(out, "  old:              {old}");
+    }
+    if let Some(new) = image_facts(
+        None,
+        r.new_image_id.as_deref(),
+        r.new_image_digest.as_deref(),
+        r.new_container_id.as_deref(),
+    ) {
+        let _ = writeln!(out, "  new:              {new}");
+    }
+    if let Some(reason) = &r.reason {
+        let _ = writeln!(out, "  reason:           {reason}");
+    }
+    if r.phase != UpdatePhase::Done {
+        let _ = writeln!(out, "  ended in phase:   {}", r.phase);
+    }
+    if let Some(h) = &r.health_evidence {
+        let _ = writeln!(out, "  health:           {}", evidence(h));
+    }
+    if let Some(h) = &r.rollback_health_evidence {
+        let _ = writeln!(out, "  rollback health:  {}", evidence(h));
+    }
+    let timings = r
+        .timings
+        .iter()
+        .map(|t| format!("{} {}", t.phase, millis(t.ms)))
+        .collect::<Vec<_>>();
+    let _ = writeln!(
+        out,
+        "  timings:          {}{}total {}",
+        timings.join(", "),
+        if timings.is_empty() { "" } else { "; " },
+        millis(r.total_ms)
+    );
+    if r.recovered {
+        let _ = writeln!(
+            out,
+            "  recovered:        the agent restarted during the update and finished it from its journal"
+        );
+    }
+    if !r.failed_logs.is_empty() {
+        let _ = writeln!(
+            out,
+            "  last {} log line{} of the failed container:",
+            r.failed_logs.len(),
+            if r.failed_logs.len() == 1 { "" } else { "s" }
+        );
+        for line in &r.failed_logs {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
+}
+
+/// Where an update stands in one word or two: `in progress (received)`, `updated`,
+/// `rolled_back`, `failed: no_result`, `undelivered`.
+pub fn update_status(u: &UpdateRecord) -> String {
+    if u.active {
+        return format!("in progress ({})", u.state.as_str());
+    }
+    match (u.outcome, &u.error) {
+        (Some(o), _) => o.as_str().to_string(),
+        (None, Some(e)) => format!("{}: {}", u.state.as_str(), e.code),
+        (None, None) => u.state.as_str().to_string(),
+    }
+}
+
+/// The update history as a table, newest first (`with_agent` for the fleet-wide list).
+pub fn updates(list: &[UpdateRecord], now: DateTime<Utc>, with_agent: bool) -> String {
+    let mut headers = vec!["CREATED"];
+    if with_agent {
+        headers.push("AGENT");
+    }
+    headers.extend([
+        "CONTAINER",
+        "IMAGE",
+        "STATUS",
+        "PHASE",
+        "TOOK",
+        "COMMAND",
+        "BY",
+    ]);
+    let mut table = Table::new(&headers);
+    for u in list {
+        let took = match (&u.report, u.finished_at) {
+            (Some(r), _) => millis(r.total_ms),
+            (None, Some(f)) => span((f - u.created_at).num_seconds().max(0) as u64),
+            (None, None) => "-".into(),
+        };
+        let mut row = vec![ago(u.created_at, now)];
+        if with_agent {
+            row.push(u.agent_id.clone());
+        }
+        row.extend([
+            u.container_name
+                .clone()
+                .unwrap_or_else(|| u.container.clone()),
+            u.image.clone(),
+            update_status(u),
+            or_dash(u.phase.as_deref()),
+            took,
+            u.command_id.clone(),
+            u.requested_by.clone(),
+        ]);
+        table.row(row);
+    }
+    table.render()
 }
 
 pub fn relay_status(s: &RelayStatus, addr: &str) -> String {

@@ -526,3 +526,411 @@ async fn unreachable_relay_is_a_clear_transport_error() {
         "{text}"
     );
 }
+
+// === impl `flotilla update` and `flotilla updates` ===
+
+fn update_args(args: &[&str]) -> UpdateArgs {
+    match parse(args).unwrap().command {
+        CliCommand::Update(u) => u,
+        other => panic!("not an update: {other:?}"),
+    }
+}
+
+#[test]
+fn update_flags_make_the_update_arguments() {
+    use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateStrategy};
+    let args = update_args(&[
+        "update",
+        "--agent",
+        "ag_1",
+        "--container",
+        "web",
+        "--image",
+        "reg.example/app:v2",
+        "--health",
+        "http:8080/healthz",
+        "--health-timeout",
+        "2m",
+        "--stable",
+        "30s",
+        "--strategy",
+        "start-first",
+        "--ttl",
+        "1h",
+    ]);
+    let built = update::build_update(&args).unwrap();
+    assert_eq!(
+        built,
+        ContainerUpdateArgs {
+            container: "web".into(),
+            image: "reg.example/app:v2".into(),
+            health: HealthSpec::Http {
+                port: 8080,
+                path: "/healthz".into()
+            },
+            health_timeout_secs: Some(120),
+            stable_secs: Some(30),
+            strategy: UpdateStrategy::StartFirst,
+        }
+    );
+    assert_eq!(args.ttl, Some(Duration::from_secs(3600)));
+    // Defaults: the agent's (auto, 120 s, 10 s, stop-first); --wait waits for both health gates,
+    // both stability windows, 15 minutes of slack and a minute more.
+    let plain = update::build_update(&update_args(&[
+        "update",
+        "--agent",
+        "a",
+        "--container",
+        "web",
+        "--image",
+        "app:v2",
+    ]))
+    .unwrap();
+    assert_eq!(plain.health, HealthSpec::Auto);
+    assert_eq!((plain.health_timeout_secs, plain.stable_secs), (None, None));
+    assert_eq!(plain.strategy, UpdateStrategy::StopFirst);
+    assert_eq!(
+        update::default_wait(&plain),
+        Duration::from_secs(2 * (120 + 10) + 900 + 60)
+    );
+    assert_eq!(
+        update::default_wait(&built),
+        Duration::from_secs(2 * (120 + 30) + 900 + 60)
+    );
+}
+
+#[test]
+fn bad_update_flags_are_usage_errors() {
+    let base = [
+        "update",
+        "--agent",
+        "a",
+        "--container",
+        "web",
+        "--image",
+        "app:v2",
+    ];
+    let with = |extra: &[&str]| {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        parse(&v)
+    };
+    let e = with(&["--health", "http:80:x"]).unwrap_err().to_string();
+    assert!(e.contains("invalid health check"), "{e}");
+    let e = with(&["--health", "tcp:0"]).unwrap_err().to_string();
+    assert!(e.contains("invalid health check"), "{e}");
+    let e = with(&["--strategy", "yolo"]).unwrap_err().to_string();
+    assert!(e.contains("expected stop-first or start-first"), "{e}");
+    let e = with(&["--stable", "soon"]).unwrap_err().to_string();
+    assert!(e.contains("invalid duration"), "{e}");
+    assert!(parse(&["update", "--agent", "a", "--container", "web"]).is_err());
+    // Values the types accept but the command does not: refused before any request.
+    let e = update::build_update(&update_args(&[
+        "update",
+        "--agent",
+        "a",
+        "--container",
+        "web",
+        "--image",
+        "app:v2",
+        "--health-timeout",
+        "0s",
+    ]))
+    .unwrap_err();
+    assert!(matches!(e, CliError::Usage(_)));
+    assert!(e.to_string().contains("health_timeout_secs"), "{e}");
+    let e = update::build_update(&update_args(&[
+        "update",
+        "--agent",
+        "a",
+        "--container",
+        "web",
+        "--image",
+        "app:v2",
+        "--stable",
+        "2h",
+    ]))
+    .unwrap_err();
+    assert!(e.to_string().contains("stable_secs"), "{e}");
+}
+
+fn update_info(state: DeliveryState, outcome: Option<&str>, error: Option<&str>) -> CommandInfo {
+    let mut v = json!({
+        "id": "cmd_u", "agent_id": "ag_1", "kind": "container.update",
+        "command": {"kind": "container.update", "args": {"container": "web", "image": "app:v2"}},
+        "state": state, "created_at": "2026-03-01T12:00:00Z",
+        "expires_at": "2026-03-01T12:20:00Z", "created_by": "admin",
+    });
+    if state.is_final() {
+        let mut result = json!({
+            "command_id": "cmd_u",
+            "status": if state == DeliveryState::Succeeded { "succeeded" } else if state == DeliveryState::Rejected { "rejected" } else { "failed" },
+            "started_at": "2026-03-01T12:00:01Z", "finished_at": "2026-03-01T12:00:31Z",
+        });
+        if let Some(o) = outcome {
+            result["output"] = json!({
+                "outcome": o, "container": "web", "image": "app:v2", "strategy": "stop-first",
+                "health": "auto", "phase": "done", "timings": [], "old_stopped": o != "failed_unchanged",
+                "total_ms": 30000,
+                "reason": (o != "updated").then_some("the new container exited with code 1"),
+            });
+        }
+        if let Some(code) = error {
+            result["error"] = json!({"code": code, "message": format!("{code} message")});
+        }
+        v["result"] = result;
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[test]
+fn update_exit_outcomes() {
+    use update::update_outcome;
+    let wait = Duration::from_secs(60);
+    assert_eq!(
+        update_outcome(
+            &update_info(DeliveryState::Succeeded, Some("updated"), None),
+            true,
+            wait
+        ),
+        Outcome::Success
+    );
+    assert_eq!(
+        update_outcome(
+            &update_info(
+                DeliveryState::Failed,
+                Some("rolled_back"),
+                Some("update_rolled_back")
+            ),
+            true,
+            wait
+        ),
+        Outcome::Failed("update cmd_u rolled_back: the new container exited with code 1".into())
+    );
+    for outcome in ["failed_unchanged", "rollback_failed"] {
+        assert!(matches!(
+            update_outcome(
+                &update_info(DeliveryState::Failed, Some(outcome), Some("x")),
+                true,
+                wait
+            ),
+            Outcome::Failed(m) if m.starts_with(&format!("update cmd_u {outcome}:"))
+        ));
+    }
+    assert_eq!(
+        update_outcome(
+            &update_info(DeliveryState::Rejected, None, Some("policy_denied")),
+            true,
+            wait
+        ),
+        Outcome::Failed("update cmd_u rejected: policy_denied message".into())
+    );
+    assert_eq!(
+        update_outcome(
+            &update_info(DeliveryState::Undelivered, None, None),
+            true,
+            wait
+        ),
+        Outcome::Failed("update cmd_u undelivered".into())
+    );
+    // A succeeded delivery without an `updated` report is not a success.
+    assert!(matches!(
+        update_outcome(
+            &update_info(DeliveryState::Succeeded, None, None),
+            true,
+            wait
+        ),
+        Outcome::Failed(_)
+    ));
+    assert_eq!(
+        update_outcome(&update_info(DeliveryState::Received, None, None), true, wait),
+        Outcome::Failed(
+            "update cmd_u is still received after waiting 1m; follow it with `flotilla updates ag_1`"
+                .into()
+        )
+    );
+    assert_eq!(
+        update_outcome(&update_info(DeliveryState::Queued, None, None), false, wait),
+        Outcome::Success
+    );
+}
+
+/// A stand-in relay for `flotilla update --wait`: the update reaches `pulling`, then
+/// `health_gate`, then ends as `outcome`.
+#[derive(Default)]
+struct UpdateFake {
+    outcome: String,
+    polls: AtomicUsize,
+    seen: Mutex<Vec<String>>,
+}
+
+async fn start_update_fake(outcome: &str) -> (String, Arc<UpdateFake>) {
+    let fake = Arc::new(UpdateFake {
+        outcome: outcome.into(),
+        ..UpdateFake::default()
+    });
+    async fn create(
+        State(fake): State<Arc<UpdateFake>>,
+        Path(agent): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+        Json(body): Json<Value>,
+    ) -> (StatusCode, Json<Value>) {
+        fake.seen
+            .lock()
+            .unwrap()
+            .push(format!("POST {agent} {query:?} {body}"));
+        (
+            StatusCode::CREATED,
+            Json(serde_json::to_value(update_info(DeliveryState::Sent, None, None)).unwrap()),
+        )
+    }
+    async fn history(
+        State(fake): State<Arc<UpdateFake>>,
+        Path(agent): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Json<Value> {
+        let n = fake.polls.fetch_add(1, Ordering::SeqCst);
+        let mut q: Vec<_> = query.into_iter().collect();
+        q.sort();
+        fake.seen
+            .lock()
+            .unwrap()
+            .push(format!("GET {agent} updates {q:?}"));
+        let (phase, active) = match n {
+            0 => ("pulling", true),
+            1 | 2 => ("health_gate", true),
+            _ => ("done", false),
+        };
+        Json(json!([{
+            "command_id": "cmd_u", "agent_id": agent, "container": "web", "image": "app:v2",
+            "health": "auto", "strategy": "stop-first", "requested_by": "admin",
+            "created_at": "2026-03-01T12:00:00Z", "active": active,
+            "state": if active { "received" } else { "failed" }, "phase": phase,
+        }]))
+    }
+    async fn show(
+        State(fake): State<Arc<UpdateFake>>,
+        Path(id): Path<String>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Json<Value> {
+        fake.seen
+            .lock()
+            .unwrap()
+            .push(format!("GET {id} agent={:?}", query.get("agent")));
+        let info = if fake.outcome == "updated" {
+            update_info(DeliveryState::Succeeded, Some("updated"), None)
+        } else {
+            update_info(
+                DeliveryState::Failed,
+                Some(&fake.outcome),
+                Some("update_rolled_back"),
+            )
+        };
+        Json(serde_json::to_value(info).unwrap())
+    }
+    async fn fleet(
+        State(fake): State<Arc<UpdateFake>>,
+        Query(query): Query<HashMap<String, String>>,
+    ) -> Json<Value> {
+        let mut q: Vec<_> = query.into_iter().collect();
+        q.sort();
+        fake.seen
+            .lock()
+            .unwrap()
+            .push(format!("GET fleet updates {q:?}"));
+        Json(json!([]))
+    }
+    let app = Router::new()
+        .route("/api/v1/agents/{id}/commands", post(create))
+        .route("/api/v1/agents/{id}/updates", get(history))
+        .route("/api/v1/commands/{id}", get(show))
+        .route("/api/v1/updates", get(fleet))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), fake)
+}
+
+#[tokio::test]
+async fn update_wait_follows_the_history_then_reads_the_result() {
+    let (addr, fake) = start_update_fake("rolled_back").await;
+    let outcome = execute(&cli(
+        &addr,
+        &[
+            "update",
+            "--agent",
+            "ag_1",
+            "--container",
+            "web",
+            "--image",
+            "app:v2",
+            "--health",
+            "tcp:8080",
+            "--wait",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        outcome,
+        Outcome::Failed("update cmd_u rolled_back: the new container exited with code 1".into())
+    );
+    let seen = fake.seen.lock().unwrap().clone();
+    // No server-side wait (the CLI follows the phases itself) and no TTL: the relay gives an
+    // update a TTL that covers its run.
+    assert_eq!(
+        seen[0],
+        r#"POST ag_1 {} {"args":{"container":"web","health":"tcp:8080","image":"app:v2","strategy":"stop-first"},"kind":"container.update"}"#
+    );
+    let poll = r#"GET ag_1 updates [("command_id", "cmd_u"), ("limit", "1")]"#;
+    assert_eq!(&seen[1..5], [poll, poll, poll, poll]);
+    assert_eq!(seen[5], r#"GET cmd_u agent=Some("ag_1")"#);
+    assert_eq!(seen.len(), 6);
+
+    let (addr, _fake) = start_update_fake("updated").await;
+    let outcome = execute(&cli(
+        &addr,
+        &[
+            "update",
+            "--agent",
+            "ag_1",
+            "--container",
+            "web",
+            "--image",
+            "app:v2",
+            "--wait",
+            "--json",
+        ],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+}
+
+#[tokio::test]
+async fn updates_lists_one_agent_or_the_fleet() {
+    let (addr, fake) = start_update_fake("updated").await;
+    let outcome = execute(&cli(
+        &addr,
+        &["updates", "ag_1", "--container", "web", "--active"],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    assert_eq!(
+        execute(&cli(&addr, &["updates", "--limit", "5"]))
+            .await
+            .unwrap(),
+        Outcome::Success
+    );
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            r#"GET ag_1 updates [("active", "true"), ("container", "web"), ("limit", "50")]"#
+                .to_string(),
+            r#"GET fleet updates [("limit", "5")]"#.to_string(),
+        ]
+    );
+}

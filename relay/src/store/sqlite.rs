@@ -6,24 +6,27 @@
 use super::{
     relay_error_codes, AgentAuth, AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal,
     EventQuery, Finalised, HeartbeatWrite, JobStep, NewAgent, NewApiToken, NewCommand,
-    NewEnrollmentToken, NewJob, Pruned, ResultOutcome, StoreError,
+    NewEnrollmentToken, NewJob, Pruned, ResultOutcome, StoreError, UpdateQuery,
 };
 use crate::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
 use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord,
-    JobCounts, JobInfo, JobState, JobTarget, Scope,
+    JobCounts, JobInfo, JobState, JobTarget, Scope, UpdateRecord,
 };
-use flotilla_shared::command::{Command, CommandResult, ErrorInfo, ResultStatus, SignedCommand};
-use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
+use flotilla_shared::command::{
+    Command, CommandKind, CommandResult, ErrorInfo, ResultStatus, SignedCommand,
+};
+use flotilla_shared::heartbeat::{AgentEvent, EventKind, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
+use flotilla_shared::update::UpdateReport;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde::de::DeserializeOwned;
 use std::path::Path;
 use std::time::Duration;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied so far.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE agents (
     id TEXT PRIMARY KEY,
@@ -119,6 +122,36 @@ CREATE TABLE audit (
 CREATE INDEX events_received_at ON events(received_at);
 CREATE INDEX audit_ts ON audit(ts);
 CREATE INDEX commands_expires_at ON commands(expires_at);
+"#,
+    // 3: update history (`container.update`), one row per (command, agent) that was dispatched.
+    // Not tied to `commands` by a foreign key: the history outlives the pruned command rows
+    // until its own retention.
+    r#"
+CREATE TABLE updates (
+    command_id TEXT NOT NULL,
+    agent_id TEXT NOT NULL,
+    job_id TEXT,
+    container TEXT NOT NULL,
+    container_name TEXT,
+    image TEXT NOT NULL,
+    health TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    phase TEXT,
+    phase_at TEXT,
+    outcome TEXT,
+    state TEXT,
+    error_code TEXT,
+    error_message TEXT,
+    finished_at TEXT,
+    report TEXT,
+    PRIMARY KEY (command_id, agent_id)
+);
+CREATE INDEX updates_agent_created ON updates(agent_id, created_at);
+CREATE INDEX updates_created ON updates(created_at);
+CREATE INDEX updates_active ON updates(agent_id) WHERE finished_at IS NULL;
+CREATE INDEX updates_finished_at ON updates(finished_at);
 "#,
 ];
 
@@ -225,6 +258,107 @@ impl AgentRow {
             name: self.name,
             public_key: self.public_key,
             agent_version: self.agent_version,
+        })
+    }
+}
+
+const UPDATE_COLUMNS: &str = "u.command_id, u.agent_id, u.job_id, u.container, \
+     u.container_name, u.image, u.health, u.strategy, u.requested_by, u.created_at, \
+     COALESCE(u.state, d.state), u.phase, u.phase_at, u.outcome, u.error_code, u.error_message, \
+     u.finished_at, u.report";
+
+/// Raw `updates` row (joined with its delivery's live state).
+struct UpdateRow {
+    command_id: String,
+    agent_id: String,
+    job_id: Option<String>,
+    container: String,
+    container_name: Option<String>,
+    image: String,
+    health: String,
+    strategy: String,
+    requested_by: String,
+    created_at: String,
+    state: Option<String>,
+    phase: Option<String>,
+    phase_at: Option<String>,
+    outcome: Option<String>,
+    error_code: Option<String>,
+    error_message: Option<String>,
+    finished_at: Option<String>,
+    report: Option<String>,
+}
+
+impl UpdateRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<UpdateRow> {
+        Ok(UpdateRow {
+            command_id: r.get(0)?,
+            agent_id: r.get(1)?,
+            job_id: r.get(2)?,
+            container: r.get(3)?,
+            container_name: r.get(4)?,
+            image: r.get(5)?,
+            health: r.get(6)?,
+            strategy: r.get(7)?,
+            requested_by: r.get(8)?,
+            created_at: r.get(9)?,
+            state: r.get(10)?,
+            phase: r.get(11)?,
+            phase_at: r.get(12)?,
+            outcome: r.get(13)?,
+            error_code: r.get(14)?,
+            error_message: r.get(15)?,
+            finished_at: r.get(16)?,
+            report: r.get(17)?,
+        })
+    }
+
+    fn into_record(self) -> Result<UpdateRecord, StoreError> {
+        let corrupt = |what: &str, v: &str| StoreError::Corrupt(format!("bad update {what} {v:?}"));
+        let state = match self.state.as_deref() {
+            Some(s) => parse_state(s)?,
+            // Unfinished rows keep their delivery until it is final, so this cannot happen.
+            None => return Err(corrupt("without a delivery state", &self.command_id)),
+        };
+        let outcome = match self.outcome.as_deref() {
+            Some(o) => Some(
+                serde_json::from_value(serde_json::Value::String(o.to_string()))
+                    .map_err(|_| corrupt("outcome", o))?,
+            ),
+            None => None,
+        };
+        Ok(UpdateRecord {
+            health: self
+                .health
+                .parse()
+                .map_err(|_| corrupt("health", &self.health))?,
+            strategy: self
+                .strategy
+                .parse()
+                .map_err(|_| corrupt("strategy", &self.strategy))?,
+            created_at: parse_ts(&self.created_at)?,
+            active: self.finished_at.is_none(),
+            state,
+            phase_at: parse_opt_ts(self.phase_at)?,
+            outcome,
+            error: self.error_code.map(|code| ErrorInfo {
+                code,
+                message: self.error_message.unwrap_or_default(),
+            }),
+            finished_at: parse_opt_ts(self.finished_at)?,
+            report: self
+                .report
+                .as_deref()
+                .map(|r| from_json::<UpdateReport>("update report", r))
+                .transpose()?,
+            command_id: self.command_id,
+            agent_id: self.agent_id,
+            job_id: self.job_id,
+            container: self.container,
+            container_name: self.container_name,
+            image: self.image,
+            phase: self.phase,
+            requested_by: self.requested_by,
         })
     }
 }
@@ -794,6 +928,16 @@ impl Db {
                 ])?;
             }
         }
+        if c.command.kind() == CommandKind::ContainerUpdate {
+            // A job's pending targets get their row when they are dispatched (`advance_job`).
+            let dispatched: Vec<&str> = c
+                .targets
+                .iter()
+                .filter(|(_, state)| *state != DeliveryState::Pending)
+                .map(|(agent_id, _)| agent_id.as_str())
+                .collect();
+            start_updates(&tx, &c.id, &dispatched, c.created_at)?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -935,16 +1079,16 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<ResultOutcome, StoreError> {
         let tx = self.conn.transaction()?;
-        let row: Option<(String, Option<String>, Option<String>)> = tx
+        let row: Option<(String, Option<String>, Option<String>, String)> = tx
             .query_row(
-                "SELECT d.state, c.job_id, json_extract(d.result, '$.error.code') \
+                "SELECT d.state, c.job_id, json_extract(d.result, '$.error.code'), c.kind \
                  FROM deliveries d JOIN commands c ON c.id = d.command_id \
                  WHERE d.command_id = ?1 AND d.agent_id = ?2",
                 params![result.command_id, agent_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((state, job_id, error_code)) = row else {
+        let Some((state, job_id, error_code, kind)) = row else {
             return Ok(ResultOutcome::Unknown);
         };
         let state = parse_state(&state)?;
@@ -972,6 +1116,9 @@ impl Db {
                 ts(now)
             ],
         )?;
+        if kind == CommandKind::ContainerUpdate.as_str() {
+            finish_update(&tx, agent_id, result, new_state, now)?;
+        }
         tx.commit()?;
         Ok(ResultOutcome::Recorded {
             state: new_state,
@@ -1026,15 +1173,24 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<Option<JobStep>, StoreError> {
         let tx = self.conn.transaction()?;
-        let job: Option<(String, u32, Option<u32>, String, bool)> = tx
+        let job: Option<(String, u32, Option<u32>, String, bool, String)> = tx
             .query_row(
-                "SELECT command_id, max_concurrency, max_errors, state, stopped FROM jobs \
-                 WHERE id = ?1",
+                "SELECT j.command_id, j.max_concurrency, j.max_errors, j.state, j.stopped, c.kind \
+                 FROM jobs j JOIN commands c ON c.id = j.command_id WHERE j.id = ?1",
                 [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
             )
             .optional()?;
-        let Some((command_id, max_concurrency, max_errors, state, stopped)) = job else {
+        let Some((command_id, max_concurrency, max_errors, state, stopped, kind)) = job else {
             return Ok(None);
         };
         let state = parse_job_state(&state)?;
@@ -1071,6 +1227,10 @@ impl Db {
                  AND agent_id IN (SELECT value FROM json_each(?2))",
                 params![command_id, to_json(&step.queued), ts(now)],
             )?;
+            if kind == CommandKind::ContainerUpdate.as_str() {
+                let queued: Vec<&str> = step.queued.iter().map(String::as_str).collect();
+                start_updates(&tx, &command_id, &queued, now)?;
+            }
             step.signed = Some(tx.query_row(
                 "SELECT envelope, signature FROM commands WHERE id = ?1",
                 [&command_id],
@@ -1199,7 +1359,8 @@ impl Db {
         event: &AgentEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
             "INSERT OR IGNORE INTO events (agent_id, seq, received_at, kind, event) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -1210,6 +1371,26 @@ impl Db {
                 to_json(event)
             ],
         )?;
+        if n > 0 && event.kind == EventKind::ContainerUpdate {
+            if let Some(command_id) = event.attributes.get("command_id") {
+                // Progress only moves an update that has no report yet (a late event after the
+                // result must not overwrite the report's final phase).
+                tx.execute(
+                    "UPDATE updates SET phase = COALESCE(?3, phase), \
+                     phase_at = CASE WHEN ?3 IS NULL THEN phase_at ELSE ?4 END, \
+                     container_name = COALESCE(?5, container_name) \
+                     WHERE command_id = ?1 AND agent_id = ?2 AND report IS NULL",
+                    params![
+                        command_id,
+                        agent_id,
+                        event.attributes.get("phase"),
+                        ts(event.at),
+                        event.container_name
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
         Ok(n > 0)
     }
 
@@ -1244,6 +1425,48 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    // === update history ===
+
+    pub(super) fn updates(
+        conn: &Connection,
+        q: &UpdateQuery,
+    ) -> Result<Vec<UpdateRecord>, StoreError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {UPDATE_COLUMNS} FROM updates u LEFT JOIN deliveries d \
+             ON d.command_id = u.command_id AND d.agent_id = u.agent_id \
+             WHERE (?1 IS NULL OR u.agent_id = ?1) \
+             AND (?2 IS NULL OR u.container = ?2 OR u.container_name = ?2) \
+             AND (?3 IS NULL OR (u.finished_at IS NULL) = ?3) \
+             AND (?4 IS NULL OR u.command_id = ?4) \
+             ORDER BY u.created_at DESC, u.command_id DESC, u.agent_id LIMIT ?5"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![q.agent_id, q.container, q.active, q.command_id, q.limit],
+                UpdateRow::read,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(UpdateRow::into_record).collect()
+    }
+
+    /// The newest unfinished update of this container (asked for by this name or id, or
+    /// reported under this name), if any: its command id.
+    pub(super) fn updating(
+        conn: &Connection,
+        agent_id: &str,
+        container: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(conn
+            .query_row(
+                "SELECT command_id FROM updates WHERE agent_id = ?1 AND finished_at IS NULL \
+                 AND (container = ?2 OR container_name = ?2) \
+                 ORDER BY created_at DESC LIMIT 1",
+                params![agent_id, container],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     // === audit ===
@@ -1314,6 +1537,12 @@ impl Db {
             "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE ts < ?1 LIMIT ?2)",
             params![cutoff, batch],
         )?;
+        // Finished updates only: an unfinished one is still somebody's business.
+        let updates = tx.execute(
+            "DELETE FROM updates WHERE rowid IN \
+             (SELECT rowid FROM updates WHERE finished_at < ?1 LIMIT ?2)",
+            params![cutoff, batch],
+        )?;
         let ids: Vec<String> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT c.id FROM commands c WHERE c.expires_at < ?1 \
@@ -1350,6 +1579,7 @@ impl Db {
             events,
             audit,
             commands,
+            updates,
         })
     }
 }
@@ -1408,20 +1638,31 @@ fn finalise_where(
         Ending::Failed { .. } => DeliveryState::Failed,
     };
     let mut stmt = tx.prepare(&format!(
-        "SELECT d.command_id, d.agent_id, c.job_id FROM deliveries d \
+        "SELECT d.command_id, d.agent_id, c.job_id, c.kind FROM deliveries d \
          JOIN commands c ON c.id = d.command_id WHERE {condition}"
     ))?;
-    let ended = stmt
+    let rows = stmt
         .query_map(args, |r| {
-            Ok(Finalised {
-                command_id: r.get(0)?,
-                agent_id: r.get(1)?,
-                job_id: r.get(2)?,
-                state,
-            })
+            Ok((
+                Finalised {
+                    command_id: r.get(0)?,
+                    agent_id: r.get(1)?,
+                    job_id: r.get(2)?,
+                    state,
+                },
+                r.get::<_, String>(3)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     drop(stmt);
+    let mut ended = Vec::with_capacity(rows.len());
+    let mut updates = Vec::new();
+    for (f, kind) in rows {
+        if kind == CommandKind::ContainerUpdate.as_str() {
+            updates.push((f.command_id.clone(), f.agent_id.clone()));
+        }
+        ended.push(f);
+    }
     let mut upd = tx.prepare(&format!(
         "UPDATE deliveries SET state = ?4, result = ?5, updated_at = ?3 \
          WHERE command_id = ?1 AND agent_id = ?2 AND state IN {UNFINISHED}"
@@ -1449,5 +1690,90 @@ fn finalise_where(
             result
         ])?;
     }
+    drop(upd);
+    if !updates.is_empty() {
+        // The relay's own ending of an update: no report, but clearly not in progress any more.
+        let (code, message) = match &ending {
+            Ending::Undelivered => (None, None),
+            Ending::Failed { code, message } => (Some(*code), Some(*message)),
+        };
+        let mut fin = tx.prepare(
+            "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, \
+             finished_at = ?6 WHERE command_id = ?1 AND agent_id = ?2 AND finished_at IS NULL",
+        )?;
+        for (command_id, agent_id) in &updates {
+            fin.execute(params![
+                command_id,
+                agent_id,
+                state.as_str(),
+                code,
+                message,
+                ts(now)
+            ])?;
+        }
+    }
     Ok(ended)
+}
+
+/// Starts the update-history rows of a `container.update` command for these agents (when it is
+/// dispatched to them). A no-op for other kinds and for rows that already exist.
+fn start_updates(
+    tx: &Transaction<'_>,
+    command_id: &str,
+    agent_ids: &[&str],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if agent_ids.is_empty() {
+        return Ok(());
+    }
+    // The arguments come from the stored command itself, so a job's deliveries need no copy.
+    tx.execute(
+        "INSERT OR IGNORE INTO updates (command_id, agent_id, job_id, container, image, health, \
+         strategy, requested_by, created_at) \
+         SELECT c.id, a.value, c.job_id, json_extract(c.command, '$.args.container'), \
+         json_extract(c.command, '$.args.image'), \
+         COALESCE(json_extract(c.command, '$.args.health'), 'auto'), \
+         COALESCE(json_extract(c.command, '$.args.strategy'), 'stop-first'), \
+         c.created_by, ?3 \
+         FROM commands c JOIN json_each(?2) a WHERE c.id = ?1 AND c.kind = 'container.update'",
+        params![command_id, to_json(&agent_ids), ts(at)],
+    )?;
+    Ok(())
+}
+
+/// Finishes an update's history row with the agent's result (replacing a relay-made ending).
+/// The report is the result's output whatever the outcome; a result without one (rejected,
+/// interrupted, too large) leaves `outcome` and `report` empty and says why in `error_*`.
+fn finish_update(
+    tx: &Transaction<'_>,
+    agent_id: &str,
+    result: &CommandResult,
+    state: DeliveryState,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    // Normally there since the command was dispatched; a missing row is made now.
+    start_updates(tx, &result.command_id, &[agent_id], now)?;
+    let report: Option<UpdateReport> = result
+        .output
+        .as_ref()
+        .and_then(|o| serde_json::from_value(o.clone()).ok());
+    tx.execute(
+        "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, outcome = ?6, \
+         report = ?7, finished_at = ?8, phase = COALESCE(?9, phase), \
+         container_name = COALESCE(?10, container_name) \
+         WHERE command_id = ?1 AND agent_id = ?2",
+        params![
+            result.command_id,
+            agent_id,
+            state.as_str(),
+            result.error.as_ref().map(|e| e.code.as_str()),
+            result.error.as_ref().map(|e| e.message.as_str()),
+            report.as_ref().map(|r| r.outcome.as_str()),
+            report.as_ref().map(to_json),
+            ts(result.finished_at),
+            report.as_ref().map(|r| r.phase.as_str()),
+            report.as_ref().map(|r| r.container.as_str()),
+        ],
+    )?;
+    Ok(())
 }

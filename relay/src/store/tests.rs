@@ -904,6 +904,7 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
             events: 1,
             audit: 1,
             commands: 3, // cmd_done, cmd_open (undelivered), cmd_job
+            updates: 0,
         }
     );
     assert!(store
@@ -940,3 +941,5 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
     // Events inserted again after pruning still deduplicate by (agent, seq) from now on.
     assert!(store.insert_event(a.id.clone(), 2, event).await.unwrap());
 }
+
+mod updates;

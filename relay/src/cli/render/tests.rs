@@ -391,3 +391,179 @@ fn tokens() {
          et_1  region=eu  1h ago   expired 30m ago  0/1   no       admin       -\n"
     );
 }
+
+// === updates ===
+
+fn rolled_back() -> UpdateReport {
+    serde_json::from_value(json!({
+        "outcome": "rolled_back", "container": "web", "image": "reg.example/app:v2",
+        "strategy": "stop-first", "health": "http:8080/healthz",
+        "old_container_id": "0123456789abcdef0123", "old_image": "reg.example/app:v1",
+        "old_image_id": "sha256:1111111111111111aaaa",
+        "old_image_digest": "reg.example/app@sha256:1111",
+        "new_container_id": "fedcba9876543210fedc", "new_image_id": "sha256:2222222222222222bbbb",
+        "new_image_digest": "reg.example/app@sha256:2222", "phase": "done",
+        "timings": [{"phase": "pull", "ms": 1250}, {"phase": "stop_old", "ms": 310},
+                    {"phase": "health", "ms": 30000}, {"phase": "rollback", "ms": 95000}],
+        "health_evidence": {"method": "http", "passed": false, "checks": 30, "check_ms": 30000,
+                            "stable_ms": 0, "detail": "GET /healthz answered 500 until the deadline",
+                            "last_output": "HTTP 500\n"},
+        "rollback_health_evidence": {"method": "http", "passed": true, "checks": 2,
+                                     "check_ms": 1000, "stable_ms": 10000,
+                                     "detail": "GET /healthz answered 200"},
+        "reason": "the new container failed its health check",
+        "failed_logs": ["starting v2", "panic: no config"], "old_stopped": true,
+        "total_ms": 127000
+    }))
+    .unwrap()
+}
+
+#[test]
+fn update_report_for_people() {
+    assert_eq!(
+        update_report(&rolled_back()),
+        "update of web to reg.example/app:v2: rolled back: the new container failed, the old one runs again\n\
+         \x20 strategy stop-first, health check http:8080/healthz\n\
+         \x20 old:              reg.example/app:v1, image 111111111111, digest reg.example/app@sha256:1111, container 0123456789ab\n\
+         \x20 new:              image 222222222222, digest reg.example/app@sha256:2222, container fedcba987654\n\
+         \x20 reason:           the new container failed its health check\n\
+         \x20 health:           http FAILED after 30 checks in 30.0s: GET /healthz answered 500 until the deadline (last output: HTTP 500)\n\
+         \x20 rollback health:  http passed after 2 checks in 1.0s, then up for 10.0s: GET /healthz answered 200\n\
+         \x20 timings:          pull 1.2s, stop_old 310ms, health 30.0s, rollback 1m 35s; total 2m 7s\n\
+         \x20 last 2 log lines of the failed container:\n\
+         \x20   starting v2\n\
+         \x20   panic: no config\n"
+    );
+    // Nothing changed: said so, with the phase it stopped in; a recovered update says so.
+    let mut unchanged = rolled_back();
+    unchanged.outcome = UpdateOutcome::FailedUnchanged;
+    unchanged.old_stopped = false;
+    unchanged.phase = UpdatePhase::Pulling;
+    unchanged.new_container_id = None;
+    unchanged.new_image_id = None;
+    unchanged.new_image_digest = None;
+    unchanged.health_evidence = None;
+    unchanged.rollback_health_evidence = None;
+    unchanged.failed_logs.clear();
+    unchanged.timings.clear();
+    unchanged.reason = Some("pull failed: unauthorized".into());
+    unchanged.recovered = true;
+    unchanged.total_ms = 850;
+    let text = update_report(&unchanged);
+    assert!(text.starts_with("update of web to reg.example/app:v2: failed, nothing was changed\n  strategy stop-first, health check http:8080/healthz; the old container was never stopped\n"), "{text}");
+    assert!(!text.contains("new:"), "{text}");
+    assert!(text.contains("  ended in phase:   pulling\n"), "{text}");
+    assert!(text.contains("  timings:          total 850ms\n"), "{text}");
+    assert!(
+        text.contains("  recovered:        the agent restarted"),
+        "{text}"
+    );
+    assert!(!text.contains("log line"), "{text}");
+    let mut broken = rolled_back();
+    broken.outcome = UpdateOutcome::RollbackFailed;
+    assert!(update_report(&broken).contains("ROLLBACK FAILED"));
+}
+
+#[test]
+fn failed_update_command_shows_its_report() {
+    let report = serde_json::to_value(rolled_back()).unwrap();
+    let text = command_result(
+        CommandKind::ContainerUpdate,
+        &result(
+            ResultStatus::Failed,
+            Some(report.clone()),
+            Some(("update_rolled_back", "rolled back to reg.example/app:v1")),
+        ),
+    );
+    assert!(
+        text.starts_with(
+            "  error: rolled back to reg.example/app:v1 (update_rolled_back)\nupdate of web to reg.example/app:v2: rolled back"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("    panic: no config\n"), "{text}");
+    // In a job, every target's report is shown (update is the one mutating kind with output
+    // worth reading).
+    let job = JobInfo {
+        id: "job_1".into(),
+        command_id: "cmd_9".into(),
+        selector: "tier=web".parse().unwrap(),
+        kind: CommandKind::ContainerUpdate,
+        command: Command::from_parts(
+            "container.update",
+            json!({"container": "web", "image": "reg.example/app:v2"}),
+        )
+        .unwrap(),
+        state: JobState::Completed,
+        max_concurrency: 1,
+        max_errors: None,
+        created_at: at("2026-03-01T11:59:00Z"),
+        expires_at: at("2026-03-01T12:19:00Z"),
+        created_by: "admin".into(),
+        counts: JobCounts {
+            targets: 1,
+            failed: 1,
+            ..Default::default()
+        },
+        targets: vec![JobTarget {
+            agent_id: "ag_1".into(),
+            agent_name: "web-1".into(),
+            state: DeliveryState::Failed,
+            result: Some(result(
+                ResultStatus::Failed,
+                Some(report),
+                Some(("update_rolled_back", "rolled back")),
+            )),
+        }],
+    };
+    let text = job_outputs(&job);
+    assert!(
+        text.starts_with("\n== web-1 (ag_1) ==\nupdate of web to reg.example/app:v2: rolled back"),
+        "{text}"
+    );
+}
+
+fn record(command_id: &str, created: &str) -> UpdateRecord {
+    serde_json::from_value(json!({
+        "command_id": command_id, "agent_id": "ag_1", "container": "web",
+        "image": "reg.example/app:v2", "health": "auto", "strategy": "stop-first",
+        "requested_by": "admin", "created_at": created, "active": false, "state": "failed"
+    }))
+    .unwrap()
+}
+
+#[test]
+fn updates_table() {
+    let mut running = record("cmd_3", "2026-03-01T11:59:00Z");
+    running.active = true;
+    running.state = DeliveryState::Received;
+    running.phase = Some("health_gate".into());
+    let mut done = record("cmd_2", "2026-03-01T11:00:00Z");
+    done.state = DeliveryState::Succeeded;
+    done.outcome = Some(UpdateOutcome::Updated);
+    done.phase = Some("done".into());
+    done.finished_at = Some(at("2026-03-01T11:00:20Z"));
+    let mut report = rolled_back();
+    report.outcome = UpdateOutcome::Updated;
+    report.total_ms = 19_500;
+    done.report = Some(report);
+    let mut lost = record("cmd_1", "2026-03-01T10:00:00Z");
+    lost.container_name = Some("web-renamed".into());
+    lost.error = Some(ErrorInfo {
+        code: "no_result".into(),
+        message: "no result in time".into(),
+    });
+    lost.finished_at = Some(at("2026-03-01T10:35:00Z"));
+    let list = [running, done, lost];
+    assert_eq!(
+        updates(&list, now(), false),
+        "CREATED  CONTAINER    IMAGE               STATUS                  PHASE        TOOK   COMMAND  BY\n\
+         1m ago   web          reg.example/app:v2  in progress (received)  health_gate  -      cmd_3    admin\n\
+         1h ago   web          reg.example/app:v2  updated                 done         19.5s  cmd_2    admin\n\
+         2h ago   web-renamed  reg.example/app:v2  failed: no_result       -            35m    cmd_1    admin\n"
+    );
+    assert!(updates(&list, now(), true).starts_with("CREATED  AGENT  CONTAINER"));
+    let mut undelivered = record("cmd_0", "2026-03-01T10:00:00Z");
+    undelivered.state = DeliveryState::Undelivered;
+    assert_eq!(update_status(&undelivered), "undelivered");
+}
