@@ -10,7 +10,7 @@
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
 use crate::session::FrameLimit;
 use crate::state::State;
-use crate::update::Updater;
+use crate::update::{base_name, Updater};
 use crate::verify::{admit, Admission, Rejection, Verifier};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -32,8 +32,9 @@ use tracing::{debug, error, info, warn};
 /// Longest a mutating command waits for another one on the same container.
 pub const MAX_BUSY_WAIT: Duration = Duration::from_secs(300);
 /// On shutdown, running commands get this long to finish; the rest are reported as
-/// interrupted at the next start.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// interrupted at the next start (updates converge from their journal instead). Updates cut
+/// their pull or health gate short on shutdown and roll back, which takes a few seconds.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How often expired journal entries are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub use flotilla_shared::command::error_codes::{INTERRUPTED, RESULT_TOO_LARGE};
@@ -229,16 +230,23 @@ impl Executor {
                 return;
             }
         };
+        // One task per container name, converging its records one after another.
+        let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for record in records {
             let name = serde_json::from_str::<serde_json::Value>(&record)
                 .ok()
                 .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
                 .unwrap_or_default();
+            by_name.entry(name).or_default().push(record);
+        }
+        for (name, records) in by_name {
             let guard = shared.locks.try_lock(&name);
             let shared = shared.clone();
             tasks.spawn(async move {
                 let _guard = guard;
-                shared.updater.recover(&record).await;
+                for record in records {
+                    shared.updater.recover(&record).await;
+                }
                 shared.heartbeat_poke.notify_one();
             });
         }
@@ -496,7 +504,8 @@ pub fn keep_newest_lines(mut lines: Vec<String>, budget: usize) -> (Vec<String>,
 // === impl ContainerLocks ===
 
 /// One async mutex per container NAME, for mutating commands (an update gives the container a
-/// new id but keeps its name).
+/// new id but keeps its name). The backup and temporary names of an update count as the
+/// container's own name, so nothing can start the old container during its update.
 #[derive(Default)]
 struct ContainerLocks {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -514,7 +523,9 @@ impl ContainerLocks {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             // Forget locks nobody holds or waits for, so the map stays small.
             map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(c.name.clone()).or_default().clone()
+            map.entry(base_name(&c.name).to_string())
+                .or_default()
+                .clone()
         };
         let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         let wait = MAX_BUSY_WAIT.min(until_expiry).max(Duration::from_secs(1));
@@ -536,7 +547,7 @@ impl ContainerLocks {
         let mutex = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(name.to_string()).or_default().clone()
+            map.entry(base_name(name).to_string()).or_default().clone()
         };
         mutex.try_lock_owned().ok()
     }

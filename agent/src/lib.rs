@@ -171,6 +171,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         state_dir: config.state_dir.clone(),
         updating,
         frame_limit: frame_limit.clone(),
+        stopping: tasks_token.clone(),
     };
     let exec = executor::Executor {
         verifier: verify::Verifier {

@@ -355,13 +355,15 @@ impl State {
             .call(move |c| {
                 let result_json = serde_json::to_string(&result)?;
                 let tx = c.transaction()?;
-                let n = tx.execute(
-                    "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
-                    params![result.command_id, result_json],
+                // The journal row may be gone (an older agent pruned it): write it again, so the
+                // update is finished for good and its result still reaches the relay.
+                let now = ts(Utc::now());
+                tx.execute(
+                    "INSERT INTO journal (id, received_at, expires_at, status, result)
+                     VALUES (?1, ?3, ?3, 'done', ?2)
+                     ON CONFLICT (id) DO UPDATE SET status = 'done', result = excluded.result",
+                    params![result.command_id, result_json, now],
                 )?;
-                if n == 0 {
-                    bail!("command {} is not in the journal", result.command_id);
-                }
                 let seq = insert_outbox(&tx, &OutboxItem::Result(result))?;
                 tx.commit()?;
                 Ok(seq)
@@ -392,8 +394,10 @@ impl State {
     pub async fn prune_journal(&self, now: DateTime<Utc>) -> Result<usize> {
         let cutoff = now - ChronoDuration::hours(JOURNAL_KEEP_AFTER_EXPIRY_HOURS);
         self.call(move |c| {
+            // An unfinished update keeps its command: its result is still to be filed.
             let n = c.execute(
-                "DELETE FROM journal WHERE expires_at < ?1",
+                "DELETE FROM journal WHERE expires_at < ?1
+                 AND id NOT IN (SELECT command_id FROM updates WHERE finished = 0)",
                 params![ts(cutoff)],
             )?;
             c.execute(
@@ -450,13 +454,15 @@ impl State {
                      WHERE command_id = ?1",
                     params![result.command_id, record, ts(Utc::now())],
                 )?;
-                let n = tx.execute(
-                    "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
-                    params![result.command_id, result_json],
+                // The journal row may be gone (an older agent pruned it): write it again, so the
+                // update is finished for good and its result still reaches the relay.
+                let now = ts(Utc::now());
+                tx.execute(
+                    "INSERT INTO journal (id, received_at, expires_at, status, result)
+                     VALUES (?1, ?3, ?3, 'done', ?2)
+                     ON CONFLICT (id) DO UPDATE SET status = 'done', result = excluded.result",
+                    params![result.command_id, result_json, now],
                 )?;
-                if n == 0 {
-                    bail!("command {} is not in the journal", result.command_id);
-                }
                 let seq = insert_outbox(&tx, &OutboxItem::Result(result))?;
                 tx.commit()?;
                 Ok(seq)

@@ -306,6 +306,27 @@ impl DockerClient {
         self.logs(&c, tail, None, false).await.unwrap_or_default()
     }
 
+    /// Ids of every container (running or not) carrying label `key=value`.
+    pub async fn containers_with_label(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<String>, DockerError> {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_string(), vec![format!("{key}={value}")]);
+        let list = self
+            .client()
+            .await?
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine_error)?;
+        Ok(list.into_iter().filter_map(|s| s.id).collect())
+    }
+
     /// Names of other containers sharing this container's network namespace
     /// (`--network container:<it>`).
     pub async fn network_namespace_users(

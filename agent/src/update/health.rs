@@ -75,6 +75,21 @@ pub async fn gate(
             "health check docker was asked for, but the container has no HEALTHCHECK".into();
         return ev;
     }
+    if matches!(method, HealthSpec::Http { .. } | HealthSpec::Tcp { .. }) {
+        let mode = first
+            .host_config
+            .as_ref()
+            .and_then(|h| h.network_mode.clone())
+            .unwrap_or_default();
+        if mode == "none" || mode.starts_with("container:") {
+            ev.detail = format!(
+                "an {} probe needs the container's own address, and network mode {mode} gives it \
+                 none; use running or docker",
+                ev.method
+            );
+            return ev;
+        }
+    }
     let base = baseline(&first);
     let deadline = started + timeout;
     let http = reqwest::Client::builder()
@@ -114,8 +129,8 @@ pub async fn gate(
             }
             Seen::NotYet => false,
             Seen::Running => match &method {
-                HealthSpec::Running => true,
-                HealthSpec::Docker | HealthSpec::Auto => false,
+                // `judge` says Running for a Docker check only once it reports healthy.
+                HealthSpec::Running | HealthSpec::Docker | HealthSpec::Auto => true,
                 HealthSpec::Http { port, path } => {
                     let addr = address(c.as_ref().expect("running implies present"));
                     match (&http, addr) {
@@ -318,7 +333,9 @@ fn last_health_output(c: &ContainerInspectResponse) -> Option<String> {
         .as_ref()?
         .last()
         .and_then(|l| l.output.as_deref())
-        .map(|o| truncate(o.trim()))
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(truncate)
 }
 
 /// Where the host reaches the container: its address on the first network that gave it one

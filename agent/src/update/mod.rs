@@ -31,8 +31,9 @@ use flotilla_shared::command::{error_codes, CommandResult, ErrorInfo, ResultStat
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::OutboxItem;
 use flotilla_shared::update::{
-    ContainerUpdateArgs, HealthEvidence, PhaseTiming, UpdateOutcome, UpdatePhase, UpdateReport,
-    UpdateStrategy, BACKUP_NAME_MARKER, FAILED_LOG_LINES, NEW_NAME_MARKER, UPDATE_LABEL,
+    ContainerUpdateArgs, HealthEvidence, HealthSpec, PhaseTiming, UpdateOutcome, UpdatePhase,
+    UpdateReport, UpdateStrategy, BACKUP_NAME_MARKER, FAILED_LOG_LINES, NEW_NAME_MARKER,
+    UPDATE_LABEL,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -69,16 +70,22 @@ impl Updating {
 
     /// The update acting on the container with this name (its own, backup or temporary name).
     pub fn command_for(&self, container_name: &str) -> Option<String> {
-        let base = [BACKUP_NAME_MARKER, NEW_NAME_MARKER]
-            .iter()
-            .find_map(|m| container_name.find(m).map(|i| &container_name[..i]))
-            .unwrap_or(container_name);
+        let base = base_name(container_name);
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(base)
             .cloned()
     }
+}
+
+/// The name a container has outside updates: `web` for `web`, `web.flotilla-old-…` and
+/// `web.flotilla-new-…`.
+pub fn base_name(container_name: &str) -> &str {
+    [BACKUP_NAME_MARKER, NEW_NAME_MARKER]
+        .iter()
+        .find_map(|m| container_name.find(m).map(|i| &container_name[..i]))
+        .unwrap_or(container_name)
 }
 
 /// What every update shares.
@@ -93,6 +100,9 @@ pub struct Updater {
     pub updating: Updating,
     /// The largest frame the session may send now (the report is sized by it).
     pub frame_limit: crate::session::FrameLimit,
+    /// Cancelled when the agent is asked to stop: pulls and health gates are cut short so a
+    /// running update rolls back (or is left to the journal) within the shutdown grace.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The journal record of one update (JSON in `agent.db`).
@@ -271,6 +281,20 @@ impl Updater {
                 ),
             ));
         }
+        if old
+            .pointer("/HostConfig/AutoRemove")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            return Err(refuse(
+                error_codes::INVALID_ARGS,
+                format!(
+                    "container {} was started with --rm (AutoRemove): stopping it deletes it, so \
+                     it could not be rolled back; recreate it without --rm to update it",
+                    c.name
+                ),
+            ));
+        }
         let current_image = old
             .pointer("/Config/Image")
             .and_then(Value::as_str)
@@ -360,7 +384,8 @@ impl Updater {
     async fn pull(&self, run: &mut Run) -> Result<(), StepError> {
         self.phase(run, UpdatePhase::Pulling).await?;
         let t = Instant::now();
-        let image = run.j.args.image.clone();
+        // An untagged reference would make the engine pull every tag of the repository.
+        let image = policy::with_default_tag(&run.j.args.image);
         let registry = policy::ImageRef::parse(&image).registry;
         let creds = policy::credentials(&self.config, &registry)?;
         // Progress goes to the relay while the pull runs (at most every PROGRESS_EVERY).
@@ -389,7 +414,12 @@ impl Updater {
                 self.event(run, message, attrs).await;
             }
         };
-        let (pulled, ()) = tokio::join!(pull, forward);
+        let pulled = tokio::select! {
+            (pulled, ()) = async { tokio::join!(pull, forward) } => pulled,
+            _ = self.stopping.cancelled() => {
+                return Err("the agent is stopping; the pull was abandoned".into());
+            }
+        };
         pulled.map_err(|e| e.to_string())?;
         let img = self
             .docker
@@ -444,6 +474,9 @@ impl Updater {
 
     /// Renames the old container to its backup name, clears its restart policy, stops it.
     async fn stop_old(&self, run: &mut Run, rename: bool) -> Result<(), StepError> {
+        // Said before acting: a report may claim a stop that a crash prevented, never the
+        // reverse.
+        run.j.report.old_stopped = true;
         self.phase(run, UpdatePhase::StoppingOld).await?;
         let t = Instant::now();
         let old = run.j.old_id.clone();
@@ -457,7 +490,6 @@ impl Updater {
             .set_restart_policy(&old, &serde_json::json!({"Name": "no"}))
             .await
             .map_err(|e| format!("cannot clear the old container's restart policy: {e}"))?;
-        run.j.report.old_stopped = true;
         self.docker
             .stop_own_timeout(&old, run.j.old_stop_timeout)
             .await
@@ -551,14 +583,14 @@ impl Updater {
 
     async fn gate(&self, run: &mut Run, id: String) -> HealthEvidence {
         let args = &run.j.args;
-        let evidence = health::gate(
-            &self.docker,
-            &id,
-            &args.health,
-            Duration::from_secs(args.health_timeout_secs() as u64),
-            Duration::from_secs(args.stable_secs() as u64),
-        )
-        .await;
+        let evidence = self
+            .gate_or_stop(
+                &id,
+                &args.health,
+                Duration::from_secs(args.health_timeout_secs() as u64),
+                Duration::from_secs(args.stable_secs() as u64),
+            )
+            .await;
         run.j.report.timings.push(PhaseTiming {
             phase: "health".into(),
             ms: evidence.check_ms,
@@ -568,6 +600,28 @@ impl Updater {
             ms: evidence.stable_ms,
         });
         evidence
+    }
+
+    /// The health gate, cut short (failed) when the agent is asked to stop.
+    async fn gate_or_stop(
+        &self,
+        id: &str,
+        spec: &HealthSpec,
+        timeout: Duration,
+        stable: Duration,
+    ) -> HealthEvidence {
+        tokio::select! {
+            ev = health::gate(&self.docker, id, spec, timeout, stable) => ev,
+            _ = self.stopping.cancelled() => HealthEvidence {
+                method: spec.to_string(),
+                passed: false,
+                checks: 0,
+                check_ms: 0,
+                stable_ms: 0,
+                detail: "the agent is stopping; the check was cut short".into(),
+                last_output: None,
+            },
+        }
     }
 
     /// Removes the old container (keeping its image) once the new one is proven.
@@ -612,32 +666,41 @@ impl Updater {
             "update failed; rolling back"
         );
         let t = Instant::now();
+        if run.j.report.reason.is_none() {
+            run.j.report.reason = Some(reason.clone());
+        }
         self.phase_or_fail(run, UpdatePhase::RollingBack).await;
         let mut problems = Vec::new();
-        if let Some(new_id) = run.j.new_id.clone() {
-            if new_id != run.j.old_id {
-                if run.j.report.failed_logs.is_empty() {
-                    run.j.report.failed_logs = self.logs(&new_id).await;
-                }
-                if let Err(e) = self.docker.remove_id(&new_id, true).await {
-                    problems.push(format!("cannot remove the new container: {e}"));
+        // Never leave neither: if the old container is gone, the new one stays.
+        let old_exists = matches!(self.docker.inspect_id(&run.j.old_id).await, Ok(Some(_)));
+        if !old_exists {
+            return Outcome::RollbackFailed(format!(
+                "{reason}; the old container no longer exists, so the new one was left in place"
+            ));
+        }
+        // Every container this update created (journaled or not yet: found by its label).
+        let mut created: Vec<String> = run.j.new_id.clone().into_iter().collect();
+        match self
+            .docker
+            .containers_with_label(UPDATE_LABEL, &run.j.command_id)
+            .await
+        {
+            Ok(ids) => created.extend(ids),
+            Err(e) => problems.push(format!("cannot list the containers this update made: {e}")),
+        }
+        created.sort();
+        created.dedup();
+        created.retain(|id| *id != run.j.old_id);
+        for id in created {
+            if run.j.report.failed_logs.is_empty() {
+                run.j.report.failed_logs = self.logs(&id).await;
+                // Keep the evidence even if the agent dies before the report is filed.
+                if let Err(e) = self.save(run).await {
+                    error!(error = e, "cannot journal the failed container's logs");
                 }
             }
-        }
-        // Whatever else holds the name (a new container created but not journaled in time).
-        if let Ok(Some(c)) = self.docker.inspect_id(&run.j.name).await {
-            let id = c.id.unwrap_or_default();
-            let label = c
-                .config
-                .and_then(|cfg| cfg.labels)
-                .and_then(|l| l.get(UPDATE_LABEL).cloned());
-            if id != run.j.old_id && label.as_deref() == Some(run.j.command_id.as_str()) {
-                if run.j.report.failed_logs.is_empty() {
-                    run.j.report.failed_logs = self.logs(&id).await;
-                }
-                if let Err(e) = self.docker.remove_id(&id, true).await {
-                    problems.push(format!("cannot remove the new container: {e}"));
-                }
+            if let Err(e) = self.docker.remove_id(&id, true).await {
+                problems.push(format!("cannot remove the new container: {e}"));
             }
         }
         let old = run.j.old_id.clone();
@@ -675,15 +738,26 @@ impl Updater {
             return Outcome::RollbackFailed(format!("{reason}; rollback: {e}"));
         }
         let t = Instant::now();
-        let evidence = health::gate(
-            &self.docker,
-            &old,
-            &run.j.args.health,
-            Duration::from_secs(run.j.args.health_timeout_secs() as u64),
-            Duration::from_secs(run.j.args.stable_secs() as u64),
-        )
-        .await;
+        // The old container is held to the same check, except that `docker` becomes `auto`:
+        // the old image may predate the HEALTHCHECK the new one brought.
+        let spec = match &run.j.args.health {
+            HealthSpec::Docker => HealthSpec::Auto,
+            other => other.clone(),
+        };
+        let evidence = self
+            .gate_or_stop(
+                &old,
+                &spec,
+                Duration::from_secs(run.j.args.health_timeout_secs() as u64),
+                Duration::from_secs(run.j.args.stable_secs() as u64),
+            )
+            .await;
         run.timing("rollback_health", t);
+        if self.stopping.is_cancelled() && !evidence.passed {
+            // Restored (name, restart policy, running) but not re-checked: good enough to stop.
+            run.j.report.rollback_health_evidence = Some(evidence);
+            return Outcome::RolledBack(reason);
+        }
         let passed = evidence.passed;
         let detail = evidence.detail.clone();
         run.j.report.rollback_health_evidence = Some(evidence);
@@ -938,6 +1012,15 @@ fn empty_report(args: &ContainerUpdateArgs) -> UpdateReport {
 /// Why start-first cannot be used for this container, if it cannot.
 fn start_first_obstacle(old: &Value) -> Option<String> {
     let hc = old.get("HostConfig");
+    let mode = hc
+        .and_then(|h| h.get("NetworkMode"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if mode == "host" || mode.starts_with("container:") {
+        return Some(format!(
+            "it uses network mode {mode}, so old and new would share ports and addresses"
+        ));
+    }
     if hc
         .and_then(|h| h.get("PublishAllPorts"))
         .and_then(Value::as_bool)
@@ -1000,7 +1083,6 @@ fn ms(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_shared::update::HealthSpec;
     use serde_json::json;
 
     #[test]

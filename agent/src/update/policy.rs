@@ -57,6 +57,17 @@ impl ImageRef {
     }
 }
 
+/// `reference` with `:latest` added when it names neither a tag nor a digest (the engine pulls
+/// every tag of an untagged reference).
+pub fn with_default_tag(reference: &str) -> String {
+    let last = reference.rsplit('/').next().unwrap_or(reference);
+    if reference.contains('@') || last.contains(':') {
+        reference.to_string()
+    } else {
+        format!("{reference}:latest")
+    }
+}
+
 /// Checks `new_image` against the configured allow list, or — when none is configured — against
 /// the registry `current_image` comes from. The error says what was refused and why.
 pub fn check_image(
@@ -222,6 +233,20 @@ mod tests {
             r("index.docker.io/library/redis"),
             ("docker.io".into(), "library/redis".into())
         );
+    }
+
+    #[test]
+    fn default_tags() {
+        assert_eq!(with_default_tag("nginx"), "nginx:latest");
+        assert_eq!(
+            with_default_tag("127.0.0.1:5000/app"),
+            "127.0.0.1:5000/app:latest"
+        );
+        assert_eq!(
+            with_default_tag("127.0.0.1:5000/app:v2"),
+            "127.0.0.1:5000/app:v2"
+        );
+        assert_eq!(with_default_tag("app@sha256:ab"), "app@sha256:ab");
     }
 
     #[test]

@@ -77,11 +77,18 @@ pub fn plan(old: &Value, old_image: Option<&Value>, new_image: &str) -> CreatePl
                 body.remove(key);
             }
         }
+        // Ports with host bindings stay exposed whatever the images say: the engine publishes
+        // only exposed ports, and a binding must not silently stop working.
+        let published: Vec<String> = old
+            .pointer("/HostConfig/PortBindings")
+            .and_then(Value::as_object)
+            .map(|b| b.keys().cloned().collect())
+            .unwrap_or_default();
         for key in ["ExposedPorts", "Volumes"] {
             if let (Some(Value::Object(mine)), Some(Value::Object(theirs))) =
                 (body.get_mut(key), img.get(key))
             {
-                mine.retain(|k, _| !theirs.contains_key(k));
+                mine.retain(|k, _| !theirs.contains_key(k) || published.contains(k));
             }
         }
     }
@@ -98,6 +105,27 @@ pub fn plan(old: &Value, old_image: Option<&Value>, new_image: &str) -> CreatePl
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
+    // `--mount type=volume,dst=/x` (and compose's anonymous volumes) name no source: point them
+    // at the volume the old container got, or the new one would start empty.
+    if let Some(Value::Array(mounts)) = host_config.get_mut("Mounts") {
+        for m in mounts.iter_mut() {
+            let is_volume = m.get("Type").and_then(Value::as_str) == Some("volume");
+            let no_source = m
+                .get("Source")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty);
+            let target = m
+                .get("Target")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            if is_volume && no_source {
+                if let Some(name) = volume_at(old, &target) {
+                    m["Source"] = Value::String(name);
+                }
+            }
+        }
+    }
     let anonymous = anonymous_volumes(old, &host_config);
     if !anonymous.is_empty() {
         if let Some(Value::Object(volumes)) = body.get_mut("Volumes") {
@@ -132,6 +160,22 @@ pub fn plan(old: &Value, old_image: Option<&Value>, new_image: &str) -> CreatePl
         .and_then(Value::as_str)
         .unwrap_or("default")
         .to_string();
+    if network_mode.starts_with("container:") {
+        // These were inherited from the other container; the engine refuses them in this mode.
+        for key in ["Hostname", "Domainname", "MacAddress", "ExposedPorts"] {
+            body.remove(key);
+        }
+        for key in [
+            "Dns",
+            "DnsOptions",
+            "DnsSearch",
+            "ExtraHosts",
+            "PortBindings",
+            "PublishAllPorts",
+        ] {
+            host_config.remove(key);
+        }
+    }
     let primary = match network_mode.as_str() {
         "default" | "" => Some("bridge".to_string()),
         "host" | "none" => None,
@@ -143,8 +187,16 @@ pub fn plan(old: &Value, old_image: Option<&Value>, new_image: &str) -> CreatePl
     if let Some(Value::Object(networks)) = old.pointer("/NetworkSettings/Networks") {
         for (name, ep) in networks {
             let settings = endpoint_config(ep, old_id);
-            if Some(name) == primary.as_ref() {
-                endpoints.insert(name.clone(), settings);
+            // NetworkMode may hold the network's name or (a prefix of) its id.
+            let is_primary = primary.as_ref().is_some_and(|p| {
+                p == name
+                    || ep
+                        .get("NetworkID")
+                        .and_then(Value::as_str)
+                        .is_some_and(|id| !p.is_empty() && id.starts_with(p.as_str()))
+            });
+            if is_primary {
+                endpoints.insert(primary.clone().unwrap_or_default(), settings);
             } else if primary.is_some() {
                 extra_networks.push((name.clone(), settings));
             }
@@ -186,6 +238,15 @@ fn endpoint_config(ep: &Value, old_id: &str) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// The name of the volume mounted at `target` in the old container.
+fn volume_at(old: &Value, target: &str) -> Option<String> {
+    old.get("Mounts")?.as_array()?.iter().find_map(|m| {
+        let dest = m.get("Destination").and_then(Value::as_str)?;
+        let name = m.get("Name").and_then(Value::as_str)?;
+        (dest == target && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Volumes mounted into the old container that no bind or mount in its HostConfig names:
@@ -333,7 +394,11 @@ mod tests {
             assert!(b.get(gone).is_none(), "{gone} should be dropped: {b}");
         }
         assert_eq!(b["User"], "1000", "user set by the container is kept");
-        assert_eq!(b["ExposedPorts"], json!({"9000/tcp": {}}));
+        assert_eq!(
+            b["ExposedPorts"],
+            json!({"8080/tcp": {}, "9000/tcp": {}}),
+            "a published port stays exposed even though the old image exposed it"
+        );
         assert_eq!(b["MacAddress"], "02:00:00:00:00:07");
         let hc = &b["HostConfig"];
         assert_eq!(hc["RestartPolicy"]["Name"], "always");
@@ -367,6 +432,23 @@ mod tests {
     }
 
     #[test]
+    fn sourceless_volume_mounts_keep_their_volume_and_network_ids_work() {
+        let mut old = old_container();
+        old["HostConfig"]["Mounts"] = json!([{"Type": "volume", "Target": "/m"}]);
+        old["Mounts"] =
+            json!([{"Type": "volume", "Name": "anon-m", "Destination": "/m", "RW": true}]);
+        old["HostConfig"]["NetworkMode"] = json!("n1");
+        let p = plan(&old, Some(&old_image()), "x");
+        assert_eq!(
+            p.body["HostConfig"]["Mounts"],
+            json!([{"Type": "volume", "Target": "/m", "Source": "anon-m"}])
+        );
+        // NetworkMode names the network by id: it is the primary one, not connected twice.
+        assert!(p.body["NetworkingConfig"]["EndpointsConfig"]["n1"].is_object());
+        assert_eq!(p.extra_networks, vec![("other".to_string(), json!({}))]);
+    }
+
+    #[test]
     fn default_bridge_host_and_shared_namespaces() {
         let mut old = old_container();
         old["HostConfig"]["NetworkMode"] = json!("default");
@@ -379,8 +461,16 @@ mod tests {
         );
         assert!(p.extra_networks.is_empty());
         old["HostConfig"]["NetworkMode"] = json!("container:abc");
+        old["Config"]["Hostname"] = json!("other-host");
         let p = plan(&old, Some(&old_image()), "x");
         assert!(p.body.get("NetworkingConfig").is_none());
+        for gone in ["Hostname", "MacAddress", "ExposedPorts"] {
+            assert!(
+                p.body.get(gone).is_none(),
+                "{gone} must go in container: mode"
+            );
+        }
+        assert!(p.body["HostConfig"].get("PortBindings").is_none());
         assert!(p.extra_networks.is_empty());
         assert_eq!(p.body["HostConfig"]["NetworkMode"], "container:abc");
     }
