@@ -355,15 +355,13 @@ impl State {
             .call(move |c| {
                 let result_json = serde_json::to_string(&result)?;
                 let tx = c.transaction()?;
-                // The journal row may be gone (an older agent pruned it): write it again, so the
-                // update is finished for good and its result still reaches the relay.
-                let now = ts(Utc::now());
-                tx.execute(
-                    "INSERT INTO journal (id, received_at, expires_at, status, result)
-                     VALUES (?1, ?3, ?3, 'done', ?2)
-                     ON CONFLICT (id) DO UPDATE SET status = 'done', result = excluded.result",
-                    params![result.command_id, result_json, now],
+                let n = tx.execute(
+                    "UPDATE journal SET status = 'done', result = ?2 WHERE id = ?1",
+                    params![result.command_id, result_json],
                 )?;
+                if n == 0 {
+                    bail!("command {} is not in the journal", result.command_id);
+                }
                 let seq = insert_outbox(&tx, &OutboxItem::Result(result))?;
                 tx.commit()?;
                 Ok(seq)
@@ -915,6 +913,41 @@ pub(crate) mod tests {
             OutboxItem::Event(e) if e.message == expected => item.clone(),
             other => panic!("unexpected item {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn unfinished_updates_survive_pruning_and_always_finish() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let long_ago = Utc::now() - ChronoDuration::days(10);
+        for id in ["cmd_upd", "cmd_plain"] {
+            state.journal_begin(id, long_ago, long_ago).await.unwrap();
+        }
+        state
+            .save_update("cmd_upd", "health_gate", "{\"name\":\"web\"}".into())
+            .await
+            .unwrap();
+        // The unfinished update is not "interrupted": it converges from its own journal.
+        assert_eq!(state.journal_running().await.unwrap(), vec!["cmd_plain"]);
+        // Pruning keeps the command of an unfinished update.
+        assert_eq!(state.prune_journal(Utc::now()).await.unwrap(), 1);
+        assert!(state.journal_get("cmd_upd").await.unwrap().is_some());
+        assert_eq!(state.unfinished_updates().await.unwrap().len(), 1);
+        // Finishing works even when the journal row is gone, and is final.
+        state
+            .call(|c| Ok(c.execute("DELETE FROM journal WHERE id = 'cmd_upd'", [])?))
+            .await
+            .unwrap();
+        state
+            .finish_update(result("cmd_upd"), "{}".into())
+            .await
+            .unwrap();
+        assert!(state.unfinished_updates().await.unwrap().is_empty());
+        assert!(matches!(
+            state.journal_get("cmd_upd").await.unwrap(),
+            Some(JournalEntry::Done(_))
+        ));
+        assert_eq!(state.outbox_after(0, 10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
