@@ -15,7 +15,7 @@ mod lock;
 mod registry;
 
 pub use http::{http_get, http_request, wait_for_http_status, HttpResponse};
-pub use registry::{start_registry, Registry};
+pub use registry::{start_registry, start_registry_with_auth, Registry};
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
@@ -36,15 +36,25 @@ pub const TESTAPP_PORT: u16 = 8080;
 /// How long one fixture build may wait for another process's build to finish.
 const BUILD_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The tags of the test images, all built from the same static testapp binary.
+/// The tags of the test images, all built from the same static testapp binary. Every image
+/// carries the label `flotilla.testapp.variant=<tag>` and `ENV APP_VERSION=<tag>` (`v1`, `v2`,
+/// ...), so a test can tell which image a container's defaults came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestImages {
-    /// `flotilla-testapp:v1`: healthy, reports version `v1`.
+    /// `flotilla-testapp:v1`: healthy, reports version `v1`; no HEALTHCHECK.
     pub v1: String,
     /// `flotilla-testapp:v2`: the same, reporting version `v2`.
     pub v2: String,
     /// `flotilla-testapp:broken`: exits with status 1 about one second after starting.
     pub broken: String,
+    /// `flotilla-testapp:v2-health`: v2 with a Docker HEALTHCHECK (every second) that passes.
+    pub v2_health: String,
+    /// `flotilla-testapp:v2-unhealthy`: the same HEALTHCHECK, but `/health` answers 500, so the
+    /// container turns `unhealthy` about two seconds after it starts.
+    pub v2_unhealthy: String,
+    /// `flotilla-testapp:v2-crash-later`: turns healthy within about a second, then exits with
+    /// status 3 four seconds after starting (inside an update's stability window).
+    pub v2_crash_later: String,
     /// The static binary inside the images.
     pub binary: PathBuf,
     /// Hex sha256 of that binary.
@@ -59,22 +69,46 @@ impl TestImages {
             .map(String::from)
             .to_vec()
     }
+
+    /// Every image tag, with the short tag (`v1`, `v2-health`, ...) it carries.
+    pub fn all(&self) -> [(&'static str, &str); 6] {
+        [
+            ("v1", &self.v1),
+            ("v2", &self.v2),
+            ("broken", &self.broken),
+            ("v2-health", &self.v2_health),
+            ("v2-unhealthy", &self.v2_unhealthy),
+            ("v2-crash-later", &self.v2_crash_later),
+        ]
+    }
 }
 
-/// One image variant: its tag and the environment baked into it.
+/// Docker label on every test image naming its variant (`v1`, `v2`, `v2-health`, ...): an image
+/// default that must not survive an update to an image without it.
+pub const VARIANT_LABEL: &str = "flotilla.testapp.variant";
+
+/// The HEALTHCHECK of the images that have one: exec form (the images have no shell), every
+/// second, unhealthy after two failed probes.
+const HEALTHCHECK: &str =
+    "HEALTHCHECK --interval=1s --timeout=2s --retries=2 CMD [\"/testapp\", \"--healthcheck\"]";
+
+/// One image variant: its tag, the environment baked into it and whether it has a HEALTHCHECK.
 struct ImageSpec {
     tag: &'static str,
     env: &'static [(&'static str, &'static str)],
+    healthcheck: bool,
 }
 
-const IMAGE_SPECS: [ImageSpec; 3] = [
+const IMAGE_SPECS: [ImageSpec; 6] = [
     ImageSpec {
         tag: "v1",
         env: &[("APP_VERSION", "v1")],
+        healthcheck: false,
     },
     ImageSpec {
         tag: "v2",
         env: &[("APP_VERSION", "v2")],
+        healthcheck: false,
     },
     ImageSpec {
         tag: "broken",
@@ -83,6 +117,26 @@ const IMAGE_SPECS: [ImageSpec; 3] = [
             ("APP_EXIT_AFTER_SECS", "1"),
             ("APP_EXIT_CODE", "1"),
         ],
+        healthcheck: false,
+    },
+    ImageSpec {
+        tag: "v2-health",
+        env: &[("APP_VERSION", "v2-health")],
+        healthcheck: true,
+    },
+    ImageSpec {
+        tag: "v2-unhealthy",
+        env: &[("APP_VERSION", "v2-unhealthy"), ("APP_MODE", "unhealthy")],
+        healthcheck: true,
+    },
+    ImageSpec {
+        tag: "v2-crash-later",
+        env: &[
+            ("APP_VERSION", "v2-crash-later"),
+            ("APP_EXIT_AFTER_SECS", "4"),
+            ("APP_EXIT_CODE", "3"),
+        ],
+        healthcheck: true,
     },
 ];
 
@@ -242,8 +296,9 @@ fn newest_mtime(path: &Path) -> anyhow::Result<SystemTime> {
 
 // === impl images ===
 
-/// Builds (when missing or out of date) the test images `flotilla-testapp:v1`, `:v2` and
-/// `:broken`, all `FROM scratch` holding only the static testapp binary, and returns their tags.
+/// Builds (when missing or out of date) the test images `flotilla-testapp:v1`, `:v2`, `:broken`,
+/// `:v2-health`, `:v2-unhealthy` and `:v2-crash-later`, all `FROM scratch` holding only the
+/// static testapp binary, and returns their tags.
 pub fn ensure_test_images() -> anyhow::Result<TestImages> {
     docker_available()?;
     let binary = testapp_binary()?;
@@ -287,6 +342,9 @@ pub fn ensure_test_images() -> anyhow::Result<TestImages> {
         v1: tag(0),
         v2: tag(1),
         broken: tag(2),
+        v2_health: tag(3),
+        v2_unhealthy: tag(4),
+        v2_crash_later: tag(5),
         binary,
         binary_sha256,
     })
@@ -298,8 +356,13 @@ fn dockerfile(spec: &ImageSpec) -> String {
         text.push_str(&format!("ENV {key}={value}\n"));
     }
     text.push_str(&format!(
-        "LABEL {TEST_LABEL}=1\nEXPOSE {TESTAPP_PORT}\nENTRYPOINT [\"/testapp\"]\n"
+        "LABEL {TEST_LABEL}=1 {VARIANT_LABEL}={}\nEXPOSE {TESTAPP_PORT}\nENTRYPOINT [\"/testapp\"]\n",
+        spec.tag
     ));
+    if spec.healthcheck {
+        text.push_str(HEALTHCHECK);
+        text.push('\n');
+    }
     text
 }
 
@@ -386,8 +449,22 @@ mod tests {
         let files: Vec<String> = IMAGE_SPECS.iter().map(dockerfile).collect();
         assert!(files[0].contains("ENV APP_VERSION=v1\n"));
         assert!(files[2].contains("ENV APP_EXIT_AFTER_SECS=1\n"));
-        assert!(files.iter().all(|f| f.contains("LABEL flotilla.test=1\n")));
-        assert_ne!(files[0], files[1]);
+        assert!(files
+            .iter()
+            .all(|f| f.contains("LABEL flotilla.test=1 flotilla.testapp.variant=")));
+        assert!(files[0].contains("flotilla.testapp.variant=v1\n"));
+        assert!(!files[0].contains("HEALTHCHECK"));
+        assert!(files[3].contains("HEALTHCHECK --interval=1s"));
+        assert!(files[4].contains("ENV APP_MODE=unhealthy\n"));
+        assert!(files[5].contains("ENV APP_EXIT_AFTER_SECS=4\n"));
+        let mut unique = files.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            files.len(),
+            "every variant is a distinct image"
+        );
     }
 
     #[test]

@@ -11,9 +11,10 @@ use flotilla_shared::api::{
     AgentDetail, AgentInfo, AgentStatus, CommandInfo, CreateCommand, CreateEnrollmentToken,
     CreateJob, EnrollmentTokenCreated, ErrorBody, EventRecord, JobInfo, JobState,
 };
-use flotilla_shared::command::Command;
+use flotilla_shared::command::{Command, CommandResult, ResultStatus};
 use flotilla_shared::selector::Labels;
 use flotilla_shared::signing::SigningKey;
+use flotilla_shared::update::{ContainerUpdateArgs, UpdateOutcome, UpdateReport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -25,6 +26,13 @@ use tokio::process::{Child, Command as Process};
 
 /// Heartbeat interval the test relays hand to agents.
 pub const TEST_HEARTBEAT_SECS: u64 = 1;
+
+/// Agent environment variable naming the Docker client config `container.update` reads registry
+/// credentials from. Test agents get an empty one (see [`Agent::enroll`]).
+pub const UPDATE_DOCKER_CONFIG_ENV: &str = "FLOTILLA_UPDATE_DOCKER_CONFIG";
+/// Agent test hook: the update pauses (forever) at this phase after journaling it, and creates
+/// `<state_dir>/update-paused-<phase>`, so a test can SIGKILL the agent there.
+pub const UPDATE_PAUSE_ENV: &str = "FLOTILLA_TEST_UPDATE_PAUSE_AT";
 
 /// Polls `check` until it returns `Some`, or fails the test after `deadline` naming `what`.
 /// Tests never sleep a fixed time to wait for an effect.
@@ -259,6 +267,8 @@ pub struct Agent {
     pub only_label: String,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// Passed as `--config FILE` to `run` when set.
+    config: Option<PathBuf>,
 }
 
 impl Agent {
@@ -291,13 +301,22 @@ impl Agent {
             .find(|a| a.name == name)
             .map(|a| a.id.clone())
             .unwrap_or_else(|| panic!("enrolled agent {name} not listed: {agents:?}"));
+        // Registry credentials for `container.update` come from agent.toml or a Docker client
+        // config; point the latter at an empty one so the host's ~/.docker/config.json is never
+        // read by a test agent.
+        let docker_config = dir.path().join("docker-config.json");
+        std::fs::write(&docker_config, "{\"auths\": {}}\n").expect("write empty docker config");
         Agent {
             dir,
             id,
             name: name.to_string(),
             only_label: format!("flotilla.test.scope={scope}"),
             child: None,
-            env: Vec::new(),
+            env: vec![(
+                UPDATE_DOCKER_CONFIG_ENV.to_string(),
+                docker_config.to_string_lossy().into_owned(),
+            )],
+            config: None,
         }
     }
 
@@ -315,6 +334,19 @@ impl Agent {
         self.env.retain(|(k, _)| k != key);
     }
 
+    /// Writes `toml` as the agent's config file, passed as `--config FILE` from the next `run`
+    /// on (environment variables still override it).
+    pub fn set_config(&mut self, toml: &str) {
+        let path = self.dir.path().join("agent-test.toml");
+        std::fs::write(&path, toml).expect("write agent config file");
+        self.config = Some(path);
+    }
+
+    /// The agent's state directory (`--state-dir`).
+    pub fn state_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub async fn run(&mut self) {
         assert!(self.child.is_none(), "agent {} already running", self.name);
         let mut cmd = Process::new(bin("flotilla-agent"));
@@ -327,6 +359,9 @@ impl Agent {
             .stdout(log_file(&self.log_path()))
             .stderr(log_file(&self.log_path()))
             .kill_on_drop(true);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -552,6 +587,34 @@ impl Api {
         .await
     }
 
+    /// Sends `container.update` to one agent without waiting; returns the command's id.
+    pub async fn start_update(&self, agent: &str, args: ContainerUpdateArgs) -> String {
+        let info = self
+            .command(agent, Command::ContainerUpdate(args), None)
+            .await
+            .expect("create container.update command");
+        info.id
+    }
+
+    /// Waits for the final result of a `container.update` and parses its output (present
+    /// whatever the outcome) as an [`UpdateReport`]. Panics with the whole result when the
+    /// output is missing or is not a report.
+    pub async fn wait_update(&self, id: &str, deadline: Duration) -> UpdateResult {
+        let info = self.wait_final(id, deadline).await;
+        UpdateResult::from_info(info)
+    }
+
+    /// Sends `container.update` and waits up to `deadline` for its final result.
+    pub async fn update(
+        &self,
+        agent: &str,
+        args: ContainerUpdateArgs,
+        deadline: Duration,
+    ) -> UpdateResult {
+        let id = self.start_update(agent, args).await;
+        self.wait_update(&id, deadline).await
+    }
+
     /// Sends a raw text frame to a connected agent (relay test hook).
     pub async fn inject_frame(&self, agent: &str, text: String) -> Result<()> {
         let resp = self
@@ -574,6 +637,104 @@ pub fn api_error(e: &anyhow::Error) -> &ApiError {
         .unwrap_or_else(|| panic!("not an API error: {e:#}"))
 }
 
+// === impl UpdateResult ===
+
+/// The final result of a `container.update` with its report.
+#[derive(Clone, Debug)]
+pub struct UpdateResult {
+    pub info: CommandInfo,
+    pub result: CommandResult,
+    pub report: UpdateReport,
+}
+
+impl UpdateResult {
+    /// Parses a finished command's output as an [`UpdateReport`] (panics with the command when
+    /// there is no result or no report).
+    pub fn from_info(info: CommandInfo) -> UpdateResult {
+        let result = info.result.clone().unwrap_or_else(|| {
+            panic!(
+                "container.update {} ended without a result: {info:#?}",
+                info.id
+            )
+        });
+        let output = result.output.clone().unwrap_or_else(|| {
+            panic!(
+                "container.update {} result carries no output (an UpdateReport is expected \
+                 whatever the outcome): {result:#?}",
+                info.id
+            )
+        });
+        let report: UpdateReport = serde_json::from_value(output.clone()).unwrap_or_else(|e| {
+            panic!(
+                "container.update {} output is not an UpdateReport ({e}): {output:#}",
+                info.id
+            )
+        });
+        UpdateResult {
+            info,
+            result,
+            report,
+        }
+    }
+
+    /// The result's error code, if it failed.
+    pub fn error_code(&self) -> Option<&str> {
+        self.result.error.as_ref().map(|e| e.code.as_str())
+    }
+
+    /// Milliseconds the report's timings give for `phase` (summed when it appears twice).
+    pub fn timing_ms(&self, phase: &str) -> Option<u64> {
+        let ms: Vec<u64> = self
+            .report
+            .timings
+            .iter()
+            .filter(|t| t.phase == phase)
+            .map(|t| t.ms)
+            .collect();
+        (!ms.is_empty()).then(|| ms.iter().sum())
+    }
+
+    /// Panics (with the result and report) unless the outcome is `outcome` and the status and
+    /// error code are the ones the contract gives it.
+    pub fn assert_outcome(&self, outcome: UpdateOutcome) {
+        let expected_status = if outcome == UpdateOutcome::Updated {
+            ResultStatus::Succeeded
+        } else {
+            ResultStatus::Failed
+        };
+        assert!(
+            self.report.outcome == outcome
+                && self.result.status == expected_status
+                && self.error_code() == outcome.error_code(),
+            "expected outcome {outcome} (status {}, error code {:?}), got outcome {} status {} \
+             error {:?}\nreport: {:#?}",
+            expected_status.as_str(),
+            outcome.error_code(),
+            self.report.outcome,
+            self.result.status.as_str(),
+            self.result.error,
+            self.report
+        );
+    }
+}
+
+/// Arguments of a test update: `health`, a short health timeout (20 s) and stability window.
+pub fn update_args(
+    container: &str,
+    image: &str,
+    health: &str,
+    stable_secs: u32,
+) -> ContainerUpdateArgs {
+    ContainerUpdateArgs {
+        container: container.to_string(),
+        image: image.to_string(),
+        health: health.parse().expect("health spec"),
+        health_timeout_secs: Some(20),
+        stable_secs: Some(stable_secs),
+        strategy: Default::default(),
+    }
+}
+
 // === impl Cli ===
 
 /// Runs the `flotilla` operator CLI against a relay.
@@ -590,12 +751,20 @@ pub async fn cli(relay: &Relay, args: &[&str]) -> std::process::Output {
 
 // === impl Containers ===
 
-/// Test containers on the real engine. Each carries `flotilla.test=1` and the test's scope label,
-/// and is removed when this value is dropped.
+/// Docker label carrying a test's scope: the agents' `only_label`, and what cleanup finds
+/// containers, networks and volumes of one test by.
+pub const SCOPE_LABEL: &str = "flotilla.test.scope";
+
+/// Test containers (and the networks and volumes they use) on the real engine. Each carries
+/// `flotilla.test=1` and the test's scope label, and is removed when this value is dropped,
+/// together with every other container carrying the scope label (such as the backup an update
+/// leaves behind, `<name>.flotilla-old-...`).
 pub struct Containers {
     pub docker: Docker,
     pub scope: String,
     names: std::sync::Mutex<Vec<String>>,
+    networks: std::sync::Mutex<Vec<String>>,
+    volumes: std::sync::Mutex<Vec<String>>,
 }
 
 impl Containers {
@@ -609,7 +778,22 @@ impl Containers {
             docker,
             scope: scope.to_string(),
             names: Default::default(),
+            networks: Default::default(),
+            volumes: Default::default(),
         }
+    }
+
+    /// The labels every test resource carries: `flotilla.test=1` and the scope.
+    pub fn scope_labels(&self) -> HashMap<String, String> {
+        let mut labels: HashMap<String, String> = HashMap::new();
+        labels.insert("flotilla.test".into(), "1".into());
+        labels.insert(SCOPE_LABEL.into(), self.scope.clone());
+        labels
+    }
+
+    /// The full name of a container of this test: `<scope>-<name>`.
+    pub fn full_name(&self, name: &str) -> String {
+        format!("{}-{name}", self.scope)
     }
 
     /// Creates and (if `start`) starts a container from `image` named `<scope>-<name>`.
@@ -621,10 +805,7 @@ impl Containers {
         extra_labels: &[(&str, &str)],
         start: bool,
     ) -> String {
-        let full = format!("{}-{name}", self.scope);
-        let mut labels: HashMap<String, String> = HashMap::new();
-        labels.insert("flotilla.test".into(), "1".into());
-        labels.insert("flotilla.test.scope".into(), self.scope.clone());
+        let mut labels = HashMap::new();
         for (k, v) in extra_labels {
             labels.insert(k.to_string(), v.to_string());
         }
@@ -634,14 +815,59 @@ impl Containers {
             labels: Some(labels),
             ..Default::default()
         };
-        let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default()
-            .name(&full)
-            .build();
-        self.docker
-            .create_container(Some(opts), body)
+        self.create(name, body, start).await
+    }
+
+    /// Creates (and if `start`, starts) a container named `<scope>-<name>` from a full create
+    /// body (ports, networks, volumes, restart policy, health check, ...); the scope labels are
+    /// added to the body's labels.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: bollard::models::ContainerCreateBody,
+        start: bool,
+    ) -> String {
+        self.create_with(name, body, serde_json::Map::new(), start)
             .await
-            .unwrap_or_else(|e| panic!("create container {full}: {e}"));
+    }
+
+    /// Like [`Containers::create`], with `raw` merged into the top level of the JSON body the
+    /// engine receives: for fields this engine (API 1.41) knows but the client's newer models
+    /// dropped, such as `MacAddress`.
+    pub async fn create_with(
+        &self,
+        name: &str,
+        mut body: bollard::models::ContainerCreateBody,
+        raw: serde_json::Map<String, serde_json::Value>,
+        start: bool,
+    ) -> String {
+        let full = self.full_name(name);
+        let mut labels = body.labels.take().unwrap_or_default();
+        labels.extend(self.scope_labels());
+        body.labels = Some(labels);
         self.names.lock().unwrap().push(full.clone());
+        if raw.is_empty() {
+            let opts = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                .name(&full)
+                .build();
+            self.docker
+                .create_container(Some(opts), body)
+                .await
+                .unwrap_or_else(|e| panic!("create container {full}: {e}"));
+        } else {
+            let mut json = serde_json::to_value(&body).expect("create body serialises");
+            json.as_object_mut()
+                .expect("create body is an object")
+                .extend(raw);
+            let (status, answer) =
+                docker_api_post(&format!("/containers/create?name={full}"), &json)
+                    .await
+                    .unwrap_or_else(|e| panic!("create container {full}: {e:#}"));
+            assert!(
+                status == 201,
+                "create container {full}: engine answered {status}: {answer}\nbody: {json:#}"
+            );
+        }
         if start {
             self.docker
                 .start_container(&full, None)
@@ -649,6 +875,97 @@ impl Containers {
                 .unwrap_or_else(|e| panic!("start container {full}: {e}"));
         }
         full
+    }
+
+    /// Creates a bridge network `<scope>-<name>` carrying the scope labels, removed on drop.
+    /// With `ipv4_subnet`, that subnet (so containers can have static addresses); without,
+    /// one the engine picks. Returns its name.
+    pub async fn network(&self, name: &str, ipv4_subnet: Option<&str>) -> String {
+        let full = self.full_name(name);
+        let mut args = vec!["network", "create", "--driver", "bridge"];
+        let labels: Vec<String> = self
+            .scope_labels()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        if let Some(subnet) = ipv4_subnet {
+            args.extend(["--subnet", subnet]);
+        }
+        args.push(&full);
+        self.networks.lock().unwrap().push(full.clone());
+        docker_cli(&args)
+            .await
+            .unwrap_or_else(|e| panic!("create network {full}: {e:#}"));
+        full
+    }
+
+    /// Creates a network with a free /24 in 10.200.0.0-10.250.255.0 (retrying another when the
+    /// engine reports an overlap with an existing network); returns its name and subnet prefix
+    /// (`10.x.y`, so `format!("{prefix}.10")` is an address in it).
+    pub async fn network_with_free_subnet(&self, name: &str) -> (String, String) {
+        let full = self.full_name(name);
+        let mut last_error = String::new();
+        for _ in 0..20 {
+            let mut r = [0u8; 2];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r)
+                .expect("random bytes");
+            let prefix = format!("10.{}.{}", 200 + r[0] % 51, r[1]);
+            let subnet = format!("{prefix}.0/24");
+            let labels: Vec<String> = self
+                .scope_labels()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut args = vec![
+                "network", "create", "--driver", "bridge", "--subnet", &subnet,
+            ];
+            for l in &labels {
+                args.extend(["--label", l.as_str()]);
+            }
+            args.push(&full);
+            match docker_cli(&args).await {
+                Ok(_) => {
+                    self.networks.lock().unwrap().push(full.clone());
+                    return (full, prefix);
+                }
+                Err(e) => last_error = format!("{e:#}"),
+            }
+        }
+        panic!("cannot create network {full} with a free subnet: {last_error}");
+    }
+
+    /// Creates a named volume `<scope>-<name>` carrying the scope labels, removed on drop.
+    pub async fn volume(&self, name: &str) -> String {
+        let full = self.full_name(name);
+        let labels: Vec<String> = self
+            .scope_labels()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut args = vec!["volume", "create"];
+        for l in &labels {
+            args.extend(["--label", l.as_str()]);
+        }
+        args.push(&full);
+        self.volumes.lock().unwrap().push(full.clone());
+        docker_cli(&args)
+            .await
+            .unwrap_or_else(|e| panic!("create volume {full}: {e:#}"));
+        full
+    }
+
+    /// The host directory holding a local volume's data (the tests run as root on the engine's
+    /// host, so they can read it directly).
+    pub async fn volume_dir(&self, volume: &str) -> PathBuf {
+        let v = self
+            .docker
+            .inspect_volume(volume)
+            .await
+            .unwrap_or_else(|e| panic!("inspect volume {volume}: {e}"));
+        PathBuf::from(v.mountpoint)
     }
 
     pub async fn state(&self, name: &str) -> bollard::models::ContainerState {
@@ -663,19 +980,162 @@ impl Containers {
     pub async fn running(&self, name: &str) -> bool {
         self.state(name).await.running == Some(true)
     }
+
+    /// The engine's own inspect document of a container or image (`docker inspect`), verbatim.
+    pub async fn inspect_json(&self, what: &str) -> serde_json::Value {
+        let out = docker_cli(&["inspect", "--type", "container", what])
+            .await
+            .unwrap_or_else(|e| panic!("inspect container {what}: {e:#}"));
+        first_json_doc(&out, what)
+    }
+
+    pub async fn inspect_image_json(&self, image: &str) -> serde_json::Value {
+        let out = docker_cli(&["inspect", "--type", "image", image])
+            .await
+            .unwrap_or_else(|e| panic!("inspect image {image}: {e:#}"));
+        first_json_doc(&out, image)
+    }
+
+    /// Every container (running or not) carrying this test's scope label.
+    pub async fn scoped(&self) -> Vec<bollard::models::ContainerSummary> {
+        let mut filters = HashMap::new();
+        filters.insert(
+            "label".to_string(),
+            vec![format!("{SCOPE_LABEL}={}", self.scope)],
+        );
+        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        self.docker
+            .list_containers(Some(opts))
+            .await
+            .expect("list containers")
+    }
+}
+
+fn first_json_doc(out: &str, what: &str) -> serde_json::Value {
+    let docs: serde_json::Value = serde_json::from_str(out)
+        .unwrap_or_else(|e| panic!("docker inspect {what} printed no JSON ({e}): {out}"));
+    docs.get(0)
+        .cloned()
+        .unwrap_or_else(|| panic!("docker inspect {what} printed no document: {out}"))
+}
+
+/// Runs the docker CLI (without blocking the runtime) and returns its stdout; a non-zero exit
+/// is an error carrying stderr.
+pub async fn docker_cli(args: &[&str]) -> Result<String> {
+    let out = Process::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("cannot run the docker CLI")?;
+    if !out.status.success() {
+        bail!(
+            "`docker {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `POST path` with a JSON body on the engine's API (the unix socket of `DOCKER_HOST`, default
+/// /var/run/docker.sock), at the engine's own API version; returns status and body.
+pub async fn docker_api_post(path: &str, body: &serde_json::Value) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let socket = std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(String::from))
+        .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+    let body = serde_json::to_vec(body)?;
+    let path = path.to_string();
+    tokio::task::spawn_blocking(move || -> Result<(u16, String)> {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
+            .with_context(|| format!("connect to the engine at {socket}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let head = format!(
+            "POST {path} HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes())?;
+        stream.write_all(&body)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("no status in the engine's answer: {head}"))?;
+        Ok((status, answer.to_string()))
+    })
+    .await
+    .context("engine request thread")?
+}
+
+/// Runs the docker CLI from a `Drop`, ignoring failures; returns stdout.
+fn docker_quiet(args: &[&str]) -> String {
+    std::process::Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut *self.names.lock().unwrap());
-        for n in names {
-            let _ = std::process::Command::new("docker")
-                .args(["rm", "-f", &n])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+        let mut containers = std::mem::take(&mut *self.names.lock().unwrap());
+        // Also whatever else carries the scope: containers an update created or renamed.
+        let filter = format!("label={SCOPE_LABEL}={}", self.scope);
+        containers.extend(
+            docker_quiet(&["ps", "-aq", "--filter", &filter])
+                .split_whitespace()
+                .map(String::from),
+        );
+        if !containers.is_empty() {
+            let mut args = vec!["rm", "--force", "--volumes"];
+            args.extend(containers.iter().map(String::as_str));
+            docker_quiet(&args);
+        }
+        let mut networks = std::mem::take(&mut *self.networks.lock().unwrap());
+        networks.extend(
+            docker_quiet(&["network", "ls", "-q", "--filter", &filter])
+                .split_whitespace()
+                .map(String::from),
+        );
+        networks.sort();
+        networks.dedup();
+        for n in networks {
+            docker_quiet(&["network", "rm", &n]);
+        }
+        let mut volumes = std::mem::take(&mut *self.volumes.lock().unwrap());
+        volumes.extend(
+            docker_quiet(&["volume", "ls", "-q", "--filter", &filter])
+                .split_whitespace()
+                .map(String::from),
+        );
+        volumes.sort();
+        volumes.dedup();
+        for v in volumes {
+            docker_quiet(&["volume", "rm", "--force", &v]);
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 right now (for publishing a container port to a fixed host
+/// port; another process could take it before the container binds it, which is unlikely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
 }
 
 /// Labels from `k=v,...` text (panics on bad input: for test literals).

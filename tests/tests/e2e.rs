@@ -14,6 +14,7 @@ mod e2e {
     pub mod protocol_abuse;
     pub mod tls;
     pub mod trust;
+    pub mod update;
 }
 
 use std::time::Duration;

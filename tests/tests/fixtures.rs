@@ -3,8 +3,8 @@
 //! `scripts/test` runs this target first, so a broken Docker setup fails early and clearly.
 
 use flotilla_tests::fixtures::{
-    self, docker, ensure_test_images, start_registry, unique_name, wait_for_http_status,
-    TESTAPP_PORT, TEST_LABEL,
+    self, docker, ensure_test_images, http_request, start_registry, start_registry_with_auth,
+    unique_name, wait_for_http_status, TESTAPP_PORT, TEST_LABEL, VARIANT_LABEL,
 };
 use std::time::Duration;
 
@@ -45,17 +45,26 @@ fn images_build_idempotently_and_round_trip_through_a_real_registry() {
     assert_eq!(images.v2, "flotilla-testapp:v2");
     assert_eq!(images.broken, "flotilla-testapp:broken");
     // A second call finds everything current and changes nothing.
-    let ids: Vec<String> = [&images.v1, &images.v2, &images.broken]
-        .iter()
-        .map(|t| image_id(t))
-        .collect();
+    let ids: Vec<String> = images.all().iter().map(|(_, t)| image_id(t)).collect();
     assert_eq!(ensure_test_images().expect("second call"), images);
-    let again: Vec<String> = [&images.v1, &images.v2, &images.broken]
-        .iter()
-        .map(|t| image_id(t))
-        .collect();
+    let again: Vec<String> = images.all().iter().map(|(_, t)| image_id(t)).collect();
     assert_eq!(ids, again, "a current image must not be rebuilt");
-    assert_ne!(ids[0], ids[1], "v1 and v2 must be different images");
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ids.len(), "every variant is its own image");
+    for (variant, tag) in images.all() {
+        assert_eq!(tag, format!("flotilla-testapp:{variant}"));
+        let label = docker(&[
+            "image",
+            "inspect",
+            "--format",
+            &format!("{{{{index .Config.Labels \"{VARIANT_LABEL}\"}}}}"),
+            tag,
+        ])
+        .expect("inspect variant label");
+        assert_eq!(label.trim(), variant, "{tag} names its variant");
+    }
 
     let registry = start_registry().expect("start docker-registry");
     let repo = unique_name("fixtures/testapp");
@@ -157,4 +166,140 @@ fn broken_image_exits_with_status_1() {
         .expect_err("the broken image must exit non-zero");
     let exit = docker(&["inspect", "--format", "{{.State.ExitCode}}", &name]).expect("inspect");
     assert_eq!(exit.trim(), "1", "{err:#}");
+}
+
+/// The health state Docker reports for a container (`starting`, `healthy`, `unhealthy`).
+fn health_status(name: &str) -> String {
+    docker(&["inspect", "--format", "{{.State.Health.Status}}", name])
+        .unwrap_or_else(|e| panic!("inspect {name}: {e:#}"))
+        .trim()
+        .to_string()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn health_variants_turn_healthy_unhealthy_and_crash_later() {
+    let images = ensure_test_images().expect("build test images");
+    let label = format!("{TEST_LABEL}=1");
+    let run = |image: &str, env: &[&str]| {
+        let name = unique_name("flotilla-fixtures-health");
+        let mut args = vec!["run", "--detach", "--name", &name, "--label", &label];
+        for e in env {
+            args.extend(["--env", e]);
+        }
+        args.push(image);
+        docker(&args).unwrap_or_else(|e| panic!("docker run {image}: {e:#}"));
+        ContainerGuard(name)
+    };
+    let healthy = run(&images.v2_health, &[]);
+    let unhealthy = run(&images.v2_unhealthy, &[]);
+    let crash = run(&images.v2_crash_later, &[]);
+    // The testapp records its starts in APP_DATA_FILE (the images have no shell to do it).
+    let data = tempfile::tempdir().unwrap();
+    let data_mount = format!("{}:/data", data.path().display());
+    let recorder = unique_name("flotilla-fixtures-data");
+    docker(&[
+        "run",
+        "--detach",
+        "--name",
+        &recorder,
+        "--label",
+        &label,
+        "--volume",
+        &data_mount,
+        "--env",
+        "APP_DATA_FILE=/data/starts",
+        &images.v1,
+    ])
+    .expect("docker run v1 with a data file");
+    let _recorder = ContainerGuard(recorder);
+
+    wait_for("v2-health healthy", Duration::from_secs(30), || {
+        health_status(&healthy.0) == "healthy"
+    });
+    wait_for("v2-unhealthy unhealthy", Duration::from_secs(30), || {
+        health_status(&unhealthy.0) == "unhealthy"
+    });
+    wait_for("v2-crash-later healthy", Duration::from_secs(30), || {
+        health_status(&crash.0) == "healthy"
+    });
+    wait_for("v2-crash-later to exit", Duration::from_secs(30), || {
+        docker(&["inspect", "--format", "{{.State.Status}}", &crash.0])
+            .map(|s| s.trim() == "exited")
+            .unwrap_or(false)
+    });
+    let exit = docker(&["inspect", "--format", "{{.State.ExitCode}}", &crash.0]).unwrap();
+    assert_eq!(exit.trim(), "3", "v2-crash-later exits with status 3");
+    wait_for("the data file", Duration::from_secs(30), || {
+        std::fs::read_to_string(data.path().join("starts")).unwrap_or_default() == "v1 started\n"
+    });
+}
+
+#[test]
+fn registry_with_auth_serves_only_the_right_credentials() {
+    use base64::Engine;
+    let images = ensure_test_images().expect("build test images");
+    let registry = start_registry_with_auth("flotilla", "s3cret-pw").expect("start registry");
+    assert_eq!(registry.credentials(), Some(("flotilla", "s3cret-pw")));
+    let repo = unique_name("fixtures/auth");
+    // The push logs in with a private client config; the host's stays untouched.
+    let home_config =
+        std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker/config.json"));
+    let before = home_config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    let reference = registry
+        .push_remote_only(&images.v1, &format!("{repo}:v1"))
+        .expect("push with credentials");
+    let after = home_config
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok());
+    assert_eq!(before, after, "the host's docker config must not change");
+
+    let basic = |user: &str, pw: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+    };
+    let path = format!("/v2/{repo}/manifests/v1");
+    let accept = (
+        "Accept",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    let status = |headers: &[(&str, &str)]| {
+        http_request(&registry.host(), "HEAD", &path, headers)
+            .expect("ask the registry")
+            .status
+    };
+    assert_eq!(status(&[accept]), 401, "anonymous");
+    let wrong = basic("flotilla", "wrong");
+    assert_eq!(
+        status(&[accept, ("Authorization", &wrong)]),
+        401,
+        "wrong password"
+    );
+    let right = basic("flotilla", "s3cret-pw");
+    assert_eq!(
+        status(&[accept, ("Authorization", &right)]),
+        200,
+        "right password"
+    );
+    // And the engine cannot pull it anonymously (the local tag was removed after the push).
+    let err = docker(&["pull", "--quiet", &reference]).expect_err("anonymous pull must fail");
+    assert!(
+        format!("{err:#}").contains("no basic auth credentials")
+            || format!("{err:#}").contains("unauthorized"),
+        "{err:#}"
+    );
 }

@@ -11,6 +11,8 @@
 //! - `APP_LOG_LINES=N`: print `testapp line <i>` for i in 1..=N to stdout at start.
 //! - `APP_ALLOC_MB=N`: touch N MiB of memory at start and keep it (run with a smaller memory
 //!   limit to get the container OOM-killed).
+//! - `APP_DATA_FILE=/path`: append `<version> started` to that file at start (a file in a volume
+//!   then records every container that ran on it; the images have no shell to write one).
 //!
 //! `testapp --healthcheck` asks `127.0.0.1:$APP_PORT/health` and exits 0 (healthy) or 1, for use
 //! as a Docker HEALTHCHECK in images that have no shell or curl.
@@ -41,6 +43,7 @@ struct Settings {
     start_delay_secs: u64,
     log_lines: u64,
     alloc_mb: u64,
+    data_file: Option<String>,
 }
 
 impl Settings {
@@ -64,6 +67,9 @@ impl Settings {
             start_delay_secs: env_parse("APP_START_DELAY_SECS")?.unwrap_or(0),
             log_lines: env_parse("APP_LOG_LINES")?.unwrap_or(0),
             alloc_mb: env_parse("APP_ALLOC_MB")?.unwrap_or(0),
+            data_file: std::env::var("APP_DATA_FILE")
+                .ok()
+                .filter(|v| !v.is_empty()),
         })
     }
 
@@ -142,6 +148,16 @@ fn install_signal_handlers() -> std::io::Result<()> {
 fn serve(settings: Settings) -> std::io::Result<()> {
     for i in 1..=settings.log_lines {
         println!("testapp line {i}");
+    }
+    if let Some(path) = &settings.data_file {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open {path}: {e}")))?;
+        writeln!(file, "{} started", settings.version)?;
+        file.sync_all()?;
+        println!("testapp recorded its start in {path}");
     }
     // Held until the process ends; every page is written so it really counts against the limit.
     let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -307,6 +323,7 @@ mod tests {
             start_delay_secs: 0,
             log_lines: 0,
             alloc_mb: 0,
+            data_file: None,
         }
     }
 
