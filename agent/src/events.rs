@@ -56,6 +56,7 @@ impl EventsTask {
             }
         };
         let mut cursor = resume_cursor(stored, now_nanos());
+        let mut oom = OomTracker::default();
         let mut outage_logged = false;
         loop {
             let since = format_since(cursor.time_nano);
@@ -91,6 +92,7 @@ impl EventsTask {
                                     continue;
                                 }
                                 let mut events = map_event(&ev, &mut detector);
+                                self.reconcile_oom(&ev, &mut oom, &mut events).await;
                                 for e in &mut events {
                                     let update = e
                                         .container_name
@@ -134,6 +136,84 @@ impl EventsTask {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+}
+
+impl EventsTask {
+    /// The engine's `oom` event is not reliable (it can be lost when the container's cgroup goes
+    /// away first, seen under load), so a `die` without a preceding `oom` is checked against
+    /// the container's `State.OOMKilled`, and an `oom` after one found that way is dropped.
+    async fn reconcile_oom(
+        &self,
+        ev: &ContainerEvent,
+        oom: &mut OomTracker,
+        events: &mut Vec<AgentEvent>,
+    ) {
+        match ev.action.as_str() {
+            "oom" if !oom.on_oom(&ev.id, ev.time_nano) => {
+                events.retain(|e| e.kind != EventKind::ContainerOom);
+            }
+            "die" if oom.needs_check(&ev.id, ev.time_nano) => {
+                let killed = match self.docker.inspect_id(&ev.id).await {
+                    Ok(Some(c)) => c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+                    _ => false,
+                };
+                if killed {
+                    oom.found_on_die(&ev.id, ev.time_nano);
+                    let template = events.first().cloned();
+                    if let Some(died) = template {
+                        let name = died.container_name.clone().unwrap_or_default();
+                        events.insert(
+                            0,
+                            AgentEvent {
+                                kind: EventKind::ContainerOom,
+                                message: format!("container {name} ran out of memory"),
+                                ..died
+                            },
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Which containers had an OOM kill reported recently, and how.
+#[derive(Default)]
+struct OomTracker {
+    /// container id → (engine time in ns, whether it was found on `die` rather than `oom`)
+    seen: HashMap<String, (i64, bool)>,
+}
+
+impl OomTracker {
+    /// Two reports of one container further apart than this are two OOM kills.
+    const WINDOW_NANOS: i64 = 60 * 1_000_000_000;
+
+    fn prune(&mut self, now: i64) {
+        if self.seen.len() > 1024 {
+            self.seen.retain(|_, (t, _)| now - *t < Self::WINDOW_NANOS);
+        }
+    }
+
+    /// An `oom` event arrived; false when a `die` already reported this kill.
+    fn on_oom(&mut self, id: &str, t: i64) -> bool {
+        self.prune(t);
+        let dup = matches!(self.seen.get(id), Some((seen, true)) if (t - seen).abs() < Self::WINDOW_NANOS);
+        if !dup {
+            self.seen.insert(id.to_string(), (t, false));
+        }
+        !dup
+    }
+
+    /// A `die` arrived: whether the container must be inspected for an OOM kill (no `oom`
+    /// event for it just before).
+    fn needs_check(&self, id: &str, t: i64) -> bool {
+        !matches!(self.seen.get(id), Some((seen, _)) if (t - seen).abs() < Self::WINDOW_NANOS)
+    }
+
+    fn found_on_die(&mut self, id: &str, t: i64) {
+        self.seen.insert(id.to_string(), (t, true));
     }
 }
 
@@ -337,6 +417,27 @@ impl RestartLoopDetector {
     pub fn forget(&mut self, id: &str) {
         self.starts.remove(id);
         self.last_alert.remove(id);
+    }
+}
+
+#[cfg(test)]
+mod oom_tests {
+    use super::OomTracker;
+
+    #[test]
+    fn oom_reported_once_whichever_way_it_is_seen() {
+        let s = 1_000_000_000;
+        let mut t = OomTracker::default();
+        // The usual order: oom then die; the die needs no inspect.
+        assert!(t.on_oom("a", 10 * s));
+        assert!(!t.needs_check("a", 10 * s));
+        // Lost oom event: the die is checked; a late oom is then dropped.
+        assert!(t.needs_check("b", 10 * s));
+        t.found_on_die("b", 10 * s);
+        assert!(!t.on_oom("b", 11 * s));
+        // A much later kill of the same container counts again.
+        assert!(t.needs_check("b", 200 * s));
+        assert!(t.on_oom("a", 300 * s));
     }
 }
 

@@ -188,7 +188,6 @@ impl Updater {
         self.updating.insert(&j.name, &command_id);
         let mut run = Run {
             j,
-            clock: Instant::now(),
             recovering: true,
         };
         run.j.report.recovered = true;
@@ -338,7 +337,6 @@ impl Updater {
         };
         let mut run = Run {
             j,
-            clock: Instant::now(),
             recovering: false,
         };
         run.timing("validate", clock);
@@ -787,7 +785,9 @@ impl Updater {
         run.j.report.reason = reason;
         run.j.report.phase = UpdatePhase::Done;
         if run.recovering {
-            run.j.report.total_ms = ms(run.clock.elapsed());
+            // From the update's start, across the agent's restart.
+            let since = (Utc::now() - run.j.started_at).num_milliseconds();
+            run.j.report.total_ms = since.max(0) as u64;
         }
         let mut attrs = BTreeMap::new();
         attrs.insert("outcome".into(), out.as_str().to_string());
@@ -949,8 +949,6 @@ impl Updater {
 /// One update in progress.
 struct Run {
     j: Journal,
-    /// Since this process took the update on.
-    clock: Instant,
     /// Converging after an agent restart (the pause hook does not apply).
     recovering: bool,
 }
