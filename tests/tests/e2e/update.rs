@@ -17,7 +17,7 @@ use bollard::Docker;
 use flotilla_shared::api::{EventRecord, UpdateRecord};
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::update::{
-    UpdateOutcome, UpdatePhase, BACKUP_NAME_MARKER, NEW_NAME_MARKER, UPDATE_LABEL,
+    UpdateOutcome, UpdatePhase, UpdateStrategy, BACKUP_NAME_MARKER, NEW_NAME_MARKER, UPDATE_LABEL,
 };
 use flotilla_tests::fixtures::{self, Registry, VARIANT_LABEL};
 use flotilla_tests::harness::{
@@ -1407,6 +1407,114 @@ async fn agent_killed_in_the_health_gate_converges() {
         &[UpdateOutcome::Updated, UpdateOutcome::RolledBack],
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_first_proves_the_new_container_before_stopping_the_old_one() {
+    let mut s = Setup::new("upd-start-first", &["v2", "v2-unhealthy"], None).await;
+    s.run_agent().await;
+    let web = s.web(ContainerCreateBody::default()).await;
+    let before = s.snapshot(&web.name).await;
+
+    // A failing new image: the old container is never stopped, the new one is removed.
+    let mut args = update_args(&web.name, &s.image("v2-unhealthy"), "auto", 1);
+    args.strategy = UpdateStrategy::StartFirst;
+    let r = s.api.update(&s.agent.id, args, UPDATE_DEADLINE).await;
+    r.assert_outcome(UpdateOutcome::RolledBack);
+    assert!(
+        !r.report.old_stopped,
+        "start-first never stopped the old container: {:#?}",
+        r.report
+    );
+    assert!(!r.report.failed_logs.is_empty(), "{:#?}", r.report);
+    // The old container ran throughout (the new one shared its volume for a while: it wrote
+    // its start there), and nothing of the new one is left.
+    let now = s.snapshot(&web.name).await;
+    assert_eq!(now.id(), before.id());
+    for k in ["StartedAt", "Running"] {
+        assert_eq!(
+            now.container["State"][k], before.container["State"][k],
+            "State.{k} must not change"
+        );
+    }
+    assert_eq!(
+        now.container["HostConfig"]["RestartPolicy"],
+        before.container["HostConfig"]["RestartPolicy"]
+    );
+    assert_eq!(web.data_lines(), ["v1 started", "v2-unhealthy started"]);
+    let family = s.family(&web.name).await;
+    assert_eq!(family.len(), 1, "the new container is gone: {family:#?}");
+
+    // A healthy one, probed over HTTP on the container's address: the new container ran and
+    // passed before the old one was stopped, and ends under the original name.
+    let image = s.image("v2");
+    let mut args = update_args(
+        &web.name,
+        &image,
+        &format!("http:{}/health", fixtures::TESTAPP_PORT),
+        1,
+    );
+    args.strategy = UpdateStrategy::StartFirst;
+    let r = s.api.update(&s.agent.id, args, UPDATE_DEADLINE).await;
+    r.assert_outcome(UpdateOutcome::Updated);
+    let evidence = r.report.health_evidence.as_ref().expect("health evidence");
+    assert_eq!(evidence.method, "http", "{evidence:#?}");
+    assert!(
+        evidence
+            .last_output
+            .as_deref()
+            .is_some_and(|o| o.contains("200")),
+        "{evidence:#?}"
+    );
+    let order: Vec<&str> = r.report.timings.iter().map(|t| t.phase.as_str()).collect();
+    let pos = |p: &str| order.iter().position(|x| *x == p);
+    assert!(
+        pos("stable") < pos("stop_old") && pos("stop_old").is_some(),
+        "gate and stability window before stopping the old one: {order:?}"
+    );
+    s.assert_converged(&web, &image, &r).await;
+    let after = s.snapshot(&web.name).await;
+    assert_same_config(&before, &after, "after a start-first update");
+
+    // Refused for a container publishing a host port, without touching it.
+    let port = free_port();
+    let published = s
+        .docker
+        .create(
+            "published",
+            ContainerCreateBody {
+                image: Some(s.image("v1")),
+                host_config: Some(HostConfig {
+                    port_bindings: Some(
+                        [(
+                            format!("{}/tcp", fixtures::TESTAPP_PORT),
+                            Some(vec![PortBinding {
+                                host_ip: Some("127.0.0.1".into()),
+                                host_port: Some(port.to_string()),
+                            }]),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            true,
+        )
+        .await;
+    let mut args = update_args(&published, &image, "running", 1);
+    args.strategy = UpdateStrategy::StartFirst;
+    let r = s.api.update(&s.agent.id, args, UPDATE_DEADLINE).await;
+    assert_eq!(
+        r.report.outcome,
+        UpdateOutcome::FailedUnchanged,
+        "{:#?}",
+        r.report
+    );
+    let e = r.result.error.clone().expect("an error");
+    assert_eq!(e.code, "invalid_args", "{e:?}");
+    assert!(e.message.contains("publishes host ports"), "{e:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
