@@ -277,31 +277,49 @@ impl Executor {
 }
 
 /// Fails every command a previous process left running: it may or may not have taken effect,
-/// and running it again could do it twice, so the relay is told it was interrupted.
+/// and running it again could do it twice, so the relay is told it was interrupted. An update
+/// without an update journal record never got past reading (its record is written before it
+/// changes anything), so it is reported as `failed_unchanged` with its report.
 pub async fn fail_interrupted(state: &State) -> Result<usize> {
-    let ids = state.journal_running().await?;
-    for id in &ids {
+    let running = state.journal_running_commands().await?;
+    for (id, command) in &running {
         let now = Utc::now();
         warn!(
             command_id = id,
             "command was interrupted by an agent restart"
         );
-        state
-            .finish_command(CommandResult {
-                command_id: id.clone(),
-                status: ResultStatus::Failed,
-                output: None,
-                error: Some(ErrorInfo {
-                    code: INTERRUPTED.into(),
-                    message: "the agent stopped while the command was running; it was not retried"
-                        .into(),
-                }),
-                started_at: now,
-                finished_at: now,
-            })
-            .await?;
+        let update = command
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<Command>(c).ok())
+            .and_then(|c| match c {
+                Command::ContainerUpdate(args) => Some(args),
+                _ => None,
+            });
+        match update {
+            Some(args) => {
+                let result = crate::update::unstarted_result(id, &args, now);
+                state.finish_update(result, String::new()).await?;
+            }
+            None => {
+                state
+                    .finish_command(CommandResult {
+                        command_id: id.clone(),
+                        status: ResultStatus::Failed,
+                        output: None,
+                        error: Some(ErrorInfo {
+                            code: INTERRUPTED.into(),
+                            message: "the agent stopped while the command was running; it was \
+                                      not retried"
+                                .into(),
+                        }),
+                        started_at: now,
+                        finished_at: now,
+                    })
+                    .await?;
+            }
+        }
     }
-    Ok(ids.len())
+    Ok(running.len())
 }
 
 /// `container.update`: refused at once when another mutating command holds the container.
@@ -572,6 +590,56 @@ mod tests {
         assert!(none.is_empty() && truncated);
         let (empty, truncated) = keep_newest_lines(Vec::new(), 0);
         assert!(empty.is_empty() && !truncated);
+    }
+
+    #[tokio::test]
+    async fn interrupted_updates_are_reported_unchanged_with_a_report() {
+        use flotilla_shared::protocol::OutboxItem;
+        let state = State::open(&crate::state::tests::temp_dir()).await.unwrap();
+        let now = Utc::now();
+        let exp = now + chrono::Duration::minutes(5);
+        let update = Command::from_parts(
+            "container.update",
+            serde_json::json!({"container": "web", "image": "reg:5000/app:v2"}),
+        )
+        .unwrap();
+        let json = |c: &Command| Some(serde_json::to_string(c).unwrap());
+        state
+            .journal_begin_with("cmd_upd", now, exp, json(&update))
+            .await
+            .unwrap();
+        let ping = Command::from_parts("ping", serde_json::Value::Null).unwrap();
+        state
+            .journal_begin_with("cmd_ping", now, exp, json(&ping))
+            .await
+            .unwrap();
+        assert_eq!(fail_interrupted(&state).await.unwrap(), 2);
+        let results: Vec<CommandResult> = state
+            .outbox_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, i)| match i {
+                OutboxItem::Result(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let upd = results.iter().find(|r| r.command_id == "cmd_upd").unwrap();
+        assert_eq!(
+            upd.error.as_ref().unwrap().code,
+            error_codes::UPDATE_FAILED_UNCHANGED
+        );
+        let report: flotilla_shared::update::UpdateReport =
+            serde_json::from_value(upd.output.clone().unwrap()).unwrap();
+        assert_eq!(
+            report.outcome,
+            flotilla_shared::update::UpdateOutcome::FailedUnchanged
+        );
+        assert_eq!(report.container, "web");
+        assert!(report.recovered && !report.old_stopped);
+        let ping = results.iter().find(|r| r.command_id == "cmd_ping").unwrap();
+        assert_eq!(ping.error.as_ref().unwrap().code, INTERRUPTED);
+        assert!(state.journal_running().await.unwrap().is_empty());
     }
 
     #[tokio::test]

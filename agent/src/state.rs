@@ -88,6 +88,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX updates_unfinished ON updates (finished);
     "#,
+    // 4: the journal keeps the command itself, so one interrupted before it did anything can
+    // still be reported in its kind's terms
+    r#"
+    ALTER TABLE journal ADD COLUMN command TEXT;
+    "#,
 ];
 
 /// Events kept in the outbox when nothing else is configured.
@@ -330,6 +335,18 @@ impl State {
         received_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<JournalBegin> {
+        self.journal_begin_with(command_id, received_at, expires_at, None)
+            .await
+    }
+
+    /// `journal_begin` that also keeps the command (JSON) with the entry.
+    pub async fn journal_begin_with(
+        &self,
+        command_id: &str,
+        received_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        command: Option<String>,
+    ) -> Result<JournalBegin> {
         let id = command_id.to_string();
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -337,8 +354,9 @@ impl State {
                 return Ok(JournalBegin::Existing(existing));
             }
             tx.execute(
-                "INSERT INTO journal (id, received_at, expires_at, status) VALUES (?1, ?2, ?3, 'running')",
-                params![id, ts(received_at), ts(expires_at)],
+                "INSERT INTO journal (id, received_at, expires_at, status, command)
+                 VALUES (?1, ?2, ?3, 'running', ?4)",
+                params![id, ts(received_at), ts(expires_at), command],
             )?;
             tx.commit()?;
             Ok(JournalBegin::New)
@@ -369,6 +387,23 @@ impl State {
             .await?;
         notify.notify_one();
         Ok(seq)
+    }
+
+    /// Commands journaled as running, with the command JSON when it was kept (see
+    /// `journal_running`).
+    pub async fn journal_running_commands(&self) -> Result<Vec<(String, Option<String>)>> {
+        self.call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, command FROM journal WHERE status = 'running'
+                 AND id NOT IN (SELECT command_id FROM updates WHERE finished = 0)
+                 ORDER BY received_at",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<(String, Option<String>)>>>()?;
+            Ok(rows)
+        })
+        .await
     }
 
     /// Ids of commands journaled as running (used at startup: a previous process died while

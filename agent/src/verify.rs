@@ -195,7 +195,15 @@ pub async fn admit(
         Err(r) => return Ok(Admission::Rejected(r)),
     };
     Ok(
-        match state.journal_begin(&env.id, now, env.expires_at).await? {
+        match state
+            .journal_begin_with(
+                &env.id,
+                now,
+                env.expires_at,
+                serde_json::to_string(&env.command).ok(),
+            )
+            .await?
+        {
             JournalBegin::New => Admission::Accepted(env),
             JournalBegin::Existing(JournalEntry::Running) => Admission::Duplicate {
                 command_id: env.id,

@@ -946,6 +946,30 @@ impl Updater {
     }
 }
 
+/// The result of an update the agent stopped during before it changed anything (before its
+/// journal record existed): `failed_unchanged`, with its report.
+pub fn unstarted_result(
+    command_id: &str,
+    args: &ContainerUpdateArgs,
+    now: DateTime<Utc>,
+) -> CommandResult {
+    let mut report = empty_report(args);
+    report.recovered = true;
+    let message = "the agent stopped before the update changed anything; nothing was changed";
+    report.reason = Some(message.into());
+    CommandResult {
+        command_id: command_id.to_string(),
+        status: ResultStatus::Failed,
+        output: serde_json::to_value(&report).ok(),
+        error: Some(ErrorInfo {
+            code: error_codes::UPDATE_FAILED_UNCHANGED.into(),
+            message: message.into(),
+        }),
+        started_at: now,
+        finished_at: now,
+    }
+}
+
 /// One update in progress.
 struct Run {
     j: Journal,
