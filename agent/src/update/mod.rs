@@ -213,13 +213,8 @@ impl Updater {
                 Ok(()) => Outcome::Updated,
                 Err(e) => Outcome::CommitFailed(e),
             },
-            UpdatePhase::Done => {
-                // Finished but the result was not filed: report what the record says.
-                match run.j.report.outcome {
-                    UpdateOutcome::Updated => Outcome::Updated,
-                    _ => Outcome::Recorded,
-                }
-            }
+            // Everything between touching the old container and proving the new one, and a
+            // rollback in progress. (`done` is never journaled without finishing the record.)
             _ => {
                 self.rollback(
                     &mut run,
@@ -446,14 +441,8 @@ impl Updater {
         if let Err(e) = self.create_and_start(run, true).await {
             return self.rollback(run, e).await;
         }
-        self.phase_or_fail(run, UpdatePhase::HealthGate).await;
-        let evidence = self
-            .gate(run, run.j.new_id.clone().unwrap_or_default())
-            .await;
-        let passed = evidence.passed;
-        run.j.report.health_evidence = Some(evidence.clone());
-        if !passed {
-            return self.rollback(run, evidence.detail).await;
+        if let Err(e) = self.gate_new(run).await {
+            return self.rollback(run, e).await;
         }
         if let Err(e) = self.stop_old(run, true).await {
             return self.rollback(run, e).await;
@@ -547,15 +536,24 @@ impl Updater {
         Ok(())
     }
 
-    async fn gate_then_commit(&self, run: &mut Run) -> Outcome {
+    /// The new container's health gate; the error is what failed.
+    async fn gate_new(&self, run: &mut Run) -> Result<(), StepError> {
         self.phase_or_fail(run, UpdatePhase::HealthGate).await;
         let evidence = self
             .gate(run, run.j.new_id.clone().unwrap_or_default())
             .await;
-        let passed = evidence.passed;
-        run.j.report.health_evidence = Some(evidence.clone());
-        if !passed {
-            return self.rollback(run, evidence.detail).await;
+        let outcome = if evidence.passed {
+            Ok(())
+        } else {
+            Err(evidence.detail.clone())
+        };
+        run.j.report.health_evidence = Some(evidence);
+        outcome
+    }
+
+    async fn gate_then_commit(&self, run: &mut Run) -> Outcome {
+        if let Err(e) = self.gate_new(run).await {
+            return self.rollback(run, e).await;
         }
         match self.commit(run).await {
             Ok(()) => Outcome::Updated,
@@ -779,7 +777,6 @@ impl Updater {
             Outcome::RolledBack(r) => (UpdateOutcome::RolledBack, Some(r)),
             Outcome::RollbackFailed(r) => (UpdateOutcome::RollbackFailed, Some(r)),
             Outcome::CommitFailed(r) => (UpdateOutcome::Updated, Some(r)),
-            Outcome::Recorded => (run.j.report.outcome, run.j.report.reason.clone()),
         };
         run.j.report.outcome = out;
         run.j.report.reason = reason;
@@ -994,8 +991,6 @@ enum Outcome {
     /// The new container is proven and runs; removing the old one failed (reported, the old
     /// container stays stopped under its backup name).
     CommitFailed(String),
-    /// The journal already holds the outcome.
-    Recorded,
 }
 
 fn refuse(code: &str, message: String) -> ErrorInfo {
