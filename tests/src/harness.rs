@@ -372,6 +372,29 @@ impl Agent {
         self.child.as_ref().and_then(|c| c.id())
     }
 
+    /// SIGTERM, like `systemctl stop`; waits at most `deadline` for the process to exit and
+    /// returns how long it took (panics if it did not exit).
+    pub async fn terminate(&mut self, deadline: Duration) -> Duration {
+        let mut child = self.child.take().expect("agent is running");
+        let pid = child.id().expect("agent pid").to_string();
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(deadline, child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "agent {} did not exit within {deadline:?} of SIGTERM",
+                    self.name
+                )
+            })
+            .expect("wait for the agent");
+        started.elapsed()
+    }
+
     /// SIGKILL, like a crash.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

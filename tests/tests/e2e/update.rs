@@ -1518,6 +1518,130 @@ async fn start_first_proves_the_new_container_before_stopping_the_old_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_and_auto_remove_containers_are_refused_unchanged() {
+    let mut s = Setup::new("upd-refuse", &["v2"], None).await;
+    s.run_agent().await;
+    let image = s.image("v2");
+    // A stopped container: a rollback would start it, so it is not updated at all.
+    let stopped = s
+        .docker
+        .create(
+            "stopped",
+            ContainerCreateBody {
+                image: Some(s.image("v1")),
+                ..Default::default()
+            },
+            false,
+        )
+        .await;
+    let r = s
+        .api
+        .update(
+            &s.agent.id,
+            update_args(&stopped, &image, "running", 1),
+            UPDATE_DEADLINE,
+        )
+        .await;
+    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged);
+    let e = r.result.error.clone().expect("an error");
+    assert_eq!(e.code, "invalid_args", "{e:?}");
+    assert!(e.message.contains("start it first"), "{e:?}");
+    let state = s.docker.state(&stopped).await;
+    assert_eq!(
+        state.status.map(|x| x.to_string()).as_deref(),
+        Some("created")
+    );
+
+    // A --rm container: stopping it would delete it, so there would be nothing to roll back to.
+    let auto_remove = s
+        .docker
+        .create(
+            "autorm",
+            ContainerCreateBody {
+                image: Some(s.image("v1")),
+                host_config: Some(HostConfig {
+                    auto_remove: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            true,
+        )
+        .await;
+    let before = s.snapshot(&auto_remove).await;
+    let r = s
+        .api
+        .update(
+            &s.agent.id,
+            update_args(&auto_remove, &image, "running", 1),
+            UPDATE_DEADLINE,
+        )
+        .await;
+    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged);
+    let e = r.result.error.clone().expect("an error");
+    assert!(e.message.contains("AutoRemove"), "{e:?}");
+    let after = s.snapshot(&auto_remove).await;
+    assert_eq!(after.id(), before.id());
+    assert_eq!(
+        after.container["State"]["StartedAt"],
+        before.container["State"]["StartedAt"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_during_the_health_gate_rolls_back_at_once() {
+    let mut s = Setup::new("upd-sigterm", &["v2"], None).await;
+    s.run_agent().await;
+    let web = s.web(ContainerCreateBody::default()).await;
+    let before = s.snapshot(&web.name).await;
+    // A probe that can never pass (nothing listens on port 9), with a long deadline.
+    let mut args = update_args(&web.name, &s.image("v2"), "tcp:9", 1);
+    args.health_timeout_secs = Some(600);
+    let id = s.api.start_update(&s.agent.id, args).await;
+    eventually(
+        UPDATE_DEADLINE,
+        "the new container in its health gate",
+        || async {
+            let family = s.family(&web.name).await;
+            family
+                .iter()
+                .any(|m| m.running && m.name == web.name && m.id != before.id())
+                .then_some(())
+        },
+    )
+    .await;
+    // systemctl stop: the gate is cut short and the update rolls back before the agent exits,
+    // well inside the agent's shutdown grace.
+    let took = s.agent.terminate(Duration::from_secs(40)).await;
+    assert!(
+        took < Duration::from_secs(30),
+        "the agent took {took:?} to stop"
+    );
+    let family = s.family(&web.name).await;
+    assert!(
+        family.len() == 1 && family[0].id == before.id() && family[0].running,
+        "the old container runs again under its name, nothing else is left: {family:#?}"
+    );
+    let now = s.snapshot(&web.name).await;
+    assert_eq!(
+        now.container["HostConfig"]["RestartPolicy"],
+        before.container["HostConfig"]["RestartPolicy"]
+    );
+    // The outcome reaches the relay when the agent is back.
+    s.run_agent().await;
+    let r = s.api.wait_update(&id, UPDATE_DEADLINE).await;
+    r.assert_outcome(UpdateOutcome::RolledBack);
+    assert!(
+        r.report
+            .reason
+            .as_deref()
+            .is_some_and(|m| m.contains("stopping")),
+        "{:#?}",
+        r.report
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_updates_and_waits_for_the_outcome() {
     let mut s = Setup::new("upd-cli", &["v2"], None).await;
     s.run_agent().await;
