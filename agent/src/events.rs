@@ -140,9 +140,13 @@ impl EventsTask {
 }
 
 impl EventsTask {
-    /// The engine's `oom` event is not reliable (it can be lost when the container's cgroup goes
-    /// away first, seen under load), so a `die` without a preceding `oom` is checked against
-    /// the container's `State.OOMKilled`, and an `oom` after one found that way is dropped.
+    /// The engine's OOM reporting is not reliable: its `oom` event (and with it
+    /// `State.OOMKilled`) is lost when the kernel's notification arrives after the container's
+    /// cgroup is gone — seen under load with a process killed within 100 ms of starting. So a
+    /// `die` without a preceding `oom` is checked: `State.OOMKilled`, or else exit code 137
+    /// (SIGKILL) of a container with a memory limit that Docker itself did not kill (no `kill`
+    /// event just before), which is the OOM killer in practice; that case is reported with
+    /// `inferred=true`. An `oom` arriving after a kill found that way is dropped.
     async fn reconcile_oom(
         &self,
         ev: &ContainerEvent,
@@ -150,24 +154,44 @@ impl EventsTask {
         events: &mut Vec<AgentEvent>,
     ) {
         match ev.action.as_str() {
+            "kill" => oom.on_docker_kill(&ev.id, ev.time_nano),
             "oom" if !oom.on_oom(&ev.id, ev.time_nano) => {
                 events.retain(|e| e.kind != EventKind::ContainerOom);
             }
             "die" if oom.needs_check(&ev.id, ev.time_nano) => {
-                let killed = match self.docker.inspect_id(&ev.id).await {
-                    Ok(Some(c)) => c.state.and_then(|s| s.oom_killed).unwrap_or(false),
-                    _ => false,
+                let (killed, limited) = match self.docker.inspect_id(&ev.id).await {
+                    Ok(Some(c)) => (
+                        c.state.and_then(|s| s.oom_killed).unwrap_or(false),
+                        c.host_config.and_then(|h| h.memory).is_some_and(|m| m > 0),
+                    ),
+                    _ => (false, false),
                 };
-                if killed {
+                let sigkill = ev.attributes.get("exitCode").map(String::as_str) == Some("137");
+                let inferred =
+                    !killed && sigkill && limited && !oom.killed_by_docker(&ev.id, ev.time_nano);
+                if killed || inferred {
                     oom.found_on_die(&ev.id, ev.time_nano);
                     let template = events.first().cloned();
                     if let Some(died) = template {
                         let name = died.container_name.clone().unwrap_or_default();
+                        let mut attributes = died.attributes.clone();
+                        if inferred {
+                            attributes.insert("inferred".into(), "true".into());
+                        }
+                        let message = if inferred {
+                            format!(
+                                "container {name} was SIGKILLed at its memory limit (out of \
+                                 memory; the engine did not report it)"
+                            )
+                        } else {
+                            format!("container {name} ran out of memory")
+                        };
                         events.insert(
                             0,
                             AgentEvent {
                                 kind: EventKind::ContainerOom,
-                                message: format!("container {name} ran out of memory"),
+                                message,
+                                attributes,
                                 ..died
                             },
                         );
@@ -179,11 +203,13 @@ impl EventsTask {
     }
 }
 
-/// Which containers had an OOM kill reported recently, and how.
+/// Which containers had an OOM kill reported recently, and how; and which Docker killed.
 #[derive(Default)]
 struct OomTracker {
     /// container id → (engine time in ns, whether it was found on `die` rather than `oom`)
     seen: HashMap<String, (i64, bool)>,
+    /// container id → engine time of its last `kill` event (docker stop/kill/restart)
+    docker_kills: HashMap<String, i64>,
 }
 
 impl OomTracker {
@@ -194,6 +220,23 @@ impl OomTracker {
         if self.seen.len() > 1024 {
             self.seen.retain(|_, (t, _)| now - *t < Self::WINDOW_NANOS);
         }
+        if self.docker_kills.len() > 1024 {
+            self.docker_kills
+                .retain(|_, t| now - *t < Self::WINDOW_NANOS);
+        }
+    }
+
+    fn on_docker_kill(&mut self, id: &str, t: i64) {
+        self.prune(t);
+        self.docker_kills.insert(id.to_string(), t);
+    }
+
+    /// Whether Docker sent the container a signal shortly before `t` (so a SIGKILL exit is
+    /// Docker's doing, not the OOM killer's).
+    fn killed_by_docker(&self, id: &str, t: i64) -> bool {
+        self.docker_kills
+            .get(id)
+            .is_some_and(|k| (t - k).abs() < Self::WINDOW_NANOS)
     }
 
     /// An `oom` event arrived; false when a `die` already reported this kill.
@@ -438,6 +481,11 @@ mod oom_tests {
         // A much later kill of the same container counts again.
         assert!(t.needs_check("b", 200 * s));
         assert!(t.on_oom("a", 300 * s));
+        // docker stop / kill is remembered, so its SIGKILL is not taken for the OOM killer.
+        assert!(!t.killed_by_docker("c", 400 * s));
+        t.on_docker_kill("c", 400 * s);
+        assert!(t.killed_by_docker("c", 410 * s));
+        assert!(!t.killed_by_docker("c", 500 * s));
     }
 }
 
