@@ -1642,6 +1642,59 @@ async fn a_graceful_stop_during_the_health_gate_rolls_back_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_old_container_fails_too_it_is_left_in_place() {
+    let mut s = Setup::new("upd-rbfail", &["v2"], None).await;
+    s.run_agent().await;
+    // The container's own configuration makes /health fail (APP_MODE=unhealthy is user env, so
+    // the new container inherits it): the new one fails the http check, and so does the old one
+    // on the way back.
+    let web = s
+        .web(ContainerCreateBody {
+            env: Some(vec!["APP_MODE=unhealthy".into()]),
+            ..Default::default()
+        })
+        .await;
+    let before = s.snapshot(&web.name).await;
+    let mut args = update_args(
+        &web.name,
+        &s.image("v2"),
+        &format!("http:{}/health", fixtures::TESTAPP_PORT),
+        1,
+    );
+    args.health_timeout_secs = Some(3);
+    let r = s.api.update(&s.agent.id, args, UPDATE_DEADLINE).await;
+    r.assert_outcome(UpdateOutcome::RollbackFailed);
+    let rb = r
+        .report
+        .rollback_health_evidence
+        .as_ref()
+        .expect("the old container's health evidence");
+    assert!(!rb.passed && rb.method == "http", "{rb:#?}");
+    assert!(
+        r.report
+            .reason
+            .as_deref()
+            .is_some_and(|m| m.contains("the old container failed its health check too")),
+        "{:#?}",
+        r.report
+    );
+    assert!(!r.report.failed_logs.is_empty(), "{:#?}", r.report);
+    // The old container is in place — same id, its name, its restart policy, running — and
+    // nothing of the new one is left.
+    let family = s.family(&web.name).await;
+    assert!(
+        family.len() == 1 && family[0].id == before.id() && family[0].running,
+        "{family:#?}"
+    );
+    let now = s.snapshot(&web.name).await;
+    assert_eq!(
+        now.container["HostConfig"]["RestartPolicy"],
+        before.container["HostConfig"]["RestartPolicy"]
+    );
+    assert_same_config(&before, &now, "the old container after a failed rollback");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_updates_and_waits_for_the_outcome() {
     let mut s = Setup::new("upd-cli", &["v2"], None).await;
     s.run_agent().await;
