@@ -537,14 +537,7 @@ impl ContainerLocks {
         c: &ResolvedContainer,
         expires_at: DateTime<Utc>,
     ) -> Result<tokio::sync::OwnedMutexGuard<()>, ErrorInfo> {
-        let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            // Forget locks nobody holds or waits for, so the map stays small.
-            map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(base_name(&c.name).to_string())
-                .or_default()
-                .clone()
-        };
+        let mutex = self.mutex(&c.name);
         let until_expiry = (expires_at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
         let wait = MAX_BUSY_WAIT.min(until_expiry).max(Duration::from_secs(1));
         match tokio::time::timeout(wait, mutex.lock_owned()).await {
@@ -562,12 +555,16 @@ impl ContainerLocks {
 
     /// The container's lock if nobody holds it now.
     fn try_lock(&self, name: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        let mutex = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(base_name(name).to_string()).or_default().clone()
-        };
-        mutex.try_lock_owned().ok()
+        self.mutex(name).try_lock_owned().ok()
+    }
+
+    /// The mutex of the container called `name` (or of the container whose update gave it
+    /// that backup/temporary name).
+    fn mutex(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget locks nobody holds or waits for, so the map stays small.
+        map.retain(|_, m| Arc::strong_count(m) > 1);
+        map.entry(base_name(name).to_string()).or_default().clone()
     }
 }
 

@@ -169,9 +169,7 @@ impl DockerClient {
             ..Default::default()
         };
         let mut stream = docker.create_image(Some(opts), None, credentials);
-        let mut seen = HashSet::new();
-        let mut done = HashSet::new();
-        let mut state = PullProgress::default();
+        let mut layers = LayerTracker::default();
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| match e {
                 bollard::errors::Error::DockerResponseServerError { message, .. } => {
@@ -186,32 +184,9 @@ impl DockerClient {
                 return Err(DockerError::Engine(format!("cannot pull {image}: {err}")));
             }
             let status = info.status.unwrap_or_default();
-            if let Some(id) = info.id {
-                // Layer lines carry the layer id; the first and last lines carry the tag.
-                if status.starts_with("Pulling fs layer")
-                    || status.starts_with("Waiting")
-                    || status.starts_with("Downloading")
-                    || status.starts_with("Already exists")
-                    || status.starts_with("Pull complete")
-                    || status.starts_with("Extracting")
-                    || status.starts_with("Verifying")
-                    || status.starts_with("Download complete")
-                {
-                    seen.insert(id.clone());
-                }
-                if status.starts_with("Pull complete") || status.starts_with("Already exists") {
-                    done.insert(id);
-                }
+            if let Some(p) = layers.track(info.id.as_deref(), status) {
+                progress(p);
             }
-            let next = PullProgress {
-                layers_total: seen.len(),
-                layers_done: done.len(),
-                status,
-            };
-            if next.layers_done != state.layers_done || next.layers_total != state.layers_total {
-                progress(&next);
-            }
-            state = next;
         }
         Ok(())
     }
@@ -357,6 +332,48 @@ impl DockerClient {
     }
 }
 
+/// Counts the layers of a pull from the engine's status lines. Only layer lines (which carry
+/// a layer id) count; when every layer is already present the engine sends none, and there is
+/// no progress to report.
+#[derive(Default)]
+struct LayerTracker {
+    seen: HashSet<String>,
+    done: HashSet<String>,
+    last: PullProgress,
+}
+
+impl LayerTracker {
+    /// Takes one status line; returns the progress when the layer counts changed.
+    fn track(&mut self, id: Option<&str>, status: String) -> Option<&PullProgress> {
+        const LAYER_STATUSES: [&str; 8] = [
+            "Pulling fs layer",
+            "Waiting",
+            "Downloading",
+            "Verifying",
+            "Download complete",
+            "Extracting",
+            "Pull complete",
+            "Already exists",
+        ];
+        if let Some(id) = id {
+            if LAYER_STATUSES.iter().any(|s| status.starts_with(s)) {
+                self.seen.insert(id.to_string());
+            }
+            if status.starts_with("Pull complete") || status.starts_with("Already exists") {
+                self.done.insert(id.to_string());
+            }
+        }
+        let changed =
+            self.seen.len() != self.last.layers_total || self.done.len() != self.last.layers_done;
+        self.last = PullProgress {
+            layers_total: self.seen.len(),
+            layers_done: self.done.len(),
+            status,
+        };
+        changed.then_some(&self.last)
+    }
+}
+
 /// Percent-encodes a path segment or query value (names, ids and image references only hold
 /// a few special characters).
 fn enc(s: &str) -> String {
@@ -385,6 +402,22 @@ fn enc_image(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pull_progress_counts_layers() {
+        let mut t = LayerTracker::default();
+        let mut step = |id: Option<&str>, status: &str| {
+            t.track(id, status.to_string())
+                .map(|p| (p.layers_done, p.layers_total))
+        };
+        // The tag line is not a layer.
+        assert_eq!(step(Some("v2"), "Pulling from app"), None);
+        assert_eq!(step(Some("aa"), "Pulling fs layer"), Some((0, 1)));
+        assert_eq!(step(Some("bb"), "Already exists"), Some((1, 2)));
+        assert_eq!(step(Some("aa"), "Downloading"), None);
+        assert_eq!(step(Some("aa"), "Pull complete"), Some((2, 2)));
+        assert_eq!(step(None, "Digest: sha256:ff"), None);
+    }
 
     #[test]
     fn encoding() {

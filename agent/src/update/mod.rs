@@ -35,6 +35,7 @@ use flotilla_shared::update::{
     UpdateReport, UpdateStrategy, BACKUP_NAME_MARKER, FAILED_LOG_LINES, NEW_NAME_MARKER,
     UPDATE_LABEL,
 };
+use health::ms;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -1091,10 +1092,6 @@ fn digest_for(image: &Value, reference: &str) -> Option<String> {
         .find(|d| policy::ImageRef::parse(d) == wanted)
         .or(digests.first())
         .map(|d| d.to_string())
-}
-
-fn ms(d: Duration) -> u64 {
-    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::UpdateReport;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -1756,7 +1757,7 @@ fn finish_update(
     let report: Option<UpdateReport> = result
         .output
         .as_ref()
-        .and_then(|o| serde_json::from_value(o.clone()).ok());
+        .and_then(|o| UpdateReport::deserialize(o).ok());
     tx.execute(
         "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, outcome = ?6, \
          report = ?7, finished_at = ?8, phase = COALESCE(?9, phase), \
