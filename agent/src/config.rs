@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub test_update_pause_at: Option<UpdatePhase>,
     /// `container.update` settings.
     pub update: UpdateConfig,
+    /// Database backups.
+    pub backup: crate::backup::config::BackupConfig,
 }
 
 /// `[update]`: image policy and registry credentials for `container.update`.
@@ -112,6 +114,7 @@ impl Default for AgentConfig {
             test_hold_outbox: false,
             test_update_pause_at: None,
             update: UpdateConfig::default(),
+            backup: Default::default(),
         }
     }
 }
@@ -131,6 +134,8 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
+    #[error("invalid backup settings: {0}")]
+    Backup(String),
     #[error("invalid {key} {value:?}: {expected}")]
     Value {
         key: &'static str,
@@ -250,6 +255,35 @@ impl AgentConfig {
         if let Some(v) = get("FLOTILLA_UPDATE_DOCKER_CONFIG") {
             self.update.docker_config = Some(PathBuf::from(v.trim()));
         }
+        if let Some(v) = get("FLOTILLA_BACKUP_ENABLED") {
+            self.backup.enabled = parse_bool(&v)
+                .ok_or_else(|| env_err("FLOTILLA_BACKUP_ENABLED", &v, "expected true or false"))?;
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_DISCOVER") {
+            self.backup.discover = parse_bool(&v)
+                .ok_or_else(|| env_err("FLOTILLA_BACKUP_DISCOVER", &v, "expected true or false"))?;
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_DIR") {
+            self.backup.dir = Some(PathBuf::from(v.trim()));
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_SCHEDULE") {
+            self.backup.schedule = v.trim().to_string();
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_STATUS_FILE") {
+            self.backup.status_file = Some(PathBuf::from(v.trim()));
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_WATCH_STATUS_FILE") {
+            self.backup.watch_status_file = Some(PathBuf::from(v.trim()));
+        }
+        if let Some(v) = get("FLOTILLA_BACKUP_WATCH_INTERVAL_SECS") {
+            self.backup.watch_interval_secs = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_BACKUP_WATCH_INTERVAL_SECS",
+                    &v,
+                    "expected a number of seconds",
+                )
+            })?;
+        }
         if let Some(v) = get("FLOTILLA_TEST_UPDATE_PAUSE_AT") {
             self.test_update_pause_at = Some(
                 v.trim()
@@ -307,6 +341,7 @@ impl AgentConfig {
                 });
             }
         }
+        crate::backup::validate_config(&self.backup).map_err(ConfigError::Backup)?;
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Value {

@@ -7,7 +7,9 @@
 //! `MAX_BUSY_WAIT` and never past its own expiry, and then fails with `container_busy`.
 //! Each result is written to the journal and appended to the outbox in one transaction.
 
+use crate::backup::Backups;
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
+use flotilla_shared::backup::{BackupRunOutput, BackupStatus, RunTrigger};
 use crate::session::FrameLimit;
 use crate::state::State;
 use crate::update::{base_name, Updater};
@@ -68,6 +70,8 @@ pub struct Executor {
     pub heartbeat_poke: Arc<Notify>,
     /// Runs `container.update` and converges updates a previous process left unfinished.
     pub updater: Updater,
+    /// Runs `backup.*`.
+    pub backups: Backups,
 }
 
 /// What running commands share.
@@ -79,6 +83,7 @@ struct Shared {
     hostname: String,
     heartbeat_poke: Arc<Notify>,
     updater: Updater,
+    backups: Backups,
 }
 
 // === impl Executor ===
@@ -98,6 +103,7 @@ impl Executor {
             hostname: self.hostname.clone(),
             heartbeat_poke: self.heartbeat_poke.clone(),
             updater: self.updater.clone(),
+            backups: self.backups.clone(),
         });
         let mut tasks = JoinSet::new();
         self.recover_updates(&shared, &mut tasks).await;
@@ -359,15 +365,15 @@ async fn run_command(shared: &Shared, env: CommandEnvelope) {
     let started_at = Utc::now();
     let clock = std::time::Instant::now();
     let outcome = match env.command.validate() {
-        Err(message) => Err(ErrorInfo {
+        Err(message) => Err(Failure::from(ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
             message,
-        }),
+        })),
         Ok(()) => execute(shared, &env).await,
     };
     let max_frame_bytes = shared.frame_limit.load(Ordering::Relaxed);
-    let outcome = outcome.and_then(|output| {
-        let size = serde_json::to_string(&output).map(|s| s.len()).unwrap_or(0);
+    let fits = |output: &serde_json::Value| -> Result<(), ErrorInfo> {
+        let size = serde_json::to_string(output).map(|s| s.len()).unwrap_or(0);
         if size + FRAME_OVERHEAD_BYTES > max_frame_bytes {
             Err(ErrorInfo {
                 code: RESULT_TOO_LARGE.into(),
@@ -376,12 +382,19 @@ async fn run_command(shared: &Shared, env: CommandEnvelope) {
                 ),
             })
         } else {
-            Ok(output)
+            Ok(())
         }
-    });
+    };
     let (status, output, error) = match outcome {
-        Ok(output) => (ResultStatus::Succeeded, Some(output), None),
-        Err(e) => (ResultStatus::Failed, None, Some(e)),
+        Ok(output) => match fits(&output) {
+            Ok(()) => (ResultStatus::Succeeded, Some(output), None),
+            Err(e) => (ResultStatus::Failed, None, Some(e)),
+        },
+        // A failure may carry output (every database's outcome of a failed backup run).
+        Err(Failure { error, output }) => {
+            let output = output.filter(|o| fits(o).is_ok());
+            (ResultStatus::Failed, output, Some(error))
+        }
     };
     match &error {
         None => info!(
@@ -431,28 +444,94 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ErrorInfo> {
     })
 }
 
-async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::Value, ErrorInfo> {
+/// A failed command: its error, and output when the kind reports one even on failure.
+struct Failure {
+    error: ErrorInfo,
+    output: Option<serde_json::Value>,
+}
+
+impl From<ErrorInfo> for Failure {
+    fn from(error: ErrorInfo) -> Self {
+        Failure {
+            error,
+            output: None,
+        }
+    }
+}
+
+async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::Value, Failure> {
     let docker = &shared.docker;
     match &env.command {
-        Command::Ping(_) => to_json(&PingOutput {
+        Command::BackupList(a) => Ok(to_json(&shared.backups.list(a).await?)?),
+        Command::BackupRun(a) => {
+            let reports = shared
+                .backups
+                .run(a.job.as_deref(), RunTrigger::Command)
+                .await?;
+            let failed: usize = reports.iter().map(|r| r.failed()).sum();
+            let remote_failed = reports.iter().any(|r| {
+                r.remote_sync
+                    .as_ref()
+                    .is_some_and(|s| s.status == BackupStatus::Failed)
+            });
+            let output = to_json(&BackupRunOutput { reports })?;
+            if failed > 0 || remote_failed {
+                let message = if failed > 0 {
+                    format!("{failed} database backup(s) failed; the output lists every database")
+                } else {
+                    "the dumps succeeded but copying them off-site failed".to_string()
+                };
+                return Err(Failure {
+                    error: ErrorInfo {
+                        code: error_codes::BACKUP_FAILED.into(),
+                        message,
+                    },
+                    output: Some(output),
+                });
+            }
+            Ok(output)
+        }
+        Command::BackupVerify(a) => {
+            let verified = shared.backups.verify(&a.id).await?;
+            let ok = verified.ok;
+            let output = to_json(&verified)?;
+            if !ok {
+                return Err(Failure {
+                    error: ErrorInfo {
+                        code: error_codes::VERIFY_FAILED.into(),
+                        message: format!("backup {} failed verification", a.id),
+                    },
+                    output: Some(output),
+                });
+            }
+            Ok(output)
+        }
+        Command::BackupRestore(a) => {
+            let (manifest, target) = shared.backups.restore_target(a).await?;
+            // A restore writes into the container's database: serialised with updates,
+            // starts and stops of that container.
+            let _guard = shared.locks.lock(&target, env.expires_at).await?;
+            Ok(to_json(&shared.backups.restore(a, manifest, target).await?)?)
+        }
+        Command::Ping(_) => Ok(to_json(&PingOutput {
             agent_version: flotilla_shared::VERSION.to_string(),
             hostname: shared.hostname.clone(),
-        }),
-        Command::ContainerList(a) => to_json(&ContainerListOutput {
+        })?),
+        Command::ContainerList(a) => Ok(to_json(&ContainerListOutput {
             containers: docker.list(a.all).await.map_err(docker_err)?,
-        }),
+        })?),
         Command::ContainerInspect(r) => {
             let c = docker.resolve(&r.container).await.map_err(docker_err)?;
-            docker.inspect(&c).await.map_err(docker_err)
+            Ok(docker.inspect(&c).await.map_err(docker_err)?)
         }
         Command::ContainerStart(r) => {
             let c = docker.resolve(&r.container).await.map_err(docker_err)?;
             let _guard = shared.locks.lock(&c, env.expires_at).await?;
             let out = docker.start(&c).await.map_err(docker_err)?;
-            to_json(&ContainerActionOutput {
+            Ok(to_json(&ContainerActionOutput {
                 container: out.container,
                 changed: out.changed,
-            })
+            })?)
         }
         Command::ContainerStop(a) | Command::ContainerRestart(a) => {
             let c = docker.resolve(&a.container).await.map_err(docker_err)?;
@@ -465,15 +544,16 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 docker.restart(&c, timeout).await
             }
             .map_err(docker_err)?;
-            to_json(&ContainerActionOutput {
+            Ok(to_json(&ContainerActionOutput {
                 container: out.container,
                 changed: out.changed,
-            })
+            })?)
         }
         Command::ContainerUpdate(_) => Err(ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
             message: "container.update is run by the updater, not here".into(),
-        }),
+        }
+        .into()),
         Command::ContainerLogs(a) => {
             let c = docker.resolve(&a.container).await.map_err(docker_err)?;
             let lines = docker
@@ -488,11 +568,11 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
             let budget = (shared.frame_limit.load(Ordering::Relaxed) / 2)
                 .saturating_sub(FRAME_OVERHEAD_BYTES);
             let (lines, truncated) = keep_newest_lines(lines, budget);
-            to_json(&ContainerLogsOutput {
+            Ok(to_json(&ContainerLogsOutput {
                 container: c.name,
                 lines,
                 truncated,
-            })
+            })?)
         }
     }
 }

@@ -186,6 +186,8 @@ pub struct HeartbeatTask {
     pub poke: Arc<Notify>,
     /// Where the latest heartbeat is published.
     pub out: watch::Sender<Option<Arc<Heartbeat>>>,
+    /// The backup service's summary, carried in every heartbeat.
+    pub backup: watch::Receiver<Option<flotilla_shared::backup::BackupSummary>>,
 }
 
 impl HeartbeatTask {
@@ -244,6 +246,7 @@ impl HeartbeatTask {
                 agent_version: flotilla_shared::VERSION.to_string(),
                 host,
                 docker,
+                backup: self.backup.borrow().clone(),
             };
             debug!(
                 containers = hb.docker.containers.len(),
@@ -455,6 +458,7 @@ mod tests {
                 containers,
                 ..DockerSnapshot::default()
             },
+            backup: None,
         }
     }
 

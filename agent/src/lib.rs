@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod backup;
 pub mod config;
 pub mod docker;
 pub mod enroll;
@@ -143,11 +144,29 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("session", session.run(token).await) });
 
+    let backups = backup::Backups::new(
+        config.backup.clone(),
+        docker.clone(),
+        state.clone(),
+        &config.state_dir,
+        &identity.agent_id,
+        &identity.name,
+    )?;
+    backups.prepare().await?;
+    backups.prune_catalogue().await;
+    let scheduler = backups.clone();
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("backup scheduler", scheduler.scheduler(token).await) });
+    let watcher = backups.clone();
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("backup status watcher", watcher.watcher(token).await) });
+
     let hb = heartbeat::HeartbeatTask {
         docker: docker.clone(),
         interval: interval_rx,
         poke: poke.clone(),
         out: heartbeat_tx,
+        backup: backups.summary(),
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("heartbeat", hb.run(token).await) });
@@ -187,6 +206,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         hostname,
         heartbeat_poke: poke,
         updater,
+        backups,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });

@@ -54,6 +54,20 @@ enum Cmd {
         )]
         allow_insecure: bool,
     },
+    /// Database backups on this host: list, run, verify and restore, without the relay.
+    Backup {
+        /// Directory holding the enrolled state (overrides agent.toml and FLOTILLA_STATE_DIR).
+        #[arg(long, global = true)]
+        state_dir: Option<PathBuf>,
+        /// agent.toml (default: /etc/flotilla/agent.toml if it exists).
+        #[arg(long, env = "FLOTILLA_CONFIG", global = true)]
+        config: Option<PathBuf>,
+        /// Print the JSON output instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        action: BackupAction,
+    },
     /// Run the agent.
     Run {
         /// Directory holding the enrolled state (overrides agent.toml and FLOTILLA_STATE_DIR).
@@ -62,6 +76,38 @@ enum Cmd {
         /// agent.toml (default: /etc/flotilla/agent.toml if it exists).
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupAction {
+    /// The backup catalogue, newest first.
+    List {
+        /// Only this job's backups.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only this database's backups.
+        #[arg(long)]
+        database: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Run one job now (every job when none is named); exits 1 when any database failed.
+    Run { job: Option<String> },
+    /// Check a backup: checksum, decompression, end marker, the engine's own listing.
+    Verify { id: String },
+    /// Restore a backup into its container (or --into another one).
+    Restore {
+        id: String,
+        /// Restore into this container instead of the backup's own.
+        #[arg(long)]
+        into: Option<String>,
+        /// Restore into this database (created when missing).
+        #[arg(long)]
+        database: Option<String>,
+        /// Overwrite a database that holds tables.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -127,19 +173,233 @@ async fn real_main(cli: Cli) -> Result<()> {
             println!("{}", enrolled.agent_id);
             Ok(())
         }
+        Cmd::Backup {
+            state_dir,
+            config,
+            json,
+            action,
+        } => backup_command(state_dir, config, json, action).await,
         Cmd::Run { state_dir, config } => {
-            let path = config.or_else(|| {
-                Path::new(DEFAULT_CONFIG)
-                    .exists()
-                    .then(|| PathBuf::from(DEFAULT_CONFIG))
-            });
-            let mut config = AgentConfig::load(path.as_deref())?;
-            if let Some(dir) = state_dir {
-                config.state_dir = dir;
-            }
+            let config = load_config(state_dir, config)?;
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             flotilla_agent::run(config, shutdown).await
+        }
+    }
+}
+
+fn load_config(state_dir: Option<PathBuf>, config: Option<PathBuf>) -> Result<AgentConfig> {
+    let path = config.or_else(|| {
+        Path::new(DEFAULT_CONFIG)
+            .exists()
+            .then(|| PathBuf::from(DEFAULT_CONFIG))
+    });
+    let mut config = AgentConfig::load(path.as_deref())?;
+    if let Some(dir) = state_dir {
+        config.state_dir = dir;
+    }
+    Ok(config)
+}
+
+/// `flotilla-agent backup ...`: the same operations as the relay's `backup.*` commands, run
+/// here against the agent's state directory (the running agent sends the reports of runs
+/// made here to the relay with its own).
+async fn backup_command(
+    state_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    action: BackupAction,
+) -> Result<()> {
+    use flotilla_agent::backup::Backups;
+    use flotilla_agent::docker::{DockerClient, Visibility};
+    use flotilla_shared::backup::{BackupListArgs, BackupRestoreArgs, RunTrigger};
+    let config = load_config(state_dir, config)?;
+    config.validate()?;
+    let state = flotilla_agent::state::State::open(&config.state_dir).await?;
+    let (agent_id, name) = match state.identity().await? {
+        Some(i) => (i.agent_id, i.name),
+        None => {
+            let host = flotilla_agent::heartbeat::host_facts().0;
+            (host.clone(), host)
+        }
+    };
+    let docker = DockerClient::new(
+        config.docker_host.clone(),
+        Visibility::new(config.only_label_pair()),
+    );
+    let backups = Backups::new(
+        config.backup.clone(),
+        docker,
+        state,
+        &config.state_dir,
+        &agent_id,
+        &name,
+    )?;
+    backups.prepare().await?;
+    let fail = |e: flotilla_shared::command::ErrorInfo| anyhow::anyhow!("{} ({})", e.message, e.code);
+    let print = |v: &dyn erased::Json| v.print(json);
+    match action {
+        BackupAction::List {
+            job,
+            database,
+            limit,
+        } => {
+            let out = backups
+                .list(&BackupListArgs {
+                    job,
+                    database,
+                    limit: Some(limit),
+                })
+                .await
+                .map_err(fail)?;
+            print(&out);
+        }
+        BackupAction::Run { job } => {
+            let reports = backups
+                .run(job.as_deref(), RunTrigger::Local)
+                .await
+                .map_err(fail)?;
+            let failed: usize = reports.iter().map(|r| r.failed()).sum();
+            let remote_failed = reports.iter().any(|r| {
+                r.remote_sync
+                    .as_ref()
+                    .is_some_and(|s| s.status == flotilla_shared::backup::BackupStatus::Failed)
+            });
+            print(&flotilla_shared::backup::BackupRunOutput { reports });
+            if failed > 0 || remote_failed {
+                anyhow::bail!("{failed} database backup(s) failed (remote copy failed: {remote_failed})");
+            }
+        }
+        BackupAction::Verify { id } => {
+            let out = backups.verify(&id).await.map_err(fail)?;
+            let ok = out.ok;
+            print(&out);
+            if !ok {
+                anyhow::bail!("backup {id} failed verification");
+            }
+        }
+        BackupAction::Restore {
+            id,
+            into,
+            database,
+            force,
+        } => {
+            let args = BackupRestoreArgs {
+                id,
+                into,
+                database,
+                force,
+            };
+            let (manifest, target) = backups.restore_target(&args).await.map_err(fail)?;
+            let out = backups
+                .restore(&args, manifest, target)
+                .await
+                .map_err(fail)?;
+            print(&out);
+        }
+    }
+    Ok(())
+}
+
+/// Printing of the backup outputs, as JSON or as a few lines of text.
+mod erased {
+    use flotilla_shared::backup::*;
+
+    pub trait Json {
+        fn print(&self, json: bool);
+    }
+
+    fn size(bytes: u64) -> String {
+        if bytes >= 1 << 20 {
+            format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+        } else {
+            format!("{:.1} KiB", bytes as f64 / 1024.0)
+        }
+    }
+
+    fn print_json<T: serde::Serialize>(v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    impl Json for BackupListOutput {
+        fn print(&self, json: bool) {
+            if json {
+                return print_json(self);
+            }
+            for b in &self.backups {
+                println!(
+                    "{}  {}  {}/{}  {}  {}  {}",
+                    b.id,
+                    b.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                    b.job,
+                    b.database,
+                    b.status.as_str(),
+                    size(b.compressed_bytes),
+                    b.error.as_deref().unwrap_or(&b.file)
+                );
+            }
+            if self.truncated {
+                println!("(more backups; raise --limit)");
+            }
+        }
+    }
+
+    impl Json for BackupRunOutput {
+        fn print(&self, json: bool) {
+            if json {
+                return print_json(self);
+            }
+            for r in &self.reports {
+                println!("run {} of {}", r.run_id, r.job.as_deref().unwrap_or("?"));
+                for d in &r.databases {
+                    println!(
+                        "  {:<40} {:<8} {}",
+                        d.key,
+                        d.status.as_str(),
+                        d.error
+                            .clone()
+                            .unwrap_or_else(|| d.size_bytes.map(size).unwrap_or_default())
+                    );
+                }
+                if let Some(s) = &r.remote_sync {
+                    println!(
+                        "  off-site: {} ({}){}",
+                        s.status.as_str(),
+                        size(s.uploaded_bytes),
+                        s.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                    );
+                }
+                if r.pruned > 0 {
+                    println!("  pruned {} old backup(s)", r.pruned);
+                }
+            }
+        }
+    }
+
+    impl Json for BackupVerifyOutput {
+        fn print(&self, json: bool) {
+            if json {
+                return print_json(self);
+            }
+            for c in &self.checks {
+                println!("{:<15} {:<4} {}", c.check, if c.ok { "ok" } else { "FAIL" }, c.detail);
+            }
+        }
+    }
+
+    impl Json for BackupRestoreOutput {
+        fn print(&self, json: bool) {
+            if json {
+                return print_json(self);
+            }
+            println!(
+                "restored {} into database {} of container {} ({} in {} ms)",
+                self.id,
+                self.database,
+                self.container,
+                size(self.bytes),
+                self.duration_ms
+            );
         }
     }
 }

@@ -721,6 +721,17 @@ pub fn fit_outbox_item(seq: u64, item: OutboxItem, size: usize, limit: usize) ->
                 finished_at: r.finished_at,
             })
         }
+        OutboxItem::BackupReport(mut r) => {
+            // Errors (dump tool output) are what makes a report large: cut them first, then
+            // drop databases from the end; what remains is still a true record of the run.
+            for d in &mut r.databases {
+                if let Some(e) = &mut d.error {
+                    truncate_utf8(e, TRIMMED_FIELD_BYTES);
+                }
+            }
+            while !fits(&OutboxItem::BackupReport(r.clone())) && r.databases.pop().is_some() {}
+            OutboxItem::BackupReport(r)
+        }
         OutboxItem::Event(mut e) => {
             e.attributes.insert("truncated".into(), "true".into());
             truncate_utf8(&mut e.message, TRIMMED_MESSAGE_BYTES);

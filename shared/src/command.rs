@@ -3,6 +3,7 @@
 
 use crate::selector::{Labels, Selector};
 use crate::signing::{PublicKey, SigningError, SigningKey, COMMAND_DOMAIN};
+pub use crate::backup::{BackupListArgs, BackupRestoreArgs, BackupRunArgs, BackupVerifyArgs};
 pub use crate::update::ContainerUpdateArgs;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,10 +35,18 @@ pub enum CommandKind {
     ContainerLogs,
     #[serde(rename = "container.update")]
     ContainerUpdate,
+    #[serde(rename = "backup.list")]
+    BackupList,
+    #[serde(rename = "backup.run")]
+    BackupRun,
+    #[serde(rename = "backup.verify")]
+    BackupVerify,
+    #[serde(rename = "backup.restore")]
+    BackupRestore,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 8] = [
+    pub const ALL: [CommandKind; 12] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -46,6 +55,10 @@ impl CommandKind {
         CommandKind::ContainerRestart,
         CommandKind::ContainerLogs,
         CommandKind::ContainerUpdate,
+        CommandKind::BackupList,
+        CommandKind::BackupRun,
+        CommandKind::BackupVerify,
+        CommandKind::BackupRestore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +71,10 @@ impl CommandKind {
             CommandKind::ContainerRestart => "container.restart",
             CommandKind::ContainerLogs => "container.logs",
             CommandKind::ContainerUpdate => "container.update",
+            CommandKind::BackupList => "backup.list",
+            CommandKind::BackupRun => "backup.run",
+            CommandKind::BackupVerify => "backup.verify",
+            CommandKind::BackupRestore => "backup.restore",
         }
     }
 
@@ -70,6 +87,8 @@ impl CommandKind {
                 | CommandKind::ContainerStop
                 | CommandKind::ContainerRestart
                 | CommandKind::ContainerUpdate
+                | CommandKind::BackupRun
+                | CommandKind::BackupRestore
         )
     }
 }
@@ -81,7 +100,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -114,6 +133,14 @@ pub enum Command {
     ContainerLogs(ContainerLogsArgs),
     #[serde(rename = "container.update")]
     ContainerUpdate(ContainerUpdateArgs),
+    #[serde(rename = "backup.list")]
+    BackupList(#[serde(default)] BackupListArgs),
+    #[serde(rename = "backup.run")]
+    BackupRun(#[serde(default)] BackupRunArgs),
+    #[serde(rename = "backup.verify")]
+    BackupVerify(BackupVerifyArgs),
+    #[serde(rename = "backup.restore")]
+    BackupRestore(BackupRestoreArgs),
 }
 
 impl Command {
@@ -127,6 +154,10 @@ impl Command {
             Command::ContainerRestart(_) => CommandKind::ContainerRestart,
             Command::ContainerLogs(_) => CommandKind::ContainerLogs,
             Command::ContainerUpdate(_) => CommandKind::ContainerUpdate,
+            Command::BackupList(_) => CommandKind::BackupList,
+            Command::BackupRun(_) => CommandKind::BackupRun,
+            Command::BackupVerify(_) => CommandKind::BackupVerify,
+            Command::BackupRestore(_) => CommandKind::BackupRestore,
         }
     }
 
@@ -138,6 +169,8 @@ impl Command {
             Command::ContainerStop(a) | Command::ContainerRestart(a) => Some(&a.container),
             Command::ContainerLogs(a) => Some(&a.container),
             Command::ContainerUpdate(a) => Some(&a.container),
+            Command::BackupRestore(a) => a.into.as_deref(),
+            Command::BackupList(_) | Command::BackupRun(_) | Command::BackupVerify(_) => None,
         }
     }
 
@@ -173,6 +206,21 @@ impl Command {
         }
         if let Command::ContainerUpdate(a) = self {
             a.validate()?;
+        }
+        if let Command::BackupList(a) = self {
+            if a.limit.unwrap_or(1) == 0 || a.limit.unwrap_or(1) > crate::backup::MAX_LIST_LIMIT {
+                return Err(format!(
+                    "limit must be between 1 and {}",
+                    crate::backup::MAX_LIST_LIMIT
+                ));
+            }
+        }
+        if let Command::BackupVerify(BackupVerifyArgs { id })
+        | Command::BackupRestore(BackupRestoreArgs { id, .. }) = self
+        {
+            if id.is_empty() || id.len() > 128 {
+                return Err("id must be a backup id of 1-128 characters".into());
+            }
         }
         Ok(())
     }
@@ -352,6 +400,16 @@ pub mod error_codes {
     pub const UPDATE_FAILED_UNCHANGED: &str = "update_failed_unchanged";
     /// `container.update`: the new container failed and so did the old one on the way back.
     pub const ROLLBACK_FAILED: &str = "rollback_failed";
+    /// `backup.*`: no backup job or backup with that name or id.
+    pub const NO_SUCH_BACKUP: &str = "no_such_backup";
+    /// `backup.run`: at least one database failed (the output has every database's outcome).
+    pub const BACKUP_FAILED: &str = "backup_failed";
+    /// `backup.verify`: a check failed (the output lists them).
+    pub const VERIFY_FAILED: &str = "verify_failed";
+    /// `backup.restore`: the target database holds data and `force` was not given.
+    pub const RESTORE_REFUSED: &str = "restore_refused";
+    /// `backup.restore`: the restore ran and failed.
+    pub const RESTORE_FAILED: &str = "restore_failed";
 }
 
 /// The outcome of one command on one agent.

@@ -11,6 +11,10 @@ pub struct Heartbeat {
     pub agent_version: String,
     pub host: HostMetrics,
     pub docker: DockerSnapshot,
+    /// Backup jobs and the state of their latest runs (None when the agent has no backups
+    /// configured, discovered or watched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::backup::BackupSummary>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -80,6 +80,8 @@ pub enum AgentFrame {
 pub enum OutboxItem {
     Result(CommandResult),
     Event(AgentEvent),
+    /// The outcome of a backup run (or of a watched external status file).
+    BackupReport(crate::backup::BackupReport),
 }
 
 /// Protocol error codes carried by `error` frames.
@@ -198,6 +200,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             host: HostMetrics::default(),
             docker: DockerSnapshot::default(),
+            backup: None,
         })));
         round_trip_agent(AgentFrame::Outbox {
             seq: 3,

@@ -8,8 +8,11 @@
 //! `ops` holds the calls only `container.update` needs, `raw` the small unix-socket client
 //! through which the engine's inspect/create JSON passes untouched.
 
+mod exec;
 mod ops;
 pub mod raw;
+
+pub use exec::{ExecOutcome, ExecSpec};
 
 pub use ops::PullProgress;
 
@@ -120,6 +123,14 @@ impl Visibility {
 pub struct ResolvedContainer {
     pub id: String,
     pub name: String,
+}
+
+/// A running container with its image reference and labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelledContainer {
+    pub container: ResolvedContainer,
+    pub image: String,
+    pub labels: HashMap<String, String>,
 }
 
 /// A container event from the engine's stream (visible containers only).
@@ -240,6 +251,24 @@ impl DockerClient {
         Ok(list
             .into_iter()
             .filter(|s| self.visibility.allows_summary(s))
+            .collect())
+    }
+
+    /// Visible running containers with their image and labels, from one list call (what backup
+    /// discovery needs, without an inspect per container).
+    pub async fn running_labelled(&self) -> Result<Vec<LabelledContainer>, DockerError> {
+        Ok(self
+            .summaries(false)
+            .await?
+            .into_iter()
+            .map(|s| LabelledContainer {
+                container: ResolvedContainer {
+                    id: s.id.clone().unwrap_or_default(),
+                    name: summary_name(&s),
+                },
+                image: s.image.clone().unwrap_or_default(),
+                labels: s.labels.clone().unwrap_or_default(),
+            })
             .collect())
     }
 
