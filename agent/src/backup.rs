@@ -27,8 +27,7 @@ use destination::Destination;
 use flotilla_shared::backup::{
     BackupEngine, BackupListArgs, BackupListOutput, BackupManifest, BackupReport,
     BackupRestoreArgs, BackupRestoreOutput, BackupStatus, BackupSummary, BackupVerifyOutput,
-    CopyState, DatabaseOutcome, DestinationCopy, RemoteSync, ReportSource, RunTrigger,
-    VerifyCheck,
+    CopyState, DatabaseOutcome, DestinationCopy, RemoteSync, ReportSource, RunTrigger, VerifyCheck,
 };
 use flotilla_shared::command::{error_codes, ErrorInfo};
 use schedule::Schedule;
@@ -104,7 +103,10 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     for d in &config.destinations {
         if !names.insert(d.name.as_str()) {
-            return Err(format!("backup.destinations: the name {:?} is used twice", d.name));
+            return Err(format!(
+                "backup.destinations: the name {:?} is used twice",
+                d.name
+            ));
         }
     }
     let mut jobs = std::collections::HashSet::new();
@@ -116,7 +118,10 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
             ));
         }
         if !jobs.insert(j.name.as_str()) {
-            return Err(format!("backup.jobs: the job name {:?} is used twice", j.name));
+            return Err(format!(
+                "backup.jobs: the job name {:?} is used twice",
+                j.name
+            ));
         }
         if let Some(s) = &j.schedule {
             Schedule::parse(s).map_err(|e| format!("backup.jobs {}: {e}", j.name))?;
@@ -244,10 +249,9 @@ impl Backups {
             .map_err(|e| anyhow!("invalid agent configuration: {e}"))?;
         let mut recipient_lines = config.age_recipients.clone();
         if let Some(f) = &config.age_recipients_file {
-            recipient_lines.extend(
-                encrypt::read_recipients_file(f)
-                    .map_err(|e| anyhow!("invalid agent configuration: backup.age_recipients_file: {e}"))?,
-            );
+            recipient_lines.extend(encrypt::read_recipients_file(f).map_err(|e| {
+                anyhow!("invalid agent configuration: backup.age_recipients_file: {e}")
+            })?);
         }
         let recipients = encrypt::parse_recipients(&recipient_lines)
             .map_err(|e| anyhow!("invalid agent configuration: backup.age_recipients: {e}"))?;
@@ -306,7 +310,10 @@ impl Backups {
                 }
             }
             if removed > 0 {
-                warn!(removed, "removed partial backup files left by a previous stop");
+                warn!(
+                    removed,
+                    "removed partial backup files left by a previous stop"
+                );
             }
             Ok(())
         })
@@ -366,8 +373,7 @@ impl Backups {
             };
             let configured = jobs.iter().any(|j| {
                 !j.discovered
-                    && (j.container == r.container.name
-                        || r.container.id.starts_with(&j.container))
+                    && (j.container == r.container.name || r.container.id.starts_with(&j.container))
             });
             if configured || jobs.iter().any(|j| j.name == r.container.name) {
                 continue;
@@ -410,9 +416,10 @@ impl Backups {
         trigger: RunTrigger,
     ) -> Result<Vec<BackupReport>, ErrorInfo> {
         let jobs = self.jobs().await.map_err(docker_err)?;
-        let selected: Vec<Job> = match job {
-            Some(name) => {
-                let j = jobs.iter().find(|j| j.name == name).cloned().ok_or_else(|| {
+        let selected: Vec<Job> =
+            match job {
+                Some(name) => {
+                    let j = jobs.iter().find(|j| j.name == name).cloned().ok_or_else(|| {
                     let known: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
                     err(
                         error_codes::NO_SUCH_BACKUP,
@@ -427,10 +434,10 @@ impl Backups {
                         ),
                     )
                 })?;
-                vec![j]
-            }
-            None => jobs,
-        };
+                    vec![j]
+                }
+                None => jobs,
+            };
         let mut reports = Vec::new();
         for j in selected {
             reports.push(self.run_job(&j, trigger).await);
@@ -444,7 +451,11 @@ impl Backups {
         let _guard = lock.lock().await;
         let report = Run::new(self, job, trigger).execute().await;
         if let Err(e) = self.inner.state.backup_finish_run(report.clone()).await {
-            error!(job = job.name, error = format!("{e:#}"), "cannot record the backup run");
+            error!(
+                job = job.name,
+                error = format!("{e:#}"),
+                "cannot record the backup run"
+            );
         }
         self.write_status_file().await;
         self.refresh_summary().await;
@@ -517,7 +528,11 @@ impl Backups {
             .await
             .unwrap_or_default();
         let jobs = self.inner.config.jobs.len() as u32;
-        let next_run_at = *self.inner.next_run_at.lock().unwrap_or_else(|p| p.into_inner());
+        let next_run_at = *self
+            .inner
+            .next_run_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let stale = *self
             .inner
             .status_file_stale
@@ -630,7 +645,12 @@ impl Backups {
             .map_err(|e| internal(e.into()))?;
         match sum {
             Err(e) => {
-                check(&mut checks, "file", false, format!("{}: {e}", path.display()));
+                check(
+                    &mut checks,
+                    "file",
+                    false,
+                    format!("{}: {e}", path.display()),
+                );
                 return Ok(BackupVerifyOutput {
                     id: m.id,
                     ok: false,
@@ -638,7 +658,12 @@ impl Backups {
                 });
             }
             Ok((sha, size)) => {
-                check(&mut checks, "file", true, format!("{} ({size} bytes)", path.display()));
+                check(
+                    &mut checks,
+                    "file",
+                    true,
+                    format!("{} ({size} bytes)", path.display()),
+                );
                 let ok = sha == m.sha256 && size == m.compressed_bytes;
                 check(
                     &mut checks,
@@ -686,8 +711,13 @@ impl Backups {
                         ok,
                         format!("{} bytes (manifest: {})", ends.bytes, m.bytes),
                     );
-                    match engine::check_dump(m.engine, &m.database, ends.bytes, &ends.head, &ends.tail)
-                    {
+                    match engine::check_dump(
+                        m.engine,
+                        &m.database,
+                        ends.bytes,
+                        &ends.head,
+                        &ends.tail,
+                    ) {
                         Ok(()) => check(&mut checks, "end_marker", true, "complete".into()),
                         Err(e) => check(&mut checks, "end_marker", false, e),
                     }
@@ -763,7 +793,10 @@ impl Backups {
         let refused = |msg: String| err(error_codes::RESTORE_REFUSED, msg);
         let failed = |msg: String| err(error_codes::RESTORE_FAILED, msg);
         if m.status != BackupStatus::Success {
-            return Err(refused(format!("backup {} failed when it was made; nothing to restore", m.id)));
+            return Err(refused(format!(
+                "backup {} failed when it was made; nothing to restore",
+                m.id
+            )));
         }
         if m.encrypted {
             return Err(refused(format!(
@@ -792,7 +825,12 @@ impl Backups {
         }
         let job = self.inner.config.jobs.iter().find(|j| j.name == m.job);
         let creds = self
-            .credentials(m.engine, &inspect, job.and_then(|j| j.user.as_deref()), job.and_then(|j| j.password_file.as_deref()))
+            .credentials(
+                m.engine,
+                &inspect,
+                job.and_then(|j| j.user.as_deref()),
+                job.and_then(|j| j.password_file.as_deref()),
+            )
             .await?;
         let database = args.database.clone().unwrap_or_else(|| m.database.clone());
         let restore_command = job.map(|j| j.restore_command.clone()).unwrap_or_default();
@@ -801,7 +839,10 @@ impl Backups {
         self.prepare_restore_target(m.engine, &creds, &target, &database, args.force)
             .await?;
         let (rx, source) = pipeline::spawn_source(path.clone());
-        let outcome = docker.exec_feed(&target, &spec, rx).await.map_err(docker_err)?;
+        let outcome = docker
+            .exec_feed(&target, &spec, rx)
+            .await
+            .map_err(docker_err)?;
         let ends = source.await.map_err(|e| internal(e.into()))?;
         let bytes = match ends {
             Ok(e) => e.bytes,
@@ -845,11 +886,17 @@ impl Backups {
         let refused = |msg: String| err(error_codes::RESTORE_REFUSED, msg);
         let failed = |msg: String| err(error_codes::RESTORE_FAILED, msg);
         let run = |spec: ExecSpec| async move {
-            let o = docker.exec_capture(target, &spec).await.map_err(docker_err)?;
+            let o = docker
+                .exec_capture(target, &spec)
+                .await
+                .map_err(docker_err)?;
             if o.succeeded() {
                 Ok(o.stdout_text().trim().to_string())
             } else {
-                Err(failed(format!("checking the target database {}", o.describe())))
+                Err(failed(format!(
+                    "checking the target database {}",
+                    o.describe()
+                )))
             }
         };
         let Some(count_spec) = engine::count_tables(engine, creds, database) else {
@@ -918,15 +965,17 @@ impl Backups {
         let password = match password_file {
             Some(f) => {
                 let f = f.to_path_buf();
-                let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&f).map_err(|e| (f, e)))
-                    .await
-                    .map_err(|e| internal(e.into()))?
-                    .map_err(|(f, e)| {
-                        err(
-                            error_codes::INVALID_ARGS,
-                            format!("cannot read password_file {}: {e}", f.display()),
-                        )
-                    })?;
+                let text = tokio::task::spawn_blocking(move || {
+                    std::fs::read_to_string(&f).map_err(|e| (f, e))
+                })
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map_err(|(f, e)| {
+                    err(
+                        error_codes::INVALID_ARGS,
+                        format!("cannot read password_file {}: {e}", f.display()),
+                    )
+                })?;
                 Some(text.trim_end_matches(['\n', '\r']).to_string())
             }
             None => None,
@@ -963,7 +1012,8 @@ impl Backups {
             let now = Utc::now();
             next.retain(|name, _| jobs.iter().any(|j| &j.name == name));
             for job in &jobs {
-                next.entry(job.name.clone()).or_insert_with(|| self.next_slot(job, now));
+                next.entry(job.name.clone())
+                    .or_insert_with(|| self.next_slot(job, now));
             }
             let due: Vec<&Job> = jobs
                 .iter()
@@ -980,7 +1030,11 @@ impl Backups {
                 next.insert(job.name.clone(), self.next_slot(job, Utc::now()));
             }
             let soonest = next.values().min().copied();
-            *self.inner.next_run_at.lock().unwrap_or_else(|p| p.into_inner()) = soonest;
+            *self
+                .inner
+                .next_run_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = soonest;
             self.refresh_summary().await;
             let wait = soonest
                 .map(|t| (t - Utc::now()).to_std().unwrap_or(Duration::ZERO))
@@ -1034,7 +1088,10 @@ impl Backups {
                                 );
                                 last_sent = Some(report.run_id);
                             }
-                            Err(e) => warn!(error = format!("{e:#}"), "cannot queue the status file report"),
+                            Err(e) => warn!(
+                                error = format!("{e:#}"),
+                                "cannot queue the status file report"
+                            ),
                         }
                     }
                     status::is_stale(&file, now)
@@ -1074,7 +1131,10 @@ impl Backups {
     pub async fn prune_catalogue(&self) {
         let before = Utc::now() - chrono::Duration::days(FAILED_KEEP_DAYS);
         if let Err(e) = self.inner.state.backup_prune_failed(before).await {
-            warn!(error = format!("{e:#}"), "cannot prune the backup catalogue");
+            warn!(
+                error = format!("{e:#}"),
+                "cannot prune the backup catalogue"
+            );
         }
     }
 }
@@ -1131,7 +1191,12 @@ impl<'a> Run<'a> {
         };
         match outcome {
             Ok(s) if s.is_success() => debug!(job = self.job.name, url, "dead-man ping sent"),
-            Ok(s) => warn!(job = self.job.name, url, status = s.as_u16(), "dead-man ping refused"),
+            Ok(s) => warn!(
+                job = self.job.name,
+                url,
+                status = s.as_u16(),
+                "dead-man ping refused"
+            ),
             Err(e) => warn!(job = self.job.name, url, error = %e, "dead-man ping failed"),
         }
     }
@@ -1198,8 +1263,12 @@ impl<'a> Run<'a> {
             .remote_sync
             .as_ref()
             .is_some_and(|r| r.status == BackupStatus::Failed);
-        self.ping(if report.failed() > 0 || remote_failed { "/fail" } else { "" })
-            .await;
+        self.ping(if report.failed() > 0 || remote_failed {
+            "/fail"
+        } else {
+            ""
+        })
+        .await;
         report
     }
 
@@ -1264,7 +1333,10 @@ impl<'a> Run<'a> {
                 .dump_one(engine, &creds, &container, database, &versions, &job_dir)
                 .await;
             if let Err(e) = self.inner().state.backup_put(d.manifest.clone()).await {
-                error!(error = format!("{e:#}"), "cannot record a backup in the catalogue");
+                error!(
+                    error = format!("{e:#}"),
+                    "cannot record a backup in the catalogue"
+                );
             }
             dumped.push(d);
         }
@@ -1393,7 +1465,15 @@ impl<'a> Run<'a> {
             destinations: Vec::new(),
         };
         let outcome = self
-            .stream_dump(engine, creds, container, database, &partial, &final_path, &mut manifest)
+            .stream_dump(
+                engine,
+                creds,
+                container,
+                database,
+                &partial,
+                &final_path,
+                &mut manifest,
+            )
             .await;
         manifest.finished_at = Utc::now();
         manifest.duration_ms = clock.elapsed().as_millis() as u64;
@@ -1420,7 +1500,12 @@ impl<'a> Run<'a> {
             }
             Err(e) => {
                 manifest.file = String::new();
-                warn!(job = self.job.name, database, error = e, "database backup failed");
+                warn!(
+                    job = self.job.name,
+                    database,
+                    error = e,
+                    "database backup failed"
+                );
                 manifest.error = Some(e);
             }
         }
@@ -1443,9 +1528,16 @@ impl<'a> Run<'a> {
             partial.to_path_buf(),
             self.job.compression_level,
             self.inner().recipients.clone(),
+            engine == BackupEngine::Redis,
         );
-        let exec = self.inner().docker.exec_stream_out(container, &spec, tx).await;
-        let written = sink.await.map_err(|e| format!("the backup writer failed: {e}"))?;
+        let exec = self
+            .inner()
+            .docker
+            .exec_stream_out(container, &spec, tx)
+            .await;
+        let written = sink
+            .await
+            .map_err(|e| format!("the backup writer failed: {e}"))?;
         let discard = || {
             let p = partial.to_path_buf();
             async move {
@@ -1455,7 +1547,10 @@ impl<'a> Run<'a> {
         let written = match (exec, written) {
             (_, Err(e)) => {
                 discard().await;
-                return Err(format!("cannot write the backup file {}: {e}", partial.display()));
+                return Err(format!(
+                    "cannot write the backup file {}: {e}",
+                    partial.display()
+                ));
             }
             (Err(e), Ok(_)) => {
                 discard().await;
@@ -1473,7 +1568,13 @@ impl<'a> Run<'a> {
         manifest.bytes = written.raw_bytes;
         manifest.compressed_bytes = written.stored_bytes;
         manifest.sha256 = written.sha256.clone();
-        if let Err(e) = engine::check_dump(engine, database, written.raw_bytes, &written.head, &written.tail) {
+        if let Err(e) = engine::check_dump(
+            engine,
+            database,
+            written.raw_bytes,
+            &written.head,
+            &written.tail,
+        ) {
             discard().await;
             return Err(e);
         }
@@ -1578,7 +1679,12 @@ impl<'a> Run<'a> {
     async fn prune(&self, databases: &[String]) -> u32 {
         let mut pruned = 0;
         for database in databases {
-            let series = match self.inner().state.backup_series(&self.job.name, database).await {
+            let series = match self
+                .inner()
+                .state
+                .backup_series(&self.job.name, database)
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = format!("{e:#}"), "cannot read the backup catalogue");
@@ -1622,7 +1728,10 @@ impl<'a> Run<'a> {
                 // A destination removed from the configuration: its copies are its own now.
                 continue;
             };
-            for location in [copy.location.clone(), format!("{}.manifest.json", copy.location)] {
+            for location in [
+                copy.location.clone(),
+                format!("{}.manifest.json", copy.location),
+            ] {
                 if let Err(e) = dest.delete(&location).await {
                     warn!(id = m.id, error = %e, "cannot remove an off-site copy");
                     complete = false;
@@ -1653,7 +1762,11 @@ impl<'a> Run<'a> {
             Err(_) => return false,
         }
         if let Err(e) = self.inner().state.backup_delete(&m.id).await {
-            warn!(id = m.id, error = format!("{e:#}"), "cannot forget a pruned backup");
+            warn!(
+                id = m.id,
+                error = format!("{e:#}"),
+                "cannot forget a pruned backup"
+            );
             return false;
         }
         debug!(id = m.id, "pruned backup");
@@ -1698,7 +1811,9 @@ mod tests {
             compression_level: 40,
             ..Default::default()
         };
-        assert!(validate_config(&c).unwrap_err().contains("compression_level"));
+        assert!(validate_config(&c)
+            .unwrap_err()
+            .contains("compression_level"));
         let mut c = BackupConfig::default();
         c.jobs.push(JobConfig {
             name: "pg".into(),

@@ -9,13 +9,13 @@
 
 use crate::backup::Backups;
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
-use flotilla_shared::backup::{BackupRunOutput, BackupStatus, RunTrigger};
 use crate::session::FrameLimit;
 use crate::state::State;
 use crate::update::{base_name, Updater};
 use crate::verify::{admit, Admission, Rejection, Verifier};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use flotilla_shared::backup::{BackupRunOutput, BackupStatus, RunTrigger};
 use flotilla_shared::command::{
     error_codes, Command, CommandEnvelope, CommandResult, ContainerActionOutput,
     ContainerListOutput, ContainerLogsOutput, ContainerUpdateArgs, ErrorInfo, PingOutput,
@@ -511,7 +511,9 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
             // A restore writes into the container's database: serialised with updates,
             // starts and stops of that container.
             let _guard = shared.locks.lock(&target, env.expires_at).await?;
-            Ok(to_json(&shared.backups.restore(a, manifest, target).await?)?)
+            Ok(to_json(
+                &shared.backups.restore(a, manifest, target).await?,
+            )?)
         }
         Command::Ping(_) => Ok(to_json(&PingOutput {
             agent_version: flotilla_shared::VERSION.to_string(),

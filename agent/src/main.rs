@@ -236,7 +236,8 @@ async fn backup_command(
         &name,
     )?;
     backups.prepare().await?;
-    let fail = |e: flotilla_shared::command::ErrorInfo| anyhow::anyhow!("{} ({})", e.message, e.code);
+    let fail =
+        |e: flotilla_shared::command::ErrorInfo| anyhow::anyhow!("{} ({})", e.message, e.code);
     let print = |v: &dyn erased::Json| v.print(json);
     match action {
         BackupAction::List {
@@ -267,7 +268,9 @@ async fn backup_command(
             });
             print(&flotilla_shared::backup::BackupRunOutput { reports });
             if failed > 0 || remote_failed {
-                anyhow::bail!("{failed} database backup(s) failed (remote copy failed: {remote_failed})");
+                anyhow::bail!(
+                    "{failed} database backup(s) failed (remote copy failed: {remote_failed})"
+                );
             }
         }
         BackupAction::Verify { id } => {
@@ -366,7 +369,10 @@ mod erased {
                         "  off-site: {} ({}){}",
                         s.status.as_str(),
                         size(s.uploaded_bytes),
-                        s.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                        s.error
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
                     );
                 }
                 if r.pruned > 0 {
@@ -382,7 +388,12 @@ mod erased {
                 return print_json(self);
             }
             for c in &self.checks {
-                println!("{:<15} {:<4} {}", c.check, if c.ok { "ok" } else { "FAIL" }, c.detail);
+                println!(
+                    "{:<15} {:<4} {}",
+                    c.check,
+                    if c.ok { "ok" } else { "FAIL" },
+                    c.detail
+                );
             }
         }
     }

@@ -7,6 +7,7 @@
 
 mod agents;
 mod auth;
+mod backups;
 mod commands;
 mod error;
 mod system;
@@ -58,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}/commands", post(commands::create))
         .route("/api/v1/agents/{id}/updates", get(updates::agent_updates))
         .route("/api/v1/updates", get(updates::fleet_updates))
+        .route("/api/v1/agents/{id}/backups", get(backups::agent_backups))
+        .route("/api/v1/backups", get(backups::fleet_backups))
         .route("/api/v1/commands/{id}", get(commands::show))
         .route("/api/v1/jobs", post(commands::create_job))
         .route("/api/v1/jobs/{id}", get(commands::show_job))

@@ -3,13 +3,16 @@
 //!
 //! Exit status: 0 on success; 1 when what was asked for did not happen (a command failed, was
 //! rejected or undelivered, a job had errors or stopped, an update ended other than `updated`,
-//! a wait timed out); 2 on usage errors and API errors, with `error: <message>` on stderr.
+//! a backup command did not succeed, a wait timed out); 2 on usage errors and API errors, with
+//! `error: <message>` on stderr.
 
+mod backup;
 mod client;
 mod render;
 mod run;
 mod update;
 
+pub use backup::{BackupCommand, BackupTarget, BackupsArgs};
 pub use client::{ApiClient, CliError};
 
 use chrono::Utc;
@@ -81,6 +84,12 @@ pub enum CliCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Backup state: the latest backup of every database in the fleet, or one agent's
+    /// databases, alert level and history.
+    Backups(BackupsArgs),
+    /// Database backups on one agent: list, run, verify, restore (waits for the outcome).
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Commands already sent.
     #[command(subcommand)]
     Command(CommandCommand),
@@ -160,7 +169,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub selector: Option<Selector>,
     /// Command kind: ping, container.list, container.inspect, container.start, container.stop,
-    /// container.restart, container.logs, container.update (easier with `flotilla update`).
+    /// container.restart, container.logs, container.update (easier with `flotilla update`),
+    /// backup.list, backup.run, backup.verify, backup.restore (easier with `flotilla backup`).
     pub kind: String,
     /// Container name or id.
     #[arg(long)]
@@ -410,6 +420,8 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
         }
         CliCommand::Run(args) => return run::run(&client, args, json).await,
         CliCommand::Update(args) => return update::update(&client, args, json).await,
+        CliCommand::Backups(args) => return backup::backups(&client, args, json, now).await,
+        CliCommand::Backup(cmd) => return backup::backup(&client, cmd, json).await,
         CliCommand::Updates {
             agent,
             container,

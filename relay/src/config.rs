@@ -53,8 +53,9 @@ pub struct RelayConfig {
     /// requests from these peers the enrollment rate limit keys on the last address in that
     /// header instead of the peer. Empty: the header is ignored.
     pub trusted_proxies: Vec<IpAddr>,
-    /// Events, audit rows and finished commands older than this many days are deleted (a sweep
-    /// runs every few hours). 0 keeps everything.
+    /// Events, audit rows, finished commands and updates, and backup history older than this
+    /// many days are deleted (a sweep runs every few hours; each database's latest backup and
+    /// newest success are kept). 0 keeps everything.
     pub retention_days: u32,
 }
 

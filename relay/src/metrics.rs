@@ -4,6 +4,7 @@
 //! and nothing is labelled by agent, command or container id.
 
 use flotilla_shared::api::DeliveryState;
+use flotilla_shared::backup::BackupStatus;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -58,6 +59,9 @@ const OUTCOMES: [DeliveryState; 4] = [
     DeliveryState::Undelivered,
 ];
 
+/// Database backup outcomes counted by `flotilla_backup_databases_total`.
+const BACKUP_STATUSES: [BackupStatus; 2] = [BackupStatus::Success, BackupStatus::Failed];
+
 #[derive(Default)]
 pub struct Metrics {
     frames_in: AtomicU64,
@@ -65,6 +69,7 @@ pub struct Metrics {
     enrollments: AtomicU64,
     commands: [AtomicU64; 4],
     protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
+    backup_databases: [AtomicU64; BACKUP_STATUSES.len()],
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -91,6 +96,15 @@ impl Metrics {
         if let Some(i) = OUTCOMES.iter().position(|s| *s == state) {
             self.commands[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` database backups (from agents' reports, each stored once) with this status.
+    pub fn backup_databases(&self, status: BackupStatus, n: u64) {
+        let i = BACKUP_STATUSES
+            .iter()
+            .position(|s| *s == status)
+            .expect("every status is listed");
+        self.backup_databases[i].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn protocol_error(&self, reason: ProtocolError) {
@@ -169,6 +183,19 @@ impl Metrics {
                 get(&self.protocol_errors[i])
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_backup_databases_total Database backups agents reported, by status.\n\
+             # TYPE flotilla_backup_databases_total counter"
+        );
+        for (i, status) in BACKUP_STATUSES.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "flotilla_backup_databases_total{{status=\"{}\"}} {}",
+                status.as_str(),
+                get(&self.backup_databases[i])
+            );
+        }
         out
     }
 }
@@ -184,6 +211,8 @@ mod tests {
         m.command_outcome(DeliveryState::Failed);
         m.command_outcome(DeliveryState::Skipped);
         m.protocol_error(ProtocolError::MalformedFrame);
+        m.backup_databases(BackupStatus::Success, 3);
+        m.backup_databases(BackupStatus::Failed, 1);
         let text = m.render(&Gauges {
             connected_agents: 2,
             heartbeat_lag_secs: 1.5,
@@ -194,5 +223,7 @@ mod tests {
         assert!(text.contains("flotilla_commands_total{outcome=\"succeeded\"} 0\n"));
         assert!(text.contains("flotilla_protocol_errors_total{reason=\"malformed_frame\"} 1\n"));
         assert!(text.contains("flotilla_heartbeat_lag_seconds 1.500\n"));
+        assert!(text.contains("flotilla_backup_databases_total{status=\"success\"} 3\n"));
+        assert!(text.contains("flotilla_backup_databases_total{status=\"failed\"} 1\n"));
     }
 }

@@ -1,6 +1,7 @@
-//! The retention sweep: every few hours, deletes events, audit rows, finished commands and
-//! finished update-history rows older than `retention_days`, so the database does not grow for
-//! ever.
+//! The retention sweep: every few hours, deletes events, audit rows, finished commands,
+//! finished update-history rows and backup-history rows older than `retention_days`, so the
+//! database does not grow for ever. Of the backup history, each database's latest row and its
+//! newest success are kept whatever their age: they are its state and its last good backup.
 
 use crate::state::AppState;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
                 audit = p.audit,
                 commands = p.commands,
                 updates = p.updates,
+                backups = p.backups,
                 retention_days = days,
                 "retention sweep done"
             ),

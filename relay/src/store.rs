@@ -26,6 +26,13 @@
 //! command id) or take the whole set from [`Store::active_updates`]. An update counts as active
 //! from dispatch until its result or the relay's ending; so a stuck one stops suppressing at
 //! the latest when its delivery expires (command TTL + `result_grace_secs`).
+//!
+//! Backup history: one row per database per [`BackupReport`] (the agent's own runs and watched
+//! `backup-status.json` files), stored once per (agent, run, key) however often the report
+//! arrives. A database's state (ok, failed, stale) and an agent's alert level are computed when
+//! read, from its latest row and newest success and the `now` the caller passes, with the
+//! shared [`database_state`] and [`agent_alert`]; retention keeps those two rows of every
+//! database whatever their age.
 
 mod sqlite;
 
@@ -33,6 +40,10 @@ use chrono::{DateTime, SubsecRound, Utc};
 use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, DeliveryState, EnrollmentTokenInfo, EventRecord, JobInfo, JobState,
     Scope, UpdateRecord,
+};
+use flotilla_shared::backup::{
+    agent_alert, database_state, AgentBackups, BackupRecord, BackupReport, DatabaseBackupState,
+    DatabaseState, FleetBackups,
 };
 use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
@@ -114,6 +125,8 @@ pub struct Pruned {
     pub commands: usize,
     /// Finished update-history rows.
     pub updates: usize,
+    /// Backup rows that were neither their database's latest nor its newest success.
+    pub backups: usize,
 }
 
 /// A new enrollment token (its secret is only given as a hash).
@@ -270,6 +283,50 @@ pub struct UpdateQuery {
 
 /// Most rows [`Store::active_updates`] returns (active updates are bounded by command expiry).
 pub const MAX_ACTIVE_UPDATES: u32 = 100_000;
+
+/// Filter of one agent's backups (`GET /api/v1/agents/{id}/backups`).
+#[derive(Clone, Debug, Default)]
+pub struct BackupQuery {
+    /// Only this database (its report key, `<job>/<database>` for the agent's own jobs).
+    pub key: Option<String>,
+    /// History rows, newest first, at most this many.
+    pub limit: u32,
+}
+
+/// The rows a backup report added (databases already stored for its run are not counted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordedBackups {
+    pub succeeded: usize,
+    pub failed: usize,
+}
+
+impl RecordedBackups {
+    pub fn total(&self) -> usize {
+        self.succeeded + self.failed
+    }
+}
+
+/// The latest backup row of one database, with what its state is computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LatestBackup {
+    pub agent_name: String,
+    pub latest: BackupRecord,
+    /// When its newest successful backup finished.
+    pub last_success_at: Option<DateTime<Utc>>,
+}
+
+impl LatestBackup {
+    fn into_state(self, now: DateTime<Utc>) -> DatabaseBackupState {
+        DatabaseBackupState {
+            state: database_state(&self.latest, self.last_success_at, now),
+            agent_id: self.latest.agent_id.clone(),
+            agent_name: self.agent_name,
+            key: self.latest.key.clone(),
+            latest: self.latest,
+            last_success_at: self.last_success_at,
+        }
+    }
+}
 
 /// The relay's database. Cheap to clone.
 #[derive(Clone)]
@@ -534,7 +591,8 @@ impl Store {
             .await
     }
 
-    /// Deletes events and audit rows older than `cutoff`, and commands (with deliveries and
+    /// Deletes events, audit rows, finished updates and backup rows older than `cutoff` (never a
+    /// database's latest backup row or its newest success), and commands (with deliveries and
     /// finished jobs) that expired before it and are finished, in batches.
     pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<Pruned, StoreError> {
         let mut total = Pruned::default();
@@ -546,8 +604,12 @@ impl Store {
             total.audit += p.audit;
             total.commands += p.commands;
             total.updates += p.updates;
+            total.backups += p.backups;
             let batch = PRUNE_BATCH as usize;
-            if p.events < batch && p.audit < batch && p.commands < batch && p.updates < batch {
+            if [p.events, p.audit, p.commands, p.updates, p.backups]
+                .iter()
+                .all(|n| *n < batch)
+            {
                 return Ok(total);
             }
         }
@@ -618,6 +680,79 @@ impl Store {
     ) -> Result<Option<String>, StoreError> {
         self.read(move |c| sqlite::Db::updating(c, &agent_id, &container))
             .await
+    }
+
+    // === backups ===
+
+    /// Stores a backup report, one row per database, unless (agent, run, key) is stored
+    /// already (the outbox re-sends, a status file is read again). Returns what was new.
+    pub async fn record_backup_report(
+        &self,
+        agent_id: String,
+        report: BackupReport,
+    ) -> Result<RecordedBackups, StoreError> {
+        self.call(move |db| db.record_backup_report(&agent_id, &report, now()))
+            .await
+    }
+
+    /// One agent's backups: the latest state of each database (of `query.key` only, if given),
+    /// its history newest first, and the agent's alert level over all its databases, as of
+    /// `now`.
+    pub async fn agent_backups(
+        &self,
+        agent_id: String,
+        query: BackupQuery,
+        now: DateTime<Utc>,
+    ) -> Result<AgentBackups, StoreError> {
+        let id = agent_id.clone();
+        let key = query.key.clone();
+        let (latest, history) = self
+            .read(move |c| {
+                // One snapshot for both reads.
+                let tx = c.unchecked_transaction()?;
+                let latest = sqlite::Db::latest_backups(&tx, Some(&id))?;
+                let history =
+                    sqlite::Db::backup_history(&tx, &id, query.key.as_deref(), query.limit)?;
+                Ok((latest, history))
+            })
+            .await?;
+        let mut databases: Vec<DatabaseBackupState> =
+            latest.into_iter().map(|l| l.into_state(now)).collect();
+        // The alert is the agent's, whatever the key filter: it is read from every database.
+        let alert = agent_alert(&databases.iter().map(|d| d.state).collect::<Vec<_>>());
+        if let Some(k) = key {
+            databases.retain(|d| d.key == k);
+        }
+        Ok(AgentBackups {
+            agent_id,
+            alert,
+            databases,
+            history,
+        })
+    }
+
+    /// The latest backup of every database of every agent that is not revoked, ordered by
+    /// agent name and key; only those in `state` when given, at most `limit`, as of `now`.
+    pub async fn fleet_backups(
+        &self,
+        state: Option<DatabaseState>,
+        limit: u32,
+        now: DateTime<Utc>,
+    ) -> Result<FleetBackups, StoreError> {
+        let latest = self
+            .read(move |c| sqlite::Db::latest_backups(c, None))
+            .await?;
+        let mut databases: Vec<DatabaseBackupState> = latest
+            .into_iter()
+            .map(|l| l.into_state(now))
+            .filter(|d| state.is_none_or(|s| d.state == s))
+            .collect();
+        let truncated = databases.len() > limit as usize;
+        databases.truncate(limit as usize);
+        Ok(FleetBackups {
+            databases,
+            truncated,
+        })
     }
 
     // === audit ===

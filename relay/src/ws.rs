@@ -557,6 +557,9 @@ impl Connection {
                     .await?;
                 tracing::debug!(agent_id = %agent_id, seq, kind, inserted, "agent event");
             }
+            OutboxItem::BackupReport(report) => {
+                crate::backups::record_report(&state, &agent_id, seq, report).await?;
+            }
         }
         Ok(())
     }

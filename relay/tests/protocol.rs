@@ -516,6 +516,7 @@ async fn accepted_command_without_result_fails_then_late_result_wins() {
             agent_version: "test".into(),
             host: Default::default(),
             docker: Default::default(),
+            backup: None,
         })),
     )
     .await;
@@ -836,6 +837,156 @@ async fn update_history_follows_progress_and_results() {
             )
             .await;
         assert_eq!(status, 400, "{bad}: {body}");
+    }
+    relay.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn backup_reports_are_stored_once_and_listed_by_state() {
+    use flotilla_shared::backup::{
+        AgentBackups, BackupAlertLevel, BackupReport, DatabaseState, FleetBackups,
+    };
+    let relay = relay(256 * 1024).await;
+    let key = SigningKey::generate();
+    let agent_id = relay.enroll(&key).await.agent_id;
+    let mut ws = login(&relay, &key, &agent_id).await;
+    let report: BackupReport = serde_json::from_value(serde_json::json!({
+        "run_id": "run_1", "source": {"type": "agent"}, "job": "pg", "trigger": "schedule",
+        "started_at": chrono::Utc::now() - chrono::Duration::minutes(3),
+        "finished_at": chrono::Utc::now(),
+        "databases": [
+            {"key": "pg/app", "container": "pg", "database": "app", "engine": "postgres",
+             "status": "success", "backup_id": "bk_1", "size_bytes": 4096},
+            {"key": "pg/shop", "container": "pg", "database": "shop", "engine": "postgres",
+             "status": "failed", "error": "pg_dump: connection refused"},
+        ],
+    }))
+    .unwrap();
+
+    // The outbox is at-least-once: the same item again (same seq, then re-sent under a new
+    // seq after a reconnect) is acknowledged every time and stored once.
+    for seq in [1, 1, 2] {
+        send(
+            &mut ws,
+            &AgentFrame::Outbox {
+                seq,
+                item: OutboxItem::BackupReport(report.clone()),
+            },
+        )
+        .await;
+        assert_eq!(next_frame(&mut ws).await, Some(RelayFrame::Ack { seq }));
+    }
+    let mine: AgentBackups = relay
+        .get_json(&format!("/api/v1/agents/{agent_id}/backups"))
+        .await;
+    assert_eq!(mine.history.len(), 2);
+    assert_eq!(
+        mine.databases
+            .iter()
+            .map(|d| (d.key.as_str(), d.state))
+            .collect::<Vec<_>>(),
+        [
+            ("pg/app", DatabaseState::Ok),
+            ("pg/shop", DatabaseState::Failed)
+        ]
+    );
+    assert_eq!(mine.alert.level, BackupAlertLevel::Medium);
+    let one: AgentBackups = relay
+        .get_json(&format!(
+            "/api/v1/agents/{agent_id}/backups?key=pg/shop&limit=1"
+        ))
+        .await;
+    assert_eq!(one.history.len(), 1);
+    assert_eq!(
+        one.history[0].error.as_deref(),
+        Some("pg_dump: connection refused")
+    );
+
+    let failed: FleetBackups = relay.get_json("/api/v1/backups?status=failed").await;
+    assert_eq!(failed.databases.len(), 1);
+    let shop = &failed.databases[0];
+    assert_eq!(
+        (
+            shop.agent_id.as_str(),
+            shop.agent_name.as_str(),
+            shop.key.as_str()
+        ),
+        (agent_id.as_str(), "scripted", "pg/shop")
+    );
+    assert_eq!(shop.last_success_at, None);
+    let stale: FleetBackups = relay.get_json("/api/v1/backups?status=stale").await;
+    assert!(stale.databases.is_empty());
+    let all: FleetBackups = relay.get_json("/api/v1/backups").await;
+    assert_eq!(all.databases.len(), 2);
+
+    // Each database is counted once, labelled by status only.
+    let metrics = relay
+        .http
+        .get(format!("{}/metrics", relay.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("flotilla_backup_databases_total{status=\"success\"} 1\n"));
+    assert!(metrics.contains("flotilla_backup_databases_total{status=\"failed\"} 1\n"));
+
+    // Clear errors: a state that does not exist, an unknown agent, a bad limit.
+    let (status, body) = relay
+        .get_status("/api/v1/backups?status=broken", &relay.admin)
+        .await;
+    assert_eq!(status, 400);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"broken\"") && message.contains("ok, failed, stale"),
+        "{message}"
+    );
+    let (status, body) = relay
+        .get_status("/api/v1/agents/ag_nope/backups", &relay.admin)
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["message"], "no agent with id ag_nope");
+    for bad in ["limit=0", "limit=1001", "colour=red"] {
+        let (status, body) = relay
+            .get_status(
+                &format!("/api/v1/agents/{agent_id}/backups?{bad}"),
+                &relay.admin,
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // backup.run and backup.restore get six hours unless the caller names a TTL; backup.list
+    // and backup.verify the relay's default.
+    for (kind, args, ttl) in [
+        ("backup.run", serde_json::json!({"job": "pg"}), 6 * 3600),
+        (
+            "backup.restore",
+            serde_json::json!({"id": "bk_1"}),
+            6 * 3600,
+        ),
+        ("backup.list", serde_json::json!({}), 600),
+        ("backup.verify", serde_json::json!({"id": "bk_1"}), 600),
+    ] {
+        let resp = relay
+            .http
+            .post(format!("{}/api/v1/agents/{agent_id}/commands", relay.base))
+            .bearer_auth(&relay.admin)
+            .json(&serde_json::json!({"kind": kind, "args": args}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "{kind}");
+        let info: CommandInfo = resp.json().await.unwrap();
+        assert_eq!(
+            (info.expires_at - info.created_at).num_seconds(),
+            ttl,
+            "{kind}"
+        );
+        let Some(RelayFrame::Command(_)) = next_frame(&mut ws).await else {
+            panic!("no command")
+        };
     }
     relay.relay.shutdown().await.unwrap();
 }

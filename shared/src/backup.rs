@@ -509,7 +509,10 @@ pub fn agent_alert(states: &[DatabaseState]) -> AgentBackupAlert {
         .iter()
         .filter(|s| **s == DatabaseState::Failed)
         .count();
-    let stale = states.iter().filter(|s| **s == DatabaseState::Stale).count();
+    let stale = states
+        .iter()
+        .filter(|s| **s == DatabaseState::Stale)
+        .count();
     if total == 0 {
         return AgentBackupAlert {
             level: BackupAlertLevel::None,

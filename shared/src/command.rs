@@ -1,9 +1,9 @@
 //! The enumerated command kinds (no free-form shell), their typed arguments and results, and the
 //! signed envelope in which the relay sends them.
 
+pub use crate::backup::{BackupListArgs, BackupRestoreArgs, BackupRunArgs, BackupVerifyArgs};
 use crate::selector::{Labels, Selector};
 use crate::signing::{PublicKey, SigningError, SigningKey, COMMAND_DOMAIN};
-pub use crate::backup::{BackupListArgs, BackupRestoreArgs, BackupRunArgs, BackupVerifyArgs};
 pub use crate::update::ContainerUpdateArgs;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

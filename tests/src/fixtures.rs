@@ -10,12 +10,19 @@
 //! The tests need a real engine: when it is missing they fail with a message saying so, never
 //! skip.
 
+mod db;
 mod http;
 mod lock;
 mod registry;
+mod s3;
 
+pub use db::{
+    ensure_db_image, DbContainer, DbEngine, DbImages, DB_BUILD_LABEL, DB_ENGINE_LABEL,
+    MARIADB_IMAGE, POSTGRES_IMAGE, REDIS_IMAGE,
+};
 pub use http::{http_get, http_request, wait_for_http_status, HttpResponse};
 pub use registry::{start_registry, start_registry_with_auth, Registry};
+pub use s3::{start_s3, S3Server};
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 
 mod e2e {
     pub mod api;
+    pub mod backup;
     pub mod cli;
     pub mod commands;
     pub mod delivery;

@@ -12,7 +12,8 @@ pub const PG_GLOBALS: &str = "_globals";
 pub const WHOLE_SERVER: &str = "_all";
 
 /// Databases never dumped unless named explicitly.
-const MYSQL_SYSTEM_DATABASES: [&str; 4] = ["information_schema", "performance_schema", "mysql", "sys"];
+const MYSQL_SYSTEM_DATABASES: [&str; 4] =
+    ["information_schema", "performance_schema", "mysql", "sys"];
 
 /// The engine of a container: its `flotilla.backup.engine` label, else its image's name.
 /// None when neither says (or the label names an unknown engine, which `label_error` reports).
@@ -93,9 +94,12 @@ pub fn credentials(
         },
         BackupEngine::Mysql | BackupEngine::Mariadb => {
             let root = get("MARIADB_ROOT_PASSWORD").or_else(|| get("MYSQL_ROOT_PASSWORD"));
-            let allow_empty = ["MARIADB_ALLOW_EMPTY_ROOT_PASSWORD", "MYSQL_ALLOW_EMPTY_PASSWORD"]
-                .iter()
-                .any(|k| get(k).is_some());
+            let allow_empty = [
+                "MARIADB_ALLOW_EMPTY_ROOT_PASSWORD",
+                "MYSQL_ALLOW_EMPTY_PASSWORD",
+            ]
+            .iter()
+            .any(|k| get(k).is_some());
             match root {
                 Some(p) => Credentials {
                     user: Some("root".into()),
@@ -349,7 +353,9 @@ pub fn check_dump(
         }
         BackupEngine::Postgres => {
             if !head.starts_with(b"PGDMP") {
-                return Err("pg_dump output is not a custom-format archive (no PGDMP header)".into());
+                return Err(
+                    "pg_dump output is not a custom-format archive (no PGDMP header)".into(),
+                );
             }
         }
         BackupEngine::Mysql | BackupEngine::Mariadb => {
@@ -389,10 +395,12 @@ pub fn count_tables(engine: BackupEngine, c: &Credentials, database: &str) -> Op
                 "postgres",
                 "--no-password",
                 "-At",
-                "-v",
-                &format!("db={database}"),
                 "-c",
-                "SELECT 1 FROM pg_database WHERE datname = :'db'",
+                // psql does not interpolate variables in -c; the name is quoted as a literal.
+                &format!(
+                    "SELECT 1 FROM pg_database WHERE datname = '{}'",
+                    database.replace('\'', "''")
+                ),
             ],
             c,
         )),
@@ -512,10 +520,12 @@ pub fn restore(
             mongo_spec("mongorestore", &args, c)
         }
         BackupEngine::Redis => {
-            return Err("a Redis snapshot cannot be streamed into a running server: stop the \
+            return Err(
+                "a Redis snapshot cannot be streamed into a running server: stop the \
                         container, copy the decompressed RDB file to its data directory as \
                         dump.rdb, and start it again"
-                .into())
+                    .into(),
+            )
         }
         BackupEngine::Command => {
             if custom_command.is_empty() {
@@ -585,12 +595,21 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         let env = labels(&[("MARIADB_ROOT_PASSWORD", "r"), ("MARIADB_USER", "u")]);
         let c = credentials(BackupEngine::Mariadb, &env, None, None);
-        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("root"), Some("r")));
+        assert_eq!(
+            (c.user.as_deref(), c.password.as_deref()),
+            (Some("root"), Some("r"))
+        );
         let env = labels(&[("MYSQL_USER", "u"), ("MYSQL_PASSWORD", "p")]);
         let c = credentials(BackupEngine::Mysql, &env, None, None);
-        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("u"), Some("p")));
+        assert_eq!(
+            (c.user.as_deref(), c.password.as_deref()),
+            (Some("u"), Some("p"))
+        );
         let c = credentials(BackupEngine::Mysql, &env, Some("backup"), Some("x"));
-        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("backup"), Some("x")));
+        assert_eq!(
+            (c.user.as_deref(), c.password.as_deref()),
+            (Some("backup"), Some("x"))
+        );
     }
 
     #[test]
@@ -641,7 +660,14 @@ mod tests {
         let globals = b"--\n-- PostgreSQL database cluster dump complete\n--\n\n";
         assert!(check_dump(Postgres, PG_GLOBALS, 10, b"--", globals).is_ok());
         assert!(check_dump(Postgres, PG_GLOBALS, 10, b"--", b"CREATE ROLE").is_err());
-        assert!(check_dump(Mariadb, "app", 10, b"--", b"-- Dump completed on 2026-03-01\n").is_ok());
+        assert!(check_dump(
+            Mariadb,
+            "app",
+            10,
+            b"--",
+            b"-- Dump completed on 2026-03-01\n"
+        )
+        .is_ok());
         assert!(check_dump(Mysql, "app", 10, b"--", b"INSERT INTO t VALUES (1,").is_err());
         let mut rdb = b"REDIS0011".to_vec();
         rdb.extend_from_slice(&[0xFF, 1, 2, 3, 4, 5, 6, 7, 8]);

@@ -19,6 +19,19 @@ const READ_CHUNK: usize = 128 * 1024;
 const HEAD_BYTES: usize = 64;
 const TAIL_BYTES: usize = 64 * 1024;
 
+/// `redis-cli --rdb -` (7.0) copies the 40-character end mark of a diskless transfer to its
+/// output after the RDB; the sink holds back that many bytes and drops them when they are one.
+const REDIS_EOF_MARK_BYTES: usize = 40;
+
+/// Whether `held` (the stream's last bytes) is a diskless-transfer end mark after a complete
+/// RDB (`...` 0xFF + 8-byte checksum, then 40 hex characters).
+fn is_redis_eof_mark(written_tail: &[u8], held: &[u8]) -> bool {
+    held.len() == REDIS_EOF_MARK_BYTES
+        && held.iter().all(|b| b.is_ascii_hexdigit())
+        && written_tail.len() >= 9
+        && written_tail[written_tail.len() - 9] == 0xFF
+}
+
 /// What the sink wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Written {
@@ -114,7 +127,13 @@ pub fn spawn_sink(
     partial: PathBuf,
     level: i32,
     recipients: Option<super::encrypt::Recipients>,
+    strip_redis_eof_mark: bool,
 ) -> (mpsc::Sender<Bytes>, JoinHandle<io::Result<Written>>) {
+    let hold_back = if strip_redis_eof_mark {
+        REDIS_EOF_MARK_BYTES
+    } else {
+        0
+    };
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let task = tokio::task::spawn_blocking(move || {
         let result = (|| {
@@ -132,9 +151,24 @@ pub fn spawn_sink(
                 )?),
             };
             let mut ends = Ends::default();
+            // The last `hold_back` bytes stay here until the end decides what they are.
+            let mut held: Vec<u8> = Vec::new();
             while let Some(chunk) = rx.blocking_recv() {
-                ends.push(&chunk);
-                chain.write_all(&chunk)?;
+                if hold_back == 0 {
+                    ends.push(&chunk);
+                    chain.write_all(&chunk)?;
+                    continue;
+                }
+                held.extend_from_slice(&chunk);
+                if held.len() > hold_back {
+                    let out: Vec<u8> = held.drain(..held.len() - hold_back).collect();
+                    ends.push(&out);
+                    chain.write_all(&out)?;
+                }
+            }
+            if !held.is_empty() && !is_redis_eof_mark(&ends.tail, &held) {
+                ends.push(&held);
+                chain.write_all(&held)?;
             }
             let mut hashing = chain.finish()?;
             hashing.flush()?;
@@ -244,6 +278,42 @@ pub fn spawn_source(path: PathBuf) -> (mpsc::Receiver<Bytes>, JoinHandle<io::Res
 mod tests {
     use super::*;
 
+    async fn sink_of(chunks: &[&[u8]], strip: bool) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("x.partial");
+        let (tx, task) = spawn_sink(partial.clone(), 1, None, strip);
+        for c in chunks {
+            tx.send(Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        drop(tx);
+        let w = task.await.unwrap().unwrap();
+        let mut back = Vec::new();
+        decompress_each(&partial, |c| {
+            back.extend_from_slice(c);
+            true
+        })
+        .unwrap();
+        assert_eq!(w.raw_bytes, back.len() as u64);
+        back
+    }
+
+    #[tokio::test]
+    async fn a_redis_end_mark_is_dropped_and_nothing_else() {
+        let mut rdb = b"REDIS0010 data".to_vec();
+        rdb.push(0xFF);
+        rdb.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        let mark = b"edd708702b95cfaec6ccb593fc91e1fe4f87c43a";
+        // Split across chunks anywhere.
+        let (a, b) = rdb.split_at(5);
+        assert_eq!(sink_of(&[a, b, &mark[..10], &mark[10..]], true).await, rdb);
+        // Without a mark, everything stays; a short stream stays whole.
+        assert_eq!(sink_of(&[&rdb], true).await, rdb);
+        assert_eq!(sink_of(&[b"abc"], true).await, b"abc");
+        let mut with = rdb.clone();
+        with.extend_from_slice(mark);
+        assert_eq!(sink_of(&[&with], false).await, with);
+    }
+
     #[test]
     fn ends_keep_head_and_tail() {
         let mut e = Ends::default();
@@ -261,7 +331,7 @@ mod tests {
     async fn sink_compresses_hashes_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let partial = dir.path().join("x.zst.partial");
-        let (tx, task) = spawn_sink(partial.clone(), 3, None);
+        let (tx, task) = spawn_sink(partial.clone(), 3, None, false);
         let mut expected = Vec::new();
         for i in 0..200u32 {
             let chunk = format!("row {i} {}\n", "x".repeat(i as usize)).into_bytes();

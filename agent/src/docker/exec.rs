@@ -5,8 +5,8 @@
 //! never on a command line.
 
 use super::{container_error, engine_error, DockerClient, DockerError, ResolvedContainer};
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;

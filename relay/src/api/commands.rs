@@ -20,9 +20,10 @@ use tokio::sync::broadcast::error::RecvError;
 pub const MAX_WAIT_SECS: u64 = 300;
 
 /// When a command expires. Without a TTL in the request: the relay's default, except that a
-/// `container.update` gets at least its run budget times `waves` (the job's targets run that
-/// many after one another under max-concurrency; 1 for a single command), see
-/// [`crate::updates`], so no delivery ends while an agent may still be working on it.
+/// `container.update` gets at least its run budget and `backup.run`/`backup.restore` at least
+/// six hours, times `waves` (the job's targets run that many after one another under
+/// max-concurrency; 1 for a single command), see [`crate::updates`] and [`crate::backups`], so
+/// no delivery ends while an agent may still be working on it.
 fn expiry(
     state: &Shared,
     ttl_secs: Option<u64>,
@@ -33,6 +34,7 @@ fn expiry(
     let default = state.config.default_command_ttl_secs;
     let ttl = ttl_secs.unwrap_or(match command {
         Command::ContainerUpdate(args) => crate::updates::default_ttl_secs(args, default, waves),
+        c if crate::backups::is_long(c) => crate::backups::default_ttl_secs(default, waves),
         _ => default,
     });
     if !(1..=MAX_COMMAND_TTL_SECS).contains(&ttl) {

@@ -6,6 +6,9 @@ use flotilla_shared::api::{
     AgentDetail, AgentInfo, ApiTokenCreated, ApiTokenInfo, AuditRecord, CommandInfo,
     EnrollmentTokenCreated, EnrollmentTokenInfo, EventRecord, JobInfo, RelayStatus, UpdateRecord,
 };
+use flotilla_shared::backup::{
+    BackupListOutput, BackupRestoreOutput, BackupRunOutput, BackupVerifyOutput,
+};
 use flotilla_shared::command::{
     CommandKind, CommandResult, ContainerActionOutput, ContainerInfo, ContainerListOutput,
     ContainerLogsOutput, PingOutput,
@@ -14,6 +17,13 @@ use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::selector::Labels;
 use flotilla_shared::update::{HealthEvidence, UpdateOutcome, UpdatePhase, UpdateReport};
 use std::fmt::Write;
+
+mod backup;
+
+pub use backup::{
+    agent_backups, backup_list, backup_restore, backup_run, backup_summary, backup_verify,
+    fleet_backups,
+};
 
 // === impl Table ===
 
@@ -311,6 +321,16 @@ pub fn agent_detail(d: &AgentDetail, now: DateTime<Utc>) -> String {
         or_dash(Some(&a.facts.os)),
         or_dash(Some(&a.facts.arch))
     );
+    if let Some(hb) = &d.heartbeat {
+        let _ = writeln!(
+            out,
+            "  backups:         {}",
+            hb.backup
+                .as_ref()
+                .map(|b| backup_summary(b, now))
+                .unwrap_or_else(|| "none configured".into())
+        );
+    }
     match &d.heartbeat {
         Some(hb) => out.push_str(&heartbeat(hb)),
         None => out.push_str("\nno heartbeat received yet\n"),
@@ -548,6 +568,18 @@ pub fn command_result(kind: CommandKind, r: &CommandResult) -> String {
         CommandKind::ContainerUpdate => serde_json::from_value::<UpdateReport>(output.clone())
             .ok()
             .map(|r| update_report(&r)),
+        CommandKind::BackupList => serde_json::from_value::<BackupListOutput>(output.clone())
+            .ok()
+            .map(|l| backup_list(&l)),
+        CommandKind::BackupRun => serde_json::from_value::<BackupRunOutput>(output.clone())
+            .ok()
+            .map(|r| backup_run(&r)),
+        CommandKind::BackupVerify => serde_json::from_value::<BackupVerifyOutput>(output.clone())
+            .ok()
+            .map(|v| backup_verify(&v)),
+        CommandKind::BackupRestore => serde_json::from_value::<BackupRestoreOutput>(output.clone())
+            .ok()
+            .map(|r| backup_restore(&r)),
     };
     out.push_str(
         &typed.unwrap_or_else(|| serde_json::to_string_pretty(output).unwrap_or_default() + "\n"),
@@ -624,9 +656,12 @@ pub fn job_info(j: &JobInfo, now: DateTime<Utc>) -> String {
 }
 
 /// Per-target outputs of a job, for kinds whose output is worth reading (lists, logs, pings,
-/// update reports).
+/// update reports, backup outcomes): not the one-line container start/stop/restart.
 pub fn job_outputs(j: &JobInfo) -> String {
-    if j.kind.is_mutating() && j.kind != CommandKind::ContainerUpdate {
+    if matches!(
+        j.kind,
+        CommandKind::ContainerStart | CommandKind::ContainerStop | CommandKind::ContainerRestart
+    ) {
         return String::new();
     }
     let mut out = String::new();

@@ -5,8 +5,9 @@
 
 use super::{
     relay_error_codes, AgentAuth, AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal,
-    EventQuery, Finalised, HeartbeatWrite, JobStep, NewAgent, NewApiToken, NewCommand,
-    NewEnrollmentToken, NewJob, Pruned, ResultOutcome, StoreError, UpdateQuery,
+    EventQuery, Finalised, HeartbeatWrite, JobStep, LatestBackup, NewAgent, NewApiToken,
+    NewCommand, NewEnrollmentToken, NewJob, Pruned, RecordedBackups, ResultOutcome, StoreError,
+    UpdateQuery,
 };
 use crate::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -14,6 +15,7 @@ use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord,
     JobCounts, JobInfo, JobState, JobTarget, Scope, UpdateRecord,
 };
+use flotilla_shared::backup::{BackupRecord, BackupReport, BackupStatus, ReportSource};
 use flotilla_shared::command::{
     Command, CommandKind, CommandResult, ErrorInfo, ResultStatus, SignedCommand,
 };
@@ -153,6 +155,37 @@ CREATE INDEX updates_agent_created ON updates(agent_id, created_at);
 CREATE INDEX updates_created ON updates(created_at);
 CREATE INDEX updates_active ON updates(agent_id) WHERE finished_at IS NULL;
 CREATE INDEX updates_finished_at ON updates(finished_at);
+"#,
+    // 4: database backup history, one row per database per backup report (the agent's own runs
+    // and watched `backup-status.json` files). A report comes through the at-least-once outbox
+    // and a status file may be read again unchanged, so (agent, run, key) is stored once.
+    // `backup_results_agent_key` finds the latest row of a database, the partial index its
+    // newest success; `backup_results_agent_finished` is an agent's history.
+    r#"
+CREATE TABLE backup_results (
+    id INTEGER PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    job TEXT,
+    key TEXT NOT NULL,
+    container TEXT,
+    database TEXT,
+    engine TEXT,
+    status TEXT NOT NULL,
+    error TEXT,
+    backup_id TEXT,
+    size_bytes INTEGER,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    UNIQUE (agent_id, run_id, key)
+);
+CREATE INDEX backup_results_agent_finished ON backup_results(agent_id, finished_at);
+CREATE INDEX backup_results_agent_key ON backup_results(agent_id, key, finished_at);
+CREATE INDEX backup_results_agent_key_success ON backup_results(agent_id, key, finished_at)
+    WHERE status = 'success';
+CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 "#,
 ];
 
@@ -360,6 +393,73 @@ impl UpdateRow {
             image: self.image,
             phase: self.phase,
             requested_by: self.requested_by,
+        })
+    }
+}
+
+const BACKUP_COLUMNS: &str = "b.agent_id, b.run_id, b.source, b.job, b.key, b.container, \
+     b.database, b.engine, b.status, b.error, b.backup_id, b.size_bytes, b.started_at, \
+     b.finished_at";
+
+/// Raw `backup_results` row ([`BACKUP_COLUMNS`]).
+struct BackupRow {
+    agent_id: String,
+    run_id: String,
+    source: String,
+    job: Option<String>,
+    key: String,
+    container: Option<String>,
+    database: Option<String>,
+    engine: Option<String>,
+    status: String,
+    error: Option<String>,
+    backup_id: Option<String>,
+    size_bytes: Option<i64>,
+    started_at: String,
+    finished_at: String,
+}
+
+impl BackupRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<BackupRow> {
+        Ok(BackupRow {
+            agent_id: r.get(0)?,
+            run_id: r.get(1)?,
+            source: r.get(2)?,
+            job: r.get(3)?,
+            key: r.get(4)?,
+            container: r.get(5)?,
+            database: r.get(6)?,
+            engine: r.get(7)?,
+            status: r.get(8)?,
+            error: r.get(9)?,
+            backup_id: r.get(10)?,
+            size_bytes: r.get(11)?,
+            started_at: r.get(12)?,
+            finished_at: r.get(13)?,
+        })
+    }
+
+    fn into_record(self) -> Result<BackupRecord, StoreError> {
+        let status = match self.status.as_str() {
+            "success" => BackupStatus::Success,
+            "failed" => BackupStatus::Failed,
+            other => return Err(StoreError::Corrupt(format!("bad backup status {other:?}"))),
+        };
+        Ok(BackupRecord {
+            status,
+            size_bytes: self.size_bytes.map(|n| n.max(0) as u64),
+            started_at: parse_ts(&self.started_at)?,
+            finished_at: parse_ts(&self.finished_at)?,
+            agent_id: self.agent_id,
+            run_id: self.run_id,
+            source: self.source,
+            job: self.job,
+            key: self.key,
+            container: self.container,
+            database: self.database,
+            engine: self.engine,
+            error: self.error,
+            backup_id: self.backup_id,
         })
     }
 }
@@ -1470,6 +1570,127 @@ impl Db {
             .optional()?)
     }
 
+    // === backups ===
+
+    /// Stores one row per database of the report; a database already stored for this (agent,
+    /// run) is left as it is. Returns what was new.
+    pub(super) fn record_backup_report(
+        &mut self,
+        agent_id: &str,
+        report: &BackupReport,
+        now: DateTime<Utc>,
+    ) -> Result<RecordedBackups, StoreError> {
+        let source = match report.source {
+            ReportSource::Agent => "agent",
+            ReportSource::StatusFile { .. } => "status_file",
+        };
+        let mut recorded = RecordedBackups::default();
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR IGNORE INTO backup_results (agent_id, run_id, source, job, key, \
+                 container, database, engine, status, error, backup_id, size_bytes, started_at, \
+                 finished_at, received_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )?;
+            for d in &report.databases {
+                let n = stmt.execute(params![
+                    agent_id,
+                    report.run_id,
+                    source,
+                    report.job,
+                    d.key,
+                    d.container,
+                    d.database,
+                    d.engine.map(|e| e.as_str()),
+                    d.status.as_str(),
+                    d.error,
+                    d.backup_id,
+                    d.size_bytes.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                    ts(report.started_at),
+                    ts(report.finished_at),
+                    ts(now)
+                ])?;
+                if n > 0 {
+                    match d.status {
+                        BackupStatus::Success => recorded.succeeded += 1,
+                        BackupStatus::Failed => recorded.failed += 1,
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    /// One agent's backup rows, newest first, optionally of one database key.
+    pub(super) fn backup_history(
+        conn: &Connection,
+        agent_id: &str,
+        key: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<BackupRecord>, StoreError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BACKUP_COLUMNS} FROM backup_results b \
+             WHERE b.agent_id = ?1 AND (?2 IS NULL OR b.key = ?2) \
+             ORDER BY b.finished_at DESC, b.id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt
+            .query_map(params![agent_id, key, limit], BackupRow::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(BackupRow::into_record).collect()
+    }
+
+    /// The latest row of every database (agent, key) with the agent's name and the database's
+    /// newest success, ordered by agent name, agent id and key. With `agent_id` one agent's
+    /// (revoked or not); without, every agent's that is not revoked.
+    pub(super) fn latest_backups(
+        conn: &Connection,
+        agent_id: Option<&str>,
+    ) -> Result<Vec<LatestBackup>, StoreError> {
+        // Walks the distinct (agent, key) pairs of the index and looks up each one's latest
+        // row and newest success through the indexes, rather than ranking the whole history.
+        // The agent condition is left out rather than made optional in SQL, so that one
+        // agent's view seeks its part of the index instead of scanning all of it.
+        let (pairs, agents) = match agent_id {
+            Some(_) => ("WHERE agent_id = ?1", ""),
+            None => ("", "WHERE a.revoked_at IS NULL"),
+        };
+        let mut stmt = conn.prepare(&format!(
+            "WITH k AS (SELECT DISTINCT agent_id, key FROM backup_results {pairs}) \
+             SELECT {BACKUP_COLUMNS}, a.name, \
+                 (SELECT MAX(s.finished_at) FROM backup_results s \
+                  WHERE s.agent_id = k.agent_id AND s.key = k.key AND s.status = 'success') \
+             FROM k JOIN agents a ON a.id = k.agent_id \
+             JOIN backup_results b ON b.id = (SELECT l.id FROM backup_results l \
+                 WHERE l.agent_id = k.agent_id AND l.key = k.key \
+                 ORDER BY l.finished_at DESC, l.id DESC LIMIT 1) \
+             {agents} ORDER BY a.name, k.agent_id, k.key"
+        ))?;
+        let args = match agent_id {
+            Some(id) => vec![id],
+            None => Vec::new(),
+        };
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    BackupRow::read(r)?,
+                    r.get::<_, String>(14)?,
+                    r.get::<_, Option<String>>(15)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(row, agent_name, last_success_at)| {
+                Ok(LatestBackup {
+                    agent_name,
+                    latest: row.into_record()?,
+                    last_success_at: parse_opt_ts(last_success_at)?,
+                })
+            })
+            .collect()
+    }
+
     // === audit ===
 
     pub(super) fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
@@ -1518,7 +1739,8 @@ impl Db {
 // === impl Db: retention ===
 
 impl Db {
-    /// Deletes at most `batch` rows of each kind older than `cutoff`: events, audit rows, and
+    /// Deletes at most `batch` rows of each kind older than `cutoff`: events, audit rows,
+    /// finished updates, backup rows (but never a database's latest row or newest success), and
     /// commands that expired before it with every delivery final (with their deliveries and
     /// finished job). Called repeatedly until less than a batch goes, so the writer is never
     /// held for long.
@@ -1542,6 +1764,20 @@ impl Db {
         let updates = tx.execute(
             "DELETE FROM updates WHERE rowid IN \
              (SELECT rowid FROM updates WHERE finished_at < ?1 LIMIT ?2)",
+            params![cutoff, batch],
+        )?;
+        // A database's latest row and its newest success stay whatever their age: they are
+        // its state ("failed", "stale since ...") and when it last had a good backup.
+        let backups = tx.execute(
+            "DELETE FROM backup_results WHERE id IN \
+             (SELECT b.id FROM backup_results b WHERE b.finished_at < ?1 \
+              AND b.id <> (SELECT l.id FROM backup_results l \
+                  WHERE l.agent_id = b.agent_id AND l.key = b.key \
+                  ORDER BY l.finished_at DESC, l.id DESC LIMIT 1) \
+              AND b.id IS NOT (SELECT s.id FROM backup_results s \
+                  WHERE s.agent_id = b.agent_id AND s.key = b.key AND s.status = 'success' \
+                  ORDER BY s.finished_at DESC, s.id DESC LIMIT 1) \
+              LIMIT ?2)",
             params![cutoff, batch],
         )?;
         let ids: Vec<String> = {
@@ -1581,6 +1817,7 @@ impl Db {
             audit,
             commands,
             updates,
+            backups,
         })
     }
 }

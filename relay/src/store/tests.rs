@@ -519,6 +519,7 @@ async fn heartbeats_and_labels_persist() {
         agent_version: "0.2.0".into(),
         host: Default::default(),
         docker: Default::default(),
+        backup: None,
     };
     let at = now();
     store
@@ -758,6 +759,7 @@ async fn file_database_reads_use_read_only_connections() {
         agent_version: "0.2.0".into(),
         host: Default::default(),
         docker: Default::default(),
+        backup: None,
     };
     let at = now();
     store
@@ -905,6 +907,7 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
             audit: 1,
             commands: 3, // cmd_done, cmd_open (undelivered), cmd_job
             updates: 0,
+            backups: 0,
         }
     );
     assert!(store
@@ -942,4 +945,5 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
     assert!(store.insert_event(a.id.clone(), 2, event).await.unwrap());
 }
 
+mod backups;
 mod updates;

@@ -101,6 +101,7 @@ fn heartbeat_sample() -> Heartbeat {
                 container("db", "exited", None),
             ],
         },
+        backup: None,
     }
 }
 
