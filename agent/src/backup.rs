@@ -159,11 +159,17 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Highest zstd level accepted: above it the encoder's tables alone outgrow the agent's memory
+/// budget for a dump (about 28 MiB at 9, 90 MiB at 19) for a few percent of size.
+const MAX_COMPRESSION_LEVEL: i32 = 9;
+
 fn check_level(level: i32) -> Result<(), String> {
-    if (1..=19).contains(&level) {
+    if (1..=MAX_COMPRESSION_LEVEL).contains(&level) {
         Ok(())
     } else {
-        Err(format!("{level} is not a zstd level between 1 and 19"))
+        Err(format!(
+            "{level} is not a zstd level between 1 and {MAX_COMPRESSION_LEVEL}"
+        ))
     }
 }
 
@@ -209,6 +215,17 @@ fn docker_err(e: DockerError) -> ErrorInfo {
 
 fn internal(e: anyhow::Error) -> ErrorInfo {
     err(error_codes::DOCKER, format!("{e:#}"))
+}
+
+/// The table count a check printed; anything else is an error rather than "empty", so a
+/// restore never overwrites data because a check's output was not understood.
+fn parse_count(text: &str) -> Result<u64, ErrorInfo> {
+    text.trim().parse().map_err(|_| {
+        err(
+            error_codes::RESTORE_FAILED,
+            format!("cannot tell whether the target database is empty: the check printed {text:?}"),
+        )
+    })
 }
 
 /// `bk_20260301T021500Z_1a2b3c`: sortable, unique per agent.
@@ -291,12 +308,17 @@ impl Backups {
         &self.inner.status_file
     }
 
-    /// Creates the backup directory and removes partial files a previous process left
-    /// behind (a dump cut short by a crash or a stop).
-    pub async fn prepare(&self) -> Result<()> {
+    /// Creates the backup directory; with `clean`, also removes partial files a previous
+    /// process left behind (a dump cut short by a crash or a stop). Only the agent daemon
+    /// cleans, at its start: a local `flotilla-agent backup` command must not delete the files
+    /// of a dump the daemon is writing.
+    pub async fn prepare(&self, clean: bool) -> Result<()> {
         let dir = self.inner.dir.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             create_dir(&dir)?;
+            if !clean {
+                return Ok(());
+            }
             let mut removed = 0;
             for entry in std::fs::read_dir(&dir)?.flatten() {
                 if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -371,9 +393,12 @@ impl Backups {
                 }
                 continue;
             };
+            // A configured job names its container by name or by id (a prefix of 12 or more
+            // hex digits, as docker prints it; shorter ones would match too easily).
             let configured = jobs.iter().any(|j| {
                 !j.discovered
-                    && (j.container == r.container.name || r.container.id.starts_with(&j.container))
+                    && (j.container == r.container.name
+                        || (j.container.len() >= 12 && r.container.id.starts_with(&j.container)))
             });
             if configured || jobs.iter().any(|j| j.name == r.container.name) {
                 continue;
@@ -759,7 +784,9 @@ impl Backups {
             .await
             .map_err(|e| e.to_string())?;
         let _ = source.await;
-        if !outcome.succeeded() {
+        // pg_restore --list reads the table of contents and exits without reading the data:
+        // exit 0 is what counts here.
+        if outcome.exit_code != Some(0) {
             return Err(format!("pg_restore --list {}", outcome.describe()));
         }
         let text = outcome.stdout_text();
@@ -832,6 +859,22 @@ impl Backups {
                 job.and_then(|j| j.password_file.as_deref()),
             )
             .await?;
+        if args.database.is_some()
+            && !matches!(
+                m.engine,
+                BackupEngine::Postgres | BackupEngine::Mysql | BackupEngine::Mariadb
+            )
+        {
+            return Err(refused(format!(
+                "--database is not supported for {} backups (the dump names its own databases)",
+                m.engine
+            )));
+        }
+        if args.database.is_some() && m.database == engine::PG_GLOBALS {
+            return Err(refused(
+                "--database does not apply to PostgreSQL globals (roles, tablespaces)".into(),
+            ));
+        }
         let database = args.database.clone().unwrap_or_else(|| m.database.clone());
         let restore_command = job.map(|j| j.restore_command.clone()).unwrap_or_default();
         let spec = engine::restore(m.engine, &creds, &database, args.force, &restore_command)
@@ -913,10 +956,7 @@ impl Backups {
             BackupEngine::Postgres => {
                 let exists = run(count_spec).await? == "1";
                 if exists {
-                    run(engine::pg_count_tables_in(creds, database))
-                        .await?
-                        .parse()
-                        .unwrap_or(0)
+                    parse_count(&run(engine::pg_count_tables_in(creds, database)).await?)?
                 } else {
                     if let Some(spec) = engine::create_database(engine, creds, database) {
                         run(spec).await?;
@@ -925,7 +965,7 @@ impl Backups {
                 }
             }
             _ => {
-                let n = run(count_spec).await?.parse().unwrap_or(0);
+                let n = parse_count(&run(count_spec).await?)?;
                 if let Some(spec) = engine::create_database(engine, creds, database) {
                     run(spec).await?;
                 }
@@ -997,20 +1037,25 @@ impl Backups {
         let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
         let mut logged_error = false;
         loop {
-            let jobs = match self.jobs().await {
+            let (jobs, complete) = match self.jobs().await {
                 Ok(j) => {
                     logged_error = false;
-                    j
+                    (j, true)
                 }
                 Err(e) => {
                     if !std::mem::replace(&mut logged_error, true) {
                         warn!(error = %e, "cannot list containers for backup discovery; retrying");
                     }
-                    Vec::new()
+                    // Configured jobs still run (they fail on their own if Docker stays down),
+                    // and discovered jobs keep their slots for when discovery works again.
+                    let configured = self.inner.config.jobs.iter();
+                    (configured.map(|j| self.job_from_config(j)).collect(), false)
                 }
             };
             let now = Utc::now();
-            next.retain(|name, _| jobs.iter().any(|j| &j.name == name));
+            if complete {
+                next.retain(|name, _| jobs.iter().any(|j| &j.name == name));
+            }
             for job in &jobs {
                 next.entry(job.name.clone())
                     .or_insert_with(|| self.next_slot(job, now));

@@ -152,7 +152,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         &identity.agent_id,
         &identity.name,
     )?;
-    backups.prepare().await?;
+    backups.prepare(true).await?;
     backups.prune_catalogue().await;
     let scheduler = backups.clone();
     let token = tasks_token.clone();

@@ -235,7 +235,7 @@ async fn backup_command(
         &agent_id,
         &name,
     )?;
-    backups.prepare().await?;
+    backups.prepare(false).await?;
     let fail =
         |e: flotilla_shared::command::ErrorInfo| anyhow::anyhow!("{} ({})", e.message, e.code);
     let print = |v: &dyn erased::Json| v.print(json);

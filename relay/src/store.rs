@@ -313,12 +313,15 @@ pub struct LatestBackup {
     pub latest: BackupRecord,
     /// When its newest successful backup finished.
     pub last_success_at: Option<DateTime<Utc>>,
+    /// When its oldest stored backup finished (a database that never succeeded is stale 48 h
+    /// after its first failure).
+    pub first_seen_at: DateTime<Utc>,
 }
 
 impl LatestBackup {
     fn into_state(self, now: DateTime<Utc>) -> DatabaseBackupState {
         DatabaseBackupState {
-            state: database_state(&self.latest, self.last_success_at, now),
+            state: database_state(&self.latest, self.last_success_at, self.first_seen_at, now),
             agent_id: self.latest.agent_id.clone(),
             agent_name: self.agent_name,
             key: self.latest.key.clone(),

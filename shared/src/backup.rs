@@ -486,15 +486,18 @@ pub struct AgentBackups {
     pub history: Vec<BackupRecord>,
 }
 
-/// Computes the state of one database from its latest record and newest success.
+/// Computes the state of one database from its latest record, its newest success and its
+/// oldest known record: stale when no backup succeeded for 48 h (a database that never
+/// succeeded: 48 h after its first record), else failed when the latest backup failed.
 pub fn database_state(
     latest: &BackupRecord,
     last_success_at: Option<DateTime<Utc>>,
+    first_seen_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> DatabaseState {
     let stale_before = now - chrono::Duration::hours(STALE_AFTER_HOURS);
     match last_success_at {
-        None if latest.finished_at < stale_before => DatabaseState::Stale,
+        None if first_seen_at.min(latest.finished_at) < stale_before => DatabaseState::Stale,
         Some(t) if t < stale_before => DatabaseState::Stale,
         _ if latest.status == BackupStatus::Failed => DatabaseState::Failed,
         _ => DatabaseState::Ok,
@@ -594,22 +597,33 @@ mod tests {
         let recent = now - chrono::Duration::hours(4);
         let old = now - chrono::Duration::hours(49);
         let ok = record(BackupStatus::Success, recent);
-        assert_eq!(database_state(&ok, Some(recent), now), DatabaseState::Ok);
+        assert_eq!(
+            database_state(&ok, Some(recent), recent, now),
+            DatabaseState::Ok
+        );
         let failed = record(BackupStatus::Failed, recent);
         assert_eq!(
-            database_state(&failed, Some(old + chrono::Duration::hours(2)), now),
+            database_state(&failed, Some(old + chrono::Duration::hours(2)), old, now),
             DatabaseState::Failed
         );
         assert_eq!(
-            database_state(&failed, Some(old), now),
+            database_state(&failed, Some(old), old, now),
             DatabaseState::Stale
         );
         assert_eq!(
-            database_state(&record(BackupStatus::Success, old), Some(old), now),
+            database_state(&record(BackupStatus::Success, old), Some(old), old, now),
             DatabaseState::Stale
         );
-        // A database that never succeeded is failed until its first failure is 48 h old.
-        assert_eq!(database_state(&failed, None, now), DatabaseState::Failed);
+        // A database that never succeeded is failed until its first failure is 48 h old,
+        // however recent its latest failure.
+        assert_eq!(
+            database_state(&failed, None, recent, now),
+            DatabaseState::Failed
+        );
+        assert_eq!(
+            database_state(&failed, None, old, now),
+            DatabaseState::Stale
+        );
 
         use DatabaseState::*;
         assert_eq!(agent_alert(&[Ok, Ok]).level, BackupAlertLevel::None);

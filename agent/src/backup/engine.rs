@@ -197,6 +197,16 @@ fn mongo_spec(tool: &str, args: &[&str], c: &Credentials) -> ExecSpec {
     spec
 }
 
+/// `--dbname=dbname='<name>'`: libpq reads a `-d` value with `=` in it as a connection string,
+/// so a database called `host=elsewhere dbname=x` could point the tools (and the password)
+/// at another server; quoted as the value of `dbname` it is only ever a name.
+fn pg_dbname(database: &str) -> String {
+    format!(
+        "--dbname=dbname='{}'",
+        database.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
 /// Lists the databases to dump; None when the engine dumps the whole server at once.
 pub fn list_databases(engine: BackupEngine, c: &Credentials) -> Option<ExecSpec> {
     match engine {
@@ -266,8 +276,7 @@ pub fn dump(
                 "--no-password",
                 "--format=custom",
                 "--compress=0",
-                "-d",
-                database,
+                &pg_dbname(database),
             ],
             c,
         ),
@@ -414,7 +423,7 @@ pub fn count_tables(engine: BackupEngine, c: &Credentials, database: &str) -> Op
                 "-e",
                 &format!(
                     "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{}'",
-                    database.replace('\'', "''")
+                    database.replace('\\', "\\\\").replace('\'', "''")
                 ),
             ],
             c,
@@ -430,8 +439,7 @@ pub fn pg_count_tables_in(c: &Credentials, database: &str) -> ExecSpec {
             "psql",
             "-U",
             &user(c, "postgres"),
-            "-d",
-            database,
+            &pg_dbname(database),
             "--no-password",
             "-At",
             "-c",
@@ -451,6 +459,8 @@ pub fn create_database(engine: BackupEngine, c: &Credentials, database: &str) ->
                 "-U",
                 &user(c, "postgres"),
                 "--no-password",
+                // The name is an argument, not an option, whatever it starts with.
+                "--",
                 database,
             ],
             c,
@@ -495,14 +505,14 @@ pub fn restore(
         ),
         BackupEngine::Postgres => {
             let u = user(c, "postgres");
+            let dbname = pg_dbname(database);
             let mut args = vec![
                 "pg_restore",
                 "-U",
                 &u,
                 "--no-password",
                 "--exit-on-error",
-                "-d",
-                database,
+                &dbname,
             ];
             if force {
                 args.extend(["--clean", "--if-exists"]);
@@ -636,6 +646,20 @@ mod tests {
         }
         let spec = dump(BackupEngine::Postgres, &c, "db", &[]).unwrap();
         assert!(spec.env.contains(&"PGPASSWORD=s3cret".to_string()));
+    }
+
+    #[test]
+    fn database_names_stay_names() {
+        assert_eq!(pg_dbname("app"), "--dbname=dbname='app'");
+        assert_eq!(
+            pg_dbname("host=evil dbname=x"),
+            "--dbname=dbname='host=evil dbname=x'"
+        );
+        assert_eq!(pg_dbname(r"a'b\c"), r"--dbname=dbname='a\'b\\c'");
+        let c = Credentials::default();
+        let spec = count_tables(BackupEngine::Mysql, &c, r"x\'; DROP DATABASE prod; --").unwrap();
+        let sql = spec.cmd.iter().find(|a| a.starts_with("SELECT")).unwrap();
+        assert!(sql.ends_with(r"= 'x\\''; DROP DATABASE prod; --'"), "{sql}");
     }
 
     #[test]

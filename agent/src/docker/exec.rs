@@ -21,11 +21,27 @@ const STDERR_TAIL_BYTES: usize = 8 * 1024;
 const CAPTURE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// What to run: the command, extra environment (`KEY=value`, where passwords go) and the user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ExecSpec {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub user: Option<String>,
+}
+
+/// The environment holds passwords: only its names are shown.
+impl std::fmt::Debug for ExecSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self
+            .env
+            .iter()
+            .map(|e| e.split('=').next().unwrap_or_default())
+            .collect();
+        f.debug_struct("ExecSpec")
+            .field("cmd", &self.cmd)
+            .field("env", &names)
+            .field("user", &self.user)
+            .finish()
+    }
 }
 
 impl ExecSpec {
@@ -195,7 +211,9 @@ impl DockerClient {
     }
 
     /// Runs `spec` in the container feeding `input` into its stdin (closed when `input`
-    /// ends); stdout is kept (bounded) and stderr's end.
+    /// ends); stdout is kept (bounded) and stderr's end. Stdin is written by its own task while
+    /// this one keeps reading the output, so a command that prints a lot while it reads (or
+    /// stops reading early, as `pg_restore --list` does) never deadlocks against its pipes.
     pub async fn exec_feed(
         &self,
         c: &ResolvedContainer,
@@ -210,55 +228,57 @@ impl DockerClient {
         else {
             return Err(DockerError::Engine("exec started detached".into()));
         };
+        // Ok(()) once all input was written and stdin closed; Err when the command stopped
+        // reading first.
+        let writer = tokio::spawn(async move {
+            while let Some(bytes) = input.recv().await {
+                if let Err(e) = stdin.write_all(&bytes).await {
+                    input.close();
+                    return Err(e.to_string());
+                }
+            }
+            let _ = stdin.flush().await;
+            // Half-closes the stream: the command sees the end of its stdin.
+            let _ = stdin.shutdown().await;
+            Ok(())
+        });
         let mut outcome = ExecOutcome::default();
         let mut stderr = Vec::new();
-        let mut input_open = true;
-        let mut write_error = None;
-        loop {
-            tokio::select! {
-                chunk = input.recv(), if input_open => match chunk {
-                    Some(bytes) => {
-                        if let Err(e) = stdin.write_all(&bytes).await {
-                            // The command stopped reading (it failed); its output says why.
-                            write_error = Some(e.to_string());
-                            input_open = false;
-                            input.close();
-                        }
-                    }
-                    None => {
-                        input_open = false;
-                        let _ = stdin.flush().await;
-                        // Half-closes the stream: the command sees the end of its stdin.
-                        let _ = stdin.shutdown().await;
-                    }
-                },
-                frame = output.next() => match frame {
-                    Some(Ok(LogOutput::StdOut { message })) => {
-                        outcome.stdout_bytes += message.len() as u64;
-                        keep_tail(&mut outcome.stdout, &message, CAPTURE_MAX_BYTES);
-                    }
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        keep_tail(&mut stderr, &message, STDERR_TAIL_BYTES)
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        return Err(DockerError::Engine(format!("the exec stream broke off: {e}")))
-                    }
-                    None => break,
-                },
+        while let Some(frame) = output.next().await {
+            match frame {
+                Ok(LogOutput::StdOut { message }) => {
+                    outcome.stdout_bytes += message.len() as u64;
+                    keep_tail(&mut outcome.stdout, &message, CAPTURE_MAX_BYTES);
+                }
+                Ok(LogOutput::StdErr { message }) => {
+                    keep_tail(&mut stderr, &message, STDERR_TAIL_BYTES)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    writer.abort();
+                    return Err(DockerError::Engine(format!(
+                        "the exec stream broke off: {e}"
+                    )));
+                }
             }
         }
-        if input_open {
-            // The command ended before reading all of its input.
+        // The output ended: the command exited. Input it never read is not waited for.
+        // A writer still blocked a moment after the command exited never gets its input read.
+        let mut writer = writer;
+        let written = match tokio::time::timeout(Duration::from_secs(2), &mut writer).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(e.to_string())),
+            Err(_) => {
+                writer.abort();
+                Err("the command exited before reading all of its input".to_string())
+            }
+        };
+        if let Err(e) = written {
             outcome.consumer_gone = true;
-        }
-        if let Some(e) = write_error {
             keep_tail(
                 &mut stderr,
                 format!("\n(writing to the command's stdin failed: {e})").as_bytes(),
                 STDERR_TAIL_BYTES,
             );
-            outcome.consumer_gone = true;
         }
         outcome.stderr = String::from_utf8_lossy(&stderr).into_owned();
         outcome.exit_code = self.exec_exit_code(&exec_id).await?;

@@ -1660,7 +1660,9 @@ impl Db {
             "WITH k AS (SELECT DISTINCT agent_id, key FROM backup_results {pairs}) \
              SELECT {BACKUP_COLUMNS}, a.name, \
                  (SELECT MAX(s.finished_at) FROM backup_results s \
-                  WHERE s.agent_id = k.agent_id AND s.key = k.key AND s.status = 'success') \
+                  WHERE s.agent_id = k.agent_id AND s.key = k.key AND s.status = 'success'), \
+                 (SELECT MIN(f.finished_at) FROM backup_results f \
+                  WHERE f.agent_id = k.agent_id AND f.key = k.key) \
              FROM k JOIN agents a ON a.id = k.agent_id \
              JOIN backup_results b ON b.id = (SELECT l.id FROM backup_results l \
                  WHERE l.agent_id = k.agent_id AND l.key = k.key \
@@ -1677,14 +1679,17 @@ impl Db {
                     BackupRow::read(r)?,
                     r.get::<_, String>(14)?,
                     r.get::<_, Option<String>>(15)?,
+                    r.get::<_, Option<String>>(16)?,
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter()
-            .map(|(row, agent_name, last_success_at)| {
+            .map(|(row, agent_name, last_success_at, first_seen_at)| {
+                let latest = row.into_record()?;
                 Ok(LatestBackup {
                     agent_name,
-                    latest: row.into_record()?,
+                    first_seen_at: parse_opt_ts(first_seen_at)?.unwrap_or(latest.finished_at),
+                    latest,
                     last_success_at: parse_opt_ts(last_success_at)?,
                 })
             })

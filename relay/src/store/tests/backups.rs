@@ -260,8 +260,8 @@ async fn databases_go_stale_48_hours_after_their_last_success() {
     assert_eq!(old.alert.level, BackupAlertLevel::Hard);
     assert!(old.alert.reason.contains("48 h"), "{}", old.alert.reason);
 
-    // A new success makes it fresh again. A database that never succeeded goes by its latest
-    // failure (shared `database_state`): failed again while that is recent.
+    // A new success makes it fresh again. A database that never succeeded stays stale, however
+    // recent its latest failure: 48 h have passed since its first one.
     let second = done + Duration::hours(48);
     record(
         &store,
@@ -269,7 +269,7 @@ async fn databases_go_stale_48_hours_after_their_last_success() {
         report("run_2", second, &[("pg/app", S), ("pg/new", F)]),
     )
     .await;
-    assert_eq!(states(&check(49).await), ["pg/app=ok", "pg/new=failed"]);
+    assert_eq!(states(&check(49).await), ["pg/app=ok", "pg/new=stale"]);
     // A failure after a success more than 48 h ago is stale.
     record(
         &store,
