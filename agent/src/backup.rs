@@ -854,6 +854,7 @@ impl Backups {
         let creds = self
             .credentials(
                 m.engine,
+                &target,
                 &inspect,
                 job.and_then(|j| j.user.as_deref()),
                 job.and_then(|j| j.password_file.as_deref()),
@@ -987,11 +988,12 @@ impl Backups {
     async fn credentials(
         &self,
         engine: BackupEngine,
+        container: &ResolvedContainer,
         inspect: &serde_json::Value,
         user: Option<&str>,
         password_file: Option<&Path>,
     ) -> Result<engine::Credentials, ErrorInfo> {
-        let env: HashMap<String, String> = inspect
+        let mut env: HashMap<String, String> = inspect
             .pointer("/Config/Env")
             .and_then(|v| v.as_array())
             .map(|a| {
@@ -1002,6 +1004,32 @@ impl Backups {
                     .collect()
             })
             .unwrap_or_default();
+        // Docker secrets: the official images accept `<VAR>_FILE` naming a file inside the
+        // container; it is read there, through the exec API, only when the variable is unset.
+        for var in engine::SECRET_VARIABLES {
+            if env.contains_key(var) {
+                continue;
+            }
+            let Some(path) = env.get(&format!("{var}_FILE")).cloned() else {
+                continue;
+            };
+            let spec = ExecSpec::new(&["cat", "--", path.as_str()]);
+            match self.inner.docker.exec_capture(container, &spec).await {
+                Ok(o) if o.succeeded() => {
+                    let value = o.stdout_text().trim_end_matches(['\n', '\r']).to_string();
+                    env.insert(var.to_string(), value);
+                }
+                Ok(o) => warn!(
+                    variable = var,
+                    path,
+                    error = o.describe(),
+                    "cannot read a secret file in the container"
+                ),
+                Err(e) => {
+                    warn!(variable = var, path, error = %e, "cannot read a secret file in the container")
+                }
+            }
+        }
         let password = match password_file {
             Some(f) => {
                 let f = f.to_path_buf();
@@ -1357,6 +1385,7 @@ impl<'a> Run<'a> {
             .backups
             .credentials(
                 engine,
+                &container,
                 &inspect,
                 self.job.user.as_deref(),
                 self.job.password_file.as_deref(),

@@ -60,6 +60,22 @@ fn image_repository(image: &str) -> &str {
     }
 }
 
+/// Variables the official images also accept as `<VAR>_FILE` (Docker secrets).
+pub const SECRET_VARIABLES: [&str; 12] = [
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "MARIADB_ROOT_PASSWORD",
+    "MYSQL_ROOT_PASSWORD",
+    "MARIADB_USER",
+    "MYSQL_USER",
+    "MARIADB_PASSWORD",
+    "MYSQL_PASSWORD",
+    "MONGO_INITDB_ROOT_USERNAME",
+    "MONGO_INITDB_ROOT_PASSWORD",
+    "REDIS_PASSWORD",
+    "POSTGRESQL_PASSWORD",
+];
+
 /// Who the dump tools log in as.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
@@ -290,6 +306,9 @@ pub fn dump(
                 "--hex-blob",
                 "--triggers",
                 "--default-character-set=utf8mb4",
+                // Tablespace information needs the PROCESS privilege (MySQL 8) and is not
+                // part of a database's data.
+                "--no-tablespaces",
             ];
             // Routines and events need privileges an application user rarely has.
             if u == "root" {
