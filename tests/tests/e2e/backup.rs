@@ -338,6 +338,31 @@ async fn postgres_backup_verify_and_restore_round_trip() {
     .await;
     assert_eq!(backups.alert.level, BackupAlertLevel::None, "{backups:?}");
 
+    // The operator CLI, through the relay.
+    let out = flotilla_tests::harness::cli(
+        &relay,
+        &["backup", "verify", "--agent", &agent.id, &appdb.id],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("checksum") && text.contains("engine_listing"),
+        "{text}"
+    );
+    let out = flotilla_tests::harness::cli(&relay, &["backups", &agent.id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{job}/appdb")), "{text}");
+
     // The local CLI reads the same catalogue.
     let out = tokio::process::Command::new(flotilla_tests::harness::bin("flotilla-agent"))
         .args(["backup", "list", "--json", "--state-dir"])
@@ -388,6 +413,7 @@ async fn mariadb_backups_are_isolated_per_job_and_restore() {
     let mut agent = Agent::enroll(&relay, "maria-host", "", &scope).await;
     let wrong = agent.state_dir().join("wrong-password");
     std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let (ping_url, pings) = ping_receiver();
     let name = db.name();
     agent.set_config(&format!(
         r#"
@@ -396,6 +422,7 @@ discover = false
 [[backup.jobs]]
 name = "good"
 container = "{name}"
+ping_url = "{ping_url}/good"
 [[backup.jobs]]
 name = "bad-credentials"
 container = "{name}"
@@ -404,6 +431,7 @@ password_file = "{wrong}"
 [[backup.jobs]]
 name = "exits-nonzero"
 container = "{name}"
+ping_url = "{ping_url}/bad"
 engine = "command"
 command = ["sh", "-c", "echo half a dump; echo boom >&2; exit 3"]
 [[backup.jobs]]
@@ -447,6 +475,19 @@ command = ["true"]
             .contains("empty"),
         "{empty:?}"
     );
+    // Dead-man pings: start and success for the good job, start and fail for the failing one.
+    let seen = pings.lock().unwrap().clone();
+    for expected in [
+        "GET /hc/good/start",
+        "GET /hc/good HTTP",
+        "GET /hc/bad/start",
+        "GET /hc/bad/fail",
+    ] {
+        assert!(
+            seen.iter().any(|l| l.starts_with(expected)),
+            "{expected} not among {seen:?}"
+        );
+    }
     // Failed dumps leave no file behind, partial or whole.
     let files: Vec<String> = walk(&agent.state_dir().join("backups"));
     assert!(
@@ -501,6 +542,39 @@ command = ["true"]
         .await
         .unwrap();
     assert_eq!(mine.alert.level, BackupAlertLevel::Medium, "{mine:?}");
+}
+
+/// A loopback HTTP server that answers 200 to everything and records each request line
+/// (a healthchecks.io stand-in for dead-man pings).
+fn ping_receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hc", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // The rest of the head, up to the blank line.
+            let mut header = String::new();
+            while reader
+                .read_line(&mut header)
+                .map(|n| n > 2)
+                .unwrap_or(false)
+            {
+                header.clear();
+            }
+            record.lock().unwrap().push(line.trim().to_string());
+            let mut stream = reader.into_inner();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK");
+        }
+    });
+    (url, seen)
 }
 
 fn walk(dir: &Path) -> Vec<String> {
