@@ -156,6 +156,9 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
     if config.watch_interval_secs == 0 {
         return Err("backup.watch_interval_secs must be at least 1".into());
     }
+    if config.dump_timeout_secs == 0 {
+        return Err("backup.dump_timeout_secs must be at least 1".into());
+    }
     Ok(())
 }
 
@@ -1097,7 +1100,10 @@ impl Backups {
                     return Ok(());
                 }
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => {
+                        self.record_interrupted(job).await;
+                        return Ok(());
+                    }
                     _ = self.run_job(job, RunTrigger::Schedule) => {}
                 }
                 next.insert(job.name.clone(), self.next_slot(job, Utc::now()));
@@ -1118,6 +1124,39 @@ impl Backups {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// A scheduled run cut short by the agent's stop still leaves a record: its databases
+    /// failed with "interrupted" (their partial files are removed at the next start), so the
+    /// status file, the relay and the dead-man ping do not show the previous night as current.
+    async fn record_interrupted(&self, job: &Job) {
+        let run = Run::new(self, job, RunTrigger::Schedule);
+        let databases = run
+            .fail_all("the agent stopped during this run; it was not finished".into())
+            .await;
+        let report = BackupReport {
+            run_id: run.run_id.clone(),
+            source: ReportSource::Agent,
+            job: Some(job.name.clone()),
+            trigger: Some(RunTrigger::Schedule),
+            started_at: run.started_at,
+            finished_at: Utc::now(),
+            databases,
+            remote_sync: None,
+            pruned: 0,
+        };
+        warn!(
+            job = job.name,
+            "a scheduled backup run was interrupted by the agent's stop"
+        );
+        if let Err(e) = self.inner.state.backup_finish_run(report).await {
+            warn!(
+                error = format!("{e:#}"),
+                "cannot record the interrupted backup run"
+            );
+        }
+        self.write_status_file().await;
+        run.ping("/fail").await;
     }
 
     fn next_slot(&self, job: &Job, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -1604,11 +1643,21 @@ impl<'a> Run<'a> {
             self.inner().recipients.clone(),
             engine == BackupEngine::Redis,
         );
-        let exec = self
-            .inner()
-            .docker
-            .exec_stream_out(container, &spec, tx)
-            .await;
+        let limit = Duration::from_secs(self.inner().config.dump_timeout_secs);
+        // On timeout the exec stream is dropped: the sink sees the end of its input, and the
+        // dump tool in the container gets a broken pipe at its next write.
+        let exec = match tokio::time::timeout(
+            limit,
+            self.inner().docker.exec_stream_out(container, &spec, tx),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DockerError::Engine(format!(
+                "the dump did not finish within dump_timeout_secs ({} s)",
+                limit.as_secs()
+            ))),
+        };
         let written = sink
             .await
             .map_err(|e| format!("the backup writer failed: {e}"))?;

@@ -41,6 +41,9 @@ pub struct BackupConfig {
     pub watch_status_file: Option<PathBuf>,
     /// How often the watched status file is read, in seconds.
     pub watch_interval_secs: u64,
+    /// Longest one database's dump may take, in seconds; past it the dump fails (a dump
+    /// waiting forever on a lock must not stop every later job).
+    pub dump_timeout_secs: u64,
     /// age recipients (`age1...`) every dump is encrypted to. Empty: no encryption.
     pub age_recipients: Vec<String>,
     /// A file of age recipients, one per line (`#` comments allowed), added to the above.
@@ -64,6 +67,7 @@ impl Default for BackupConfig {
             status_file: None,
             watch_status_file: None,
             watch_interval_secs: 60,
+            dump_timeout_secs: 6 * 3600,
             age_recipients: Vec::new(),
             age_recipients_file: None,
             destinations: Vec::new(),

@@ -981,3 +981,56 @@ async fn an_external_status_file_is_reported_and_stale() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dump_that_hangs_fails_at_its_timeout_and_the_next_job_still_runs() {
+    let scope = scope("bk-hang");
+    let db = database(DbEngine::Redis, &scope, &[]).await;
+    let relay = Relay::start().await;
+    let mut agent = Agent::enroll(&relay, "hang-host", "", &scope).await;
+    agent.set_config(&format!(
+        r#"
+[backup]
+discover = false
+dump_timeout_secs = 3
+[[backup.jobs]]
+name = "hangs"
+container = "{name}"
+engine = "command"
+command = ["sh", "-c", "echo started; sleep 600"]
+[[backup.jobs]]
+name = "quick"
+container = "{name}"
+engine = "command"
+command = ["echo", "a small dump"]
+"#,
+        name = db.name()
+    ));
+    agent.run().await;
+    let api = relay.api();
+    api.wait_online(&agent.id, DEADLINE).await;
+    let started = std::time::Instant::now();
+    let (info, out) = backup_run(&api, &agent.id, None).await;
+    assert_eq!(info.state, DeliveryState::Failed, "{info:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    let hangs = out
+        .reports
+        .iter()
+        .find(|r| r.job.as_deref() == Some("hangs"))
+        .unwrap();
+    let e = hangs.databases[0].error.clone().unwrap();
+    assert!(e.contains("dump_timeout_secs"), "{e}");
+    let quick = out
+        .reports
+        .iter()
+        .find(|r| r.job.as_deref() == Some("quick"))
+        .unwrap();
+    assert_eq!(quick.failed(), 0, "{quick:?}");
+    assert!(walk(&agent.state_dir().join("backups"))
+        .iter()
+        .all(|f| !f.ends_with(".partial")));
+}
