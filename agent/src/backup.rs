@@ -102,6 +102,15 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
     check_level(config.compression_level).map_err(|e| format!("backup.compression_level: {e}"))?;
     let mut names = std::collections::HashSet::new();
     for d in &config.destinations {
+        // Two parts are in memory during an upload: larger parts would break the agent's
+        // memory budget.
+        if d.part_size_bytes > MAX_PART_SIZE_BYTES {
+            return Err(format!(
+                "backup.destinations {}: part_size_bytes {} is above the largest accepted, {} \
+                 (64 MiB)",
+                d.name, d.part_size_bytes, MAX_PART_SIZE_BYTES
+            ));
+        }
         if !names.insert(d.name.as_str()) {
             return Err(format!(
                 "backup.destinations: the name {:?} is used twice",
@@ -161,6 +170,9 @@ pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Largest S3 multipart part accepted (two are held in memory at once).
+const MAX_PART_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Highest zstd level accepted: above it the encoder's tables alone outgrow the agent's memory
 /// budget for a dump (about 28 MiB at 9, 90 MiB at 19) for a few percent of size.
@@ -1749,21 +1761,40 @@ impl<'a> Run<'a> {
             let local = self.inner().dir.join(&m.file);
             let key = format!("{}/{}", self.inner().agent_name, m.file);
             for dest in &destinations {
-                let copy = dest.upload(&local, &key).await;
+                // A destination that hangs (a dead network share, a stalled server) must not
+                // hang the run: it fails the copy after a generous, size-scaled limit.
+                let limit = upload_timeout(m.compressed_bytes);
+                let timed_out = |what: &str| {
+                    format!(
+                        "destination {} ({}): upload of {what} did not finish within {} s",
+                        dest.name(),
+                        dest.kind(),
+                        limit.as_secs()
+                    )
+                };
+                let copy = match tokio::time::timeout(limit, dest.upload(&local, &key)).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(timed_out(&key)),
+                };
                 let (state, location, error) = match copy {
                     Ok(location) => {
                         uploaded_bytes += m.compressed_bytes;
                         // The manifest travels beside the dump, so a remote copy explains
                         // itself even when the agent and its catalogue are gone.
                         let mpath = manifest_path(&local);
-                        if let Err(e) = dest.upload(&mpath, &format!("{key}.manifest.json")).await {
-                            warn!(error = %e, "cannot copy a manifest off-site");
+                        let mkey = format!("{key}.manifest.json");
+                        match tokio::time::timeout(limit, dest.upload(&mpath, &mkey)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => warn!(error = %e, "cannot copy a manifest off-site"),
+                            Err(_) => {
+                                warn!(error = timed_out(&mkey), "cannot copy a manifest off-site")
+                            }
                         }
                         (CopyState::Stored, location, None)
                     }
                     Err(e) => {
-                        errors.push(e.to_string());
-                        (CopyState::Failed, key.clone(), Some(e.to_string()))
+                        errors.push(e.clone());
+                        (CopyState::Failed, key.clone(), Some(e))
                     }
                 };
                 m.destinations.push(DestinationCopy {
@@ -1895,6 +1926,12 @@ impl<'a> Run<'a> {
         debug!(id = m.id, "pruned backup");
         true
     }
+}
+
+/// How long one off-site copy may take: 10 minutes plus a second per MiB (a link slower than
+/// 1 MiB/s on top of that is treated as stalled).
+fn upload_timeout(bytes: u64) -> Duration {
+    Duration::from_secs(600 + bytes / (1024 * 1024))
 }
 
 /// `<dump file>.manifest.json`.

@@ -262,7 +262,35 @@ pub struct BackupReport {
     pub pruned: u32,
 }
 
+/// Key (after `<job>/`) of the pseudo-database that carries a run's off-site copy state.
+pub const OFFSITE_KEY: &str = "_offsite";
+
 impl BackupReport {
+    /// The databases, plus one `<job>/_offsite` entry when the run copied off-site: the relay
+    /// keeps it like a database, so a copy that keeps failing (dumps fine, nothing leaves the
+    /// host, nothing is pruned) shows as failed and then stale in the history, the fleet view
+    /// and the alert level.
+    pub fn stored_outcomes(&self) -> Vec<DatabaseOutcome> {
+        let mut all = self.databases.clone();
+        if let Some(sync) = &self.remote_sync {
+            all.push(DatabaseOutcome {
+                key: match &self.job {
+                    Some(job) => format!("{job}/{OFFSITE_KEY}"),
+                    None => OFFSITE_KEY.to_string(),
+                },
+                container: None,
+                database: None,
+                engine: None,
+                status: sync.status,
+                error: sync.error.clone(),
+                backup_id: None,
+                size_bytes: Some(sync.uploaded_bytes),
+                duration_ms: None,
+            });
+        }
+        all
+    }
+
     pub fn failed(&self) -> usize {
         self.databases
             .iter()
@@ -572,6 +600,33 @@ mod tests {
             started_at: finished,
             finished_at: finished,
         }
+    }
+
+    #[test]
+    fn offsite_copies_are_stored_as_their_own_entry() {
+        let t: DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
+        let mut report = BackupReport {
+            run_id: "run_1".into(),
+            source: ReportSource::Agent,
+            job: Some("pg".into()),
+            trigger: Some(RunTrigger::Schedule),
+            started_at: t,
+            finished_at: t,
+            databases: vec![],
+            remote_sync: None,
+            pruned: 0,
+        };
+        assert!(report.stored_outcomes().is_empty());
+        report.remote_sync = Some(RemoteSync {
+            status: BackupStatus::Failed,
+            uploaded_bytes: 0,
+            error: Some("destination offsite (s3): connection refused".into()),
+        });
+        let all = report.stored_outcomes();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].key, "pg/_offsite");
+        assert_eq!(all[0].status, BackupStatus::Failed);
+        assert!(all[0].error.as_deref().unwrap().contains("offsite"));
     }
 
     #[test]

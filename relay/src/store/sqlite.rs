@@ -1593,7 +1593,11 @@ impl Db {
                  finished_at, received_at) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
-            for d in &report.databases {
+            // An agent's clock may run ahead: a report "from the future" would stay the latest
+            // (and ok) until that time whatever came after it, so times are capped at now.
+            let finished_at = report.finished_at.min(now);
+            let started_at = report.started_at.min(finished_at);
+            for d in &report.stored_outcomes() {
                 let n = stmt.execute(params![
                     agent_id,
                     report.run_id,
@@ -1607,8 +1611,8 @@ impl Db {
                     d.error,
                     d.backup_id,
                     d.size_bytes.map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
-                    ts(report.started_at),
-                    ts(report.finished_at),
+                    ts(started_at),
+                    ts(finished_at),
                     ts(now)
                 ])?;
                 if n > 0 {

@@ -855,6 +855,25 @@ allow_http = true
     assert_eq!(r.pruned, 0);
     let status = read_status_file(&agent);
     assert_eq!(status["remote_sync"]["status"], "failed", "{status}");
+    // The relay shows the failed copy like a failed database, so the alert is raised.
+    let b: AgentBackups = eventually(DEADLINE, "the failed copy at the relay", || async {
+        let b: AgentBackups = api
+            .get(&format!("/api/v1/agents/{}/backups", agent.id))
+            .await
+            .ok()?;
+        b.databases
+            .iter()
+            .any(|d| d.key == "unreachable/_offsite")
+            .then_some(b)
+    })
+    .await;
+    let offsite = b
+        .databases
+        .iter()
+        .find(|d| d.key == "unreachable/_offsite")
+        .unwrap();
+    assert_eq!(offsite.latest.status, BackupStatus::Failed);
+    assert_eq!(b.alert.level, BackupAlertLevel::Medium, "{b:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -959,9 +978,13 @@ async fn an_external_status_file_is_reported_and_stale() {
             .get(&format!("/api/v1/agents/{}/backups", agent.id))
             .await
             .ok()?;
-        (b.databases.len() == 3).then_some(b)
+        // The three databases and the file's remote_sync.
+        (b.databases.len() == 4).then_some(b)
     })
     .await;
+    let mut keys: Vec<&str> = b.databases.iter().map(|d| d.key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["_offsite", "chatwoot", "ghost", "nextcloud"]);
     // Everything is older than 48 hours: stale, a hard alert.
     assert_eq!(b.alert.level, BackupAlertLevel::Hard, "{b:?}");
     let nextcloud = b.databases.iter().find(|d| d.key == "nextcloud").unwrap();
