@@ -142,13 +142,14 @@ pub struct DestinationConfig {
     /// `s3`: allow a plain http:// endpoint (tests, a MinIO on a private network).
     #[serde(default)]
     pub allow_http: bool,
-    /// `s3`: objects larger than this are uploaded in parts of this size (at least 5 MiB).
+    /// `s3`: objects larger than this are uploaded in parts of this size (5-64 MiB; two parts
+    /// are held in memory during an upload). Default 8 MiB.
     #[serde(default = "default_part_size")]
     pub part_size_bytes: u64,
 }
 
 fn default_part_size() -> u64 {
-    16 * 1024 * 1024
+    8 * 1024 * 1024
 }
 
 /// `[[backup.jobs]]`: one container's databases.
