@@ -1454,7 +1454,7 @@ impl<'a> Run<'a> {
 
         let mut dumped = Vec::new();
         for database in &databases {
-            let d = self
+            let mut d = self
                 .dump_one(engine, &creds, &container, database, &versions, &job_dir)
                 .await;
             if let Err(e) = self.inner().state.backup_put(d.manifest.clone()).await {
@@ -1462,6 +1462,16 @@ impl<'a> Run<'a> {
                     error = format!("{e:#}"),
                     "cannot record a backup in the catalogue"
                 );
+                // A backup the catalogue does not know cannot be listed, restored or pruned:
+                // it does not count as done (and the run prunes nothing).
+                if d.manifest.status == BackupStatus::Success {
+                    d.manifest.status = BackupStatus::Failed;
+                    d.manifest.error = Some(format!(
+                        "the dump was written to {} but cannot be recorded in the catalogue: \
+                         {e:#}",
+                        d.manifest.file
+                    ));
+                }
             }
             dumped.push(d);
         }
