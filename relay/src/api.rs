@@ -59,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/agents/{id}/commands", post(commands::create))
         .route("/api/v1/agents/{id}/updates", get(updates::agent_updates))
         .route("/api/v1/updates", get(updates::fleet_updates))
-        .route("/api/v1/agents/{id}/backups", get(backups::agent_backups))
+        .route(
+            "/api/v1/agents/{id}/backups",
+            get(backups::agent_backups).delete(backups::forget_backup_key),
+        )
         .route("/api/v1/backups", get(backups::fleet_backups))
         .route("/api/v1/commands/{id}", get(commands::show))
         .route("/api/v1/jobs", post(commands::create_job))

@@ -698,6 +698,18 @@ impl Store {
             .await
     }
 
+    /// Forgets one database of one agent: every stored row of that key (a database that was
+    /// dropped, or a job that was renamed, would otherwise stay stale and keep the agent's
+    /// alert up for ever). Returns the rows removed.
+    pub async fn forget_backup_key(
+        &self,
+        agent_id: String,
+        key: String,
+    ) -> Result<u64, StoreError> {
+        self.call(move |db| db.forget_backup_key(&agent_id, &key))
+            .await
+    }
+
     /// One agent's backups: the latest state of each database (of `query.key` only, if given),
     /// its history newest first, and the agent's alert level over all its databases, as of
     /// `now`.

@@ -6,6 +6,7 @@ use super::{ApiError, Caller};
 use crate::state::AppState;
 use crate::store::{now, BackupQuery};
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::Json;
 use flotilla_shared::api::Scope;
 use flotilla_shared::backup::{AgentBackups, DatabaseState, FleetBackups};
@@ -55,6 +56,48 @@ pub async fn agent_backups(
         limit,
     };
     Ok(Json(state.store.agent_backups(id, query, now()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgetQuery {
+    /// The database's key (`<job>/<database>`, `<job>/_offsite`, or a status file's name).
+    key: Option<String>,
+}
+
+/// `DELETE /api/v1/agents/{id}/backups?key=<key>` (operate): forgets one database of one agent,
+/// every stored row of it. For a database that was dropped or a job that was renamed: their
+/// key would stay stale, and the agent in alert, for ever. The agent's next report of that key
+/// brings it back.
+pub async fn forget_backup_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<ForgetQuery>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Operate)?;
+    let Some(key) = q.key.filter(|k| !k.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "key is required: the database to forget, as `GET .../backups` lists it",
+        ));
+    };
+    let result = match state.store.forget_backup_key(id.clone(), key.clone()).await {
+        Ok(0) => Err(ApiError::not_found(format!(
+            "agent {id} has no backups under the key {key:?}"
+        ))),
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(e.into()),
+    };
+    super::audit(
+        &state,
+        caller.name(),
+        "backup.forget",
+        &format!("{id}/{key}"),
+        &result,
+        None,
+    )
+    .await;
+    result
 }
 
 #[derive(Deserialize)]

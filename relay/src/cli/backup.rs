@@ -38,6 +38,10 @@ pub struct BackupsArgs {
     /// 1000).
     #[arg(long)]
     pub limit: Option<u32>,
+    /// Forget the database named by --key on that agent (every stored row of it): for a
+    /// database that was dropped or a job that was renamed, which would stay stale for ever.
+    #[arg(long, requires = "key")]
+    pub forget: bool,
 }
 
 /// Where a `backup.*` command goes and how long to wait for it.
@@ -250,6 +254,18 @@ pub async fn backups(
     let mut query = Vec::new();
     if let Some(l) = args.limit {
         query.push(("limit", l.to_string()));
+    }
+    if let (true, Some(agent), Some(key)) = (args.forget, &args.agent, &args.key) {
+        client
+            .delete_with_query(
+                &["api", "v1", "agents", agent, "backups"],
+                &[("key", key.clone())],
+            )
+            .await?;
+        if !json {
+            println!("forgot {key} on agent {agent}");
+        }
+        return Ok(Outcome::Success);
     }
     match &args.agent {
         Some(agent) => {

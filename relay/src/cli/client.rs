@@ -107,7 +107,15 @@ impl ApiClient {
     }
 
     pub async fn delete(&self, segments: &[&str]) -> Result<Value, CliError> {
-        self.send(Method::DELETE, segments, &[], None::<&()>, Duration::ZERO)
+        self.delete_with_query(segments, &[]).await
+    }
+
+    pub async fn delete_with_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        self.send(Method::DELETE, segments, query, None::<&()>, Duration::ZERO)
             .await
     }
 

@@ -1627,6 +1627,17 @@ impl Db {
         Ok(recorded)
     }
 
+    pub(super) fn forget_backup_key(
+        &mut self,
+        agent_id: &str,
+        key: &str,
+    ) -> Result<u64, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM backup_results WHERE agent_id = ?1 AND key = ?2",
+            params![agent_id, key],
+        )? as u64)
+    }
+
     /// One agent's backup rows, newest first, optionally of one database key.
     pub(super) fn backup_history(
         conn: &Connection,

@@ -542,6 +542,42 @@ command = ["true"]
         .await
         .unwrap();
     assert_eq!(mine.alert.level, BackupAlertLevel::Medium, "{mine:?}");
+
+    // The failing jobs are removed from the configuration: the operator forgets their keys
+    // (once through the CLI), and the agent is out of alert.
+    let failing: Vec<String> = mine
+        .databases
+        .iter()
+        .filter(|d| d.latest.status == BackupStatus::Failed)
+        .map(|d| d.key.clone())
+        .collect();
+    assert_eq!(failing.len(), 3, "{failing:?}");
+    let out = flotilla_tests::harness::cli(
+        &relay,
+        &["backups", &agent.id, "--key", &failing[0], "--forget"],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for key in &failing[1..] {
+        api.delete(&format!("/api/v1/agents/{}/backups?key={key}", agent.id))
+            .await
+            .unwrap();
+    }
+    let e = api
+        .delete(&format!("/api/v1/agents/{}/backups?key=no/such", agent.id))
+        .await
+        .unwrap_err();
+    assert_eq!(flotilla_tests::harness::api_error(&e).status, 404, "{e:#}");
+    let mine: AgentBackups = api
+        .get(&format!("/api/v1/agents/{}/backups", agent.id))
+        .await
+        .unwrap();
+    assert_eq!(mine.alert.level, BackupAlertLevel::None, "{mine:?}");
+    assert_eq!(mine.databases.len(), 1, "{mine:?}");
 }
 
 /// A loopback HTTP server that answers 200 to everything and records each request line

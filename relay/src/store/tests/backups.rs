@@ -471,3 +471,35 @@ async fn retention_keeps_each_databases_latest_row_and_newest_success() {
     assert_eq!(app.last_success_at, Some(days(40)));
     assert_eq!(app.state, DatabaseState::Stale);
 }
+
+#[tokio::test]
+async fn a_forgotten_key_leaves_the_history_and_the_alert() {
+    let fs = file_store().await;
+    let store = &fs.store;
+    token(store, "t", 3600, 5, "").await;
+    let a = enroll_ok(store, "t", new_agent("a", "")).await;
+    record(
+        store,
+        &a.id,
+        report("run_1", t0(), &[("pg/app", S), ("pg/dropped", F)]),
+    )
+    .await;
+    record(store, &a.id, report("run_2", t0(), &[("pg/dropped", F)])).await;
+    let before = backups_of(store, &a.id, None, t0()).await;
+    assert_eq!(before.alert.level, BackupAlertLevel::Medium);
+    let removed = store
+        .forget_backup_key(a.id.clone(), "pg/dropped".into())
+        .await
+        .unwrap();
+    assert_eq!(removed, 2);
+    let after = backups_of(store, &a.id, None, t0()).await;
+    assert_eq!(after.alert.level, BackupAlertLevel::None);
+    assert_eq!(after.databases.len(), 1);
+    assert!(after.history.iter().all(|r| r.key == "pg/app"));
+    // Forgetting what is not there removes nothing.
+    let removed = store
+        .forget_backup_key(a.id.clone(), "pg/dropped".into())
+        .await
+        .unwrap();
+    assert_eq!(removed, 0);
+}
