@@ -2002,5 +2002,25 @@ mod tests {
         });
         let e = validate_config(&c).unwrap_err();
         assert!(e.contains("nowhere") && e.contains("pg"), "{e}");
+        let mut c = BackupConfig::default();
+        c.destinations.push(config::DestinationConfig {
+            name: "offsite".into(),
+            kind: config::DestinationKind::Dir,
+            path: Some("/mnt/backups".into()),
+            endpoint: None,
+            region: None,
+            bucket: None,
+            prefix: String::new(),
+            access_key_id_file: None,
+            secret_access_key_file: None,
+            path_style: false,
+            allow_http: false,
+            part_size_bytes: 128 * 1024 * 1024,
+        });
+        let e = validate_config(&c).unwrap_err();
+        assert!(
+            e.contains("part_size_bytes") && e.contains("offsite"),
+            "{e}"
+        );
     }
 }

@@ -1093,3 +1093,44 @@ command = ["echo", "a small dump"]
         .iter()
         .all(|f| !f.ends_with(".partial")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_databases_are_backed_up_on_schedule() {
+    let scope = scope("bk-cron");
+    let db = database(DbEngine::Redis, &scope, &[]).await;
+    let relay = Relay::start().await;
+    let mut agent = Agent::enroll(&relay, "cron-host", "", &scope).await;
+    // Every minute, no jitter: the first run starts at the next minute boundary.
+    agent.set_config("[backup]\nschedule = \"* * * * *\"\njitter_secs = 0\n");
+    agent.run().await;
+    let api = relay.api();
+    api.wait_online(&agent.id, DEADLINE).await;
+    // The heartbeat announces the next run before it happens.
+    eventually(DEADLINE, "a heartbeat with the next run", || async {
+        let hb = api.agent(&agent.id).await.heartbeat?;
+        hb.backup?.next_run_at.map(|_| ())
+    })
+    .await;
+    let key = format!("{}/_all", db.name());
+    let b: AgentBackups = eventually(
+        Duration::from_secs(150),
+        "a scheduled backup of the discovered Redis at the relay",
+        || async {
+            let b: AgentBackups = api
+                .get(&format!("/api/v1/agents/{}/backups", agent.id))
+                .await
+                .ok()?;
+            b.databases.iter().any(|d| d.key == key).then_some(b)
+        },
+    )
+    .await;
+    let d = b.databases.iter().find(|d| d.key == key).unwrap();
+    assert_eq!(d.latest.status, BackupStatus::Success, "{d:?}");
+    let listed = list(&api, &agent.id, Some(db.name())).await;
+    assert!(!listed.backups.is_empty());
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    assert!(
+        log.contains("backup run succeeded"),
+        "the run came from the scheduler"
+    );
+}
