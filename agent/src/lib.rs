@@ -144,14 +144,20 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("session", session.run(token).await) });
 
-    let backups = backup::Backups::new(
-        config.backup.clone(),
-        docker.clone(),
-        state.clone(),
-        &config.state_dir,
-        &identity.agent_id,
-        &identity.name,
-    )?;
+    // Reads credential and recipient files: on the blocking pool.
+    let backups = {
+        let (backup_config, docker, state) = (config.backup.clone(), docker.clone(), state.clone());
+        let (state_dir, agent_id, name) = (
+            config.state_dir.clone(),
+            identity.agent_id.clone(),
+            identity.name.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            backup::Backups::new(backup_config, docker, state, &state_dir, &agent_id, &name)
+        })
+        .await
+        .context("backup setup task failed")??
+    };
     backups.prepare(true).await?;
     backups.prune_catalogue().await;
     let scheduler = backups.clone();
