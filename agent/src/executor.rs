@@ -520,7 +520,10 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
             hostname: shared.hostname.clone(),
         })?),
         Command::ContainerList(a) => Ok(to_json(&ContainerListOutput {
-            containers: docker.list(a.all).await.map_err(docker_err)?,
+            containers: docker
+                .list_labelled(a.all, a.label.as_deref())
+                .await
+                .map_err(docker_err)?,
         })?),
         Command::ContainerInspect(r) => {
             let c = docker.resolve(&r.container).await.map_err(docker_err)?;

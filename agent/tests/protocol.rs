@@ -296,7 +296,10 @@ async fn handshake_outbox_commands_replay_and_forgery() {
         Audience::Selector {
             selector: "tier=build".parse().unwrap(),
         },
-        Command::ContainerList(ContainerListArgs { all: true }),
+        Command::ContainerList(ContainerListArgs {
+            all: true,
+            label: None,
+        }),
     );
     send(&mut ws, &RelayFrame::Command(list)).await;
     let r = until(&mut ws, |f| match f {

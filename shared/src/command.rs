@@ -236,11 +236,17 @@ pub struct ContainerListArgs {
     /// Include stopped containers (default true).
     #[serde(default = "yes")]
     pub all: bool,
+    /// Only containers carrying this Docker label (`key=value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl Default for ContainerListArgs {
     fn default() -> Self {
-        ContainerListArgs { all: true }
+        ContainerListArgs {
+            all: true,
+            label: None,
+        }
     }
 }
 
@@ -389,6 +395,9 @@ pub mod error_codes {
     pub const BUSY: &str = "container_busy";
     pub const DOCKER: &str = "docker_error";
     pub const INVALID_ARGS: &str = "invalid_args";
+    /// `container.update` refused: the container is not running (created, exited, dead); a
+    /// rollback would leave it running, so stopped containers are not updated.
+    pub const NOT_RUNNING: &str = "container_not_running";
     /// The command was running when the agent process stopped; it is not run again (it may or
     /// may not have taken effect), so the operator decides.
     pub const INTERRUPTED: &str = "interrupted";
@@ -515,7 +524,10 @@ mod tests {
         );
         assert_eq!(
             Command::from_parts("container.list", json!({})).unwrap(),
-            Command::ContainerList(ContainerListArgs { all: true })
+            Command::ContainerList(ContainerListArgs {
+                all: true,
+                label: None
+            })
         );
     }
 

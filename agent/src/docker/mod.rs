@@ -232,9 +232,19 @@ impl DockerClient {
         all: bool,
         id: Option<&str>,
     ) -> Result<Vec<ContainerSummary>, DockerError> {
-        let filters = id.map(|id| {
+        let filters = id.map(|id| ("id", id));
+        self.summaries_matching(all, filters).await
+    }
+
+    /// Visible containers, optionally filtered by the engine (`("id", id)`, `("label", "k=v")`).
+    async fn summaries_matching(
+        &self,
+        all: bool,
+        filter: Option<(&str, &str)>,
+    ) -> Result<Vec<ContainerSummary>, DockerError> {
+        let filters = filter.map(|(kind, value)| {
             let mut f = HashMap::new();
-            f.insert("id".to_string(), vec![id.to_string()]);
+            f.insert(kind.to_string(), vec![value.to_string()]);
             f
         });
         let opts = ListContainersOptions {
@@ -275,7 +285,18 @@ impl DockerClient {
     /// Every visible container (`all`: include stopped ones), with the details that need an
     /// inspect (restart count, OOM, health, exit code).
     pub async fn list(&self, all: bool) -> Result<Vec<ContainerInfo>, DockerError> {
-        let summaries = self.summaries(all).await?;
+        self.list_labelled(all, None).await
+    }
+
+    /// [`Docker::list`] restricted to containers carrying the Docker label `label` (`k=v`).
+    pub async fn list_labelled(
+        &self,
+        all: bool,
+        label: Option<&str>,
+    ) -> Result<Vec<ContainerInfo>, DockerError> {
+        let summaries = self
+            .summaries_matching(all, label.map(|l| ("label", l)))
+            .await?;
         let docker = self.client().await?;
         let infos: Vec<Option<ContainerInfo>> = stream::iter(summaries)
             .map(|s| {
@@ -716,6 +737,12 @@ mod tests {
         for c in &list {
             assert!(!c.name.starts_with('/'));
         }
+        // The engine filters by label (`container.list {label}` of label-targeted rollouts).
+        let none = d
+            .list_labelled(true, Some("flotilla.test.surely-not=there"))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
         let e = d.resolve("flotilla-surely-not-there").await.unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -268,7 +268,7 @@ impl Updater {
         if matches!(status, "created" | "exited" | "dead" | "removing") {
             // A rollback restores the old container RUNNING, which would change a stopped one.
             return Err(refuse(
-                error_codes::INVALID_ARGS,
+                error_codes::NOT_RUNNING,
                 format!(
                     "container {} is {status}: container.update replaces running containers; \
                      start it first",

@@ -166,11 +166,17 @@ fn run_flags_fill_the_command_arguments() {
     );
     assert_eq!(
         command_of(&["run", "--selector", "a=b", "container.list", "--running"]),
-        Ok(Command::ContainerList(ContainerListArgs { all: false }))
+        Ok(Command::ContainerList(ContainerListArgs {
+            all: false,
+            label: None
+        }))
     );
     assert_eq!(
         command_of(&["run", "--selector", "a=b", "container.list"]),
-        Ok(Command::ContainerList(ContainerListArgs { all: true }))
+        Ok(Command::ContainerList(ContainerListArgs {
+            all: true,
+            label: None
+        }))
     );
 }
 

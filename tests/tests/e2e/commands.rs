@@ -34,7 +34,10 @@ async fn list_shows_managed_containers_and_hides_ignored_ones() {
     let info = api
         .command(
             &agent.id,
-            Command::ContainerList(ContainerListArgs { all: true }),
+            Command::ContainerList(ContainerListArgs {
+                all: true,
+                label: None,
+            }),
             Some(30),
         )
         .await
@@ -55,7 +58,10 @@ async fn list_shows_managed_containers_and_hides_ignored_ones() {
     let info = api
         .command(
             &agent.id,
-            Command::ContainerList(ContainerListArgs { all: false }),
+            Command::ContainerList(ContainerListArgs {
+                all: false,
+                label: None,
+            }),
             Some(30),
         )
         .await

@@ -95,7 +95,10 @@ async fn after_a_relay_restart_agents_reconnect_and_queued_commands_complete() {
     let info = api
         .command(
             &a.id,
-            Command::ContainerList(ContainerListArgs { all: true }),
+            Command::ContainerList(ContainerListArgs {
+                all: true,
+                label: None,
+            }),
             Some(30),
         )
         .await

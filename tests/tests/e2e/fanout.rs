@@ -29,7 +29,10 @@ async fn fan_out_runs_everywhere_and_stops_dispatching_after_max_errors() {
     let job = api
         .job(&CreateJob {
             selector: "tier=build".parse().unwrap(),
-            command: Command::ContainerList(ContainerListArgs { all: true }),
+            command: Command::ContainerList(ContainerListArgs {
+                all: true,
+                label: None,
+            }),
             max_concurrency: Some(Limit::Percent(50)),
             max_errors: None,
             ttl_secs: None,

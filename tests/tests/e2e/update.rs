@@ -1544,7 +1544,7 @@ async fn stopped_and_auto_remove_containers_are_refused_unchanged() {
         .await;
     assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged);
     let e = r.result.error.clone().expect("an error");
-    assert_eq!(e.code, "invalid_args", "{e:?}");
+    assert_eq!(e.code, "container_not_running", "{e:?}");
     assert!(e.message.contains("start it first"), "{e:?}");
     let state = s.docker.state(&stopped).await;
     assert_eq!(
