@@ -34,6 +34,11 @@ pub struct AgentConfig {
     /// `key=value`: manage ONLY containers carrying this Docker label. Every other container is
     /// invisible, exactly like one labelled `flotilla.ignore=true`.
     pub only_label: Option<String>,
+    /// Paths whose file systems are always reported in heartbeats (the file system holding
+    /// each path), even pseudo ones like tmpfs that are otherwise left out. Canonicalised and
+    /// deduplicated when the heartbeat task starts; a path that cannot be resolved then is
+    /// warned about once and skipped.
+    pub disk_paths: Vec<String>,
     /// Largest websocket message accepted from the relay, and sent to it, in bytes (lowered to
     /// the relay's own limit when its welcome announces a smaller one).
     pub max_frame_bytes: usize,
@@ -107,6 +112,7 @@ impl Default for AgentConfig {
             docker_host: None,
             allowed_commands: CommandKind::ALL.to_vec(),
             only_label: None,
+            disk_paths: Vec::new(),
             max_frame_bytes: flotilla_shared::DEFAULT_MAX_FRAME_BYTES,
             max_outbox_events: crate::state::DEFAULT_MAX_OUTBOX_EVENTS,
             restart_loop_threshold: 3,
@@ -211,6 +217,14 @@ impl AgentConfig {
         }
         if let Some(v) = get("FLOTILLA_ONLY_LABEL") {
             self.only_label = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("FLOTILLA_DISK_PATHS") {
+            self.disk_paths = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
         }
         if let Some(v) = get("FLOTILLA_MAX_FRAME_BYTES") {
             self.max_frame_bytes = v.trim().parse().map_err(|_| {
@@ -420,6 +434,14 @@ mod tests {
         c.apply_env(|n| env.get(n).cloned())?;
         c.validate()?;
         Ok(c)
+    }
+
+    #[test]
+    fn disk_paths_from_file_and_env() {
+        let c = AgentConfig::from_toml("disk_paths = [\"/srv/data\"]\n").unwrap();
+        assert_eq!(c.disk_paths, vec!["/srv/data".to_string()]);
+        let c = with_env(&[("FLOTILLA_DISK_PATHS", "/a, /b/c,")]).unwrap();
+        assert_eq!(c.disk_paths, vec!["/a".to_string(), "/b/c".to_string()]);
     }
 
     #[test]

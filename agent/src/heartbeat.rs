@@ -76,6 +76,8 @@ struct HostCollector {
     sys: System,
     disks: Disks,
     facts: StaticFacts,
+    /// `disk_paths`: always reported, even on pseudo file systems (see [`filesystems`]).
+    disk_paths: Vec<String>,
 }
 
 impl HostCollector {
@@ -98,6 +100,15 @@ impl HostCollector {
             sys,
             disks: Disks::new(),
             facts,
+            disk_paths: Vec::new(),
+        }
+    }
+
+    /// [`HostCollector::new`] that also reports the file systems holding `disk_paths`.
+    fn with_paths(disk_paths: Vec<String>) -> Self {
+        HostCollector {
+            disk_paths,
+            ..HostCollector::new()
         }
     }
 
@@ -125,12 +136,80 @@ impl HostCollector {
             memory_used_bytes: total.saturating_sub(self.sys.available_memory()),
             swap_total_bytes: self.sys.total_swap(),
             swap_used_bytes: self.sys.used_swap(),
-            filesystems: filesystems(&self.disks),
+            filesystems: filesystems(&self.disks, &self.disk_paths),
         }
     }
 }
 
-fn filesystems(disks: &Disks) -> Vec<FilesystemUsage> {
+/// `disk_paths` resolved once at start: each path canonicalised (symlinks and `..` resolved,
+/// so the mount lookup sees the real location), duplicates dropped (first wins). A path that
+/// cannot be resolved is reported once, as a warning, and skipped. Blocking (file system).
+fn canonical_disk_paths(paths: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(paths.len());
+    for p in paths {
+        match std::fs::canonicalize(p) {
+            Ok(c) => {
+                let c = c.to_string_lossy().into_owned();
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+            }
+            Err(e) => {
+                warn!(path = %p, error = %e, "disk_paths entry cannot be resolved; not reported");
+            }
+        }
+    }
+    out
+}
+
+/// The mount point holding `path`: the longest mount point that is a path prefix of it.
+fn mount_of<'a>(path: &str, mounts: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let path = path.trim_end_matches('/');
+    mounts
+        .filter(|m| {
+            let m = m.trim_end_matches('/');
+            m.is_empty() || path == m || path.starts_with(&format!("{m}/"))
+        })
+        .max_by_key(|m| m.len())
+}
+
+/// The host's storage file systems, plus those holding `disk_paths` whatever their type (a
+/// tmpfs-backed Docker volume, say).
+fn filesystems(disks: &Disks, disk_paths: &[String]) -> Vec<FilesystemUsage> {
+    let mounts: Vec<String> = disks
+        .list()
+        .iter()
+        .map(|d| d.mount_point().to_string_lossy().into_owned())
+        .collect();
+    let wanted: HashSet<&str> = disk_paths
+        .iter()
+        .filter_map(|p| mount_of(p, mounts.iter().map(String::as_str)))
+        .collect();
+    let forced: Vec<FilesystemUsage> = disks
+        .list()
+        .iter()
+        .filter(|d| wanted.contains(d.mount_point().to_string_lossy().as_ref()))
+        .map(|d| {
+            FilesystemUsage::new(
+                d.mount_point().to_string_lossy().into_owned(),
+                d.name().to_string_lossy().into_owned(),
+                d.file_system().to_string_lossy().into_owned(),
+                d.total_space(),
+                d.available_space(),
+            )
+        })
+        .collect();
+    let mut out = storage_filesystems(disks);
+    for f in forced {
+        if !out.iter().any(|o| o.mount_point == f.mount_point) {
+            out.push(f);
+        }
+    }
+    out.sort_by(|a, b| a.mount_point.cmp(&b.mount_point));
+    out
+}
+
+fn storage_filesystems(disks: &Disks) -> Vec<FilesystemUsage> {
     let mut out: Vec<FilesystemUsage> = disks
         .list()
         .iter()
@@ -188,15 +267,24 @@ pub struct HeartbeatTask {
     pub out: watch::Sender<Option<Arc<Heartbeat>>>,
     /// The backup service's summary, carried in every heartbeat.
     pub backup: watch::Receiver<Option<flotilla_shared::backup::BackupSummary>>,
+    /// Paths whose file systems are always reported (`disk_paths`).
+    pub disk_paths: Vec<String>,
 }
 
 impl HeartbeatTask {
     pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut collector = Some(
-            tokio::task::spawn_blocking(HostCollector::new)
-                .await
-                .map_err(|e| anyhow::anyhow!("host metrics task failed: {e}"))?,
-        );
+        let (paths, first) = tokio::task::spawn_blocking({
+            let paths = self.disk_paths.clone();
+            move || {
+                let paths = canonical_disk_paths(&paths);
+                (paths.clone(), HostCollector::with_paths(paths))
+            }
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("host metrics task failed: {e}"))?;
+        // Resolved once: a collector built again after a panic reuses them.
+        self.disk_paths = paths;
+        let mut collector = Some(first);
         let mut interval = (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
         let mut interval_open = true;
         let mut next = Instant::now();
@@ -233,9 +321,12 @@ impl HeartbeatTask {
                     // A panic inside sysinfo: start over with a fresh collector.
                     warn!(error = %e, "host metrics collection failed");
                     collector = Some(
-                        tokio::task::spawn_blocking(HostCollector::new)
-                            .await
-                            .map_err(|e| anyhow::anyhow!("host metrics task failed: {e}"))?,
+                        tokio::task::spawn_blocking({
+                            let paths = self.disk_paths.clone();
+                            move || HostCollector::with_paths(paths)
+                        })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("host metrics task failed: {e}"))?,
                     );
                     HostMetrics::default()
                 }
@@ -557,5 +648,70 @@ mod tests {
             assert!(!is_pseudo_fs(&f.fs_type), "{f:?}");
             assert!(f.total_bytes > 0);
         }
+    }
+
+    #[test]
+    fn disk_paths_find_their_mount() {
+        let mounts = ["/", "/var", "/var/lib/docker/volumes/v/_data", "/varx"];
+        let m = |p: &str| mount_of(p, mounts.iter().copied());
+        assert_eq!(
+            m("/var/lib/docker/volumes/v/_data"),
+            Some("/var/lib/docker/volumes/v/_data")
+        );
+        assert_eq!(
+            m("/var/lib/docker/volumes/v/_data/sub/"),
+            Some("/var/lib/docker/volumes/v/_data")
+        );
+        assert_eq!(m("/var/log"), Some("/var"));
+        assert_eq!(m("/varx/y"), Some("/varx"));
+        assert_eq!(m("/home"), Some("/"));
+        assert_eq!(mount_of("/x", ["/var"].into_iter()), None);
+    }
+
+    #[test]
+    fn disk_paths_are_canonicalised_deduped_and_unresolvable_ones_skipped() {
+        let dir = std::env::temp_dir().join(format!("flotilla-disk-paths-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let real = std::fs::canonicalize(&dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let d = dir.to_string_lossy().into_owned();
+        let got = canonical_disk_paths(&[
+            format!("{d}/sub/.."),
+            d.clone(),
+            format!("{d}/"),
+            format!("{d}/does-not-exist"),
+            format!("{d}/sub"),
+        ]);
+        assert_eq!(got, vec![real.clone(), format!("{real}/sub")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A real tmpfs mount of this machine is left out by default and reported once a disk path
+    /// lies on it.
+    #[test]
+    fn disk_paths_keep_pseudo_file_systems() {
+        let disks = Disks::new_with_refreshed_list();
+        let Some(tmpfs) = disks
+            .list()
+            .iter()
+            .find(|d| d.file_system().to_string_lossy() == "tmpfs" && d.total_space() > 0)
+            .map(|d| d.mount_point().to_string_lossy().into_owned())
+        else {
+            eprintln!("no tmpfs mount on this machine; only the mount lookup is tested");
+            return;
+        };
+        assert!(!filesystems(&disks, &[])
+            .iter()
+            .any(|f| f.mount_point == tmpfs));
+        let inside = format!("{}/some/file", tmpfs.trim_end_matches('/'));
+        let got = filesystems(&disks, &[inside]);
+        let f = got
+            .iter()
+            .find(|f| f.mount_point == tmpfs)
+            .expect("the tmpfs holding the disk path is reported");
+        assert_eq!(f.fs_type, "tmpfs");
+        assert_eq!(got.iter().filter(|f| f.mount_point == tmpfs).count(), 1);
     }
 }

@@ -173,6 +173,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         poke: poke.clone(),
         out: heartbeat_tx,
         backup: backups.summary(),
+        disk_paths: config.disk_paths.clone(),
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("heartbeat", hb.run(token).await) });
