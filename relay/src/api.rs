@@ -6,10 +6,12 @@
 //! for every mutating call. They reach the database only through [`crate::store::Store`].
 
 mod agents;
+mod alerts;
 mod auth;
 mod backups;
 mod commands;
 mod error;
+mod rollouts;
 mod system;
 mod tokens;
 mod updates;
@@ -67,6 +69,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/commands/{id}", get(commands::show))
         .route("/api/v1/jobs", post(commands::create_job))
         .route("/api/v1/jobs/{id}", get(commands::show_job))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/{id}", get(alerts::show))
+        .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route(
+            "/api/v1/silences",
+            get(alerts::list_silences).post(alerts::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(alerts::delete_silence),
+        )
+        .route(
+            "/api/v1/rollouts",
+            post(rollouts::create).get(rollouts::list),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::show))
+        .route("/api/v1/rollouts/{id}/{action}", post(rollouts::act))
         .route("/api/v1/audit", get(system::audit_trail));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an

@@ -6,14 +6,18 @@
 //! a backup command did not succeed, a wait timed out); 2 on usage errors and API errors, with
 //! `error: <message>` on stderr.
 
+mod alerts;
 mod backup;
 mod client;
 mod render;
+mod rollout;
 mod run;
 mod update;
 
+pub use alerts::{AlertsArgs, AlertsCommand};
 pub use backup::{BackupCommand, BackupTarget, BackupsArgs};
 pub use client::{ApiClient, CliError};
+pub use rollout::{RolloutCommand, StartArgs as RolloutStartArgs};
 
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
@@ -90,6 +94,13 @@ pub enum CliCommand {
     /// Database backups on one agent: list, run, verify, restore (waits for the outcome).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Alerts (firing by default; `--watch` follows them), and `alerts ack|silence|silences|
+    /// unsilence`.
+    Alerts(AlertsArgs),
+    /// Canary rollouts: start one, follow it (`status --watch`), pause, resume, promote,
+    /// abort (`--revert`), list.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// Commands already sent.
     #[command(subcommand)]
     Command(CommandCommand),
@@ -422,6 +433,8 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
         CliCommand::Update(args) => return update::update(&client, args, json).await,
         CliCommand::Backups(args) => return backup::backups(&client, args, json, now).await,
         CliCommand::Backup(cmd) => return backup::backup(&client, cmd, json).await,
+        CliCommand::Rollout(cmd) => return rollout::rollout(&client, cmd, json).await,
+        CliCommand::Alerts(args) => return alerts::alerts(&client, args, json, now).await,
         CliCommand::Updates {
             agent,
             container,

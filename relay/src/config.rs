@@ -57,6 +57,11 @@ pub struct RelayConfig {
     /// many days are deleted (a sweep runs every few hours; each database's latest backup and
     /// newest success are kept). 0 keeps everything.
     pub retention_days: u32,
+    /// Alert notifications (`[notify]`): webhooks, Slack-compatible webhooks, e-mail, and how
+    /// delivery retries. Checked by `Notifier::start`, which reads the secret files.
+    pub notify: crate::alerts::notify::NotifyConfig,
+    /// Alert rules, thresholds and their evaluation (`[alerts]`, see `alerts/config.rs`).
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 impl Default for RelayConfig {
@@ -73,6 +78,8 @@ impl Default for RelayConfig {
             max_pending_handshakes: 1024,
             trusted_proxies: Vec::new(),
             retention_days: 30,
+            notify: crate::alerts::notify::NotifyConfig::default(),
+            alerts: crate::alerts::AlertsConfig::default(),
         }
     }
 }
@@ -270,6 +277,8 @@ impl RelayConfig {
                 .unwrap_or(base.max_pending_handshakes),
             trusted_proxies: overrides.trusted_proxies.unwrap_or(base.trusted_proxies),
             retention_days: overrides.retention_days.unwrap_or(base.retention_days),
+            notify: base.notify,
+            alerts: base.alerts,
         };
         config.validate()?;
         Ok(config)
@@ -333,6 +342,9 @@ impl RelayConfig {
                 "expected 0 (keep everything) to 36500 days",
             );
         }
+        if let Err((key, value, expected)) = self.alerts.validate() {
+            return bad(&key, value, expected);
+        }
         Ok(())
     }
 }
@@ -352,7 +364,9 @@ mod tests {
         let defaults = serde_json::to_value(RelayConfig::default()).unwrap();
         for key in defaults.as_object().unwrap().keys() {
             assert!(
-                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
+                text.contains(&format!("\n{key} = "))
+                    || text.contains(&format!("\n# {key} = "))
+                    || text.contains(&format!("\n[{key}]\n")),
                 "{key} is not documented in packaging/relay.toml"
             );
         }

@@ -5,6 +5,7 @@
 //! `serve` and `dev` subcommands and the tests use.
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod api;
 pub mod backups;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
 pub mod retention;
+pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -70,6 +70,8 @@ pub struct Metrics {
     commands: [AtomicU64; 4],
     protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
     backup_databases: [AtomicU64; BACKUP_STATUSES.len()],
+    /// Firing alerts by severity (soft, medium, hard) as of the latest evaluation.
+    alerts_firing: [AtomicU64; 3],
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -105,6 +107,13 @@ impl Metrics {
             .position(|s| *s == status)
             .expect("every status is listed");
         self.backup_databases[i].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Sets the firing alerts gauge (soft, medium, hard) after an evaluation.
+    pub fn set_alerts_firing(&self, firing: [usize; 3]) {
+        for (gauge, n) in self.alerts_firing.iter().zip(firing) {
+            gauge.store(n as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn protocol_error(&self, reason: ProtocolError) {
@@ -194,6 +203,19 @@ impl Metrics {
                 "flotilla_backup_databases_total{{status=\"{}\"}} {}",
                 status.as_str(),
                 get(&self.backup_databases[i])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_alerts_firing Alerts firing now, by severity.\n\
+             # TYPE flotilla_alerts_firing gauge"
+        );
+        for (i, severity) in flotilla_shared::alert::Severity::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "flotilla_alerts_firing{{severity=\"{}\"}} {}",
+                severity.as_str(),
+                get(&self.alerts_firing[i])
             );
         }
         out

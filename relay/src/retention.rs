@@ -1,5 +1,5 @@
 //! The retention sweep: every few hours, deletes events, audit rows, finished commands,
-//! finished update-history rows and backup-history rows older than `retention_days`, so the
+//! finished update-history rows, backup-history rows, resolved alerts and ended silences older than `retention_days`, so the
 //! database does not grow for ever. Of the backup history, each database's latest row and its
 //! newest success are kept whatever their age: they are its state and its last good backup.
 
@@ -42,6 +42,10 @@ pub async fn run(state: AppState, shutdown: CancellationToken) {
             Err(e) => {
                 tracing::warn!(error = %e, "retention sweep failed; retrying at the next one")
             }
+        }
+        match state.store.prune_alerts(cutoff).await {
+            Ok(n) => tracing::debug!(alerts = n, "resolved alerts pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune resolved alerts"),
         }
     }
 }

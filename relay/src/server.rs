@@ -48,6 +48,8 @@ pub enum StartError {
     },
     #[error("startup task failed: {0}")]
     Task(String),
+    #[error(transparent)]
+    Notify(#[from] crate::alerts::notify::NotifyConfigError),
 }
 
 /// A relay serving in this process.
@@ -171,6 +173,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
 
     let shutdown = CancellationToken::new();
     let (jobs, jobs_rx) = JobKicker::channel();
+    let (rollouts, rollouts_rx) = crate::rollouts::RolloutKicker::channel();
     let (completions, _) = broadcast::channel(1024);
     let heartbeats = Arc::new(HeartbeatCache::default());
     // Once, so listing agents never has to parse heartbeat JSON from the database.
@@ -194,15 +197,30 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         metrics: Metrics::default(),
         heartbeats: heartbeats.clone(),
         jobs,
+        rollouts,
         completions,
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
+        alerts: crate::alerts::AlertsHandle::default(),
     }));
 
+    // Alert notifications: the engine decides, the notifier delivers without ever blocking.
+    let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
+    let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
     let tasks = vec![
+        tokio::spawn(crate::alerts::run(
+            state.clone(),
+            alert_sink,
+            shutdown.clone(),
+        )),
         tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
         tokio::spawn(run_engine(state.clone(), jobs_rx, shutdown.clone())),
         tokio::spawn(run_expiry_sweeper(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::rollouts::run_engine(
+            state.clone(),
+            rollouts_rx,
+            shutdown.clone(),
+        )),
         tokio::spawn(crate::ratelimit::run_pruner(
             state.clone(),
             shutdown.clone(),

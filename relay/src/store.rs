@@ -34,6 +34,8 @@
 //! shared [`database_state`] and [`agent_alert`]; retention keeps those two rows of every
 //! database whatever their age.
 
+mod alerts;
+mod rollouts;
 mod sqlite;
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -7,6 +7,7 @@
 //! (the one exception is the operating system's random source, used for ids and tokens).
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod api;
 pub mod backup;
 pub mod command;
@@ -15,6 +16,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod limit;
 pub mod protocol;
+pub mod rollout;
 pub mod selector;
 pub mod signing;
 pub mod update;

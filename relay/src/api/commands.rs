@@ -2,8 +2,7 @@
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
-use crate::config::MAX_COMMAND_TTL_SECS;
-use crate::state::{AppState, Shared};
+use crate::state::{AppState, IssueError, Shared};
 use crate::store::{now, CommandLookup, NewCommand, NewJob};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,11 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 /// Longest `?wait=` honoured; larger values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 300;
 
-/// When a command expires. Without a TTL in the request: the relay's default, except that a
-/// `container.update` gets at least its run budget and `backup.run`/`backup.restore` at least
-/// six hours, times `waves` (the job's targets run that many after one another under
-/// max-concurrency; 1 for a single command), see [`crate::updates`] and [`crate::backups`], so
-/// no delivery ends while an agent may still be working on it.
+/// When a command expires (see [`Shared::command_expiry`]); a TTL out of range is a 400.
 fn expiry(
     state: &Shared,
     ttl_secs: Option<u64>,
@@ -31,18 +26,9 @@ fn expiry(
     waves: u64,
     issued_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, ApiError> {
-    let default = state.config.default_command_ttl_secs;
-    let ttl = ttl_secs.unwrap_or(match command {
-        Command::ContainerUpdate(args) => crate::updates::default_ttl_secs(args, default, waves),
-        c if crate::backups::is_long(c) => crate::backups::default_ttl_secs(default, waves),
-        _ => default,
-    });
-    if !(1..=MAX_COMMAND_TTL_SECS).contains(&ttl) {
-        return Err(ApiError::bad_request(format!(
-            "ttl_secs must be between 1 and {MAX_COMMAND_TTL_SECS} (7 days)"
-        )));
-    }
-    Ok(issued_at + chrono::Duration::seconds(ttl as i64))
+    state
+        .command_expiry(ttl_secs, command, waves, issued_at)
+        .map_err(ApiError::bad_request)
 }
 
 fn validate(command: &Command) -> Result<(), ApiError> {
@@ -127,38 +113,20 @@ pub async fn create(
                 format!("agent {agent_id} has been revoked"),
             ));
         }
-        let issued_at = now();
-        let expires_at = expiry(&state, req.ttl_secs, &req.command, 1, issued_at)?;
-        let signed = sign(
-            &state,
-            &command_id,
-            Audience::Agent {
-                agent_id: agent_id.clone(),
-            },
-            &req.command,
-            issued_at,
-            expires_at,
-        );
         // Persisted before it is sent: a relay crash after sending cannot lose it.
         state
-            .store
-            .create_command(NewCommand {
-                id: command_id.clone(),
-                command: req.command.clone(),
-                signed: signed.clone(),
-                audience: Audience::Agent {
-                    agent_id: agent_id.clone(),
-                },
-                created_at: issued_at,
-                expires_at,
-                created_by: caller.name().to_string(),
-                job_id: None,
-                targets: vec![(agent_id.clone(), DeliveryState::Queued)],
-            })
-            .await?;
-        state
-            .dispatch(&command_id, &signed, std::slice::from_ref(&agent_id))
-            .await?;
+            .issue_command(
+                &command_id,
+                &agent_id,
+                req.command.clone(),
+                req.ttl_secs,
+                caller.name(),
+            )
+            .await
+            .map_err(|e| match e {
+                IssueError::InvalidTtl(m) => ApiError::bad_request(m),
+                IssueError::Store(e) => ApiError::from(e),
+            })?;
         Ok(())
     }
     .await;

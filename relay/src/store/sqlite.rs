@@ -28,6 +28,9 @@ use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
+mod alerts;
+mod rollouts;
+
 /// Schema migrations; `PRAGMA user_version` is the number applied so far.
 pub(super) const MIGRATIONS: &[&str] = &[
     r#"
@@ -187,6 +190,10 @@ CREATE INDEX backup_results_agent_key_success ON backup_results(agent_id, key, f
     WHERE status = 'success';
 CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 "#,
+    // 5: canary rollouts (see `sqlite/rollouts.rs`).
+    rollouts::SCHEMA,
+    // 6: alerts and silences (see `sqlite/alerts.rs`).
+    alerts::SCHEMA,
 ];
 
 /// States in which a delivery is still waiting to reach the agent or to finish.

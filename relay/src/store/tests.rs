@@ -946,4 +946,5 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
 }
 
 mod backups;
+mod rollouts;
 mod updates;

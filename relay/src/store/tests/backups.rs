@@ -306,7 +306,7 @@ async fn a_version_3_database_gains_the_backup_history() {
         .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert!(version >= 4);
     assert_eq!(version as usize, sqlite::MIGRATIONS.len());
     record(&store, "ag_old", report("r1", t0(), &[("pg/app", S)])).await;
     let got = backups_of(&store, "ag_old", None, t0()).await;

@@ -1,0 +1,273 @@
+//! Canary rollouts: `POST/GET /api/v1/rollouts`, `GET /api/v1/rollouts/{id}` and the operator
+//! actions `POST /api/v1/rollouts/{id}/pause|resume|promote|abort` (see
+//! `flotilla_shared::rollout` for the shapes and `crate::rollouts` for the engine).
+
+use super::error::{JsonBody, QueryParams};
+use super::{audit, ApiError, Caller};
+use crate::rollouts::{ActionRefusal, RolloutFilter, RolloutSpec};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use flotilla_shared::api::Scope;
+use flotilla_shared::ids;
+use flotilla_shared::limit::Limit;
+use flotilla_shared::rollout::{
+    AbortRollout, CreateRollout, PauseRollout, RolloutAction, RolloutInfo, RolloutState,
+    DEFAULT_STAGE_TIMEOUT_SECS,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Longest stage timeout accepted (7 days).
+pub const MAX_STAGE_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Default and largest page of `GET /api/v1/rollouts`.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_args", message)
+}
+
+/// Checks a request and resolves its defaults into the stored spec.
+pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
+    let target = req.target().map_err(|e| invalid(e.to_string()))?;
+    let stages = req.stage_specs().map_err(|e| invalid(e.to_string()))?;
+    let image = req.image.trim();
+    if image.is_empty() || image.chars().any(char::is_whitespace) {
+        return Err(invalid(format!("invalid image reference {:?}", req.image)));
+    }
+    let stage_timeout_secs = req.stage_timeout_secs.unwrap_or(DEFAULT_STAGE_TIMEOUT_SECS);
+    if !(1..=MAX_STAGE_TIMEOUT_SECS).contains(&stage_timeout_secs) {
+        return Err(invalid(format!(
+            "stage_timeout_secs must be between 1 and {MAX_STAGE_TIMEOUT_SECS} (7 days)"
+        )));
+    }
+    let parallelism = req.parallelism.unwrap_or(Limit::Count(1));
+    if matches!(parallelism, Limit::Count(0) | Limit::Percent(0)) {
+        return Err(invalid("parallelism must allow at least one agent"));
+    }
+    let spec = RolloutSpec {
+        name: req
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| format!("{target} → {image}")),
+        selector: req.selector.clone(),
+        target,
+        image: image.to_string(),
+        stages,
+        order: req.order.unwrap_or_default(),
+        seed: {
+            let mut b = [0u8; 8];
+            ids::random_bytes(&mut b);
+            u64::from_le_bytes(b)
+        },
+        max_failures: req.max_failures.unwrap_or(Limit::Count(0)),
+        on_failure: req.on_failure.unwrap_or_default(),
+        parallelism,
+        health: req.health.clone().unwrap_or_default(),
+        health_timeout_secs: req.health_timeout_secs,
+        stable_secs: req.stable_secs,
+        strategy: req.strategy.unwrap_or_default(),
+        stage_timeout_secs,
+    };
+    // The update command each member gets must be valid too.
+    flotilla_shared::command::Command::ContainerUpdate(spec.update_args("probe", &spec.image))
+        .validate()
+        .map_err(invalid)?;
+    Ok(spec)
+}
+
+/// `POST /api/v1/rollouts` (operate): 201 with the rollout as stored (the engine, kicked, picks
+/// its first stage's members right after),
+/// 400 for bad arguments, 409 when an active rollout has the same target and an overlapping
+/// selector.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<CreateRollout>,
+) -> Result<(StatusCode, Json<RolloutInfo>), ApiError> {
+    caller.require(Scope::Operate)?;
+    let id = ids::new_id("ro");
+    let result = async {
+        let spec = spec_of(&req)?;
+        if let Err((other, name)) = state
+            .store
+            .create_rollout(id.clone(), spec, caller.name().to_string())
+            .await?
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "rollout {other} ({name}) is active for the same target with an overlapping \
+                     selector; abort it or wait for it to finish"
+                ),
+            ));
+        }
+        // Only kick the engine: advancing inline would race its tick (two dispatches past the
+        // parallelism) and turn an error after the commit into a 500 for a created rollout.
+        state.rollouts.kick();
+        let info = state
+            .store
+            .rollout(id.clone())
+            .await?
+            .ok_or_else(ApiError::internal)?;
+        Ok((StatusCode::CREATED, Json(info)))
+    }
+    .await;
+    audit(
+        &state,
+        caller.name(),
+        "rollout.create",
+        &id,
+        &result,
+        Some(format!(
+            "image={} selector={} target={}",
+            req.image,
+            req.selector,
+            req.container
+                .clone()
+                .or_else(|| req.container_label.as_ref().map(|l| format!("label {l}")))
+                .unwrap_or_default()
+        )),
+    )
+    .await;
+    result
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// A rollout state, or `active` for every rollout that is not final.
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/rollouts[?state=]` (read): summaries, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<Json<Vec<RolloutInfo>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_LIST_LIMIT}"
+        )));
+    }
+    let mut filter = RolloutFilter {
+        limit,
+        ..RolloutFilter::default()
+    };
+    match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => {}
+        Some("active") => filter.active_only = true,
+        Some(s) => {
+            filter.state = Some(RolloutState::parse(s).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown state {s:?}: expected active, running, paused, completed, aborted, \
+                     reverting or reverted"
+                ))
+            })?)
+        }
+    }
+    Ok(Json(state.store.rollouts(filter).await?))
+}
+
+/// `GET /api/v1/rollouts/{id}` (read): the rollout with its members and event log.
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    caller.require(Scope::Read)?;
+    state
+        .store
+        .rollout(id.clone())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no rollout with id {id}")))
+}
+
+/// An optional JSON body: empty means the default.
+fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+/// `POST /api/v1/rollouts/{id}/{action}` (operate): pause, resume, promote or abort; 409 when
+/// the action does not apply now.
+pub async fn act(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<RolloutInfo>, ApiError> {
+    caller.require(Scope::Operate)?;
+    let action =
+        match action.as_str() {
+            "pause" => optional_body::<PauseRollout>(&body)
+                .map(|b| RolloutAction::Pause { reason: b.reason }),
+            "resume" => optional_body::<Empty>(&body).map(|_| RolloutAction::Resume),
+            "promote" => optional_body::<Empty>(&body).map(|_| RolloutAction::Promote),
+            "abort" => optional_body::<AbortRollout>(&body)
+                .map(|b| RolloutAction::Abort { revert: b.revert }),
+            other => {
+                return Err(ApiError::not_found(format!(
+                    "unknown rollout action {other:?}: expected pause, resume, promote or abort"
+                )))
+            }
+        };
+    let verb = action
+        .as_ref()
+        .map(|a| a.as_str())
+        .unwrap_or("action")
+        .to_string();
+    let result = async {
+        let action = action?;
+        let detail = format!("{action:?}");
+        match state
+            .store
+            .rollout_action(id.clone(), action, caller.name().to_string())
+            .await?
+        {
+            Ok(()) => {}
+            Err(ActionRefusal::NotFound) => {
+                return Err(ApiError::not_found(format!("no rollout with id {id}")))
+            }
+            Err(ActionRefusal::InvalidState(why)) => {
+                return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", why))
+            }
+        }
+        state.rollouts.kick();
+        Ok(detail)
+    }
+    .await;
+    audit(
+        &state,
+        caller.name(),
+        &format!("rollout.{verb}"),
+        &id,
+        &result,
+        result.as_ref().ok().cloned(),
+    )
+    .await;
+    result?;
+    state
+        .store
+        .rollout(id.clone())
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no rollout with id {id}")))
+}

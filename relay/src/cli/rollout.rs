@@ -1,0 +1,504 @@
+//! `flotilla rollout start|status|list|pause|resume|promote|abort`: canary rollouts through
+//! `/api/v1/rollouts` (see `flotilla_shared::rollout`). `status --watch` redraws every second
+//! on a terminal (clear and redraw) and otherwise prints whenever something changed, until the
+//! rollout reaches a final state.
+
+use super::client::{decode, ApiClient, CliError};
+use super::render::{self, Table};
+use super::run::{emit, print_value};
+use super::Outcome;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use flotilla_shared::duration::parse_duration;
+use flotilla_shared::limit::Limit;
+use flotilla_shared::rollout::{
+    format_stages, AbortRollout, CreateRollout, FailureAction, PauseRollout, RolloutInfo,
+    RolloutOrder, RolloutState, StagePhase, StageWhat,
+};
+use flotilla_shared::selector::Selector;
+use flotilla_shared::update::{HealthSpec, UpdateStrategy};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Pause between two looks at a watched rollout.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Start a canary rollout of a new image, stage by stage.
+    Start(Box<StartArgs>),
+    /// A rollout's stage, per-agent outcome and soak time left (`--watch` follows it).
+    Status {
+        id: String,
+        /// Redraw every second until the rollout is final.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Rollouts, newest first.
+    List {
+        /// Only rollouts in this state (running, paused, completed, aborted, reverting,
+        /// reverted) or `active`.
+        #[arg(long)]
+        state: Option<String>,
+        /// Most rollouts to show (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Pause: no new updates, soak clock stopped.
+    Pause {
+        id: String,
+        /// Why (shown in status).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume a paused rollout (the current stage's failures are accepted).
+    Resume { id: String },
+    /// End the current soak now and move on.
+    Promote { id: String },
+    /// Stop the rollout; with --revert, roll every updated container back.
+    Abort {
+        id: String,
+        #[arg(long)]
+        revert: bool,
+    },
+}
+
+/// `flotilla rollout start`.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The fleet: agents matching this selector (percentages count them).
+    #[arg(long)]
+    pub selector: Selector,
+    /// Update the container with this name on each agent.
+    #[arg(
+        long,
+        required_unless_present = "container_label",
+        conflicts_with = "container_label"
+    )]
+    pub container: Option<String>,
+    /// Update every container carrying this Docker label (`k=v`) on each agent.
+    #[arg(long)]
+    pub container_label: Option<String>,
+    /// The new image.
+    #[arg(long)]
+    pub image: String,
+    /// Stages: `<N%|selector>[:<soak>]`, separated by `,` (or `;` when a selector has several
+    /// terms). Default: `--staging` for 48h if given, then `5%:24h,25%:12h,100%`.
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Staging selector the default stages start with.
+    #[arg(long)]
+    pub staging: Option<Selector>,
+    /// newest-first (default), oldest-first or random.
+    #[arg(long)]
+    pub order: Option<RolloutOrder>,
+    /// Failures a stage tolerates before the failure action (`0`, `2`, `10%`; default 0).
+    #[arg(long)]
+    pub max_failures: Option<Limit>,
+    /// pause (default), abort or revert.
+    #[arg(long)]
+    pub on_failure: Option<FailureAction>,
+    /// Agents updating at once (`5`, `10%`; default 1). An agent with several target
+    /// containers (`--container-label`) updates them one at a time.
+    #[arg(long)]
+    pub parallelism: Option<Limit>,
+    /// Health check of each update (auto, docker, running, http:<port><path>, tcp:<port>).
+    #[arg(long)]
+    pub health: Option<HealthSpec>,
+    #[arg(long, value_parser = parse_duration)]
+    pub health_timeout: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    pub stable: Option<Duration>,
+    #[arg(long)]
+    pub strategy: Option<UpdateStrategy>,
+    /// How long a stage waits for offline agents (default 1h).
+    #[arg(long, value_parser = parse_duration)]
+    pub stage_timeout: Option<Duration>,
+    /// A name for people.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn secs32(flag: &str, d: Option<Duration>) -> Result<Option<u32>, CliError> {
+    d.map(|d| {
+        u32::try_from(d.as_secs()).map_err(|_| CliError::Usage(format!("{flag} is too large")))
+    })
+    .transpose()
+}
+
+/// The request from the flags (stages checked here too, for an early clear error).
+pub fn build_request(a: &StartArgs) -> Result<CreateRollout, CliError> {
+    let req = CreateRollout {
+        name: a.name.clone(),
+        selector: a.selector.clone(),
+        container: a.container.clone(),
+        container_label: a.container_label.clone(),
+        image: a.image.clone(),
+        stages: a.stages.clone(),
+        staging: a.staging.clone(),
+        order: a.order,
+        max_failures: a.max_failures,
+        on_failure: a.on_failure,
+        parallelism: a.parallelism,
+        health: a.health.clone(),
+        health_timeout_secs: secs32("--health-timeout", a.health_timeout)?,
+        stable_secs: secs32("--stable", a.stable)?,
+        strategy: a.strategy,
+        stage_timeout_secs: a.stage_timeout.map(|d| d.as_secs()),
+    };
+    req.target().map_err(|e| CliError::Usage(e.to_string()))?;
+    req.stage_specs()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(req)
+}
+
+pub async fn rollout(
+    client: &ApiClient,
+    cmd: &RolloutCommand,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    let base = ["api", "v1", "rollouts"];
+    let now = Utc::now();
+    match cmd {
+        RolloutCommand::Start(a) => {
+            let req = build_request(a)?;
+            let value = client.post(&base, &[], &req, Duration::ZERO).await?;
+            let info: RolloutInfo = decode(&value, "rollout")?;
+            print_value(&value, json, || status(&info, now));
+        }
+        RolloutCommand::Status { id, watch } => {
+            if *watch {
+                return watch_status(client, id, json).await;
+            }
+            let value = client.get(&[base[0], base[1], base[2], id], &[]).await?;
+            let info: RolloutInfo = decode(&value, "rollout")?;
+            print_value(&value, json, || status(&info, now));
+        }
+        RolloutCommand::List { state, limit } => {
+            let mut query = vec![("limit", limit.to_string())];
+            if let Some(s) = state {
+                query.push(("state", s.clone()));
+            }
+            let value = client.get(&base, &query).await?;
+            let list: Vec<RolloutInfo> = decode(&value, "rollouts")?;
+            print_value(&value, json, || list_table(&list, now));
+        }
+        RolloutCommand::Pause { id, reason } => {
+            let body = PauseRollout {
+                reason: reason.clone(),
+            };
+            act(client, id, "pause", &body, json).await?;
+        }
+        RolloutCommand::Resume { id } => {
+            act(client, id, "resume", &serde_json::json!({}), json).await?
+        }
+        RolloutCommand::Promote { id } => {
+            act(client, id, "promote", &serde_json::json!({}), json).await?
+        }
+        RolloutCommand::Abort { id, revert } => {
+            let body = AbortRollout { revert: *revert };
+            act(client, id, "abort", &body, json).await?;
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+async fn act<B: serde::Serialize>(
+    client: &ApiClient,
+    id: &str,
+    action: &str,
+    body: &B,
+    json: bool,
+) -> Result<(), CliError> {
+    let value = client
+        .post(
+            &["api", "v1", "rollouts", id, action],
+            &[],
+            body,
+            Duration::ZERO,
+        )
+        .await?;
+    let info: RolloutInfo = decode(&value, "rollout")?;
+    print_value(&value, json, || status(&info, Utc::now()));
+    Ok(())
+}
+
+async fn watch_status(client: &ApiClient, id: &str, json: bool) -> Result<Outcome, CliError> {
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut last: Option<String> = None;
+    loop {
+        let value = client.get(&["api", "v1", "rollouts", id], &[]).await?;
+        let info: RolloutInfo = decode(&value, "rollout")?;
+        let now = Utc::now();
+        if tty {
+            // Clear the screen and move home, then redraw (soak time left changes each second).
+            emit(&format!("\x1b[2J\x1b[H{}", status(&info, now)));
+        } else {
+            // Only print when something other than the clock changed.
+            let text = if json {
+                format!("{}\n", serde_json::to_string(&value).unwrap_or_default())
+            } else {
+                status(&info, now)
+            };
+            let key = serde_json::to_string(&(
+                &info.state,
+                &info.stage,
+                &info.stage_phase,
+                &info.counts,
+                &info.agents,
+                &info.events.len(),
+                &info.reason,
+            ))
+            .unwrap_or_default();
+            if last.as_deref() != Some(key.as_str()) {
+                emit(&text);
+                last = Some(key);
+            }
+        }
+        if info.state.is_final() {
+            return Ok(match info.state {
+                RolloutState::Completed | RolloutState::Reverted => Outcome::Success,
+                s => Outcome::Failed(format!(
+                    "rollout {} {s}{}",
+                    info.id,
+                    info.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
+                )),
+            });
+        }
+        tokio::time::sleep(WATCH_INTERVAL).await;
+    }
+}
+
+/// Seconds from `now` until `t` (0 when past).
+fn left(t: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
+    (t - now).num_seconds().max(0) as u64
+}
+
+/// The human status of one rollout.
+pub fn status(r: &RolloutInfo, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("Rollout {}  {}\n", r.id, r.name));
+    out.push_str(&format!(
+        "  {} → {} on agents matching {}\n",
+        r.target, r.image, r.selector
+    ));
+    out.push_str(&format!(
+        "  stages {}  order {}  parallelism {}  max-failures {}  on-failure {}\n",
+        format_stages(&r.stages),
+        r.order,
+        r.parallelism,
+        r.max_failures,
+        r.on_failure
+    ));
+    let stage = r.stages.get(r.stage);
+    let stage_text = stage.map(ToString::to_string).unwrap_or_default();
+    let mut state_line = format!(
+        "  state {}  stage {}/{} ({})  {}",
+        r.state,
+        r.stage + 1,
+        r.stages.len(),
+        stage_text,
+        r.stage_phase.as_str()
+    );
+    match (r.state, r.stage_phase) {
+        (RolloutState::Running, StagePhase::Soaking) => {
+            if let Some(t) = r.soak_ends_at {
+                state_line.push_str(&format!(", soak left {}", render::span(left(t, now))));
+            }
+        }
+        (RolloutState::Running, StagePhase::Dispatching) => {
+            if let Some(t) = r.stage_deadline {
+                state_line.push_str(&format!(
+                    ", offline agents wait {} more",
+                    render::span(left(t, now))
+                ));
+            }
+        }
+        (RolloutState::Paused, _) => {
+            if let Some(s) = r.soak_remaining_secs {
+                state_line.push_str(&format!(", soak left {} (stopped)", render::span(s)));
+            }
+        }
+        _ => {}
+    }
+    out.push_str(&state_line);
+    out.push('\n');
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!("  reason: {reason}\n"));
+    }
+    if r.stage_failures > 0 || r.accepted_failures > 0 {
+        out.push_str(&format!(
+            "  failures in this stage: {} ({} accepted at resume)\n",
+            r.stage_failures, r.accepted_failures
+        ));
+    }
+    if r.partial {
+        let last = r
+            .stages
+            .last()
+            .map(|s| match &s.what {
+                StageWhat::Percent(p) => format!("{p}%"),
+                StageWhat::Selector(sel) => sel.to_string(),
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  note: the last stage is {last}, not 100%: the rollout ends there\n"
+        ));
+    }
+    let c = &r.counts;
+    out.push_str(&format!(
+        "  agents {}: {} updated, {} updating, {} pending, {} failed, {} undelivered, {} no target, {} skipped",
+        c.total, c.updated, c.updating, c.pending, c.failed, c.undelivered, c.no_target, c.skipped
+    ));
+    if c.reverting + c.reverted + c.revert_failed > 0 {
+        out.push_str(&format!(
+            ", {} reverting, {} reverted, {} revert failed",
+            c.reverting, c.reverted, c.revert_failed
+        ));
+    }
+    out.push('\n');
+    if !r.agents.is_empty() {
+        let mut t = Table::new(&["AGENT", "STAGE", "OUTCOME", "CONTAINERS", "REASON"]);
+        for a in &r.agents {
+            let containers = a
+                .containers
+                .iter()
+                .map(|c| format!("{}:{}", c.name, c.outcome.as_str()))
+                .collect::<Vec<_>>()
+                .join(" ");
+            t.row(vec![
+                a.agent_name.clone(),
+                (a.stage + 1).to_string(),
+                a.outcome.to_string(),
+                containers,
+                a.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    if !r.events.is_empty() {
+        out.push_str("\nEvents:\n");
+        for e in r.events.iter().rev().take(10).rev() {
+            out.push_str(&format!(
+                "  {}  {:<14} {:<10} {}\n",
+                render::time(e.at),
+                e.action,
+                e.actor,
+                e.detail
+            ));
+        }
+    }
+    out
+}
+
+fn list_table(list: &[RolloutInfo], now: DateTime<Utc>) -> String {
+    if list.is_empty() {
+        return "no rollouts\n".into();
+    }
+    let mut t = Table::new(&[
+        "ID", "NAME", "STATE", "STAGE", "UPDATED", "FAILED", "AGENTS", "CREATED",
+    ]);
+    for r in list {
+        t.row(vec![
+            r.id.clone(),
+            r.name.clone(),
+            r.state.to_string(),
+            format!(
+                "{}/{} {}",
+                r.stage + 1,
+                r.stages.len(),
+                r.stage_phase.as_str()
+            ),
+            r.counts.updated.to_string(),
+            r.counts.failed.to_string(),
+            r.counts.total.to_string(),
+            render::ago(r.created_at, now),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, CliCommand};
+    use clap::Parser;
+
+    fn start(args: &[&str]) -> Result<CreateRollout, String> {
+        let mut argv = vec!["flotilla", "rollout", "start"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            CliCommand::Rollout(RolloutCommand::Start(a)) => {
+                build_request(&a).map_err(|e| e.to_string())
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn start_flags_build_the_request() {
+        let req = start(&[
+            "--selector",
+            "tier=build",
+            "--container-label",
+            "com.docker.compose.service=ghost",
+            "--image",
+            "registry.example.com/ghost:5.3",
+            "--staging",
+            "env=staging",
+            "--max-failures",
+            "10%",
+            "--on-failure",
+            "revert",
+            "--parallelism",
+            "5",
+            "--order",
+            "oldest-first",
+            "--stage-timeout",
+            "30m",
+        ])
+        .unwrap();
+        assert_eq!(
+            req.container_label.as_deref(),
+            Some("com.docker.compose.service=ghost")
+        );
+        assert_eq!(req.on_failure, Some(FailureAction::Revert));
+        assert_eq!(req.order, Some(RolloutOrder::OldestFirst));
+        assert_eq!(req.stage_timeout_secs, Some(1800));
+        assert_eq!(
+            format_stages(&req.stage_specs().unwrap()),
+            "env=staging:2d,5%:1d,25%:12h,100%"
+        );
+        // A bad stages string is refused before any request, naming the stage.
+        let err = start(&[
+            "--selector",
+            "tier=build",
+            "--container",
+            "ghost",
+            "--image",
+            "x:1",
+            "--stages",
+            "50%,10%",
+        ])
+        .unwrap_err();
+        assert!(err.contains("must not decrease"), "{err}");
+        // A target is required, and only one.
+        assert!(start(&["--selector", "a=b", "--image", "x:1"]).is_err());
+        assert!(start(&[
+            "--selector",
+            "a=b",
+            "--image",
+            "x:1",
+            "--container",
+            "a",
+            "--container-label",
+            "k=v"
+        ])
+        .is_err());
+    }
+}

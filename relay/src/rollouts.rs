@@ -1,0 +1,1265 @@
+//! Canary rollouts: the engine that moves each rollout through its stages.
+//!
+//! A rollout (see `flotilla_shared::rollout`) updates one container target across the agents
+//! matching a selector, stage by stage. All of its state lives in SQLite (`store/rollouts.rs`,
+//! `store/sqlite/rollouts.rs`): the rollout row (state, current stage, its phase, absolute
+//! deadlines), one row per member agent (stage, position, outcome) and one per target
+//! container (its `container.update` command id, outcome, old image, revert command id), plus
+//! an event log of every transition. The engine keeps nothing per agent in memory between
+//! steps, so a relay restart resumes exactly where it was.
+//!
+//! One task ([`run_engine`]) wakes on a kick (a rollout command's delivery finished, an
+//! operator acted) and every [`TICK`], and advances each active rollout with [`advance`]:
+//! 1. refresh: the in-flight containers' deliveries that became final give their container an
+//!    outcome; an agent whose containers are all final gets its outcome; a label target's
+//!    finished `container.list` is expanded into one `container.update` per container, sent
+//!    one at a time per agent (the next after the previous finished: parallelism counts
+//!    agents, and one agent's containers never restart all at once); a late result that
+//!    replaced a relay guess (expired `undelivered`, `no_result`) classifies its container
+//!    again;
+//! 2. soak check of the current stage's updated members (heartbeat cache, hub, stored events);
+//! 3. failure threshold: failures of the current stage beyond `max_failures` (plus those
+//!    accepted at a resume) fire the failure action at once;
+//! 4. dispatch (up to `parallelism` agents in flight, connected agents only; one SQLite
+//!    transaction inserts the command AND records its id on the member, so an agent is never
+//!    updated twice), stage deadline (members still offline end `undelivered`; connected ones
+//!    waiting for a slot keep being dispatched), soak start and end (a stage that updated
+//!    nobody pauses instead), the next stage's membership;
+//! 5. while reverting: updated containers, and those whose update may have happened (no
+//!    result), go back to their old image with the same parallelism, on connected agents
+//!    only, until the revert deadline (stage timeout after the revert started; then
+//!    `revert_failed`, "agent offline").
+//!
+//! Every store write that starts work (dispatch, expansion, deadline, revert) checks the
+//! rollout's state in its own transaction, so an operator's pause or abort always wins. An
+//! aborted rollout with updates still in flight stays active (refreshed, and a conflict for
+//! new rollouts) until they finish.
+//!
+//! The decisions are pure functions below ([`select_members`], [`threshold_exceeded`],
+//! [`apply_action`], [`classify_update`], [`soak_verdict`]) so they are unit tested without a
+//! database.
+
+use crate::config::RelayConfig;
+use crate::state::{AppState, Shared};
+use crate::store::{NewCommand, StoreError};
+use chrono::{DateTime, Utc};
+use flotilla_shared::api::DeliveryState;
+use flotilla_shared::command::{error_codes, Command, ContainerListArgs, ContainerListOutput};
+use flotilla_shared::heartbeat::Heartbeat;
+use flotilla_shared::limit::Limit;
+use flotilla_shared::rollout::{
+    AgentOutcome, FailureAction, RolloutAction, RolloutCounts, RolloutOrder, RolloutState,
+    RolloutTarget, StagePhase, StageSpec, StageWhat,
+};
+use flotilla_shared::selector::{Labels, Selector};
+use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateStrategy};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the engine looks at active rollouts without being kicked (soak checks, deadlines).
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// Prefix of every command a rollout issues (`cmd_ro_<hex>`), so finishing deliveries can kick
+/// the engine without a lookup.
+pub const COMMAND_PREFIX: &str = "cmd_ro";
+
+/// The actor of the engine's own transitions in the event log.
+pub const ENGINE_ACTOR: &str = "relay";
+
+/// How long an agent may be offline (no live connection, no heartbeat) during a soak before it
+/// counts as failed: the `agent_unreachable` alert's threshold (by default three heartbeat
+/// intervals), so a soak failure and the unreachable alert agree.
+pub fn offline_threshold(config: &RelayConfig) -> Duration {
+    crate::alerts::unreachable_after(config)
+}
+
+// === persisted types ===
+
+/// Everything fixed when a rollout is created (stored as JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    pub name: String,
+    pub selector: Selector,
+    pub target: RolloutTarget,
+    pub image: String,
+    pub stages: Vec<StageSpec>,
+    pub order: RolloutOrder,
+    /// Seed of the random order (kept so a restart keeps the order).
+    pub seed: u64,
+    pub max_failures: Limit,
+    pub on_failure: FailureAction,
+    pub parallelism: Limit,
+    pub health: HealthSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_timeout_secs: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_secs: Option<u32>,
+    pub strategy: UpdateStrategy,
+    pub stage_timeout_secs: u64,
+}
+
+impl RolloutSpec {
+    /// The `container.update` arguments for one container.
+    pub fn update_args(&self, container: &str, image: &str) -> ContainerUpdateArgs {
+        ContainerUpdateArgs {
+            container: container.to_string(),
+            image: image.to_string(),
+            health: self.health.clone(),
+            health_timeout_secs: self.health_timeout_secs,
+            stable_secs: self.stable_secs,
+            strategy: self.strategy,
+        }
+    }
+}
+
+/// A rollout's mutable position (the rollout row's columns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub state: RolloutState,
+    pub reason: Option<String>,
+    pub stage: usize,
+    pub phase: StagePhase,
+    /// None until the stage's members were chosen.
+    pub stage_started_at: Option<DateTime<Utc>>,
+    pub stage_deadline: Option<DateTime<Utc>>,
+    /// Dispatch deadline left when paused.
+    pub deadline_remaining_secs: Option<u64>,
+    pub soak_ends_at: Option<DateTime<Utc>>,
+    /// Soak left when paused during a soak.
+    pub soak_remaining_secs: Option<u64>,
+    pub accepted_failures: u32,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Progress {
+    /// A new rollout: running, first stage not started.
+    pub fn new(now: DateTime<Utc>) -> Progress {
+        Progress {
+            state: RolloutState::Running,
+            reason: None,
+            stage: 0,
+            phase: StagePhase::Dispatching,
+            stage_started_at: None,
+            stage_deadline: None,
+            deadline_remaining_secs: None,
+            soak_ends_at: None,
+            soak_remaining_secs: None,
+            accepted_failures: 0,
+            updated_at: now,
+            finished_at: None,
+        }
+    }
+}
+
+/// A rollout as the engine reads it.
+#[derive(Clone, Debug)]
+pub struct RolloutRow {
+    pub id: String,
+    pub spec: RolloutSpec,
+    pub progress: Progress,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A transition to record in the event log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub action: &'static str,
+    pub detail: String,
+}
+
+/// A non-revoked agent as stage membership sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FleetAgent {
+    pub id: String,
+    pub labels: Labels,
+    pub enrolled_at: DateTime<Utc>,
+}
+
+// === pure decisions ===
+
+/// Orders the fleet: newest enrolled first, oldest first, or shuffled by `seed` (a stable hash
+/// of seed and agent id, so agents enrolled later slot in without reshuffling the others).
+pub fn order_fleet(fleet: &mut [FleetAgent], order: RolloutOrder, seed: u64) {
+    match order {
+        RolloutOrder::NewestFirst => fleet.sort_by(|a, b| {
+            b.enrolled_at
+                .cmp(&a.enrolled_at)
+                .then_with(|| a.id.cmp(&b.id))
+        }),
+        RolloutOrder::OldestFirst => fleet.sort_by(|a, b| {
+            a.enrolled_at
+                .cmp(&b.enrolled_at)
+                .then_with(|| a.id.cmp(&b.id))
+        }),
+        RolloutOrder::Random => {
+            fleet.sort_by_cached_key(|a| (seeded_hash(seed, &a.id), a.id.clone()));
+        }
+    }
+}
+
+/// FNV-1a over the seed and the text, finished with a splitmix64 step.
+fn seeded_hash(seed: u64, s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// How many fleet agents a percentage stage covers cumulatively: ceil(p × n / 100), at least
+/// one (when the fleet is not empty), at most n.
+pub fn cumulative_count(percent: u8, fleet_size: usize) -> usize {
+    if fleet_size == 0 {
+        return 0;
+    }
+    (fleet_size * usize::from(percent))
+        .div_ceil(100)
+        .clamp(1, fleet_size)
+}
+
+/// A stage's members: `fleet` must be ordered and hold only agents matching the rollout's
+/// selector; `in_rollout` are the agents already in the rollout (any stage).
+pub fn select_members(
+    stage: &StageSpec,
+    fleet: &[FleetAgent],
+    in_rollout: &HashSet<String>,
+) -> Vec<String> {
+    match &stage.what {
+        StageWhat::Percent(p) => {
+            let target = cumulative_count(*p, fleet.len());
+            let already = fleet.iter().filter(|a| in_rollout.contains(&a.id)).count();
+            fleet
+                .iter()
+                .filter(|a| !in_rollout.contains(&a.id))
+                .take(target.saturating_sub(already))
+                .map(|a| a.id.clone())
+                .collect()
+        }
+        StageWhat::Selector(sel) => fleet
+            .iter()
+            .filter(|a| !in_rollout.contains(&a.id) && sel.matches(&a.labels))
+            .map(|a| a.id.clone())
+            .collect(),
+    }
+}
+
+/// Whether a stage's failures fire the failure action: more than `max_failures` beyond those
+/// accepted when an operator resumed.
+pub fn threshold_exceeded(failures: u32, accepted: u32, max_failures: usize) -> bool {
+    failures.saturating_sub(accepted) as usize > max_failures
+}
+
+/// Failures a stage with `members` agents tolerates: a count as given, a percentage rounded
+/// DOWN (10 % of a one-agent canary tolerates 0), unlike parallelism and stage sizes which
+/// round up.
+pub fn failure_tolerance(limit: Limit, members: usize) -> usize {
+    match limit {
+        Limit::Count(n) => n as usize,
+        Limit::Percent(p) => members.saturating_mul(usize::from(p)) / 100,
+    }
+}
+
+/// `t + secs`, saturating at the largest representable time instead of panicking (soaks and
+/// deadlines are capped when a rollout is created; this keeps a corrupt row from panicking).
+pub fn add_secs(t: DateTime<Utc>, secs: u64) -> DateTime<Utc> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Parallelism of a stage with `members` agents: the limit resolved against them, at least 1.
+pub fn parallelism(limit: Limit, members: usize) -> usize {
+    limit.resolve(members).max(1)
+}
+
+/// Why a finished stage must not pass on silently: it had members and none of them was
+/// updated (all undelivered, without a target, or failed within the tolerance). None when
+/// somebody was updated, or the stage had no new member at all (earlier stages covered it).
+pub fn stage_updated_nobody(stage_index: usize, v: &StageView) -> Option<String> {
+    if v.members == 0 || v.counts.updated > 0 || !v.updated.is_empty() {
+        return None;
+    }
+    let c = &v.counts;
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (c.undelivered, "undelivered"),
+        (c.no_target, "without a target container"),
+        (c.failed, "failed"),
+        (c.skipped, "skipped"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    Some(format!(
+        "stage {} updated no agent: {} of {} member(s); resume to go on to the next stage, or \
+         abort",
+        stage_index + 1,
+        parts.join(", "),
+        v.members
+    ))
+}
+
+/// The pause of a stage that updated nobody: the stage is left as a finished zero-length soak,
+/// so a resume moves on to the next stage instead of pausing again.
+pub fn nobody_updated_pause(
+    p: &Progress,
+    reason: String,
+    now: DateTime<Utc>,
+) -> (Progress, Transition) {
+    let mut done = p.clone();
+    done.phase = StagePhase::Soaking;
+    done.soak_ends_at = Some(now);
+    pause(&done, reason, now)
+}
+
+/// The rollout after a failure action fired (`failures` in the stage, threshold `max`).
+pub fn fire_failure_action(
+    p: &Progress,
+    action: FailureAction,
+    failures: u32,
+    max: usize,
+    now: DateTime<Utc>,
+) -> (Progress, Transition) {
+    let why = format!(
+        "{failures} failure(s) in stage {} exceed max-failures {max}",
+        p.stage + 1
+    );
+    match action {
+        FailureAction::Pause => pause(p, why, now),
+        FailureAction::Abort => abort(p, false, why, now),
+        FailureAction::Revert => abort(p, true, why, now),
+    }
+}
+
+fn remaining_secs(until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<u64> {
+    until.map(|t| (t - now).num_seconds().max(0) as u64)
+}
+
+fn pause(p: &Progress, reason: String, now: DateTime<Utc>) -> (Progress, Transition) {
+    let mut n = p.clone();
+    n.state = RolloutState::Paused;
+    n.reason = Some(reason.clone());
+    n.deadline_remaining_secs = remaining_secs(p.stage_deadline, now);
+    n.stage_deadline = None;
+    if p.phase == StagePhase::Soaking {
+        n.soak_remaining_secs = remaining_secs(p.soak_ends_at, now);
+        n.soak_ends_at = None;
+    }
+    n.updated_at = now;
+    (
+        n,
+        Transition {
+            action: "paused",
+            detail: reason,
+        },
+    )
+}
+
+fn abort(p: &Progress, revert: bool, reason: String, now: DateTime<Utc>) -> (Progress, Transition) {
+    let mut n = p.clone();
+    n.reason = Some(reason.clone());
+    n.updated_at = now;
+    n.soak_ends_at = None;
+    n.soak_remaining_secs = None;
+    n.stage_deadline = None;
+    n.deadline_remaining_secs = None;
+    n.phase = StagePhase::Done;
+    if revert {
+        n.state = RolloutState::Reverting;
+        (
+            n,
+            Transition {
+                action: "revert_started",
+                detail: reason,
+            },
+        )
+    } else {
+        n.state = RolloutState::Aborted;
+        n.finished_at = Some(now);
+        (
+            n,
+            Transition {
+                action: "aborted",
+                detail: reason,
+            },
+        )
+    }
+}
+
+/// An operator's action on a rollout: the new progress and the transition to log, or why it
+/// does not apply now (409). `stage_failures` is the current stage's failure count (accepted at
+/// a resume).
+pub fn apply_action(
+    p: &Progress,
+    action: &RolloutAction,
+    actor: &str,
+    stage_failures: u32,
+    now: DateTime<Utc>,
+) -> Result<(Progress, Transition), String> {
+    if p.state.is_final() {
+        return Err(format!(
+            "the rollout is {}: no further action applies",
+            p.state
+        ));
+    }
+    match action {
+        RolloutAction::Pause { reason } => match p.state {
+            RolloutState::Running => Ok(pause(
+                p,
+                reason
+                    .clone()
+                    .unwrap_or_else(|| format!("paused by {actor}")),
+                now,
+            )),
+            RolloutState::Paused => Err("the rollout is already paused".into()),
+            _ => Err(format!("the rollout is {}: it cannot be paused", p.state)),
+        },
+        RolloutAction::Resume => {
+            if p.state != RolloutState::Paused {
+                return Err(format!(
+                    "the rollout is {}: only a paused rollout can be resumed",
+                    p.state
+                ));
+            }
+            let mut n = p.clone();
+            n.state = RolloutState::Running;
+            n.reason = None;
+            n.accepted_failures = stage_failures;
+            n.stage_deadline = p.deadline_remaining_secs.map(|s| add_secs(now, s));
+            n.deadline_remaining_secs = None;
+            if p.phase == StagePhase::Soaking {
+                n.soak_ends_at = Some(add_secs(now, p.soak_remaining_secs.unwrap_or(0)));
+                n.soak_remaining_secs = None;
+            }
+            n.updated_at = now;
+            let detail = if stage_failures > 0 {
+                format!("{stage_failures} failure(s) of the current stage accepted")
+            } else {
+                String::new()
+            };
+            Ok((
+                n,
+                Transition {
+                    action: "resumed",
+                    detail,
+                },
+            ))
+        }
+        RolloutAction::Promote => {
+            match (p.state, p.phase) {
+                (RolloutState::Running, StagePhase::Soaking) => {}
+                (RolloutState::Running, _) => {
+                    return Err(format!(
+                        "stage {} is still dispatching: promote ends a soak, and there is none yet",
+                        p.stage + 1
+                    ))
+                }
+                (RolloutState::Paused, _) => {
+                    return Err("the rollout is paused: resume it first".into())
+                }
+                (s, _) => return Err(format!("the rollout is {s}: nothing to promote")),
+            }
+            let mut n = p.clone();
+            n.soak_ends_at = Some(now);
+            n.updated_at = now;
+            Ok((
+                n,
+                Transition {
+                    action: "promoted",
+                    detail: format!("soak of stage {} ended early", p.stage + 1),
+                },
+            ))
+        }
+        RolloutAction::Abort { revert } => match p.state {
+            RolloutState::Running | RolloutState::Paused => Ok(abort(
+                p,
+                *revert,
+                format!(
+                    "aborted by {actor}{}",
+                    if *revert { " with revert" } else { "" }
+                ),
+                now,
+            )),
+            RolloutState::Reverting => Err("the rollout is already reverting".into()),
+            s => Err(format!("the rollout is {s}: it cannot be aborted")),
+        },
+    }
+}
+
+/// What a finished `container.update` delivery means for its container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpdateVerdict {
+    Updated {
+        old_image: Option<String>,
+    },
+    Failed {
+        reason: String,
+    },
+    Undelivered,
+    /// Name target: the agent has no such container.
+    NoSuchContainer,
+    /// The agent refused to update a container that is not running (exited, created, dead):
+    /// not a target, like a missing container.
+    NotRunning {
+        reason: String,
+    },
+}
+
+/// Classifies a final delivery of a `container.update` (state, the result's error, and the
+/// report's outcome and old image if any).
+pub fn classify_update(
+    state: DeliveryState,
+    error_code: Option<&str>,
+    error_message: Option<&str>,
+    outcome: Option<UpdateOutcome>,
+    old_image: Option<String>,
+) -> UpdateVerdict {
+    match (state, outcome) {
+        (DeliveryState::Succeeded, Some(UpdateOutcome::Updated) | None) => {
+            UpdateVerdict::Updated { old_image }
+        }
+        (DeliveryState::Undelivered | DeliveryState::Skipped, _) => UpdateVerdict::Undelivered,
+        _ if error_code == Some(error_codes::NO_SUCH_CONTAINER) => UpdateVerdict::NoSuchContainer,
+        _ if error_code == Some(error_codes::NOT_RUNNING) => UpdateVerdict::NotRunning {
+            reason: error_message.unwrap_or_default().to_string(),
+        },
+        (_, outcome) => {
+            let what = outcome
+                .map(|o| o.as_str().to_string())
+                .or_else(|| error_code.map(str::to_string))
+                .unwrap_or_else(|| state.as_str().to_string());
+            let reason = match error_message {
+                Some(m) if !m.is_empty() => format!("{what}: {m}"),
+                _ => what,
+            };
+            UpdateVerdict::Failed { reason }
+        }
+    }
+}
+
+/// What the soak check knows about one updated member.
+#[derive(Clone, Debug)]
+pub struct SoakMember {
+    pub agent_id: String,
+    pub containers: Vec<String>,
+    /// When its updates finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The soak verdict of one member: `Err(reason)` when it failed.
+///
+/// An updated container is a new container, so any restart counts (the baseline is 0, not
+/// the first heartbeat's count, which would hide restarts before it). A container missing
+/// from a heartbeat whose Docker snapshot has an error says nothing.
+///
+/// Offline time counts from the latest of its last heartbeat, its update's end and
+/// `relay_started_at` (the relay's own start, the value the `agent_unreachable` alert uses):
+/// while the relay was down nobody could be heard from, so a restart must not fail every
+/// soaking member on its first tick.
+pub fn soak_verdict(
+    m: &SoakMember,
+    connected: bool,
+    heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
+    bad_events: &[String],
+    offline_threshold: Duration,
+    relay_started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    if let Some(e) = bad_events.first() {
+        return Err(e.clone());
+    }
+    let fresh = heartbeat.filter(|(_, at)| *at >= m.finished_at);
+    if !connected {
+        let last_seen = heartbeat
+            .map(|(_, at)| at)
+            .unwrap_or(m.finished_at)
+            .max(m.finished_at)
+            .max(relay_started_at);
+        let gone = (now - last_seen).to_std().unwrap_or_default();
+        if gone > offline_threshold {
+            return Err(format!(
+                "agent offline for {}s during the soak (threshold {}s)",
+                gone.as_secs(),
+                offline_threshold.as_secs()
+            ));
+        }
+    }
+    let Some((hb, _)) = fresh else {
+        return Ok(());
+    };
+    for name in &m.containers {
+        let Some(c) = hb.docker.containers.iter().find(|c| &c.name == name) else {
+            if hb.docker.error.is_some() {
+                continue;
+            }
+            return Err(format!("container {name} is gone"));
+        };
+        if c.state != "running" {
+            return Err(format!("container {name} is {}", c.state));
+        }
+        if c.health.as_deref() == Some("unhealthy") {
+            return Err(format!("container {name} is unhealthy"));
+        }
+        if c.oom_killed {
+            return Err(format!("container {name} was OOM-killed"));
+        }
+        if c.restart_count > 0 {
+            return Err(format!(
+                "container {name} restarted ({} restarts since the update)",
+                c.restart_count
+            ));
+        }
+    }
+    Ok(())
+}
+
+// === engine ===
+
+/// Asks the engine to look at the active rollouts now.
+#[derive(Clone)]
+pub struct RolloutKicker(mpsc::Sender<()>);
+
+impl RolloutKicker {
+    pub fn channel() -> (RolloutKicker, mpsc::Receiver<()>) {
+        // One pending kick is enough: the engine looks at every active rollout when it wakes.
+        let (tx, rx) = mpsc::channel(1);
+        (RolloutKicker(tx), rx)
+    }
+
+    pub fn kick(&self) {
+        let _ = self.0.try_send(());
+    }
+
+    /// Kicks when `command_id` is a rollout's command (cheap: a prefix test).
+    pub fn delivery_finished(&self, command_id: &str) {
+        if command_id.starts_with(COMMAND_PREFIX) {
+            self.kick();
+        }
+    }
+}
+
+/// Runs until shutdown: advances every active rollout on each kick and every [`TICK`].
+pub async fn run_engine(state: AppState, mut rx: mpsc::Receiver<()>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            k = rx.recv() => if k.is_none() { return },
+        }
+        let ids = match state.store.active_rollouts().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list active rollouts");
+                continue;
+            }
+        };
+        for id in ids {
+            if let Err(e) = advance(&state, &id).await {
+                tracing::error!(rollout_id = %id, error = %e, "cannot advance rollout");
+            }
+        }
+    }
+}
+
+/// A new rollout command id.
+pub fn new_command_id() -> String {
+    flotilla_shared::ids::new_id(COMMAND_PREFIX)
+}
+
+fn agent_command(
+    state: &Shared,
+    agent_id: &str,
+    command: Command,
+    created_by: &str,
+) -> Result<NewCommand, StoreError> {
+    state
+        .new_agent_command(&new_command_id(), agent_id, command, None, created_by)
+        .map_err(StoreError::Corrupt)
+}
+
+/// One step of one rollout (idempotent; see the module doc).
+pub async fn advance(state: &Shared, id: &str) -> Result<(), StoreError> {
+    // Failures are detected from here on (update results in the refresh, soak checks after).
+    let detected = Instant::now();
+    // 1. Refresh in-flight containers and agents from their deliveries.
+    let expansions = state
+        .store
+        .refresh_rollout(id.to_string(), crate::store::now())
+        .await?;
+    let Some(row) = state.store.rollout_row(id.to_string()).await? else {
+        return Ok(());
+    };
+    for (agent_id, list) in expansions {
+        expand_label_agent(state, &row, &agent_id, list).await?;
+    }
+    if row.progress.state == RolloutState::Running {
+        // A label agent's next queued container, once its previous one finished.
+        for (agent_id, name) in state.store.next_rollout_containers(id.to_string()).await? {
+            let c = agent_command(
+                state,
+                &agent_id,
+                Command::ContainerUpdate(row.spec.update_args(&name, &row.spec.image)),
+                &row.progress_actor(),
+            )?;
+            let send = c.clone();
+            if state
+                .store
+                .dispatch_rollout_container(id.to_string(), agent_id.clone(), name, c)
+                .await?
+            {
+                state.dispatch(&send.id, &send.signed, &[agent_id]).await?;
+            }
+        }
+    }
+    match row.progress.state {
+        RolloutState::Running => advance_running(state, row, detected).await,
+        RolloutState::Reverting => advance_reverting(state, row).await,
+        _ => Ok(()),
+    }
+}
+
+/// A label target's `container.list` finished: one update per listed container (or
+/// `no_target`, or the list's failure).
+async fn expand_label_agent(
+    state: &Shared,
+    row: &RolloutRow,
+    agent_id: &str,
+    list: Result<ContainerListOutput, UpdateVerdict>,
+) -> Result<(), StoreError> {
+    let stopped = row.progress.state.is_final() || row.progress.state == RolloutState::Reverting;
+    if row.progress.state == RolloutState::Paused && list.is_ok() {
+        // Expanded on resume (the store also refuses an expansion unless running).
+        return Ok(());
+    }
+    let updates = match list {
+        Ok(out) if !stopped => out
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let cmd = Command::ContainerUpdate(row.spec.update_args(&c.name, &row.spec.image));
+                Ok(ContainerDispatch {
+                    name: c.name.clone(),
+                    old_image: Some(c.image.clone()).filter(|i| !i.is_empty()),
+                    // One container at a time per agent: the first now, the others queued.
+                    command: if i == 0 {
+                        Some(agent_command(state, agent_id, cmd, &row.progress_actor())?)
+                    } else {
+                        None
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?,
+        Ok(_) => {
+            state
+                .store
+                .set_agent_outcome(
+                    row.id.clone(),
+                    agent_id.to_string(),
+                    AgentOutcome::Skipped,
+                    Some("the rollout stopped before its containers were updated".into()),
+                )
+                .await?;
+            return Ok(());
+        }
+        Err(v) => {
+            let (outcome, reason) = match v {
+                UpdateVerdict::Undelivered => (AgentOutcome::Undelivered, None),
+                UpdateVerdict::Failed { reason } => (
+                    AgentOutcome::Failed,
+                    Some(format!("container.list: {reason}")),
+                ),
+                _ => (AgentOutcome::NoTarget, None),
+            };
+            state
+                .store
+                .set_agent_outcome(row.id.clone(), agent_id.to_string(), outcome, reason)
+                .await?;
+            return Ok(());
+        }
+    };
+    let sends: Vec<NewCommand> = updates.iter().filter_map(|u| u.command.clone()).collect();
+    if state
+        .store
+        .expand_rollout_agent(row.id.clone(), agent_id.to_string(), updates)
+        .await?
+    {
+        for c in sends {
+            state
+                .dispatch(&c.id, &c.signed, &[agent_id.to_string()])
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+impl RolloutRow {
+    /// Who the rollout's commands are created by (the operator who started it).
+    fn progress_actor(&self) -> String {
+        self.created_by.clone()
+    }
+}
+
+async fn advance_running(
+    state: &Shared,
+    row: RolloutRow,
+    detected: Instant,
+) -> Result<(), StoreError> {
+    let now = crate::store::now();
+    let p = &row.progress;
+    // Membership of the current stage.
+    if p.stage_started_at.is_none() {
+        let n = state
+            .store
+            .start_rollout_stage(row.id.clone(), p.clone(), now)
+            .await?;
+        tracing::info!(rollout_id = %row.id, stage = p.stage + 1, members = n, "rollout stage started");
+        return Box::pin(advance(state, &row.id)).await;
+    }
+    let stage = state.store.rollout_stage(row.id.clone(), p.stage).await?;
+
+    // 2. Soak check of the stage's updated members.
+    let threshold = offline_threshold(&state.config);
+    let mut new_failures = Vec::new();
+    for m in &stage.updated {
+        let events = stage
+            .bad_events
+            .get(&m.agent_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let hb = state.heartbeats.latest(&m.agent_id);
+        if let Err(reason) = soak_verdict(
+            m,
+            state.hub.is_connected(&m.agent_id),
+            hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
+            events,
+            threshold,
+            state.alerts.started_at,
+            now,
+        ) {
+            new_failures.push((m.agent_id.clone(), reason));
+        }
+    }
+    let mut failures = stage.failures;
+    if !new_failures.is_empty() {
+        failures += new_failures.len() as u32;
+        for (agent, reason) in &new_failures {
+            tracing::info!(rollout_id = %row.id, agent_id = %agent, %reason, "rollout member failed its soak");
+        }
+        state
+            .store
+            .fail_rollout_members(row.id.clone(), new_failures)
+            .await?;
+    }
+
+    // 3. Failure threshold.
+    let max = failure_tolerance(row.spec.max_failures, stage.members);
+    if threshold_exceeded(failures, p.accepted_failures, max) {
+        let (next, t) = fire_failure_action(p, row.spec.on_failure, failures, max, now);
+        let applied = state
+            .store
+            .set_rollout_progress(
+                row.id.clone(),
+                p.updated_at,
+                next.clone(),
+                t,
+                ENGINE_ACTOR.into(),
+            )
+            .await?;
+        if applied {
+            tracing::info!(
+                rollout_id = %row.id,
+                action = %row.spec.on_failure,
+                failures,
+                max_failures = max,
+                reaction_ms = detected.elapsed().as_millis() as u64,
+                "rollout failure action applied"
+            );
+            if next.state == RolloutState::Reverting {
+                return Box::pin(advance(state, &row.id)).await;
+            }
+        }
+        return Ok(());
+    }
+
+    match p.phase {
+        StagePhase::Dispatching => {
+            // Members still offline at the stage deadline end undelivered; connected ones
+            // (waiting for a parallelism slot) keep being dispatched below.
+            if p.stage_deadline.is_some_and(|d| now >= d) && stage.pending > 0 {
+                let offline: Vec<String> = stage
+                    .pending_agents
+                    .iter()
+                    .filter(|a| !state.hub.is_connected(a))
+                    .cloned()
+                    .collect();
+                if !offline.is_empty() {
+                    state
+                        .store
+                        .rollout_stage_deadline(row.id.clone(), p.stage, offline)
+                        .await?;
+                    return Ok(());
+                }
+            }
+            if stage.pending == 0 && stage.in_flight == 0 {
+                if let Some(why) = stage_updated_nobody(p.stage, &stage) {
+                    let (next, t) = nobody_updated_pause(p, why, now);
+                    state
+                        .store
+                        .set_rollout_progress(
+                            row.id.clone(),
+                            p.updated_at,
+                            next,
+                            t,
+                            ENGINE_ACTOR.into(),
+                        )
+                        .await?;
+                    return Ok(());
+                }
+                let soak = row.spec.stages[p.stage].soak();
+                let mut next = p.clone();
+                next.updated_at = now;
+                let t = if soak.is_zero() || stage.updated.is_empty() {
+                    return finish_stage(state, &row, now).await;
+                } else {
+                    next.phase = StagePhase::Soaking;
+                    next.soak_ends_at = Some(add_secs(now, soak.as_secs()));
+                    Transition {
+                        action: "soak_started",
+                        detail: format!(
+                            "stage {}: {} updated agent(s) soak for {}",
+                            p.stage + 1,
+                            stage.updated.len(),
+                            flotilla_shared::duration::format_duration(soak)
+                        ),
+                    }
+                };
+                state
+                    .store
+                    .set_rollout_progress(
+                        row.id.clone(),
+                        p.updated_at,
+                        next,
+                        t,
+                        ENGINE_ACTOR.into(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            // 4. Dispatch to connected pending members, up to the parallelism.
+            let slots =
+                parallelism(row.spec.parallelism, stage.members).saturating_sub(stage.in_flight);
+            let mut sent = 0;
+            for agent_id in &stage.pending_agents {
+                if sent >= slots {
+                    break;
+                }
+                if !state.hub.is_connected(agent_id) {
+                    continue;
+                }
+                let actor = row.progress_actor();
+                let (list, updates) = match &row.spec.target {
+                    RolloutTarget::Container(name) => (
+                        None,
+                        vec![ContainerDispatch {
+                            name: name.clone(),
+                            old_image: state.heartbeats.latest(agent_id).and_then(|(hb, _)| {
+                                hb.docker
+                                    .containers
+                                    .iter()
+                                    .find(|c| &c.name == name)
+                                    .map(|c| c.image.clone())
+                                    .filter(|i| !i.is_empty())
+                            }),
+                            command: Some(agent_command(
+                                state,
+                                agent_id,
+                                Command::ContainerUpdate(
+                                    row.spec.update_args(name, &row.spec.image),
+                                ),
+                                &actor,
+                            )?),
+                        }],
+                    ),
+                    RolloutTarget::Label { .. } => (
+                        Some(agent_command(
+                            state,
+                            agent_id,
+                            // Running containers only: exited one-off containers (compose
+                            // run, migrations) carrying the label are not targets.
+                            Command::ContainerList(ContainerListArgs {
+                                all: false,
+                                label: row.spec.target.label_filter(),
+                            }),
+                            &actor,
+                        )?),
+                        Vec::new(),
+                    ),
+                };
+                let mut sends: Vec<NewCommand> =
+                    updates.iter().filter_map(|u| u.command.clone()).collect();
+                sends.extend(list.clone());
+                if state
+                    .store
+                    .dispatch_rollout_agent(row.id.clone(), agent_id.clone(), list, updates)
+                    .await?
+                {
+                    sent += 1;
+                    for c in sends {
+                        state
+                            .dispatch(&c.id, &c.signed, std::slice::from_ref(agent_id))
+                            .await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        StagePhase::Soaking => {
+            if p.soak_ends_at.is_some_and(|t| now >= t) {
+                return finish_stage(state, &row, now).await;
+            }
+            Ok(())
+        }
+        StagePhase::Done => Ok(()),
+    }
+}
+
+/// The current stage passed: the next stage starts, or the rollout completes.
+async fn finish_stage(
+    state: &Shared,
+    row: &RolloutRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let p = &row.progress;
+    let mut next = p.clone();
+    next.updated_at = now;
+    next.soak_ends_at = None;
+    next.accepted_failures = 0;
+    let t = if p.stage + 1 < row.spec.stages.len() {
+        next.stage += 1;
+        next.phase = StagePhase::Dispatching;
+        next.stage_started_at = None;
+        next.stage_deadline = None;
+        Transition {
+            action: "stage_done",
+            detail: format!("stage {} passed", p.stage + 1),
+        }
+    } else {
+        next.phase = StagePhase::Done;
+        next.state = RolloutState::Completed;
+        next.finished_at = Some(now);
+        let partial = !matches!(
+            row.spec.stages.last().map(|s| &s.what),
+            Some(StageWhat::Percent(100))
+        );
+        Transition {
+            action: "completed",
+            detail: if partial {
+                "every stage passed; the last stage is not 100%, so part of the fleet was not updated"
+                    .into()
+            } else {
+                "every stage passed".into()
+            },
+        }
+    };
+    let applied = state
+        .store
+        .set_rollout_progress(row.id.clone(), p.updated_at, next, t, ENGINE_ACTOR.into())
+        .await?;
+    tracing::info!(rollout_id = %row.id, stage = p.stage + 1, applied, "rollout stage finished");
+    Ok(())
+}
+
+/// When reverts to offline agents give up: the rollout entered `reverting` at its last
+/// progress write (nothing else writes it while reverting) plus the stage timeout.
+pub fn revert_deadline(row: &RolloutRow) -> DateTime<Utc> {
+    add_secs(row.progress.updated_at, row.spec.stage_timeout_secs)
+}
+
+async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreError> {
+    let now = crate::store::now();
+    let plan = state.store.rollout_revert_plan(row.id.clone()).await?;
+    if plan.to_revert.is_empty() && plan.in_flight == 0 && plan.updating == 0 {
+        let mut next = row.progress.clone();
+        next.updated_at = now;
+        next.finished_at = Some(now);
+        let t = if plan.failed == 0 {
+            next.state = RolloutState::Reverted;
+            Transition {
+                action: "reverted",
+                detail: "every updated container is back on its previous image".into(),
+            }
+        } else {
+            next.state = RolloutState::Aborted;
+            next.reason = Some(format!("revert failed on {} agent(s)", plan.failed));
+            Transition {
+                action: "aborted",
+                detail: format!("revert failed on {} agent(s)", plan.failed),
+            }
+        };
+        state
+            .store
+            .set_rollout_progress(
+                row.id.clone(),
+                row.progress.updated_at,
+                next,
+                t,
+                ENGINE_ACTOR.into(),
+            )
+            .await?;
+        return Ok(());
+    }
+    // Reverts go to connected agents only (a queued revert to an offline agent would take a
+    // parallelism slot for nothing); an agent still offline at the revert deadline (the
+    // reverting state's start plus stage_timeout) ends revert_failed.
+    let deadline = revert_deadline(&row);
+    let slots = parallelism(row.spec.parallelism, plan.members).saturating_sub(plan.in_flight);
+    let mut sent = 0;
+    for (agent_id, name, old_image) in plan.to_revert {
+        if !state.hub.is_connected(&agent_id) {
+            if now >= deadline {
+                state
+                    .store
+                    .revert_rollout_container(
+                        row.id.clone(),
+                        agent_id,
+                        name,
+                        None,
+                        "agent offline".into(),
+                    )
+                    .await?;
+            }
+            continue;
+        }
+        let Some(old_image) = old_image else {
+            state
+                .store
+                .revert_rollout_container(
+                    row.id.clone(),
+                    agent_id,
+                    name,
+                    None,
+                    "the previous image is unknown".into(),
+                )
+                .await?;
+            continue;
+        };
+        if sent >= slots {
+            continue;
+        }
+        let cmd = agent_command(
+            state,
+            &agent_id,
+            Command::ContainerUpdate(row.spec.update_args(&name, &old_image)),
+            &row.progress_actor(),
+        )?;
+        let send = cmd.clone();
+        if state
+            .store
+            .revert_rollout_container(
+                row.id.clone(),
+                agent_id.clone(),
+                name,
+                Some(cmd),
+                String::new(),
+            )
+            .await?
+        {
+            sent += 1;
+            state.dispatch(&send.id, &send.signed, &[agent_id]).await?;
+        }
+    }
+    Ok(())
+}
+
+/// One container update to record with its command (dispatch or a label agent's expansion).
+#[derive(Clone, Debug)]
+pub struct ContainerDispatch {
+    /// The container's name on the agent.
+    pub name: String,
+    /// The image it runs now, as last seen (heartbeat or `container.list`): the revert target
+    /// when no report names the old image (an update whose result never came).
+    pub old_image: Option<String>,
+    /// Its `container.update` command; None for a label target's later containers, which
+    /// wait `queued` until the agent's previous container finished (one at a time per agent).
+    pub command: Option<NewCommand>,
+}
+
+/// The current stage as the engine needs it (from one read).
+#[derive(Clone, Debug, Default)]
+pub struct StageView {
+    /// Members of the stage.
+    pub members: usize,
+    /// Members of the stage by outcome.
+    pub counts: RolloutCounts,
+    /// Pending members in order.
+    pub pending_agents: Vec<String>,
+    pub pending: usize,
+    /// Agents of the rollout with an update in flight.
+    pub in_flight: usize,
+    pub failures: u32,
+    /// Members that ended updated, for the soak check.
+    pub updated: Vec<SoakMember>,
+    /// Failure events stored after a member's update finished, per agent.
+    pub bad_events: BTreeMap<String, Vec<String>>,
+}
+
+/// What reverting still has to do.
+#[derive(Clone, Debug, Default)]
+pub struct RevertPlan {
+    /// Members of the rollout (parallelism base).
+    pub members: usize,
+    /// Containers still `updated`: (agent, name, old image), in position order.
+    pub to_revert: Vec<(String, String, Option<String>)>,
+    /// Containers being reverted now.
+    pub in_flight: usize,
+    /// Containers whose first update is still in flight (they may end updated).
+    pub updating: usize,
+    /// Agents whose revert failed.
+    pub failed: usize,
+}
+
+/// Filter of [`crate::store::Store::rollouts`].
+#[derive(Clone, Debug)]
+pub struct RolloutFilter {
+    /// Only rollouts in this state.
+    pub state: Option<RolloutState>,
+    /// Only rollouts that are not final (running, paused, reverting).
+    pub active_only: bool,
+    /// Newest first, at most this many.
+    pub limit: u32,
+}
+
+impl Default for RolloutFilter {
+    fn default() -> Self {
+        RolloutFilter {
+            state: None,
+            active_only: false,
+            limit: 1000,
+        }
+    }
+}
+
+/// Why an operator's action was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionRefusal {
+    NotFound,
+    /// It does not apply to the rollout's current state (the sentence says why).
+    InvalidState(String),
+}
+
+#[cfg(test)]
+mod tests;

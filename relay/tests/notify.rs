@@ -1,0 +1,342 @@
+//! Alert notifications delivered to real receivers on loopback: a webhook receiver that checks
+//! the HMAC signature and can fail, throttle or hang on cue, and aiosmtpd as an SMTP sink.
+
+use flotilla_relay::alerts::notify::{
+    webhook, Notification, NotificationKind, Notifier, NotifyConfig, NotifyStats,
+};
+use flotilla_shared::alert::Severity;
+use flotilla_tests::fixtures::{start_smtp_sink, start_webhook_receiver, Reply, WebhookReceiver};
+use flotilla_tests::harness::eventually;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "hook-secret";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn notification(id: &str, severity: Severity) -> Notification {
+    Notification {
+        alert_id: id.to_string(),
+        kind: NotificationKind::Firing,
+        rule: "agent_unreachable".into(),
+        severity,
+        agent_id: Some("agt_web12".into()),
+        agent_name: Some("web-12".into()),
+        agent_labels: [("env", "prod"), ("region", "eu")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        subject: "agent".into(),
+        message: "no heartbeat for 3m".into(),
+        started_at: "2026-01-02T03:04:05Z".parse().unwrap(),
+        resolved_at: None,
+        url: format!("https://relay.example.com/api/v1/alerts/{id}"),
+    }
+}
+
+/// A `[[webhooks]]` entry for `receiver`.
+fn webhook_entry(name: &str, receiver: &WebhookReceiver, extra: &str) -> String {
+    format!(
+        "[[webhooks]]\nname = \"{name}\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n{extra}\n",
+        receiver.url(&format!("/hooks/{name}"))
+    )
+}
+
+/// Starts a notifier from `[notify]` TOML; the returned token stops it when dropped.
+fn start(toml_text: &str) -> (Notifier, tokio_util::sync::DropGuard) {
+    let config: NotifyConfig = toml::from_str(toml_text).expect("test config parses");
+    let shutdown = CancellationToken::new();
+    let notifier = Notifier::start(&config, shutdown.clone()).expect("notifier starts");
+    (notifier, shutdown.drop_guard())
+}
+
+/// Waits (blocking this worker only) for `count` requests at `receiver`.
+fn requests(
+    receiver: &WebhookReceiver,
+    count: usize,
+) -> Vec<flotilla_tests::fixtures::ReceivedRequest> {
+    tokio::task::block_in_place(|| receiver.wait_for_requests(count, WAIT)).unwrap()
+}
+
+async fn stats_reach(notifier: &Notifier, what: &str, check: impl Fn(NotifyStats) -> bool) {
+    eventually(WAIT, what, || async {
+        let stats = notifier.stats();
+        check(stats).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_gets_signed_json_filtered_by_severity() {
+    let receiver = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    let (notifier, _stop) = start(&webhook_entry("ops", &receiver, ""));
+    assert_eq!(notifier.channels().len(), 1);
+    assert_eq!(notifier.channels()[0].kind, "webhook");
+
+    // Below the channel's min_severity (medium): never sent.
+    notifier.send(notification("alr_soft", Severity::Soft));
+    let firing = notification("alr_one", Severity::Hard);
+    notifier.send(firing.clone());
+    let mut resolved = firing.clone();
+    resolved.kind = NotificationKind::Resolved;
+    resolved.resolved_at = Some("2026-01-02T04:00:00Z".parse().unwrap());
+    notifier.send(resolved.clone());
+
+    let got = requests(&receiver, 2);
+    for (request, expected, event) in [
+        (&got[0], &firing, "alert.firing"),
+        (&got[1], &resolved, "alert.resolved"),
+    ] {
+        assert_eq!(request.method, "POST");
+        assert_eq!(request.path, "/hooks/ops");
+        assert_eq!(request.header("content-type"), Some("application/json"));
+        assert_eq!(request.header("x-flotilla-event"), Some(event));
+        assert_eq!(request.signature_valid, Some(true), "{request:?}");
+        // The relay's own verifier agrees with the receiver's independent check.
+        assert!(webhook::verify(
+            SECRET.as_bytes(),
+            request.header("x-flotilla-timestamp").unwrap(),
+            &request.body,
+            request.header("x-flotilla-signature").unwrap(),
+        ));
+        assert_eq!(
+            request.json().unwrap(),
+            serde_json::to_value(expected).unwrap()
+        );
+        let delivery = format!("{}.{}", expected.alert_id, expected.kind.as_str());
+        assert_eq!(
+            request.header("x-flotilla-delivery"),
+            Some(delivery.as_str()),
+            "stable per (alert, kind)"
+        );
+    }
+    assert_ne!(
+        got[0].header("x-flotilla-delivery"),
+        got[1].header("x-flotilla-delivery"),
+        "each notification has its own delivery id"
+    );
+    stats_reach(&notifier, "two sent", |s| s.sent == 2).await;
+    assert_eq!(receiver.requests().len(), 2, "the soft alert was not sent");
+    assert_eq!(
+        notifier.stats(),
+        NotifyStats {
+            sent: 2,
+            ..NotifyStats::default()
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_with_the_same_delivery_id() {
+    let receiver = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    receiver.script([Reply::Status(503), Reply::Status(503)]);
+    let (notifier, _stop) = start(&webhook_entry("ops", &receiver, ""));
+    notifier.send(notification("alr_retry", Severity::Hard));
+
+    let got = requests(&receiver, 3);
+    stats_reach(&notifier, "delivered after two 503s", |s| s.sent == 1).await;
+    let ids: Vec<_> = got
+        .iter()
+        .map(|r| r.header("x-flotilla-delivery").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![ids[0].clone(); 3],
+        "the same delivery id on every attempt"
+    );
+    assert!(got.iter().all(|r| r.signature_valid == Some(true)));
+    assert_eq!(
+        got.iter().map(|r| r.reply.clone()).collect::<Vec<_>>(),
+        [Reply::Status(503), Reply::Status(503), Reply::Status(200)]
+    );
+    // Backoff: 0.5-1 s, then 1-2 s.
+    assert!(got[1].received_at - got[0].received_at >= Duration::from_millis(450));
+    assert!(got[2].received_at - got[1].received_at >= Duration::from_millis(950));
+    assert_eq!(
+        notifier.stats(),
+        NotifyStats {
+            sent: 1,
+            retries: 2,
+            ..NotifyStats::default()
+        }
+    );
+    assert_eq!(receiver.requests().len(), 3, "delivered once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_honours_retry_after_and_attempts_run_out() {
+    let receiver = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    receiver.set_default_reply(Reply::StatusRetryAfter(429, 0));
+    let (notifier, _stop) = start(&format!(
+        "max_attempts = 3\n{}",
+        webhook_entry("ops", &receiver, "")
+    ));
+    notifier.send(notification("alr_throttled", Severity::Hard));
+    stats_reach(&notifier, "given up after 3 attempts", |s| s.failed == 1).await;
+    assert_eq!(receiver.requests().len(), 3);
+    // The next notification gets its own budget: it is not blocked by the failed one.
+    receiver.set_default_reply(Reply::Status(200));
+    notifier.send(notification("alr_next", Severity::Hard));
+    stats_reach(&notifier, "the next one sent", |s| s.sent == 1).await;
+    assert_eq!(
+        requests(&receiver, 4)[3].json().unwrap()["alert_id"],
+        "alr_next"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_not_retried() {
+    let receiver = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    receiver.script([Reply::Status(400)]);
+    let (notifier, _stop) = start(&webhook_entry("ops", &receiver, ""));
+    notifier.send(notification("alr_bad", Severity::Hard));
+    stats_reach(&notifier, "given up", |s| s.failed == 1).await;
+    notifier.send(notification("alr_good", Severity::Hard));
+    stats_reach(&notifier, "the next one sent", |s| s.sent == 1).await;
+    let got = receiver.requests();
+    assert_eq!(got.len(), 2, "the 400 was not retried: {got:?}");
+    assert_eq!(got[0].json().unwrap()["alert_id"], "alr_bad");
+    assert_eq!(got[1].json().unwrap()["alert_id"], "alr_good");
+    assert_eq!(notifier.stats().retries, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_receiver_times_out_and_does_not_delay_other_channels() {
+    let hanging = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    hanging.set_default_reply(Reply::NoAnswer);
+    let fast = start_webhook_receiver(None).unwrap();
+    let (notifier, _stop) = start(&format!(
+        "{}{}",
+        webhook_entry("slow", &hanging, "timeout_secs = 3"),
+        format_args!(
+            "[[slack]]\nname = \"chat\"\nurl = \"{}\"\n",
+            fast.url("/services/T0/B0/TOKEN")
+        )
+    ));
+    let sent_at = Instant::now();
+    notifier.send(notification("alr_hol", Severity::Hard));
+
+    let got = requests(&fast, 1);
+    assert!(
+        got[0].received_at - sent_at < Duration::from_millis(2500),
+        "the Slack channel waited for the hanging webhook"
+    );
+    // The Slack-compatible body: one readable line, then labels and the link.
+    let text = got[0].json().unwrap()["text"].as_str().unwrap().to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].ends_with("[HARD] agent_unreachable on web-12: no heartbeat for 3m"),
+        "{text}"
+    );
+    assert!(lines[1].contains("env=prod, region=eu"), "{text}");
+    assert!(
+        lines[1].contains("https://relay.example.com/api/v1/alerts/alr_hol"),
+        "{text}"
+    );
+
+    // The hanging webhook: its first attempt times out after 3 s, then it is retried.
+    let attempts = requests(&hanging, 2);
+    assert!(got[0].received_at < attempts[0].received_at + Duration::from_secs(2));
+    assert!(attempts[1].received_at - attempts[0].received_at >= Duration::from_millis(3400));
+    assert_eq!(
+        attempts[0].header("x-flotilla-delivery"),
+        attempts[1].header("x-flotilla-delivery")
+    );
+    let per_channel = notifier.channel_stats();
+    assert_eq!(per_channel[0].0.name, "slow");
+    assert_eq!(per_channel[0].1.sent, 0);
+    assert!(per_channel[0].1.retries >= 1);
+    assert_eq!(per_channel[1].0.name, "chat");
+    assert_eq!(
+        per_channel[1].0.target,
+        fast.url(""),
+        "logged without the token"
+    );
+    assert_eq!(per_channel[1].1.sent, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_without_blocking() {
+    let hanging = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    hanging.set_default_reply(Reply::NoAnswer);
+    let (notifier, _stop) = start(&format!(
+        "queue_capacity = 1\n{}",
+        webhook_entry("slow", &hanging, "timeout_secs = 60")
+    ));
+    let started = Instant::now();
+    for i in 0..10 {
+        notifier.send(notification(&format!("alr_{i}"), Severity::Hard));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "send() blocked for {:?}",
+        started.elapsed()
+    );
+    // At most one in flight and one queued.
+    let dropped = notifier.dropped();
+    assert!((8..=9).contains(&dropped), "dropped {dropped}");
+    requests(&hanging, 1);
+    assert_eq!(notifier.stats().sent, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_reaches_an_smtp_sink() {
+    let sink = tokio::task::spawn_blocking(start_smtp_sink)
+        .await
+        .unwrap()
+        .unwrap();
+    let (notifier, _stop) = start(&format!(
+        "[[email]]\nname = \"mail\"\nsmtp_host = \"{}\"\nsmtp_port = {}\nstarttls = false\n\
+         from = \"Flotilla <alerts@example.com>\"\n\
+         to = [\"ops@example.com\", \"Pager <pager@example.com>\"]\n",
+        sink.host(),
+        sink.port()
+    ));
+    assert_eq!(
+        notifier.channels()[0].target,
+        format!("smtp://{}:{}", sink.host(), sink.port())
+    );
+    let firing = notification("alr_mail", Severity::Hard);
+    notifier.send(firing.clone());
+    let mut resolved = firing;
+    resolved.kind = NotificationKind::Resolved;
+    resolved.resolved_at = Some("2026-01-02T04:00:00Z".parse().unwrap());
+    notifier.send(resolved);
+    let mails = tokio::task::block_in_place(|| sink.wait_for_messages(2, WAIT)).unwrap();
+    stats_reach(&notifier, "two e-mails sent", |s| s.sent == 2).await;
+
+    let (first, second) = (&mails[0], &mails[1]);
+    assert_eq!(first.mail_from, "alerts@example.com");
+    assert_eq!(first.rcpt_tos, ["ops@example.com", "pager@example.com"]);
+    assert_eq!(
+        first.subject,
+        "[flotilla HARD] agent_unreachable on web-12: no heartbeat for 3m"
+    );
+    for needle in [
+        "Alert:     alr_mail",
+        "Rule:      agent_unreachable",
+        "Severity:  hard",
+        "Agent:     web-12 (agt_web12)",
+        "Labels:    env=prod, region=eu",
+        "Link:      https://relay.example.com/api/v1/alerts/alr_mail",
+    ] {
+        assert!(
+            first.body.contains(needle),
+            "{needle:?} not in {}",
+            first.body
+        );
+    }
+    assert_eq!(
+        first.header("message-id"),
+        Some("<alr_mail.firing@example.com>")
+    );
+    assert_eq!(
+        second.subject,
+        "[flotilla HARD] RESOLVED agent_unreachable on web-12: no heartbeat for 3m"
+    );
+    assert_eq!(
+        second.header("in-reply-to"),
+        Some("<alr_mail.firing@example.com>")
+    );
+    assert!(second.body.contains("Resolved:  2026-01-02T04:00:00+00:00"));
+}
