@@ -15,6 +15,8 @@ mod http;
 mod lock;
 mod registry;
 mod s3;
+mod smtp;
+mod webhook;
 
 pub use db::{
     ensure_db_image, DbContainer, DbEngine, DbImages, DB_BUILD_LABEL, DB_ENGINE_LABEL,
@@ -23,6 +25,10 @@ pub use db::{
 pub use http::{http_get, http_request, wait_for_http_status, HttpResponse};
 pub use registry::{start_registry, start_registry_with_auth, Registry};
 pub use s3::{start_s3, S3Server};
+pub use smtp::{start_smtp_sink, ReceivedMail, SmtpSink};
+pub use webhook::{
+    signature_is_valid, start_webhook_receiver, ReceivedRequest, Reply, WebhookReceiver,
+};
 
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};

@@ -121,19 +121,32 @@ impl Relay {
 
     /// Starts a relay on a free loopback port with test settings plus `env`.
     pub async fn start_with_env(env: &[(&str, &str)]) -> Relay {
+        Self::start_with_config("", env).await
+    }
+
+    /// Starts a relay like [`Relay::start_with_env`], with `relay_toml` as its config file
+    /// (`relay.toml` in its data dir, passed as `FLOTILLA_CONFIG`; empty: no config file).
+    pub async fn start_with_config(relay_toml: &str, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-relay-")
             .tempdir()
             .expect("tempdir");
+        let mut extra_env: Vec<(String, String)> = Vec::new();
+        if !relay_toml.is_empty() {
+            let path = dir.path().join("relay.toml");
+            std::fs::write(&path, relay_toml).expect("write relay.toml");
+            extra_env.push((
+                "FLOTILLA_CONFIG".into(),
+                path.to_string_lossy().into_owned(),
+            ));
+        }
+        extra_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let mut relay = Relay {
             dir,
             addr: String::new(),
             admin_token: String::new(),
             child: None,
-            extra_env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            extra_env,
         };
         relay.spawn("127.0.0.1:0").await;
         relay.admin_token = std::fs::read_to_string(relay.dir.path().join("admin-token"))
@@ -962,6 +975,18 @@ impl Containers {
 
     /// Creates a named volume `<scope>-<name>` carrying the scope labels, removed on drop.
     pub async fn volume(&self, name: &str) -> String {
+        self.volume_with_opts(name, &[]).await
+    }
+
+    /// A named volume backed by a tmpfs of `size` (e.g. `2m`): a small filesystem a test can
+    /// fill. It is mounted (at its `_data` directory) while a container uses it.
+    pub async fn tmpfs_volume(&self, name: &str, size: &str) -> String {
+        let size = format!("o=size={size}");
+        self.volume_with_opts(name, &["type=tmpfs", "device=tmpfs", &size])
+            .await
+    }
+
+    async fn volume_with_opts(&self, name: &str, opts: &[&str]) -> String {
         let full = self.full_name(name);
         let labels: Vec<String> = self
             .scope_labels()
@@ -971,6 +996,9 @@ impl Containers {
         let mut args = vec!["volume", "create"];
         for l in &labels {
             args.extend(["--label", l.as_str()]);
+        }
+        for o in opts {
+            args.extend(["--opt", o]);
         }
         args.push(&full);
         self.volumes.lock().unwrap().push(full.clone());

@@ -6,3 +6,4 @@
 pub mod fake_agent;
 pub mod fixtures;
 pub mod harness;
+pub mod sim;

@@ -3,6 +3,7 @@
 //! run in parallel on one engine without seeing each other's containers.
 
 mod e2e {
+    pub mod alerts;
     pub mod api;
     pub mod backup;
     pub mod cli;
@@ -13,6 +14,7 @@ mod e2e {
     pub mod fanout;
     pub mod heartbeats;
     pub mod protocol_abuse;
+    pub mod rollout;
     pub mod tls;
     pub mod trust;
     pub mod update;

@@ -984,7 +984,7 @@ async fn encrypted_backups_decrypt_with_the_age_tool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_external_status_file_is_reported_and_stale() {
     let scope = scope("bk-watch");
-    let relay = Relay::start().await;
+    let relay = Relay::start_with_config("[alerts]\nevaluate_interval_secs = 1\n", &[]).await;
     let mut agent = Agent::enroll(&relay, "watch-host", "", &scope).await;
     let path = agent.state_dir().join("external-status.json");
     // The users' own example, as their existing script writes it (and long stale by now).
@@ -1039,6 +1039,51 @@ async fn an_external_status_file_is_reported_and_stale() {
         },
     )
     .await;
+
+    // The alerts engine raises it: a hard alert for the agent's backups, one per stale key.
+    let firing = |rule: &'static str, subject: &'static str| {
+        let api = api.clone();
+        let agent_id = agent.id.clone();
+        async move {
+            let list: Vec<flotilla_shared::alert::AlertInfo> =
+                api.get("/api/v1/alerts?state=firing").await.ok()?;
+            list.into_iter().find(|a| {
+                a.rule == rule
+                    && a.subject == subject
+                    && a.agent_id.as_deref() == Some(agent_id.as_str())
+            })
+        }
+    };
+    let all = eventually(DEADLINE, "a backups_all_failed alert", || {
+        firing("backups_all_failed", "backups")
+    })
+    .await;
+    assert_eq!(all.severity, flotilla_shared::alert::Severity::Hard);
+    let stale = eventually(DEADLINE, "a backup_stale alert for ghost", || {
+        firing("backup_stale", "ghost")
+    })
+    .await;
+    // The script runs again and everything succeeds: the alerts resolve.
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"last_run": "{}", "duration_seconds": 30,
+  "databases": {{"chatwoot": {{"status": "success", "size_mb": 45}},
+                "ghost": {{"status": "success", "size_mb": 12}},
+                "nextcloud": {{"status": "success", "size_mb": 80}}}},
+  "remote_sync": {{"status": "success", "uploaded_mb": 137}}}}"#,
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+    .unwrap();
+    for id in [&all.id, &stale.id] {
+        eventually(DEADLINE, "the backup alerts to resolve", || async {
+            let a: flotilla_shared::alert::AlertInfo =
+                api.get(&format!("/api/v1/alerts/{id}")).await.ok()?;
+            (a.state == flotilla_shared::alert::AlertState::Resolved).then_some(())
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
