@@ -315,6 +315,7 @@ impl SimState {
         if !failed {
             self.image = image.clone();
             self.sick = image.contains(&config.sick_marker);
+            self.sick_reported = false;
         }
         let now = Utc::now();
         CommandResult {

@@ -144,7 +144,17 @@ async fn main() -> Result<()> {
                 .unwrap()
                 .get(before)
                 .map(|(at, _)| *at)
-                .context("no failing verdict was recorded")?;
+                .with_context(|| {
+                    format!(
+                        "the rollout paused ({:?}; {:?}) but no failing verdict was recorded",
+                        paused.reason,
+                        paused
+                            .agents
+                            .iter()
+                            .filter_map(|a| a.reason.as_deref())
+                            .collect::<Vec<_>>()
+                    )
+                })?;
             let paused_at = paused
                 .events
                 .iter()
