@@ -196,6 +196,54 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     alerts::SCHEMA,
 ];
 
+/// Inserts a command with its deliveries (and, for `container.update`, the update-history rows
+/// of its dispatched targets) inside the caller's transaction. The one place these rows are
+/// written: single commands, jobs and rollouts.
+pub(super) fn insert_command(tx: &Transaction<'_>, c: &NewCommand) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO commands (id, kind, command, envelope, signature, audience, created_at, \
+         expires_at, created_by, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            c.id,
+            c.command.kind().as_str(),
+            to_json(&c.command),
+            c.signed.envelope,
+            c.signed.signature,
+            to_json(&c.audience),
+            ts(c.created_at),
+            ts(c.expires_at),
+            c.created_by,
+            c.job_id
+        ],
+    )?;
+    {
+        let mut stmt = tx.prepare(
+            "INSERT INTO deliveries (command_id, agent_id, position, state, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (i, (agent_id, state)) in c.targets.iter().enumerate() {
+            stmt.execute(params![
+                c.id,
+                agent_id,
+                i as i64,
+                state.as_str(),
+                ts(c.created_at)
+            ])?;
+        }
+    }
+    if c.command.kind() == CommandKind::ContainerUpdate {
+        // A job's pending targets get their row when they are dispatched (`advance_job`).
+        let dispatched: Vec<&str> = c
+            .targets
+            .iter()
+            .filter(|(_, state)| *state != DeliveryState::Pending)
+            .map(|(agent_id, _)| agent_id.as_str())
+            .collect();
+        start_updates(tx, &c.id, &dispatched, c.created_at)?;
+    }
+    Ok(())
+}
+
 /// States in which a delivery is still waiting to reach the agent or to finish.
 const UNFINISHED: &str = "('pending','queued','sent','received')";
 
@@ -1005,47 +1053,7 @@ impl Db {
                 ],
             )?;
         }
-        tx.execute(
-            "INSERT INTO commands (id, kind, command, envelope, signature, audience, created_at, \
-             expires_at, created_by, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                c.id,
-                c.command.kind().as_str(),
-                to_json(&c.command),
-                c.signed.envelope,
-                c.signed.signature,
-                to_json(&c.audience),
-                ts(c.created_at),
-                ts(c.expires_at),
-                c.created_by,
-                c.job_id
-            ],
-        )?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT INTO deliveries (command_id, agent_id, position, state, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for (i, (agent_id, state)) in c.targets.iter().enumerate() {
-                stmt.execute(params![
-                    c.id,
-                    agent_id,
-                    i as i64,
-                    state.as_str(),
-                    ts(c.created_at)
-                ])?;
-            }
-        }
-        if c.command.kind() == CommandKind::ContainerUpdate {
-            // A job's pending targets get their row when they are dispatched (`advance_job`).
-            let dispatched: Vec<&str> = c
-                .targets
-                .iter()
-                .filter(|(_, state)| *state != DeliveryState::Pending)
-                .map(|(agent_id, _)| agent_id.as_str())
-                .collect();
-            start_updates(&tx, &c.id, &dispatched, c.created_at)?;
-        }
+        insert_command(&tx, c)?;
         tx.commit()?;
         Ok(())
     }

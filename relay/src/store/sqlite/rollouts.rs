@@ -14,7 +14,7 @@
 //! Outcomes of in-flight containers are read from `deliveries` and `updates` by joins on the
 //! command ids; only rows still in flight are looked at on each engine step.
 
-use super::{from_json, parse_opt_ts, parse_ts, start_updates, to_json, ts, Db};
+use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Db};
 use crate::rollouts::{
     classify_update, order_fleet, select_members, ContainerDispatch, FleetAgent, Progress,
     RevertPlan, RolloutRow, RolloutSpec, SoakMember, StageView, Transition, UpdateVerdict,
@@ -122,36 +122,6 @@ fn parse_rollout_state(s: &str) -> Result<RolloutState, StoreError> {
 
 fn parse_agent_outcome(s: &str) -> Result<AgentOutcome, StoreError> {
     AgentOutcome::parse(s).ok_or_else(|| corrupt("agent outcome", s))
-}
-
-/// Inserts a command to one agent with its queued delivery (and update-history row) inside the
-/// caller's transaction: the same rows `Db::create_command` writes for a single command.
-fn insert_command(tx: &Transaction<'_>, c: &NewCommand) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO commands (id, kind, command, envelope, signature, audience, created_at, \
-         expires_at, created_by, job_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)",
-        params![
-            c.id,
-            c.command.kind().as_str(),
-            to_json(&c.command),
-            c.signed.envelope,
-            c.signed.signature,
-            to_json(&c.audience),
-            ts(c.created_at),
-            ts(c.expires_at),
-            c.created_by,
-        ],
-    )?;
-    let agents: Vec<&str> = c.targets.iter().map(|(a, _)| a.as_str()).collect();
-    for (i, (agent_id, state)) in c.targets.iter().enumerate() {
-        tx.execute(
-            "INSERT INTO deliveries (command_id, agent_id, position, state, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![c.id, agent_id, i as i64, state.as_str(), ts(c.created_at)],
-        )?;
-    }
-    start_updates(tx, &c.id, &agents, c.created_at)?;
-    Ok(())
 }
 
 fn log_event(
