@@ -96,6 +96,40 @@ impl TestImages {
     }
 }
 
+/// Starts a local registry (requiring these credentials when given) and pushes the test image
+/// `variants` to it as `flotilla-testapp:<variant>` (v1 always, and it keeps its local tag; the
+/// others exist only in the registry, so an update really pulls them). Returns the registry and
+/// the registry reference of each variant. Blocking.
+pub fn registry_with_variants(
+    images: &TestImages,
+    variants: &[&'static str],
+    auth: Option<(&str, &str)>,
+) -> anyhow::Result<(Registry, std::collections::HashMap<&'static str, String>)> {
+    let registry = match auth {
+        Some((user, password)) => start_registry_with_auth(user, password),
+        None => start_registry(),
+    }?;
+    let mut wanted: Vec<&'static str> = vec!["v1"];
+    wanted.extend(variants.iter().filter(|v| **v != "v1"));
+    let mut refs = std::collections::HashMap::new();
+    for variant in wanted {
+        let (_, local) = images
+            .all()
+            .into_iter()
+            .find(|(v, _)| *v == variant)
+            .with_context(|| format!("no test image variant {variant}"))?;
+        let repo_tag = format!("flotilla-testapp:{variant}");
+        let reference = if variant == "v1" {
+            registry.push(local, &repo_tag)
+        } else {
+            registry.push_remote_only(local, &repo_tag)
+        }
+        .with_context(|| format!("push {local}"))?;
+        refs.insert(variant, reference);
+    }
+    Ok((registry, refs))
+}
+
 /// Docker label on every test image naming its variant (`v1`, `v2`, `v2-health`, ...): an image
 /// default that must not survive an update to an image without it.
 pub const VARIANT_LABEL: &str = "flotilla.testapp.variant";

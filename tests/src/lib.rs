@@ -6,4 +6,5 @@
 pub mod fake_agent;
 pub mod fixtures;
 pub mod harness;
+pub mod procfs;
 pub mod sim;

@@ -33,14 +33,6 @@ fn arg(i: usize, default: u64, what: &str) -> Result<u64> {
         .map(|v| v.unwrap_or(default))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
 /// Runs the agent binary with `args`, returning (seconds, peak RSS KiB).
 fn run_agent(bin: &Path, state: &Path, config: &Path, args: &[&str]) -> Result<(f64, u64)> {
     let started = Instant::now();
@@ -58,7 +50,7 @@ fn run_agent(bin: &Path, state: &Path, config: &Path, args: &[&str]) -> Result<(
     let pid = child.id();
     let mut peak = 0;
     loop {
-        if let Some(rss) = rss_kib(pid) {
+        if let Ok(rss) = flotilla_tests::procfs::rss_kib(pid) {
             peak = peak.max(rss);
         }
         if let Some(status) = child.try_wait()? {

@@ -10,11 +10,12 @@
 //! (N scripted connections, default 5000; raise `ulimit -n` above N + 100 first).
 
 use anyhow::{bail, Context, Result};
-use flotilla_shared::api::{AgentFacts, CreateJob, EnrollRequest, EnrollResponse};
+use flotilla_shared::api::CreateJob;
 use flotilla_shared::command::Command;
 use flotilla_shared::protocol::{AgentFrame, RelayFrame};
 use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
 use flotilla_tests::harness::{eventually, scope, Agent, Relay};
+use flotilla_tests::procfs::{cpu_ticks, relay_pid, rss_kib};
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,7 +101,11 @@ async fn main() -> Result<()> {
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..n {
-        let (id, key) = enroll(&http, &relay, i).await?;
+        // One token per agent, as operators hand them out.
+        let token = relay.enrollment_token("kind=scripted").await;
+        let (id, key) =
+            flotilla_tests::sim::enroll(&http, &relay.url(), token, &format!("scripted-{i}"))
+                .await?;
         let ws_url = relay.ws_url();
         let received = received.clone();
         let connected = connected.clone();
@@ -182,28 +187,6 @@ struct AllReceived {
     notify: Notify,
 }
 
-async fn enroll(http: &reqwest::Client, relay: &Relay, i: usize) -> Result<(String, SigningKey)> {
-    // One token per agent, as operators hand them out.
-    let token = relay.enrollment_token("kind=scripted").await;
-    let key = SigningKey::generate();
-    let resp = http
-        .post(format!("{}/api/v1/enroll", relay.url()))
-        .json(&EnrollRequest {
-            token,
-            name: Some(format!("scripted-{i}")),
-            public_key: key.public_key().to_base64(),
-            labels: Default::default(),
-            facts: AgentFacts::default(),
-        })
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("enroll {i}: {} {}", resp.status(), resp.text().await?);
-    }
-    let body: EnrollResponse = resp.json().await?;
-    Ok((body.agent_id, key))
-}
-
 async fn scripted_agent(
     url: &str,
     id: &str,
@@ -242,39 +225,4 @@ async fn scripted_agent(
         }
     }
     Ok(())
-}
-
-fn relay_pid(relay: &Relay) -> Result<u32> {
-    // The harness does not expose the child; find the process listening with our data dir.
-    let dir = relay.dir.path().to_string_lossy().to_string();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("flotilla-relay") && cmdline.contains(&dir) {
-                return Ok(pid);
-            }
-        }
-    }
-    bail!("relay process not found")
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use flotilla_shared::rollout::{AbortRollout, CreateRollout, RolloutInfo, RolloutState};
 use flotilla_tests::harness::{eventually, Api, Relay};
+use flotilla_tests::procfs::{cpu_ticks, hwm_kib, relay_pid};
 use flotilla_tests::sim::{self, SimConfig, SimStats, SIM_CONTAINER};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,37 +218,4 @@ async fn wait_final(api: &Api, id: &str, deadline: Duration) -> Result<RolloutIn
     })
     .await;
     Ok(r)
-}
-
-fn relay_pid(relay: &Relay) -> Result<u32> {
-    let dir = relay.dir.path().to_string_lossy().to_string();
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.contains("flotilla-relay") && cmdline.contains(&dir) {
-                return Ok(pid);
-            }
-        }
-    }
-    bail!("relay process not found")
-}
-
-fn hwm_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmHWM")
-}
-
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }

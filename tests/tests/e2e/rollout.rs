@@ -17,7 +17,6 @@ use std::time::Duration;
 const FLEET: usize = 10;
 /// Upper bound for a whole rollout of the test fleet (second-scale soaks, local registry).
 const ROLLOUT_DEADLINE: Duration = Duration::from_secs(240);
-const REPO: &str = "flotilla-testapp";
 
 /// One test's fleet: a relay, ten agents each scoped to its own containers, one `web`
 /// container per agent carrying the test's app label, and a registry with the test images.
@@ -40,30 +39,13 @@ impl Fleet {
     /// `env=staging` besides `tier=build`.
     async fn new(test: &str, variants: &[&'static str]) -> Fleet {
         let img = images().await.clone();
-        let mut wanted: Vec<&'static str> = vec!["v1"];
-        wanted.extend(variants.iter().filter(|v| **v != "v1"));
+        let variants = variants.to_vec();
         let (registry, refs) = tokio::task::spawn_blocking(move || {
-            let registry = fixtures::start_registry().expect("start a local registry");
-            let mut refs = HashMap::new();
-            for variant in wanted {
-                let (_, local) = img
-                    .all()
-                    .into_iter()
-                    .find(|(v, _)| *v == variant)
-                    .unwrap_or_else(|| panic!("no test image variant {variant}"));
-                let repo_tag = format!("{REPO}:{variant}");
-                let reference = if variant == "v1" {
-                    registry.push(local, &repo_tag)
-                } else {
-                    registry.push_remote_only(local, &repo_tag)
-                }
-                .unwrap_or_else(|e| panic!("push {local}: {e:#}"));
-                refs.insert(variant, reference);
-            }
-            (registry, refs)
+            fixtures::registry_with_variants(&img, &variants, None)
         })
         .await
-        .expect("registry thread");
+        .expect("registry thread")
+        .expect("a local registry with the test images");
         let base = scope(test);
         let app_label = format!("rollout.app={base}");
         // Alerts evaluated every second, so rollout and update alerts show up at once.

@@ -60,34 +60,14 @@ impl Setup {
     async fn new(test: &str, variants: &[&'static str], auth: Option<(&str, &str)>) -> Setup {
         let img = images().await.clone();
         let auth = auth.map(|(u, p)| (u.to_string(), p.to_string()));
-        let mut wanted: Vec<&'static str> = vec!["v1"];
-        wanted.extend(variants.iter().filter(|v| **v != "v1"));
+        let variants = variants.to_vec();
         let (registry, refs) = tokio::task::spawn_blocking(move || {
-            let registry = match &auth {
-                Some((u, p)) => fixtures::start_registry_with_auth(u, p),
-                None => fixtures::start_registry(),
-            }
-            .expect("start a local registry");
-            let mut refs = HashMap::new();
-            for variant in wanted {
-                let (_, local) = img
-                    .all()
-                    .into_iter()
-                    .find(|(v, _)| *v == variant)
-                    .unwrap_or_else(|| panic!("no test image variant {variant}"));
-                let repo_tag = format!("{REPO}:{variant}");
-                let reference = if variant == "v1" {
-                    registry.push(local, &repo_tag)
-                } else {
-                    registry.push_remote_only(local, &repo_tag)
-                }
-                .unwrap_or_else(|e| panic!("push {local}: {e:#}"));
-                refs.insert(variant, reference);
-            }
-            (registry, refs)
+            let auth = auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            fixtures::registry_with_variants(&img, &variants, auth)
         })
         .await
-        .expect("registry thread");
+        .expect("registry thread")
+        .expect("a local registry with the test images");
         let scope = scope(test);
         let docker = Containers::new(&scope).await;
         let relay = Relay::start().await;
