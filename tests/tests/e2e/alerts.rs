@@ -9,8 +9,11 @@ use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use flotilla_shared::alert::{AlertInfo, AlertState, CreateSilence, Severity, Silence};
+use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
+use flotilla_shared::protocol::AgentFrame;
+use flotilla_tests::fake_agent::FakeAgent;
 use flotilla_tests::fixtures::{start_smtp_sink, start_webhook_receiver, ReceivedRequest};
-use flotilla_tests::harness::{cli, eventually, scope, Agent, Api, Containers, Relay};
+use flotilla_tests::harness::{cli, eventually, free_port, scope, Agent, Api, Containers, Relay};
 
 const SECRET: &str = "webhook-secret-for-tests";
 
@@ -349,4 +352,128 @@ min_severity = "hard"
         hard.iter().all(|a| a.severity == Severity::Hard),
         "{hard:?}"
     );
+}
+
+/// A TLS server on loopback (`openssl s_server`) with a self-signed certificate valid for
+/// `days`, on `port`.
+async fn tls_server(dir: &std::path::Path, port: u16, days: u32) -> tokio::process::Child {
+    let cert = dir.join(format!("cert-{days}.pem"));
+    let key = dir.join(format!("key-{days}.pem"));
+    let out = tokio::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-subj", "/CN=tenant.example", "-days"])
+        .arg(days.to_string())
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .await
+        .expect("run openssl req");
+    assert!(
+        out.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let child = tokio::process::Command::new("openssl")
+        .arg("s_server")
+        .arg("-accept")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .args(["-www", "-quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn openssl s_server");
+    eventually(DEADLINE, "openssl s_server to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    child
+}
+
+/// A configured endpoint whose certificate expires in 5 days → tls_expiry (medium, no agent),
+/// resolved once the endpoint serves a certificate valid for 90 days. An agent reporting an
+/// older version than the fleet's newest → agent_version_skew (soft, never notified), resolved
+/// once it reports the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_expiry_and_version_skew_fire_and_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = tls_server(dir.path(), port, 5).await;
+    let webhook = start_webhook_receiver(Some(SECRET.as_bytes())).expect("webhook receiver");
+    let relay_toml = format!(
+        r#"
+[alerts]
+evaluate_interval_secs = 1
+medium_notify_after_secs = 0
+tls_endpoints = ["127.0.0.1:{port}"]
+tls_check_interval_secs = 1
+tls_timeout_secs = 5
+
+[[notify.webhooks]]
+name = "ops"
+url = "{}"
+secret = "{SECRET}"
+min_severity = "soft"
+"#,
+        webhook.url("/hook")
+    );
+    let relay = Relay::start_with_config(&relay_toml, &[]).await;
+    let api = relay.api();
+    let endpoint = format!("127.0.0.1:{port}");
+
+    let expiring = wait_firing(&api, "tls_expiry", Some(&endpoint)).await;
+    assert_eq!(expiring.severity, Severity::Medium);
+    assert!(expiring.agent_id.is_none(), "{expiring:?}");
+    assert!(
+        expiring.message.contains("expires in 4d"),
+        "the message says when it expires: {}",
+        expiring.message
+    );
+    eventually(DEADLINE, "the tls_expiry notification", || async {
+        (!notifications_of(&webhook.requests(), &expiring.id).is_empty()).then_some(())
+    })
+    .await;
+    // Renewed: the same endpoint now serves a certificate valid for 90 days.
+    server.kill().await.unwrap();
+    let _renewed = tls_server(dir.path(), port, 90).await;
+    wait_resolved(&api, &expiring.id).await;
+
+    // Two agents: one reports this build's version, the other an older one.
+    let mut current = FakeAgent::start(&relay, "current", "team=core").await;
+    let mut old = FakeAgent::start(&relay, "old", "team=core").await;
+    let heartbeat = |version: &str| {
+        AgentFrame::Heartbeat(Box::new(Heartbeat {
+            at: chrono::Utc::now(),
+            agent_version: version.to_string(),
+            host: HostMetrics::default(),
+            docker: DockerSnapshot::default(),
+            backup: None,
+        }))
+    };
+    current
+        .send(&heartbeat(flotilla_shared::VERSION))
+        .await
+        .unwrap();
+    old.send(&heartbeat("0.0.9")).await.unwrap();
+    let skew = wait_firing(&api, "agent_version_skew", None).await;
+    assert_eq!(skew.severity, Severity::Soft);
+    assert_eq!(skew.agent_id.as_deref(), Some(old.id.as_str()));
+    assert!(skew.message.contains("0.0.9"), "{}", skew.message);
+    old.send(&heartbeat(flotilla_shared::VERSION))
+        .await
+        .unwrap();
+    wait_resolved(&api, &skew.id).await;
+    // Soft alerts are never notified, whatever a channel's minimum severity.
+    assert!(notifications_of(&webhook.requests(), &skew.id).is_empty());
 }
