@@ -49,6 +49,14 @@ pub struct AgentConfig {
     pub restart_loop_threshold: u32,
     /// Window for restart-loop detection, in seconds.
     pub restart_loop_window_secs: u64,
+    /// Directory of the daily rotating log files (`flotilla-agent.YYYY-MM-DD.log`) of
+    /// `flotilla-agent run`. Default: systemd's `LOGS_DIRECTORY` when set, else no files (stderr
+    /// only, which is always written).
+    pub log_dir: Option<PathBuf>,
+    /// `text` or `json`, for the files and stderr alike.
+    pub log_format: crate::logging::LogFormat,
+    /// Daily log files kept; older ones are deleted.
+    pub log_keep_files: usize,
     /// Test hook: results and events are written to the outbox but not sent while set.
     pub test_hold_outbox: bool,
     /// Test hook: an update that reaches this phase (e.g. `old_stopped`) journals it, creates
@@ -117,6 +125,9 @@ impl Default for AgentConfig {
             max_outbox_events: crate::state::DEFAULT_MAX_OUTBOX_EVENTS,
             restart_loop_threshold: 3,
             restart_loop_window_secs: 300,
+            log_dir: None,
+            log_format: crate::logging::LogFormat::Text,
+            log_keep_files: crate::logging::DEFAULT_KEEP_FILES,
             test_hold_outbox: false,
             test_update_pause_at: None,
             update: UpdateConfig::default(),
@@ -298,6 +309,22 @@ impl AgentConfig {
                 )
             })?;
         }
+        if let Some(v) = get("FLOTILLA_LOG_DIR") {
+            self.log_dir = Some(PathBuf::from(v.trim()));
+        }
+        if self.log_dir.is_none() {
+            self.log_dir = crate::logging::systemd_logs_directory(get);
+        }
+        if let Some(v) = get("FLOTILLA_LOG_FORMAT") {
+            self.log_format = v
+                .parse()
+                .map_err(|e: String| env_err("FLOTILLA_LOG_FORMAT", &v, &e))?;
+        }
+        if let Some(v) = get("FLOTILLA_LOG_KEEP_FILES") {
+            self.log_keep_files = v.trim().parse().map_err(|_| {
+                env_err("FLOTILLA_LOG_KEEP_FILES", &v, "expected a number of files")
+            })?;
+        }
         if let Some(v) = get("FLOTILLA_TEST_UPDATE_PAUSE_AT") {
             self.test_update_pause_at = Some(
                 v.trim()
@@ -344,6 +371,13 @@ impl AgentConfig {
                 key: "restart_loop_window_secs",
                 value: "0".into(),
                 expected: "expected at least 1 second".into(),
+            });
+        }
+        if let Err(expected) = crate::logging::check_keep_files(self.log_keep_files) {
+            return Err(ConfigError::Value {
+                key: "log_keep_files",
+                value: self.log_keep_files.to_string(),
+                expected,
             });
         }
         for r in &self.update.registries {
@@ -535,6 +569,64 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("only_label") && e.contains("novalue"), "{e}");
+    }
+
+    #[test]
+    fn log_settings_from_file_env_and_systemd() {
+        let c = AgentConfig::from_toml(
+            "log_dir = \"/var/log/x\"\nlog_format = \"json\"\nlog_keep_files = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/var/log/x")));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.log_keep_files, 3);
+        let d = AgentConfig::default();
+        assert_eq!(
+            (d.log_dir, d.log_format, d.log_keep_files),
+            (None, crate::logging::LogFormat::Text, 14)
+        );
+
+        // systemd's LogsDirectory= is the default; FLOTILLA_LOG_DIR and the file win over it.
+        let c = with_env(&[("LOGS_DIRECTORY", "/var/log/flotilla")]).unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/var/log/flotilla")));
+        let c = with_env(&[
+            ("LOGS_DIRECTORY", "/var/log/flotilla"),
+            ("FLOTILLA_LOG_DIR", "/srv/logs"),
+            ("FLOTILLA_LOG_FORMAT", "JSON"),
+            ("FLOTILLA_LOG_KEEP_FILES", "30"),
+        ])
+        .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/srv/logs")));
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.log_keep_files, 30);
+        let mut c = AgentConfig::from_toml("log_dir = \"/var/log/x\"\n").unwrap();
+        c.apply_env(|k| (k == "LOGS_DIRECTORY").then(|| "/var/log/flotilla".to_string()))
+            .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/var/log/x")));
+    }
+
+    #[test]
+    fn bad_log_settings_are_named() {
+        let e = AgentConfig::from_toml("log_format = \"xml\"").unwrap_err();
+        assert!(e.contains("log_format") && e.contains("xml"), "{e}");
+        let e = with_env(&[("FLOTILLA_LOG_FORMAT", "yaml")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_LOG_FORMAT") && e.contains("yaml") && e.contains("json"),
+            "{e}"
+        );
+        let e = with_env(&[("FLOTILLA_LOG_KEEP_FILES", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_LOG_KEEP_FILES") && e.contains("many"),
+            "{e}"
+        );
+        let e = with_env(&[("FLOTILLA_LOG_KEEP_FILES", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("log_keep_files"), "{e}");
     }
 
     #[test]

@@ -16,8 +16,10 @@ pub mod enroll;
 pub mod events;
 pub mod executor;
 pub mod heartbeat;
+pub mod logging;
 pub mod session;
 pub mod state;
+pub mod systemd;
 pub mod update;
 pub mod verify;
 
@@ -218,6 +220,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });
 
+    // Under systemd's watchdog: fed from this runtime's own timer, so a stuck event loop (the
+    // agent runs on one thread) stops the pings and systemd restarts the agent.
+    if let Some(interval) = systemd::watchdog_interval() {
+        let token = tasks_token.clone();
+        tasks.spawn(async move {
+            systemd::run_watchdog(interval, || async { true }, token).await;
+            ("systemd watchdog", Ok(()))
+        });
+    }
+
     info!(
         agent_id = identity.agent_id,
         name = identity.name,
@@ -226,6 +238,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         only_label = config.only_label.as_deref().unwrap_or(""),
         "agent running"
     );
+    systemd::ready(&format!("running, relay {ws_url}")).await;
 
     let mut outcome = Ok(());
     tokio::select! {
@@ -245,6 +258,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             }
         }
     }
+    systemd::stopping().await;
     tasks_token.cancel();
     let drained = tokio::time::timeout(SHUTDOWN_TIMEOUT, async {
         while let Some(joined) = tasks.join_next().await {

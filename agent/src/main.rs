@@ -112,8 +112,20 @@ enum BackupAction {
 }
 
 fn main() {
-    init_logging();
     let cli = Cli::parse();
+    // `run` reads its config first, for the log settings; an error there is printed to stderr
+    // before logging exists, like every other fatal error.
+    let run_config = match &cli.command {
+        Cmd::Run { state_dir, config } => match load_config(state_dir.clone(), config.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
+    let log_guard = init_logging(run_config.as_ref());
     // One thread: the agent is mostly idle and should stay small (idle RSS target < 10 MiB);
     // blocking work goes to the blocking pool.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -127,22 +139,42 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = runtime.block_on(real_main(cli)) {
+    let result = runtime.block_on(real_main(cli, run_config));
+    drop(runtime);
+    // Flushes the log files (`exit` runs no destructors).
+    drop(log_guard);
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// stderr always (the journal under systemd); `run` also writes the daily files of its
+/// `log_dir`, in its `log_format`. The one-shot commands (`enroll`, `backup`) log to stderr
+/// only: they are run by hand, often as another user than the service, whose files they must
+/// not create.
+fn init_logging(run_config: Option<&AgentConfig>) -> flotilla_agent::logging::LogGuard {
+    use flotilla_agent::logging::{init, LogOptions, DEFAULT_KEEP_FILES};
+    init(&match run_config {
+        Some(c) => LogOptions {
+            program: "flotilla-agent",
+            dir: c.log_dir.as_deref(),
+            format: c.log_format,
+            keep_files: c.log_keep_files,
+        },
+        None => LogOptions {
+            program: "flotilla-agent",
+            dir: None,
+            format: std::env::var("FLOTILLA_LOG_FORMAT")
+                .ok()
+                .and_then(|f| f.parse().ok())
+                .unwrap_or_default(),
+            keep_files: DEFAULT_KEEP_FILES,
+        },
+    })
 }
 
-async fn real_main(cli: Cli) -> Result<()> {
+async fn real_main(cli: Cli, run_config: Option<AgentConfig>) -> Result<()> {
     match cli.command {
         Cmd::Enroll {
             relay_url,
@@ -180,7 +212,10 @@ async fn real_main(cli: Cli) -> Result<()> {
             action,
         } => backup_command(state_dir, config, json, action).await,
         Cmd::Run { state_dir, config } => {
-            let config = load_config(state_dir, config)?;
+            let config = match run_config {
+                Some(c) => c,
+                None => load_config(state_dir, config)?,
+            };
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             flotilla_agent::run(config, shutdown).await

@@ -57,6 +57,13 @@ pub struct RelayConfig {
     /// many days are deleted (a sweep runs every few hours; each database's latest backup and
     /// newest success are kept). 0 keeps everything.
     pub retention_days: u32,
+    /// Directory of the daily rotating log files (`flotilla-relay.YYYY-MM-DD.log`). Default:
+    /// systemd's `LOGS_DIRECTORY` when set, else no files (stderr only, always written).
+    pub log_dir: Option<PathBuf>,
+    /// `text` or `json`, for the files and stderr alike.
+    pub log_format: flotilla_agent::logging::LogFormat,
+    /// Daily log files kept; older ones are deleted.
+    pub log_keep_files: usize,
     /// Alert notifications (`[notify]`): webhooks, Slack-compatible webhooks, e-mail, and how
     /// delivery retries. Checked by `Notifier::start`, which reads the secret files.
     pub notify: crate::alerts::notify::NotifyConfig,
@@ -78,6 +85,9 @@ impl Default for RelayConfig {
             max_pending_handshakes: 1024,
             trusted_proxies: Vec::new(),
             retention_days: 30,
+            log_dir: None,
+            log_format: flotilla_agent::logging::LogFormat::Text,
+            log_keep_files: flotilla_agent::logging::DEFAULT_KEEP_FILES,
             notify: crate::alerts::notify::NotifyConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
         }
@@ -102,6 +112,12 @@ pub struct Overrides {
     pub max_pending_handshakes: Option<usize>,
     pub trusted_proxies: Option<Vec<IpAddr>>,
     pub retention_days: Option<u32>,
+    pub log_dir: Option<PathBuf>,
+    pub log_format: Option<flotilla_agent::logging::LogFormat>,
+    pub log_keep_files: Option<usize>,
+    /// systemd's `LOGS_DIRECTORY`: the log directory when neither an override nor the file
+    /// names one.
+    pub systemd_logs_dir: Option<PathBuf>,
 }
 
 fn parse_env<T: std::str::FromStr>(
@@ -156,6 +172,15 @@ impl Overrides {
                     })?,
             ),
         };
+        let log_format = match get("FLOTILLA_LOG_FORMAT") {
+            None => None,
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) => Some(v.parse().map_err(|_| ConfigError::Value {
+                key: "FLOTILLA_LOG_FORMAT".into(),
+                value: v.clone(),
+                expected: "expected text or json",
+            })?),
+        };
         Ok(Overrides {
             config: get("FLOTILLA_CONFIG")
                 .filter(|v| !v.trim().is_empty())
@@ -201,6 +226,16 @@ impl Overrides {
                 "FLOTILLA_RETENTION_DAYS",
                 "expected a whole number of days",
             )?,
+            log_dir: get("FLOTILLA_LOG_DIR")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from),
+            log_format,
+            log_keep_files: parse_env(
+                get,
+                "FLOTILLA_LOG_KEEP_FILES",
+                "expected a whole number of files",
+            )?,
+            systemd_logs_dir: flotilla_agent::logging::systemd_logs_directory(get),
         })
     }
 
@@ -223,6 +258,10 @@ impl Overrides {
             max_pending_handshakes: self.max_pending_handshakes.or(lower.max_pending_handshakes),
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             retention_days: self.retention_days.or(lower.retention_days),
+            log_dir: self.log_dir.or(lower.log_dir),
+            log_format: self.log_format.or(lower.log_format),
+            log_keep_files: self.log_keep_files.or(lower.log_keep_files),
+            systemd_logs_dir: self.systemd_logs_dir.or(lower.systemd_logs_dir),
         }
     }
 }
@@ -277,6 +316,12 @@ impl RelayConfig {
                 .unwrap_or(base.max_pending_handshakes),
             trusted_proxies: overrides.trusted_proxies.unwrap_or(base.trusted_proxies),
             retention_days: overrides.retention_days.unwrap_or(base.retention_days),
+            log_dir: overrides
+                .log_dir
+                .or(base.log_dir)
+                .or(overrides.systemd_logs_dir),
+            log_format: overrides.log_format.unwrap_or(base.log_format),
+            log_keep_files: overrides.log_keep_files.unwrap_or(base.log_keep_files),
             notify: base.notify,
             alerts: base.alerts,
         };
@@ -340,6 +385,13 @@ impl RelayConfig {
                 "retention_days",
                 self.retention_days.to_string(),
                 "expected 0 (keep everything) to 36500 days",
+            );
+        }
+        if flotilla_agent::logging::check_keep_files(self.log_keep_files).is_err() {
+            return bad(
+                "log_keep_files",
+                self.log_keep_files.to_string(),
+                "expected 1 to 3650 files",
             );
         }
         if let Err((key, value, expected)) = self.alerts.validate() {
@@ -497,6 +549,73 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("heartbeat_interval_secs"), "{e}");
+    }
+
+    #[test]
+    fn log_settings_from_env_file_and_systemd() {
+        use flotilla_agent::logging::LogFormat;
+        let c = RelayConfig::default();
+        assert_eq!(
+            (c.log_dir, c.log_format, c.log_keep_files),
+            (None, LogFormat::Text, 14)
+        );
+        // systemd's LogsDirectory= is the default ...
+        let c = RelayConfig::load(
+            Overrides::from_env(&env(&[("LOGS_DIRECTORY", "/var/log/flotilla-relay")])).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/var/log/flotilla-relay")));
+        // ... the file beats it, the environment beats the file.
+        let (path, _cleanup) =
+            write_toml("log_dir = \"/srv/log\"\nlog_format = \"json\"\nlog_keep_files = 3\n");
+        let c = RelayConfig::load(
+            Overrides::from_env(&env(&[
+                ("LOGS_DIRECTORY", "/var/log/flotilla-relay"),
+                ("FLOTILLA_CONFIG", path.to_str().unwrap()),
+            ]))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/srv/log")));
+        assert_eq!((c.log_format, c.log_keep_files), (LogFormat::Json, 3));
+        let c = RelayConfig::load(
+            Overrides::from_env(&env(&[
+                ("FLOTILLA_CONFIG", path.to_str().unwrap()),
+                ("FLOTILLA_LOG_DIR", "/tmp/logs"),
+                ("FLOTILLA_LOG_FORMAT", "text"),
+                ("FLOTILLA_LOG_KEEP_FILES", "30"),
+            ]))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.log_dir, Some(PathBuf::from("/tmp/logs")));
+        assert_eq!((c.log_format, c.log_keep_files), (LogFormat::Text, 30));
+    }
+
+    #[test]
+    fn bad_log_settings_are_named() {
+        let (path, _cleanup) = write_toml("log_format = \"xml\"\n");
+        let e = RelayConfig::load(Overrides {
+            config: Some(path),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("log_format") && e.contains("xml"), "{e}");
+        let e = Overrides::from_env(&env(&[("FLOTILLA_LOG_FORMAT", "yaml")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLOTILLA_LOG_FORMAT") && e.contains("yaml") && e.contains("json"),
+            "{e}"
+        );
+        let e = RelayConfig::load(Overrides {
+            log_keep_files: Some(0),
+            ..Overrides::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("log_keep_files"), "{e}");
     }
 
     #[test]

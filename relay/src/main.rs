@@ -50,14 +50,14 @@ struct DevArgs {
     data_dir: Option<PathBuf>,
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// stderr always (the journal under systemd), plus the daily files of `log_dir` when set.
+fn init_logging(config: &RelayConfig) -> flotilla_agent::logging::LogGuard {
+    flotilla_agent::logging::init(&flotilla_agent::logging::LogOptions {
+        program: "flotilla-relay",
+        dir: config.log_dir.as_deref(),
+        format: config.log_format,
+        keep_files: config.log_keep_files,
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -88,8 +88,17 @@ fn load_config(flags: Overrides) -> anyhow::Result<RelayConfig> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    match run(cli).await {
+    // The configuration comes first: it holds the log settings. Its errors are printed to
+    // stderr before logging exists, like every other fatal error.
+    let result = match config_for(&cli.command) {
+        Ok(config) => {
+            let _log_guard = init_logging(&config);
+            run(cli.command, config).await
+            // `_log_guard` drops here: the files are flushed before the process exits.
+        }
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line naming what was wrong, with its causes; no backtrace for operators.
@@ -99,15 +108,30 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => {
-            let config = load_config(Overrides {
-                listen: args.listen,
-                data_dir: args.data_dir,
-                config: args.config,
-                ..Overrides::default()
-            })?;
+/// The configuration of `command`: its flags over the environment over the config file.
+fn config_for(command: &Command) -> anyhow::Result<RelayConfig> {
+    match command {
+        Command::Serve(args) => load_config(Overrides {
+            listen: args.listen,
+            data_dir: args.data_dir.clone(),
+            config: args.config.clone(),
+            ..Overrides::default()
+        }),
+        Command::Dev(args) => load_config(Overrides {
+            listen: args.listen,
+            data_dir: Some(
+                args.data_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("./flotilla-dev")),
+            ),
+            ..Overrides::default()
+        }),
+    }
+}
+
+async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(_) => {
             let data_dir = config.data_dir.clone();
             let relay = flotilla_relay::start(config)
                 .await
@@ -115,12 +139,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("flotilla-relay listening on {}", relay.base_url());
             println!("relay key fingerprint: {}", relay.fingerprint());
             if let Some(token) = relay.admin_token_created() {
-                println!(
-                    "admin token (shown once; also saved to {}): {token}",
-                    data_dir
-                        .join(flotilla_relay::keys::ADMIN_TOKEN_FILE)
-                        .display()
-                );
+                let path = data_dir.join(flotilla_relay::keys::ADMIN_TOKEN_FILE);
+                // Shown on a terminal only: under systemd (or any redirect) stdout ends up in a
+                // log, and secrets are never logged.
+                if std::io::stdout().is_terminal() {
+                    println!(
+                        "admin token (shown once; also saved to {}): {token}",
+                        path.display()
+                    );
+                } else {
+                    println!("admin token created and saved to {}", path.display());
+                }
             }
             let token = relay.shutdown_token();
             tokio::spawn(async move {
@@ -129,15 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             relay.wait().await.context("relay failed")?;
         }
-        Command::Dev(args) => {
-            let config = load_config(Overrides {
-                listen: args.listen,
-                data_dir: Some(
-                    args.data_dir
-                        .unwrap_or_else(|| PathBuf::from("./flotilla-dev")),
-                ),
-                ..Overrides::default()
-            })?;
+        Command::Dev(_) => {
             flotilla_relay::dev::run(config, shutdown_signal()).await?;
         }
     }

@@ -132,6 +132,44 @@ fn create_data_dir(path: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
+/// systemd integration (`Type=notify`, a no-op elsewhere): `READY=1` now that the store is open
+/// and the listener bound; a watchdog fed only while the store answers a trivial read within the
+/// interval (a wedged database or runtime ends in systemd's restart, not a silent hang);
+/// `STOPPING=1` as soon as shutdown begins.
+async fn systemd_tasks(
+    store: Store,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    use flotilla_agent::systemd;
+    systemd::ready(&format!("serving on {addr}")).await;
+    let mut tasks = Vec::new();
+    if let Some(interval) = systemd::watchdog_interval() {
+        let healthy = move || {
+            let store = store.clone();
+            async move {
+                match store.has_admin_token().await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watchdog: the store did not answer");
+                        false
+                    }
+                }
+            }
+        };
+        tasks.push(tokio::spawn(systemd::run_watchdog(
+            interval,
+            healthy,
+            shutdown.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(async move {
+        shutdown.cancelled().await;
+        systemd::stopping().await;
+    }));
+    tasks
+}
+
 /// Opens everything, binds `config.listen`, writes `<data-dir>/listen-addr` and starts serving.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let data_dir = config.data_dir.clone();
@@ -207,7 +245,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     // Alert notifications: the engine decides, the notifier delivers without ever blocking.
     let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
     let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(crate::alerts::run(
             state.clone(),
             alert_sink,
@@ -243,6 +281,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         .into_future(),
     );
     state.ready.store(true, Ordering::Release);
+    tasks.extend(systemd_tasks(store.clone(), addr, shutdown.clone()).await);
     tracing::info!(%addr, fingerprint = %state.fingerprint, "relay serving");
     Ok(RunningRelay {
         addr,

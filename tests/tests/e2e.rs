@@ -15,6 +15,7 @@ mod e2e {
     pub mod heartbeats;
     pub mod protocol_abuse;
     pub mod rollout;
+    pub mod secrets;
     pub mod tls;
     pub mod trust;
     pub mod update;
