@@ -13,6 +13,7 @@
 mod db;
 mod http;
 mod lock;
+mod python;
 mod registry;
 mod s3;
 mod smtp;
