@@ -462,6 +462,12 @@ impl From<ErrorInfo> for Failure {
 async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::Value, Failure> {
     let docker = &shared.docker;
     match &env.command {
+        // TODO(issue 6, in progress): the agent side of self-update.
+        Command::AgentUpgrade(_) => Err(ErrorInfo {
+            code: error_codes::UPGRADE_FAILED.into(),
+            message: "this agent cannot upgrade itself yet".into(),
+        }
+        .into()),
         Command::BackupList(a) => Ok(to_json(&shared.backups.list(a).await?)?),
         Command::BackupRun(a) => {
             let reports = shared

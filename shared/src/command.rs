@@ -43,10 +43,12 @@ pub enum CommandKind {
     BackupVerify,
     #[serde(rename = "backup.restore")]
     BackupRestore,
+    #[serde(rename = "agent.upgrade")]
+    AgentUpgrade,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 12] = [
+    pub const ALL: [CommandKind; 13] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -59,6 +61,7 @@ impl CommandKind {
         CommandKind::BackupRun,
         CommandKind::BackupVerify,
         CommandKind::BackupRestore,
+        CommandKind::AgentUpgrade,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl CommandKind {
             CommandKind::BackupRun => "backup.run",
             CommandKind::BackupVerify => "backup.verify",
             CommandKind::BackupRestore => "backup.restore",
+            CommandKind::AgentUpgrade => "agent.upgrade",
         }
     }
 
@@ -89,6 +93,7 @@ impl CommandKind {
                 | CommandKind::ContainerUpdate
                 | CommandKind::BackupRun
                 | CommandKind::BackupRestore
+                | CommandKind::AgentUpgrade
         )
     }
 }
@@ -100,7 +105,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -141,6 +146,8 @@ pub enum Command {
     BackupVerify(BackupVerifyArgs),
     #[serde(rename = "backup.restore")]
     BackupRestore(BackupRestoreArgs),
+    #[serde(rename = "agent.upgrade")]
+    AgentUpgrade(AgentUpgradeArgs),
 }
 
 impl Command {
@@ -158,6 +165,7 @@ impl Command {
             Command::BackupRun(_) => CommandKind::BackupRun,
             Command::BackupVerify(_) => CommandKind::BackupVerify,
             Command::BackupRestore(_) => CommandKind::BackupRestore,
+            Command::AgentUpgrade(_) => CommandKind::AgentUpgrade,
         }
     }
 
@@ -171,6 +179,7 @@ impl Command {
             Command::ContainerUpdate(a) => Some(&a.container),
             Command::BackupRestore(a) => a.into.as_deref(),
             Command::BackupList(_) | Command::BackupRun(_) | Command::BackupVerify(_) => None,
+            Command::AgentUpgrade(_) => None,
         }
     }
 
@@ -215,6 +224,11 @@ impl Command {
                 ));
             }
         }
+        if let Command::AgentUpgrade(a) = self {
+            if a.manifest.manifest.len() > 4096 || a.manifest.signature.len() > 200 {
+                return Err("manifest must be at most 4096 bytes and its signature 200".into());
+            }
+        }
         if let Command::BackupVerify(BackupVerifyArgs { id })
         | Command::BackupRestore(BackupRestoreArgs { id, .. }) = self
         {
@@ -224,6 +238,30 @@ impl Command {
         }
         Ok(())
     }
+}
+
+/// `agent.upgrade`: replace the agent binary with the build `manifest` describes (downloaded from
+/// the relay at `/download/agent/<version>/<arch>`), through the root updater unit, which keeps
+/// the previous binary and reverts on a crash loop or when the new version does not reach the
+/// relay in time. `rollback` (signed by the relay, like every command) is the only way an agent
+/// accepts an older version than its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentUpgradeArgs {
+    pub manifest: crate::release::SignedManifest,
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Output of a successful `agent.upgrade` (reported by the new version after it reached the
+/// relay), and of a reverted one inside the error's context.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentUpgradeOutput {
+    pub from_version: String,
+    pub to_version: String,
+    pub arch: String,
+    /// The version running now.
+    pub running_version: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +457,15 @@ pub mod error_codes {
     pub const RESTORE_REFUSED: &str = "restore_refused";
     /// `backup.restore`: the restore ran and failed.
     pub const RESTORE_FAILED: &str = "restore_failed";
+    /// `agent.upgrade` refused before anything changed: wrong architecture, a downgrade without
+    /// `rollback`, a size, SHA-256 or signature mismatch, a failed `--version` smoke test.
+    pub const UPGRADE_REFUSED: &str = "upgrade_refused";
+    /// `agent.upgrade` could not be carried out (download failed, no updater installed, the
+    /// updater did not pick the request up); the old version still runs.
+    pub const UPGRADE_FAILED: &str = "upgrade_failed";
+    /// The new version was installed but crash-looped or did not reach the relay in time; the
+    /// updater restored the previous binary. The relay marks the build broken.
+    pub const UPGRADE_REVERTED: &str = "upgrade_reverted";
 }
 
 /// The outcome of one command on one agent.

@@ -16,6 +16,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod limit;
 pub mod protocol;
+pub mod release;
 pub mod rollout;
 pub mod selector;
 pub mod signing;

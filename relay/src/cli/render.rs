@@ -565,6 +565,16 @@ pub fn command_result(kind: CommandKind, r: &CommandResult) -> String {
                 })
         }
         CommandKind::ContainerInspect => None,
+        CommandKind::AgentUpgrade => {
+            serde_json::from_value::<flotilla_shared::command::AgentUpgradeOutput>(output.clone())
+                .ok()
+                .map(|u| {
+                    format!(
+                        "agent upgraded from {} to {} ({}); running {}\n",
+                        u.from_version, u.to_version, u.arch, u.running_version
+                    )
+                })
+        }
         CommandKind::ContainerUpdate => serde_json::from_value::<UpdateReport>(output.clone())
             .ok()
             .map(|r| update_report(&r)),
