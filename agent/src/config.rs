@@ -68,6 +68,39 @@ pub struct AgentConfig {
     pub update: UpdateConfig,
     /// Database backups.
     pub backup: crate::backup::config::BackupConfig,
+    /// `agent.upgrade` settings.
+    pub upgrade: UpgradeConfig,
+}
+
+/// `[upgrade]`: the agent's side of signed self-update (`agent.upgrade`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpgradeConfig {
+    /// Seconds the root updater (flotilla-agent-updater.path/.service) gets to take an upgrade
+    /// request and answer it; past that the command fails and the request is withdrawn.
+    pub updater_pickup_secs: u64,
+    /// Longest the download of a new agent build from the relay may take, in seconds.
+    pub download_timeout_secs: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            updater_pickup_secs: crate::upgrade::DEFAULT_UPDATER_PICKUP_SECS,
+            download_timeout_secs: crate::upgrade::DEFAULT_DOWNLOAD_TIMEOUT_SECS,
+        }
+    }
+}
+
+impl UpgradeConfig {
+    /// The handler's timing.
+    pub fn settings(&self) -> crate::upgrade::UpgradeSettings {
+        crate::upgrade::UpgradeSettings {
+            updater_pickup: std::time::Duration::from_secs(self.updater_pickup_secs),
+            download_timeout: std::time::Duration::from_secs(self.download_timeout_secs),
+            ..Default::default()
+        }
+    }
 }
 
 /// `[update]`: image policy and registry credentials for `container.update`.
@@ -132,6 +165,7 @@ impl Default for AgentConfig {
             test_update_pause_at: None,
             update: UpdateConfig::default(),
             backup: Default::default(),
+            upgrade: UpgradeConfig::default(),
         }
     }
 }
@@ -280,6 +314,24 @@ impl AgentConfig {
         if let Some(v) = get("FLOTILLA_UPDATE_DOCKER_CONFIG") {
             self.update.docker_config = Some(PathBuf::from(v.trim()));
         }
+        if let Some(v) = get("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS") {
+            self.upgrade.updater_pickup_secs = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS",
+                    &v,
+                    "expected a number of seconds",
+                )
+            })?;
+        }
+        if let Some(v) = get("FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS") {
+            self.upgrade.download_timeout_secs = v.trim().parse().map_err(|_| {
+                env_err(
+                    "FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS",
+                    &v,
+                    "expected a number of seconds",
+                )
+            })?;
+        }
         if let Some(v) = get("FLOTILLA_BACKUP_ENABLED") {
             self.backup.enabled = parse_bool(&v)
                 .ok_or_else(|| env_err("FLOTILLA_BACKUP_ENABLED", &v, "expected true or false"))?;
@@ -390,6 +442,20 @@ impl AgentConfig {
             }
         }
         crate::backup::validate_config(&self.backup).map_err(ConfigError::Backup)?;
+        if !(1..=3600).contains(&self.upgrade.updater_pickup_secs) {
+            return Err(ConfigError::Value {
+                key: "upgrade.updater_pickup_secs",
+                value: self.upgrade.updater_pickup_secs.to_string(),
+                expected: "expected 1 to 3600 seconds".into(),
+            });
+        }
+        if !(10..=86_400).contains(&self.upgrade.download_timeout_secs) {
+            return Err(ConfigError::Value {
+                key: "upgrade.download_timeout_secs",
+                value: self.upgrade.download_timeout_secs.to_string(),
+                expected: "expected 10 to 86400 seconds".into(),
+            });
+        }
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::Value {
@@ -627,6 +693,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_keep_files"), "{e}");
+    }
+
+    #[test]
+    fn upgrade_settings_from_file_and_env() {
+        let c = AgentConfig::from_toml(
+            "[upgrade]\nupdater_pickup_secs = 5\ndownload_timeout_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(c.upgrade.updater_pickup_secs, 5);
+        assert_eq!(
+            c.upgrade.settings().download_timeout,
+            std::time::Duration::from_secs(60)
+        );
+        assert!(c.allowed_commands.contains(&CommandKind::AgentUpgrade));
+        let c = with_env(&[("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS", "7")]).unwrap();
+        assert_eq!(c.upgrade.settings().updater_pickup.as_secs(), 7);
+        let e = with_env(&[("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("upgrade.updater_pickup_secs"), "{e}");
+        let e = with_env(&[("FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS"), "{e}");
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub async fn enroll_with(opts: EnrollOptions, trust: EnrollTrust) -> Result<Enro
             hostname,
             os,
             arch,
-            agent_version: flotilla_shared::VERSION.to_string(),
+            agent_version: flotilla_shared::release::version().to_string(),
         },
     };
 
@@ -198,9 +198,19 @@ fn parse_fingerprint(fp: &str) -> Result<String> {
 }
 
 fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+    http_client_builder(ca_file)?
         .timeout(ENROLL_TIMEOUT)
-        .user_agent(concat!("flotilla-agent/", env!("CARGO_PKG_VERSION")));
+        .build()
+        .context("cannot build HTTP client")
+}
+
+/// An HTTP client trusting the relay as `run` does (a private CA file replaces the system's
+/// roots); also used to download agent builds.
+pub(crate) fn http_client_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder().user_agent(format!(
+        "flotilla-agent/{}",
+        flotilla_shared::release::version()
+    ));
     // A private CA replaces the system's roots, exactly as `run` uses it for wss.
     if let Some(ca) = ca_file {
         let pem =
@@ -215,7 +225,7 @@ fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().context("cannot build HTTP client")
+    Ok(builder)
 }
 
 /// `http(s)://host[:port][/prefix]` without a trailing slash.

@@ -12,12 +12,13 @@ use crate::docker::{DockerClient, DockerError, ResolvedContainer};
 use crate::session::FrameLimit;
 use crate::state::State;
 use crate::update::{base_name, Updater};
+use crate::upgrade::{Resumed, UpgradeOutcome, Upgrades};
 use crate::verify::{admit, Admission, Rejection, Verifier};
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use flotilla_shared::backup::{BackupRunOutput, BackupStatus, RunTrigger};
 use flotilla_shared::command::{
-    error_codes, Command, CommandEnvelope, CommandResult, ContainerActionOutput,
+    error_codes, AgentUpgradeArgs, Command, CommandEnvelope, CommandResult, ContainerActionOutput,
     ContainerListOutput, ContainerLogsOutput, ContainerUpdateArgs, ErrorInfo, PingOutput,
     ResultStatus, SignedCommand, DEFAULT_LOG_TAIL, DEFAULT_STOP_TIMEOUT_SECS,
 };
@@ -72,6 +73,8 @@ pub struct Executor {
     pub updater: Updater,
     /// Runs `backup.*`.
     pub backups: Backups,
+    /// Runs `agent.upgrade`.
+    pub upgrades: Upgrades,
 }
 
 /// What running commands share.
@@ -84,6 +87,9 @@ struct Shared {
     heartbeat_poke: Arc<Notify>,
     updater: Updater,
     backups: Backups,
+    upgrades: Upgrades,
+    /// Cancelled when the agent stops (an upgrade waiting for its restart ends on it).
+    stopping: CancellationToken,
 }
 
 // === impl Executor ===
@@ -104,6 +110,8 @@ impl Executor {
             heartbeat_poke: self.heartbeat_poke.clone(),
             updater: self.updater.clone(),
             backups: self.backups.clone(),
+            upgrades: self.upgrades.clone(),
+            stopping: shutdown.clone(),
         });
         let mut tasks = JoinSet::new();
         self.recover_updates(&shared, &mut tasks).await;
@@ -221,7 +229,7 @@ impl Executor {
                 );
                 self.send_received(env.id.clone());
                 let shared = shared.clone();
-                tasks.spawn(async move { run_command(&shared, env).await });
+                tasks.spawn(async move { run_command(&shared, env, &signed).await });
             }
         }
     }
@@ -285,22 +293,38 @@ impl Executor {
 /// Fails every command a previous process left running: it may or may not have taken effect,
 /// and running it again could do it twice, so the relay is told it was interrupted. An update
 /// without an update journal record never got past reading (its record is written before it
-/// changes anything), so it is reported as `failed_unchanged` with its report.
-pub async fn fail_interrupted(state: &State) -> Result<usize> {
+/// changes anything), so it is reported as `failed_unchanged` with its report. An
+/// `agent.upgrade` is expected to span a restart: when this process runs the version it asked
+/// for, it stays running and is reported after the first welcome; when the updater reverted
+/// or refused it, that is reported (see `Upgrades::resume`). Returns how many were failed.
+pub async fn fail_interrupted(state: &State, upgrades: Option<&Upgrades>) -> Result<usize> {
     let running = state.journal_running_commands().await?;
+    let mut failed = 0;
     for (id, command) in &running {
         let now = Utc::now();
+        let command = command
+            .as_deref()
+            .and_then(|c| serde_json::from_str::<Command>(c).ok());
+        if let (Some(Command::AgentUpgrade(args)), Some(upgrades)) = (&command, upgrades) {
+            match upgrades.resume(id, args) {
+                Resumed::Pending => continue,
+                Resumed::Finished(result) => {
+                    state.finish_command(*result).await?;
+                    failed += 1;
+                    continue;
+                }
+                Resumed::Interrupted => {}
+            }
+        }
         warn!(
             command_id = id,
             "command was interrupted by an agent restart"
         );
-        let update = command
-            .as_deref()
-            .and_then(|c| serde_json::from_str::<Command>(c).ok())
-            .and_then(|c| match c {
-                Command::ContainerUpdate(args) => Some(args),
-                _ => None,
-            });
+        failed += 1;
+        let update = command.and_then(|c| match c {
+            Command::ContainerUpdate(args) => Some(args),
+            _ => None,
+        });
         match update {
             Some(args) => {
                 let result = crate::update::unstarted_result(id, &args, now);
@@ -325,7 +349,53 @@ pub async fn fail_interrupted(state: &State) -> Result<usize> {
             }
         }
     }
-    Ok(running.len())
+    Ok(failed)
+}
+
+/// `agent.upgrade`: reported here only when it fails in this process; after the updater
+/// applied it, the next process reports it.
+async fn run_upgrade(
+    shared: &Shared,
+    env: &CommandEnvelope,
+    args: &AgentUpgradeArgs,
+    signed: &SignedCommand,
+) {
+    let started_at = Utc::now();
+    let error = match env.command.validate() {
+        Err(message) => ErrorInfo {
+            code: error_codes::INVALID_ARGS.into(),
+            message,
+        },
+        Ok(()) => match shared
+            .upgrades
+            .upgrade(&env.id, args, Some(signed), &shared.stopping)
+            .await
+        {
+            UpgradeOutcome::Failed(e) => e,
+            UpgradeOutcome::Applied | UpgradeOutcome::Stopped => return,
+        },
+    };
+    info!(
+        command_id = env.id,
+        code = error.code,
+        error = error.message,
+        "command failed"
+    );
+    let result = CommandResult {
+        command_id: env.id.clone(),
+        status: ResultStatus::Failed,
+        output: None,
+        error: Some(error),
+        started_at,
+        finished_at: Utc::now(),
+    };
+    if let Err(e) = shared.state.finish_command(result).await {
+        error!(
+            command_id = env.id,
+            error = format!("{e:#}"),
+            "cannot store command result"
+        );
+    }
 }
 
 /// `container.update`: refused at once when another mutating command holds the container.
@@ -356,10 +426,14 @@ async fn run_update(shared: &Shared, command_id: &str, args: &ContainerUpdateArg
     updater.run(command_id, args.clone()).await;
 }
 
-async fn run_command(shared: &Shared, env: CommandEnvelope) {
+async fn run_command(shared: &Shared, env: CommandEnvelope, signed: &SignedCommand) {
     if let Command::ContainerUpdate(args) = &env.command {
         run_update(shared, &env.id, args).await;
         shared.heartbeat_poke.notify_one();
+        return;
+    }
+    if let Command::AgentUpgrade(args) = &env.command {
+        run_upgrade(shared, &env, args, signed).await;
         return;
     }
     let started_at = Utc::now();
@@ -462,10 +536,9 @@ impl From<ErrorInfo> for Failure {
 async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::Value, Failure> {
     let docker = &shared.docker;
     match &env.command {
-        // TODO(issue 6, in progress): the agent side of self-update.
         Command::AgentUpgrade(_) => Err(ErrorInfo {
-            code: error_codes::UPGRADE_FAILED.into(),
-            message: "this agent cannot upgrade itself yet".into(),
+            code: error_codes::INVALID_ARGS.into(),
+            message: "agent.upgrade is run by the upgrade handler, not here".into(),
         }
         .into()),
         Command::BackupList(a) => Ok(to_json(&shared.backups.list(a).await?)?),
@@ -522,7 +595,7 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
             )?)
         }
         Command::Ping(_) => Ok(to_json(&PingOutput {
-            agent_version: flotilla_shared::VERSION.to_string(),
+            agent_version: flotilla_shared::release::version().to_string(),
             hostname: shared.hostname.clone(),
         })?),
         Command::ContainerList(a) => Ok(to_json(&ContainerListOutput {
@@ -701,7 +774,7 @@ mod tests {
             .journal_begin_with("cmd_ping", now, exp, json(&ping))
             .await
             .unwrap();
-        assert_eq!(fail_interrupted(&state).await.unwrap(), 2);
+        assert_eq!(fail_interrupted(&state, None).await.unwrap(), 2);
         let results: Vec<CommandResult> = state
             .outbox_after(0, 10)
             .await
@@ -728,6 +801,135 @@ mod tests {
         let ping = results.iter().find(|r| r.command_id == "cmd_ping").unwrap();
         assert_eq!(ping.error.as_ref().unwrap().code, INTERRUPTED);
         assert!(state.journal_running().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn interrupted_upgrades_wait_for_the_welcome_or_report_the_updaters_verdict() {
+        use crate::upgrade::{UpgradeOptions, UpgradePaths, UpgradeResult, UpgradeStatus};
+        use flotilla_shared::protocol::OutboxItem;
+        use flotilla_shared::release::{this_arch, ReleaseManifest};
+        let dir = crate::state::tests::temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let relay = flotilla_shared::signing::SigningKey::generate();
+        let upgrades = Upgrades::new(
+            UpgradeOptions {
+                state_dir: dir.clone(),
+                relay_url: "http://127.0.0.1:9".into(),
+                ca_file: None,
+                relay_key: relay.public_key(),
+                settings: Default::default(),
+            },
+            state.clone(),
+        )
+        .unwrap();
+        let now = Utc::now();
+        for (id, to) in [
+            ("cmd_new", flotilla_shared::release::version()),
+            ("cmd_reverted", "9.9.9"),
+            ("cmd_lost", "9.9.8"),
+        ] {
+            let manifest = ReleaseManifest {
+                name: "flotilla-agent".into(),
+                version: to.into(),
+                arch: this_arch().into(),
+                size: 10,
+                sha256: "a".repeat(64),
+                created_at: now,
+            }
+            .sign(&relay);
+            let command = Command::AgentUpgrade(AgentUpgradeArgs {
+                manifest,
+                rollback: false,
+            });
+            state
+                .journal_begin_with(
+                    id,
+                    now,
+                    now + chrono::Duration::minutes(5),
+                    Some(serde_json::to_string(&command).unwrap()),
+                )
+                .await
+                .unwrap();
+        }
+        let paths = UpgradePaths::new(&dir);
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        let verdict = UpgradeResult {
+            command_id: "cmd_reverted".into(),
+            status: UpgradeStatus::Reverted,
+            from_version: flotilla_shared::release::version().into(),
+            to_version: "9.9.9".into(),
+            reason: Some("9.9.9 did not reach the relay within 120 s".into()),
+            at: now,
+        };
+        std::fs::write(paths.result(), serde_json::to_vec(&verdict).unwrap()).unwrap();
+
+        // The upgrade to the running version waits for the welcome; the others are reported.
+        assert_eq!(fail_interrupted(&state, Some(&upgrades)).await.unwrap(), 2);
+        assert_eq!(state.journal_running().await.unwrap(), vec!["cmd_new"]);
+        let results: Vec<CommandResult> = state
+            .outbox_after(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, i)| match i {
+                OutboxItem::Result(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let reverted = results
+            .iter()
+            .find(|r| r.command_id == "cmd_reverted")
+            .unwrap();
+        let e = reverted.error.as_ref().unwrap();
+        assert_eq!(e.code, error_codes::UPGRADE_REVERTED);
+        assert!(e.message.contains("within 120 s"), "{}", e.message);
+        let lost = results.iter().find(|r| r.command_id == "cmd_lost").unwrap();
+        assert_eq!(lost.error.as_ref().unwrap().code, INTERRUPTED);
+
+        // After the first welcome: confirmed and reported (no updater answers; it is not
+        // waited for longer than the acknowledgement time).
+        let quick = Upgrades::new(
+            UpgradeOptions {
+                state_dir: dir.clone(),
+                relay_url: "http://127.0.0.1:9".into(),
+                ca_file: None,
+                relay_key: relay.public_key(),
+                settings: crate::upgrade::UpgradeSettings {
+                    confirm_ack: Duration::from_millis(300),
+                    ..Default::default()
+                },
+            },
+            state.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            fail_interrupted(&state, Some(&quick)).await.unwrap(),
+            0,
+            "still pending"
+        );
+        let (tx, rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(quick.clone().run(rx, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(state.journal_running().await.unwrap() == vec!["cmd_new"]);
+        tx.send_replace(Some(WelcomeBody {
+            agent_id: "ag_1".into(),
+            labels: Default::default(),
+            issued_at: Utc::now(),
+        }));
+        for _ in 0..100 {
+            if state.journal_running().await.unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(state.journal_running().await.unwrap().is_empty());
+        assert_eq!(
+            paths.read_confirmed().as_deref(),
+            Some(flotilla_shared::release::version())
+        );
+        stop.cancel();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -334,7 +334,7 @@ impl HeartbeatTask {
             let docker = docker_snapshot(&self.docker).await;
             let hb = Heartbeat {
                 at: Utc::now(),
-                agent_version: flotilla_shared::VERSION.to_string(),
+                agent_version: flotilla_shared::release::version().to_string(),
                 host,
                 docker,
                 backup: self.backup.borrow().clone(),

@@ -21,6 +21,7 @@ pub mod session;
 pub mod state;
 pub mod systemd;
 pub mod update;
+pub mod upgrade;
 pub mod verify;
 
 use anyhow::{anyhow, Context, Result};
@@ -73,9 +74,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         None
     };
 
+    // Self-update: downloads from the relay, request files for the root updater.
+    let upgrades = upgrade::Upgrades::new(
+        upgrade::UpgradeOptions {
+            state_dir: config.state_dir.clone(),
+            relay_url: relay_url.clone(),
+            ca_file: config.ca_file.clone(),
+            relay_key,
+            settings: config.upgrade.settings(),
+        },
+        state.clone(),
+    )?;
+
     // Housekeeping before anything new comes in.
     state.prune_journal(Utc::now()).await?;
-    let interrupted = executor::fail_interrupted(&state).await?;
+    let interrupted = executor::fail_interrupted(&state, Some(&upgrades)).await?;
     if interrupted > 0 {
         warn!(
             count = interrupted,
@@ -98,7 +111,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     );
 
     let mut attributes = BTreeMap::new();
-    attributes.insert("version".to_string(), flotilla_shared::VERSION.to_string());
+    attributes.insert(
+        "version".to_string(),
+        flotilla_shared::release::version().to_string(),
+    );
     state
         .append_outbox(vec![OutboxItem::Event(AgentEvent {
             kind: EventKind::AgentStarted,
@@ -108,7 +124,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             message: format!(
                 "agent {} started (version {})",
                 identity.name,
-                flotilla_shared::VERSION
+                flotilla_shared::release::version()
             ),
             attributes,
         })])
@@ -118,6 +134,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let (heartbeat_tx, heartbeat_rx) = watch::channel(None);
     let (interval_tx, interval_rx) = watch::channel(heartbeat::DEFAULT_INTERVAL);
     let (welcome_tx, welcome_rx) = watch::channel(initial_welcome);
+    // The upgrade task confirms a pending upgrade after the first welcome of this process.
+    let upgrade_welcome = welcome_tx.subscribe();
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (control_tx, control_rx) = mpsc::channel(256);
     let poke = Arc::new(Notify::new());
@@ -145,6 +163,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("session", session.run(token).await) });
+    let token = tasks_token.clone();
+    let upgrade_task = upgrades.clone();
+    tasks.spawn(async move { ("upgrade", upgrade_task.run(upgrade_welcome, token).await) });
 
     // Reads credential and recipient files: on the blocking pool.
     let backups = {
@@ -216,6 +237,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         heartbeat_poke: poke,
         updater,
         backups,
+        upgrades,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });

@@ -12,7 +12,11 @@ use tokio_util::sync::CancellationToken;
 const DEFAULT_CONFIG: &str = "/etc/flotilla/agent.toml";
 
 #[derive(Parser)]
-#[command(name = "flotilla-agent", version, about = "Flotilla fleet agent")]
+#[command(
+    name = "flotilla-agent",
+    version = flotilla_shared::release::version(),
+    about = "Flotilla fleet agent"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -68,6 +72,11 @@ enum Cmd {
         #[command(subcommand)]
         action: BackupAction,
     },
+    /// Signed self-update: the root side (run by flotilla-agent-updater.service).
+    SelfUpdate {
+        #[command(subcommand)]
+        action: SelfUpdateAction,
+    },
     /// Run the agent.
     Run {
         /// Directory holding the enrolled state (overrides agent.toml and FLOTILLA_STATE_DIR).
@@ -76,6 +85,38 @@ enum Cmd {
         /// agent.toml (default: /etc/flotilla/agent.toml if it exists).
         #[arg(long, env = "FLOTILLA_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SelfUpdateAction {
+    /// Install the build the agent staged in <state-dir>/upgrade/request.json (verified again
+    /// with the relay key root trusts), restart the agent, and put the previous binary back if
+    /// the new version does not reach the relay before the deadline or crash-loops. Also
+    /// finishes an upgrade a previous run left unfinished. Run as root. Exits 0 once the
+    /// upgrade is confirmed, reverted or refused (see <state-dir>/upgrade/result.json), non-zero
+    /// only when it could not act at all.
+    Apply {
+        /// The agent's state directory.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Seconds the new version has to reach the relay.
+        #[arg(long, default_value_t = flotilla_agent::upgrade::updater::DEFAULT_DEADLINE_SECS)]
+        deadline_secs: u64,
+        /// The installed agent binary to replace (default: this executable).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// Base64 Ed25519 public key of the relay, trusted by root (written by install.sh).
+        /// When missing, the key pinned in the agent's database is used.
+        #[arg(long, default_value = flotilla_agent::upgrade::updater::DEFAULT_RELAY_KEY_FILE)]
+        relay_key_file: PathBuf,
+        /// The agent's systemd unit.
+        #[arg(long, default_value = flotilla_agent::upgrade::updater::DEFAULT_SERVICE)]
+        service: String,
+        /// Root-only directory for the previous binary and the record of the upgrade in
+        /// progress.
+        #[arg(long, default_value = flotilla_agent::upgrade::updater::DEFAULT_UPDATER_DIR)]
+        updater_dir: PathBuf,
     },
 }
 
@@ -211,6 +252,38 @@ async fn real_main(cli: Cli, run_config: Option<AgentConfig>) -> Result<()> {
             json,
             action,
         } => backup_command(state_dir, config, json, action).await,
+        Cmd::SelfUpdate {
+            action:
+                SelfUpdateAction::Apply {
+                    state_dir,
+                    deadline_secs,
+                    binary,
+                    relay_key_file,
+                    service,
+                    updater_dir,
+                },
+        } => {
+            use flotilla_agent::upgrade::updater::{apply, installed_binary, ApplyOptions};
+            // Resolved before anything is swapped.
+            let binary = installed_binary(binary.as_deref())?;
+            let opts = ApplyOptions {
+                state_dir,
+                deadline: std::time::Duration::from_secs(deadline_secs),
+                binary,
+                relay_key_file,
+                service,
+                updater_dir,
+                poll: std::time::Duration::from_secs(1),
+                systemctl: PathBuf::from("systemctl"),
+            };
+            let outcomes = tokio::task::spawn_blocking(move || apply(&opts))
+                .await
+                .context("the updater task failed")??;
+            for o in outcomes {
+                tracing::info!(outcome = ?o, "self-update finished");
+            }
+            Ok(())
+        }
         Cmd::Run { state_dir, config } => {
             let config = match run_config {
                 Some(c) => c,

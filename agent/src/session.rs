@@ -336,7 +336,7 @@ impl Session {
             &AgentFrame::Auth {
                 agent_id: self.agent_id.clone(),
                 protocol_version: flotilla_shared::PROTOCOL_VERSION,
-                agent_version: flotilla_shared::VERSION.to_string(),
+                agent_version: flotilla_shared::release::version().to_string(),
                 signature,
             },
         )
