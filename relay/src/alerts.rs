@@ -319,6 +319,19 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
         now,
     ));
     out.extend(rules::version_skew(cfg, &agents));
+    if cfg.enabled(Rule::AgentUpgradeReverted) {
+        let releases: Vec<_> = state
+            .store
+            .releases()
+            .await?
+            .into_iter()
+            .filter(|r| r.info.broken.is_some())
+            .map(|r| r.info)
+            .collect();
+        out.extend(rules::upgrade_reverted_conditions(
+            cfg, &releases, &agents, now,
+        ));
+    }
     out.extend(rules::tls_conditions(
         cfg,
         &state.alerts.tls.snapshot(),

@@ -11,6 +11,7 @@ mod auth;
 mod backups;
 mod commands;
 mod error;
+mod releases;
 mod rollouts;
 mod system;
 mod tokens;
@@ -86,6 +87,26 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/rollouts/{id}", get(rollouts::show))
         .route("/api/v1/rollouts/{id}/{action}", post(rollouts::act))
+        .route("/api/v1/releases", get(releases::list))
+        .route(
+            "/api/v1/releases/{version}/{arch}",
+            axum::routing::put(releases::publish),
+        )
+        .route(
+            "/api/v1/releases/{version}/{arch}/broken",
+            post(releases::mark_broken).delete(releases::unmark_broken),
+        )
+        // Unauthenticated: an installer has no token yet, and builds are not secret.
+        .route("/install.sh", get(releases::install_sh))
+        .route(
+            "/download/agent/{version}/{arch}",
+            get(releases::download_binary),
+        )
+        .route(
+            "/download/agent/{version}/{arch}/{file}",
+            get(releases::download_manifest),
+        )
+        .route("/download/systemd/{unit}", get(releases::download_unit))
         .route("/api/v1/audit", get(system::audit_trail));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an

@@ -9,6 +9,7 @@
 mod alerts;
 mod backup;
 mod client;
+mod release;
 mod render;
 mod rollout;
 mod run;
@@ -17,6 +18,7 @@ mod update;
 pub use alerts::{AlertsArgs, AlertsCommand};
 pub use backup::{BackupCommand, BackupTarget, BackupsArgs};
 pub use client::{ApiClient, CliError};
+pub use release::{ReleaseCommand, UpgradeArgs};
 pub use rollout::{RolloutCommand, StartArgs as RolloutStartArgs};
 
 use chrono::Utc;
@@ -101,6 +103,10 @@ pub enum CliCommand {
     /// abort (`--revert`), list.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Agent builds on the relay: publish, list, mark broken (agents upgrade with
+    /// `flotilla agent upgrade` or `flotilla rollout start --agent-version`).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
     /// Commands already sent.
     #[command(subcommand)]
     Command(CommandCommand),
@@ -155,6 +161,11 @@ pub enum AgentCommand {
     },
     /// Revoke the agent: it is disconnected and refused from then on.
     Revoke { id: String },
+    /// Upgrade (or, with --rollback, downgrade) the agent to a published build: the relay sends
+    /// the signed manifest for the agent's architecture; the agent's updater swaps the binary
+    /// and reverts it if the new version does not come back.
+    #[command(disable_version_flag = true)]
+    Upgrade(UpgradeArgs),
     /// Events the agent raised (container died, health changed, command rejected, ...).
     Events {
         id: String,
@@ -434,6 +445,10 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
         CliCommand::Backups(args) => return backup::backups(&client, args, json, now).await,
         CliCommand::Backup(cmd) => return backup::backup(&client, cmd, json).await,
         CliCommand::Rollout(cmd) => return rollout::rollout(&client, cmd, json).await,
+        CliCommand::Release(cmd) => return release::release(&client, cmd, json, &cli.addr).await,
+        CliCommand::Agent(AgentCommand::Upgrade(args)) => {
+            return release::upgrade(&client, args, json).await
+        }
         CliCommand::Alerts(args) => return alerts::alerts(&client, args, json, now).await,
         CliCommand::Updates {
             agent,

@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod ratelimit;
+pub mod releases;
 pub mod retention;
 pub mod rollouts;
 pub mod server;

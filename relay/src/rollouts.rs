@@ -35,11 +35,20 @@
 //! aborted rollout with updates still in flight stays active (refreshed, and a conflict for
 //! new rollouts) until they finish.
 //!
+//! Agent rollouts (target [`RolloutTarget::Agent`], `image` = the agent version) reuse all of
+//! this with one target per member, [`AGENT_TARGET_NAME`]: dispatch resolves the build for the
+//! member's architecture ([`crate::releases::upgrade_command`]) and sends `agent.upgrade`, or
+//! ends the member without a command (`no_target`: no build for its architecture, or it runs
+//! the version already; `skipped`: the build is marked broken, so a reverted upgrade stops the
+//! version at once); the soak is [`agent_soak_verdict`]; a revert is `agent.upgrade` with
+//! `rollback` to the member's previous version, when the relay has that build.
+//!
 //! The decisions are pure functions below ([`select_members`], [`threshold_exceeded`],
-//! [`apply_action`], [`classify_update`], [`soak_verdict`]) so they are unit tested without a
-//! database.
+//! [`apply_action`], [`classify_update`], [`soak_verdict`], [`agent_soak_verdict`]) so they are
+//! unit tested without a database.
 
 use crate::config::RelayConfig;
+use crate::releases::{UpgradeRefusal, UpgradeRequest};
 use crate::state::{AppState, Shared};
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -47,9 +56,10 @@ use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::{error_codes, Command, ContainerListArgs, ContainerListOutput};
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::limit::Limit;
+use flotilla_shared::release::compare_versions;
 use flotilla_shared::rollout::{
     AgentOutcome, FailureAction, RolloutAction, RolloutCounts, RolloutOrder, RolloutState,
-    RolloutTarget, StagePhase, StageSpec, StageWhat,
+    RolloutTarget, StagePhase, StageSpec, StageWhat, AGENT_TARGET_NAME,
 };
 use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateStrategy};
@@ -580,20 +590,15 @@ pub fn soak_verdict(
         return Err(e.clone());
     }
     let fresh = heartbeat.filter(|(_, at)| *at >= m.finished_at);
-    if !connected {
-        let last_seen = heartbeat
-            .map(|(_, at)| at)
-            .unwrap_or(m.finished_at)
-            .max(m.finished_at)
-            .max(relay_started_at);
-        let gone = (now - last_seen).to_std().unwrap_or_default();
-        if gone > offline_threshold {
-            return Err(format!(
-                "agent offline for {}s during the soak (threshold {}s)",
-                gone.as_secs(),
-                offline_threshold.as_secs()
-            ));
-        }
+    if let Some(why) = offline_failure(
+        m,
+        connected,
+        heartbeat,
+        offline_threshold,
+        relay_started_at,
+        now,
+    ) {
+        return Err(why);
     }
     let Some((hb, _)) = fresh else {
         return Ok(());
@@ -622,6 +627,76 @@ pub fn soak_verdict(
         }
     }
     Ok(())
+}
+
+/// Why a member counts as failed for being offline during its soak: not connected for longer
+/// than the threshold since the latest of its last heartbeat, its update's end and the relay's
+/// start (see [`soak_verdict`]).
+fn offline_failure(
+    m: &SoakMember,
+    connected: bool,
+    heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
+    offline_threshold: Duration,
+    relay_started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if connected {
+        return None;
+    }
+    let last_seen = heartbeat
+        .map(|(_, at)| at)
+        .unwrap_or(m.finished_at)
+        .max(m.finished_at)
+        .max(relay_started_at);
+    let gone = (now - last_seen).to_std().unwrap_or_default();
+    (gone > offline_threshold).then(|| {
+        format!(
+            "agent offline for {}s during the soak (threshold {}s)",
+            gone.as_secs(),
+            offline_threshold.as_secs()
+        )
+    })
+}
+
+/// The soak verdict of one member of an agent rollout: it fails when the agent is offline
+/// beyond the threshold (as in [`soak_verdict`]), or, while connected, reports a version other
+/// than `target` (its updater reverted it after the upgrade succeeded, or somebody installed
+/// another build). The version is the one of a heartbeat sent after the upgrade finished, else
+/// the one the agent announced at its last connect (`reported`).
+#[allow(clippy::too_many_arguments)]
+pub fn agent_soak_verdict(
+    m: &SoakMember,
+    target: &str,
+    connected: bool,
+    reported: Option<&str>,
+    heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
+    offline_threshold: Duration,
+    relay_started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    if let Some(why) = offline_failure(
+        m,
+        connected,
+        heartbeat,
+        offline_threshold,
+        relay_started_at,
+        now,
+    ) {
+        return Err(why);
+    }
+    if !connected {
+        return Ok(());
+    }
+    let fresh = heartbeat
+        .filter(|(_, at)| *at >= m.finished_at)
+        .map(|(hb, _)| hb.agent_version.as_str());
+    match fresh.or(reported) {
+        Some(v) if !compare_versions(v, target).is_eq() => Err(format!(
+            "the agent reports version {v}, not {target} (its updater may have reverted the \
+             upgrade)"
+        )),
+        _ => Ok(()),
+    }
 }
 
 // === engine ===
@@ -841,15 +916,28 @@ async fn advance_running(
             .map(Vec::as_slice)
             .unwrap_or_default();
         let hb = state.heartbeats.latest(&m.agent_id);
-        if let Err(reason) = soak_verdict(
-            m,
-            state.hub.is_connected(&m.agent_id),
-            hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
-            events,
-            threshold,
-            state.alerts.started_at,
-            now,
-        ) {
+        let verdict = match row.spec.target {
+            RolloutTarget::Agent => agent_soak_verdict(
+                m,
+                &row.spec.image,
+                state.hub.is_connected(&m.agent_id),
+                stage.agent_versions.get(&m.agent_id).map(String::as_str),
+                hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
+                threshold,
+                state.alerts.started_at,
+                now,
+            ),
+            _ => soak_verdict(
+                m,
+                state.hub.is_connected(&m.agent_id),
+                hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
+                events,
+                threshold,
+                state.alerts.started_at,
+                now,
+            ),
+        };
+        if let Err(reason) = verdict {
             new_failures.push((m.agent_id.clone(), reason));
         }
     }
@@ -994,6 +1082,24 @@ async fn advance_running(
                             )?),
                         }],
                     ),
+                    RolloutTarget::Agent => {
+                        match agent_upgrade_dispatch(state, &row, agent_id, &actor).await? {
+                            Ok(upgrade) => (None, vec![upgrade]),
+                            Err((outcome, reason)) => {
+                                state
+                                    .store
+                                    .end_pending_rollout_agent(
+                                        row.id.clone(),
+                                        agent_id.clone(),
+                                        p.stage,
+                                        outcome,
+                                        reason,
+                                    )
+                                    .await?;
+                                continue;
+                            }
+                        }
+                    }
                     RolloutTarget::Label { .. } => (
                         Some(agent_command(
                             state,
@@ -1144,28 +1250,38 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
             }
             continue;
         }
+        let agent_target = row.spec.target == RolloutTarget::Agent;
         let Some(old_image) = old_image else {
+            let why = if agent_target {
+                "the previous version is unknown"
+            } else {
+                "the previous image is unknown"
+            };
             state
                 .store
-                .revert_rollout_container(
-                    row.id.clone(),
-                    agent_id,
-                    name,
-                    None,
-                    "the previous image is unknown".into(),
-                )
+                .revert_rollout_container(row.id.clone(), agent_id, name, None, why.into())
                 .await?;
             continue;
         };
         if sent >= slots {
             continue;
         }
-        let cmd = agent_command(
-            state,
-            &agent_id,
-            Command::ContainerUpdate(row.spec.update_args(&name, &old_image)),
-            &row.progress_actor(),
-        )?;
+        let command = if agent_target {
+            match agent_revert_command(state, &agent_id, &old_image, &row.spec.image).await? {
+                Ok(c) => c,
+                Err(why) => {
+                    tracing::warn!(rollout_id = %row.id, agent_id = %agent_id, %why, "agent not reverted");
+                    state
+                        .store
+                        .revert_rollout_container(row.id.clone(), agent_id, name, None, why)
+                        .await?;
+                    continue;
+                }
+            }
+        } else {
+            Command::ContainerUpdate(row.spec.update_args(&name, &old_image))
+        };
+        let cmd = agent_command(state, &agent_id, command, &row.progress_actor())?;
         let send = cmd.clone();
         if state
             .store
@@ -1183,6 +1299,85 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
         }
     }
     Ok(())
+}
+
+/// An agent rollout's dispatch to one member: its `agent.upgrade` (the build for its
+/// architecture), or the outcome it ends with, unsent, and why: `no_target` when its
+/// architecture has no build of the version or it already runs that version or a newer one,
+/// `skipped` when the build is marked broken.
+async fn agent_upgrade_dispatch(
+    state: &Shared,
+    row: &RolloutRow,
+    agent_id: &str,
+    actor: &str,
+) -> Result<Result<ContainerDispatch, (AgentOutcome, String)>, StoreError> {
+    let Some(agent) = state.store.agent(agent_id.to_string()).await? else {
+        return Ok(Err((
+            AgentOutcome::Skipped,
+            "the agent no longer exists".into(),
+        )));
+    };
+    let version = &row.spec.image;
+    let running = agent.agent_version;
+    let req = UpgradeRequest {
+        version: version.clone(),
+        rollback: false,
+    };
+    Ok(
+        match crate::releases::upgrade_command(state, agent_id, &agent.facts.arch, &running, &req)
+            .await?
+        {
+            Ok((command, _)) => Ok(ContainerDispatch {
+                name: AGENT_TARGET_NAME.to_string(),
+                old_image: Some(running).filter(|v| !v.is_empty()),
+                command: Some(agent_command(state, agent_id, command, actor)?),
+            }),
+            Err(UpgradeRefusal::Broken(why)) => Err((AgentOutcome::Skipped, why)),
+            Err(UpgradeRefusal::NotNewer { .. }) if compare_versions(&running, version).is_eq() => {
+                Err((AgentOutcome::NoTarget, format!("already runs {version}")))
+            }
+            Err(UpgradeRefusal::NotNewer { .. }) => Err((
+                AgentOutcome::NoTarget,
+                format!("runs {running}, newer than {version}"),
+            )),
+            Err(other) => Err((AgentOutcome::NoTarget, other.to_string())),
+        },
+    )
+}
+
+/// The `agent.upgrade` (with `rollback`) that takes an upgraded member of an agent rollout
+/// back to `previous`, or why it cannot be sent (no build of the previous version for the
+/// agent's architecture on the relay, or it is marked broken): the member then stays on
+/// `version` and ends `revert_failed` with that reason.
+async fn agent_revert_command(
+    state: &Shared,
+    agent_id: &str,
+    previous: &str,
+    version: &str,
+) -> Result<Result<Command, String>, StoreError> {
+    let Some(agent) = state.store.agent(agent_id.to_string()).await? else {
+        return Ok(Err("the agent no longer exists".into()));
+    };
+    let req = UpgradeRequest {
+        version: previous.to_string(),
+        rollback: true,
+    };
+    Ok(
+        match crate::releases::upgrade_command(
+            state,
+            agent_id,
+            &agent.facts.arch,
+            &agent.agent_version,
+            &req,
+        )
+        .await?
+        {
+            Ok((command, _)) => Ok(command),
+            Err(why) => Err(format!(
+                "not reverted to {previous} (left on {version}): {why}"
+            )),
+        },
+    )
 }
 
 /// One container update to record with its command (dispatch or a label agent's expansion).
@@ -1215,6 +1410,8 @@ pub struct StageView {
     pub updated: Vec<SoakMember>,
     /// Failure events stored after a member's update finished, per agent.
     pub bad_events: BTreeMap<String, Vec<String>>,
+    /// The version each updated member announced at its last connect (agent rollouts' soak).
+    pub agent_versions: BTreeMap<String, String>,
 }
 
 /// What reverting still has to do.

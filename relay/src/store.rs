@@ -35,6 +35,7 @@
 //! database whatever their age.
 
 mod alerts;
+pub mod releases;
 mod rollouts;
 mod sqlite;
 

@@ -6,8 +6,21 @@
 //! results, then soaks (the updated containers must stay healthy for the stage's soak time).
 //! Failures beyond `max_failures` in a stage fire the failure action (pause, abort, revert).
 //!
+//! A rollout of an agent version ([`CreateAgentRollout`], target [`RolloutTarget::Agent`],
+//! the version in `image`) upgrades the agents themselves the same way: each member gets an
+//! `agent.upgrade` with the signed manifest of the build for its architecture. A member whose
+//! architecture has no build of the version, or that already runs it (or a newer one), ends
+//! `no_target`; success is the command succeeding (the new version reached the relay), failure
+//! its failing (a reverted upgrade also marks the build broken, and members not yet sent a
+//! broken build end `skipped`); the soak holds while the agent stays connected (or not
+//! unreachable beyond the `agent_unreachable` threshold) and reports the target version.
+//! `revert` sends `agent.upgrade` with `rollback` to each upgraded member's previous version
+//! when the relay has that build (else the member ends `revert_failed`, saying so).
+//!
 //! API (scope read for GET, operate for the rest; every mutation writes an audit row):
-//! - `POST /api/v1/rollouts` with [`CreateRollout`]: 201 + [`RolloutInfo`]; 400 for bad
+//! - `POST /api/v1/rollouts` with [`CreateRollout`] (or [`CreateAgentRollout`], told apart by
+//!   its `agent_version` key; 409 with code `no_such_release` / `release_broken` when the
+//!   version has no build that is not broken): 201 + [`RolloutInfo`]; 400 for bad
 //!   arguments (code `invalid_args` or `bad_request`); 409 (code `conflict`) when an active
 //!   rollout (not final, or aborted with updates still in flight) may touch the same
 //!   containers: the same target, or a name target against a label target (compared
@@ -124,6 +137,50 @@ impl CreateRollout {
     }
 }
 
+/// `POST /api/v1/rollouts` (operate) for a new agent version: every member agent gets
+/// `agent.upgrade` to `agent_version` (the build for its architecture), stage by stage, with the
+/// same stages, order, thresholds and failure actions as a container rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAgentRollout {
+    /// A name for people (default: `flotilla-agent → <version>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The fleet: agents matching it (percentages count them).
+    pub selector: Selector,
+    /// The published agent version to upgrade to (not `latest`: a rollout names one version).
+    pub agent_version: String,
+    /// The stages string (default: `staging:48h` when `staging` is given, then
+    /// [`DEFAULT_STAGES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staging: Option<Selector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<RolloutOrder>,
+    /// Failures a stage tolerates (default 0), as for [`CreateRollout::max_failures`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failures: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<FailureAction>,
+    /// Most agents upgrading at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<Limit>,
+    /// How long a stage waits for offline members (default [`DEFAULT_STAGE_TIMEOUT_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_timeout_secs: Option<u64>,
+}
+
+impl CreateAgentRollout {
+    /// The stages, defaults applied.
+    pub fn stage_specs(&self) -> Result<Vec<StageSpec>, RolloutError> {
+        match &self.stages {
+            Some(s) => parse_stages(s),
+            None => Ok(default_stages(self.staging.as_ref())),
+        }
+    }
+}
+
 /// The default stages: the staging selector for 48 h when given, then 5 % for 24 h, 25 % for
 /// 12 h, 100 %.
 pub fn default_stages(staging: Option<&Selector>) -> Vec<StageSpec> {
@@ -186,7 +243,7 @@ impl RolloutAction {
 
 // === targets, order, failure action ===
 
-/// Which containers a rollout updates on each agent.
+/// Which containers a rollout updates on each agent (or the agent itself).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutTarget {
@@ -194,7 +251,13 @@ pub enum RolloutTarget {
     Container(String),
     /// Every container carrying the Docker label `key=value`.
     Label { key: String, value: String },
+    /// The agent binary (`"agent"`): the rollout's `image` is the agent version, and each
+    /// member's one target is [`AGENT_TARGET_NAME`].
+    Agent,
 }
+
+/// The name of an agent rollout's one target per member (in [`RolloutContainer::name`]).
+pub const AGENT_TARGET_NAME: &str = "flotilla-agent";
 
 impl RolloutTarget {
     /// A name target, checked.
@@ -217,7 +280,7 @@ impl RolloutTarget {
     /// `k=v` for a label target.
     pub fn label_filter(&self) -> Option<String> {
         match self {
-            RolloutTarget::Container(_) => None,
+            RolloutTarget::Container(_) | RolloutTarget::Agent => None,
             RolloutTarget::Label { key, value } => Some(format!("{key}={value}")),
         }
     }
@@ -253,6 +316,7 @@ impl fmt::Display for RolloutTarget {
         match self {
             RolloutTarget::Container(name) => write!(f, "container {name}"),
             RolloutTarget::Label { key, value } => write!(f, "label {key}={value}"),
+            RolloutTarget::Agent => f.write_str(AGENT_TARGET_NAME),
         }
     }
 }
@@ -718,14 +782,16 @@ impl ContainerOutcome {
     }
 }
 
-/// One target container of one agent.
+/// One target container of one agent (for an agent rollout: the agent itself, named
+/// [`AGENT_TARGET_NAME`], with its `agent.upgrade` command and previous version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutContainer {
     pub name: String,
     /// The `container.update` command (empty while `queued`).
     pub command_id: String,
     pub outcome: ContainerOutcome,
-    /// The image to go back to (`old_image_digest` of the report if present, else `old_image`).
+    /// The image to go back to (`old_image_digest` of the report if present, else `old_image`);
+    /// for an agent rollout, the version the agent ran before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -765,7 +831,8 @@ pub struct RolloutEvent {
     /// The API token's name, or `relay` for the engine's own decisions.
     pub actor: String,
     /// `created`, `stage_started`, `soak_started`, `stage_done`, `failure`, `paused`,
-    /// `resumed`, `promoted`, `aborted`, `revert_started`, `reverted`, `completed`.
+    /// `resumed`, `promoted`, `aborted`, `revert_started`, `reverted`, `completed`,
+    /// `stage_deadline`, and for agent rollouts `skipped` (a member not sent a broken build).
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<usize>,
@@ -816,6 +883,7 @@ pub struct RolloutInfo {
     pub name: String,
     pub selector: Selector,
     pub target: RolloutTarget,
+    /// The new image (for an agent rollout, the agent version).
     pub image: String,
     pub stages: Vec<StageSpec>,
     pub order: RolloutOrder,
@@ -989,6 +1057,30 @@ mod tests {
         assert!(!disjoint("*", "env=prod"));
         assert!(!disjoint("gpu", "gpu=yes"));
         assert!(!disjoint("!gpu", "env=prod"));
+    }
+
+    #[test]
+    fn agent_rollouts_parse_and_name_their_target() {
+        let req: CreateAgentRollout = serde_json::from_value(serde_json::json!({
+            "selector": "env=prod", "agent_version": "0.2.0", "stages": "10%:1h,100%",
+            "on_failure": "revert"
+        }))
+        .unwrap();
+        assert_eq!(req.on_failure, Some(FailureAction::Revert));
+        assert_eq!(req.stage_specs().unwrap().len(), 2);
+        assert!(
+            serde_json::from_value::<CreateAgentRollout>(serde_json::json!({
+                "selector": "env=prod", "agent_version": "0.2.0", "image": "x"
+            }))
+            .is_err()
+        );
+        assert_eq!(serde_json::to_value(RolloutTarget::Agent).unwrap(), "agent");
+        assert_eq!(
+            serde_json::from_value::<RolloutTarget>(serde_json::json!("agent")).unwrap(),
+            RolloutTarget::Agent
+        );
+        assert_eq!(RolloutTarget::Agent.to_string(), AGENT_TARGET_NAME);
+        assert_eq!(RolloutTarget::Agent.label_filter(), None);
     }
 
     #[test]

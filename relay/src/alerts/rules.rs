@@ -32,10 +32,11 @@ pub enum Rule {
     RolloutAborted,
     AgentVersionSkew,
     TlsExpiry,
+    AgentUpgradeReverted,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 16] = [
+pub const RULES: [Rule; 17] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -52,6 +53,7 @@ pub const RULES: [Rule; 16] = [
     Rule::RolloutAborted,
     Rule::AgentVersionSkew,
     Rule::TlsExpiry,
+    Rule::AgentUpgradeReverted,
 ];
 
 impl Rule {
@@ -73,6 +75,7 @@ impl Rule {
             Rule::RolloutAborted => "rollout_aborted",
             Rule::AgentVersionSkew => "agent_version_skew",
             Rule::TlsExpiry => "tls_expiry",
+            Rule::AgentUpgradeReverted => "agent_upgrade_reverted",
         }
     }
 
@@ -773,6 +776,43 @@ pub fn version_skew(cfg: &AlertsConfig, agents: &[AgentView]) -> Vec<Condition> 
                 ),
                 None,
             )
+        })
+        .collect()
+}
+
+// === agent_upgrade_reverted ===
+
+/// `agent_upgrade_reverted` (subject `<version>/<arch>`): an agent's updater reverted its
+/// upgrade to a build, so the relay marked that build broken (by the agent). It holds for
+/// `update_alert_hours` after the mark, or until an operator clears the mark.
+pub fn upgrade_reverted_conditions(
+    cfg: &AlertsConfig,
+    releases: &[flotilla_shared::release::ReleaseInfo],
+    agents: &[AgentView],
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let window = Duration::hours(i64::from(cfg.update_alert_hours));
+    let ids: HashSet<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+    releases
+        .iter()
+        .filter_map(|r| {
+            let b = r.broken.as_ref()?;
+            // Marked by an agent's reverted upgrade, not by an operator.
+            if !ids.contains(b.by.as_str()) || now - b.at > window {
+                return None;
+            }
+            Some(Condition::new(
+                cfg,
+                Some(&b.by),
+                Rule::AgentUpgradeReverted,
+                format!("{}/{}", r.version, r.arch),
+                format!(
+                    "the upgrade to flotilla-agent {} ({}) was reverted by the agent's updater; \
+                     the build is marked broken and not sent again: {}",
+                    r.version, r.arch, b.reason
+                ),
+                Some(b.at),
+            ))
         })
         .collect()
 }

@@ -2,6 +2,7 @@
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
+use crate::releases::{UpgradeRefusal, UpgradeRequest};
 use crate::state::{AppState, IssueError, Shared};
 use crate::store::{now, CommandLookup, NewCommand, NewJob};
 use axum::extract::{Path, State};
@@ -9,9 +10,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::{CommandInfo, CreateCommand, CreateJob, DeliveryState, JobInfo, Scope};
-use flotilla_shared::command::{Audience, Command, CommandEnvelope, SignedCommand};
+use flotilla_shared::command::{Audience, Command, CommandEnvelope, CommandKind, SignedCommand};
 use flotilla_shared::ids;
 use serde::Deserialize;
+use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -79,6 +81,73 @@ async fn lookup(
     }
 }
 
+/// The body of `POST /api/v1/agents/{id}/commands`: a command with its typed arguments, except
+/// that `agent.upgrade` takes [`UpgradeRequest`] (`{"version", "rollback"}`) and the relay builds
+/// the signed manifest for the agent's architecture itself.
+enum CommandRequest {
+    Plain(CreateCommand),
+    Upgrade {
+        req: UpgradeRequest,
+        ttl_secs: Option<u64>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradeBody {
+    #[allow(dead_code)]
+    kind: String,
+    args: UpgradeRequest,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+/// The `kind` of a request body, when it names one.
+fn kind_of(body: &Value) -> Option<&str> {
+    body.get("kind").and_then(Value::as_str)
+}
+
+fn body_error(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!(
+        "Failed to deserialize the JSON body into the target type: {e}"
+    ))
+}
+
+fn parse_command_request(body: Value) -> Result<CommandRequest, ApiError> {
+    if kind_of(&body) == Some(CommandKind::AgentUpgrade.as_str()) {
+        let b: UpgradeBody = serde_json::from_value(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_args",
+                format!(
+                    "invalid arguments for agent.upgrade: {e} (expected {{\"version\": \"1.2.3\" \
+                     or \"latest\", \"rollback\": false}})"
+                ),
+            )
+        })?;
+        return Ok(CommandRequest::Upgrade {
+            req: b.args,
+            ttl_secs: b.ttl_secs,
+        });
+    }
+    serde_json::from_value(body)
+        .map(CommandRequest::Plain)
+        .map_err(body_error)
+}
+
+/// An `agent.upgrade` the relay will not send: 400 for a malformed version, else 409 naming why.
+fn upgrade_refused(r: UpgradeRefusal) -> ApiError {
+    let code = match &r {
+        UpgradeRefusal::InvalidVersion(_) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_args", r.to_string())
+        }
+        UpgradeRefusal::UnknownArch { .. } | UpgradeRefusal::NoBuild(_) => "no_such_release",
+        UpgradeRefusal::Broken(_) => "release_broken",
+        UpgradeRefusal::NotNewer { .. } => "not_newer",
+    };
+    ApiError::new(StatusCode::CONFLICT, code, r.to_string())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
@@ -87,20 +156,34 @@ pub struct WaitQuery {
 }
 
 /// `POST /api/v1/agents/{id}/commands`: 201 with the command as queued/sent; with `?wait=N`,
-/// 200 once it is final within N seconds, else 201 with where it stands.
+/// 200 once it is final within N seconds, else 201 with where it stands. `agent.upgrade` takes
+/// `{"version", "rollback"}`: the relay resolves the agent's architecture from its facts and
+/// sends the signed manifest of that build, or refuses (409) a broken or missing build and,
+/// without rollback, a version that is not newer than the one the agent reports.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Path(agent_id): Path<String>,
     QueryParams(q): QueryParams<WaitQuery>,
-    JsonBody(req): JsonBody<CreateCommand>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<CommandInfo>), ApiError> {
     caller.require(Scope::Operate)?;
+    let request = parse_command_request(body)?;
     let command_id = ids::new_id("cmd");
     // Subscribe before the command exists, so a result arriving at once is not missed.
     let mut completions = state.completions.subscribe();
+    let mut detail = match &request {
+        CommandRequest::Plain(c) => format!("{command_id} {}", c.command.kind()),
+        CommandRequest::Upgrade { req, .. } => format!(
+            "{command_id} agent.upgrade version={}{}",
+            req.version,
+            if req.rollback { " rollback" } else { "" }
+        ),
+    };
     let result = async {
-        validate(&req.command)?;
+        if let CommandRequest::Plain(c) = &request {
+            validate(&c.command)?;
+        }
         let agent = state
             .store
             .agent_auth(agent_id.clone())
@@ -113,15 +196,33 @@ pub async fn create(
                 format!("agent {agent_id} has been revoked"),
             ));
         }
+        let (command, ttl_secs) = match &request {
+            CommandRequest::Plain(c) => (c.command.clone(), c.ttl_secs),
+            CommandRequest::Upgrade { req, ttl_secs } => {
+                let record =
+                    state.store.agent(agent_id.clone()).await?.ok_or_else(|| {
+                        ApiError::not_found(format!("no agent with id {agent_id}"))
+                    })?;
+                let (command, release) = crate::releases::upgrade_command(
+                    &state,
+                    &agent_id,
+                    &record.facts.arch,
+                    &record.agent_version,
+                    req,
+                )
+                .await?
+                .map_err(upgrade_refused)?;
+                detail.push_str(&format!(
+                    " build={}/{} from={}",
+                    release.info.version, release.info.arch, record.agent_version
+                ));
+                validate(&command)?;
+                (command, *ttl_secs)
+            }
+        };
         // Persisted before it is sent: a relay crash after sending cannot lose it.
         state
-            .issue_command(
-                &command_id,
-                &agent_id,
-                req.command.clone(),
-                req.ttl_secs,
-                caller.name(),
-            )
+            .issue_command(&command_id, &agent_id, command, ttl_secs, caller.name())
             .await
             .map_err(|e| match e {
                 IssueError::InvalidTtl(m) => ApiError::bad_request(m),
@@ -136,7 +237,7 @@ pub async fn create(
         "command.create",
         &agent_id,
         &result,
-        Some(format!("{command_id} {}", req.command.kind())),
+        Some(detail),
     )
     .await;
     result?;
@@ -197,9 +298,21 @@ pub async fn show(
 pub async fn create_job(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreateJob>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<JobInfo>), ApiError> {
     caller.require(Scope::Operate)?;
+    if kind_of(&body) == Some(CommandKind::AgentUpgrade.as_str()) {
+        // One signature for every agent cannot carry each agent's build.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_args",
+            "agent.upgrade cannot be a fan-out job: each agent needs the build for its \
+             architecture. Send it to one agent (POST /api/v1/agents/{id}/commands) or roll a \
+             version out (POST /api/v1/rollouts with agent_version; `flotilla rollout start \
+             --agent-version`)",
+        ));
+    }
+    let req: CreateJob = serde_json::from_value(body).map_err(body_error)?;
     let job_id = ids::new_id("job");
     let result = async {
         validate(&req.command)?;

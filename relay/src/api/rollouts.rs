@@ -13,12 +13,15 @@ use axum::Json;
 use flotilla_shared::api::Scope;
 use flotilla_shared::ids;
 use flotilla_shared::limit::Limit;
+use flotilla_shared::release::validate_version;
 use flotilla_shared::rollout::{
-    AbortRollout, CreateRollout, PauseRollout, RolloutAction, RolloutInfo, RolloutState,
-    DEFAULT_STAGE_TIMEOUT_SECS,
+    AbortRollout, CreateAgentRollout, CreateRollout, PauseRollout, RolloutAction, RolloutInfo,
+    RolloutState, RolloutTarget, StageSpec, DEFAULT_STAGE_TIMEOUT_SECS,
 };
+use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::Value;
 
 /// Longest stage timeout accepted (7 days).
 pub const MAX_STAGE_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
@@ -30,6 +33,111 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_args", message)
 }
 
+fn stage_timeout(secs: Option<u64>) -> Result<u64, ApiError> {
+    let stage_timeout_secs = secs.unwrap_or(DEFAULT_STAGE_TIMEOUT_SECS);
+    if !(1..=MAX_STAGE_TIMEOUT_SECS).contains(&stage_timeout_secs) {
+        return Err(invalid(format!(
+            "stage_timeout_secs must be between 1 and {MAX_STAGE_TIMEOUT_SECS} (7 days)"
+        )));
+    }
+    Ok(stage_timeout_secs)
+}
+
+fn parallelism_of(limit: Option<Limit>) -> Result<Limit, ApiError> {
+    let parallelism = limit.unwrap_or(Limit::Count(1));
+    if matches!(parallelism, Limit::Count(0) | Limit::Percent(0)) {
+        return Err(invalid("parallelism must allow at least one agent"));
+    }
+    Ok(parallelism)
+}
+
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    ids::random_bytes(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Checks an agent rollout's request and resolves its defaults into the stored spec (target
+/// [`RolloutTarget::Agent`], the version in `image`). Whether builds exist is checked by
+/// [`create`].
+pub fn agent_spec_of(req: &CreateAgentRollout) -> Result<RolloutSpec, ApiError> {
+    let version = req.agent_version.trim();
+    validate_version(version).map_err(|e| {
+        invalid(format!(
+            "invalid agent_version: {e} (a rollout names one published version, not latest)"
+        ))
+    })?;
+    let stages: Vec<StageSpec> = req.stage_specs().map_err(|e| invalid(e.to_string()))?;
+    Ok(RolloutSpec {
+        name: req
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| format!("{} → {version}", RolloutTarget::Agent)),
+        selector: req.selector.clone(),
+        target: RolloutTarget::Agent,
+        image: version.to_string(),
+        stages,
+        order: req.order.unwrap_or_default(),
+        seed: random_seed(),
+        max_failures: req.max_failures.unwrap_or(Limit::Count(0)),
+        on_failure: req.on_failure.unwrap_or_default(),
+        parallelism: parallelism_of(req.parallelism)?,
+        health: HealthSpec::default(),
+        health_timeout_secs: None,
+        stable_secs: None,
+        strategy: UpdateStrategy::default(),
+        stage_timeout_secs: stage_timeout(req.stage_timeout_secs)?,
+    })
+}
+
+/// An agent rollout must name a version the relay has a usable build of (members whose
+/// architecture lacks one end `no_target` when their turn comes): 409 otherwise.
+async fn check_agent_builds(state: &AppState, version: &str) -> Result<(), ApiError> {
+    let builds: Vec<_> = state
+        .store
+        .releases()
+        .await?
+        .into_iter()
+        .filter(|r| r.info.version == version)
+        .collect();
+    if builds.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "no_such_release",
+            format!(
+                "no build of flotilla-agent {version} is published; {}",
+                crate::releases::available(&state.store.releases().await?)
+            ),
+        ));
+    }
+    if builds.iter().all(|r| r.info.broken.is_some()) {
+        let why: Vec<String> = builds
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}: {}",
+                    r.info.arch,
+                    r.info
+                        .broken
+                        .as_ref()
+                        .map(|b| b.reason.as_str())
+                        .unwrap_or("")
+                )
+            })
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "release_broken",
+            format!(
+                "every build of flotilla-agent {version} is marked broken ({})",
+                why.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a request and resolves its defaults into the stored spec.
 pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
     let target = req.target().map_err(|e| invalid(e.to_string()))?;
@@ -38,16 +146,8 @@ pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
     if image.is_empty() || image.chars().any(char::is_whitespace) {
         return Err(invalid(format!("invalid image reference {:?}", req.image)));
     }
-    let stage_timeout_secs = req.stage_timeout_secs.unwrap_or(DEFAULT_STAGE_TIMEOUT_SECS);
-    if !(1..=MAX_STAGE_TIMEOUT_SECS).contains(&stage_timeout_secs) {
-        return Err(invalid(format!(
-            "stage_timeout_secs must be between 1 and {MAX_STAGE_TIMEOUT_SECS} (7 days)"
-        )));
-    }
-    let parallelism = req.parallelism.unwrap_or(Limit::Count(1));
-    if matches!(parallelism, Limit::Count(0) | Limit::Percent(0)) {
-        return Err(invalid("parallelism must allow at least one agent"));
-    }
+    let stage_timeout_secs = stage_timeout(req.stage_timeout_secs)?;
+    let parallelism = parallelism_of(req.parallelism)?;
     let spec = RolloutSpec {
         name: req
             .name
@@ -59,11 +159,7 @@ pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
         image: image.to_string(),
         stages,
         order: req.order.unwrap_or_default(),
-        seed: {
-            let mut b = [0u8; 8];
-            ids::random_bytes(&mut b);
-            u64::from_le_bytes(b)
-        },
+        seed: random_seed(),
         max_failures: req.max_failures.unwrap_or(Limit::Count(0)),
         on_failure: req.on_failure.unwrap_or_default(),
         parallelism,
@@ -80,19 +176,52 @@ pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
     Ok(spec)
 }
 
+/// A rollout request: a container target ([`CreateRollout`]) or an agent version
+/// ([`CreateAgentRollout`], told apart by its `agent_version` key).
+enum CreateRequest {
+    Containers(Box<CreateRollout>),
+    Agents(CreateAgentRollout),
+}
+
+fn parse_create(body: Value) -> Result<CreateRequest, ApiError> {
+    let agents = body.get("agent_version").is_some();
+    let bad = |e: serde_json::Error| {
+        ApiError::bad_request(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        ))
+    };
+    if agents {
+        serde_json::from_value(body)
+            .map(CreateRequest::Agents)
+            .map_err(bad)
+    } else {
+        serde_json::from_value(body)
+            .map(|r| CreateRequest::Containers(Box::new(r)))
+            .map_err(bad)
+    }
+}
+
 /// `POST /api/v1/rollouts` (operate): 201 with the rollout as stored (the engine, kicked, picks
 /// its first stage's members right after),
 /// 400 for bad arguments, 409 when an active rollout has the same target and an overlapping
-/// selector.
+/// selector (or, for an agent version, when it has no build that is not broken).
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<CreateRollout>,
+    JsonBody(body): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<RolloutInfo>), ApiError> {
     caller.require(Scope::Operate)?;
+    let req = parse_create(body)?;
     let id = ids::new_id("ro");
     let result = async {
-        let spec = spec_of(&req)?;
+        let spec = match &req {
+            CreateRequest::Containers(r) => spec_of(r)?,
+            CreateRequest::Agents(r) => {
+                let spec = agent_spec_of(r)?;
+                check_agent_builds(&state, &spec.image).await?;
+                spec
+            }
+        };
         if let Err((other, name)) = state
             .store
             .create_rollout(id.clone(), spec, caller.name().to_string())
@@ -124,15 +253,21 @@ pub async fn create(
         "rollout.create",
         &id,
         &result,
-        Some(format!(
-            "image={} selector={} target={}",
-            req.image,
-            req.selector,
-            req.container
-                .clone()
-                .or_else(|| req.container_label.as_ref().map(|l| format!("label {l}")))
-                .unwrap_or_default()
-        )),
+        Some(match &req {
+            CreateRequest::Containers(req) => format!(
+                "image={} selector={} target={}",
+                req.image,
+                req.selector,
+                req.container
+                    .clone()
+                    .or_else(|| req.container_label.as_ref().map(|l| format!("label {l}")))
+                    .unwrap_or_default()
+            ),
+            CreateRequest::Agents(req) => format!(
+                "agent_version={} selector={} target=agent",
+                req.agent_version, req.selector
+            ),
+        }),
     )
     .await;
     result

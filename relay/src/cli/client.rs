@@ -127,13 +127,7 @@ impl ApiClient {
         body: Option<&B>,
         server_wait: Duration,
     ) -> Result<Value, CliError> {
-        let token = self.token.as_deref().ok_or_else(|| {
-            CliError::Usage(
-                "no API token: pass --token or set FLOTILLA_TOKEN (the relay printed its admin \
-                 token on first start and keeps it in <data-dir>/admin-token)"
-                    .into(),
-            )
-        })?;
+        let token = self.token()?;
         let mut request = self
             .http
             .request(method, self.url(segments, query))
@@ -142,6 +136,36 @@ impl ApiClient {
         if let Some(body) = body {
             request = request.json(body);
         }
+        self.finish(request).await
+    }
+
+    fn token(&self) -> Result<&str, CliError> {
+        self.token.as_deref().ok_or_else(|| {
+            CliError::Usage(
+                "no API token: pass --token or set FLOTILLA_TOKEN (the relay printed its admin \
+                 token on first start and keeps it in <data-dir>/admin-token)"
+                    .into(),
+            )
+        })
+    }
+
+    /// PUT of a streamed raw body of `len` bytes (`flotilla release publish`); `timeout` bounds
+    /// the whole exchange.
+    pub async fn put_body(
+        &self,
+        segments: &[&str],
+        body: reqwest::Body,
+        len: u64,
+        timeout: Duration,
+    ) -> Result<Value, CliError> {
+        let request = self
+            .http
+            .put(self.url(segments, &[]))
+            .bearer_auth(self.token()?)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .timeout(timeout);
         self.finish(request).await
     }
 

@@ -12,8 +12,8 @@ use clap::{Args, Subcommand};
 use flotilla_shared::duration::parse_duration;
 use flotilla_shared::limit::Limit;
 use flotilla_shared::rollout::{
-    format_stages, AbortRollout, CreateRollout, FailureAction, PauseRollout, RolloutInfo,
-    RolloutOrder, RolloutState, StagePhase, StageWhat,
+    format_stages, AbortRollout, CreateAgentRollout, CreateRollout, FailureAction, PauseRollout,
+    RolloutInfo, RolloutOrder, RolloutState, RolloutTarget, StagePhase, StageWhat,
 };
 use flotilla_shared::selector::Selector;
 use flotilla_shared::update::{HealthSpec, UpdateStrategy};
@@ -25,7 +25,8 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
-    /// Start a canary rollout of a new image, stage by stage.
+    /// Start a canary rollout of a new image (or, with --agent-version, of a new agent
+    /// version), stage by stage.
     Start(Box<StartArgs>),
     /// A rollout's stage, per-agent outcome and soak time left (`--watch` follows it).
     Status {
@@ -72,7 +73,7 @@ pub struct StartArgs {
     /// Update the container with this name on each agent.
     #[arg(
         long,
-        required_unless_present = "container_label",
+        required_unless_present_any = ["container_label", "agent_version"],
         conflicts_with = "container_label"
     )]
     pub container: Option<String>,
@@ -80,8 +81,15 @@ pub struct StartArgs {
     #[arg(long)]
     pub container_label: Option<String>,
     /// The new image.
-    #[arg(long)]
-    pub image: String,
+    #[arg(long, required_unless_present = "agent_version")]
+    pub image: Option<String>,
+    /// Upgrade the agents themselves to this published version (`flotilla release list`)
+    /// instead of a container: each gets `agent.upgrade` with the build for its architecture.
+    #[arg(
+        long,
+        conflicts_with_all = ["container", "container_label", "image", "health", "health_timeout", "stable", "strategy"]
+    )]
+    pub agent_version: Option<String>,
     /// Stages: `<N%|selector>[:<soak>]`, separated by `,` (or `;` when a selector has several
     /// terms). Default: `--staging` for 48h if given, then `5%:24h,25%:12h,100%`.
     #[arg(long)]
@@ -126,6 +134,34 @@ fn secs32(flag: &str, d: Option<Duration>) -> Result<Option<u32>, CliError> {
     .transpose()
 }
 
+/// An agent rollout's request from the flags (`--agent-version`), checked like
+/// [`build_request`]; None without `--agent-version`.
+pub fn build_agent_request(a: &StartArgs) -> Result<Option<CreateAgentRollout>, CliError> {
+    let Some(version) = &a.agent_version else {
+        return Ok(None);
+    };
+    flotilla_shared::release::validate_version(version).map_err(|e| {
+        CliError::Usage(format!(
+            "--agent-version: {e} (a rollout names one published version)"
+        ))
+    })?;
+    let req = CreateAgentRollout {
+        name: a.name.clone(),
+        selector: a.selector.clone(),
+        agent_version: version.clone(),
+        stages: a.stages.clone(),
+        staging: a.staging.clone(),
+        order: a.order,
+        max_failures: a.max_failures,
+        on_failure: a.on_failure,
+        parallelism: a.parallelism,
+        stage_timeout_secs: a.stage_timeout.map(|d| d.as_secs()),
+    };
+    req.stage_specs()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(Some(req))
+}
+
 /// The request from the flags (stages checked here too, for an early clear error).
 pub fn build_request(a: &StartArgs) -> Result<CreateRollout, CliError> {
     let req = CreateRollout {
@@ -133,7 +169,7 @@ pub fn build_request(a: &StartArgs) -> Result<CreateRollout, CliError> {
         selector: a.selector.clone(),
         container: a.container.clone(),
         container_label: a.container_label.clone(),
-        image: a.image.clone(),
+        image: a.image.clone().unwrap_or_default(),
         stages: a.stages.clone(),
         staging: a.staging.clone(),
         order: a.order,
@@ -161,8 +197,13 @@ pub async fn rollout(
     let now = Utc::now();
     match cmd {
         RolloutCommand::Start(a) => {
-            let req = build_request(a)?;
-            let value = client.post(&base, &[], &req, Duration::ZERO).await?;
+            let value = match build_agent_request(a)? {
+                Some(req) => client.post(&base, &[], &req, Duration::ZERO).await?,
+                None => {
+                    let req = build_request(a)?;
+                    client.post(&base, &[], &req, Duration::ZERO).await?
+                }
+            };
             let info: RolloutInfo = decode(&value, "rollout")?;
             print_value(&value, json, || status(&info, now));
         }
@@ -281,9 +322,13 @@ fn left(t: DateTime<Utc>, now: DateTime<Utc>) -> u64 {
 pub fn status(r: &RolloutInfo, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     out.push_str(&format!("Rollout {}  {}\n", r.id, r.name));
+    let agent_rollout = r.target == RolloutTarget::Agent;
     out.push_str(&format!(
-        "  {} → {} on agents matching {}\n",
-        r.target, r.image, r.selector
+        "  {} → {}{} on agents matching {}\n",
+        r.target,
+        if agent_rollout { "version " } else { "" },
+        r.image,
+        r.selector
     ));
     out.push_str(&format!(
         "  stages {}  order {}  parallelism {}  max-failures {}  on-failure {}\n",
@@ -361,7 +406,12 @@ pub fn status(r: &RolloutInfo, now: DateTime<Utc>) -> String {
     }
     out.push('\n');
     if !r.agents.is_empty() {
-        let mut t = Table::new(&["AGENT", "STAGE", "OUTCOME", "CONTAINERS", "REASON"]);
+        let what = if agent_rollout {
+            "UPGRADE"
+        } else {
+            "CONTAINERS"
+        };
+        let mut t = Table::new(&["AGENT", "STAGE", "OUTCOME", what, "REASON"]);
         for a in &r.agents {
             let containers = a
                 .containers
@@ -428,6 +478,66 @@ mod tests {
     use crate::cli::{Cli, CliCommand};
     use clap::Parser;
 
+    fn start_agents(args: &[&str]) -> Result<Option<CreateAgentRollout>, String> {
+        let mut argv = vec!["flotilla", "rollout", "start"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            CliCommand::Rollout(RolloutCommand::Start(a)) => {
+                build_agent_request(&a).map_err(|e| e.to_string())
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agent_version_flags_build_an_agent_rollout() {
+        let req = start_agents(&[
+            "--selector",
+            "env=prod",
+            "--agent-version",
+            "0.2.0",
+            "--stages",
+            "10%:1h,100%",
+            "--on-failure",
+            "revert",
+            "--parallelism",
+            "2",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(req.agent_version, "0.2.0");
+        assert_eq!(req.on_failure, Some(FailureAction::Revert));
+        assert_eq!(req.parallelism, Some(Limit::Count(2)));
+        assert_eq!(format_stages(&req.stage_specs().unwrap()), "10%:1h,100%");
+        // Container flags do not mix with an agent version; a bad version is refused early.
+        assert!(start_agents(&[
+            "--selector",
+            "a=b",
+            "--agent-version",
+            "0.2.0",
+            "--container",
+            "web"
+        ])
+        .is_err());
+        assert!(start_agents(&[
+            "--selector",
+            "a=b",
+            "--agent-version",
+            "0.2.0",
+            "--image",
+            "x"
+        ])
+        .is_err());
+        let e = start_agents(&["--selector", "a=b", "--agent-version", "latest"]).unwrap_err();
+        assert!(e.contains("--agent-version"), "{e}");
+        // Without it, a container rollout.
+        assert_eq!(
+            start_agents(&["--selector", "a=b", "--container", "web", "--image", "x:1"]).unwrap(),
+            None
+        );
+    }
+
     fn start(args: &[&str]) -> Result<CreateRollout, String> {
         let mut argv = vec!["flotilla", "rollout", "start"];
         argv.extend_from_slice(args);
@@ -489,6 +599,7 @@ mod tests {
         assert!(err.contains("must not decrease"), "{err}");
         // A target is required, and only one.
         assert!(start(&["--selector", "a=b", "--image", "x:1"]).is_err());
+        assert!(start(&["--selector", "a=b", "--container", "a"]).is_err());
         assert!(start(&[
             "--selector",
             "a=b",

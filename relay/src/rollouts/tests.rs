@@ -553,3 +553,42 @@ fn revert_deadline_is_the_revert_start_plus_stage_timeout() {
     };
     assert_eq!(revert_deadline(&row), at(700));
 }
+
+#[test]
+fn agent_soak_checks_the_connection_and_the_reported_version() {
+    let threshold = Duration::from_secs(180);
+    let m = SoakMember {
+        agent_id: "ag1".into(),
+        containers: vec![AGENT_TARGET_NAME.into()],
+        finished_at: at(100),
+    };
+    let verdict = |connected: bool, reported: Option<&str>, hb: Option<(&Heartbeat, i64)>, now| {
+        agent_soak_verdict(
+            &m,
+            "0.2.0",
+            connected,
+            reported,
+            hb.map(|(h, t)| (h, at(t))),
+            threshold,
+            at(0),
+            at(now),
+        )
+    };
+    // Connected on the target version (build metadata aside): fine.
+    assert_eq!(verdict(true, Some("0.2.0"), None, 500), Ok(()));
+    assert_eq!(verdict(true, Some("0.2.0+b.7"), None, 500), Ok(()));
+    // Connected on another version: its updater reverted it, or someone installed another.
+    let e = verdict(true, Some("0.1.0"), None, 500).unwrap_err();
+    assert!(e.contains("reports version 0.1.0, not 0.2.0"), "{e}");
+    // A heartbeat sent after the upgrade finished is newer news than the connect.
+    let mut hb = heartbeat(Vec::new());
+    hb.agent_version = "0.1.0".into();
+    assert!(verdict(true, Some("0.2.0"), Some((&hb, 150)), 500).is_err());
+    // One from before the upgrade finished says nothing.
+    assert_eq!(verdict(true, Some("0.2.0"), Some((&hb, 50)), 500), Ok(()));
+    // Offline: fine within the unreachable threshold (the version is not judged then),
+    // failed beyond it. Containers do not matter for an agent rollout.
+    assert_eq!(verdict(false, Some("0.1.0"), None, 250), Ok(()));
+    let e = verdict(false, Some("0.2.0"), None, 400).unwrap_err();
+    assert!(e.contains("offline for 300s"), "{e}");
+}

@@ -110,6 +110,22 @@ impl Store {
         .await
     }
 
+    /// Ends a pending member without dispatching (see `Db::end_pending_rollout_agent`): only
+    /// while the rollout runs and dispatches at `stage`. False when nothing was written.
+    pub async fn end_pending_rollout_agent(
+        &self,
+        id: String,
+        agent_id: String,
+        stage: usize,
+        outcome: AgentOutcome,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        self.call(move |db| {
+            db.end_pending_rollout_agent(&id, &agent_id, stage, outcome, &reason, now())
+        })
+        .await
+    }
+
     /// Records a label agent's container updates with their commands (once).
     pub async fn expand_rollout_agent(
         &self,

@@ -29,6 +29,7 @@ use std::path::Path;
 use std::time::Duration;
 
 mod alerts;
+mod releases;
 mod rollouts;
 
 /// Schema migrations; `PRAGMA user_version` is the number applied so far.
@@ -194,6 +195,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     rollouts::SCHEMA,
     // 6: alerts and silences (see `sqlite/alerts.rs`).
     alerts::SCHEMA,
+    // 7: published agent builds (see `sqlite/releases.rs`).
+    releases::SCHEMA,
 ];
 
 /// Inserts a command with its deliveries (and, for `container.update`, the update-history rows
@@ -1234,6 +1237,10 @@ impl Db {
         )?;
         if kind == CommandKind::ContainerUpdate.as_str() {
             finish_update(&tx, agent_id, result, new_state, now)?;
+        }
+        if kind == CommandKind::AgentUpgrade.as_str() {
+            // A reverted upgrade marks its build broken (see `sqlite/releases.rs`).
+            releases::upgrade_failed(&tx, agent_id, result, now)?;
         }
         tx.commit()?;
         Ok(ResultOutcome::Recorded {

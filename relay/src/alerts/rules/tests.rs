@@ -775,3 +775,40 @@ fn every_alerts_setting_is_documented() {
         );
     }
 }
+
+#[test]
+fn reverted_upgrades_alert_for_the_agent_that_marked_the_build() {
+    use flotilla_shared::release::{BrokenInfo, ReleaseInfo};
+    let cfg = AlertsConfig::default();
+    let release = |version: &str, by: Option<(&str, DateTime<Utc>)>| ReleaseInfo {
+        version: version.into(),
+        arch: "x86_64".into(),
+        size: 1,
+        sha256: "a".repeat(64),
+        created_at: t(0),
+        published_by: "admin".into(),
+        broken: by.map(|(by, at)| BrokenInfo {
+            at,
+            reason: "the agent did not reach the relay".into(),
+            by: by.into(),
+        }),
+    };
+    let agents = vec![agent("ag_1", None)];
+    let releases = vec![
+        release("0.3.0", Some(("ag_1", t(100)))),
+        // Marked by an operator (a token name, not an agent): no alert.
+        release("0.4.0", Some(("admin", t(100)))),
+        release("0.2.0", None),
+    ];
+    let c = upgrade_reverted_conditions(&cfg, &releases, &agents, t(200));
+    assert_eq!(
+        rules_of(&c),
+        vec![(Rule::AgentUpgradeReverted, "0.3.0/x86_64".into())]
+    );
+    assert_eq!(c[0].agent_id.as_deref(), Some("ag_1"));
+    assert_eq!(c[0].severity, Severity::Medium);
+    assert!(c[0].message.contains("reverted"), "{}", c[0].message);
+    // Gone after update_alert_hours.
+    let late = t(100) + Duration::hours(i64::from(cfg.update_alert_hours)) + Duration::seconds(1);
+    assert!(upgrade_reverted_conditions(&cfg, &releases, &agents, late).is_empty());
+}

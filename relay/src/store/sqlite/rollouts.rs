@@ -331,8 +331,12 @@ fn fleet(conn: &Connection, selector: &Selector) -> Result<Vec<FleetAgent>, Stor
 /// without asking every agent). Two different names, or two different labels, do not overlap
 /// (two labels could both sit on one container, but that is a deliberate choice of the
 /// operator and the agent serialises updates per container anyway).
+/// Agent rollouts overlap each other (both would upgrade the same agents), never a container
+/// target.
 pub(crate) fn targets_may_overlap(a: &RolloutTarget, b: &RolloutTarget) -> bool {
     match (a, b) {
+        (RolloutTarget::Agent, RolloutTarget::Agent) => true,
+        (RolloutTarget::Agent, _) | (_, RolloutTarget::Agent) => false,
         (RolloutTarget::Container(x), RolloutTarget::Container(y)) => x == y,
         (RolloutTarget::Label { .. }, RolloutTarget::Label { .. }) => a == b,
         _ => true,
@@ -753,6 +757,52 @@ impl Db {
         Ok(true)
     }
 
+    /// Ends a pending member without dispatching anything (an agent rollout's member without
+    /// a build for its architecture, already on the version, or whose build is broken), while
+    /// the rollout is running and dispatching at the member's stage. `skipped` is logged as an
+    /// event. False when nothing was written.
+    pub(in crate::store) fn end_pending_rollout_agent(
+        &mut self,
+        id: &str,
+        agent_id: &str,
+        stage: usize,
+        outcome: AgentOutcome,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE rollout_agents SET outcome = ?4, reason = ?5, finished_at = ?6 \
+             WHERE rollout_id = ?1 AND agent_id = ?2 AND stage = ?3 AND outcome = 'pending' \
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running' \
+               AND r.stage_phase = 'dispatching' AND r.stage = ?3)",
+            params![
+                id,
+                agent_id,
+                stage as i64,
+                outcome.as_str(),
+                reason,
+                ts(now)
+            ],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if outcome == AgentOutcome::Skipped {
+            log_event(
+                &tx,
+                id,
+                now,
+                crate::rollouts::ENGINE_ACTOR,
+                "skipped",
+                Some(stage),
+                &format!("agent {agent_id} not sent the upgrade: {reason}"),
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
     /// Label agents' next queued container (see `Store::next_rollout_containers`).
     pub(in crate::store) fn next_rollout_containers(
         conn: &Connection,
@@ -940,6 +990,21 @@ impl Db {
                     }),
                 }
             }
+        }
+        {
+            // The versions the updated members announced at their last connect (the soak of
+            // an agent rollout checks them).
+            let mut stmt = tx.prepare(
+                "SELECT ra.agent_id, a.agent_version FROM rollout_agents ra \
+                 JOIN agents a ON a.id = ra.agent_id \
+                 WHERE ra.rollout_id = ?1 AND ra.stage = ?2 AND ra.outcome = 'updated'",
+            )?;
+            let rows = stmt
+                .query_map(params![id, stage_i], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            v.agent_versions.extend(rows);
         }
         {
             let mut stmt = tx.prepare(

@@ -1,0 +1,671 @@
+//! Agent releases on the relay: publishing a build (streamed to a temporary file under
+//! `<data_dir>/releases/`, hashed while it is written, capped at [`MAX_RELEASE_BYTES`], fsynced
+//! and renamed into `<data_dir>/releases/<version>/<arch>/flotilla-agent`), the manifest the
+//! relay signs for it with its key, resolving `latest`, marking builds broken, the
+//! `agent.upgrade` command for one agent, and the files the installer downloads (`install.sh`
+//! with the relay's address and key filled in, the systemd units).
+//!
+//! A build is immutable once published: publishing the same bytes again answers with the
+//! existing build (and puts its file back if it went missing), different bytes for the same
+//! (version, arch) are refused. A build marked broken (by an operator, or by the relay when an
+//! agent's updater reverted an upgrade to it) is never sent to an agent again and is not served
+//! for download; `latest` skips it.
+
+use crate::state::Shared;
+use crate::store::releases::{NewRelease, StoredRelease};
+use crate::store::{Finalised, StoreError};
+use axum::body::Bytes;
+use flotilla_shared::command::{AgentUpgradeArgs, Command};
+use flotilla_shared::release::{
+    compare_versions, normalize_arch, validate_version, ReleaseInfo, ReleaseManifest, ARCHES,
+    MAX_RELEASE_BYTES,
+};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::fmt::Display;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+/// The installer, served at `/install.sh` with its placeholders filled in.
+pub const INSTALL_SH: &str = include_str!("../../install.sh");
+/// Placeholders of [`INSTALL_SH`] the relay fills in.
+pub const PLACEHOLDER_URL: &str = "@@RELAY_URL@@";
+pub const PLACEHOLDER_FINGERPRINT: &str = "@@RELAY_FINGERPRINT@@";
+pub const PLACEHOLDER_PUBLIC_KEY: &str = "@@RELAY_PUBLIC_KEY@@";
+
+/// The systemd units the installer installs, served at `/download/systemd/<name>`.
+pub const UNITS: [(&str, &str); 3] = [
+    (
+        "flotilla-agent.service",
+        include_str!("../../packaging/systemd/flotilla-agent.service"),
+    ),
+    (
+        "flotilla-agent-updater.service",
+        include_str!("../../packaging/systemd/flotilla-agent-updater.service"),
+    ),
+    (
+        "flotilla-agent-updater.path",
+        include_str!("../../packaging/systemd/flotilla-agent-updater.path"),
+    ),
+];
+
+/// Directory under the data directory that holds published builds.
+pub const RELEASES_DIR: &str = "releases";
+/// File name of a build inside `<version>/<arch>/`.
+pub const BINARY_NAME: &str = "flotilla-agent";
+/// The version name that resolves to the highest build that is not broken.
+pub const LATEST: &str = "latest";
+
+/// Where the build of (version, arch) lives.
+pub fn binary_path(data_dir: &Path, version: &str, arch: &str) -> PathBuf {
+    data_dir
+        .join(RELEASES_DIR)
+        .join(version)
+        .join(arch)
+        .join(BINARY_NAME)
+}
+
+/// The canonical architecture, or an error naming the accepted ones.
+pub fn canonical_arch(arch: &str) -> Result<&'static str, String> {
+    normalize_arch(arch).ok_or_else(|| {
+        format!(
+            "unknown architecture {arch:?}: agent builds exist for {} (amd64 and arm64 are \
+             accepted too)",
+            ARCHES.join(" and ")
+        )
+    })
+}
+
+/// Bytes of an ELF header needed to tell its architecture.
+pub const ELF_HEAD: usize = 20;
+
+/// The architecture a 64-bit little-endian ELF executable is built for, from its first
+/// [`ELF_HEAD`] bytes, or what is wrong with it.
+pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
+    if head.len() < ELF_HEAD || &head[..4] != b"\x7fELF" {
+        return Err("it is not an ELF executable (an agent build is a Linux binary)".into());
+    }
+    if head[4] != 2 || head[5] != 1 {
+        return Err("it is not a 64-bit little-endian ELF executable".into());
+    }
+    match u16::from_le_bytes([head[18], head[19]]) {
+        62 => Ok("x86_64"),
+        183 => Ok("aarch64"),
+        m => Err(format!(
+            "it is an ELF executable for machine type {m}, not {}",
+            ARCHES.join(" or ")
+        )),
+    }
+}
+
+/// Publishing one build serialises on this lock: checking for an existing build, renaming the
+/// file into place and recording it must not interleave with another publish of the same build.
+static PUBLISH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Why a publish was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("invalid version: {0}")]
+    InvalidVersion(String),
+    #[error("{0}")]
+    InvalidArch(String),
+    #[error(
+        "the build is larger than {MAX_RELEASE_BYTES} bytes (64 MiB), the most a release may be"
+    )]
+    TooLarge,
+    #[error("the upload is empty: send the agent binary as the request body")]
+    Empty,
+    #[error("the upload is not a build for {arch}: {why}")]
+    NotABuild { arch: String, why: String },
+    #[error(
+        "flotilla-agent {version} for {arch} is already published with different bytes (sha256 \
+         {existing}, this upload {uploaded}); a published build never changes: publish it as a \
+         new version"
+    )]
+    Conflict {
+        version: String,
+        arch: String,
+        existing: String,
+        uploaded: String,
+    },
+    #[error("the upload was cut short: {0}")]
+    Body(String),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// A new build.
+    Created(ReleaseInfo),
+    /// The same bytes were already published as this build.
+    Existing(ReleaseInfo),
+}
+
+/// Removes a temporary file unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
+    move |source| PublishError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Publishes a build from `body` (the raw binary, streamed): see the module doc.
+pub async fn publish<S, E>(
+    state: &Shared,
+    version: &str,
+    arch: &str,
+    mut body: S,
+    published_by: &str,
+) -> Result<Published, PublishError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    validate_version(version).map_err(PublishError::InvalidVersion)?;
+    let arch = canonical_arch(arch).map_err(PublishError::InvalidArch)?;
+    let final_path = binary_path(&state.config.data_dir, version, arch);
+    let dir = final_path
+        .parent()
+        .expect("a build path has a directory")
+        .to_path_buf();
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(io_err(&dir))?;
+    let mut tag = [0u8; 8];
+    flotilla_shared::ids::random_bytes(&mut tag);
+    let temp_path = dir.join(format!(".{BINARY_NAME}.{}.partial", hex::encode(tag)));
+    let mut temp = TempFile {
+        path: temp_path.clone(),
+        keep: false,
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&temp_path)
+        .map_err(io_err(&temp_path))?;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut size: u64 = 0;
+    let mut head: Vec<u8> = Vec::with_capacity(ELF_HEAD);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| PublishError::Body(e.to_string()))?;
+        size += chunk.len() as u64;
+        if size > MAX_RELEASE_BYTES {
+            return Err(PublishError::TooLarge);
+        }
+        if head.len() < ELF_HEAD {
+            let take = (ELF_HEAD - head.len()).min(chunk.len());
+            head.extend_from_slice(&chunk[..take]);
+            if head.len() == ELF_HEAD {
+                check_build(&head, arch)?;
+            }
+        }
+        sha.update(&chunk);
+        file.write_all(&chunk).await.map_err(io_err(&temp_path))?;
+    }
+    if size == 0 {
+        return Err(PublishError::Empty);
+    }
+    if head.len() < ELF_HEAD {
+        check_build(&head, arch)?;
+    }
+    file.sync_all().await.map_err(io_err(&temp_path))?;
+    drop(file);
+    let sha256 = hex::encode(sha.finish().as_ref());
+
+    let _guard = PUBLISH_LOCK.lock().await;
+    if let Some(existing) = state
+        .store
+        .release(version.to_string(), arch.to_string())
+        .await?
+    {
+        if existing.info.sha256 != sha256 || existing.info.size != size {
+            return Err(PublishError::Conflict {
+                version: version.to_string(),
+                arch: arch.to_string(),
+                existing: existing.info.sha256,
+                uploaded: sha256,
+            });
+        }
+        // Same bytes: put the file back if it went missing (they hash as signed).
+        let intact = tokio::fs::metadata(&final_path)
+            .await
+            .is_ok_and(|m| m.len() == size);
+        if !intact {
+            install(&temp_path, &final_path, &dir).await?;
+            temp.keep = true;
+            tracing::warn!(
+                version,
+                arch,
+                "restored the missing file of a published build"
+            );
+        }
+        return Ok(Published::Existing(existing.info));
+    }
+    install(&temp_path, &final_path, &dir).await?;
+    temp.keep = true;
+    let created_at = crate::store::now();
+    let manifest = ReleaseManifest {
+        name: BINARY_NAME.to_string(),
+        version: version.to_string(),
+        arch: arch.to_string(),
+        size,
+        sha256: sha256.clone(),
+        created_at,
+    }
+    .sign(&state.key);
+    let created = state
+        .store
+        .create_release(NewRelease {
+            version: version.to_string(),
+            arch: arch.to_string(),
+            size,
+            sha256: sha256.clone(),
+            manifest,
+            created_at,
+            published_by: published_by.to_string(),
+        })
+        .await?;
+    if !created {
+        // Only possible when another relay process shares the data directory.
+        return Err(StoreError::Corrupt(format!(
+            "release {version}/{arch} appeared while it was being published"
+        ))
+        .into());
+    }
+    tracing::info!(version, arch, size, %sha256, published_by, "agent build published");
+    Ok(Published::Created(ReleaseInfo {
+        version: version.to_string(),
+        arch: arch.to_string(),
+        size,
+        sha256,
+        created_at,
+        published_by: published_by.to_string(),
+        broken: None,
+    }))
+}
+
+/// A build must be an ELF executable for the architecture it is published as (agents would
+/// refuse it anyway, after downloading it, as their smoke test fails).
+fn check_build(head: &[u8], arch: &str) -> Result<(), PublishError> {
+    match elf_arch(head) {
+        Ok(a) if a == arch => Ok(()),
+        Ok(a) => Err(PublishError::NotABuild {
+            arch: arch.to_string(),
+            why: format!("it is an ELF executable for {a}"),
+        }),
+        Err(why) => Err(PublishError::NotABuild {
+            arch: arch.to_string(),
+            why,
+        }),
+    }
+}
+
+/// Renames the fsynced temporary file over the build's path and fsyncs the directory.
+async fn install(temp: &Path, target: &Path, dir: &Path) -> Result<(), PublishError> {
+    tokio::fs::rename(temp, target)
+        .await
+        .map_err(io_err(target))?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir).and_then(|d| d.sync_all()))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(io_err(target))
+}
+
+/// Why a build could not be resolved for download or for an upgrade.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("{0}")]
+    UnknownArch(String),
+    #[error("invalid version: {0}")]
+    InvalidVersion(String),
+    #[error("no build of flotilla-agent {version} for {arch}; {available}")]
+    NotFound {
+        version: String,
+        arch: String,
+        available: String,
+    },
+    #[error(
+        "flotilla-agent {} for {} is marked broken ({}, by {}); it is never sent to agents",
+        .0.info.version, .0.info.arch, broken_reason(.0), broken_by(.0)
+    )]
+    Broken(Box<StoredRelease>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn broken_reason(r: &StoredRelease) -> &str {
+    r.info
+        .broken
+        .as_ref()
+        .map(|b| b.reason.as_str())
+        .unwrap_or("")
+}
+
+fn broken_by(r: &StoredRelease) -> &str {
+    r.info.broken.as_ref().map(|b| b.by.as_str()).unwrap_or("")
+}
+
+/// What is published, for "not found" messages: `published: 0.2.0 (x86_64, aarch64), 0.1.0
+/// (x86_64)`.
+pub fn available(list: &[StoredRelease]) -> String {
+    if list.is_empty() {
+        return "no agent builds are published on this relay".into();
+    }
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for r in list {
+        let arch = if r.info.broken.is_some() {
+            format!("{} broken", r.info.arch)
+        } else {
+            r.info.arch.clone()
+        };
+        match groups.last_mut() {
+            Some((v, arches)) if *v == r.info.version => arches.push(arch),
+            _ => groups.push((r.info.version.clone(), vec![arch])),
+        }
+    }
+    let text: Vec<String> = groups
+        .into_iter()
+        .map(|(v, a)| format!("{v} ({})", a.join(", ")))
+        .collect();
+    format!("published: {}", text.join(", "))
+}
+
+/// The build `version` (or [`LATEST`]) names for `arch` (any accepted spelling), unless it is
+/// missing or broken.
+pub async fn resolve(
+    state: &Shared,
+    version: &str,
+    arch: &str,
+) -> Result<StoredRelease, ResolveError> {
+    let arch = canonical_arch(arch).map_err(ResolveError::UnknownArch)?;
+    let found = if version == LATEST {
+        state.store.latest_release(arch.to_string()).await?
+    } else {
+        validate_version(version).map_err(ResolveError::InvalidVersion)?;
+        state
+            .store
+            .release(version.to_string(), arch.to_string())
+            .await?
+    };
+    match found {
+        Some(r) if r.info.broken.is_some() => Err(ResolveError::Broken(Box::new(r))),
+        Some(r) => Ok(r),
+        None => Err(ResolveError::NotFound {
+            version: version.to_string(),
+            arch: arch.to_string(),
+            available: available(&state.store.releases().await?),
+        }),
+    }
+}
+
+/// Marks a build broken and ends its undelivered `agent.upgrade` deliveries (with the usual
+/// bookkeeping for each). None when no such build exists.
+pub async fn mark_broken(
+    state: &Shared,
+    version: &str,
+    arch: &str,
+    reason: &str,
+    by: &str,
+) -> Result<Option<StoredRelease>, StoreError> {
+    let Some((release, ended)) = state
+        .store
+        .mark_release_broken(
+            version.to_string(),
+            arch.to_string(),
+            reason.to_string(),
+            by.to_string(),
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    finished(state, &ended);
+    tracing::warn!(
+        version,
+        arch,
+        by,
+        reason,
+        undelivered = ended.len(),
+        "agent build marked broken"
+    );
+    Ok(Some(release))
+}
+
+fn finished(state: &Shared, ended: &[Finalised]) {
+    for f in ended {
+        state.delivery_finished(&f.command_id, &f.agent_id, f.job_id.as_deref(), f.state);
+    }
+}
+
+// === agent.upgrade ===
+
+/// The arguments an operator gives `agent.upgrade` (`POST /api/v1/agents/{id}/commands` with
+/// `{"kind": "agent.upgrade", "args": {"version": "0.2.0", "rollback": false}}`); the relay turns
+/// them into the signed [`AgentUpgradeArgs`] for the agent's architecture.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// A published version, or `latest` (the highest one not broken for the agent's
+    /// architecture).
+    pub version: String,
+    /// Allow a version that is not newer than the agent's (the only way an agent accepts one).
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// Why the relay refuses to send an `agent.upgrade`.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeRefusal {
+    #[error("invalid version: {0}")]
+    InvalidVersion(String),
+    #[error("agent {agent} reports architecture {arch:?}, for which no builds exist ({})", ARCHES.join(", "))]
+    UnknownArch { agent: String, arch: String },
+    #[error("{0}")]
+    NoBuild(String),
+    #[error("{0}")]
+    Broken(String),
+    #[error(
+        "agent {agent} already runs {running}; {version} is not newer (send rollback to go back \
+         to an older or the same version)"
+    )]
+    NotNewer {
+        agent: String,
+        running: String,
+        version: String,
+    },
+}
+
+/// The `agent.upgrade` for one agent (its architecture from its facts, `running` its reported
+/// version), or why it must not be sent.
+pub async fn upgrade_command(
+    state: &Shared,
+    agent_id: &str,
+    agent_arch: &str,
+    running: &str,
+    req: &UpgradeRequest,
+) -> Result<Result<(Command, StoredRelease), UpgradeRefusal>, StoreError> {
+    if req.version != LATEST {
+        if let Err(e) = validate_version(&req.version) {
+            return Ok(Err(UpgradeRefusal::InvalidVersion(e)));
+        }
+    }
+    if normalize_arch(agent_arch).is_none() {
+        return Ok(Err(UpgradeRefusal::UnknownArch {
+            agent: agent_id.to_string(),
+            arch: agent_arch.to_string(),
+        }));
+    }
+    let release = match resolve(state, &req.version, agent_arch).await {
+        Ok(r) => r,
+        Err(ResolveError::Store(e)) => return Err(e),
+        Err(e @ ResolveError::Broken(_)) => return Ok(Err(UpgradeRefusal::Broken(e.to_string()))),
+        Err(e) => return Ok(Err(UpgradeRefusal::NoBuild(e.to_string()))),
+    };
+    // A version the relay cannot order (not MAJOR.MINOR.PATCH) does not block an upgrade.
+    let newer = validate_version(running).is_err()
+        || compare_versions(&release.info.version, running).is_gt();
+    if !req.rollback && !newer {
+        return Ok(Err(UpgradeRefusal::NotNewer {
+            agent: agent_id.to_string(),
+            running: running.to_string(),
+            version: release.info.version,
+        }));
+    }
+    let command = Command::AgentUpgrade(AgentUpgradeArgs {
+        manifest: release.manifest.clone(),
+        rollback: req.rollback,
+    });
+    Ok(Ok((command, release)))
+}
+
+// === install.sh ===
+
+/// Characters allowed in the relay URL written into `install.sh` (a URL's, minus quotes,
+/// backslashes, `$` and backticks, so it is inert in any shell quoting).
+fn shell_safe_url(url: &str) -> bool {
+    !url.is_empty()
+        && url.len() <= 512
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!&()*+,;=%".contains(&b))
+}
+
+/// The relay's URL for an installer: `public_url` when configured, else `<proto>://<host>` as
+/// the request reached the relay. Err names what is wrong.
+pub fn relay_url(public_url: &str, proto: &str, host: Option<&str>) -> Result<String, String> {
+    let configured = public_url.trim().trim_end_matches('/');
+    let url = if !configured.is_empty() {
+        configured.to_string()
+    } else {
+        let host = host.map(str::trim).filter(|h| !h.is_empty()).ok_or(
+            "the request has no Host header; set [alerts] public_url in relay.toml".to_string(),
+        )?;
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
+            return Err(format!(
+                "the Host header {host:?} is not a host name or address; set [alerts] \
+                 public_url in relay.toml"
+            ));
+        }
+        format!("{proto}://{host}")
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) || !shell_safe_url(&url) {
+        return Err(format!(
+            "the relay URL {url:?} cannot be written into install.sh (expected http(s)://host[:port][/path])"
+        ));
+    }
+    Ok(url)
+}
+
+/// `install.sh` with its placeholders filled in.
+pub fn render_install_sh(template: &str, url: &str, fingerprint: &str, public_key: &str) -> String {
+    template
+        .replace(PLACEHOLDER_URL, url)
+        .replace(PLACEHOLDER_FINGERPRINT, fingerprint)
+        .replace(PLACEHOLDER_PUBLIC_KEY, public_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_url_from_config_or_host() {
+        assert_eq!(
+            relay_url("https://relay.example.com/", "http", Some("x")).unwrap(),
+            "https://relay.example.com"
+        );
+        assert_eq!(
+            relay_url("", "http", Some("127.0.0.1:8700")).unwrap(),
+            "http://127.0.0.1:8700"
+        );
+        assert_eq!(
+            relay_url("", "https", Some("[::1]:8700")).unwrap(),
+            "https://[::1]:8700"
+        );
+        assert!(relay_url("", "http", None).unwrap_err().contains("Host"));
+        assert!(relay_url("", "http", Some("a'b")).is_err());
+        assert!(relay_url("", "http", Some("a$(reboot)")).is_err());
+        assert!(relay_url("https://x/`id`", "http", None).is_err());
+        assert!(relay_url("ftp://x", "http", None).is_err());
+    }
+
+    #[test]
+    fn placeholders_are_filled() {
+        let t = "URL='@@RELAY_URL@@'\nFP='@@RELAY_FINGERPRINT@@'\nKEY='@@RELAY_PUBLIC_KEY@@'\n";
+        assert_eq!(
+            render_install_sh(t, "http://r:1", "SHA256:abc", "a+b/c="),
+            "URL='http://r:1'\nFP='SHA256:abc'\nKEY='a+b/c='\n"
+        );
+        for p in [
+            PLACEHOLDER_URL,
+            PLACEHOLDER_FINGERPRINT,
+            PLACEHOLDER_PUBLIC_KEY,
+        ] {
+            assert!(INSTALL_SH.contains(p), "install.sh lacks {p}");
+        }
+    }
+
+    #[test]
+    fn elf_headers_name_their_architecture() {
+        let mut x86 = vec![0u8; 64];
+        x86[..4].copy_from_slice(b"\x7fELF");
+        x86[4] = 2;
+        x86[5] = 1;
+        x86[18] = 62;
+        assert_eq!(elf_arch(&x86).unwrap(), "x86_64");
+        let mut arm = x86.clone();
+        arm[18] = 183;
+        assert_eq!(elf_arch(&arm).unwrap(), "aarch64");
+        assert!(elf_arch(b"#!/bin/sh\necho flotilla-agent 0.3.0\n")
+            .unwrap_err()
+            .contains("not an ELF"));
+        assert!(elf_arch(&x86[..10]).is_err());
+        let mut riscv = x86.clone();
+        riscv[18] = 243;
+        assert!(elf_arch(&riscv).unwrap_err().contains("243"));
+        // This test binary itself.
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert_eq!(
+            elf_arch(&me[..ELF_HEAD]).unwrap(),
+            flotilla_shared::release::this_arch()
+        );
+    }
+
+    #[test]
+    fn arches_are_canonical_and_errors_name_them() {
+        assert_eq!(canonical_arch("amd64").unwrap(), "x86_64");
+        assert_eq!(canonical_arch("aarch64").unwrap(), "aarch64");
+        let e = canonical_arch("riscv64").unwrap_err();
+        assert!(
+            e.contains("x86_64") && e.contains("aarch64") && e.contains("riscv64"),
+            "{e}"
+        );
+    }
+}
