@@ -17,6 +17,7 @@ mod python;
 mod registry;
 mod s3;
 mod smtp;
+pub mod systemd;
 mod webhook;
 
 pub use db::{

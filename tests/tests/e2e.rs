@@ -13,6 +13,7 @@ mod e2e {
     pub mod events;
     pub mod fanout;
     pub mod heartbeats;
+    pub mod install;
     pub mod protocol_abuse;
     pub mod rollout;
     pub mod secrets;

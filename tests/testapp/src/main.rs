@@ -17,6 +17,10 @@
 //! `testapp --healthcheck` asks `127.0.0.1:$APP_PORT/health` and exits 0 (healthy) or 1, for use
 //! as a Docker HEALTHCHECK in images that have no shell or curl.
 //!
+//! Run under a file name containing `flotilla-agent`, the binary is instead a broken agent
+//! build for the self-update tests (see [`fake_agent`]): `--version` prints `flotilla-agent
+//! <version>`, anything else exits 1 at once.
+//!
 //! The process is PID 1 in its container, and the kernel delivers no signal to PID 1 for which it
 //! has not installed a handler: without one, `docker stop` would wait out its whole timeout and
 //! then SIGKILL. So SIGTERM and SIGINT are handled (through `signal-hook`, since std alone cannot
@@ -101,6 +105,9 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = fake_agent() {
+        return code;
+    }
     let settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
@@ -128,6 +135,49 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The version stamp of `flotilla_shared::release` (marker `FLOTILLA-VERSION-STAMP:` NUL, then 64
+/// NUL-padded bytes), so `release::stamp_version` gives a copy of this binary a version exactly
+/// as it does an agent build. The marker is written only here: the binary must hold it once.
+#[used]
+static VERSION_STAMP: [u8; 24 + 64] = {
+    let mut buf = [0u8; 24 + 64];
+    let marker = *b"FLOTILLA-VERSION-STAMP:\0";
+    let mut i = 0;
+    while i < marker.len() {
+        buf[i] = marker[i];
+        i += 1;
+    }
+    buf
+};
+
+/// A deliberately broken agent build, for the self-update tests: when the program's file name
+/// contains `flotilla-agent` (as a staged, partially downloaded or installed agent binary's
+/// does), `--version`
+/// prints `flotilla-agent <stamped version>` (so an upgrading agent's smoke test passes) and
+/// every other invocation exits with status 1 at once, like a build that crashes at start.
+/// `None` under any other name (the test images run `/testapp`).
+fn fake_agent() -> Option<ExitCode> {
+    let argv0 = std::env::args_os().next()?;
+    let name = std::path::Path::new(&argv0)
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    if !name.contains("flotilla-agent") {
+        return None;
+    }
+    // black_box: read the bytes the file holds at run time, not the all-zero initial value.
+    let stamp: &[u8; 24 + 64] = std::hint::black_box(&VERSION_STAMP);
+    let slot = &stamp[24..];
+    let len = slot.iter().position(|b| *b == 0).unwrap_or(slot.len());
+    let version = String::from_utf8_lossy(&slot[..len]).into_owned();
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("flotilla-agent {version}");
+        return Some(ExitCode::SUCCESS);
+    }
+    eprintln!("flotilla-agent {version} (flotilla-testapp posing as a broken agent build): exiting at start");
+    Some(ExitCode::from(1))
 }
 
 fn install_signal_handlers() -> std::io::Result<()> {
