@@ -331,6 +331,10 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
         out.extend(rules::upgrade_reverted_conditions(
             cfg, &releases, &agents, now,
         ));
+        // Reverted rollbacks mark nothing broken; their failed deliveries raise the alert.
+        let since = now - chrono::Duration::hours(i64::from(cfg.update_alert_hours));
+        let rollbacks = state.store.reverted_rollbacks(since).await?;
+        out.extend(rules::rollback_reverted_conditions(cfg, &rollbacks, now));
     }
     out.extend(rules::tls_conditions(
         cfg,

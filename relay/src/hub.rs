@@ -34,6 +34,8 @@ pub enum Outgoing {
 pub struct ConnectionHandle {
     pub generation: u64,
     pub connected_at: DateTime<Utc>,
+    /// The version the agent announced when this connection authenticated (empty if unknown).
+    pub agent_version: String,
     tx: mpsc::Sender<Outgoing>,
     /// Cancelled to make the connection write what is queued, close and end.
     close: CancellationToken,
@@ -91,12 +93,19 @@ impl Hub {
     /// Registers the live connection of an agent. An older connection of the same agent is told
     /// `replaced_by_new_connection` and closed.
     pub fn register(&self, agent_id: &str) -> Registration {
+        self.register_with_version(agent_id, "")
+    }
+
+    /// [`Hub::register`], remembering the version the agent announced on this connection
+    /// (see [`Hub::agent_version`]).
+    pub fn register_with_version(&self, agent_id: &str, agent_version: &str) -> Registration {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
         let close = CancellationToken::new();
         let handle = ConnectionHandle {
             generation,
             connected_at: crate::store::now(),
+            agent_version: agent_version.to_string(),
             tx,
             close: close.clone(),
         };
@@ -170,6 +179,16 @@ impl Hub {
 
     pub fn connected_at(&self, agent_id: &str) -> Option<DateTime<Utc>> {
         self.lock().get(agent_id).map(|h| h.connected_at)
+    }
+
+    /// The version a connected agent announced when its live connection authenticated: what
+    /// the running process is, unlike the stored column, which a heartbeat flushed late (sent by
+    /// the previous process) can overwrite. None when not connected or not announced.
+    pub fn agent_version(&self, agent_id: &str) -> Option<String> {
+        self.lock()
+            .get(agent_id)
+            .map(|h| h.agent_version.clone())
+            .filter(|v| !v.is_empty())
     }
 
     pub fn connected_count(&self) -> usize {

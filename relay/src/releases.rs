@@ -6,10 +6,13 @@
 //! with the relay's address and key filled in, the systemd units).
 //!
 //! A build is immutable once published: publishing the same bytes again answers with the
-//! existing build (and puts its file back if it went missing), different bytes for the same
-//! (version, arch) are refused. A build marked broken (by an operator, or by the relay when an
-//! agent's updater reverted an upgrade to it) is never sent to an agent again and is not served
-//! for download; `latest` skips it.
+//! existing build (and rewrites its file from the verified upload, repairing a missing or
+//! damaged one), different bytes for the same (version, arch) are refused, and so is a version
+//! that differs from a published one only in build metadata (`1.0.0+a` / `1.0.0+b`: the same
+//! version to agents). A build marked broken (by an operator, or by the relay when an agent's
+//! updater reverted an upgrade to it, unless that upgrade was a rollback) is never sent to an
+//! agent again and is not served for download; `latest` skips it and prefers releases to
+//! pre-releases.
 
 use crate::state::Shared;
 use crate::store::releases::{NewRelease, StoredRelease};
@@ -23,7 +26,6 @@ use flotilla_shared::release::{
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::fmt::Display;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
@@ -54,7 +56,8 @@ pub const UNITS: [(&str, &str); 3] = [
 pub const RELEASES_DIR: &str = "releases";
 /// File name of a build inside `<version>/<arch>/`.
 pub const BINARY_NAME: &str = "flotilla-agent";
-/// The version name that resolves to the highest build that is not broken.
+/// The version name that resolves to the highest release that is not broken (a pre-release
+/// only for an architecture without any release; see `store::releases::latest_of`).
 pub const LATEST: &str = "latest";
 
 /// Where the build of (version, arch) lives.
@@ -129,6 +132,16 @@ pub enum PublishError {
         existing: String,
         uploaded: String,
     },
+    #[error(
+        "flotilla-agent {existing} for {arch} is already published, and {version} differs from it \
+         only in build metadata (after '+'), which does not order versions: agents would take \
+         one for the other. Publish it as a new version"
+    )]
+    SamePrecedence {
+        version: String,
+        arch: String,
+        existing: String,
+    },
     #[error("the upload was cut short: {0}")]
     Body(String),
     #[error("cannot write {path}: {source}")]
@@ -149,16 +162,42 @@ pub enum Published {
     Existing(ReleaseInfo),
 }
 
-/// Removes a temporary file unless it was renamed into place.
+/// A temporary file that is removed unless it was renamed into place. Removal is awaited on
+/// every path [`publish`] returns through ([`TempFile::discard`]); the `Drop` fallback only
+/// runs when the upload's future is dropped midway (the client went away), and then removes the
+/// file on a blocking thread, never on the async worker.
 struct TempFile {
     path: PathBuf,
-    keep: bool,
+    done: bool,
+}
+
+impl TempFile {
+    /// The file was renamed into place: nothing to remove.
+    fn kept(&mut self) {
+        self.done = true;
+    }
+
+    async fn discard(&mut self) {
+        if !self.done {
+            self.done = true;
+            let _ = tokio::fs::remove_file(&self.path).await;
+        }
+    }
 }
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_file(&self.path);
+        if self.done {
+            return;
+        }
+        let path = std::mem::take(&mut self.path);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(move || std::fs::remove_file(path));
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }
@@ -175,7 +214,7 @@ pub async fn publish<S, E>(
     state: &Shared,
     version: &str,
     arch: &str,
-    mut body: S,
+    body: S,
     published_by: &str,
 ) -> Result<Published, PublishError>
 where
@@ -197,15 +236,48 @@ where
     let temp_path = dir.join(format!(".{BINARY_NAME}.{}.partial", hex::encode(tag)));
     let mut temp = TempFile {
         path: temp_path.clone(),
-        keep: false,
+        done: false,
     };
-    let file = std::fs::OpenOptions::new()
+    let result = publish_from_temp(
+        state,
+        version,
+        arch,
+        body,
+        published_by,
+        &mut temp,
+        &final_path,
+    )
+    .await;
+    temp.discard().await;
+    result
+}
+
+/// The body of [`publish`] once the temporary file's name is chosen.
+async fn publish_from_temp<S, E>(
+    state: &Shared,
+    version: &str,
+    arch: &'static str,
+    mut body: S,
+    published_by: &str,
+    temp: &mut TempFile,
+    final_path: &Path,
+) -> Result<Published, PublishError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let temp_path = temp.path.clone();
+    let dir = final_path
+        .parent()
+        .expect("a build path has a directory")
+        .to_path_buf();
+    let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o644)
         .open(&temp_path)
+        .await
         .map_err(io_err(&temp_path))?;
-    let mut file = tokio::fs::File::from_std(file);
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut size: u64 = 0;
     let mut head: Vec<u8> = Vec::with_capacity(ELF_HEAD);
@@ -249,23 +321,34 @@ where
                 uploaded: sha256,
             });
         }
-        // Same bytes: put the file back if it went missing (they hash as signed).
-        let intact = tokio::fs::metadata(&final_path)
-            .await
-            .is_ok_and(|m| m.len() == size);
-        if !intact {
-            install(&temp_path, &final_path, &dir).await?;
-            temp.keep = true;
-            tracing::warn!(
-                version,
-                arch,
-                "restored the missing file of a published build"
-            );
-        }
+        // Same bytes (they hash as signed): always put this verified copy in place, which
+        // repairs a file that went missing or was damaged, even one of the same length.
+        install(&temp_path, final_path, &dir).await?;
+        temp.kept();
+        tracing::info!(
+            version,
+            arch,
+            "the same build was published again; its file was rewritten from the upload"
+        );
         return Ok(Published::Existing(existing.info));
     }
-    install(&temp_path, &final_path, &dir).await?;
-    temp.keep = true;
+    // Build metadata does not order versions: 1.0.0+a and 1.0.0+b would be the same version to
+    // agents (each refuses the other as "already running"), and `latest` could not choose.
+    if let Some(twin) = state
+        .store
+        .releases()
+        .await?
+        .into_iter()
+        .find(|r| r.info.arch == arch && compare_versions(&r.info.version, version).is_eq())
+    {
+        return Err(PublishError::SamePrecedence {
+            version: version.to_string(),
+            arch: arch.to_string(),
+            existing: twin.info.version,
+        });
+    }
+    install(&temp_path, final_path, &dir).await?;
+    temp.kept();
     let created_at = crate::store::now();
     let manifest = ReleaseManifest {
         name: BINARY_NAME.to_string(),
@@ -472,7 +555,8 @@ pub struct UpgradeRequest {
     /// A published version, or `latest` (the highest one not broken for the agent's
     /// architecture).
     pub version: String,
-    /// Allow a version that is not newer than the agent's (the only way an agent accepts one).
+    /// Allow a version older than the agent's (the only way an agent accepts one). The version
+    /// the agent runs is refused either way.
     #[serde(default)]
     pub rollback: bool,
 }
@@ -489,8 +573,18 @@ pub enum UpgradeRefusal {
     #[error("{0}")]
     Broken(String),
     #[error(
-        "agent {agent} already runs {running}; {version} is not newer (send rollback to go back \
-         to an older or the same version)"
+        "agent {agent} already runs {running}{}; there is nothing to upgrade (an agent refuses \
+         an upgrade to the version it runs, even with rollback)",
+        same_as(.running, .version)
+    )]
+    AlreadyRuns {
+        agent: String,
+        running: String,
+        version: String,
+    },
+    #[error(
+        "agent {agent} runs {running}, which is newer than {version} (send rollback to go back \
+         to an older version)"
     )]
     NotNewer {
         agent: String,
@@ -499,8 +593,28 @@ pub enum UpgradeRefusal {
     },
 }
 
+/// `", the same version as 1.2.0+b"` when the build's version is spelled differently.
+fn same_as(running: &str, version: &str) -> String {
+    if running == version {
+        String::new()
+    } else {
+        format!(", the same version as {version}")
+    }
+}
+
+/// The version an agent runs, as far as the relay knows: the one it announced on its live
+/// connection (the running process), else the stored one (its last connect or heartbeat).
+pub fn running_version(state: &Shared, agent_id: &str, stored: &str) -> String {
+    state
+        .hub
+        .agent_version(agent_id)
+        .unwrap_or_else(|| stored.to_string())
+}
+
 /// The `agent.upgrade` for one agent (its architecture from its facts, `running` its reported
-/// version), or why it must not be sent.
+/// version, see [`running_version`]), or why it must not be sent: the build is missing or
+/// broken, the agent already runs that version (refused even with rollback: the agent would
+/// refuse it), or, without rollback, it runs a newer one.
 pub async fn upgrade_command(
     state: &Shared,
     agent_id: &str,
@@ -526,9 +640,18 @@ pub async fn upgrade_command(
         Err(e) => return Ok(Err(UpgradeRefusal::NoBuild(e.to_string()))),
     };
     // A version the relay cannot order (not MAJOR.MINOR.PATCH) does not block an upgrade.
-    let newer = validate_version(running).is_err()
-        || compare_versions(&release.info.version, running).is_gt();
-    if !req.rollback && !newer {
+    let order = validate_version(running)
+        .is_ok()
+        .then(|| compare_versions(&release.info.version, running));
+    if order.is_some_and(|o| o.is_eq()) {
+        // The agent refuses it (rollback or not); sent anyway, it would only fail.
+        return Ok(Err(UpgradeRefusal::AlreadyRuns {
+            agent: agent_id.to_string(),
+            running: running.to_string(),
+            version: release.info.version,
+        }));
+    }
+    if !req.rollback && order.is_some_and(|o| o.is_lt()) {
         return Ok(Err(UpgradeRefusal::NotNewer {
             agent: agent_id.to_string(),
             running: running.to_string(),

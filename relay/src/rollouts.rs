@@ -39,9 +39,16 @@
 //! this with one target per member, [`AGENT_TARGET_NAME`]: dispatch resolves the build for the
 //! member's architecture ([`crate::releases::upgrade_command`]) and sends `agent.upgrade`, or
 //! ends the member without a command (`no_target`: no build for its architecture, or it runs
-//! the version already; `skipped`: the build is marked broken, so a reverted upgrade stops the
-//! version at once); the soak is [`agent_soak_verdict`]; a revert is `agent.upgrade` with
-//! `rollback` to the member's previous version, when the relay has that build.
+//! the version already or a newer one, reason [`ALREADY_RUNS`]…, which counts as done: a stage
+//! of such members passes without pausing; `skipped`: the build is marked broken, checked again
+//! in the transaction that would insert the command, so a reverted upgrade stops the version at
+//! once). A member whose agent has unfinished container or backup work that changes something
+//! (`container.update/start/stop/restart`, `backup.run/restore`) stays pending, without taking
+//! a parallelism slot, until that work finished: the upgrade restarts the agent. The soak is
+//! [`agent_soak_verdict`] with the version the agent announced on its live connection; a revert
+//! is `agent.upgrade` with `rollback` to the member's previous version, when the relay has that
+//! build, or nothing at all when the agent already runs that version again (its updater
+//! reverted it): the member is reverted as it stands.
 //!
 //! The decisions are pure functions below ([`select_members`], [`threshold_exceeded`],
 //! [`apply_action`], [`classify_update`], [`soak_verdict`], [`agent_soak_verdict`]) so they are
@@ -75,6 +82,10 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Prefix of every command a rollout issues (`cmd_ro_<hex>`), so finishing deliveries can kick
 /// the engine without a lookup.
 pub const COMMAND_PREFIX: &str = "cmd_ro";
+
+/// Start of the reason of an agent rollout's member that ended `no_target` because it already
+/// runs the target version or a newer one: done, not a member the stage failed to update.
+pub const ALREADY_RUNS: &str = "already runs ";
 
 /// The actor of the engine's own transitions in the event log.
 pub const ENGINE_ACTOR: &str = "relay";
@@ -294,16 +305,30 @@ pub fn parallelism(limit: Limit, members: usize) -> usize {
 
 /// Why a finished stage must not pass on silently: it had members and none of them was
 /// updated (all undelivered, without a target, or failed within the tolerance). None when
-/// somebody was updated, or the stage had no new member at all (earlier stages covered it).
-pub fn stage_updated_nobody(stage_index: usize, v: &StageView) -> Option<String> {
+/// somebody was updated, or the stage had no new member at all (earlier stages covered it),
+/// or, for an agent rollout (`agent_target`), some member already ran the version or a newer
+/// one (it is done: [`StageView::up_to_date`]).
+pub fn stage_updated_nobody(
+    stage_index: usize,
+    v: &StageView,
+    agent_target: bool,
+) -> Option<String> {
     if v.members == 0 || v.counts.updated > 0 || !v.updated.is_empty() {
         return None;
     }
+    if agent_target && v.up_to_date > 0 {
+        return None;
+    }
     let c = &v.counts;
+    let no_target = if agent_target {
+        "without a build for their architecture"
+    } else {
+        "without a target container"
+    };
     let mut parts = Vec::new();
     for (n, what) in [
         (c.undelivered, "undelivered"),
-        (c.no_target, "without a target container"),
+        (c.no_target, no_target),
         (c.failed, "failed"),
         (c.skipped, "skipped"),
     ] {
@@ -662,7 +687,9 @@ fn offline_failure(
 /// beyond the threshold (as in [`soak_verdict`]), or, while connected, reports a version other
 /// than `target` (its updater reverted it after the upgrade succeeded, or somebody installed
 /// another build). The version is the one of a heartbeat sent after the upgrade finished, else
-/// the one the agent announced at its last connect (`reported`).
+/// the one the agent announced when its live connection authenticated (`reported`, from the
+/// hub: the stored column can be overwritten by a late flush of the previous process's
+/// heartbeat).
 #[allow(clippy::too_many_arguments)]
 pub fn agent_soak_verdict(
     m: &SoakMember,
@@ -921,7 +948,7 @@ async fn advance_running(
                 m,
                 &row.spec.image,
                 state.hub.is_connected(&m.agent_id),
-                stage.agent_versions.get(&m.agent_id).map(String::as_str),
+                state.hub.agent_version(&m.agent_id).as_deref(),
                 hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
                 threshold,
                 state.alerts.started_at,
@@ -1003,7 +1030,8 @@ async fn advance_running(
                 }
             }
             if stage.pending == 0 && stage.in_flight == 0 {
-                if let Some(why) = stage_updated_nobody(p.stage, &stage) {
+                let agent_target = row.spec.target == RolloutTarget::Agent;
+                if let Some(why) = stage_updated_nobody(p.stage, &stage, agent_target) {
                     let (next, t) = nobody_updated_pause(p, why, now);
                     state
                         .store
@@ -1083,6 +1111,12 @@ async fn advance_running(
                         }],
                     ),
                     RolloutTarget::Agent => {
+                        // The upgrade restarts the agent: not in the middle of container or
+                        // backup work (the store checks again when it inserts the command).
+                        if let Some(work) = state.store.agent_busy(agent_id.clone()).await? {
+                            tracing::debug!(rollout_id = %row.id, agent_id = %agent_id, %work, "agent upgrade waits for unfinished work");
+                            continue;
+                        }
                         match agent_upgrade_dispatch(state, &row, agent_id, &actor).await? {
                             Ok(upgrade) => (None, vec![upgrade]),
                             Err((outcome, reason)) => {
@@ -1268,8 +1302,16 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
         }
         let command = if agent_target {
             match agent_revert_command(state, &agent_id, &old_image, &row.spec.image).await? {
-                Ok(c) => c,
-                Err(why) => {
+                AgentRevert::Send(c) => c,
+                AgentRevert::AlreadyThere(why) => {
+                    tracing::info!(rollout_id = %row.id, agent_id = %agent_id, %why, "agent reverted without a command");
+                    state
+                        .store
+                        .revert_rollout_container_done(row.id.clone(), agent_id, name, why)
+                        .await?;
+                    continue;
+                }
+                AgentRevert::Impossible(why) => {
                     tracing::warn!(rollout_id = %row.id, agent_id = %agent_id, %why, "agent not reverted");
                     state
                         .store
@@ -1303,8 +1345,8 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
 
 /// An agent rollout's dispatch to one member: its `agent.upgrade` (the build for its
 /// architecture), or the outcome it ends with, unsent, and why: `no_target` when its
-/// architecture has no build of the version or it already runs that version or a newer one,
-/// `skipped` when the build is marked broken.
+/// architecture has no build of the version or it already runs that version or a newer one
+/// (reason [`ALREADY_RUNS`]…), `skipped` when the build is marked broken.
 async fn agent_upgrade_dispatch(
     state: &Shared,
     row: &RolloutRow,
@@ -1318,7 +1360,7 @@ async fn agent_upgrade_dispatch(
         )));
     };
     let version = &row.spec.image;
-    let running = agent.agent_version;
+    let running = crate::releases::running_version(state, agent_id, &agent.agent_version);
     let req = UpgradeRequest {
         version: version.clone(),
         rollback: false,
@@ -1333,47 +1375,61 @@ async fn agent_upgrade_dispatch(
                 command: Some(agent_command(state, agent_id, command, actor)?),
             }),
             Err(UpgradeRefusal::Broken(why)) => Err((AgentOutcome::Skipped, why)),
-            Err(UpgradeRefusal::NotNewer { .. }) if compare_versions(&running, version).is_eq() => {
-                Err((AgentOutcome::NoTarget, format!("already runs {version}")))
+            Err(UpgradeRefusal::AlreadyRuns { .. }) => {
+                Err((AgentOutcome::NoTarget, format!("{ALREADY_RUNS}{version}")))
             }
             Err(UpgradeRefusal::NotNewer { .. }) => Err((
                 AgentOutcome::NoTarget,
-                format!("runs {running}, newer than {version}"),
+                format!("{ALREADY_RUNS}{running}, newer than {version}"),
             )),
             Err(other) => Err((AgentOutcome::NoTarget, other.to_string())),
         },
     )
 }
 
+/// What reverting one member of an agent rollout does.
+#[derive(Debug)]
+enum AgentRevert {
+    /// Send this `agent.upgrade` with `rollback`.
+    Send(Command),
+    /// Nothing to send: the agent already runs the previous version again (its updater
+    /// reverted it, or somebody installed it); the member counts as reverted, for this reason.
+    AlreadyThere(String),
+    /// It cannot be reverted (no build of the previous version, or it is broken): the member
+    /// ends `revert_failed` with this reason.
+    Impossible(String),
+}
+
 /// The `agent.upgrade` (with `rollback`) that takes an upgraded member of an agent rollout
-/// back to `previous`, or why it cannot be sent (no build of the previous version for the
-/// agent's architecture on the relay, or it is marked broken): the member then stays on
-/// `version` and ends `revert_failed` with that reason.
+/// back to `previous`, nothing when it already runs `previous` again (an agent refuses an
+/// upgrade to the version it runs, even a rollback, so sending one would only fail the revert),
+/// or why it cannot be sent (no build of the previous version for the agent's architecture on
+/// the relay, or it is marked broken): the member then stays on `version`.
 async fn agent_revert_command(
     state: &Shared,
     agent_id: &str,
     previous: &str,
     version: &str,
-) -> Result<Result<Command, String>, StoreError> {
+) -> Result<AgentRevert, StoreError> {
     let Some(agent) = state.store.agent(agent_id.to_string()).await? else {
-        return Ok(Err("the agent no longer exists".into()));
+        return Ok(AgentRevert::Impossible("the agent no longer exists".into()));
     };
+    let running = crate::releases::running_version(state, agent_id, &agent.agent_version);
+    if compare_versions(&running, previous).is_eq() {
+        return Ok(AgentRevert::AlreadyThere(format!(
+            "the agent already runs {running} again"
+        )));
+    }
     let req = UpgradeRequest {
         version: previous.to_string(),
         rollback: true,
     };
     Ok(
-        match crate::releases::upgrade_command(
-            state,
-            agent_id,
-            &agent.facts.arch,
-            &agent.agent_version,
-            &req,
-        )
-        .await?
+        match crate::releases::upgrade_command(state, agent_id, &agent.facts.arch, &running, &req)
+            .await?
         {
-            Ok((command, _)) => Ok(command),
-            Err(why) => Err(format!(
+            Ok((command, _)) => AgentRevert::Send(command),
+            Err(why) => AgentRevert::Impossible(format!(
                 "not reverted to {previous} (left on {version}): {why}"
             )),
         },
@@ -1410,8 +1466,9 @@ pub struct StageView {
     pub updated: Vec<SoakMember>,
     /// Failure events stored after a member's update finished, per agent.
     pub bad_events: BTreeMap<String, Vec<String>>,
-    /// The version each updated member announced at its last connect (agent rollouts' soak).
-    pub agent_versions: BTreeMap<String, String>,
+    /// Agent rollouts: members that ended `no_target` because they already run the version
+    /// or a newer one ([`ALREADY_RUNS`]); they count as done.
+    pub up_to_date: usize,
 }
 
 /// What reverting still has to do.

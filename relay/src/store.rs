@@ -221,6 +221,10 @@ pub enum ResultOutcome {
         /// Set when the result replaced an ending the relay had decided itself (undelivered, or
         /// failed with `no_result`): the state it replaced.
         replaced: Option<DeliveryState>,
+        /// Other deliveries the result ended in the same transaction (a reverted
+        /// `agent.upgrade` marks its build broken, which ends that build's undelivered
+        /// copies): the caller does their bookkeeping (`Shared::delivery_finished`).
+        ended: Vec<Finalised>,
     },
     /// The delivery was already final (a duplicate result): nothing changed.
     AlreadyFinal,

@@ -312,7 +312,10 @@ impl Connection {
     /// The authenticated part of the connection.
     async fn serve(&mut self, agent_version: String) {
         let agent_id = self.agent_id.clone();
-        let registration = self.state.hub.register(&agent_id);
+        let registration = self
+            .state
+            .hub
+            .register_with_version(&agent_id, &agent_version);
         let generation = registration.generation;
         let _ = self.serve_registered(agent_version, registration).await;
         self.state.hub.unregister(&agent_id, generation);
@@ -522,6 +525,7 @@ impl Connection {
                         state: delivery,
                         job_id,
                         replaced,
+                        ended,
                     } => {
                         match replaced {
                             None => {
@@ -537,6 +541,17 @@ impl Connection {
                             job_id.as_deref(),
                             delivery,
                         );
+                        // Deliveries the result ended too (the undelivered copies of a build
+                        // its reverted upgrade marked broken): waiters, metrics, job and
+                        // rollout kicks, as when the API marks a build.
+                        for f in &ended {
+                            state.delivery_finished(
+                                &f.command_id,
+                                &f.agent_id,
+                                f.job_id.as_deref(),
+                                f.state,
+                            );
+                        }
                     }
                     ResultOutcome::AlreadyFinal => {
                         tracing::debug!(agent_id = %agent_id, command_id = %command_id, seq, "duplicate result ignored");

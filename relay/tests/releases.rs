@@ -500,6 +500,17 @@ async fn publish_list_download_latest_and_broken() {
             .contains(&info.sha256),
         "{v}"
     );
+    // The same version but for its build metadata: agents could not tell them apart.
+    let (s, v) = t
+        .put("0.2.0+rebuild.1", arch, fake_build(arch, 300_000, 3))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "conflict");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("0.2.0+rebuild.1") && m.contains("build metadata"),
+        "{m}"
+    );
 
     // The file on disk, the listing, the download (streamed, with its length).
     let stored = t
@@ -509,6 +520,19 @@ async fn publish_list_download_latest_and_broken() {
         .data_dir
         .join(format!("releases/0.2.0/{arch}/flotilla-agent"));
     assert_eq!(std::fs::read(&stored).unwrap(), build);
+    // Damaged in place, same length: publishing the same bytes again rewrites the file from
+    // the verified upload (and leaves no temporary file behind).
+    let mut damaged = build.clone();
+    damaged[100_000] ^= 0xff;
+    std::fs::write(&stored, &damaged).unwrap();
+    let (s, v) = t.put("0.2.0", arch, build.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(std::fs::read(&stored).unwrap(), build, "not repaired");
+    let files: Vec<String> = std::fs::read_dir(stored.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, vec!["flotilla-agent".to_string()]);
     let resp = t.get(&format!("/download/agent/0.2.0/{arch}")).await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/octet-stream");
@@ -628,6 +652,16 @@ async fn publish_list_download_latest_and_broken() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v.get("broken").is_none() || v["broken"].is_null(), "{v}");
     assert_eq!(latest_version(&t, arch).await, "0.10.0");
+    // A higher pre-release is published, but latest stays on the highest release.
+    t.publish("0.11.0-rc.1", arch, 11).await;
+    assert_eq!(latest_version(&t, arch).await, "0.10.0");
+    // It is downloadable by its name.
+    assert_eq!(
+        t.get(&format!("/download/agent/0.11.0-rc.1/{arch}/manifest"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     // 404s name what exists.
     let r = t.get(&format!("/download/agent/0.4.0/{arch}")).await;
@@ -726,6 +760,12 @@ async fn publishing_refuses_bad_input_with_clear_errors() {
         (StatusCode::BAD_REQUEST, "invalid_version")
     );
     assert!(message(&v).contains("MAJOR.MINOR.PATCH"), "{v}");
+    let (s, v) = t.put("1.02.3", arch, fake_build(arch, 10, 1)).await;
+    assert_eq!(
+        (s, code(&v).as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_version")
+    );
+    assert!(message(&v).contains("leading zero"), "{v}");
     let (s, v) = t.put("1.2.3", "riscv64", fake_build(arch, 10, 1)).await;
     assert_eq!(
         (s, code(&v).as_str()),
@@ -880,19 +920,33 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
     let odd = Agent::start(&t, "odd", "riscv64", "0.2.0").await;
 
     let code = |v: &Value| v["error"]["code"].as_str().unwrap_or_default().to_string();
-    // Refusals, each naming why.
-    let (s, v) = t.upgrade(&a.id, json!({"version": "0.2.0"})).await;
-    assert_eq!(
-        (s, code(&v).as_str()),
-        (StatusCode::CONFLICT, "not_newer"),
-        "{v}"
-    );
-    assert!(v["error"]["message"].as_str().unwrap().contains("rollback"));
+    // Refusals, each naming why. The version the agent runs, even as a rollback: the agent
+    // would refuse it.
+    for rollback in [false, true] {
+        let (s, v) = t
+            .upgrade(&a.id, json!({"version": "0.2.0", "rollback": rollback}))
+            .await;
+        assert_eq!(
+            (s, code(&v).as_str()),
+            (StatusCode::CONFLICT, "already_runs"),
+            "{v}"
+        );
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(
+            m.contains(&format!("agent {} already runs 0.2.0", a.id)),
+            "{m}"
+        );
+    }
     let (s, v) = t.upgrade(&a.id, json!({"version": "0.1.0"})).await;
     assert_eq!(
         (s, code(&v).as_str()),
         (StatusCode::CONFLICT, "not_newer"),
         "{v}"
+    );
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("newer than 0.1.0") && m.contains("rollback") && m.contains("older"),
+        "{m}"
     );
     let (s, v) = t.upgrade(&a.id, json!({"version": "0.4.0"})).await;
     assert_eq!(
@@ -938,20 +992,54 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (id, manifest, rollback) = a.next_upgrade(&key).await;
     assert_eq!((manifest.version.as_str(), rollback), ("0.1.0", true));
+    // The updater could not go back either and reverted the rollback: that does not make the
+    // older, known-good build broken (the failure and the alert remain).
     a.received(&id).await;
     a.result(
         &id,
         ResultStatus::Failed,
         None,
-        Some(("upgrade_refused", "test")),
+        Some((
+            error_codes::UPGRADE_REVERTED,
+            "0.1.0 did not reach the relay within 120 s; 0.2.0 was restored",
+        )),
     )
     .await;
+    assert_eq!(t.command(&id, &a.id).await.state, DeliveryState::Failed);
+    let old = t
+        .releases()
+        .await
+        .into_iter()
+        .find(|r| r.version == "0.1.0")
+        .unwrap();
+    assert_eq!(old.broken, None, "a reverted rollback marked 0.1.0 broken");
 
-    // The offline agent's copy waits, queued.
-    let (s, v) = t.upgrade(&offline.id, json!({"version": "0.3.0"})).await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    let queued: CommandInfo = serde_json::from_value(v).unwrap();
-    assert_eq!(queued.state, DeliveryState::Queued);
+    // The offline agent's copy waits, queued, with somebody waiting for its outcome.
+    let waiter = {
+        let http = t.http.clone();
+        let url = format!("{}/api/v1/agents/{}/commands?wait=120", t.base, offline.id);
+        let admin = t.admin.clone();
+        tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .bearer_auth(admin)
+                .json(&json!({"kind": "agent.upgrade", "args": {"version": "0.3.0"}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<CommandInfo>().await.unwrap())
+        })
+    };
+    eventually("the offline agent's upgrade to be queued", || async {
+        let (_, audit) = t.call(Method::GET, "/api/v1/audit?limit=100", None).await;
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "command.create" && e["target"] == offline.id.as_str())
+            .then_some(())
+    })
+    .await;
 
     // Upgrade to 0.3.0; the agent's updater reverts it.
     let (s, v) = t.upgrade(&a.id, json!({"version": "latest"})).await;
@@ -966,6 +1054,14 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
     a.upgrade_reverted(&id).await;
     let info = t.command(&id, &a.id).await;
     assert_eq!(info.state, DeliveryState::Failed);
+    // The mark ended the offline agent's queued copy, and its waiter hears of it at once
+    // (not when its two minutes are up).
+    let (status, queued) = tokio::time::timeout(Duration::from_secs(20), waiter)
+        .await
+        .expect("the waiter returns once the mark ended its delivery")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(queued.state, DeliveryState::Undelivered);
 
     // The build is broken, marked by the agent, at once: refused, not served, not latest, and
     // the offline agent's queued copy will never be sent.
@@ -990,10 +1086,11 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
             .status(),
         StatusCode::GONE
     );
+    // latest is 0.2.0 again, which the agent runs.
     let (s, v) = t.upgrade(&a.id, json!({"version": "latest"})).await;
     assert_eq!(
         (s, code(&v).as_str()),
-        (StatusCode::CONFLICT, "not_newer"),
+        (StatusCode::CONFLICT, "already_runs"),
         "{v}"
     );
     assert_eq!(
@@ -1001,8 +1098,9 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
         DeliveryState::Undelivered
     );
 
-    // The alert: medium, for the agent, naming the build.
-    let alert = eventually("the agent_upgrade_reverted alert", || async {
+    // The alerts: medium, for the agent, naming the build: the reverted upgrade (its build
+    // marked broken) and the reverted rollback (nothing marked).
+    let alerts = eventually("both agent_upgrade_reverted alerts", || async {
         let (_, v) = t
             .call(
                 Method::GET,
@@ -1010,12 +1108,33 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
                 None,
             )
             .await;
-        v.as_array().and_then(|l| l.first().cloned())
+        v.as_array().filter(|l| l.len() == 2).cloned()
     })
     .await;
-    assert_eq!(alert["agent_id"], a.id.as_str());
-    assert_eq!(alert["severity"], "medium");
-    assert_eq!(alert["subject"], format!("0.3.0/{arch}"));
+    let mut subjects: Vec<&str> = alerts
+        .iter()
+        .map(|a| a["subject"].as_str().unwrap())
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        vec![format!("0.1.0/{arch}"), format!("0.3.0/{arch}")]
+    );
+    for alert in &alerts {
+        assert_eq!(alert["agent_id"], a.id.as_str());
+        assert_eq!(alert["severity"], "medium");
+    }
+    let rollback_alert = alerts
+        .iter()
+        .find(|a| a["subject"] == format!("0.1.0/{arch}").as_str())
+        .unwrap();
+    assert!(
+        rollback_alert["message"]
+            .as_str()
+            .unwrap()
+            .contains("not marked broken"),
+        "{rollback_alert}"
+    );
     t.relay.shutdown().await.unwrap();
 }
 
@@ -1206,15 +1325,16 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
     t.publish("0.1.0", arch, 1).await;
     t.publish("0.2.0", arch, 2).await;
     let mut a = Agent::start(&t, "a", arch, "0.1.0").await;
+    let mut c = Agent::start(&t, "c", arch, "0.1.0").await;
     // Its previous version was never published on this relay: it cannot be rolled back.
     let mut b = Agent::start(&t, "b", arch, "0.0.5").await;
     let r = start_agent_rollout(
         &t,
         json!({"selector": "*", "agent_version": "0.2.0", "stages": "100%:1h",
-               "parallelism": "2"}),
+               "parallelism": "3"}),
     )
     .await;
-    for agent in [&mut a, &mut b] {
+    for agent in [&mut a, &mut b, &mut c] {
         let (id, _, _) = agent.next_upgrade(&key).await;
         agent.upgrade_ok(&t, &id, "0.2.0").await;
     }
@@ -1222,6 +1342,14 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
         r.stage_phase == flotilla_shared::rollout::StagePhase::Soaking
     })
     .await;
+    // A heartbeat of c's previous process flushed late puts its old version back into the
+    // agents table: the soak (and the revert below) go by what c's live connection announced.
+    t.relay
+        .state()
+        .store
+        .set_agent_version(c.id.clone(), "0.1.0".into())
+        .await
+        .unwrap();
     // During the soak a comes back on its old version (reverted after it had reported
     // success): the soak fails it and the rollout pauses.
     a.reconnect_as(&t, "0.1.0").await;
@@ -1241,8 +1369,15 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
         m.reason
     );
     assert_eq!(member(&paused, &b).outcome, AgentOutcome::Updated);
+    assert_eq!(
+        member(&paused, &c).outcome,
+        AgentOutcome::Updated,
+        "{paused:?}"
+    );
 
-    // Abort with revert: a gets a rollback to 0.1.0; b's previous build does not exist.
+    // Abort with revert: c gets a rollback to 0.1.0; a already runs 0.1.0 again, so it is
+    // sent nothing (it would refuse an upgrade to the version it runs) and counts as reverted;
+    // b's previous build does not exist.
     let (s, v) = t
         .call(
             Method::POST,
@@ -1251,9 +1386,9 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    let (id, manifest, rollback) = a.next_upgrade(&key).await;
+    let (id, manifest, rollback) = c.next_upgrade(&key).await;
     assert_eq!((manifest.version.as_str(), rollback), ("0.1.0", true));
-    a.upgrade_ok(&t, &id, "0.1.0").await;
+    c.upgrade_ok(&t, &id, "0.1.0").await;
     let done = t
         .wait_rollout(&r.id, "the revert to end", |r| r.state.is_final())
         .await;
@@ -1266,7 +1401,25 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
         "{:?}",
         done.reason
     );
-    assert_eq!(member(&done, &a).outcome, AgentOutcome::Reverted);
+    assert_eq!(member(&done, &c).outcome, AgentOutcome::Reverted);
+    let ma = member(&done, &a);
+    assert_eq!(ma.outcome, AgentOutcome::Reverted, "{ma:?}");
+    assert_eq!(ma.containers[0].revert_command_id, None, "{ma:?}");
+    assert!(
+        ma.containers[0]
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("already runs 0.1.0"),
+        "{ma:?}"
+    );
+    assert!(
+        done.events
+            .iter()
+            .any(|e| e.action == "already_reverted" && e.detail.contains(&a.id)),
+        "{:?}",
+        done.events
+    );
     let mb = member(&done, &b);
     assert_eq!(mb.outcome, AgentOutcome::RevertFailed);
     let why = mb.containers[0].reason.as_deref().unwrap_or_default();
@@ -1274,6 +1427,90 @@ async fn agent_rollout_soak_checks_the_version_and_revert_rolls_back() {
         why.contains("not reverted to 0.0.5") && why.contains("no build"),
         "{mb:?}"
     );
+    t.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stage_whose_agents_already_run_the_version_passes_without_pausing() {
+    let t = TestRelay::start().await;
+    let arch = this_arch();
+    t.publish("0.2.0", arch, 2).await;
+    let on_it = Agent::start(&t, "on-it", arch, "0.2.0").await;
+    let ahead = Agent::start(&t, "ahead", arch, "0.3.0").await;
+    let r = start_agent_rollout(
+        &t,
+        json!({"selector": "*", "agent_version": "0.2.0", "stages": "50%,100%",
+               "order": "oldest-first"}),
+    )
+    .await;
+    let done = t
+        .wait_rollout(&r.id, "the rollout to end", |r| {
+            r.state.is_final() || r.state == RolloutState::Paused
+        })
+        .await;
+    assert_eq!(done.state, RolloutState::Completed, "{done:?}");
+    assert!(
+        !done.events.iter().any(|e| e.action == "paused"),
+        "{:?}",
+        done.events
+    );
+    let m = member(&done, &on_it);
+    assert_eq!(
+        (m.outcome, m.reason.as_deref()),
+        (AgentOutcome::NoTarget, Some("already runs 0.2.0"))
+    );
+    let m = member(&done, &ahead);
+    assert_eq!(
+        (m.outcome, m.reason.as_deref()),
+        (
+            AgentOutcome::NoTarget,
+            Some("already runs 0.3.0, newer than 0.2.0")
+        )
+    );
+    t.relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_upgrade_waits_until_container_work_finished() {
+    let t = TestRelay::start().await;
+    let arch = this_arch();
+    let key = t.key();
+    t.publish("0.2.0", arch, 2).await;
+    let mut a = Agent::start(&t, "a", arch, "0.1.0").await;
+    // A container restart the agent is busy with.
+    let (s, v) = t
+        .call(
+            Method::POST,
+            &format!("/api/v1/agents/{}/commands", a.id),
+            Some(json!({"kind": "container.restart", "args": {"container": "web"}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let restart = a.next_command(&key).await;
+    assert_eq!(restart.command.kind().as_str(), "container.restart");
+    a.received(&restart.id).await;
+    let r = start_agent_rollout(
+        &t,
+        json!({"selector": "*", "agent_version": "0.2.0", "stages": "100%"}),
+    )
+    .await;
+    // Several engine steps later the member still waits, without a command.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = t.rollout(&r.id).await;
+    let m = member(&waiting, &a);
+    assert_eq!(m.outcome, AgentOutcome::Pending, "{waiting:?}");
+    assert!(m.containers.is_empty(), "{m:?}");
+    assert_eq!(waiting.state, RolloutState::Running);
+    // The restart finishes: the upgrade goes out, and the rollout completes.
+    a.result(&restart.id, ResultStatus::Succeeded, None, None)
+        .await;
+    let (id, manifest, _) = a.next_upgrade(&key).await;
+    assert_eq!(manifest.version, "0.2.0");
+    a.upgrade_ok(&t, &id, "0.2.0").await;
+    let done = t
+        .wait_rollout(&r.id, "the rollout to complete", |r| r.state.is_final())
+        .await;
+    assert_eq!(done.state, RolloutState::Completed, "{done:?}");
     t.relay.shutdown().await.unwrap();
 }
 

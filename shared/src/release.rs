@@ -122,7 +122,8 @@ impl ReleaseManifest {
 }
 
 /// A release version: `MAJOR.MINOR.PATCH` with an optional `-pre.release` and `+build`, at most
-/// 64 characters of `[0-9A-Za-z.+-]`.
+/// 64 characters of `[0-9A-Za-z.+-]`, as semantic versioning writes them: numbers without
+/// leading zeros (in the core and in numeric pre-release identifiers), no empty identifiers.
 pub fn validate_version(v: &str) -> Result<(), String> {
     if v.is_empty() || v.len() > 64 {
         return Err("version must be 1-64 characters".into());
@@ -135,7 +136,14 @@ pub fn validate_version(v: &str) -> Result<(), String> {
             "version {v:?} may only hold letters, digits, '.', '+' and '-'"
         ));
     }
-    let core = v.split(['-', '+']).next().unwrap_or("");
+    let (rest, build) = match v.split_once('+') {
+        Some((r, b)) => (r, Some(b)),
+        None => (v, None),
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((c, p)) => (c, Some(p)),
+        None => (rest, None),
+    };
     let parts: Vec<&str> = core.split('.').collect();
     if parts.len() != 3
         || parts
@@ -146,7 +154,42 @@ pub fn validate_version(v: &str) -> Result<(), String> {
             "version {v:?} must start with MAJOR.MINOR.PATCH (e.g. 1.4.2)"
         ));
     }
+    if parts.iter().any(|p| leading_zero(p)) {
+        return Err(format!(
+            "version {v:?} has a number with a leading zero (write 1.2.3, not 01.02.03)"
+        ));
+    }
+    if let Some(pre) = pre {
+        for id in pre.split('.') {
+            if id.is_empty() {
+                return Err(format!("version {v:?} has an empty pre-release identifier"));
+            }
+            if id.bytes().all(|b| b.is_ascii_digit()) && leading_zero(id) {
+                return Err(format!(
+                    "version {v:?} has a numeric pre-release identifier with a leading zero \
+                     ({id:?})"
+                ));
+            }
+        }
+    }
+    if let Some(build) = build {
+        if build.split('.').any(str::is_empty) || build.contains('+') {
+            return Err(format!(
+                "version {v:?} has an empty or malformed build identifier"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// `"0"` is a number, `"01"` one with a leading zero.
+fn leading_zero(digits: &str) -> bool {
+    digits.len() > 1 && digits.starts_with('0')
+}
+
+/// Whether a (valid) version is a pre-release (`1.2.0-rc.1`): `latest` prefers releases.
+pub fn is_prerelease(v: &str) -> bool {
+    v.split('+').next().unwrap_or(v).contains('-')
 }
 
 /// Semantic-version precedence: numeric core first, a pre-release sorts before its release,
@@ -325,6 +368,43 @@ mod tests {
         assert!(validate_version("1.2").is_err());
         assert!(validate_version("1.2.x").is_err());
         assert!(validate_version("1.2.3;rm").is_err());
+    }
+
+    #[test]
+    fn versions_are_semver_without_leading_zeros_or_empty_identifiers() {
+        for ok in [
+            "0.0.0",
+            "0.1.0",
+            "10.20.30",
+            "1.0.0-0",
+            "1.0.0-alpha.0",
+            "1.0.0-0a",
+            "1.0.0-rc.1+build.007",
+            "1.0.0+20240101",
+            "1.0.0-x-y.z",
+        ] {
+            assert_eq!(validate_version(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "01.0.0",
+            "1.00.0",
+            "1.0.007",
+            "1.0.0-01",
+            "1.0.0-alpha.01",
+            "1.0.0-",
+            "1.0.0-a..b",
+            "1.0.0+",
+            "1.0.0+a..b",
+            "1.0.0+a+b",
+        ] {
+            assert!(validate_version(bad).is_err(), "{bad} accepted");
+        }
+        let e = validate_version("1.02.3").unwrap_err();
+        assert!(e.contains("leading zero"), "{e}");
+        assert!(is_prerelease("1.0.0-rc.1"));
+        assert!(is_prerelease("1.0.0-rc.1+b-2"));
+        assert!(!is_prerelease("1.0.0+b-2"));
+        assert!(!is_prerelease("1.0.0"));
     }
 
     #[test]

@@ -817,6 +817,37 @@ pub fn upgrade_reverted_conditions(
         .collect()
 }
 
+/// `agent_upgrade_reverted` for rollbacks (`agent.upgrade` with `rollback`) the agent's updater
+/// reverted within `update_alert_hours`: the older build is not marked broken for that (it is
+/// the last known-good one), so the alert comes from the failed delivery itself. Subject
+/// `<version>/<arch>` of the build the rollback went to.
+pub fn rollback_reverted_conditions(
+    cfg: &AlertsConfig,
+    reverted: &[crate::store::releases::RevertedRollback],
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let window = Duration::hours(i64::from(cfg.update_alert_hours));
+    reverted
+        .iter()
+        .filter(|r| now - r.at <= window)
+        .map(|r| {
+            Condition::new(
+                cfg,
+                Some(&r.agent_id),
+                Rule::AgentUpgradeReverted,
+                format!("{}/{}", r.version, r.arch),
+                format!(
+                    "the rollback to flotilla-agent {} ({}) was reverted by the agent's updater; \
+                     the agent still runs the version it had (the older build is not marked \
+                     broken): {}",
+                    r.version, r.arch, r.reason
+                ),
+                Some(r.at),
+            )
+        })
+        .collect()
+}
+
 // === tls_expiry ===
 
 /// The latest check of one TLS endpoint.

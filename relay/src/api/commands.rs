@@ -144,6 +144,7 @@ fn upgrade_refused(r: UpgradeRefusal) -> ApiError {
         UpgradeRefusal::UnknownArch { .. } | UpgradeRefusal::NoBuild(_) => "no_such_release",
         UpgradeRefusal::Broken(_) => "release_broken",
         UpgradeRefusal::NotNewer { .. } => "not_newer",
+        UpgradeRefusal::AlreadyRuns { .. } => "already_runs",
     };
     ApiError::new(StatusCode::CONFLICT, code, r.to_string())
 }
@@ -158,8 +159,9 @@ pub struct WaitQuery {
 /// `POST /api/v1/agents/{id}/commands`: 201 with the command as queued/sent; with `?wait=N`,
 /// 200 once it is final within N seconds, else 201 with where it stands. `agent.upgrade` takes
 /// `{"version", "rollback"}`: the relay resolves the agent's architecture from its facts and
-/// sends the signed manifest of that build, or refuses (409) a broken or missing build and,
-/// without rollback, a version that is not newer than the one the agent reports.
+/// sends the signed manifest of that build, or refuses (409) a broken or missing build, the
+/// version the agent already runs (rollback or not: the agent would refuse it) and, without
+/// rollback, an older one.
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -203,21 +205,35 @@ pub async fn create(
                     state.store.agent(agent_id.clone()).await?.ok_or_else(|| {
                         ApiError::not_found(format!("no agent with id {agent_id}"))
                     })?;
+                let running =
+                    crate::releases::running_version(&state, &agent_id, &record.agent_version);
                 let (command, release) = crate::releases::upgrade_command(
                     &state,
                     &agent_id,
                     &record.facts.arch,
-                    &record.agent_version,
+                    &running,
                     req,
                 )
                 .await?
                 .map_err(upgrade_refused)?;
                 detail.push_str(&format!(
-                    " build={}/{} from={}",
-                    release.info.version, release.info.arch, record.agent_version
+                    " build={}/{} from={running}",
+                    release.info.version, release.info.arch
                 ));
                 validate(&command)?;
-                (command, *ttl_secs)
+                // Persisted before it is sent, in a transaction that checks the build's broken
+                // mark once more (it may have been marked since it was resolved).
+                let c = state
+                    .new_agent_command(&command_id, &agent_id, command, *ttl_secs, caller.name())
+                    .map_err(ApiError::bad_request)?;
+                let signed = c.signed.clone();
+                if let Err(why) = state.store.create_upgrade_command(c).await? {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "release_broken", why));
+                }
+                state
+                    .dispatch(&command_id, &signed, std::slice::from_ref(&agent_id))
+                    .await?;
+                return Ok(());
             }
         };
         // Persisted before it is sent: a relay crash after sending cannot lose it.

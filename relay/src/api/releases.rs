@@ -40,7 +40,7 @@ fn publish_error(e: PublishError) -> ApiError {
         PublishError::NotABuild { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_build", e.to_string())
         }
-        PublishError::Conflict { .. } => {
+        PublishError::Conflict { .. } | PublishError::SamePrecedence { .. } => {
             ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
         }
         PublishError::Io { .. } => {
@@ -74,7 +74,9 @@ fn build_of(version: &str, arch: &str) -> Result<(String, &'static str), ApiErro
 }
 
 /// `PUT /api/v1/releases/{version}/{arch}` (admin), body = the agent binary: 201 with the new
-/// build, 200 when the same bytes were published already, 409 for different bytes, 413 over
+/// build, 200 when the same bytes were published already (the file is rewritten from the
+/// upload), 409 for different bytes or a version equal to a published one but for its build
+/// metadata (`1.0.0+a` / `1.0.0+b`), 413 over
 /// 64 MiB (at once when Content-Length says so), 400 for a bad version or architecture.
 pub async fn publish(
     State(state): State<AppState>,

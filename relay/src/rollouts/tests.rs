@@ -511,13 +511,13 @@ fn a_stage_that_updated_nobody_pauses_and_resume_moves_on() {
     };
     v.counts.add(AgentOutcome::Undelivered, 2);
     v.counts.add(AgentOutcome::NoTarget, 1);
-    let why = stage_updated_nobody(1, &v).unwrap();
+    let why = stage_updated_nobody(1, &v, false).unwrap();
     assert!(why.starts_with("stage 2 updated no agent: 2 undelivered, 1 without a target"));
     // Somebody updated, or no member at all: nothing to say.
     let mut ok = v.clone();
     ok.counts.add(AgentOutcome::Updated, 1);
-    assert_eq!(stage_updated_nobody(1, &ok), None);
-    assert_eq!(stage_updated_nobody(1, &StageView::default()), None);
+    assert_eq!(stage_updated_nobody(1, &ok, false), None);
+    assert_eq!(stage_updated_nobody(1, &StageView::default(), false), None);
     // Paused as a finished soak: resume ends the soak at once (the next stage starts), it
     // does not pause again.
     let mut p = Progress::new(at(0));
@@ -591,4 +591,39 @@ fn agent_soak_checks_the_connection_and_the_reported_version() {
     assert_eq!(verdict(false, Some("0.1.0"), None, 250), Ok(()));
     let e = verdict(false, Some("0.2.0"), None, 400).unwrap_err();
     assert!(e.contains("offline for 300s"), "{e}");
+}
+
+#[test]
+fn an_agent_stage_already_on_the_version_is_done_not_paused() {
+    // Every member already ran the version (or a newer one): nothing to update, no pause.
+    let mut v = StageView {
+        members: 2,
+        up_to_date: 2,
+        ..StageView::default()
+    };
+    v.counts.add(AgentOutcome::NoTarget, 2);
+    assert_eq!(stage_updated_nobody(0, &v, true), None);
+    // One up to date, one undelivered: as for a container rollout with one updated member.
+    let mut mixed = StageView {
+        members: 2,
+        up_to_date: 1,
+        ..StageView::default()
+    };
+    mixed.counts.add(AgentOutcome::NoTarget, 1);
+    mixed.counts.add(AgentOutcome::Undelivered, 1);
+    assert_eq!(stage_updated_nobody(0, &mixed, true), None);
+    // Nobody up to date: it pauses, in words for agents (a build, not a container).
+    let mut none = StageView {
+        members: 3,
+        ..StageView::default()
+    };
+    none.counts.add(AgentOutcome::NoTarget, 1);
+    none.counts.add(AgentOutcome::Skipped, 2);
+    let why = stage_updated_nobody(0, &none, true).unwrap();
+    assert_eq!(
+        why,
+        "stage 1 updated no agent: 1 without a build for their architecture, 2 skipped of 3 \
+         member(s); resume to go on to the next stage, or abort"
+    );
+    assert!(!why.contains("container"), "{why}");
 }

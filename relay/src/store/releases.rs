@@ -3,12 +3,18 @@
 //! arch) with the exact signed manifest text and its signature, who published it, and whether
 //! it is marked broken. Marking a build broken also ends, in the same transaction, every
 //! `agent.upgrade` delivery of it that has not reached its agent yet (pending, queued or sent):
-//! a broken build is never sent again. An agent's `upgrade_reverted` result marks its build
-//! broken inside the transaction that records the result (`Db::record_result`).
+//! a broken build is never sent again; and every write transaction that inserts an
+//! `agent.upgrade` (single commands, rollout dispatch and reverts) checks the mark again, so a
+//! build marked broken after it was resolved is not sent either. An agent's `upgrade_reverted`
+//! result marks its build broken inside the transaction that records the result
+//! (`Db::record_result`), except for a rollback: going back to the previous build failed, which
+//! does not make that older, known-good build broken (the failure and the alert remain).
 
-use super::{now, sqlite, Finalised, Store, StoreError};
+use super::{now, sqlite, Finalised, NewCommand, Store, StoreError};
 use chrono::{DateTime, Utc};
-use flotilla_shared::release::{compare_versions, BrokenInfo, ReleaseInfo, SignedManifest};
+use flotilla_shared::release::{
+    compare_versions, is_prerelease, BrokenInfo, ReleaseInfo, SignedManifest,
+};
 
 /// A published build as stored: what the API lists, plus the signed manifest sent to agents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,12 +35,38 @@ pub struct NewRelease {
     pub published_by: String,
 }
 
+/// A rollback (`agent.upgrade` with `rollback`) the agent's updater reverted: the older build
+/// is not marked broken for it, but the `agent_upgrade_reverted` alert names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevertedRollback {
+    pub agent_id: String,
+    pub version: String,
+    pub arch: String,
+    /// The agent's error message.
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Newest version first (semantic-version order), then by architecture.
 pub fn sort_newest_first(list: &mut [StoredRelease]) {
     list.sort_by(|a, b| {
         compare_versions(&b.info.version, &a.info.version)
             .then_with(|| a.info.arch.cmp(&b.info.arch))
     });
+}
+
+/// `latest` for `arch` among `list` (sorted newest first): the highest release (no
+/// pre-release part) that is not marked broken. Pre-releases (`1.3.0-rc.1`) are only considered
+/// when no release at all is published for the architecture, so a release candidate never
+/// reaches a fleet by `latest` once a release exists, not even when every release is broken
+/// (then there is no `latest`).
+pub fn latest_of(list: Vec<StoredRelease>, arch: &str) -> Option<StoredRelease> {
+    let builds: Vec<StoredRelease> = list.into_iter().filter(|r| r.info.arch == arch).collect();
+    let any_release = builds.iter().any(|r| !is_prerelease(&r.info.version));
+    builds
+        .into_iter()
+        .filter(|r| r.info.broken.is_none())
+        .find(|r| !any_release || !is_prerelease(&r.info.version))
 }
 
 impl Store {
@@ -60,12 +92,10 @@ impl Store {
         Ok(list)
     }
 
-    /// The highest version published for `arch` that is not marked broken.
+    /// What `latest` is for `arch`: see [`latest_of`].
     pub async fn latest_release(&self, arch: String) -> Result<Option<StoredRelease>, StoreError> {
         let list = self.releases().await?;
-        Ok(list
-            .into_iter()
-            .find(|r| r.info.arch == arch && r.info.broken.is_none()))
+        Ok(latest_of(list, &arch))
     }
 
     /// Marks a build broken (kept as it is when it already was) and ends its undelivered
@@ -86,6 +116,25 @@ impl Store {
             db.mark_release_broken(&version, &arch, &broken)
         })
         .await
+    }
+
+    /// Stores a single `agent.upgrade` command (one agent) unless, inside the same write
+    /// transaction, the build it names turns out to be marked broken: then `Ok(Err(why))`.
+    pub async fn create_upgrade_command(
+        &self,
+        command: NewCommand,
+    ) -> Result<Result<(), String>, StoreError> {
+        self.call(move |db| db.create_upgrade_command(&command))
+            .await
+    }
+
+    /// Rollbacks whose result came back `upgrade_reverted` since `since`, oldest first.
+    pub async fn reverted_rollbacks(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<RevertedRollback>, StoreError> {
+        self.read(move |c| sqlite::Db::reverted_rollbacks(c, since))
+            .await
     }
 
     /// Clears a build's broken mark; None when no such build exists.

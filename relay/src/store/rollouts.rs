@@ -126,6 +126,13 @@ impl Store {
         .await
     }
 
+    /// The agent's first unfinished container or backup command that changes something
+    /// (`"<kind> <command id>"`), which an agent upgrade must wait for; None when it is free.
+    pub async fn agent_busy(&self, agent_id: String) -> Result<Option<String>, StoreError> {
+        self.read(move |c| sqlite::Db::agent_busy(c, &agent_id))
+            .await
+    }
+
     /// Records a label agent's container updates with their commands (once).
     pub async fn expand_rollout_agent(
         &self,
@@ -139,7 +146,9 @@ impl Store {
 
     /// pending → updating for one member with its commands, in one transaction (false when it
     /// was not pending, or the rollout is no longer running and dispatching at its stage:
-    /// nothing is written and nothing must be sent).
+    /// nothing is written and nothing must be sent). An `agent.upgrade` is also not written
+    /// (false) when its build is marked broken by then (the member ends `skipped`) or the agent
+    /// has unfinished container or backup work (it stays pending, see [`Store::agent_busy`]).
     pub async fn dispatch_rollout_agent(
         &self,
         id: String,
@@ -250,5 +259,18 @@ impl Store {
             db.revert_rollout_container(&id, &agent_id, &name, command.as_ref(), &failure)
         })
         .await
+    }
+
+    /// Marks one container reverted without sending anything (it already runs what the revert
+    /// would go back to), with `reason`; only while the rollout is reverting.
+    pub async fn revert_rollout_container_done(
+        &self,
+        id: String,
+        agent_id: String,
+        name: String,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        self.call(move |db| db.revert_rollout_container_done(&id, &agent_id, &name, &reason, now()))
+            .await
     }
 }

@@ -1238,15 +1238,19 @@ impl Db {
         if kind == CommandKind::ContainerUpdate.as_str() {
             finish_update(&tx, agent_id, result, new_state, now)?;
         }
-        if kind == CommandKind::AgentUpgrade.as_str() {
-            // A reverted upgrade marks its build broken (see `sqlite/releases.rs`).
-            releases::upgrade_failed(&tx, agent_id, result, now)?;
-        }
+        let ended = if kind == CommandKind::AgentUpgrade.as_str() {
+            // A reverted upgrade marks its build broken, ending its undelivered copies (see
+            // `sqlite/releases.rs`).
+            releases::upgrade_failed(&tx, agent_id, result, now)?
+        } else {
+            Vec::new()
+        };
         tx.commit()?;
         Ok(ResultOutcome::Recorded {
             state: new_state,
             job_id,
             replaced: relay_guess.then_some(state),
+            ended,
         })
     }
 

@@ -328,6 +328,7 @@ async fn delivery_state_transitions() {
             state: DeliveryState::Failed,
             job_id: None,
             replaced: None,
+            ended: Vec::new(),
         }
     );
     // A duplicate result changes nothing.
@@ -616,6 +617,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
             state: DeliveryState::Succeeded,
             job_id: None,
             replaced: Some(DeliveryState::Failed),
+            ended: Vec::new(),
         }
     );
     assert_eq!(
@@ -657,6 +659,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
             state: DeliveryState::Failed,
             job_id: None,
             replaced: Some(DeliveryState::Undelivered),
+            ended: Vec::new(),
         }
     );
     // A real failure is final: a later result does not replace it.

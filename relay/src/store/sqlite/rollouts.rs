@@ -22,7 +22,7 @@ use crate::rollouts::{
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::DeliveryState;
-use flotilla_shared::command::{CommandResult, ContainerListOutput};
+use flotilla_shared::command::{CommandKind, CommandResult, ContainerListOutput};
 use flotilla_shared::rollout::{
     selectors_disjoint, AgentOutcome, ContainerOutcome, RolloutAgent, RolloutContainer,
     RolloutCounts, RolloutEvent, RolloutInfo, RolloutState, RolloutTarget, StagePhase, StageWhat,
@@ -729,7 +729,9 @@ impl Db {
 
     /// pending → updating for one member, inserting its commands and recording their ids in
     /// the same transaction. False (nothing written) when the member was not pending, or the
-    /// rollout is no longer running at the member's stage (paused, aborted, moved on).
+    /// rollout is no longer running at the member's stage (paused, aborted, moved on). For an
+    /// `agent.upgrade`, also false when the build is marked broken (the member ends `skipped`,
+    /// logged) or the agent has unfinished mutating work ([`agent_busy`]: it stays pending).
     pub(in crate::store) fn dispatch_rollout_agent(
         &mut self,
         id: &str,
@@ -739,6 +741,46 @@ impl Db {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
+        for c in updates.iter().filter_map(|u| u.command.as_ref()) {
+            if c.command.kind() != CommandKind::AgentUpgrade {
+                continue;
+            }
+            // Checked here, in the transaction that would insert the upgrade, so a build
+            // marked broken after the engine resolved it is never sent (the store's single
+            // writer orders this against the mark).
+            if let Some(why) = super::releases::broken_upgrade(&tx, &c.command)? {
+                let n = tx.execute(
+                    "UPDATE rollout_agents SET outcome = 'skipped', reason = ?3, finished_at = ?4 \
+                     WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'pending' \
+                     AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running' \
+                       AND r.stage_phase = 'dispatching' AND r.stage = rollout_agents.stage)",
+                    params![id, agent_id, why, ts(now)],
+                )?;
+                if n > 0 {
+                    let stage: i64 = tx.query_row(
+                        "SELECT stage FROM rollout_agents WHERE rollout_id = ?1 AND agent_id = ?2",
+                        params![id, agent_id],
+                        |r| r.get(0),
+                    )?;
+                    log_event(
+                        &tx,
+                        id,
+                        now,
+                        crate::rollouts::ENGINE_ACTOR,
+                        "skipped",
+                        Some(stage as usize),
+                        &format!("agent {agent_id} not sent the upgrade: {why}"),
+                    )?;
+                    tx.commit()?;
+                }
+                return Ok(false);
+            }
+            // An agent restarting for its upgrade must not cut short container or backup
+            // work it is doing: the member stays pending until that work finished.
+            if agent_busy(&tx, agent_id)?.is_some() {
+                return Ok(false);
+            }
+        }
         let n = tx.execute(
             "UPDATE rollout_agents SET outcome = 'updating', dispatched_at = ?3, \
              list_command_id = ?4 WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'pending' \
@@ -801,6 +843,14 @@ impl Db {
         }
         tx.commit()?;
         Ok(true)
+    }
+
+    /// See [`agent_busy`].
+    pub(in crate::store) fn agent_busy(
+        conn: &Connection,
+        agent_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        agent_busy(conn, agent_id)
     }
 
     /// Label agents' next queued container (see `Store::next_rollout_containers`).
@@ -991,21 +1041,19 @@ impl Db {
                 }
             }
         }
-        {
-            // The versions the updated members announced at their last connect (the soak of
-            // an agent rollout checks them).
-            let mut stmt = tx.prepare(
-                "SELECT ra.agent_id, a.agent_version FROM rollout_agents ra \
-                 JOIN agents a ON a.id = ra.agent_id \
-                 WHERE ra.rollout_id = ?1 AND ra.stage = ?2 AND ra.outcome = 'updated'",
-            )?;
-            let rows = stmt
-                .query_map(params![id, stage_i], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            v.agent_versions.extend(rows);
-        }
+        // Agent rollouts: members that ended without a command because they already run the
+        // target version or a newer one (see `crate::rollouts::ALREADY_RUNS`).
+        v.up_to_date = tx.query_row(
+            "SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2 \
+             AND outcome = 'no_target' AND substr(COALESCE(reason, ''), 1, ?3) = ?4",
+            params![
+                id,
+                stage_i,
+                crate::rollouts::ALREADY_RUNS.len() as i64,
+                crate::rollouts::ALREADY_RUNS
+            ],
+            |r| r.get::<_, i64>(0),
+        )? as usize;
         {
             let mut stmt = tx.prepare(
                 "SELECT ra.agent_id, e.kind, json_extract(e.event, '$.message') \
@@ -1229,6 +1277,14 @@ impl Db {
         failure: &str,
     ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
+        // A rollback to a build marked broken since the engine resolved it is not sent: the
+        // container's revert fails with that reason instead.
+        let broken = match command {
+            Some(c) => super::releases::broken_upgrade(&tx, &c.command)?,
+            None => None,
+        };
+        let command = command.filter(|_| broken.is_none());
+        let failure = broken.as_deref().unwrap_or(failure);
         let (outcome, agent_outcome, reason) = match command {
             Some(_) => ("reverting", "reverting", None),
             None => ("revert_failed", "revert_failed", Some(failure)),
@@ -1264,6 +1320,58 @@ impl Db {
             "UPDATE rollout_agents SET outcome = ?3 WHERE rollout_id = ?1 AND agent_id = ?2 \
              AND outcome <> 'revert_failed'",
             params![id, agent_id, agent_outcome],
+        )?;
+        tx.commit()?;
+        // Nothing to send when the command was dropped for a broken build.
+        Ok(broken.is_none())
+    }
+
+    /// (possibly) updated → reverted for one container without any command: it already runs
+    /// what the revert would go back to (an agent rollout's member whose updater reverted it
+    /// already). Its agent becomes `reverting` until the next refresh settles it (reverted
+    /// once none of its containers is left); the event log says so (`already_reverted`). Only
+    /// while reverting; false when nothing was written.
+    pub(in crate::store) fn revert_rollout_container_done(
+        &mut self,
+        id: &str,
+        agent_id: &str,
+        name: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            &format!(
+                "UPDATE rollout_containers SET outcome = 'reverted', reason = ?4 \
+                 WHERE rollout_id = ?1 AND agent_id = ?2 AND name = ?3 \
+                 AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'reverting') \
+                 AND EXISTS (SELECT 1 FROM rollout_containers rc \
+                   LEFT JOIN deliveries d ON d.command_id = rc.command_id AND d.agent_id = rc.agent_id \
+                   LEFT JOIN updates u ON u.command_id = rc.command_id AND u.agent_id = rc.agent_id \
+                   WHERE rc.rollout_id = ?1 AND rc.agent_id = ?2 AND rc.name = ?3 \
+                   AND ({MAYBE_UPDATED}))"
+            ),
+            params![id, agent_id, name, reason],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let stage: Option<i64> = tx
+            .query_row(
+                "UPDATE rollout_agents SET outcome = 'reverting' WHERE rollout_id = ?1 \
+                 AND agent_id = ?2 AND outcome <> 'revert_failed' RETURNING stage",
+                params![id, agent_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        log_event(
+            &tx,
+            id,
+            now,
+            crate::rollouts::ENGINE_ACTOR,
+            "already_reverted",
+            stage.map(|s| s as usize),
+            &format!("agent {agent_id} {name}: nothing sent, {reason}"),
         )?;
         tx.commit()?;
         Ok(true)
@@ -1337,6 +1445,32 @@ type FinishedContainer = (
     Option<String>,
     String,
 );
+
+/// Kinds of command that change an agent's containers or data: an agent upgrade (a restart of
+/// the agent) waits while one of them is unfinished on that agent.
+const BUSY_KINDS: [CommandKind; 6] = [
+    CommandKind::ContainerUpdate,
+    CommandKind::ContainerStart,
+    CommandKind::ContainerStop,
+    CommandKind::ContainerRestart,
+    CommandKind::BackupRun,
+    CommandKind::BackupRestore,
+];
+
+/// The first unfinished delivery (queued, sent or received) of a [`BUSY_KINDS`] command to
+/// `agent_id`, as `"<kind> <command id>"`; None when the agent is free for an upgrade.
+fn agent_busy(conn: &Connection, agent_id: &str) -> Result<Option<String>, StoreError> {
+    let kinds: Vec<&str> = BUSY_KINDS.iter().map(|k| k.as_str()).collect();
+    Ok(conn
+        .query_row(
+            "SELECT c.kind || ' ' || c.id FROM deliveries d JOIN commands c ON c.id = d.command_id \
+             WHERE d.agent_id = ?1 AND d.state IN ('queued','sent','received') \
+             AND c.kind IN (SELECT value FROM json_each(?2)) ORDER BY c.created_at LIMIT 1",
+            params![agent_id, to_json(&kinds)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
 
 fn insert_containers(
     tx: &Transaction<'_>,
