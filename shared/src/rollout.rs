@@ -832,7 +832,9 @@ pub struct RolloutEvent {
     pub actor: String,
     /// `created`, `stage_started`, `soak_started`, `stage_done`, `failure`, `paused`,
     /// `resumed`, `promoted`, `aborted`, `revert_started`, `reverted`, `completed`,
-    /// `stage_deadline`, and for agent rollouts `skipped` (a member not sent a broken build).
+    /// `stage_deadline`, and for agent rollouts `skipped` (a member not sent a broken build)
+    /// and `already_reverted` (a member already back on its previous version needs no
+    /// rollback command).
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<usize>,

@@ -39,8 +39,9 @@ pub struct AlertsConfig {
     pub update_alert_hours: u32,
     /// A medium alert is notified once its condition has lasted this many seconds.
     pub medium_notify_after_secs: u64,
-    /// Base of the links in notifications (`<public_url>/api/v1/alerts/<id>`); empty:
-    /// `http://<listen>`.
+    /// Base of the links in notifications (`<public_url>/api/v1/alerts/<id>`), and the relay
+    /// URL written into the `/install.sh` the relay serves; empty: `http://<listen>` for links,
+    /// the address the request reached the relay by for install.sh.
     pub public_url: String,
     /// `host:port` endpoints whose TLS certificate is watched (`tls_expiry`).
     pub tls_endpoints: Vec<String>,
