@@ -57,7 +57,8 @@ LOGS_DIR=/var/log/flotilla-agent
 UPDATER_DIR=/var/lib/flotilla-updater
 SERVICE_USER=flotilla-agent
 # Where the packaged units expect the binary; rewritten to INSTALL_BIN.
-PACKAGED_BIN=/usr/bin/flotilla-agent
+PACKAGED_DIR=/usr/bin
+PACKAGED_BIN=$PACKAGED_DIR/flotilla-agent
 # Domain prefix of a release manifest's signed bytes (followed by one NUL byte).
 RELEASE_DOMAIN=flotilla/release/v1
 # DER SubjectPublicKeyInfo of an Ed25519 key, up to the 32 raw key bytes.
@@ -768,7 +769,10 @@ install_units() {
         fetch "$RELAY_URL/download/systemd/$unit" "$WORK_DIR/$unit.packaged" "the unit $unit"
         grep -q -e '^\[Service\]' -e '^\[Path\]' "$WORK_DIR/$unit.packaged" ||
             die "the relay's $unit is not a systemd unit file"
-        sed "s|$PACKAGED_BIN|$INSTALL_BIN|g" "$WORK_DIR/$unit.packaged" >"$WORK_DIR/$unit"
+        # The binary's path, and the updater's write access to its directory (ReadWritePaths).
+        sed -e "s|$PACKAGED_BIN|$INSTALL_BIN|g" \
+            -e "s|^ReadWritePaths=$PACKAGED_DIR |ReadWritePaths=$INSTALL_DIR |" \
+            "$WORK_DIR/$unit.packaged" >"$WORK_DIR/$unit"
         install_file "$WORK_DIR/$unit" "$UNIT_DIR/$unit" 0644 root:root
         if [ "$INSTALLED" = 1 ]; then
             UNITS_CHANGED=1
@@ -925,8 +929,9 @@ uninstall() {
             rm -f "$file"
         fi
     done
-    # Leftovers of interrupted runs of install_file.
-    for file in "$INSTALL_DIR"/.flotilla-agent.flotilla-install.* "$CONFIG_DIR"/.*.flotilla-install.*; do
+    # Leftovers of interrupted runs of install_file, and of the updater's copy (.new-*).
+    for file in "$INSTALL_DIR"/.flotilla-agent.flotilla-install.* "$INSTALL_DIR"/.flotilla-agent.new-* \
+        "$CONFIG_DIR"/.*.flotilla-install.*; do
         if [ -e "$file" ] && announce "remove $file"; then
             rm -f "$file"
         fi

@@ -77,7 +77,8 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct UpgradeConfig {
     /// Seconds the root updater (flotilla-agent-updater.path/.service) gets to take an upgrade
-    /// request and answer it; past that the command fails and the request is withdrawn.
+    /// request (it answers `accepted`, then has its own 10-minute limit); past that the command
+    /// fails and the request is withdrawn.
     pub updater_pickup_secs: u64,
     /// Longest the download of a new agent build from the relay may take, in seconds.
     pub download_timeout_secs: u64,
@@ -442,11 +443,12 @@ impl AgentConfig {
             }
         }
         crate::backup::validate_config(&self.backup).map_err(ConfigError::Backup)?;
-        if !(1..=3600).contains(&self.upgrade.updater_pickup_secs) {
+        // Below 5 s a busy host's path unit and process start alone can miss it.
+        if !(5..=3600).contains(&self.upgrade.updater_pickup_secs) {
             return Err(ConfigError::Value {
                 key: "upgrade.updater_pickup_secs",
                 value: self.upgrade.updater_pickup_secs.to_string(),
-                expected: "expected 1 to 3600 seconds".into(),
+                expected: "expected 5 to 3600 seconds".into(),
             });
         }
         if !(10..=86_400).contains(&self.upgrade.download_timeout_secs) {
@@ -709,10 +711,13 @@ mod tests {
         assert!(c.allowed_commands.contains(&CommandKind::AgentUpgrade));
         let c = with_env(&[("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS", "7")]).unwrap();
         assert_eq!(c.upgrade.settings().updater_pickup.as_secs(), 7);
-        let e = with_env(&[("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS", "0")])
+        let e = with_env(&[("FLOTILLA_UPGRADE_UPDATER_PICKUP_SECS", "4")])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("upgrade.updater_pickup_secs"), "{e}");
+        assert!(
+            e.contains("upgrade.updater_pickup_secs") && e.contains("5 to 3600"),
+            "{e}"
+        );
         let e = with_env(&[("FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS", "soon")])
             .unwrap_err()
             .to_string();

@@ -103,11 +103,12 @@ enum SelfUpdateAction {
         /// Seconds the new version has to reach the relay.
         #[arg(long, default_value_t = flotilla_agent::upgrade::updater::DEFAULT_DEADLINE_SECS)]
         deadline_secs: u64,
-        /// The installed agent binary to replace (default: this executable).
+        /// The installed agent binary to replace (default: this executable; the unit passes it,
+        /// since it runs the updater from a known-good copy in --updater-dir).
         #[arg(long)]
         binary: Option<PathBuf>,
         /// Base64 Ed25519 public key of the relay, trusted by root (written by install.sh).
-        /// When missing, the key pinned in the agent's database is used.
+        /// When missing, every upgrade is refused (the agent's own database is not trusted).
         #[arg(long, default_value = flotilla_agent::upgrade::updater::DEFAULT_RELAY_KEY_FILE)]
         relay_key_file: PathBuf,
         /// The agent's systemd unit.

@@ -9,6 +9,7 @@
 
 use chrono::{Duration as ChronoDuration, Utc};
 use flotilla_agent::state::{Identity, State};
+use flotilla_agent::upgrade::updater::MAX_RUNS;
 use flotilla_agent::upgrade::{
     Resumed, UpgradeOptions, UpgradeOutcome, UpgradePaths, UpgradeRequest, UpgradeResult,
     UpgradeSettings, UpgradeStatus, Upgrades,
@@ -22,6 +23,7 @@ use flotilla_shared::release::{stamp_version, this_arch, ReleaseManifest, Signed
 use flotilla_shared::signing::SigningKey;
 use std::collections::HashMap;
 use std::io::{Read, Write};
+use std::os::unix::fs::symlink;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,6 +145,8 @@ fn settings() -> UpgradeSettings {
         smoke_timeout: Duration::from_secs(10),
         confirm_ack: Duration::from_secs(3),
         restart_wait: Duration::from_secs(120),
+        updater_limit: Duration::from_secs(60),
+        confirm_retry: Duration::from_millis(200),
     }
 }
 
@@ -435,22 +439,40 @@ async fn without_an_updater_the_request_is_withdrawn() {
 // === the root updater (the real binary, a fake systemctl) ===
 
 const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
-# Records every call; `show` prints the restart count in $FAKE_DIR/nrestarts (and adds
-# $FAKE_NRESTARTS_STEP to it); `restart` plays the restarted agent when $FAKE_CONFIRM is set:
-# the installed binary's version goes to the state directory's upgrade/confirmed, as the new
-# agent writes it after the relay welcomed it.
+# Records every call. `show` (counted in $FAKE_DIR/shows) prints the restart count in
+# $FAKE_DIR/nrestarts (and adds $FAKE_NRESTARTS_STEP to it) and ActiveState $FAKE_ACTIVE, or
+# `failed` on show number $FAKE_FAILED_AT; on show number $FAKE_CONFIRM_AT it plays the new
+# agent confirming. `restart` plays the restarted agent when $FAKE_CONFIRM is set: the installed
+# binary's version goes to the state directory's upgrade/confirmed, as the new agent writes it
+# after the relay welcomed it. $FAKE_FAIL_SHOW / $FAKE_FAIL_RESTART: systemd does not answer.
 echo "$*" >> "$FAKE_DIR/calls"
+confirm() {
+  "$FAKE_BINARY" --version | awk '{print $2}' > "$FAKE_STATE/upgrade/confirmed"
+}
 case "$1" in
   show)
+    if [ -n "$FAKE_FAIL_SHOW" ]; then
+      echo "Failed to connect to bus: No such file or directory" >&2
+      exit 1
+    fi
+    shows=$(( $(cat "$FAKE_DIR/shows" 2>/dev/null || echo 0) + 1 ))
+    echo "$shows" > "$FAKE_DIR/shows"
     n=$(cat "$FAKE_DIR/nrestarts" 2>/dev/null || echo 0)
     echo $((n + ${FAKE_NRESTARTS_STEP:-0})) > "$FAKE_DIR/nrestarts"
+    active=${FAKE_ACTIVE:-active}
+    [ "$shows" = "${FAKE_FAILED_AT:-0}" ] && active=failed
+    [ "$shows" = "${FAKE_CONFIRM_AT:-0}" ] && confirm
     echo "NRestarts=$n"
-    echo "ActiveState=${FAKE_ACTIVE:-active}"
+    echo "ActiveState=$active"
     echo "SubState=running"
     ;;
   restart)
+    if [ -n "$FAKE_FAIL_RESTART" ]; then
+      echo "Failed to restart flotilla-agent.service: Access denied" >&2
+      exit 1
+    fi
     if [ -n "$FAKE_CONFIRM" ]; then
-      "$FAKE_BINARY" --version | awk '{print $2}' > "$FAKE_STATE/upgrade/confirmed"
+      confirm
     fi
     ;;
 esac
@@ -496,13 +518,8 @@ impl Host {
 
     /// Runs `flotilla-agent self-update apply` (blocking); returns (success, stderr).
     fn apply(&self, deadline_secs: u64, env: &[(&str, &str)]) -> (bool, String) {
-        let path = format!(
-            "{}:{}",
-            self.fake.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
-            .args(["self-update", "apply", "--state-dir"])
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla-agent"));
+        cmd.args(["self-update", "apply", "--state-dir"])
             .arg(&self.state_dir)
             .arg("--deadline-secs")
             .arg(deadline_secs.to_string())
@@ -511,7 +528,44 @@ impl Host {
             .arg("--relay-key-file")
             .arg(&self.key_file)
             .arg("--updater-dir")
-            .arg(&self.updater_dir)
+            .arg(&self.updater_dir);
+        self.run(cmd, env)
+    }
+
+    /// Runs the packaged flotilla-agent-updater.service's ExecStart, its paths pointed at this
+    /// host's (blocking); returns (success, stderr).
+    fn apply_as_the_unit(&self, env: &[(&str, &str)]) -> (bool, String) {
+        let unit = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../packaging/systemd/flotilla-agent-updater.service"
+        ))
+        .unwrap();
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart=/bin/sh -c '"))
+            .and_then(|l| l.strip_suffix('\''))
+            .expect("ExecStart=/bin/sh -c '...'");
+        let script = exec
+            .replace("$$", "$")
+            .replace(
+                "/var/lib/flotilla-updater",
+                &self.updater_dir.to_string_lossy(),
+            )
+            .replace("/var/lib/flotilla", &self.state_dir.to_string_lossy())
+            .replace("/usr/bin/flotilla-agent", &self.binary.to_string_lossy())
+            .replace("/etc/flotilla/relay.pub", &self.key_file.to_string_lossy());
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        self.run(cmd, env)
+    }
+
+    fn run(&self, mut cmd: std::process::Command, env: &[(&str, &str)]) -> (bool, String) {
+        let path = format!(
+            "{}:{}",
+            self.fake.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = cmd
             .env("PATH", path)
             .env("FAKE_DIR", &self.fake)
             .env("FAKE_BINARY", &self.binary)
@@ -523,6 +577,21 @@ impl Host {
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Starts over: no calls recorded, no restart counts.
+    fn reset_fake(&self) {
+        for f in ["calls", "shows", "nrestarts"] {
+            let _ = std::fs::remove_file(self.fake.join(f));
+        }
+    }
+
+    fn mode(&self) -> u32 {
+        std::fs::metadata(&self.binary)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
     }
 
     fn calls(&self) -> Vec<String> {
@@ -684,10 +753,21 @@ async fn an_upgrade_goes_through_the_updater_and_the_new_process_reports_it() {
     );
     host.assert_finished();
     let calls = host.calls();
+    // systemd must answer before anything is swapped.
+    assert!(
+        calls
+            .first()
+            .is_some_and(|c| c.starts_with("show ") && c.ends_with(" flotilla-agent")),
+        "{calls:?}"
+    );
     assert_eq!(
-        calls.first().map(String::as_str),
+        calls
+            .iter()
+            .find(|c| c.starts_with("restart"))
+            .map(String::as_str),
         Some("restart --no-block flotilla-agent")
     );
+    assert_eq!(host.mode(), 0o755, "the swapped-in binary is executable");
     assert!(
         calls.iter().all(|c| !c.starts_with("reset-failed")),
         "{calls:?}"
@@ -734,9 +814,11 @@ async fn a_crash_looping_build_is_reverted_and_the_old_process_reports_it() {
     assert_eq!(result.status, UpgradeStatus::Reverted);
     let reason = result.reason.clone().unwrap();
     assert!(
-        reason.contains("flotilla-agent restarted 3 times after 0.2.0 was installed"),
+        reason
+            .starts_with("crash loop: flotilla-agent restarted 3 times after 0.2.0 was installed"),
         "{reason}"
     );
+    assert_eq!(host.mode(), 0o755, "the reverted binary is executable");
     host.assert_finished();
     let calls = host.calls();
     let restarts = calls
@@ -783,7 +865,11 @@ async fn a_build_that_never_reaches_the_relay_is_reverted_at_the_deadline() {
     assert_eq!(result.status, UpgradeStatus::Reverted);
     assert_eq!(
         result.reason.as_deref(),
-        Some("0.1.1 did not reach the relay within 2 s (flotilla-agent is active/running)")
+        Some(
+            "deadline: 0.1.1 did not reach the relay within 2 s while flotilla-agent was \
+             active/running (it never got the relay's welcome; an unreachable relay looks the \
+             same)"
+        )
     );
     host.assert_finished();
 }
@@ -846,8 +932,8 @@ async fn the_updater_refuses_downgrades_and_tampered_staged_files_but_takes_a_si
     );
     assert!(host.installed() == installed);
 
-    // A rollback the relay signed: installed, and confirmed by the "restarted" old version.
-    // Without relay.pub the key pinned in agent.db is used.
+    // Without relay.pub root trusts no key: refused, whatever agent.db pins.
+    let key = std::fs::read(&host.key_file).unwrap();
     std::fs::remove_file(&host.key_file).unwrap();
     let state = State::open(&state_dir).await.unwrap();
     state
@@ -861,13 +947,121 @@ async fn the_updater_refuses_downgrades_and_tampered_staged_files_but_takes_a_si
         })
         .await
         .unwrap();
+    host.request(&relay, "cmd_nokey", "0.2.0", &newer, "0.3.0", false);
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Refused);
+    assert!(
+        result
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("relay.pub is missing"),
+        "{result:?}"
+    );
+    assert!(host.installed() == installed);
+    std::fs::write(&host.key_file, key).unwrap();
+
+    // Rollback requests that do not carry a matching, current rollback command for this agent.
+    let refused_rollback = |id: &str, edit: &dyn Fn(&mut UpgradeRequest)| {
+        host.request(&relay, id, "0.2.0", &older, "0.1.0", true);
+        let mut r: UpgradeRequest =
+            serde_json::from_slice(&std::fs::read(host.paths.request()).unwrap()).unwrap();
+        edit(&mut r);
+        std::fs::write(host.paths.request(), serde_json::to_vec(&r).unwrap()).unwrap();
+        let (ok, stderr) = host.apply(30, &[]);
+        assert!(ok, "{stderr}");
+        let result = host.result();
+        assert_eq!(result.status, UpgradeStatus::Refused, "{id}");
+        assert!(host.installed() == installed, "{id}");
+        host.assert_finished();
+        result.reason.unwrap()
+    };
+    let signed_for = |env: CommandEnvelope| SignedCommand::sign(&env, &relay);
+    let envelope =
+        |r: &UpgradeRequest, id: &str, rollback: bool, agent: &str, expires: ChronoDuration| {
+            let manifest = r.manifest.clone();
+            CommandEnvelope {
+                id: id.into(),
+                audience: Audience::Agent {
+                    agent_id: agent.into(),
+                },
+                command: Command::AgentUpgrade(AgentUpgradeArgs { manifest, rollback }),
+                issued_at: Utc::now() - ChronoDuration::hours(2),
+                expires_at: Utc::now() + expires,
+            }
+        };
+    let reason = refused_rollback("cmd_rb1", &|r| r.command = None);
+    assert!(
+        reason.contains("must carry the relay-signed command"),
+        "{reason}"
+    );
+    let reason = refused_rollback("cmd_rb2", &|r| {
+        r.command = Some(signed_for(envelope(
+            r,
+            "cmd_rb2",
+            false,
+            "ag_test",
+            ChronoDuration::minutes(5),
+        )));
+    });
+    assert!(
+        reason.contains("not a rollback to this manifest"),
+        "{reason}"
+    );
+    let reason = refused_rollback("cmd_rb3", &|r| {
+        r.command = Some(signed_for(envelope(
+            r,
+            "cmd_rb3",
+            true,
+            "ag_other",
+            ChronoDuration::minutes(5),
+        )));
+    });
+    assert!(
+        reason.contains("not to this agent (ag_test)") && reason.contains("ag_other"),
+        "{reason}"
+    );
+    let reason = refused_rollback("cmd_rb4", &|r| {
+        r.command = Some(signed_for(envelope(
+            r,
+            "cmd_rb4",
+            true,
+            "ag_test",
+            -ChronoDuration::minutes(16),
+        )));
+    });
+    assert!(reason.contains("the rollback command expired"), "{reason}");
+    let reason = refused_rollback("cmd_rb5", &|r| {
+        r.command = Some(signed_for(envelope(
+            r,
+            "cmd_other_id",
+            true,
+            "ag_test",
+            ChronoDuration::minutes(5),
+        )));
+    });
+    assert!(
+        reason.contains("not a rollback to this manifest"),
+        "{reason}"
+    );
+
+    // Expired a few minutes ago (the download took that long): within the grace, installed,
+    // and confirmed by the "restarted" old version.
     host.request(&relay, "cmd_back", "0.2.0", &older, "0.1.0", true);
+    let mut r: UpgradeRequest =
+        serde_json::from_slice(&std::fs::read(host.paths.request()).unwrap()).unwrap();
+    r.command = Some(signed_for(envelope(
+        &r,
+        "cmd_back",
+        true,
+        "ag_test",
+        -ChronoDuration::minutes(3),
+    )));
+    std::fs::write(host.paths.request(), serde_json::to_vec(&r).unwrap()).unwrap();
     let (ok, stderr) = host.apply(30, &[("FAKE_CONFIRM", "1")]);
     assert!(ok, "{stderr}");
-    assert!(
-        stderr.contains("falling back to the key pinned in agent.db"),
-        "{stderr}"
-    );
     let result = host.result();
     assert_eq!(result.status, UpgradeStatus::Confirmed, "{stderr}");
     assert!(host.installed() == older);
@@ -963,6 +1157,534 @@ async fn an_interrupted_updater_finishes_on_the_next_run() {
     // Nothing to do.
     let (ok, stderr) = host.apply(30, &[]);
     assert!(ok && stderr.contains("nothing to do"), "{stderr}");
+}
+
+/// A record of an upgrade stopped while watching `installed_bytes` as `to`, the previous binary
+/// being `previous_bytes` (as a run killed mid-watch leaves it).
+fn applied_record(
+    host: &Host,
+    relay: &SigningKey,
+    id: &str,
+    previous_bytes: &[u8],
+    installed_bytes: &[u8],
+    to: &str,
+) -> String {
+    let manifest = manifest_for(installed_bytes, to, this_arch()).sign(relay);
+    serde_json::json!({
+        "request": {
+            "command_id": id,
+            "from_version": "0.1.0",
+            "to_version": to,
+            "arch": this_arch(),
+            "binary": host.paths.staged(to),
+            "manifest": manifest,
+            "rollback": false,
+            "command": null,
+            "requested_at": Utc::now(),
+        },
+        "stage": "applied",
+        "previous_size": previous_bytes.len(),
+        "previous_sha256": sha256_hex(previous_bytes),
+        "reason": null,
+        "accepted_at": Utc::now(),
+    })
+    .to_string()
+}
+
+/// H1: the run that resumes after the swap must not execute the build on trial (which may not
+/// even start): the unit runs the known-good copy the updater keeps.
+#[tokio::test]
+async fn a_resumed_run_never_runs_the_build_on_trial() {
+    let relay = SigningKey::generate();
+    let old = agent_build("0.1.0");
+    // Prints a version (the agent's smoke test passes), fails at anything else.
+    let broken =
+        b"#!/bin/sh\n[ \"$1\" = --version ] && { echo 'flotilla-agent 0.2.0'; exit 0; }\nexit 1\n"
+            .to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(&dir.path().join("state"), &old, &relay);
+    std::fs::create_dir_all(&host.paths.dir).unwrap();
+
+    // The first run as the unit (nothing to do) keeps a copy of the installed binary.
+    let (ok, stderr) = host.apply_as_the_unit(&[]);
+    assert!(ok && stderr.contains("nothing to do"), "{stderr}");
+    let copy = host.updater_dir.join("flotilla-agent.updater");
+    assert!(std::fs::read(&copy).unwrap() == old, "the known-good copy");
+
+    // Killed while watching the broken build: it is installed, the record says `applied`.
+    std::fs::write(&host.binary, &broken).unwrap();
+    std::fs::write(host.updater_dir.join("flotilla-agent.previous"), &old).unwrap();
+    let record = applied_record(&host, &relay, "cmd_h1", &old, &broken, "0.2.0");
+    std::fs::write(host.updater_dir.join("inflight.json"), &record).unwrap();
+
+    // Run from the installed (broken) binary, as the unit did before, it cannot even start.
+    std::fs::rename(&copy, dir.path().join("copy-aside")).unwrap();
+    let (ok, _) = host.apply_as_the_unit(&[]);
+    assert!(!ok, "the broken build ran the updater");
+    assert!(host.installed() == broken);
+    std::fs::rename(dir.path().join("copy-aside"), &copy).unwrap();
+
+    // Run from the copy: the crash loop is seen and the previous build put back.
+    let (ok, stderr) = host.apply_as_the_unit(&[("FAKE_NRESTARTS_STEP", "1")]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("resuming an upgrade"), "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Reverted, "{stderr}");
+    assert!(result.reason.unwrap().starts_with("crash loop: "));
+    assert!(host.installed() == old, "the previous build is back");
+    assert_eq!(host.mode(), 0o755);
+    host.assert_finished();
+    assert!(
+        std::fs::read(&copy).unwrap() == old,
+        "the copy never takes the broken build"
+    );
+}
+
+/// H2, L1, L2, L5: runs that keep failing end after `MAX_RUNS` with a final result; bad
+/// requests are refused without echoing them; leftovers are removed; one updater at a time.
+#[tokio::test]
+async fn failing_runs_give_up_and_bad_requests_are_refused() {
+    let relay = SigningKey::generate();
+    let old = agent_build("0.1.0");
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(&dir.path().join("state"), &old, &relay);
+    std::fs::create_dir_all(&host.paths.dir).unwrap();
+    std::fs::create_dir_all(&host.updater_dir).unwrap();
+
+    // A record whose manifest does not parse: every run fails at once.
+    let mut record: serde_json::Value = serde_json::from_str(&applied_record(
+        &host, &relay, "cmd_h2", &old, &old, "0.2.0",
+    ))
+    .unwrap();
+    record["request"]["manifest"]["manifest"] = "not json".into();
+    std::fs::write(host.updater_dir.join("inflight.json"), record.to_string()).unwrap();
+    for run in 1..=MAX_RUNS {
+        let (ok, stderr) = host.apply(30, &[]);
+        assert!(!ok, "run {run} should fail: {stderr}");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(host.updater_dir.join("inflight.json")).unwrap())
+                .unwrap();
+        assert_eq!(saved["runs"], run, "{saved}");
+        assert!(
+            saved["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("does not parse"),
+            "{saved}"
+        );
+    }
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "the run that gives up exits 0: {stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Failed);
+    let reason = result.reason.unwrap();
+    assert!(
+        reason.starts_with(&format!("the updater gave up after {MAX_RUNS} runs"))
+            && reason.contains("does not parse"),
+        "{reason}"
+    );
+    assert!(!host.updater_dir.join("inflight.json").exists());
+    let aside: Vec<String> = std::fs::read_dir(&host.updater_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("inflight.json.gave-up-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the record is kept aside");
+
+    // L1: a copy cut short in the binary's directory is removed.
+    let leftover = host.binary.with_file_name(".flotilla-agent.new-1234-5678");
+    std::fs::write(&leftover, b"half a binary").unwrap();
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    host.assert_bin_dir_clean();
+
+    // L2: a request that is a link, a FIFO, too large, or malformed: removed and refused, its
+    // content never copied into result.json.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "{\"command_id\": \"TOPSECRET\"}").unwrap();
+    symlink(&secret, host.paths.request()).unwrap();
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Refused);
+    assert!(
+        result.reason.as_deref().unwrap().contains("symbolic link"),
+        "{result:?}"
+    );
+    assert!(!std::fs::read_to_string(host.paths.result())
+        .unwrap()
+        .contains("TOPSECRET"));
+    assert!(!host.paths.request().exists() && secret.exists());
+
+    let status = std::process::Command::new("mkfifo")
+        .arg(host.paths.request())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "a FIFO does not block the updater: {stderr}");
+    assert!(host.result().reason.unwrap().contains("not a regular file"));
+    assert!(!host.paths.request().exists());
+
+    std::fs::write(host.paths.request(), vec![b' '; 70 * 1024]).unwrap();
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    assert!(host
+        .result()
+        .reason
+        .unwrap()
+        .contains("larger than 65536 bytes"));
+
+    std::fs::write(
+        host.paths.request(),
+        r#"{"command_id": "cmd_bad", "from_version": "TOPSECRET", "to_version": 7}"#,
+    )
+    .unwrap();
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.command_id, "cmd_bad");
+    assert!(result
+        .reason
+        .as_deref()
+        .unwrap()
+        .starts_with("the upgrade request is malformed"));
+    assert!(!std::fs::read_to_string(host.paths.result())
+        .unwrap()
+        .contains("TOPSECRET"));
+    assert!(!host.paths.request().exists());
+
+    // A result that cannot be written does not stop the run from finishing.
+    std::fs::remove_file(host.paths.result()).unwrap();
+    std::fs::create_dir(host.paths.result()).unwrap();
+    host.request(&relay, "cmd_noresult", "0.1.0", &old, "0.1.0", false);
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("cannot write the upgrade result"),
+        "{stderr}"
+    );
+    host.assert_finished();
+    std::fs::remove_dir(host.paths.result()).unwrap();
+
+    // The agent's upgrade directory swapped for a link: nothing is written through it.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::remove_dir_all(&host.paths.dir).unwrap();
+    symlink(&elsewhere, &host.paths.dir).unwrap();
+    std::fs::write(elsewhere.join("request.json"), "{}").unwrap();
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(!ok && stderr.contains("a link?"), "{stderr}");
+    assert!(!elsewhere.join("result.json").exists());
+    std::fs::remove_file(&host.paths.dir).unwrap();
+
+    // L5: one updater at a time.
+    let mut holder = std::process::Command::new("flock")
+        .arg(&host.updater_dir)
+        .args(["sleep", "30"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, stderr) = host.apply(30, &[]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(!ok && stderr.contains("locked by another"), "{stderr}");
+}
+
+/// M1: nothing is swapped while systemd does not answer; a restart that cannot be issued puts
+/// the previous build back and ends `failed`, which the waiting old process reports at once.
+#[tokio::test]
+async fn without_systemd_nothing_is_swapped_and_a_failed_restart_is_undone() {
+    let relay = SigningKey::generate();
+    let old = agent_build("0.1.0");
+    let new = agent_build("0.2.0");
+    let mut routes = HashMap::new();
+    routes.insert(download_path("0.2.0", this_arch()), Route::ok(new.clone()));
+    let (url, _) = serve(routes);
+    let agent = agent(&url, &relay, settings()).await;
+    let host = Arc::new(Host::new(&agent.state_dir, &old, &relay));
+
+    host.request(&relay, "cmd_nobus", "0.1.0", &new, "0.2.0", false);
+    let (ok, stderr) = host.apply(30, &[("FAKE_FAIL_SHOW", "1")]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Refused);
+    assert!(
+        result
+            .reason
+            .unwrap()
+            .starts_with("systemd does not answer"),
+        "{stderr}"
+    );
+    assert!(host.installed() == old);
+    host.assert_finished();
+
+    let manifest = manifest_for(&new, "0.2.0", this_arch()).sign(&relay);
+    let (args, signed) = signed_command(&relay, "cmd_norestart", &manifest, false);
+    let updater = {
+        let (host, request) = (host.clone(), agent.paths.request());
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..1200 {
+                if request.exists() {
+                    return host.apply(30, &[("FAKE_FAIL_RESTART", "1")]);
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            (false, "request.json never appeared".into())
+        })
+    };
+    let started = std::time::Instant::now();
+    let outcome = agent
+        .upgrades
+        .upgrade_from(
+            "cmd_norestart",
+            &args,
+            Some(&signed),
+            "0.1.0",
+            &CancellationToken::new(),
+        )
+        .await;
+    let (ok, stderr) = updater.await.unwrap();
+    assert!(ok, "{stderr}");
+    let UpgradeOutcome::Failed(e) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(e.code, error_codes::UPGRADE_FAILED, "{}", e.message);
+    assert!(
+        e.message
+            .contains("cannot restart flotilla-agent into 0.2.0")
+            && e.message.contains("Access denied")
+            && e.message
+                .contains("the previous binary (0.1.0) is installed again"),
+        "{}",
+        e.message
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "reported without waiting for restart_wait"
+    );
+    assert_eq!(host.result().status, UpgradeStatus::Failed);
+    assert!(host.installed() == old, "the previous build is back");
+    assert_eq!(host.mode(), 0o755);
+    host.assert_finished();
+    assert_nothing_staged(&agent.paths);
+}
+
+/// M7, L6: `confirmed` is looked at again before a revert; `failed` must be seen twice in a row;
+/// a restart count that drops (a manual restart) moves the baseline down.
+#[tokio::test]
+async fn the_watch_rechecks_confirmed_and_needs_failed_twice() {
+    let relay = SigningKey::generate();
+    let old = agent_build("0.1.0");
+    let new = agent_build("0.2.0");
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(&dir.path().join("state"), &old, &relay);
+
+    // Deadline 0: the confirmation written during the unit check wins over the deadline.
+    host.request(&relay, "cmd_m7", "0.1.0", &new, "0.2.0", false);
+    let (ok, stderr) = host.apply(0, &[("FAKE_CONFIRM_AT", "2")]);
+    assert!(ok, "{stderr}");
+    assert_eq!(host.result().status, UpgradeStatus::Confirmed, "{stderr}");
+    assert!(host.installed() == new);
+
+    // `failed` once (a stop running into TimeoutStopSec), confirmed right after: confirmed.
+    std::fs::write(&host.binary, &old).unwrap();
+    host.reset_fake();
+    host.request(&relay, "cmd_l6", "0.1.0", &new, "0.2.0", false);
+    let (ok, stderr) = host.apply(60, &[("FAKE_FAILED_AT", "2"), ("FAKE_CONFIRM_AT", "3")]);
+    assert!(ok, "{stderr}");
+    assert_eq!(host.result().status, UpgradeStatus::Confirmed, "{stderr}");
+
+    // `failed` on every check: reverted, saying which trigger fired.
+    std::fs::write(&host.binary, &old).unwrap();
+    host.reset_fake();
+    host.request(&relay, "cmd_failed", "0.1.0", &new, "0.2.0", false);
+    let (ok, stderr) = host.apply(60, &[("FAKE_ACTIVE", "failed")]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Reverted);
+    assert_eq!(
+        result.reason.as_deref(),
+        Some(
+            "unit failed: flotilla-agent is failed/running after 0.2.0 was installed (on 2 \
+             checks in a row)"
+        )
+    );
+    assert!(host.installed() == old);
+
+    // NRestarts starts at 7 and drops to 0 (a manual restart): 3 restarts from there.
+    host.reset_fake();
+    std::fs::write(host.fake.join("nrestarts"), "7").unwrap();
+    let fake = host.fake.clone();
+    let dropper = std::thread::spawn(move || {
+        // After the pre-swap check and the first watch check.
+        for _ in 0..200 {
+            let shows: u32 = std::fs::read_to_string(fake.join("shows"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if shows >= 2 {
+                std::fs::write(fake.join("nrestarts"), "0").unwrap();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    host.request(&relay, "cmd_base", "0.1.0", &new, "0.2.0", false);
+    let (ok, stderr) = host.apply(60, &[("FAKE_NRESTARTS_STEP", "1")]);
+    dropper.join().unwrap();
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Reverted, "{stderr}");
+    assert!(
+        result
+            .reason
+            .unwrap()
+            .starts_with("crash loop: flotilla-agent restarted 3 times"),
+        "{stderr}"
+    );
+    host.assert_finished();
+}
+
+/// M3: an installed binary whose version cannot be told is not overwritten, unless by a
+/// relay-signed rollback.
+#[tokio::test]
+async fn an_installed_binary_of_unknown_version_is_only_replaced_by_a_rollback() {
+    let relay = SigningKey::generate();
+    let unknown = b"#!/bin/sh\necho 'cannot start' >&2\nexit 3\n".to_vec();
+    let older = agent_build("0.0.9");
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let host = Host::new(&state_dir, &unknown, &relay);
+    host.request(&relay, "cmd_unknown", "9.9.9", &older, "0.0.9", false);
+    let (ok, stderr) = host.apply(30, &[]);
+    assert!(ok, "{stderr}");
+    let result = host.result();
+    assert_eq!(result.status, UpgradeStatus::Refused);
+    let reason = result.reason.unwrap();
+    assert!(
+        reason.starts_with("cannot tell the installed version") && reason.contains("cannot start"),
+        "{reason}"
+    );
+    assert!(host.installed() == unknown);
+
+    let state = State::open(&state_dir).await.unwrap();
+    state
+        .save_identity(Identity {
+            agent_id: "ag_test".into(),
+            name: "test".into(),
+            pkcs8: SigningKey::generate().pkcs8().to_vec(),
+            relay_public_key: relay.public_key().to_base64(),
+            relay_url: "http://127.0.0.1:9".into(),
+            enrolled_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    host.request(&relay, "cmd_unknown_rb", "9.9.9", &older, "0.0.9", true);
+    let (ok, stderr) = host.apply(30, &[("FAKE_CONFIRM", "1")]);
+    assert!(ok, "{stderr}");
+    assert_eq!(host.result().status, UpgradeStatus::Confirmed, "{stderr}");
+    assert!(host.installed() == older);
+}
+
+/// M6: `accepted` stretches the wait beyond the pickup time. M5: a confirmation that cannot be
+/// written is not reported as success, and is tried again.
+#[tokio::test]
+async fn accepted_extends_the_wait_and_an_unwritten_confirmation_is_not_success() {
+    let relay = SigningKey::generate();
+    let build = agent_build("0.2.0");
+    let manifest = manifest_for(&build, "0.2.0", this_arch());
+    let mut routes = HashMap::new();
+    routes.insert(download_path("0.2.0", this_arch()), Route::ok(build));
+    let (url, _) = serve(routes);
+    let agent = agent(
+        &url,
+        &relay,
+        UpgradeSettings {
+            updater_pickup: Duration::from_secs(1),
+            ..settings()
+        },
+    )
+    .await;
+    let (args, signed) = signed_command(&relay, "cmd_slow", &manifest.sign(&relay), false);
+
+    // A slow updater: takes the request and says `accepted`, refuses 3 s later.
+    let paths = agent.paths.clone();
+    let slow = tokio::task::spawn_blocking(move || {
+        let write = |status: &str| {
+            let json = serde_json::json!({
+                "command_id": "cmd_slow", "status": status, "from_version": "0.1.0",
+                "to_version": "0.2.0", "reason": "checked slowly", "at": Utc::now(),
+            });
+            std::fs::write(paths.result(), json.to_string()).unwrap();
+        };
+        for _ in 0..400 {
+            if std::fs::remove_file(paths.request()).is_ok() {
+                write("accepted");
+                std::thread::sleep(Duration::from_secs(3));
+                write("refused");
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        false
+    });
+    let outcome = agent
+        .upgrades
+        .upgrade_from(
+            "cmd_slow",
+            &args,
+            Some(&signed),
+            "0.1.0",
+            &CancellationToken::new(),
+        )
+        .await;
+    assert!(slow.await.unwrap(), "request.json never appeared");
+    let UpgradeOutcome::Failed(e) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        (e.code.as_str(), e.message.as_str()),
+        (
+            error_codes::UPGRADE_REFUSED,
+            "the updater refused the upgrade to 0.2.0: checked slowly"
+        )
+    );
+
+    // The new process cannot write `confirmed` (a directory is in its way): no success.
+    let now = Utc::now();
+    agent
+        .state
+        .journal_begin_with(
+            "cmd_conf",
+            now,
+            now + ChronoDuration::minutes(10),
+            Some(serde_json::to_string(&Command::AgentUpgrade(args.clone())).unwrap()),
+        )
+        .await
+        .unwrap();
+    std::fs::create_dir_all(agent.paths.confirmed()).unwrap();
+    assert_eq!(
+        agent.upgrades.resume_as("cmd_conf", &args, "0.2.0"),
+        Resumed::Pending
+    );
+    agent.upgrades.confirm_pending_as("0.2.0").await;
+    assert!(results(&agent.state)
+        .await
+        .iter()
+        .all(|r| r.command_id != "cmd_conf"));
+    assert_eq!(
+        agent.state.journal_running().await.unwrap(),
+        vec!["cmd_conf".to_string()]
+    );
+    // Once it can be written, the retry reports success.
+    std::fs::remove_dir(agent.paths.confirmed()).unwrap();
+    agent.upgrades.confirm_pending_as("0.2.0").await;
+    let results = results(&agent.state).await;
+    let r = results.iter().find(|r| r.command_id == "cmd_conf").unwrap();
+    assert_eq!(r.status, ResultStatus::Succeeded, "{r:?}");
+    assert_eq!(agent.paths.read_confirmed().as_deref(), Some("0.2.0"));
 }
 
 #[test]

@@ -14,7 +14,7 @@
 
 use super::files::{
     binary_version, create_dir, remove_if_exists, sync_dir, write_atomic, Sha256, UpgradePaths,
-    UpgradeRequest, UpgradeResult, UpgradeStatus, STAGED_PREFIX,
+    UpgradeRequest, UpgradeResult, UpgradeStatus, STAGED_PREFIX, UPDATER_LIMIT,
 };
 use crate::state::State;
 use chrono::Utc;
@@ -46,6 +46,10 @@ pub const DEFAULT_DOWNLOAD_TIMEOUT_SECS: u64 = 600;
 pub const SMOKE_TEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `result.json` is read while waiting for the updater.
 const POLL: Duration = Duration::from_millis(250);
+/// How often `result.json` is read after `applied`, while waiting to be restarted.
+const RESULT_POLL: Duration = Duration::from_secs(2);
+/// How often the new process tries again to write `confirmed` when that failed.
+const CONFIRM_RETRY: Duration = Duration::from_secs(5);
 /// After `applied` the updater restarts the agent at once; still running after this long, the
 /// agent was not restarted (the updater's unit gives up after 10 minutes).
 const RESTART_WAIT: Duration = Duration::from_secs(15 * 60);
@@ -68,6 +72,10 @@ pub struct UpgradeSettings {
     pub confirm_ack: Duration,
     /// How long the old process waits to be restarted after `applied`.
     pub restart_wait: Duration,
+    /// How long the updater may take after `accepted` (its unit's `TimeoutStartSec`).
+    pub updater_limit: Duration,
+    /// How often a failed write of `confirmed` is tried again.
+    pub confirm_retry: Duration,
 }
 
 impl Default for UpgradeSettings {
@@ -78,6 +86,8 @@ impl Default for UpgradeSettings {
             smoke_timeout: SMOKE_TEST_TIMEOUT,
             confirm_ack: CONFIRM_ACK,
             restart_wait: RESTART_WAIT,
+            updater_limit: UPDATER_LIMIT,
+            confirm_retry: CONFIRM_RETRY,
         }
     }
 }
@@ -307,21 +317,32 @@ impl Upgrades {
             to = manifest.version,
             "the updater installed the new build; waiting to be restarted"
         );
-        tokio::select! {
-            _ = stopping.cancelled() => UpgradeOutcome::Applied,
-            _ = tokio::time::sleep(inner.settings.restart_wait) => {
-                let verdict = self.result_for(command_id);
-                match verdict {
-                    Some(r) if r.status == UpgradeStatus::Reverted => {
-                        UpgradeOutcome::Failed(reverted_error(&r))
+        // Normally stopped by the updater's restart at once. Until then `result.json` is
+        // polled: a restart the updater could not issue ends in `failed` (the previous binary
+        // back in place), reported right away.
+        let waited = Instant::now() + inner.settings.restart_wait;
+        loop {
+            if let Some(r) = self.result_for(command_id) {
+                match r.status {
+                    UpgradeStatus::Failed => {
+                        self.discard_staged(&manifest.version);
+                        return UpgradeOutcome::Failed(failed_error(&r));
                     }
-                    _ => UpgradeOutcome::Failed(failed(format!(
-                        "the updater installed {} but this agent (still {running_version}) was \
-                         not restarted within {} s; restart the flotilla-agent service to run it",
-                        manifest.version,
-                        inner.settings.restart_wait.as_secs()
-                    ))),
+                    UpgradeStatus::Reverted => return UpgradeOutcome::Failed(reverted_error(&r)),
+                    _ => {}
                 }
+            }
+            if Instant::now() >= waited {
+                return UpgradeOutcome::Failed(failed(format!(
+                    "the updater installed {} but this agent (still {running_version}) was not \
+                     restarted within {} s; restart the flotilla-agent service to run it",
+                    manifest.version,
+                    inner.settings.restart_wait.as_secs()
+                )));
+            }
+            tokio::select! {
+                _ = stopping.cancelled() => return UpgradeOutcome::Applied,
+                _ = tokio::time::sleep(RESULT_POLL) => {}
             }
         }
     }
@@ -422,8 +443,15 @@ impl Upgrades {
             .map_err(|e| failed(format!("cannot download {url}: {}", error_chain(&e))))?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let snippet: String = body.chars().take(300).collect();
+            // The start of the body only: an error page is not downloaded whole.
+            let mut head = Vec::new();
+            while head.len() < 1024 {
+                match response.chunk().await {
+                    Ok(Some(c)) => head.extend_from_slice(&c),
+                    _ => break,
+                }
+            }
+            let snippet: String = String::from_utf8_lossy(&head).chars().take(300).collect();
             return Err(failed(if status == reqwest::StatusCode::GONE {
                 format!(
                     "the relay has marked build {} for {} broken (HTTP 410): {snippet}",
@@ -520,7 +548,8 @@ impl Upgrades {
     }
 
     /// Waits for `applied`; every other ending is returned as the outcome to report, with the
-    /// request and the staged file removed.
+    /// request and the staged file removed. The updater has `updater_pickup` to take the request
+    /// (it answers `accepted` at once), then its own limit (`UPDATER_LIMIT`) to answer.
     async fn wait_for_updater(
         &self,
         request: &UpgradeRequest,
@@ -528,12 +557,24 @@ impl Upgrades {
     ) -> Result<(), UpgradeOutcome> {
         let inner = &self.inner;
         let pickup = inner.settings.updater_pickup;
+        let limit = inner.settings.updater_limit;
         let mut deadline = Instant::now() + pickup;
-        let mut extended = false;
+        // Set once the updater took the request.
+        let mut taken = false;
         loop {
             if let Some(r) = self.result_for(&request.command_id) {
                 match r.status {
                     UpgradeStatus::Applied | UpgradeStatus::Confirmed => return Ok(()),
+                    UpgradeStatus::Accepted => {
+                        if !taken {
+                            taken = true;
+                            deadline = Instant::now() + limit;
+                            info!(
+                                command_id = request.command_id,
+                                "the updater took the request; verifying and installing"
+                            );
+                        }
+                    }
                     UpgradeStatus::Refused => {
                         self.discard_staged(&request.to_version);
                         let reason = r.reason.unwrap_or_default();
@@ -546,13 +587,17 @@ impl Upgrades {
                             request.to_version
                         ))));
                     }
+                    UpgradeStatus::Failed => {
+                        self.discard_staged(&request.to_version);
+                        return Err(UpgradeOutcome::Failed(failed_error(&r)));
+                    }
                     UpgradeStatus::Reverted => {
                         return Err(UpgradeOutcome::Failed(reverted_error(&r)));
                     }
                 }
             }
             if Instant::now() >= deadline {
-                let taken = match std::fs::remove_file(inner.paths.request()) {
+                let gone = match std::fs::remove_file(inner.paths.request()) {
                     Ok(()) => false,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                     Err(e) => {
@@ -560,10 +605,10 @@ impl Upgrades {
                         false
                     }
                 };
-                if taken && !extended {
-                    // The updater moved the request aside just now: it is at work.
-                    extended = true;
-                    deadline = Instant::now() + pickup;
+                if gone && !taken {
+                    // Taken just now, its `accepted` not (yet) written: the updater is at work.
+                    taken = true;
+                    deadline = Instant::now() + limit;
                     continue;
                 }
                 self.discard_staged(&request.to_version);
@@ -571,7 +616,7 @@ impl Upgrades {
                     format!(
                         "the updater took the request but reported nothing within {} s; see \
                          `journalctl -u flotilla-agent-updater`",
-                        2 * pickup.as_secs()
+                        limit.as_secs()
                     )
                 } else {
                     "the updater did not pick up the request; is flotilla-agent-updater.path \
@@ -687,6 +732,17 @@ impl Upgrades {
                     finished_at: now,
                 }))
             }
+            Some(r) if r.status == UpgradeStatus::Failed => {
+                self.discard_staged(&m.version);
+                Resumed::Finished(Box::new(CommandResult {
+                    command_id: command_id.to_string(),
+                    status: ResultStatus::Failed,
+                    output: None,
+                    error: Some(failed_error(&r)),
+                    started_at: now,
+                    finished_at: now,
+                }))
+            }
             Some(r) if r.status == UpgradeStatus::Refused => {
                 self.discard_staged(&m.version);
                 Resumed::Finished(Box::new(CommandResult {
@@ -730,11 +786,29 @@ impl Upgrades {
         let pending: Vec<Pending> =
             std::mem::take(&mut *self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for p in pending {
-            self.confirm(p, running_version).await;
+            if !self.confirm(p.clone(), running_version).await {
+                // Not confirmed (the file could not be written): still pending, tried again.
+                self.inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(p);
+            }
         }
     }
 
-    async fn confirm(&self, p: Pending, running_version: &str) {
+    fn has_pending(&self) -> bool {
+        !self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Whether the upgrade is dealt with (reported, or left to the old version); `false` when
+    /// `confirmed` could not be written: nothing is reported, the command stays running.
+    async fn confirm(&self, p: Pending, running_version: &str) -> bool {
         let inner = &self.inner;
         let reverting = |r: &Option<UpgradeResult>| {
             r.as_ref()
@@ -745,7 +819,7 @@ impl Upgrades {
                 command_id = p.command_id,
                 "the updater is reverting this version; not confirming it"
             );
-            return;
+            return true;
         }
         let confirmed = inner.paths.confirmed();
         let text = format!("{running_version}\n");
@@ -760,7 +834,13 @@ impl Upgrades {
             .and_then(|r| r)
         };
         if let Err(e) = written {
-            warn!(path = %confirmed.display(), error = %e, "cannot write the upgrade confirmation");
+            warn!(
+                command_id = p.command_id,
+                path = %confirmed.display(),
+                error = %e,
+                "cannot write the upgrade confirmation; not reporting success, trying again"
+            );
+            return false;
         }
         info!(
             command_id = p.command_id,
@@ -775,7 +855,7 @@ impl Upgrades {
                     command_id = p.command_id,
                     "the updater reverted this version after all; not reporting success"
                 );
-                return;
+                return true;
             }
             if r.is_some_and(|r| r.status == UpgradeStatus::Confirmed) {
                 break;
@@ -812,6 +892,7 @@ impl Upgrades {
             );
         }
         self.discard_staged(&p.to_version);
+        true
     }
 
     /// Removes staged binaries and partial downloads no unfinished upgrade refers to.
@@ -867,13 +948,7 @@ impl Upgrades {
         stopping: CancellationToken,
     ) -> anyhow::Result<()> {
         self.cleanup_staged();
-        let has_pending = !self
-            .inner
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty();
-        if has_pending {
+        if self.has_pending() {
             let first_welcome = async {
                 loop {
                     if welcome.changed().await.is_err() {
@@ -888,10 +963,26 @@ impl Upgrades {
                 _ = stopping.cancelled() => return Ok(()),
                 _ = first_welcome => self.confirm_pending().await,
             }
+            while self.has_pending() {
+                tokio::select! {
+                    _ = stopping.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(self.inner.settings.confirm_retry) => {
+                        self.confirm_pending().await
+                    }
+                }
+            }
         }
         stopping.cancelled().await;
         Ok(())
     }
+}
+
+fn failed_error(r: &UpgradeResult) -> ErrorInfo {
+    failed(format!(
+        "the updater could not upgrade to {}: {}",
+        r.to_version,
+        r.reason.as_deref().unwrap_or("no reason given")
+    ))
 }
 
 fn reverted_error(r: &UpgradeResult) -> ErrorInfo {

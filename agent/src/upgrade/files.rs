@@ -12,10 +12,12 @@
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::SignedCommand;
 use flotilla_shared::release::SignedManifest;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +30,13 @@ pub const CONFIRMED_FILE: &str = "confirmed";
 pub const STAGED_DIR: &str = "staged";
 /// File name prefix of staged binaries (`flotilla-agent-<version>`).
 pub const STAGED_PREFIX: &str = "flotilla-agent-";
+
+/// Largest `request.json` / `result.json` either side reads.
+pub const MAX_UPGRADE_FILE_BYTES: u64 = 64 * 1024;
+/// How long one run of the updater may take at most (`TimeoutStartSec=10min` of
+/// flotilla-agent-updater.service): the agent waits this long for `applied`/`refused`/`failed`
+/// after the updater answered `accepted`.
+pub const UPDATER_LIMIT: Duration = Duration::from_secs(600);
 
 /// Paths of the upgrade files of one state directory.
 #[derive(Clone, Debug)]
@@ -67,15 +76,16 @@ impl UpgradePaths {
     /// Reads `result.json`; `None` when it is missing or unreadable (logged by the caller's
     /// context: a half-written file cannot exist, it is replaced atomically).
     pub fn read_result(&self) -> Option<UpgradeResult> {
-        let text = fs::read_to_string(self.result()).ok()?;
-        serde_json::from_str(&text).ok()
+        let bytes = read_small(&self.result(), MAX_UPGRADE_FILE_BYTES).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
-    /// The version written to `confirmed`, trimmed.
+    /// The version written to `confirmed`, trimmed (a link or anything but a small regular
+    /// file counts as missing).
     pub fn read_confirmed(&self) -> Option<String> {
-        fs::read_to_string(self.confirmed())
+        read_small(&self.confirmed(), 256)
             .ok()
-            .map(|s| s.trim().to_string())
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
     }
 }
 
@@ -104,6 +114,9 @@ pub struct UpgradeRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UpgradeStatus {
+    /// The updater took the request (moved it aside) and is verifying and installing it; it
+    /// answers `applied`, `refused` or `failed` within its own limit (`UPDATER_LIMIT`).
+    Accepted,
     /// The new binary is installed and the agent is being restarted.
     Applied,
     /// The new version reached the relay (it wrote `confirmed`).
@@ -112,15 +125,21 @@ pub enum UpgradeStatus {
     Reverted,
     /// Nothing was changed (verification failed, a downgrade without rollback, ...).
     Refused,
+    /// The updater could not carry the upgrade out (systemd did not answer, the restart could
+    /// not be issued, it gave up after repeated failures); the reason says what is installed.
+    /// Not a verdict on the build: the relay does not mark it broken.
+    Failed,
 }
 
 impl UpgradeStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            UpgradeStatus::Accepted => "accepted",
             UpgradeStatus::Applied => "applied",
             UpgradeStatus::Confirmed => "confirmed",
             UpgradeStatus::Reverted => "reverted",
             UpgradeStatus::Refused => "refused",
+            UpgradeStatus::Failed => "failed",
         }
     }
 }
@@ -247,25 +266,210 @@ impl Sha256 {
     }
 }
 
-/// Opens a regular file without following a symbolic link at `path` (the file named there is
-/// the one opened: checked by comparing the inode before and after opening).
+/// Opens a regular file without following a symbolic link at `path` (`O_NOFOLLOW`) and without
+/// blocking on a FIFO or device (`O_NONBLOCK`, harmless for a regular file); anything but a
+/// regular file is refused after opening (`fstat`), so there is no lstat-then-open race.
 pub fn open_regular(path: &Path) -> io::Result<fs::File> {
-    let before = fs::symlink_metadata(path)?;
-    if !before.file_type().is_file() {
+    let fd = rustix::fs::open(path, regular_flags(), Mode::empty())
+        .map_err(|e| nofollow_error(path, e))?;
+    regular_file(fd, path)
+}
+
+fn regular_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC
+}
+
+fn nofollow_error(path: &Path, e: rustix::io::Errno) -> io::Error {
+    if e == rustix::io::Errno::LOOP {
+        io::Error::other(format!("{} is a symbolic link", path.display()))
+    } else {
+        io::Error::from(e)
+    }
+}
+
+fn regular_file(fd: OwnedFd, path: &Path) -> io::Result<fs::File> {
+    let f = fs::File::from(fd);
+    if !f.metadata()?.file_type().is_file() {
         return Err(io::Error::other(format!(
             "{} is not a regular file",
             path.display()
         )));
     }
-    let f = fs::File::open(path)?;
-    let after = f.metadata()?;
-    if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+    Ok(f)
+}
+
+fn read_capped(f: fs::File, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    f.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
         return Err(io::Error::other(format!(
-            "{} changed while it was opened",
+            "{} is larger than {limit} bytes",
             path.display()
         )));
     }
+    Ok(bytes)
+}
+
+/// A directory someone else controls (the agent's `upgrade/`), opened once without following a
+/// symbolic link; the root updater creates, reads, renames and removes files in it only
+/// relative to this handle, never following links (`openat`/`renameat`/`unlinkat` with
+/// `O_NOFOLLOW`/`O_EXCL`), so swapping the directory or a file for a link cannot redirect it.
+pub struct NoFollowDir {
+    dir: fs::File,
+    path: PathBuf,
+}
+
+impl NoFollowDir {
+    pub fn open(path: &Path) -> io::Result<NoFollowDir> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| {
+            if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+                io::Error::other(format!("{} is not a directory (a link?)", path.display()))
+            } else {
+                io::Error::from(e)
+            }
+        })?;
+        Ok(NoFollowDir {
+            dir: fs::File::from(fd),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// (uid, gid) of the directory.
+    pub fn owner(&self) -> io::Result<(u32, u32)> {
+        let m = self.dir.metadata()?;
+        Ok((m.uid(), m.gid()))
+    }
+
+    /// Whether `name` exists in the directory (a link counts; it is not followed).
+    pub fn exists(&self, name: &str) -> bool {
+        rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Reads the regular file `name` (not a link, not a FIFO), at most `limit` bytes.
+    pub fn read_small(&self, name: &str, limit: u64) -> io::Result<Vec<u8>> {
+        let path = self.path.join(name);
+        let fd = rustix::fs::openat(&self.dir, name, regular_flags(), Mode::empty())
+            .map_err(|e| nofollow_error(&path, e))?;
+        read_capped(regular_file(fd, &path)?, &path, limit)
+    }
+
+    /// Writes `name` atomically (a new temporary file, `O_EXCL`, handed to `owner` before it
+    /// takes its name; fsync; rename; fsync of the directory).
+    pub fn write_atomic_owned(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let tmp = format!(
+            ".{name}.tmp-{}-{}",
+            std::process::id(),
+            Utc::now().timestamp_subsec_nanos()
+        );
+        let written = (|| {
+            let fd = rustix::fs::openat(
+                &self.dir,
+                tmp.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode),
+            )?;
+            let mut f = fs::File::from(fd);
+            if let Some((uid, gid)) = owner {
+                rustix::fs::fchown(
+                    &f,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )?;
+            }
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            drop(f);
+            rustix::fs::renameat(&self.dir, tmp.as_str(), &self.dir, name)?;
+            Ok::<(), io::Error>(())
+        })();
+        if let Err(e) = written {
+            let _ = rustix::fs::unlinkat(&self.dir, tmp.as_str(), AtFlags::empty());
+            return Err(e);
+        }
+        self.dir.sync_all()
+    }
+
+    /// Renames `from` to `to` inside the directory (links are renamed, not followed).
+    pub fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        rustix::fs::renameat(&self.dir, from, &self.dir, to)?;
+        self.dir.sync_all()
+    }
+
+    /// Removes `name`; a missing one is fine.
+    pub fn remove(&self, name: &str) -> io::Result<()> {
+        match rustix::fs::unlinkat(&self.dir, name, AtFlags::empty()) {
+            Err(e) if e != rustix::io::Errno::NOENT => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Creates `dir` (one level, mode `mode`) for `owner` without following a link at its place:
+/// `lchown`, so a link swapped in meanwhile is what changes owner, not its target.
+pub fn create_dir_owned(dir: &Path, mode: u32, owner: (u32, u32)) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))
+}
+
+/// An exclusive `flock` on `dir`, held while the returned file is open; an error when another
+/// process holds it.
+pub fn lock_dir(dir: &Path) -> io::Result<fs::File> {
+    let f = fs::File::open(dir)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            io::Error::other(format!(
+                "{} is locked by another flotilla-agent self-update run",
+                dir.display()
+            ))
+        } else {
+            io::Error::from(e)
+        }
+    })?;
     Ok(f)
+}
+
+/// Reads a small regular file (see `open_regular`) of at most `limit` bytes.
+pub fn read_small(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_capped(open_regular(path)?, path, limit)
+}
+
+/// Removes the temporary files an interrupted `install_binary(_, dest, _)` leaves next to
+/// `dest` (`.<name>.new-<pid>-<ns>`); returns the ones removed.
+pub fn remove_install_leftovers(dest: &Path) -> Vec<PathBuf> {
+    let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{name}.new-");
+    let Ok(entries) = fs::read_dir(parent_of(dest)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix)
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(entry.path());
+        }
+    }
+    removed
 }
 
 /// Size and SHA-256 (hex) of a file.

@@ -3,20 +3,28 @@
 //!
 //! Steps, each logged to stderr (the journal):
 //! 1. Move the request aside into `<updater_dir>/inflight.json` (root-only; the path unit then
-//!    stops triggering on the request, and a crash leaves a record to resume from).
+//!    stops triggering on the request, and a crash leaves a record to resume from) and answer
+//!    `accepted` in `result.json`. The request is read without following a link, as a regular
+//!    file of at most 64 KiB; everything in the agent's `upgrade/` directory is handled through
+//!    a handle opened without following links (`files::NoFollowDir`).
 //! 2. Re-verify everything with the relay key the ROOT side trusts (`/etc/flotilla/relay.pub`,
-//!    written by install.sh after checking its fingerprint; only when that file is missing the
-//!    key pinned in agent.db, which the agent itself can write): the manifest's signature, that
-//!    it names the requested version and this architecture, that the staged file lies in the
-//!    staged directory, and the version rule against the installed binary's `--version` — a
-//!    downgrade (or the same version) is refused unless the request carries the relay-signed
-//!    `agent.upgrade` command with `rollback: true` for exactly this manifest.
+//!    written by install.sh after checking its fingerprint; without it every upgrade is refused
+//!    — agent.db is the agent's to write): the manifest's signature, that it names the
+//!    requested version and this architecture, that the staged file lies in the staged
+//!    directory, that systemd answers, and the version rule against the installed binary's
+//!    `--version` (an unknown version counts as newer) — a downgrade (or the same version) is
+//!    refused unless the request carries the relay-signed `agent.upgrade` command with
+//!    `rollback: true` for exactly this manifest, addressed to this agent, expired at most
+//!    `ROLLBACK_GRACE_SECS` before the updater took it.
 //! 3. Copy the installed binary to `<updater_dir>/flotilla-agent.previous`, then copy the staged
 //!    binary next to the installed one, checking size and SHA-256 of the bytes written, and
 //!    rename it over (atomic; see `files::install_binary`).
 //! 4. Write `result.json` `applied`, remove a stale `confirmed`, `systemctl restart --no-block`.
+//!    A restart that cannot be issued puts the previous binary back: `failed`.
 //! 5. Watch every `poll` (1 s): success when `confirmed` holds the new version; revert when the
-//!    deadline passes, `NRestarts` grew by 3 or more, or the unit is `failed`.
+//!    deadline passes, `NRestarts` grew by 3 or more, or the unit is `failed` on two checks in a
+//!    row — after one more look at `confirmed`. The reason names the trigger (`crash loop:`,
+//!    `unit failed:`, `deadline:`).
 //! 6. Revert: `result.json` `reverted` with the reason (written first, so an old binary that
 //!    systemd starts in the next instant already finds the verdict), the previous binary swapped
 //!    back in the same atomic way, `systemctl reset-failed`, `systemctl restart --no-block`.
@@ -29,23 +37,39 @@
 //! deadline; anything else: revert; `reverting` completes the revert. The path unit also
 //! watches `inflight.json`, so the re-run happens by itself (at the latest after a reboot).
 //!
+//! Never from the build on trial: the unit runs `<updater_dir>/flotilla-agent.updater` when it
+//! exists, a copy of the installed binary taken while no upgrade is in flight and refreshed
+//! after `confirmed` (`--binary` names the installed one). A re-run after the swap therefore
+//! runs the known-good updater, not the new build, which may not even start.
+//!
+//! Bounded retries: every run of an unfinished upgrade counts in `inflight.json` (`runs`), with
+//! the last error. A run that fails fast while `inflight.json` exists is started again by the
+//! path unit at once; after `MAX_RUNS` the record is moved aside (`inflight.json.gave-up-<ts>`),
+//! `result.json` says `failed` with the last error, and the run exits 0, so the path unit never
+//! reaches the service's start limit (were it reached anyway, `systemctl reset-failed
+//! flotilla-agent-updater.path` re-arms it). Only one updater runs at a time (`flock` on
+//! `<updater_dir>`).
+//!
 //! `<updater_dir>/inflight.json` (root, 0600):
 //! `{"request": <request.json as the agent wrote it>, "stage": "accepted" | "applied" |
 //! "reverting", "previous_size": N | null, "previous_sha256": "<hex>" | null,
-//! "reason": "<why it is being reverted>" | null, "accepted_at": "<RFC 3339>"}`.
+//! "reason": "<why it is being reverted>" | null, "accepted_at": "<RFC 3339>", "runs": N,
+//! "last_error": "<why the last run failed>" | null}`.
 
 use super::files::{
-    binary_version, create_dir, install_binary, remove_if_exists, sha256_file, sync_dir,
-    write_atomic, InstallError, UpgradePaths, UpgradeRequest, UpgradeResult, UpgradeStatus,
-    STAGED_PREFIX,
+    binary_version, create_dir, create_dir_owned, install_binary, lock_dir, open_regular,
+    read_small, remove_if_exists, remove_install_leftovers, sha256_file, sync_dir, write_atomic,
+    InstallError, NoFollowDir, UpgradePaths, UpgradeRequest, UpgradeResult, UpgradeStatus,
+    CONFIRMED_FILE, MAX_UPGRADE_FILE_BYTES, REQUEST_FILE, RESULT_FILE, STAGED_PREFIX,
 };
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
-use flotilla_shared::command::Command;
+use flotilla_shared::command::{Audience, Command};
 use flotilla_shared::release::{compare_versions, this_arch, ReleaseManifest};
 use flotilla_shared::signing::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -60,10 +84,26 @@ pub const DEFAULT_DEADLINE_SECS: u64 = 120;
 pub const INFLIGHT_FILE: &str = "inflight.json";
 /// The binary that was installed before the last upgrade.
 pub const PREVIOUS_FILE: &str = "flotilla-agent.previous";
+/// The known-good copy of the agent the unit runs the updater from (see the module docs).
+pub const UPDATER_COPY_FILE: &str = "flotilla-agent.updater";
 /// Restarts of the unit since the new build was started that count as a crash loop.
 pub const CRASH_LOOP_RESTARTS: u64 = 3;
+/// Runs of one unfinished upgrade before the updater gives up on it (the path unit starts the
+/// service again at once after a failed run; the unit's start limit is higher than this).
+pub const MAX_RUNS: u32 = 5;
+/// `failed` must be seen on this many checks in a row (a restart whose stop runs into
+/// `TimeoutStopSec` passes through `failed` on its way to the new start).
+const FAILED_CHECKS: u32 = 2;
+/// How long after its expiry a relay-signed rollback command is still accepted: the agent
+/// checked the expiry when the command arrived, then downloaded (`download_timeout_secs`,
+/// default 600 s, as long as the default TTL) and verified the build before asking.
+pub const ROLLBACK_GRACE_SECS: i64 = 15 * 60;
 /// The installed binary's `--version` must answer within this time.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest agent.db (with its WAL) copied to read the agent's id.
+const MAX_DB_COPY_BYTES: u64 = 512 * 1024 * 1024;
+/// Largest `inflight.json`.
+const MAX_INFLIGHT_BYTES: u64 = 1024 * 1024;
 
 /// `self-update apply`'s settings.
 #[derive(Clone, Debug)]
@@ -89,9 +129,23 @@ pub struct ApplyOptions {
 /// How one upgrade ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Confirmed { command_id: String, version: String },
-    Reverted { command_id: String, reason: String },
-    Refused { command_id: String, reason: String },
+    Confirmed {
+        command_id: String,
+        version: String,
+    },
+    Reverted {
+        command_id: String,
+        reason: String,
+    },
+    Refused {
+        command_id: String,
+        reason: String,
+    },
+    /// Could not be carried out (see `UpgradeStatus::Failed`).
+    Failed {
+        command_id: String,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +172,12 @@ struct Inflight {
     #[serde(default)]
     reason: Option<String>,
     accepted_at: DateTime<Utc>,
+    /// Runs of the updater that worked on this upgrade (this one included).
+    #[serde(default)]
+    runs: u32,
+    /// Why the last run failed.
+    #[serde(default)]
+    last_error: Option<String>,
 }
 
 /// The unit's state as `systemctl show` reports it.
@@ -136,7 +196,7 @@ pub fn installed_binary(given: Option<&Path>) -> Result<PathBuf> {
         None => {
             let exe = std::env::current_exe().context("cannot find the running executable")?;
             if exe.to_string_lossy().ends_with(" (deleted)") {
-                bail!(
+                anyhow::bail!(
                     "the running executable {} was replaced while running; pass --binary",
                     exe.display()
                 );
@@ -149,25 +209,44 @@ pub fn installed_binary(given: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Runs the updater: finishes an interrupted upgrade, then handles a new request. Errors only
-/// when it could not act at all.
+/// when it could not act at all (the path unit then starts it again, `MAX_RUNS` times at most
+/// for one upgrade).
 pub fn apply(opts: &ApplyOptions) -> Result<Vec<Outcome>> {
     let updater = Updater::new(opts);
     create_dir(&opts.updater_dir, 0o700)
         .with_context(|| format!("cannot create {}", opts.updater_dir.display()))?;
+    let _lock = lock_dir(&opts.updater_dir).map_err(|e| anyhow!("{e}"))?;
+    for dest in [
+        opts.binary.clone(),
+        updater.previous_path(),
+        updater.copy_path(),
+    ] {
+        for leftover in remove_install_leftovers(&dest) {
+            info!(path = %leftover.display(), "removed the leftover of an interrupted copy");
+        }
+    }
     let mut outcomes = Vec::new();
     let inflight_path = updater.inflight_path();
     if inflight_path.exists() {
-        let text = std::fs::read_to_string(&inflight_path)
-            .with_context(|| format!("cannot read {}", inflight_path.display()))?;
-        match serde_json::from_str::<Inflight>(&text) {
-            Ok(inflight) => {
+        let parsed = read_small(&inflight_path, MAX_INFLIGHT_BYTES)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<Inflight>(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(mut inflight) => {
+                inflight.runs += 1;
                 info!(
                     command_id = inflight.request.command_id,
                     stage = ?inflight.stage,
                     to = inflight.request.to_version,
+                    run = inflight.runs,
                     "resuming an upgrade a previous run of the updater did not finish"
                 );
-                outcomes.push(updater.run(inflight)?);
+                if inflight.runs > MAX_RUNS {
+                    outcomes.push(updater.give_up(inflight)?);
+                } else {
+                    updater.save(&inflight)?;
+                    outcomes.push(updater.run_recorded(inflight)?);
+                }
             }
             Err(e) => {
                 let aside = inflight_path.with_extension(format!("bad-{}", Utc::now().timestamp()));
@@ -181,52 +260,26 @@ pub fn apply(opts: &ApplyOptions) -> Result<Vec<Outcome>> {
                     .with_context(|| format!("cannot move {} aside", inflight_path.display()))?;
             }
         }
+    } else {
+        // Nothing on trial: the installed binary is the one in service.
+        updater.refresh_copy();
     }
-    let request_path = updater.paths.request();
-    if request_path.exists() {
-        let text = std::fs::read_to_string(&request_path)
-            .with_context(|| format!("cannot read {}", request_path.display()))?;
-        match serde_json::from_str::<UpgradeRequest>(&text) {
-            Ok(request) => {
-                info!(
-                    command_id = request.command_id,
-                    from = request.from_version,
-                    to = request.to_version,
-                    rollback = request.rollback,
-                    "upgrade requested"
-                );
-                let inflight = Inflight {
-                    request,
-                    stage: Stage::Accepted,
-                    previous_size: None,
-                    previous_sha256: None,
-                    reason: None,
-                    accepted_at: Utc::now(),
-                };
-                updater.save(&inflight)?;
-                std::fs::remove_file(&request_path)
-                    .and_then(|()| sync_dir(&updater.paths.dir))
-                    .with_context(|| format!("cannot remove {}", request_path.display()))?;
-                outcomes.push(updater.run(inflight)?);
-            }
-            Err(e) => {
-                let command_id = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("command_id")?.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let reason = format!("the upgrade request is malformed: {e}");
-                warn!(command_id, reason, "refusing the upgrade");
-                std::fs::remove_file(&request_path)
-                    .with_context(|| format!("cannot remove {}", request_path.display()))?;
-                updater.write_result(&command_id, "", "", UpgradeStatus::Refused, Some(&reason))?;
-                outcomes.push(Outcome::Refused { command_id, reason });
-            }
-        }
+    if let Some(outcome) = updater.take_request()? {
+        outcomes.push(outcome);
     }
     if outcomes.is_empty() {
         info!(state_dir = %opts.state_dir.display(), "no upgrade request; nothing to do");
     }
     Ok(outcomes)
+}
+
+/// An id as the relay issues them, safe to copy from an unreadable request into result.json.
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 struct Updater<'a> {
@@ -250,6 +303,96 @@ impl<'a> Updater<'a> {
         self.opts.updater_dir.join(PREVIOUS_FILE)
     }
 
+    fn copy_path(&self) -> PathBuf {
+        self.opts.updater_dir.join(UPDATER_COPY_FILE)
+    }
+
+    /// The agent's `upgrade/` directory, opened without following a link; created (for the
+    /// owner of the state directory) when missing.
+    fn upgrade_dir(&self) -> Result<NoFollowDir> {
+        let dir = &self.paths.dir;
+        if std::fs::symlink_metadata(dir).is_err() {
+            let owner = std::fs::symlink_metadata(&self.opts.state_dir)
+                .map(|m| (m.uid(), m.gid()))
+                .with_context(|| format!("cannot stat {}", self.opts.state_dir.display()))?;
+            create_dir_owned(dir, 0o700, owner)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        NoFollowDir::open(dir).with_context(|| format!("cannot open {}", dir.display()))
+    }
+
+    /// Takes `request.json`: moves it aside into `inflight.json`, answers `accepted`, and runs
+    /// it. An unreadable or malformed request is removed and refused.
+    fn take_request(&self) -> Result<Option<Outcome>> {
+        if std::fs::symlink_metadata(self.paths.request()).is_err() {
+            return Ok(None);
+        }
+        let dir = self.upgrade_dir()?;
+        let parsed = match dir.read_small(REQUEST_FILE, MAX_UPGRADE_FILE_BYTES) {
+            Err(e) => Err((
+                String::new(),
+                format!("the upgrade request cannot be read: {e}"),
+            )),
+            Ok(bytes) => serde_json::from_slice::<UpgradeRequest>(&bytes).map_err(|e| {
+                let command_id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("command_id")?.as_str().map(str::to_string))
+                    .filter(|id| plausible_id(id))
+                    .unwrap_or_default();
+                // Position and kind only: serde's message may quote the file's content.
+                (
+                    command_id,
+                    format!(
+                        "the upgrade request is malformed ({:?} error at line {} column {})",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    )
+                    .to_lowercase(),
+                )
+            }),
+        };
+        let request = match parsed {
+            Ok(r) => r,
+            Err((command_id, reason)) => {
+                warn!(command_id, reason, "refusing the upgrade");
+                dir.remove(REQUEST_FILE)
+                    .with_context(|| format!("cannot remove {}", self.paths.request().display()))?;
+                self.write_result(&command_id, "", "", UpgradeStatus::Refused, Some(&reason));
+                return Ok(Some(Outcome::Refused { command_id, reason }));
+            }
+        };
+        info!(
+            command_id = request.command_id,
+            from = request.from_version,
+            to = request.to_version,
+            rollback = request.rollback,
+            "upgrade requested"
+        );
+        let inflight = Inflight {
+            request,
+            stage: Stage::Accepted,
+            previous_size: None,
+            previous_sha256: None,
+            reason: None,
+            accepted_at: Utc::now(),
+            runs: 1,
+            last_error: None,
+        };
+        self.save(&inflight)?;
+        dir.remove(REQUEST_FILE)
+            .with_context(|| format!("cannot remove {}", self.paths.request().display()))?;
+        let r = &inflight.request;
+        self.write_result(
+            &r.command_id,
+            &r.from_version,
+            &r.to_version,
+            UpgradeStatus::Accepted,
+            None,
+        );
+        Ok(Some(self.run_recorded(inflight)?))
+    }
+
     fn save(&self, inflight: &Inflight) -> Result<()> {
         let json = serde_json::to_vec_pretty(inflight)?;
         write_atomic(&self.inflight_path(), &json, 0o600)
@@ -260,6 +403,58 @@ impl<'a> Updater<'a> {
         remove_if_exists(&self.inflight_path())
             .and_then(|()| sync_dir(&self.opts.updater_dir))
             .with_context(|| format!("cannot remove {}", self.inflight_path().display()))
+    }
+
+    /// Copies the installed binary to the known-good updater copy when it differs (logged,
+    /// never fatal: the unit falls back to the installed binary, or keeps the older copy).
+    fn refresh_copy(&self) {
+        let copy = self.copy_path();
+        let installed = match sha256_file(&self.opts.binary) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(binary = %self.opts.binary.display(), error = %e, "cannot read the installed binary");
+                return;
+            }
+        };
+        if sha256_file(&copy).ok().as_ref() == Some(&installed) {
+            return;
+        }
+        match install_binary(
+            &self.opts.binary,
+            &copy,
+            Some((installed.0, installed.1.as_str())),
+        ) {
+            Ok(()) => info!(
+                copy = %copy.display(),
+                sha256 = installed.1,
+                "the updater will run from this copy of the installed binary"
+            ),
+            Err(e) => {
+                warn!(copy = %copy.display(), error = %e, "cannot refresh the updater's copy")
+            }
+        }
+    }
+
+    /// `run`, recording a failure in `inflight.json` for the next run.
+    fn run_recorded(&self, inflight: Inflight) -> Result<Outcome> {
+        let result = self.run(inflight);
+        if let Err(e) = &result {
+            let message = format!("{e:#}");
+            error!(
+                error = message,
+                "this run of the updater failed; the next one resumes"
+            );
+            let recorded = read_small(&self.inflight_path(), MAX_INFLIGHT_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Inflight>(&b).ok());
+            if let Some(mut record) = recorded {
+                record.last_error = Some(message);
+                if let Err(e) = self.save(&record) {
+                    warn!(error = format!("{e:#}"), "cannot record the failure");
+                }
+            }
+        }
+        result
     }
 
     fn run(&self, inflight: Inflight) -> Result<Outcome> {
@@ -276,13 +471,55 @@ impl<'a> Updater<'a> {
         }
     }
 
+    /// After `MAX_RUNS` failed runs: the record moved aside, `failed` with the last error.
+    fn give_up(&self, inflight: Inflight) -> Result<Outcome> {
+        let r = &inflight.request;
+        let installed = sha256_file(&self.opts.binary).map(|(_, s)| s).ok();
+        let new_sha = serde_json::from_str::<ReleaseManifest>(&r.manifest.manifest)
+            .ok()
+            .map(|m| m.sha256);
+        let state = if installed.is_some() && installed == new_sha {
+            format!("{} stays installed", r.to_version)
+        } else if installed.is_some() && installed == inflight.previous_sha256 {
+            format!("{} is installed", r.from_version)
+        } else if inflight.stage == Stage::Accepted {
+            "nothing was installed".to_string()
+        } else {
+            format!("{} holds an unknown build", self.opts.binary.display())
+        };
+        let reason = format!(
+            "the updater gave up after {} runs (last error: {}); {state}",
+            MAX_RUNS,
+            inflight.last_error.as_deref().unwrap_or("none recorded")
+        );
+        let aside = self.opts.updater_dir.join(format!(
+            "{INFLIGHT_FILE}.gave-up-{}",
+            Utc::now().timestamp()
+        ));
+        error!(command_id = r.command_id, reason, moved_to = %aside.display(), "giving up");
+        std::fs::rename(self.inflight_path(), &aside)
+            .and_then(|()| sync_dir(&self.opts.updater_dir))
+            .with_context(|| format!("cannot move {} aside", self.inflight_path().display()))?;
+        self.write_result(
+            &r.command_id,
+            &r.from_version,
+            &r.to_version,
+            UpgradeStatus::Failed,
+            Some(&reason),
+        );
+        Ok(Outcome::Failed {
+            command_id: r.command_id.clone(),
+            reason,
+        })
+    }
+
     /// Verification, swap, restart, watch.
     fn accept(&self, mut inflight: Inflight) -> Result<Outcome> {
         let key = match self.root_key() {
             Ok(k) => k,
             Err(reason) => return self.refuse(inflight, reason),
         };
-        let m = match self.verify(&inflight.request, &key) {
+        let m = match self.verify(&inflight, &key) {
             Ok(m) => m,
             Err(reason) => return self.refuse(inflight, reason),
         };
@@ -292,6 +529,14 @@ impl<'a> Updater<'a> {
             key = key.fingerprint(),
             "the request and its staged binary verify"
         );
+        // Nothing is swapped unless systemd answers: a build that cannot be restarted into
+        // would be reverted (and marked broken) for systemd's fault.
+        if let Err(e) = self.unit_status() {
+            return self.refuse(
+                inflight,
+                format!("systemd does not answer, so the agent could not be restarted: {e}"),
+            );
+        }
         let binary = &self.opts.binary;
         let (installed_size, installed_sha) = match sha256_file(binary) {
             Ok(x) => x,
@@ -364,12 +609,14 @@ impl<'a> Updater<'a> {
             }
             info!(binary = %binary.display(), version = m.version, "installed the new build");
         }
-        remove_if_exists(&self.paths.confirmed()).with_context(|| {
-            format!(
-                "cannot remove the stale {}",
-                self.paths.confirmed().display()
-            )
-        })?;
+        self.upgrade_dir()?
+            .remove(CONFIRMED_FILE)
+            .with_context(|| {
+                format!(
+                    "cannot remove the stale {}",
+                    self.paths.confirmed().display()
+                )
+            })?;
         inflight.stage = Stage::Applied;
         self.save(&inflight)?;
         let r = &inflight.request;
@@ -379,8 +626,10 @@ impl<'a> Updater<'a> {
             &r.to_version,
             UpgradeStatus::Applied,
             None,
-        )?;
-        self.restart();
+        );
+        if let Err(e) = self.restart() {
+            return self.restart_failed(inflight, e);
+        }
         self.watch(inflight)
     }
 
@@ -401,16 +650,62 @@ impl<'a> Updater<'a> {
         if self.paths.read_confirmed().as_deref() == Some(inflight.request.to_version.as_str()) {
             return self.confirm(inflight);
         }
-        self.restart();
+        if let Err(e) = self.restart() {
+            return self.restart_failed(inflight, e);
+        }
         self.watch(inflight)
     }
 
-    /// Waits for `confirmed`; reverts on deadline, crash loop or a failed unit.
+    /// The restart into the new build could not be issued: the previous binary goes back (the
+    /// old process still runs it) and the result is `failed`, which does not mark the build
+    /// broken.
+    fn restart_failed(&self, inflight: Inflight, error: String) -> Result<Outcome> {
+        let r = &inflight.request;
+        let (Some(size), Some(sha)) = (inflight.previous_size, inflight.previous_sha256.as_deref())
+        else {
+            return self.finish_failed(
+                &inflight,
+                format!("cannot restart {}: {error}", self.opts.service),
+            );
+        };
+        install_binary(&self.previous_path(), &self.opts.binary, Some((size, sha)))
+            .map_err(|e| anyhow!("cannot put the previous binary back: {e}"))?;
+        let reason = format!(
+            "cannot restart {} into {} ({error}); the previous binary ({}) is installed again",
+            self.opts.service, r.to_version, r.from_version
+        );
+        self.finish_failed(&inflight, reason)
+    }
+
+    fn finish_failed(&self, inflight: &Inflight, reason: String) -> Result<Outcome> {
+        let r = &inflight.request;
+        warn!(command_id = r.command_id, reason, "the upgrade failed");
+        self.write_result(
+            &r.command_id,
+            &r.from_version,
+            &r.to_version,
+            UpgradeStatus::Failed,
+            Some(&reason),
+        );
+        self.done()?;
+        Ok(Outcome::Failed {
+            command_id: r.command_id.clone(),
+            reason,
+        })
+    }
+
+    fn confirmed(&self, to: &str) -> bool {
+        self.paths.read_confirmed().as_deref() == Some(to)
+    }
+
+    /// Waits for `confirmed`; reverts on deadline, crash loop or a failed unit, after looking
+    /// at `confirmed` once more.
     fn watch(&self, inflight: Inflight) -> Result<Outcome> {
         let to = inflight.request.to_version.clone();
         let service = &self.opts.service;
         let started = Instant::now();
         let mut baseline: Option<u64> = None;
+        let mut failed_checks = 0;
         let mut last = UnitStatus::default();
         info!(
             version = to,
@@ -418,41 +713,55 @@ impl<'a> Updater<'a> {
             "watching the new version"
         );
         loop {
-            if self.paths.read_confirmed().as_deref() == Some(to.as_str()) {
+            if self.confirmed(&to) {
                 return self.confirm(inflight);
             }
-            if let Some(status) = self.unit_status() {
-                // A manual restart resets NRestarts: the baseline follows it down.
-                let base = baseline.map_or(status.n_restarts, |b| b.min(status.n_restarts));
-                baseline = Some(base);
-                let restarts = status.n_restarts - base;
-                if restarts >= CRASH_LOOP_RESTARTS {
-                    let reason = format!(
-                        "{service} restarted {restarts} times after {to} was installed (crash \
-                         loop; now {}/{})",
-                        status.active, status.sub
-                    );
-                    return self.revert(inflight, reason);
+            let mut trigger = None;
+            match self.unit_status() {
+                Ok(status) => {
+                    // A manual restart resets NRestarts: the baseline follows it down.
+                    let base = baseline.map_or(status.n_restarts, |b| b.min(status.n_restarts));
+                    baseline = Some(base);
+                    let restarts = status.n_restarts - base;
+                    failed_checks = if status.active == "failed" {
+                        failed_checks + 1
+                    } else {
+                        0
+                    };
+                    if restarts >= CRASH_LOOP_RESTARTS {
+                        trigger = Some(format!(
+                            "crash loop: {service} restarted {restarts} times after {to} was \
+                             installed (now {}/{})",
+                            status.active, status.sub
+                        ));
+                    } else if failed_checks >= FAILED_CHECKS {
+                        trigger = Some(format!(
+                            "unit failed: {service} is {}/{} after {to} was installed (on \
+                             {failed_checks} checks in a row)",
+                            status.active, status.sub
+                        ));
+                    }
+                    last = status;
                 }
-                if status.active == "failed" {
-                    let reason = format!(
-                        "{service} failed after {to} was installed ({}/{})",
-                        status.active, status.sub
-                    );
-                    return self.revert(inflight, reason);
-                }
-                last = status;
+                Err(e) => warn!(error = e, "cannot read the agent unit's state"),
             }
-            if started.elapsed() >= self.opts.deadline {
+            if trigger.is_none() && started.elapsed() >= self.opts.deadline {
                 let state = if last.active.is_empty() {
-                    "unknown".to_string()
+                    format!("the state of {service} is unknown")
                 } else {
-                    format!("{}/{}", last.active, last.sub)
+                    format!("{service} was {}/{}", last.active, last.sub)
                 };
-                let reason = format!(
-                    "{to} did not reach the relay within {} s ({service} is {state})",
+                trigger = Some(format!(
+                    "deadline: {to} did not reach the relay within {} s while {state} (it never \
+                     got the relay's welcome; an unreachable relay looks the same)",
                     self.opts.deadline.as_secs()
-                );
+                ));
+            }
+            if let Some(reason) = trigger {
+                // The new version may have confirmed since the check above.
+                if self.confirmed(&to) {
+                    return self.confirm(inflight);
+                }
                 return self.revert(inflight, reason);
             }
             std::thread::sleep(self.opts.poll);
@@ -467,13 +776,15 @@ impl<'a> Updater<'a> {
             &r.to_version,
             UpgradeStatus::Confirmed,
             None,
-        )?;
+        );
         self.done()?;
         info!(
             command_id = r.command_id,
             version = r.to_version,
             "the new version reached the relay; upgrade confirmed"
         );
+        // The new build has proven itself: the next updater runs from it.
+        self.refresh_copy();
         Ok(Outcome::Confirmed {
             command_id: r.command_id.clone(),
             version: r.to_version.clone(),
@@ -494,10 +805,15 @@ impl<'a> Updater<'a> {
             return self.refuse(inflight, reason);
         };
         if !previous.exists() {
-            bail!(
-                "cannot revert: the previous binary {} is missing; {} stays installed",
-                previous.display(),
-                inflight.request.to_version
+            // Permanent: retrying cannot help.
+            return self.finish_failed(
+                &inflight,
+                format!(
+                    "cannot revert ({reason}): the previous binary {} is missing; {} stays \
+                     installed",
+                    previous.display(),
+                    inflight.request.to_version
+                ),
             );
         }
         inflight.stage = Stage::Reverting;
@@ -510,7 +826,7 @@ impl<'a> Updater<'a> {
             &r.to_version,
             UpgradeStatus::Reverted,
             Some(&reason),
-        )?;
+        );
         let installed = sha256_file(&self.opts.binary).map(|(_, s)| s).ok();
         if installed.as_deref() != Some(sha.as_str()) {
             install_binary(&previous, &self.opts.binary, Some((size, sha.as_str())))
@@ -524,7 +840,12 @@ impl<'a> Updater<'a> {
         if let Err(e) = self.systemctl(&["reset-failed", &self.opts.service]) {
             warn!(error = e, "systemctl reset-failed failed");
         }
-        self.restart();
+        if let Err(e) = self.restart() {
+            warn!(
+                error = e,
+                "cannot restart the agent; systemd starts the previous binary at its next restart"
+            );
+        }
         self.done()?;
         Ok(Outcome::Reverted {
             command_id: r.command_id.clone(),
@@ -544,7 +865,7 @@ impl<'a> Updater<'a> {
             &r.to_version,
             UpgradeStatus::Refused,
             Some(&reason),
-        )?;
+        );
         self.done()?;
         Ok(Outcome::Refused {
             command_id: r.command_id.clone(),
@@ -552,65 +873,77 @@ impl<'a> Updater<'a> {
         })
     }
 
-    /// The relay key root trusts; the error is the refusal's reason.
+    /// The relay key root trusts (`relay.pub`, written by install.sh); the error is the
+    /// refusal's reason. No fallback to the key in agent.db: the agent can write that file, and
+    /// must not choose the key root verifies its request with.
     fn root_key(&self) -> Result<PublicKey, String> {
         let file = &self.opts.relay_key_file;
-        match std::fs::read_to_string(file) {
-            Ok(text) => PublicKey::from_base64(text.trim()).map_err(|e| {
+        let text = read_small(file, 4096).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
                 format!(
-                    "{} does not hold a valid relay public key: {e}",
+                    "{} is missing: root trusts no relay key (install.sh writes it; run it \
+                     again)",
                     file.display()
                 )
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                warn!(
-                    file = %file.display(),
-                    "no root-owned relay key; falling back to the key pinned in agent.db"
-                );
-                self.pinned_key()
+            } else {
+                format!("cannot read {}: {e}", file.display())
             }
-            Err(e) => Err(format!("cannot read {}: {e}", file.display())),
-        }
+        })?;
+        PublicKey::from_base64(String::from_utf8_lossy(&text).trim()).map_err(|e| {
+            format!(
+                "{} does not hold a valid relay public key: {e}",
+                file.display()
+            )
+        })
     }
 
-    /// The relay key pinned in agent.db, read-only; files SQLite creates on the way are given
-    /// to the database's owner (a root-owned `-shm` would lock the agent out of its database).
-    fn pinned_key(&self) -> Result<PublicKey, String> {
+    /// This agent's id, from its database: `agent.db` and its `-wal` are copied (never through
+    /// a link, at most `MAX_DB_COPY_BYTES`) into a root-only directory and read there, so
+    /// nothing is created or written next to the agent's files.
+    fn agent_id(&self) -> Result<String, String> {
         let db = self.opts.state_dir.join(crate::state::DB_FILE);
-        let owner = std::fs::metadata(&db)
-            .map(|m| (m.uid(), m.gid()))
-            .map_err(|e| format!("no relay key file and cannot read {}: {e}", db.display()))?;
+        let copy_dir = self.opts.updater_dir.join("agent-db-copy");
+        let _ = std::fs::remove_dir_all(&copy_dir);
         let read = (|| {
-            let conn = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )?;
-            conn.query_row(
-                "SELECT relay_public_key FROM identity WHERE id = 1",
-                [],
-                |r| r.get::<_, String>(0),
-            )
-        })();
-        for suffix in ["-wal", "-shm"] {
-            let side = PathBuf::from(format!("{}{suffix}", db.display()));
-            if let Ok(m) = std::fs::metadata(&side) {
-                if (m.uid(), m.gid()) != owner {
-                    let _ = std::os::unix::fs::chown(&side, Some(owner.0), Some(owner.1));
+            create_dir(&copy_dir, 0o700)
+                .map_err(|e| format!("cannot create {}: {e}", copy_dir.display()))?;
+            let mut budget = MAX_DB_COPY_BYTES;
+            for suffix in ["", "-wal"] {
+                let from = PathBuf::from(format!("{}{suffix}", db.display()));
+                let to = copy_dir.join(format!("{}{suffix}", crate::state::DB_FILE));
+                let mut input = match open_regular(&from) {
+                    Ok(f) => f,
+                    Err(e) if suffix == "-wal" && e.kind() == std::io::ErrorKind::NotFound => {
+                        continue
+                    }
+                    Err(e) => return Err(format!("cannot read {}: {e}", from.display())),
+                };
+                let mut out = std::fs::File::create(&to)
+                    .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+                let n = std::io::copy(&mut (&mut input).take(budget + 1), &mut out)
+                    .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
+                if n > budget {
+                    return Err(format!(
+                        "{} is larger than {MAX_DB_COPY_BYTES} bytes",
+                        from.display()
+                    ));
                 }
+                budget -= n;
             }
-        }
-        let b64 = read.map_err(|e| {
-            format!(
-                "no relay key file and cannot read the pinned key from {}: {e}",
-                db.display()
-            )
-        })?;
-        PublicKey::from_base64(&b64)
-            .map_err(|e| format!("the relay key pinned in {} is invalid: {e}", db.display()))
+            let conn = rusqlite::Connection::open(copy_dir.join(crate::state::DB_FILE))
+                .map_err(|e| format!("cannot open a copy of {}: {e}", db.display()))?;
+            conn.query_row("SELECT agent_id FROM identity WHERE id = 1", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(|e| format!("cannot read the agent's id from {}: {e}", db.display()))
+        })();
+        let _ = std::fs::remove_dir_all(&copy_dir);
+        read
     }
 
     /// Signature, consistency, architecture, staged path, and the rollback command.
-    fn verify(&self, r: &UpgradeRequest, key: &PublicKey) -> Result<ReleaseManifest, String> {
+    fn verify(&self, inflight: &Inflight, key: &PublicKey) -> Result<ReleaseManifest, String> {
+        let r = &inflight.request;
         let m = r.manifest.verify(key).map_err(|e| {
             format!(
                 "the release manifest does not verify with the relay key {}: {e}",
@@ -663,26 +996,47 @@ impl<'a> Updater<'a> {
                     "the signed command is not a rollback to this manifest for this request".into(),
                 );
             }
-            if env.expires_at <= Utc::now() {
+            let agent_id = self.agent_id()?;
+            match &env.audience {
+                Audience::Agent { agent_id: to } if *to == agent_id => {}
+                other => {
+                    return Err(format!(
+                        "the rollback command is addressed to {other:?}, not to this agent \
+                         ({agent_id})"
+                    ))
+                }
+            }
+            // Against root's own clock at acceptance, with a grace for the download.
+            let limit = env.expires_at + chrono::Duration::seconds(ROLLBACK_GRACE_SECS);
+            if limit <= inflight.accepted_at {
                 return Err(format!(
-                    "the rollback command expired at {}",
-                    env.expires_at.to_rfc3339()
+                    "the rollback command expired at {} (more than {} s before the updater took \
+                     the request)",
+                    env.expires_at.to_rfc3339(),
+                    ROLLBACK_GRACE_SECS
                 ));
             }
         }
         Ok(m)
     }
 
-    /// No downgrade (or reinstall of the same version) unless a verified rollback.
+    /// No downgrade (or reinstall of the same version) unless a verified rollback; an installed
+    /// binary whose version cannot be told counts as newer (fail closed).
     fn check_version(&self, r: &UpgradeRequest, m: &ReleaseManifest) -> Result<(), String> {
         let installed = match binary_version(&self.opts.binary, VERSION_TIMEOUT) {
             Ok(v) => v,
-            Err(e) => {
-                warn!(
+            Err(e) if r.rollback => {
+                info!(
                     error = e,
-                    "cannot tell the installed version; installing the requested build"
+                    "cannot tell the installed version; installing the relay-signed rollback"
                 );
                 return Ok(());
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot tell the installed version, so cannot rule out a downgrade ({e}); \
+                     only a relay-signed rollback is installed over it"
+                ))
             }
         };
         match compare_versions(&m.version, &installed) {
@@ -707,7 +1061,10 @@ impl<'a> Updater<'a> {
         }
     }
 
-    /// Writes `result.json` atomically, owned by the owner of the upgrade directory (the agent).
+    /// Writes `result.json` atomically, owned by the owner of the upgrade directory (the
+    /// agent), never following a link. A failure is logged, not fatal: the run still finishes
+    /// (the agent then learns the outcome from its version, or reports the command
+    /// interrupted).
     fn write_result(
         &self,
         command_id: &str,
@@ -715,7 +1072,7 @@ impl<'a> Updater<'a> {
         to_version: &str,
         status: UpgradeStatus,
         reason: Option<&str>,
-    ) -> Result<()> {
+    ) {
         let result = UpgradeResult {
             command_id: command_id.to_string(),
             status,
@@ -724,31 +1081,30 @@ impl<'a> Updater<'a> {
             reason: reason.map(str::to_string),
             at: Utc::now(),
         };
-        let path = self.paths.result();
-        if !self.paths.dir.exists() {
-            // Normally the agent's own; recreated for it when missing.
-            create_dir(&self.paths.dir, 0o700)
-                .with_context(|| format!("cannot create {}", self.paths.dir.display()))?;
-            if let Ok(m) = std::fs::metadata(&self.opts.state_dir) {
-                let _ = std::os::unix::fs::chown(&self.paths.dir, Some(m.uid()), Some(m.gid()));
-            }
+        let written = (|| {
+            let dir = self.upgrade_dir()?;
+            let owner = dir.owner().context("cannot stat the upgrade directory")?;
+            dir.write_atomic_owned(
+                RESULT_FILE,
+                &serde_json::to_vec_pretty(&result)?,
+                0o640,
+                Some(owner),
+            )
+            .with_context(|| format!("cannot write {}", self.paths.result().display()))
+        })();
+        match written {
+            Ok(()) => info!(
+                command_id,
+                status = status.as_str(),
+                "wrote the upgrade result"
+            ),
+            Err(e) => error!(
+                command_id,
+                status = status.as_str(),
+                error = format!("{e:#}"),
+                "cannot write the upgrade result; carrying on"
+            ),
         }
-        let owner = std::fs::metadata(&self.paths.dir)
-            .map(|m| (m.uid(), m.gid()))
-            .with_context(|| format!("cannot stat {}", self.paths.dir.display()))?;
-        super::files::write_atomic_owned(
-            &path,
-            &serde_json::to_vec_pretty(&result)?,
-            0o640,
-            Some(owner),
-        )
-        .with_context(|| format!("cannot write {}", path.display()))?;
-        info!(
-            command_id,
-            status = status.as_str(),
-            "wrote the upgrade result"
-        );
-        Ok(())
     }
 
     fn systemctl(&self, args: &[&str]) -> Result<String, String> {
@@ -774,15 +1130,14 @@ impl<'a> Updater<'a> {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn restart(&self) {
-        match self.systemctl(&["restart", "--no-block", &self.opts.service]) {
-            Ok(_) => info!(service = self.opts.service, "restarting the agent"),
-            Err(e) => warn!(error = e, "cannot restart the agent"),
-        }
+    fn restart(&self) -> Result<(), String> {
+        self.systemctl(&["restart", "--no-block", &self.opts.service])?;
+        info!(service = self.opts.service, "restarting the agent");
+        Ok(())
     }
 
-    fn unit_status(&self) -> Option<UnitStatus> {
-        let out = match self.systemctl(&[
+    fn unit_status(&self) -> Result<UnitStatus, String> {
+        let out = self.systemctl(&[
             "show",
             "-p",
             "NRestarts",
@@ -791,13 +1146,7 @@ impl<'a> Updater<'a> {
             "-p",
             "SubState",
             &self.opts.service,
-        ]) {
-            Ok(out) => out,
-            Err(e) => {
-                warn!(error = e, "cannot read the agent unit's state");
-                return None;
-            }
-        };
+        ])?;
         let mut status = UnitStatus::default();
         for line in out.lines() {
             match line.split_once('=') {
@@ -807,6 +1156,12 @@ impl<'a> Updater<'a> {
                 _ => {}
             }
         }
-        Some(status)
+        if status.active.is_empty() {
+            return Err(format!(
+                "systemctl show {} printed no ActiveState",
+                self.opts.service
+            ));
+        }
+        Ok(status)
     }
 }

@@ -40,6 +40,8 @@ const INSTALLED_BINARY: &str = "/usr/local/bin/flotilla-agent";
 const UNINSTALLER: &str = "/usr/local/bin/flotilla-agent-uninstall";
 const DROPIN: &str = "/etc/systemd/system/flotilla-agent.service.d/10-test.conf";
 const PREVIOUS_BINARY: &str = "/var/lib/flotilla-updater/flotilla-agent.previous";
+/// The known-good copy the updater unit runs from.
+const UPDATER_COPY: &str = "/var/lib/flotilla-updater/flotilla-agent.updater";
 
 /// Everything install.sh writes, plus the test's drop-in: what must not change when nothing
 /// should.
@@ -558,6 +560,22 @@ async fn install_sh_installs_enrolls_survives_restart_and_reruns_without_restart
         "{unit}"
     );
     assert!(!unit.contains("/usr/bin/flotilla-agent"), "{unit}");
+    // The updater: run from its known-good copy when there is one, else the installed binary;
+    // write access to the installed binary's directory only.
+    let updater = host.sh("cat /etc/systemd/system/flotilla-agent-updater.service");
+    assert!(
+        updater.contains(
+            "[ -x \"$$updater\" ] || updater=/usr/local/bin/flotilla-agent; exec \"$$updater\" \
+             self-update apply --binary /usr/local/bin/flotilla-agent "
+        ) && updater.contains("\nReadWritePaths=/usr/local/bin /var/lib/flotilla\n"),
+        "{updater}"
+    );
+    assert!(
+        updater
+            .lines()
+            .all(|l| l.starts_with('#') || !l.contains("/usr/bin")),
+        "{updater}"
+    );
     let config = host.sh("cat /etc/flotilla/agent.toml");
     assert!(
         config.contains(&format!("relay_url = \"{}\"", host.relay.url())),
@@ -740,6 +758,8 @@ async fn agent_upgrade_installs_a_newer_build_and_keeps_the_previous_one() {
     let modes = host.sh(&format!("stat -c '%a %U' {INSTALLED_BINARY}"));
     assert_eq!(modes.trim(), "755 root", "still root's, still executable");
     assert_eq!(host.unit_state(AGENT_UNIT), "active");
+    // Confirmed: the next updater runs from the new build.
+    assert_eq!(host.sha256(UPDATER_COPY), published.sha256);
     host.step("upgraded to 0.2.0; previous binary kept");
 }
 
@@ -750,11 +770,47 @@ async fn a_broken_build_is_reverted_marked_broken_and_never_sent_again() {
     let broken = blocking(|| broken_agent_build("0.3.0")).unwrap();
     host.publish(&broken, "0.3.0").await;
 
-    let done = host
-        .upgrade_result(&agent.id, "0.3.0", false, REVERT_DEADLINE)
-        .await;
+    // The updater is killed right after it swapped the broken build in (a reboot, an OOM
+    // kill). The path unit starts it again; that run must not execute the broken build (it
+    // exits 1 at every start) but the known-good copy, and revert.
+    let old_sha = flotilla_tests::fixtures::systemd::sha256_file(&old).unwrap();
+    let cmd = host.upgrade(&agent.id, "0.3.0", false).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let result = host.sh("cat /var/lib/flotilla/upgrade/result.json 2>/dev/null || true");
+        if result.contains("\"status\": \"applied\"") {
+            break;
+        }
+        assert!(
+            started.elapsed() < REVERT_DEADLINE,
+            "the updater never applied 0.3.0: {result}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.sh(&format!("systemctl kill --signal=SIGKILL {UPDATER_UNIT}"));
+    host.step("updater killed after the swap");
+    let done = host.api.wait_final(&cmd.id, REVERT_DEADLINE).await;
     let message = assert_error(&done, error_codes::UPGRADE_REVERTED);
-    host.step(&format!("reverted: {message}"));
+    assert!(
+        message.contains("crash loop: ") || message.contains("unit failed: "),
+        "{message}"
+    );
+    let journal = blocking(|| host.container.journal(&[UPDATER_UNIT], 400));
+    assert!(
+        journal.contains("resuming an upgrade a previous run of the updater did not finish"),
+        "{journal}"
+    );
+    assert_eq!(
+        host.sha256(UPDATER_COPY),
+        old_sha,
+        "the copy is the build that ran"
+    );
+    assert_eq!(
+        host.unit_state(UPDATER_PATH_UNIT),
+        "active",
+        "still watching"
+    );
+    host.step(&format!("reverted by the resumed updater: {message}"));
 
     // Back on the build that ran before, with that binary installed again.
     let back = host.wait_agent("0.1.0", None).await;
