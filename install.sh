@@ -51,6 +51,10 @@ UNITS="$AGENT_UNIT $UPDATER_UNIT $UPDATER_PATH_UNIT"
 CONFIG_DIR=/etc/flotilla
 CONFIG_FILE=$CONFIG_DIR/agent.toml
 RELAY_PUB=$CONFIG_DIR/relay.pub
+# Bind-mounted over /etc/nsswitch.conf for the agent's unit alone (BindReadOnlyPaths=): release
+# builds link glibc statically, and static glibc crashes when it loads NSS modules of another
+# glibc version (myhostname, resolve, mdns...); with "hosts: files dns" it loads none.
+NSSWITCH=$CONFIG_DIR/nsswitch.conf
 STATE_DIR=/var/lib/flotilla
 LOGS_DIR=/var/log/flotilla-agent
 # The root updater's own directory (the previous binary, kept for a revert).
@@ -753,6 +757,9 @@ install_config() {
     fi
     printf '%s\n' "$RELAY_PUBLIC_KEY" >"$WORK_DIR/relay.pub"
     install_file "$WORK_DIR/relay.pub" "$RELAY_PUB" 0644 root:root
+    printf '%s\n' "# flotilla-agent's name resolution (see BindReadOnlyPaths= in $AGENT_UNIT)" \
+        'hosts: files dns' >"$WORK_DIR/nsswitch.conf"
+    install_file "$WORK_DIR/nsswitch.conf" "$NSSWITCH" 0644 root:root
     config_text >"$WORK_DIR/agent.toml"
     if [ -f "$CONFIG_FILE" ] && ! same_content "$WORK_DIR/agent.toml" "$CONFIG_FILE"; then
         say "keeping the locally edited $CONFIG_FILE (it differs from what install.sh writes: relay_url = \"$RELAY_URL\")"
@@ -924,7 +931,7 @@ uninstall() {
             systemctl reset-failed "$unit" 2>/dev/null || true
         done
     fi
-    for file in "$INSTALL_BIN" "$UNINSTALLER" "$CONFIG_FILE" "$RELAY_PUB"; do
+    for file in "$INSTALL_BIN" "$UNINSTALLER" "$CONFIG_FILE" "$RELAY_PUB" "$NSSWITCH"; do
         if [ -e "$file" ] && announce "remove $file"; then
             rm -f "$file"
         fi
