@@ -831,11 +831,29 @@ enroll() {
     if [ "$ALLOW_INSECURE_HTTP" = 1 ]; then
         set -- "$@" --allow-insecure
     fi
+    # As the service user (so agent.db is its own), with the agent's nsswitch.conf.
+    if command -v setpriv >/dev/null 2>&1; then
+        set -- setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups -- "$@"
+    elif command -v runuser >/dev/null 2>&1; then
+        set -- runuser -u "$SERVICE_USER" -- "$@"
+    fi
+    # Else enrolled as root; the state directory is chowned below.
+    if [ -f "$NSSWITCH" ] && command -v unshare >/dev/null 2>&1 &&
+        unshare --mount --propagation private true 2>/dev/null; then
+        # A static glibc build must not load the host's NSS modules while it resolves the
+        # relay's name (the unit does the same with BindReadOnlyPaths=): bind the agent's
+        # nsswitch.conf over the host's in a private mount namespace for this one command.
+        # Best effort: where the bind fails, the command runs with the host's file.
+        # shellcheck disable=SC2016 # expanded by the inner sh, on purpose
+        set -- unshare --mount --propagation private -- sh -c \
+            'mount --bind "$1" /etc/nsswitch.conf 2>/dev/null || :; shift; exec "$@"' \
+            sh "$NSSWITCH" "$@"
+    fi
     if agent_id=$(
         FLOTILLA_ENROLL_TOKEN=$TOKEN
         HOME=$STATE_DIR
         export FLOTILLA_ENROLL_TOKEN HOME
-        as_service_user "$@" 2>"$WORK_DIR/enroll.err"
+        "$@" 2>"$WORK_DIR/enroll.err"
     ); then
         TOKEN=
         chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE_DIR"
@@ -849,17 +867,6 @@ enroll() {
     fi
     cat "$WORK_DIR/enroll.err" >&2
     die "enrollment failed (above); nothing is started. Fix the cause and run install.sh again with a valid token"
-}
-
-as_service_user() {
-    if command -v setpriv >/dev/null 2>&1; then
-        setpriv --reuid="$SERVICE_USER" --regid="$SERVICE_USER" --init-groups -- "$@"
-    elif command -v runuser >/dev/null 2>&1; then
-        runuser -u "$SERVICE_USER" -- "$@"
-    else
-        # Enrolled as root; install_units' caller chowns the state directory afterwards.
-        "$@"
-    fi
 }
 
 start_units() {

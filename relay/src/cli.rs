@@ -38,7 +38,11 @@ use std::time::Duration;
 
 /// Operate a Flotilla fleet through its relay.
 #[derive(Debug, Parser)]
-#[command(name = "flotilla", version, propagate_version = true)]
+#[command(
+    name = "flotilla",
+    version = flotilla_shared::release::version(),
+    propagate_version = true
+)]
 pub struct Cli {
     /// Base URL of the relay's API.
     #[arg(

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "flotilla-relay",
-    version,
+    version = flotilla_shared::release::version(),
     about = "Flotilla relay: agent hub and dashboard API"
 )]
 struct Cli {

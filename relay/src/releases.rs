@@ -252,6 +252,20 @@ where
     result
 }
 
+/// Reads and discards what is left of a rejected upload, up to the size cap, so the client (or
+/// the reverse proxy in front) gets the relay's error instead of a reset connection.
+async fn drain_body<S, E>(body: &mut S, mut size: u64)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    while let Some(Ok(chunk)) = body.next().await {
+        size += chunk.len() as u64;
+        if size > MAX_RELEASE_BYTES {
+            break;
+        }
+    }
+}
+
 /// The body of [`publish`] once the temporary file's name is chosen.
 async fn publish_from_temp<S, E>(
     state: &Shared,
@@ -291,7 +305,12 @@ where
             let take = (ELF_HEAD - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..take]);
             if head.len() == ELF_HEAD {
-                check_build(&head, arch)?;
+                if let Err(e) = check_build(&head, arch) {
+                    // Read (and drop) the rest first: a proxy that is still sending the body
+                    // when the relay answers and closes reports 502 instead of this error.
+                    drain_body(&mut body, size).await;
+                    return Err(e);
+                }
             }
         }
         sha.update(&chunk);

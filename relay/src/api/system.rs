@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 fn status(state: &AppState, status: &str) -> RelayStatus {
     RelayStatus {
         status: status.to_string(),
-        version: flotilla_shared::VERSION.to_string(),
+        version: flotilla_shared::release::version().to_string(),
         relay_key_fingerprint: state.fingerprint.clone(),
         connected_agents: state.hub.connected_count() as u64,
     }
