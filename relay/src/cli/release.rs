@@ -8,12 +8,11 @@
 
 use super::client::{decode, ApiClient, CliError};
 use super::render::{self, Table};
-use super::run::{command_outcome, print_value};
+use super::run::{print_value, send_to_agent};
 use super::Outcome;
 use crate::releases::{canonical_arch, elf_arch, UpgradeRequest, ELF_HEAD, LATEST};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
-use flotilla_shared::api::CommandInfo;
 use flotilla_shared::duration::{format_duration, parse_duration};
 use flotilla_shared::release::{
     validate_version, MarkBrokenRequest, ReleaseInfo, MAX_RELEASE_BYTES,
@@ -23,13 +22,10 @@ use serde::Serialize;
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long an upload may take in all.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-/// The relay holds a `?wait=` request open for at most this long.
-const MAX_SERVER_WAIT: Duration = Duration::from_secs(300);
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Subcommand)]
 pub enum ReleaseCommand {
@@ -298,17 +294,6 @@ pub async fn upgrade(
         args: &req,
         ttl_secs: args.ttl.map(|d| d.as_secs()),
     };
-    let deadline = Instant::now() + args.wait_timeout;
-    let server_wait = if args.wait {
-        args.wait_timeout.min(MAX_SERVER_WAIT)
-    } else {
-        Duration::ZERO
-    };
-    let query = if args.wait {
-        vec![("wait", server_wait.as_secs().max(1).to_string())]
-    } else {
-        Vec::new()
-    };
     if args.wait && !json {
         eprintln!(
             "agent.upgrade to {} sent to agent {}; waiting up to {} for the new version to \
@@ -318,29 +303,7 @@ pub async fn upgrade(
             format_duration(args.wait_timeout)
         );
     }
-    let mut value = client
-        .post(
-            &["api", "v1", "agents", &args.id, "commands"],
-            &query,
-            &body,
-            server_wait,
-        )
-        .await?;
-    let mut info: CommandInfo = decode(&value, "command")?;
-    if args.wait {
-        while !info.state.is_final() && Instant::now() < deadline {
-            tokio::time::sleep(POLL_INTERVAL).await;
-            value = client
-                .get(
-                    &["api", "v1", "commands", &info.id],
-                    &[("agent", info.agent_id.clone())],
-                )
-                .await?;
-            info = decode(&value, "command")?;
-        }
-    }
-    print_value(&value, json, || render::command_info(&info, Utc::now()));
-    Ok(command_outcome(&info, args.wait, args.wait_timeout))
+    send_to_agent(client, &args.id, &body, args.wait, args.wait_timeout, json).await
 }
 
 #[cfg(test)]

@@ -64,39 +64,7 @@ pub async fn run(client: &ApiClient, args: &RunArgs, json: bool) -> Result<Outco
     match (&args.agent, &args.selector) {
         (Some(agent), None) => {
             let body = CreateCommand { command, ttl_secs };
-            let server_wait = if args.wait {
-                args.wait_timeout.min(MAX_SERVER_WAIT)
-            } else {
-                Duration::ZERO
-            };
-            let query = if args.wait {
-                vec![("wait", server_wait.as_secs().max(1).to_string())]
-            } else {
-                Vec::new()
-            };
-            let mut value = client
-                .post(
-                    &["api", "v1", "agents", agent, "commands"],
-                    &query,
-                    &body,
-                    server_wait,
-                )
-                .await?;
-            let mut info: CommandInfo = decode(&value, "command")?;
-            if args.wait {
-                while !info.state.is_final() && Instant::now() < deadline {
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    value = client
-                        .get(
-                            &["api", "v1", "commands", &info.id],
-                            &[("agent", info.agent_id.clone())],
-                        )
-                        .await?;
-                    info = decode(&value, "command")?;
-                }
-            }
-            print_value(&value, json, || render::command_info(&info, Utc::now()));
-            Ok(command_outcome(&info, args.wait, args.wait_timeout))
+            send_to_agent(client, agent, &body, args.wait, args.wait_timeout, json).await
         }
         (None, Some(selector)) => {
             let body = CreateJob {
@@ -130,6 +98,53 @@ pub async fn run(client: &ApiClient, args: &RunArgs, json: bool) -> Result<Outco
 }
 
 /// Prints the API's JSON as it came, or the human form.
+/// `POST /api/v1/agents/{agent}/commands` with `body`; with `wait`, lets the relay hold the
+/// answer (up to [`MAX_SERVER_WAIT`]) and then polls the command until it is final or
+/// `wait_timeout` passed. Prints it and returns the outcome.
+pub async fn send_to_agent<B: serde::Serialize>(
+    client: &ApiClient,
+    agent: &str,
+    body: &B,
+    wait: bool,
+    wait_timeout: Duration,
+    json: bool,
+) -> Result<Outcome, CliError> {
+    let deadline = Instant::now() + wait_timeout;
+    let server_wait = if wait {
+        wait_timeout.min(MAX_SERVER_WAIT)
+    } else {
+        Duration::ZERO
+    };
+    let query = if wait {
+        vec![("wait", server_wait.as_secs().max(1).to_string())]
+    } else {
+        Vec::new()
+    };
+    let mut value = client
+        .post(
+            &["api", "v1", "agents", agent, "commands"],
+            &query,
+            body,
+            server_wait,
+        )
+        .await?;
+    let mut info: CommandInfo = decode(&value, "command")?;
+    if wait {
+        while !info.state.is_final() && Instant::now() < deadline {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            value = client
+                .get(
+                    &["api", "v1", "commands", &info.id],
+                    &[("agent", info.agent_id.clone())],
+                )
+                .await?;
+            info = decode(&value, "command")?;
+        }
+    }
+    print_value(&value, json, || render::command_info(&info, Utc::now()));
+    Ok(command_outcome(&info, wait, wait_timeout))
+}
+
 pub fn print_value(value: &Value, json: bool, human: impl FnOnce() -> String) {
     if json {
         let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
