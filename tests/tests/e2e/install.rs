@@ -606,6 +606,20 @@ async fn install_sh_installs_enrolls_survives_restart_and_reruns_without_restart
     assert!(environment.contains(&host.scope), "{environment}");
     let user = host.sh("ps -o user= -p $(systemctl show --value -p MainPID flotilla-agent)");
     assert_eq!(user.trim(), "flotilla-agent");
+    // The agent sees install.sh's nsswitch.conf ("hosts: files dns", so a static glibc build
+    // loads no NSS module) in place of the host's, which stays untouched.
+    let seen = host
+        .sh("cat /proc/$(systemctl show --value -p MainPID flotilla-agent)/root/etc/nsswitch.conf");
+    assert!(
+        seen.lines().any(|l| l.trim() == "hosts: files dns"),
+        "the agent's nsswitch.conf: {seen}"
+    );
+    assert_eq!(seen, host.sh("cat /etc/flotilla/nsswitch.conf"));
+    assert_ne!(
+        seen,
+        host.sh("cat /etc/nsswitch.conf"),
+        "the host's file is not replaced"
+    );
 
     // `systemctl restart`: back online, on a new connection.
     let before = host.unit_run();
@@ -1034,6 +1048,7 @@ async fn uninstall_removes_units_and_binaries_keeps_state_and_purge_removes_it()
         UNINSTALLER,
         "/etc/flotilla/agent.toml",
         "/etc/flotilla/relay.pub",
+        "/etc/flotilla/nsswitch.conf",
         "/etc/systemd/system/flotilla-agent.service",
         "/etc/systemd/system/flotilla-agent-updater.service",
         "/etc/systemd/system/flotilla-agent-updater.path",
