@@ -54,7 +54,7 @@ pub struct AgentConfig {
     /// only, which is always written).
     pub log_dir: Option<PathBuf>,
     /// `text` or `json`, for the files and stderr alike.
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: flotilla_daemon::logging::LogFormat,
     /// Daily log files kept; older ones are deleted.
     pub log_keep_files: usize,
     /// Test hook: results and events are written to the outbox but not sent while set.
@@ -160,8 +160,8 @@ impl Default for AgentConfig {
             restart_loop_threshold: 3,
             restart_loop_window_secs: 300,
             log_dir: None,
-            log_format: crate::logging::LogFormat::Text,
-            log_keep_files: crate::logging::DEFAULT_KEEP_FILES,
+            log_format: flotilla_daemon::logging::LogFormat::Text,
+            log_keep_files: flotilla_daemon::logging::DEFAULT_KEEP_FILES,
             test_hold_outbox: false,
             test_update_pause_at: None,
             update: UpdateConfig::default(),
@@ -366,7 +366,7 @@ impl AgentConfig {
             self.log_dir = Some(PathBuf::from(v.trim()));
         }
         if self.log_dir.is_none() {
-            self.log_dir = crate::logging::systemd_logs_directory(get);
+            self.log_dir = flotilla_daemon::logging::systemd_logs_directory(get);
         }
         if let Some(v) = get("FLOTILLA_LOG_FORMAT") {
             self.log_format = v
@@ -426,7 +426,7 @@ impl AgentConfig {
                 expected: "expected at least 1 second".into(),
             });
         }
-        if let Err(expected) = crate::logging::check_keep_files(self.log_keep_files) {
+        if let Err(expected) = flotilla_daemon::logging::check_keep_files(self.log_keep_files) {
             return Err(ConfigError::Value {
                 key: "log_keep_files",
                 value: self.log_keep_files.to_string(),
@@ -646,12 +646,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.log_dir, Some(PathBuf::from("/var/log/x")));
-        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.log_format, flotilla_daemon::logging::LogFormat::Json);
         assert_eq!(c.log_keep_files, 3);
         let d = AgentConfig::default();
         assert_eq!(
             (d.log_dir, d.log_format, d.log_keep_files),
-            (None, crate::logging::LogFormat::Text, 14)
+            (None, flotilla_daemon::logging::LogFormat::Text, 14)
         );
 
         // systemd's LogsDirectory= is the default; FLOTILLA_LOG_DIR and the file win over it.
@@ -665,7 +665,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.log_dir, Some(PathBuf::from("/srv/logs")));
-        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert_eq!(c.log_format, flotilla_daemon::logging::LogFormat::Json);
         assert_eq!(c.log_keep_files, 30);
         let mut c = AgentConfig::from_toml("log_dir = \"/var/log/x\"\n").unwrap();
         c.apply_env(|k| (k == "LOGS_DIRECTORY").then(|| "/var/log/flotilla".to_string()))

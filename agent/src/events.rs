@@ -8,10 +8,10 @@
 //! `MAX_RESUME_AGE`). Events at exactly the stored time are told apart by container and action,
 //! so none is stored twice.
 
-use crate::backoff::Backoff;
 use crate::docker::{ContainerEvent, DockerClient};
 use crate::state::{EventCursor, State};
 use chrono::{DateTime, Utc};
+use flotilla_daemon::backoff::Backoff;
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::OutboxItem;
 use futures_util::StreamExt;

@@ -8,7 +8,6 @@
 //! the state directory (`state`). Only `docker` talks to the Docker engine.
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod backup;
 pub mod config;
 pub mod docker;
@@ -16,10 +15,8 @@ pub mod enroll;
 pub mod events;
 pub mod executor;
 pub mod heartbeat;
-pub mod logging;
 pub mod session;
 pub mod state;
-pub mod systemd;
 pub mod update;
 pub mod upgrade;
 pub mod verify;
@@ -27,6 +24,7 @@ pub mod verify;
 use anyhow::{anyhow, Context, Result};
 use chrono::Utc;
 use config::AgentConfig;
+use flotilla_daemon::systemd;
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::OutboxItem;
 use flotilla_shared::signing::{PublicKey, SigningKey};

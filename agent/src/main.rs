@@ -195,8 +195,8 @@ fn main() {
 /// `log_dir`, in its `log_format`. The one-shot commands (`enroll`, `backup`) log to stderr
 /// only: they are run by hand, often as another user than the service, whose files they must
 /// not create.
-fn init_logging(run_config: Option<&AgentConfig>) -> flotilla_agent::logging::LogGuard {
-    use flotilla_agent::logging::{init, LogOptions, DEFAULT_KEEP_FILES};
+fn init_logging(run_config: Option<&AgentConfig>) -> flotilla_daemon::logging::LogGuard {
+    use flotilla_daemon::logging::{init, LogOptions, DEFAULT_KEEP_FILES};
     init(&match run_config {
         Some(c) => LogOptions {
             program: "flotilla-agent",

@@ -8,11 +8,11 @@
 //! new items as they are appended), hands `command` frames to the executor and deletes outbox
 //! items as the relay acknowledges them.
 
-use crate::backoff::Backoff;
 use crate::executor::IncomingCommand;
 use crate::heartbeat::{fit_heartbeat, interval_from_secs};
 use crate::state::State;
 use anyhow::{anyhow, bail, Context, Result};
+use flotilla_daemon::backoff::Backoff;
 use flotilla_shared::command::error_codes::RESULT_TOO_LARGE;
 use flotilla_shared::command::{CommandResult, ErrorInfo, ResultStatus};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};

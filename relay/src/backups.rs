@@ -11,18 +11,7 @@ use crate::config::MAX_COMMAND_TTL_SECS;
 use crate::state::Shared;
 use crate::store::StoreError;
 use flotilla_shared::backup::{BackupReport, BackupStatus};
-use flotilla_shared::command::Command;
-use std::time::Duration;
-
-/// Default TTL of the backup commands that can run long (a dump of a large database, a
-/// restore): the relay's default command TTL (10 minutes) would end their delivery as
-/// `no_result` while the agent still works on them.
-pub const LONG_BACKUP_TTL: Duration = Duration::from_secs(6 * 3600);
-
-/// Whether a command is a backup command that may run for hours.
-pub fn is_long(command: &Command) -> bool {
-    matches!(command, Command::BackupRun(_) | Command::BackupRestore(_))
-}
+use flotilla_shared::command::LONG_BACKUP_TTL;
 
 /// The TTL of a long backup command when the request names none: the relay's default, or
 /// [`LONG_BACKUP_TTL`] times `waves` when that is longer (a job whose max-concurrency makes its
@@ -66,6 +55,7 @@ pub async fn record_report(
 mod tests {
     use super::*;
     use flotilla_shared::backup::{BackupListArgs, BackupRestoreArgs, BackupRunArgs};
+    use flotilla_shared::command::{is_long, Command};
 
     #[test]
     fn run_and_restore_get_six_hours_unless_the_default_is_longer() {

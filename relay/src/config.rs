@@ -61,7 +61,7 @@ pub struct RelayConfig {
     /// systemd's `LOGS_DIRECTORY` when set, else no files (stderr only, always written).
     pub log_dir: Option<PathBuf>,
     /// `text` or `json`, for the files and stderr alike.
-    pub log_format: flotilla_agent::logging::LogFormat,
+    pub log_format: flotilla_daemon::logging::LogFormat,
     /// Daily log files kept; older ones are deleted.
     pub log_keep_files: usize,
     /// Alert notifications (`[notify]`): webhooks, Slack-compatible webhooks, e-mail, and how
@@ -86,8 +86,8 @@ impl Default for RelayConfig {
             trusted_proxies: Vec::new(),
             retention_days: 30,
             log_dir: None,
-            log_format: flotilla_agent::logging::LogFormat::Text,
-            log_keep_files: flotilla_agent::logging::DEFAULT_KEEP_FILES,
+            log_format: flotilla_daemon::logging::LogFormat::Text,
+            log_keep_files: flotilla_daemon::logging::DEFAULT_KEEP_FILES,
             notify: crate::alerts::notify::NotifyConfig::default(),
             alerts: crate::alerts::AlertsConfig::default(),
         }
@@ -113,7 +113,7 @@ pub struct Overrides {
     pub trusted_proxies: Option<Vec<IpAddr>>,
     pub retention_days: Option<u32>,
     pub log_dir: Option<PathBuf>,
-    pub log_format: Option<flotilla_agent::logging::LogFormat>,
+    pub log_format: Option<flotilla_daemon::logging::LogFormat>,
     pub log_keep_files: Option<usize>,
     /// systemd's `LOGS_DIRECTORY`: the log directory when neither an override nor the file
     /// names one.
@@ -235,7 +235,7 @@ impl Overrides {
                 "FLOTILLA_LOG_KEEP_FILES",
                 "expected a whole number of files",
             )?,
-            systemd_logs_dir: flotilla_agent::logging::systemd_logs_directory(get),
+            systemd_logs_dir: flotilla_daemon::logging::systemd_logs_directory(get),
         })
     }
 
@@ -387,7 +387,7 @@ impl RelayConfig {
                 "expected 0 (keep everything) to 36500 days",
             );
         }
-        if flotilla_agent::logging::check_keep_files(self.log_keep_files).is_err() {
+        if flotilla_daemon::logging::check_keep_files(self.log_keep_files).is_err() {
             return bad(
                 "log_keep_files",
                 self.log_keep_files.to_string(),
@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn log_settings_from_env_file_and_systemd() {
-        use flotilla_agent::logging::LogFormat;
+        use flotilla_daemon::logging::LogFormat;
         let c = RelayConfig::default();
         assert_eq!(
             (c.log_dir, c.log_format, c.log_keep_files),

@@ -1,16 +1,15 @@
-//! flotilla-relay: the central server that every agent keeps one websocket to, the dashboard API
-//! operators drive the fleet with, and `flotilla`, the operator CLI (a thin client of that API).
+//! flotilla-relay-server: the central server that every agent keeps one websocket to and the
+//! dashboard API operators drive the fleet with (the `flotilla` CLI, crate `flotilla-cli`, is a
+//! thin client of that API and does not depend on this crate).
 //!
-//! The server side is started in-process with [`server::start`], which is what the binary's
-//! `serve` and `dev` subcommands and the tests use.
+//! The server is started in-process with [`server::start`], which is what the `flotilla-relay`
+//! binary's `serve` and `dev` subcommands (crate `relay/bin`) and the tests use.
 #![forbid(unsafe_code)]
 
 pub mod alerts;
 pub mod api;
 pub mod backups;
-pub mod cli;
 pub mod config;
-pub mod dev;
 pub mod heartbeats;
 pub mod hub;
 pub mod jobs;

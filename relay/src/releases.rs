@@ -20,11 +20,11 @@ use crate::store::{Finalised, StoreError};
 use axum::body::Bytes;
 use flotilla_shared::command::{AgentUpgradeArgs, Command};
 use flotilla_shared::release::{
-    compare_versions, normalize_arch, validate_version, ReleaseInfo, ReleaseManifest, ARCHES,
-    MAX_RELEASE_BYTES,
+    canonical_arch, compare_versions, elf_arch, normalize_arch, validate_version, ReleaseInfo,
+    ReleaseManifest, UpgradeRequest, ARCHES, ELF_HEAD, LATEST, MAX_RELEASE_BYTES,
 };
 use futures_util::{Stream, StreamExt};
-use serde::{Deserialize, Serialize};
+
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
@@ -56,9 +56,6 @@ pub const UNITS: [(&str, &str); 3] = [
 pub const RELEASES_DIR: &str = "releases";
 /// File name of a build inside `<version>/<arch>/`.
 pub const BINARY_NAME: &str = "flotilla-agent";
-/// The version name that resolves to the highest release that is not broken (a pre-release
-/// only for an architecture without any release; see `store::releases::latest_of`).
-pub const LATEST: &str = "latest";
 
 /// Where the build of (version, arch) lives.
 pub fn binary_path(data_dir: &Path, version: &str, arch: &str) -> PathBuf {
@@ -67,39 +64,6 @@ pub fn binary_path(data_dir: &Path, version: &str, arch: &str) -> PathBuf {
         .join(version)
         .join(arch)
         .join(BINARY_NAME)
-}
-
-/// The canonical architecture, or an error naming the accepted ones.
-pub fn canonical_arch(arch: &str) -> Result<&'static str, String> {
-    normalize_arch(arch).ok_or_else(|| {
-        format!(
-            "unknown architecture {arch:?}: agent builds exist for {} (amd64 and arm64 are \
-             accepted too)",
-            ARCHES.join(" and ")
-        )
-    })
-}
-
-/// Bytes of an ELF header needed to tell its architecture.
-pub const ELF_HEAD: usize = 20;
-
-/// The architecture a 64-bit little-endian ELF executable is built for, from its first
-/// [`ELF_HEAD`] bytes, or what is wrong with it.
-pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
-    if head.len() < ELF_HEAD || &head[..4] != b"\x7fELF" {
-        return Err("it is not an ELF executable (an agent build is a Linux binary)".into());
-    }
-    if head[4] != 2 || head[5] != 1 {
-        return Err("it is not a 64-bit little-endian ELF executable".into());
-    }
-    match u16::from_le_bytes([head[18], head[19]]) {
-        62 => Ok("x86_64"),
-        183 => Ok("aarch64"),
-        m => Err(format!(
-            "it is an ELF executable for machine type {m}, not {}",
-            ARCHES.join(" or ")
-        )),
-    }
 }
 
 /// Publishing one build serialises on this lock: checking for an existing build, renaming the
@@ -564,21 +528,6 @@ fn finished(state: &Shared, ended: &[Finalised]) {
 }
 
 // === agent.upgrade ===
-
-/// The arguments an operator gives `agent.upgrade` (`POST /api/v1/agents/{id}/commands` with
-/// `{"kind": "agent.upgrade", "args": {"version": "0.2.0", "rollback": false}}`); the relay turns
-/// them into the signed [`AgentUpgradeArgs`] for the agent's architecture.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpgradeRequest {
-    /// A published version, or `latest` (the highest one not broken for the agent's
-    /// architecture).
-    pub version: String,
-    /// Allow a version older than the agent's (the only way an agent accepts one). The version
-    /// the agent runs is refused either way.
-    #[serde(default)]
-    pub rollback: bool,
-}
 
 /// Why the relay refuses to send an `agent.upgrade`.
 #[derive(Debug, thiserror::Error)]

@@ -55,7 +55,7 @@
 //! unit tested without a database.
 
 use crate::config::RelayConfig;
-use crate::releases::{UpgradeRefusal, UpgradeRequest};
+use crate::releases::UpgradeRefusal;
 use crate::state::{AppState, Shared};
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -64,6 +64,7 @@ use flotilla_shared::command::{error_codes, Command, ContainerListArgs, Containe
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::limit::Limit;
 use flotilla_shared::release::compare_versions;
+use flotilla_shared::release::UpgradeRequest;
 use flotilla_shared::rollout::{
     AgentOutcome, FailureAction, RolloutAction, RolloutCounts, RolloutOrder, RolloutState,
     RolloutTarget, StagePhase, StageSpec, StageWhat, AGENT_TARGET_NAME,

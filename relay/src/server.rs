@@ -141,7 +141,7 @@ async fn systemd_tasks(
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> Vec<JoinHandle<()>> {
-    use flotilla_agent::systemd;
+    use flotilla_daemon::systemd;
     systemd::ready(&format!("serving on {addr}")).await;
     let mut tasks = Vec::new();
     if let Some(interval) = systemd::watchdog_interval() {

@@ -113,7 +113,9 @@ impl Shared {
             Command::ContainerUpdate(args) => {
                 crate::updates::default_ttl_secs(args, default, waves)
             }
-            c if crate::backups::is_long(c) => crate::backups::default_ttl_secs(default, waves),
+            c if flotilla_shared::command::is_long(c) => {
+                crate::backups::default_ttl_secs(default, waves)
+            }
             _ => default,
         });
         if !(1..=crate::config::MAX_COMMAND_TTL_SECS).contains(&ttl) {

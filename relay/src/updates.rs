@@ -7,20 +7,7 @@
 //! [`run_budget`] as its TTL (times the number of rounds a job's max-concurrency makes).
 
 use crate::config::MAX_COMMAND_TTL_SECS;
-use flotilla_shared::update::ContainerUpdateArgs;
-use std::time::Duration;
-
-/// What the update's own timeouts do not bound: pulling the image, stopping the old container
-/// (its own stop timeout), creating and starting containers, the agent's bookkeeping.
-pub const UPDATE_SLACK: Duration = Duration::from_secs(15 * 60);
-
-/// The longest an update can reasonably run once the agent started it: the health gate and the
-/// stability window of the new container, the same again for the old one when it rolls back,
-/// plus [`UPDATE_SLACK`].
-pub fn run_budget(args: &ContainerUpdateArgs) -> Duration {
-    let gate = u64::from(args.health_timeout_secs()) + u64::from(args.stable_secs());
-    Duration::from_secs(2 * gate) + UPDATE_SLACK
-}
+use flotilla_shared::update::{run_budget, ContainerUpdateArgs};
 
 /// The TTL of an update command when the request names none: the relay's default, or the
 /// update's [`run_budget`] times `waves` when that is longer (a job whose max-concurrency makes
@@ -34,6 +21,7 @@ pub fn default_ttl_secs(args: &ContainerUpdateArgs, default_ttl_secs: u64, waves
 mod tests {
     use super::*;
     use flotilla_shared::update::{HealthSpec, UpdateStrategy};
+    use std::time::Duration;
 
     fn args(health_timeout_secs: Option<u32>, stable_secs: Option<u32>) -> ContainerUpdateArgs {
         ContainerUpdateArgs {

@@ -2,7 +2,7 @@
 //! enrolled agent that never connects becomes unreachable (hard), and the alert is listed,
 //! shown, acknowledged (audited) and silenced through the HTTP API; bad input gets 400s.
 
-use flotilla_relay::config::RelayConfig;
+use flotilla_relay_server::config::RelayConfig;
 use flotilla_shared::alert::{AlertInfo, AlertState, CreateSilence, Severity, Silence};
 use flotilla_shared::api::{
     AgentFacts, AuditRecord, CreateEnrollmentToken, EnrollRequest, EnrollResponse,
@@ -47,7 +47,7 @@ async fn unreachable_agent_alert_through_the_api() {
     config.alerts.evaluate_interval_secs = 1;
     config.alerts.unreachable_intervals = 1;
     config.alerts.medium_notify_after_secs = 0;
-    let relay = flotilla_relay::start(config).await.unwrap();
+    let relay = flotilla_relay_server::start(config).await.unwrap();
     let admin = relay.admin_token_created().unwrap().to_string();
     let base = relay.base_url();
     let http = reqwest::Client::new();

@@ -1,7 +1,7 @@
 //! The relay's side of the agent protocol, driven by a scripted agent over a real websocket
 //! against an in-process relay on 127.0.0.1:0.
 
-use flotilla_relay::config::RelayConfig;
+use flotilla_relay_server::config::RelayConfig;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
     EnrollmentTokenCreated, JobInfo, JobState,
@@ -18,7 +18,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Relay {
-    relay: flotilla_relay::RunningRelay,
+    relay: flotilla_relay_server::RunningRelay,
     base: String,
     admin: String,
     http: reqwest::Client,
@@ -45,7 +45,7 @@ async fn relay_with(configure: impl FnOnce(&mut RelayConfig)) -> Relay {
         ..RelayConfig::default()
     };
     configure(&mut config);
-    let relay = flotilla_relay::start(config).await.unwrap();
+    let relay = flotilla_relay_server::start(config).await.unwrap();
     let admin = relay.admin_token_created().unwrap().to_string();
     let listen = std::fs::read_to_string(dir.join("listen-addr")).unwrap();
     assert_eq!(listen.trim(), relay.local_addr().to_string());

@@ -6,8 +6,8 @@
 //! rollouts of agent versions (completion, `no_target`, a broken build stopping dispatch at
 //! once, the soak's version check, revert with and without the previous build).
 
-use flotilla_relay::config::RelayConfig;
-use flotilla_relay::RunningRelay;
+use flotilla_relay_server::config::RelayConfig;
+use flotilla_relay_server::RunningRelay;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
     EnrollmentTokenCreated,
@@ -106,7 +106,7 @@ impl TestRelay {
             ..RelayConfig::default()
         };
         config.alerts.evaluate_interval_secs = 1;
-        let relay = flotilla_relay::start(config).await.unwrap();
+        let relay = flotilla_relay_server::start(config).await.unwrap();
         TestRelay {
             admin: relay.admin_token_created().unwrap().to_string(),
             base: relay.base_url(),
@@ -1518,7 +1518,7 @@ async fn an_agent_upgrade_waits_until_container_work_finished() {
 
 /// Runs the `flotilla` binary against the relay: (exit code, stdout, stderr).
 async fn flotilla(t: &TestRelay, args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+    let out = tokio::process::Command::new(flotilla_tests::harness::bin("flotilla"))
         .args(["--addr", &t.base, "--token", &t.admin])
         .args(args)
         .output()

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Default stop timeout when a stop/restart names none (Docker's own default).
 pub const DEFAULT_STOP_TIMEOUT_SECS: u32 = 10;
@@ -537,6 +538,16 @@ pub struct ContainerLogsOutput {
     pub lines: Vec<String>,
     /// True when lines were dropped to keep the result under the frame size limit.
     pub truncated: bool,
+}
+
+/// Default TTL of the backup commands that can run long (a dump of a large database, a
+/// restore): the relay's default command TTL (10 minutes) would end their delivery as
+/// `no_result` while the agent still works on them.
+pub const LONG_BACKUP_TTL: Duration = Duration::from_secs(6 * 3600);
+
+/// Whether a command is a backup command that may run for hours.
+pub fn is_long(command: &Command) -> bool {
+    matches!(command, Command::BackupRun(_) | Command::BackupRestore(_))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Default deadline for the new container to pass its health check.
 pub const DEFAULT_HEALTH_TIMEOUT_SECS: u32 = 120;
@@ -386,6 +387,18 @@ pub struct UpdateReport {
     pub old_stopped: bool,
     /// Total time, ms.
     pub total_ms: u64,
+}
+
+/// What the update's own timeouts do not bound: pulling the image, stopping the old container
+/// (its own stop timeout), creating and starting containers, the agent's bookkeeping.
+pub const UPDATE_SLACK: Duration = Duration::from_secs(15 * 60);
+
+/// The longest an update can reasonably run once the agent started it: the health gate and the
+/// stability window of the new container, the same again for the old one when it rolls back,
+/// plus [`UPDATE_SLACK`].
+pub fn run_budget(args: &ContainerUpdateArgs) -> Duration {
+    let gate = u64::from(args.health_timeout_secs()) + u64::from(args.stable_secs());
+    Duration::from_secs(2 * gate) + UPDATE_SLACK
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ impl Relay {
                 TEST_HEARTBEAT_SECS.to_string(),
             )
             .env("FLOTILLA_TEST_HOOKS", "true")
-            .env("FLOTILLA_LOG", "info,flotilla_relay=debug")
+            .env("FLOTILLA_LOG", "info,flotilla_relay_server=debug")
             .stdin(Stdio::null())
             .stdout(log_file(&self.log_path()))
             .stderr(log_file(&self.log_path()))

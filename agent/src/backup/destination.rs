@@ -919,8 +919,8 @@ fn list_dir(dir: &Path) -> Result<Vec<RemoteObject>, String> {
 /// on transient failures.
 mod s3 {
     use super::{error_chain, RemoteObject};
-    use crate::backoff::Backoff;
     use bytes::Bytes;
+    use flotilla_daemon::backoff::Backoff;
     use reqwest::{Method, StatusCode};
     use ring::{digest, hmac};
     use std::fmt;

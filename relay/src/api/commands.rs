@@ -2,7 +2,7 @@
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
-use crate::releases::{UpgradeRefusal, UpgradeRequest};
+use crate::releases::UpgradeRefusal;
 use crate::state::{AppState, IssueError, Shared};
 use crate::store::{now, CommandLookup, NewCommand, NewJob};
 use axum::extract::{Path, State};
@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use flotilla_shared::api::{CommandInfo, CreateCommand, CreateJob, DeliveryState, JobInfo, Scope};
 use flotilla_shared::command::{Audience, Command, CommandEnvelope, CommandKind, SignedCommand};
 use flotilla_shared::ids;
+use flotilla_shared::release::UpgradeRequest;
 use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;

@@ -68,7 +68,7 @@ fn build_of(version: &str, arch: &str) -> Result<(String, &'static str), ApiErro
             format!("invalid version: {e}"),
         )
     })?;
-    let arch = rel::canonical_arch(arch)
+    let arch = flotilla_shared::release::canonical_arch(arch)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_arch", e))?;
     Ok((version.to_string(), arch))
 }

@@ -42,7 +42,7 @@ async fn main() -> Result<()> {
             "FLOTILLA_HEARTBEAT_INTERVAL_SECS",
             &HEARTBEAT_SECS.to_string(),
         ),
-        ("FLOTILLA_LOG", "warn,flotilla_relay::rollouts=info"),
+        ("FLOTILLA_LOG", "warn,flotilla_relay_server::rollouts=info"),
     ])
     .await;
     let relay_pid = relay_pid(&relay)?;

@@ -42,7 +42,7 @@ pub fn build_update(args: &UpdateArgs) -> Result<ContainerUpdateArgs, CliError> 
 /// How long `--wait` waits by default: the update's run budget (both health gates, stability
 /// windows and slack for pull and stop/start) plus a minute.
 pub fn default_wait(update: &ContainerUpdateArgs) -> Duration {
-    crate::updates::run_budget(update) + WAIT_MARGIN
+    flotilla_shared::update::run_budget(update) + WAIT_MARGIN
 }
 
 pub async fn update(

@@ -330,7 +330,7 @@ pub fn silences(list: &[Silence], now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, CliCommand};
+    use crate::{Cli, CliCommand};
     use clap::Parser;
     use flotilla_shared::alert::AlertState;
 

@@ -1,13 +1,13 @@
 //! `flotilla-relay dev`: a relay plus one in-process agent enrolled against it and the local
 //! Docker engine, for trying Flotilla on one machine.
 
-use crate::config::RelayConfig;
-use crate::keys::read_admin_token;
-use crate::server::start;
-use crate::store::{now, NewEnrollmentToken};
 use anyhow::Context;
 use flotilla_agent::config::AgentConfig;
 use flotilla_agent::enroll::{enroll, EnrollOptions};
+use flotilla_relay_server::config::RelayConfig;
+use flotilla_relay_server::keys::read_admin_token;
+use flotilla_relay_server::server::start;
+use flotilla_relay_server::store::{now, NewEnrollmentToken};
 use flotilla_shared::ids;
 use flotilla_shared::selector::Labels;
 use std::future::Future;
@@ -103,7 +103,7 @@ async fn enrolled_agent(data_dir: &Path, agent_state_dir: &Path) -> anyhow::Resu
 }
 
 async fn enroll_dev_agent(
-    relay: &crate::server::RunningRelay,
+    relay: &flotilla_relay_server::RunningRelay,
     base_url: &str,
     agent_state_dir: &Path,
 ) -> anyhow::Result<String> {

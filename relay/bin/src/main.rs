@@ -1,9 +1,13 @@
 //! `flotilla-relay`: parses the command line, builds the configuration, runs the relay until
-//! Ctrl-C or SIGTERM.
+//! Ctrl-C or SIGTERM. This binary crate is the one place that links the relay server and the
+//! agent together (`dev`, a relay plus an in-process agent); the server library does not
+//! depend on the agent.
+
+mod dev;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use flotilla_relay::config::{Overrides, RelayConfig};
+use flotilla_relay_server::config::{Overrides, RelayConfig};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,8 +55,8 @@ struct DevArgs {
 }
 
 /// stderr always (the journal under systemd), plus the daily files of `log_dir` when set.
-fn init_logging(config: &RelayConfig) -> flotilla_agent::logging::LogGuard {
-    flotilla_agent::logging::init(&flotilla_agent::logging::LogOptions {
+fn init_logging(config: &RelayConfig) -> flotilla_daemon::logging::LogGuard {
+    flotilla_daemon::logging::init(&flotilla_daemon::logging::LogOptions {
         program: "flotilla-relay",
         dir: config.log_dir.as_deref(),
         format: config.log_format,
@@ -133,13 +137,13 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
     match command {
         Command::Serve(_) => {
             let data_dir = config.data_dir.clone();
-            let relay = flotilla_relay::start(config)
+            let relay = flotilla_relay_server::start(config)
                 .await
                 .context("cannot start the relay")?;
             println!("flotilla-relay listening on {}", relay.base_url());
             println!("relay key fingerprint: {}", relay.fingerprint());
             if let Some(token) = relay.admin_token_created() {
-                let path = data_dir.join(flotilla_relay::keys::ADMIN_TOKEN_FILE);
+                let path = data_dir.join(flotilla_relay_server::keys::ADMIN_TOKEN_FILE);
                 // Shown on a terminal only: under systemd (or any redirect) stdout ends up in a
                 // log, and secrets are never logged.
                 if std::io::stdout().is_terminal() {
@@ -159,7 +163,7 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
             relay.wait().await.context("relay failed")?;
         }
         Command::Dev(_) => {
-            flotilla_relay::dev::run(config, shutdown_signal()).await?;
+            dev::run(config, shutdown_signal()).await?;
         }
     }
     Ok(())

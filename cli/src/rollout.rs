@@ -475,7 +475,7 @@ fn list_table(list: &[RolloutInfo], now: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, CliCommand};
+    use crate::{Cli, CliCommand};
     use clap::Parser;
 
     fn start_agents(args: &[&str]) -> Result<Option<CreateAgentRollout>, String> {

@@ -10,10 +10,10 @@ use super::client::{decode, ApiClient, CliError};
 use super::render::{self, Table};
 use super::run::{print_value, send_to_agent};
 use super::Outcome;
-use crate::releases::{canonical_arch, elf_arch, UpgradeRequest, ELF_HEAD, LATEST};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use flotilla_shared::duration::{format_duration, parse_duration};
+use flotilla_shared::release::{canonical_arch, elf_arch, UpgradeRequest, ELF_HEAD, LATEST};
 use flotilla_shared::release::{
     validate_version, MarkBrokenRequest, ReleaseInfo, MAX_RELEASE_BYTES,
 };
@@ -309,7 +309,7 @@ pub async fn upgrade(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{AgentCommand, Cli, CliCommand};
+    use crate::{AgentCommand, Cli, CliCommand};
     use clap::Parser;
     use flotilla_shared::release::BrokenInfo;
 

@@ -160,8 +160,8 @@ impl BackupCommand {
 /// How long a backup command is waited for when `--timeout` is not given: as long as the
 /// relay keeps a long one (run, restore) by default, a minute for the others.
 pub fn default_timeout(command: &Command) -> Duration {
-    if crate::backups::is_long(command) {
-        crate::backups::LONG_BACKUP_TTL
+    if flotilla_shared::command::is_long(command) {
+        flotilla_shared::command::LONG_BACKUP_TTL
     } else {
         SHORT_TIMEOUT
     }
