@@ -10,14 +10,16 @@
 //! - Undelivered (expired before the agent received it) is not an error.
 //!
 //! All dispatch state lives in the database, so a restarted relay resumes every running job.
-//! The engine task re-evaluates a job whenever one of its deliveries finishes.
+//! [`JobEngine`] re-evaluates a job whenever one of its deliveries finishes (a completion of
+//! the commands service); [`ExpirySweeper`] ends the deliveries that ran out of time.
 
-use crate::state::{AppState, Shared};
-use crate::store::{JobStep, StoreError};
-use flotilla_shared::api::{JobCounts, JobState};
+use crate::commands::Commands;
+use crate::store::{JobStep, Store, StoreError};
+use chrono::{DateTime, Utc};
+use flotilla_shared::api::{DeliveryState, JobCounts, JobState};
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 /// How often expired deliveries are looked for.
@@ -67,106 +69,142 @@ pub fn plan_step(
     }
 }
 
-/// Asks the engine to re-evaluate a job.
+/// The jobs engine: advances a job whenever one of its deliveries finishes (it subscribes to
+/// the commands service's completions), and every running job at start.
 #[derive(Clone)]
-pub struct JobKicker(mpsc::UnboundedSender<String>);
-
-impl JobKicker {
-    pub fn channel() -> (JobKicker, mpsc::UnboundedReceiver<String>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (JobKicker(tx), rx)
-    }
-
-    pub fn kick(&self, job_id: &str) {
-        // Fails only after the engine stopped at shutdown; running jobs resume at next start.
-        let _ = self.0.send(job_id.to_string());
-    }
+pub struct JobEngine {
+    store: Store,
+    commands: Commands,
 }
 
-/// One dispatch step: updates the job in the database, then sends its command to the agents
-/// that were queued now.
-pub async fn advance(state: &Shared, job_id: &str) -> Result<Option<JobStep>, StoreError> {
-    let step = state.store.advance_job(job_id.to_string()).await?;
-    if let Some(step) = &step {
-        if let (Some(signed), false) = (&step.signed, step.queued.is_empty()) {
-            state
-                .dispatch(&step.command_id, signed, &step.queued)
-                .await?;
-        }
-        if step.skipped > 0 {
-            tracing::info!(
-                job_id,
-                skipped = step.skipped,
-                "job exceeded max-errors; skipped the remaining targets"
-            );
-        }
+impl JobEngine {
+    pub fn new(store: Store, commands: Commands) -> JobEngine {
+        JobEngine { store, commands }
     }
-    Ok(step)
-}
 
-/// Runs until shutdown, evaluating every job it is kicked for (and every running job at start).
-pub async fn run_engine(
-    state: AppState,
-    mut rx: mpsc::UnboundedReceiver<String>,
-    shutdown: CancellationToken,
-) {
-    match state.store.running_jobs().await {
-        Ok(ids) => {
-            for id in ids {
-                state.jobs.kick(&id);
+    /// One dispatch step of one job: updates the job in the database, then sends its command
+    /// to the agents that were queued now.
+    pub async fn advance(&self, job_id: &str) -> Result<Option<JobStep>, StoreError> {
+        let step = self.store.advance_job(job_id.to_string()).await?;
+        if let Some(step) = &step {
+            if let (Some(signed), false) = (&step.signed, step.queued.is_empty()) {
+                self.commands
+                    .dispatch(&step.command_id, signed, &step.queued)
+                    .await?;
+            }
+            if step.skipped > 0 {
+                tracing::info!(
+                    job_id,
+                    skipped = step.skipped,
+                    "job exceeded max-errors; skipped the remaining targets"
+                );
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot list running jobs; they resume when one of their deliveries finishes")
-        }
+        Ok(step)
     }
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            id = rx.recv() => match id { Some(id) => id, None => return },
-        };
-        // Coalesce bursts (a job with many results arriving at once needs one evaluation).
-        let mut ids = BTreeSet::from([first]);
-        while let Ok(id) = rx.try_recv() {
-            ids.insert(id);
-        }
-        for id in ids {
-            if let Err(e) = advance(&state, &id).await {
-                tracing::error!(job_id = %id, error = %e, "cannot advance job");
-            }
-        }
-    }
-}
 
-/// Every few seconds, ends deliveries whose command expired before the agent received it
-/// (undelivered), and accepted ones whose result is overdue by more than `result_grace_secs`
-/// (failed `no_result`).
-pub async fn run_expiry_sweeper(state: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+    /// One pass: advances every running job. The dispatch state is all in the database, so
+    /// `now` is not needed by the decisions; it is the engines' common signature.
+    pub async fn step(&self, _now: DateTime<Utc>) -> Result<(), StoreError> {
+        for id in self.store.running_jobs().await? {
+            self.advance_logged(&id).await;
         }
-        let grace = Duration::from_secs(state.config.result_grace_secs);
-        match state.store.expire_deliveries(grace).await {
-            Ok(ended) => {
-                for f in ended {
-                    if f.state == flotilla_shared::api::DeliveryState::Undelivered {
-                        tracing::info!(command_id = %f.command_id, agent_id = %f.agent_id, "command expired before delivery");
-                    } else {
-                        tracing::warn!(command_id = %f.command_id, agent_id = %f.agent_id, "agent accepted the command but sent no result in time; marked failed (no_result)");
-                    }
-                    state.delivery_finished(
-                        &f.command_id,
-                        &f.agent_id,
-                        f.job_id.as_deref(),
-                        f.state,
-                    );
+        Ok(())
+    }
+
+    async fn advance_logged(&self, id: &str) {
+        if let Err(e) = self.advance(id).await {
+            tracing::error!(job_id = %id, error = %e, "cannot advance job");
+        }
+    }
+
+    /// Runs until shutdown: a pass at start (running jobs resume), then one evaluation per job
+    /// whose delivery finished, bursts coalesced; a pass whenever completions were missed.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // Subscribed before the first pass, so nothing finishing meanwhile is missed.
+        let mut completions = self.commands.subscribe();
+        if let Err(e) = self.step(crate::store::now()).await {
+            tracing::error!(error = %e, "cannot list running jobs; they resume when one of their deliveries finishes");
+        }
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                c = completions.recv() => c,
+            };
+            let mut ids = BTreeSet::new();
+            let mut lagged = false;
+            let mut next = Some(first);
+            // Coalesce bursts (a job with many results arriving at once needs one evaluation).
+            while let Some(received) = next {
+                match received {
+                    Ok(c) => ids.extend(c.job_id),
+                    Err(RecvError::Lagged(_)) => lagged = true,
+                    Err(RecvError::Closed) => return,
                 }
+                next = match completions.try_recv() {
+                    Ok(c) => Some(Ok(c)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                };
             }
-            Err(e) => tracing::error!(error = %e, "cannot expire deliveries"),
+            if lagged {
+                // Some completions were missed: look at every running job.
+                if let Err(e) = self.step(crate::store::now()).await {
+                    tracing::error!(error = %e, "cannot list running jobs");
+                }
+                continue;
+            }
+            for id in ids {
+                self.advance_logged(&id).await;
+            }
+        }
+    }
+}
+
+/// Ends deliveries whose command expired before the agent received it (undelivered), and
+/// accepted ones whose result is overdue by more than `result_grace` (failed `no_result`).
+pub struct ExpirySweeper {
+    store: Store,
+    commands: Commands,
+    result_grace: Duration,
+}
+
+impl ExpirySweeper {
+    pub fn new(store: Store, commands: Commands, result_grace: Duration) -> ExpirySweeper {
+        ExpirySweeper {
+            store,
+            commands,
+            result_grace,
+        }
+    }
+
+    /// One sweep at `now`.
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let ended = self.store.expire_deliveries(now, self.result_grace).await?;
+        for f in &ended {
+            if f.state == DeliveryState::Undelivered {
+                tracing::info!(command_id = %f.command_id, agent_id = %f.agent_id, "command expired before delivery");
+            } else {
+                tracing::warn!(command_id = %f.command_id, agent_id = %f.agent_id, "agent accepted the command but sent no result in time; marked failed (no_result)");
+            }
+        }
+        self.commands.all_finished(&ended);
+        Ok(())
+    }
+
+    /// A sweep every [`EXPIRY_SWEEP_INTERVAL`] until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(EXPIRY_SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step(crate::store::now()).await {
+                tracing::error!(error = %e, "cannot expire deliveries");
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod api;
 pub mod backups;
+pub mod commands;
 pub mod config;
 pub mod heartbeats;
 pub mod hub;
@@ -27,3 +28,7 @@ pub mod ws;
 
 pub use config::RelayConfig;
 pub use server::{start, RunningRelay};
+
+#[cfg(test)]
+#[path = "tests/engines.rs"]
+mod engine_tests;

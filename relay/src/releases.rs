@@ -14,8 +14,10 @@
 //! agent again and is not served for download; `latest` skips it and prefers releases to
 //! pre-releases.
 
+use crate::hub::Hub;
 use crate::state::Shared;
 use crate::store::releases::{NewRelease, StoredRelease};
+use crate::store::Store;
 use crate::store::{Finalised, StoreError};
 use axum::body::Bytes;
 use flotilla_shared::command::{AgentUpgradeArgs, Command};
@@ -463,19 +465,16 @@ pub fn available(list: &[StoredRelease]) -> String {
 /// The build `version` (or [`LATEST`]) names for `arch` (any accepted spelling), unless it is
 /// missing or broken.
 pub async fn resolve(
-    state: &Shared,
+    store: &Store,
     version: &str,
     arch: &str,
 ) -> Result<StoredRelease, ResolveError> {
     let arch = canonical_arch(arch).map_err(ResolveError::UnknownArch)?;
     let found = if version == LATEST {
-        state.store.latest_release(arch.to_string()).await?
+        store.latest_release(arch.to_string()).await?
     } else {
         validate_version(version).map_err(ResolveError::InvalidVersion)?;
-        state
-            .store
-            .release(version.to_string(), arch.to_string())
-            .await?
+        store.release(version.to_string(), arch.to_string()).await?
     };
     match found {
         Some(r) if r.info.broken.is_some() => Err(ResolveError::Broken(Box::new(r))),
@@ -483,7 +482,7 @@ pub async fn resolve(
         None => Err(ResolveError::NotFound {
             version: version.to_string(),
             arch: arch.to_string(),
-            available: available(&state.store.releases().await?),
+            available: available(&store.releases().await?),
         }),
     }
 }
@@ -522,9 +521,7 @@ pub async fn mark_broken(
 }
 
 fn finished(state: &Shared, ended: &[Finalised]) {
-    for f in ended {
-        state.delivery_finished(&f.command_id, &f.agent_id, f.job_id.as_deref(), f.state);
-    }
+    state.commands.all_finished(ended);
 }
 
 // === agent.upgrade ===
@@ -572,10 +569,8 @@ fn same_as(running: &str, version: &str) -> String {
 
 /// The version an agent runs, as far as the relay knows: the one it announced on its live
 /// connection (the running process), else the stored one (its last connect or heartbeat).
-pub fn running_version(state: &Shared, agent_id: &str, stored: &str) -> String {
-    state
-        .hub
-        .agent_version(agent_id)
+pub fn running_version(hub: &Hub, agent_id: &str, stored: &str) -> String {
+    hub.agent_version(agent_id)
         .unwrap_or_else(|| stored.to_string())
 }
 
@@ -584,7 +579,7 @@ pub fn running_version(state: &Shared, agent_id: &str, stored: &str) -> String {
 /// broken, the agent already runs that version (refused even with rollback: the agent would
 /// refuse it), or, without rollback, it runs a newer one.
 pub async fn upgrade_command(
-    state: &Shared,
+    store: &Store,
     agent_id: &str,
     agent_arch: &str,
     running: &str,
@@ -601,7 +596,7 @@ pub async fn upgrade_command(
             arch: agent_arch.to_string(),
         }));
     }
-    let release = match resolve(state, &req.version, agent_arch).await {
+    let release = match resolve(store, &req.version, agent_arch).await {
         Ok(r) => r,
         Err(ResolveError::Store(e)) => return Err(e),
         Err(e @ ResolveError::Broken(_)) => return Ok(Err(UpgradeRefusal::Broken(e.to_string()))),

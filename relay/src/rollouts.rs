@@ -8,8 +8,10 @@
 //! an event log of every transition. The engine keeps nothing per agent in memory between
 //! steps, so a relay restart resumes exactly where it was.
 //!
-//! One task ([`run_engine`]) wakes on a kick (a rollout command's delivery finished, an
-//! operator acted) and every [`TICK`], and advances each active rollout with [`advance`]:
+//! [`RolloutEngine::run`] wakes on a kick (an operator acted), on a completion of a rollout
+//! command (the commands service publishes them) and every [`TICK`]; each wake is one
+//! [`RolloutEngine::step`] at a given `now`, which advances each active rollout with
+//! [`advance`] (tests call `step` directly with the time they want):
 //! 1. refresh: the in-flight containers' deliveries that became final give their container an
 //!    outcome; an agent whose containers are all final gets its outcome; a label target's
 //!    finished `container.list` is expanded into one `container.update` per container, sent
@@ -54,10 +56,12 @@
 //! [`apply_action`], [`classify_update`], [`soak_verdict`], [`agent_soak_verdict`]) so they are
 //! unit tested without a database.
 
+use crate::commands::Commands;
 use crate::config::RelayConfig;
+use crate::heartbeats::HeartbeatCache;
+use crate::hub::Hub;
 use crate::releases::UpgradeRefusal;
-use crate::state::{AppState, Shared};
-use crate::store::{NewCommand, StoreError};
+use crate::store::{NewCommand, Store, StoreError};
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::{error_codes, Command, ContainerListArgs, ContainerListOutput};
@@ -73,7 +77,9 @@ use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateStrategy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -743,35 +749,72 @@ impl RolloutKicker {
     pub fn kick(&self) {
         let _ = self.0.try_send(());
     }
-
-    /// Kicks when `command_id` is a rollout's command (cheap: a prefix test).
-    pub fn delivery_finished(&self, command_id: &str) {
-        if command_id.starts_with(COMMAND_PREFIX) {
-            self.kick();
-        }
-    }
 }
 
-/// Runs until shutdown: advances every active rollout on each kick and every [`TICK`].
-pub async fn run_engine(state: AppState, mut rx: mpsc::Receiver<()>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            k = rx.recv() => if k.is_none() { return },
+/// The rollout engine: exactly what advancing rollouts uses. Cheap to clone.
+#[derive(Clone)]
+pub struct RolloutEngine {
+    store: Store,
+    commands: Commands,
+    hub: Arc<Hub>,
+    heartbeats: Arc<HeartbeatCache>,
+    /// When this relay started: an agent's soak is not judged offline before it could have
+    /// reconnected to a freshly started relay.
+    started_at: DateTime<Utc>,
+    /// How long without a heartbeat makes a member offline ([`offline_threshold`]).
+    offline_threshold: Duration,
+}
+
+impl RolloutEngine {
+    pub fn new(
+        store: Store,
+        commands: Commands,
+        hub: Arc<Hub>,
+        heartbeats: Arc<HeartbeatCache>,
+        started_at: DateTime<Utc>,
+        config: &RelayConfig,
+    ) -> RolloutEngine {
+        RolloutEngine {
+            store,
+            commands,
+            hub,
+            heartbeats,
+            started_at,
+            offline_threshold: offline_threshold(config),
         }
-        let ids = match state.store.active_rollouts().await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list active rollouts");
-                continue;
-            }
-        };
-        for id in ids {
-            if let Err(e) = advance(&state, &id).await {
+    }
+
+    /// One pass at `now`: advances every active rollout.
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+        for id in self.store.active_rollouts().await? {
+            if let Err(e) = advance(self, &id, now).await {
                 tracing::error!(rollout_id = %id, error = %e, "cannot advance rollout");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs until shutdown: a pass on each kick (from the API), each completion of a rollout
+    /// command, and every [`TICK`].
+    pub async fn run(self, mut kicks: mpsc::Receiver<()>, shutdown: CancellationToken) {
+        let mut completions = self.commands.subscribe();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                k = kicks.recv() => if k.is_none() { return },
+                c = completions.recv() => match c {
+                    Ok(c) if c.command_id.starts_with(COMMAND_PREFIX) => {}
+                    Ok(_) => continue,
+                    // Missed some: a pass looks at everything anyway.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                },
+            }
+            if let Err(e) = self.step(crate::store::now()).await {
+                tracing::error!(error = %e, "cannot list active rollouts");
             }
         }
     }
@@ -783,53 +826,58 @@ pub fn new_command_id() -> String {
 }
 
 fn agent_command(
-    state: &Shared,
+    engine: &RolloutEngine,
     agent_id: &str,
     command: Command,
     created_by: &str,
 ) -> Result<NewCommand, StoreError> {
-    state
+    engine
+        .commands
         .new_agent_command(&new_command_id(), agent_id, command, None, created_by)
-        .map_err(StoreError::Corrupt)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// One step of one rollout (idempotent; see the module doc).
-pub async fn advance(state: &Shared, id: &str) -> Result<(), StoreError> {
+pub async fn advance(
+    engine: &RolloutEngine,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     // Failures are detected from here on (update results in the refresh, soak checks after).
     let detected = Instant::now();
     // 1. Refresh in-flight containers and agents from their deliveries.
-    let expansions = state
-        .store
-        .refresh_rollout(id.to_string(), crate::store::now())
-        .await?;
-    let Some(row) = state.store.rollout_row(id.to_string()).await? else {
+    let expansions = engine.store.refresh_rollout(id.to_string(), now).await?;
+    let Some(row) = engine.store.rollout_row(id.to_string()).await? else {
         return Ok(());
     };
     for (agent_id, list) in expansions {
-        expand_label_agent(state, &row, &agent_id, list).await?;
+        expand_label_agent(engine, &row, &agent_id, list).await?;
     }
     if row.progress.state == RolloutState::Running {
         // A label agent's next queued container, once its previous one finished.
-        for (agent_id, name) in state.store.next_rollout_containers(id.to_string()).await? {
+        for (agent_id, name) in engine.store.next_rollout_containers(id.to_string()).await? {
             let c = agent_command(
-                state,
+                engine,
                 &agent_id,
                 Command::ContainerUpdate(row.spec.update_args(&name, &row.spec.image)),
                 &row.progress_actor(),
             )?;
             let send = c.clone();
-            if state
+            if engine
                 .store
                 .dispatch_rollout_container(id.to_string(), agent_id.clone(), name, c)
                 .await?
             {
-                state.dispatch(&send.id, &send.signed, &[agent_id]).await?;
+                engine
+                    .commands
+                    .dispatch(&send.id, &send.signed, &[agent_id])
+                    .await?;
             }
         }
     }
     match row.progress.state {
-        RolloutState::Running => advance_running(state, row, detected).await,
-        RolloutState::Reverting => advance_reverting(state, row).await,
+        RolloutState::Running => advance_running(engine, row, detected, now).await,
+        RolloutState::Reverting => advance_reverting(engine, row, now).await,
         _ => Ok(()),
     }
 }
@@ -837,7 +885,7 @@ pub async fn advance(state: &Shared, id: &str) -> Result<(), StoreError> {
 /// A label target's `container.list` finished: one update per listed container (or
 /// `no_target`, or the list's failure).
 async fn expand_label_agent(
-    state: &Shared,
+    engine: &RolloutEngine,
     row: &RolloutRow,
     agent_id: &str,
     list: Result<ContainerListOutput, UpdateVerdict>,
@@ -859,7 +907,7 @@ async fn expand_label_agent(
                     old_image: Some(c.image.clone()).filter(|i| !i.is_empty()),
                     // One container at a time per agent: the first now, the others queued.
                     command: if i == 0 {
-                        Some(agent_command(state, agent_id, cmd, &row.progress_actor())?)
+                        Some(agent_command(engine, agent_id, cmd, &row.progress_actor())?)
                     } else {
                         None
                     },
@@ -867,7 +915,7 @@ async fn expand_label_agent(
             })
             .collect::<Result<Vec<_>, StoreError>>()?,
         Ok(_) => {
-            state
+            engine
                 .store
                 .set_agent_outcome(
                     row.id.clone(),
@@ -887,7 +935,7 @@ async fn expand_label_agent(
                 ),
                 _ => (AgentOutcome::NoTarget, None),
             };
-            state
+            engine
                 .store
                 .set_agent_outcome(row.id.clone(), agent_id.to_string(), outcome, reason)
                 .await?;
@@ -895,13 +943,14 @@ async fn expand_label_agent(
         }
     };
     let sends: Vec<NewCommand> = updates.iter().filter_map(|u| u.command.clone()).collect();
-    if state
+    if engine
         .store
         .expand_rollout_agent(row.id.clone(), agent_id.to_string(), updates)
         .await?
     {
         for c in sends {
-            state
+            engine
+                .commands
                 .dispatch(&c.id, &c.signed, &[agent_id.to_string()])
                 .await?;
         }
@@ -917,25 +966,25 @@ impl RolloutRow {
 }
 
 async fn advance_running(
-    state: &Shared,
+    engine: &RolloutEngine,
     row: RolloutRow,
     detected: Instant,
+    now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let now = crate::store::now();
     let p = &row.progress;
     // Membership of the current stage.
     if p.stage_started_at.is_none() {
-        let n = state
+        let n = engine
             .store
             .start_rollout_stage(row.id.clone(), p.clone(), now)
             .await?;
         tracing::info!(rollout_id = %row.id, stage = p.stage + 1, members = n, "rollout stage started");
-        return Box::pin(advance(state, &row.id)).await;
+        return Box::pin(advance(engine, &row.id, now)).await;
     }
-    let stage = state.store.rollout_stage(row.id.clone(), p.stage).await?;
+    let stage = engine.store.rollout_stage(row.id.clone(), p.stage).await?;
 
     // 2. Soak check of the stage's updated members.
-    let threshold = offline_threshold(&state.config);
+    let threshold = engine.offline_threshold;
     let mut new_failures = Vec::new();
     for m in &stage.updated {
         let events = stage
@@ -943,25 +992,25 @@ async fn advance_running(
             .get(&m.agent_id)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let hb = state.heartbeats.latest(&m.agent_id);
+        let hb = engine.heartbeats.latest(&m.agent_id);
         let verdict = match row.spec.target {
             RolloutTarget::Agent => agent_soak_verdict(
                 m,
                 &row.spec.image,
-                state.hub.is_connected(&m.agent_id),
-                state.hub.agent_version(&m.agent_id).as_deref(),
+                engine.hub.is_connected(&m.agent_id),
+                engine.hub.agent_version(&m.agent_id).as_deref(),
                 hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
                 threshold,
-                state.alerts.started_at,
+                engine.started_at,
                 now,
             ),
             _ => soak_verdict(
                 m,
-                state.hub.is_connected(&m.agent_id),
+                engine.hub.is_connected(&m.agent_id),
                 hb.as_ref().map(|(h, at)| (h.as_ref(), *at)),
                 events,
                 threshold,
-                state.alerts.started_at,
+                engine.started_at,
                 now,
             ),
         };
@@ -975,7 +1024,7 @@ async fn advance_running(
         for (agent, reason) in &new_failures {
             tracing::info!(rollout_id = %row.id, agent_id = %agent, %reason, "rollout member failed its soak");
         }
-        state
+        engine
             .store
             .fail_rollout_members(row.id.clone(), new_failures)
             .await?;
@@ -985,7 +1034,7 @@ async fn advance_running(
     let max = failure_tolerance(row.spec.max_failures, stage.members);
     if threshold_exceeded(failures, p.accepted_failures, max) {
         let (next, t) = fire_failure_action(p, row.spec.on_failure, failures, max, now);
-        let applied = state
+        let applied = engine
             .store
             .set_rollout_progress(
                 row.id.clone(),
@@ -1005,7 +1054,7 @@ async fn advance_running(
                 "rollout failure action applied"
             );
             if next.state == RolloutState::Reverting {
-                return Box::pin(advance(state, &row.id)).await;
+                return Box::pin(advance(engine, &row.id, now)).await;
             }
         }
         return Ok(());
@@ -1019,11 +1068,11 @@ async fn advance_running(
                 let offline: Vec<String> = stage
                     .pending_agents
                     .iter()
-                    .filter(|a| !state.hub.is_connected(a))
+                    .filter(|a| !engine.hub.is_connected(a))
                     .cloned()
                     .collect();
                 if !offline.is_empty() {
-                    state
+                    engine
                         .store
                         .rollout_stage_deadline(row.id.clone(), p.stage, offline)
                         .await?;
@@ -1034,7 +1083,7 @@ async fn advance_running(
                 let agent_target = row.spec.target == RolloutTarget::Agent;
                 if let Some(why) = stage_updated_nobody(p.stage, &stage, agent_target) {
                     let (next, t) = nobody_updated_pause(p, why, now);
-                    state
+                    engine
                         .store
                         .set_rollout_progress(
                             row.id.clone(),
@@ -1050,7 +1099,7 @@ async fn advance_running(
                 let mut next = p.clone();
                 next.updated_at = now;
                 let t = if soak.is_zero() || stage.updated.is_empty() {
-                    return finish_stage(state, &row, now).await;
+                    return finish_stage(engine, &row, now).await;
                 } else {
                     next.phase = StagePhase::Soaking;
                     next.soak_ends_at = Some(add_secs(now, soak.as_secs()));
@@ -1064,7 +1113,7 @@ async fn advance_running(
                         ),
                     }
                 };
-                state
+                engine
                     .store
                     .set_rollout_progress(
                         row.id.clone(),
@@ -1084,7 +1133,7 @@ async fn advance_running(
                 if sent >= slots {
                     break;
                 }
-                if !state.hub.is_connected(agent_id) {
+                if !engine.hub.is_connected(agent_id) {
                     continue;
                 }
                 let actor = row.progress_actor();
@@ -1093,7 +1142,7 @@ async fn advance_running(
                         None,
                         vec![ContainerDispatch {
                             name: name.clone(),
-                            old_image: state.heartbeats.latest(agent_id).and_then(|(hb, _)| {
+                            old_image: engine.heartbeats.latest(agent_id).and_then(|(hb, _)| {
                                 hb.docker
                                     .containers
                                     .iter()
@@ -1102,7 +1151,7 @@ async fn advance_running(
                                     .filter(|i| !i.is_empty())
                             }),
                             command: Some(agent_command(
-                                state,
+                                engine,
                                 agent_id,
                                 Command::ContainerUpdate(
                                     row.spec.update_args(name, &row.spec.image),
@@ -1114,14 +1163,14 @@ async fn advance_running(
                     RolloutTarget::Agent => {
                         // The upgrade restarts the agent: not in the middle of container or
                         // backup work (the store checks again when it inserts the command).
-                        if let Some(work) = state.store.agent_busy(agent_id.clone()).await? {
+                        if let Some(work) = engine.store.agent_busy(agent_id.clone()).await? {
                             tracing::debug!(rollout_id = %row.id, agent_id = %agent_id, %work, "agent upgrade waits for unfinished work");
                             continue;
                         }
-                        match agent_upgrade_dispatch(state, &row, agent_id, &actor).await? {
+                        match agent_upgrade_dispatch(engine, &row, agent_id, &actor).await? {
                             Ok(upgrade) => (None, vec![upgrade]),
                             Err((outcome, reason)) => {
-                                state
+                                engine
                                     .store
                                     .end_pending_rollout_agent(
                                         row.id.clone(),
@@ -1137,7 +1186,7 @@ async fn advance_running(
                     }
                     RolloutTarget::Label { .. } => (
                         Some(agent_command(
-                            state,
+                            engine,
                             agent_id,
                             // Running containers only: exited one-off containers (compose
                             // run, migrations) carrying the label are not targets.
@@ -1153,14 +1202,15 @@ async fn advance_running(
                 let mut sends: Vec<NewCommand> =
                     updates.iter().filter_map(|u| u.command.clone()).collect();
                 sends.extend(list.clone());
-                if state
+                if engine
                     .store
                     .dispatch_rollout_agent(row.id.clone(), agent_id.clone(), list, updates)
                     .await?
                 {
                     sent += 1;
                     for c in sends {
-                        state
+                        engine
+                            .commands
                             .dispatch(&c.id, &c.signed, std::slice::from_ref(agent_id))
                             .await?;
                     }
@@ -1170,7 +1220,7 @@ async fn advance_running(
         }
         StagePhase::Soaking => {
             if p.soak_ends_at.is_some_and(|t| now >= t) {
-                return finish_stage(state, &row, now).await;
+                return finish_stage(engine, &row, now).await;
             }
             Ok(())
         }
@@ -1180,7 +1230,7 @@ async fn advance_running(
 
 /// The current stage passed: the next stage starts, or the rollout completes.
 async fn finish_stage(
-    state: &Shared,
+    engine: &RolloutEngine,
     row: &RolloutRow,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -1216,7 +1266,7 @@ async fn finish_stage(
             },
         }
     };
-    let applied = state
+    let applied = engine
         .store
         .set_rollout_progress(row.id.clone(), p.updated_at, next, t, ENGINE_ACTOR.into())
         .await?;
@@ -1230,9 +1280,12 @@ pub fn revert_deadline(row: &RolloutRow) -> DateTime<Utc> {
     add_secs(row.progress.updated_at, row.spec.stage_timeout_secs)
 }
 
-async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreError> {
-    let now = crate::store::now();
-    let plan = state.store.rollout_revert_plan(row.id.clone()).await?;
+async fn advance_reverting(
+    engine: &RolloutEngine,
+    row: RolloutRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let plan = engine.store.rollout_revert_plan(row.id.clone()).await?;
     if plan.to_revert.is_empty() && plan.in_flight == 0 && plan.updating == 0 {
         let mut next = row.progress.clone();
         next.updated_at = now;
@@ -1251,7 +1304,7 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
                 detail: format!("revert failed on {} agent(s)", plan.failed),
             }
         };
-        state
+        engine
             .store
             .set_rollout_progress(
                 row.id.clone(),
@@ -1270,9 +1323,9 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
     let slots = parallelism(row.spec.parallelism, plan.members).saturating_sub(plan.in_flight);
     let mut sent = 0;
     for (agent_id, name, old_image) in plan.to_revert {
-        if !state.hub.is_connected(&agent_id) {
+        if !engine.hub.is_connected(&agent_id) {
             if now >= deadline {
-                state
+                engine
                     .store
                     .revert_rollout_container(
                         row.id.clone(),
@@ -1292,7 +1345,7 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
             } else {
                 "the previous image is unknown"
             };
-            state
+            engine
                 .store
                 .revert_rollout_container(row.id.clone(), agent_id, name, None, why.into())
                 .await?;
@@ -1302,11 +1355,11 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
             continue;
         }
         let command = if agent_target {
-            match agent_revert_command(state, &agent_id, &old_image, &row.spec.image).await? {
+            match agent_revert_command(engine, &agent_id, &old_image, &row.spec.image).await? {
                 AgentRevert::Send(c) => c,
                 AgentRevert::AlreadyThere(why) => {
                     tracing::info!(rollout_id = %row.id, agent_id = %agent_id, %why, "agent reverted without a command");
-                    state
+                    engine
                         .store
                         .revert_rollout_container_done(row.id.clone(), agent_id, name, why)
                         .await?;
@@ -1314,7 +1367,7 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
                 }
                 AgentRevert::Impossible(why) => {
                     tracing::warn!(rollout_id = %row.id, agent_id = %agent_id, %why, "agent not reverted");
-                    state
+                    engine
                         .store
                         .revert_rollout_container(row.id.clone(), agent_id, name, None, why)
                         .await?;
@@ -1324,9 +1377,9 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
         } else {
             Command::ContainerUpdate(row.spec.update_args(&name, &old_image))
         };
-        let cmd = agent_command(state, &agent_id, command, &row.progress_actor())?;
+        let cmd = agent_command(engine, &agent_id, command, &row.progress_actor())?;
         let send = cmd.clone();
-        if state
+        if engine
             .store
             .revert_rollout_container(
                 row.id.clone(),
@@ -1338,7 +1391,10 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
             .await?
         {
             sent += 1;
-            state.dispatch(&send.id, &send.signed, &[agent_id]).await?;
+            engine
+                .commands
+                .dispatch(&send.id, &send.signed, &[agent_id])
+                .await?;
         }
     }
     Ok(())
@@ -1349,31 +1405,37 @@ async fn advance_reverting(state: &Shared, row: RolloutRow) -> Result<(), StoreE
 /// architecture has no build of the version or it already runs that version or a newer one
 /// (reason [`ALREADY_RUNS`]…), `skipped` when the build is marked broken.
 async fn agent_upgrade_dispatch(
-    state: &Shared,
+    engine: &RolloutEngine,
     row: &RolloutRow,
     agent_id: &str,
     actor: &str,
 ) -> Result<Result<ContainerDispatch, (AgentOutcome, String)>, StoreError> {
-    let Some(agent) = state.store.agent(agent_id.to_string()).await? else {
+    let Some(agent) = engine.store.agent(agent_id.to_string()).await? else {
         return Ok(Err((
             AgentOutcome::Skipped,
             "the agent no longer exists".into(),
         )));
     };
     let version = &row.spec.image;
-    let running = crate::releases::running_version(state, agent_id, &agent.agent_version);
+    let running = crate::releases::running_version(&engine.hub, agent_id, &agent.agent_version);
     let req = UpgradeRequest {
         version: version.clone(),
         rollback: false,
     };
     Ok(
-        match crate::releases::upgrade_command(state, agent_id, &agent.facts.arch, &running, &req)
-            .await?
+        match crate::releases::upgrade_command(
+            &engine.store,
+            agent_id,
+            &agent.facts.arch,
+            &running,
+            &req,
+        )
+        .await?
         {
             Ok((command, _)) => Ok(ContainerDispatch {
                 name: AGENT_TARGET_NAME.to_string(),
                 old_image: Some(running).filter(|v| !v.is_empty()),
-                command: Some(agent_command(state, agent_id, command, actor)?),
+                command: Some(agent_command(engine, agent_id, command, actor)?),
             }),
             Err(UpgradeRefusal::Broken(why)) => Err((AgentOutcome::Skipped, why)),
             Err(UpgradeRefusal::AlreadyRuns { .. }) => {
@@ -1407,15 +1469,15 @@ enum AgentRevert {
 /// or why it cannot be sent (no build of the previous version for the agent's architecture on
 /// the relay, or it is marked broken): the member then stays on `version`.
 async fn agent_revert_command(
-    state: &Shared,
+    engine: &RolloutEngine,
     agent_id: &str,
     previous: &str,
     version: &str,
 ) -> Result<AgentRevert, StoreError> {
-    let Some(agent) = state.store.agent(agent_id.to_string()).await? else {
+    let Some(agent) = engine.store.agent(agent_id.to_string()).await? else {
         return Ok(AgentRevert::Impossible("the agent no longer exists".into()));
     };
-    let running = crate::releases::running_version(state, agent_id, &agent.agent_version);
+    let running = crate::releases::running_version(&engine.hub, agent_id, &agent.agent_version);
     if compare_versions(&running, previous).is_eq() {
         return Ok(AgentRevert::AlreadyThere(format!(
             "the agent already runs {running} again"
@@ -1426,8 +1488,14 @@ async fn agent_revert_command(
         rollback: true,
     };
     Ok(
-        match crate::releases::upgrade_command(state, agent_id, &agent.facts.arch, &running, &req)
-            .await?
+        match crate::releases::upgrade_command(
+            &engine.store,
+            agent_id,
+            &agent.facts.arch,
+            &running,
+            &req,
+        )
+        .await?
         {
             Ok((command, _)) => AgentRevert::Send(command),
             Err(why) => AgentRevert::Impossible(format!(

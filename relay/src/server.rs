@@ -1,14 +1,19 @@
-//! Starting and stopping the relay in-process: open the data directory, store and keys, bind,
-//! serve, and run the background tasks (heartbeat flusher, job engine, expiry sweeper, rate-limit
-//! pruner, retention sweep) until the shutdown token is cancelled. `main` and the tests both go through [`start`].
+//! The relay's composition root: [`start`] opens the data directory, store and keys, builds the
+//! commands service and every engine with exactly what it uses, binds, serves, and runs the
+//! background tasks (heartbeat flusher, job engine, expiry sweeper, rollout engine, alerts,
+//! rate-limit pruner, retention sweep) until the shutdown token is cancelled. `main` and the
+//! tests both go through [`start`]; nothing else wires parts together.
 
+use crate::commands::Commands;
 use crate::config::RelayConfig;
 use crate::heartbeats::{run_flusher, HeartbeatCache};
 use crate::hub::Hub;
-use crate::jobs::{run_engine, run_expiry_sweeper, JobKicker};
+use crate::jobs::{ExpirySweeper, JobEngine};
 use crate::keys::{ensure_admin_token, load_or_create_relay_key, KeyError};
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::retention::Retention;
+use crate::rollouts::RolloutEngine;
 use crate::state::{AppState, Shared};
 use crate::store::{Store, StoreError};
 use axum::serve::ListenerExt;
@@ -18,7 +23,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use tokio::sync::broadcast;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -210,9 +215,24 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         })?;
 
     let shutdown = CancellationToken::new();
-    let (jobs, jobs_rx) = JobKicker::channel();
     let (rollouts, rollouts_rx) = crate::rollouts::RolloutKicker::channel();
-    let (completions, _) = broadcast::channel(1024);
+    let hub = Arc::new(Hub::new());
+    let key = Arc::new(key);
+    let metrics = Arc::new(Metrics::default());
+    let commands = Commands::new(
+        store.clone(),
+        hub.clone(),
+        key.clone(),
+        metrics.clone(),
+        config.default_command_ttl_secs,
+    );
+    let jobs = JobEngine::new(store.clone(), commands.clone());
+    let sweeper = ExpirySweeper::new(
+        store.clone(),
+        commands.clone(),
+        Duration::from_secs(config.result_grace_secs),
+    );
+    let retention = Retention::new(store.clone(), config.retention_days);
     let heartbeats = Arc::new(HeartbeatCache::default());
     // Once, so listing agents never has to parse heartbeat JSON from the database.
     heartbeats.load(
@@ -230,18 +250,26 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes)),
         config,
         store: store.clone(),
-        hub: Hub::new(),
+        hub,
         key,
-        metrics: Metrics::default(),
+        metrics,
         heartbeats: heartbeats.clone(),
-        jobs,
+        commands,
+        jobs: jobs.clone(),
         rollouts,
-        completions,
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
         alerts: crate::alerts::AlertsHandle::default(),
     }));
 
+    let rollout_engine = RolloutEngine::new(
+        store.clone(),
+        state.commands.clone(),
+        state.hub.clone(),
+        heartbeats.clone(),
+        state.alerts.started_at,
+        &state.config,
+    );
     // Alert notifications: the engine decides, the notifier delivers without ever blocking.
     let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
     let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
@@ -252,18 +280,14 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             shutdown.clone(),
         )),
         tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
-        tokio::spawn(run_engine(state.clone(), jobs_rx, shutdown.clone())),
-        tokio::spawn(run_expiry_sweeper(state.clone(), shutdown.clone())),
-        tokio::spawn(crate::rollouts::run_engine(
-            state.clone(),
-            rollouts_rx,
-            shutdown.clone(),
-        )),
+        tokio::spawn(jobs.run(shutdown.clone())),
+        tokio::spawn(sweeper.run(shutdown.clone())),
+        tokio::spawn(rollout_engine.run(rollouts_rx, shutdown.clone())),
         tokio::spawn(crate::ratelimit::run_pruner(
             state.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(crate::retention::run(state.clone(), shutdown.clone())),
+        tokio::spawn(retention.run(shutdown.clone())),
     ];
     let app = crate::api::router(state.clone());
     let server = tokio::spawn(

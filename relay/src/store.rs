@@ -593,12 +593,12 @@ impl Store {
     /// received one whose command expired more than `result_grace` ago as failed `no_result`.
     pub async fn expire_deliveries(
         &self,
+        now: DateTime<Utc>,
         result_grace: std::time::Duration,
     ) -> Result<Vec<Finalised>, StoreError> {
         let grace = chrono::Duration::from_std(result_grace)
             .unwrap_or_else(|_| chrono::Duration::days(365));
-        self.call(move |db| db.expire_deliveries(now(), grace))
-            .await
+        self.call(move |db| db.expire_deliveries(now, grace)).await
     }
 
     /// Deletes events, audit rows, finished updates and backup rows older than `cutoff` (never a

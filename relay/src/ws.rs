@@ -12,6 +12,7 @@
 //! send up to `max_frame_bytes`; the semaphore is what bounds the total.
 
 use crate::api::ApiError;
+use crate::commands::Completion;
 use crate::hub::{encode, Outgoing};
 use crate::metrics::ProtocolError;
 use crate::state::AppState;
@@ -535,23 +536,16 @@ impl Connection {
                                 tracing::info!(agent_id = %agent_id, command_id = %command_id, outcome = delivery.as_str(), replaced = before.as_str(), "late result replaced the relay's own ending")
                             }
                         }
-                        state.delivery_finished(
-                            &command_id,
-                            &agent_id,
-                            job_id.as_deref(),
-                            delivery,
-                        );
+                        state.commands.finished(Completion {
+                            command_id: command_id.clone(),
+                            agent_id: agent_id.clone(),
+                            job_id,
+                            state: delivery,
+                        });
                         // Deliveries the result ended too (the undelivered copies of a build
                         // its reverted upgrade marked broken): waiters, metrics, job and
                         // rollout kicks, as when the API marks a build.
-                        for f in &ended {
-                            state.delivery_finished(
-                                &f.command_id,
-                                &f.agent_id,
-                                f.job_id.as_deref(),
-                                f.state,
-                            );
-                        }
+                        state.commands.all_finished(&ended);
                     }
                     ResultOutcome::AlreadyFinal => {
                         tracing::debug!(agent_id = %agent_id, command_id = %command_id, seq, "duplicate result ignored");

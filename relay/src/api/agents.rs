@@ -165,9 +165,7 @@ pub async fn revoke(
             .hub
             .disconnect(&id, error_codes::REVOKED, "this agent has been revoked");
         state.heartbeats.forget(&id);
-        for f in ended {
-            state.delivery_finished(&f.command_id, &f.agent_id, f.job_id.as_deref(), f.state);
-        }
+        state.commands.all_finished(&ended);
         tracing::info!(agent_id = %id, "agent revoked");
         Ok(StatusCode::NO_CONTENT)
     }

@@ -2,15 +2,16 @@
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
+use crate::commands::IssueError;
 use crate::releases::UpgradeRefusal;
-use crate::state::{AppState, IssueError, Shared};
+use crate::state::{AppState, Shared};
 use crate::store::{now, CommandLookup, NewCommand, NewJob};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::{CommandInfo, CreateCommand, CreateJob, DeliveryState, JobInfo, Scope};
-use flotilla_shared::command::{Audience, Command, CommandEnvelope, CommandKind, SignedCommand};
+use flotilla_shared::command::{Audience, Command, CommandKind, SignedCommand};
 use flotilla_shared::ids;
 use flotilla_shared::release::UpgradeRequest;
 use serde::Deserialize;
@@ -21,7 +22,8 @@ use tokio::sync::broadcast::error::RecvError;
 /// Longest `?wait=` honoured; larger values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 300;
 
-/// When a command expires (see [`Shared::command_expiry`]); a TTL out of range is a 400.
+/// When a command expires (see [`crate::commands::Commands::expiry`]); a TTL out of range is a
+/// 400.
 fn expiry(
     state: &Shared,
     ttl_secs: Option<u64>,
@@ -30,8 +32,9 @@ fn expiry(
     issued_at: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, ApiError> {
     state
-        .command_expiry(ttl_secs, command, waves, issued_at)
-        .map_err(ApiError::bad_request)
+        .commands
+        .expiry(ttl_secs, command, waves, issued_at)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn validate(command: &Command) -> Result<(), ApiError> {
@@ -48,16 +51,9 @@ fn sign(
     issued_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
 ) -> SignedCommand {
-    SignedCommand::sign(
-        &CommandEnvelope {
-            id: id.to_string(),
-            audience,
-            command: command.clone(),
-            issued_at,
-            expires_at,
-        },
-        &state.key,
-    )
+    state
+        .commands
+        .sign(id, audience, command, issued_at, expires_at)
 }
 
 async fn lookup(
@@ -174,7 +170,7 @@ pub async fn create(
     let request = parse_command_request(body)?;
     let command_id = ids::new_id("cmd");
     // Subscribe before the command exists, so a result arriving at once is not missed.
-    let mut completions = state.completions.subscribe();
+    let mut completions = state.commands.subscribe();
     let mut detail = match &request {
         CommandRequest::Plain(c) => format!("{command_id} {}", c.command.kind()),
         CommandRequest::Upgrade { req, .. } => format!(
@@ -207,9 +203,9 @@ pub async fn create(
                         ApiError::not_found(format!("no agent with id {agent_id}"))
                     })?;
                 let running =
-                    crate::releases::running_version(&state, &agent_id, &record.agent_version);
+                    crate::releases::running_version(&state.hub, &agent_id, &record.agent_version);
                 let (command, release) = crate::releases::upgrade_command(
-                    &state,
+                    &state.store,
                     &agent_id,
                     &record.facts.arch,
                     &running,
@@ -225,13 +221,15 @@ pub async fn create(
                 // Persisted before it is sent, in a transaction that checks the build's broken
                 // mark once more (it may have been marked since it was resolved).
                 let c = state
+                    .commands
                     .new_agent_command(&command_id, &agent_id, command, *ttl_secs, caller.name())
-                    .map_err(ApiError::bad_request)?;
+                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
                 let signed = c.signed.clone();
                 if let Err(why) = state.store.create_upgrade_command(c).await? {
                     return Err(ApiError::new(StatusCode::CONFLICT, "release_broken", why));
                 }
                 state
+                    .commands
                     .dispatch(&command_id, &signed, std::slice::from_ref(&agent_id))
                     .await?;
                 return Ok(());
@@ -239,10 +237,11 @@ pub async fn create(
         };
         // Persisted before it is sent: a relay crash after sending cannot lose it.
         state
-            .issue_command(&command_id, &agent_id, command, ttl_secs, caller.name())
+            .commands
+            .issue(&command_id, &agent_id, command, ttl_secs, caller.name())
             .await
             .map_err(|e| match e {
-                IssueError::InvalidTtl(m) => ApiError::bad_request(m),
+                IssueError::InvalidTtl(m) => ApiError::bad_request(m.to_string()),
                 IssueError::Store(e) => ApiError::from(e),
             })?;
         Ok(())
@@ -398,7 +397,7 @@ pub async fn create_job(
                 },
             )
             .await?;
-        crate::jobs::advance(&state, &job_id).await?;
+        state.jobs.advance(&job_id).await?;
         let info = state
             .store
             .job_info(job_id.clone())

@@ -293,7 +293,7 @@ pub async fn download_binary(
     State(state): State<AppState>,
     Path((version, arch)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let release = rel::resolve(&state, &version, &arch)
+    let release = rel::resolve(&state.store, &version, &arch)
         .await
         .map_err(resolve_error)?;
     let path = rel::binary_path(
@@ -360,7 +360,7 @@ pub async fn download_manifest(
             "no such download {file:?}: a build has `manifest` and `manifest.sig`"
         )));
     }
-    let release = rel::resolve(&state, &version, &arch)
+    let release = rel::resolve(&state.store, &version, &arch)
         .await
         .map_err(resolve_error)?;
     let (text, content_type) = if file == "manifest" {

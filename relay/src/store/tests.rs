@@ -396,14 +396,18 @@ async fn expiry_and_revocation_end_deliveries() {
     let pending = store.pending_commands(a.id.clone()).await.unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0, "cmd_new");
-    let ended = store.expire_deliveries(GRACE).await.unwrap();
+    let ended = store.expire_deliveries(now(), GRACE).await.unwrap();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].command_id, "cmd_old");
     assert_eq!(
         state_of(&store, "cmd_old", &a.id).await,
         DeliveryState::Undelivered
     );
-    assert!(store.expire_deliveries(GRACE).await.unwrap().is_empty());
+    assert!(store
+        .expire_deliveries(now(), GRACE)
+        .await
+        .unwrap()
+        .is_empty());
 
     let ended = store.revoke_agent(b.id.clone()).await.unwrap().unwrap();
     assert_eq!(ended.len(), 1);
@@ -585,14 +589,18 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
         .await
         .unwrap());
     // Within the grace period the relay keeps waiting for the result.
-    assert!(store.expire_deliveries(GRACE).await.unwrap().is_empty());
+    assert!(store
+        .expire_deliveries(now(), GRACE)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         state_of(&store, "cmd_rx", &a.id).await,
         DeliveryState::Received
     );
     // After it, the delivery fails with no_result instead of staying received for ever.
     let ended = store
-        .expire_deliveries(std::time::Duration::ZERO)
+        .expire_deliveries(now(), std::time::Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(
@@ -645,7 +653,10 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
         .mark_sent("cmd_sent".into(), vec![a.id.clone()])
         .await
         .unwrap();
-    assert_eq!(store.expire_deliveries(GRACE).await.unwrap().len(), 1);
+    assert_eq!(
+        store.expire_deliveries(now(), GRACE).await.unwrap().len(),
+        1
+    );
     assert_eq!(
         state_of(&store, "cmd_sent", &a.id).await,
         DeliveryState::Undelivered
@@ -880,7 +891,7 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
         )
         .await
         .unwrap();
-    store.expire_deliveries(GRACE).await.unwrap(); // cmd_open and cmd_job → undelivered
+    store.expire_deliveries(now(), GRACE).await.unwrap(); // cmd_open and cmd_job → undelivered
     store
         .create_command(command(
             "cmd_open2",

@@ -411,7 +411,7 @@ async fn late_results_reclassify_and_maybe_updated_containers_are_reverted() {
         .await
         .unwrap());
     store
-        .expire_deliveries(std::time::Duration::ZERO)
+        .expire_deliveries(now(), std::time::Duration::ZERO)
         .await
         .unwrap();
     store

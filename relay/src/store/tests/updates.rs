@@ -462,7 +462,7 @@ async fn updates_that_end_without_a_report_are_finished_not_in_progress() {
         .mark_received("cmd_late".into(), a.id.clone())
         .await
         .unwrap();
-    let ended = store.expire_deliveries(GRACE).await.unwrap();
+    let ended = store.expire_deliveries(now(), GRACE).await.unwrap();
     assert_eq!(ended.len(), 2, "{ended:?}");
     let r = one(store, "cmd_undelivered").await;
     assert!(!r.active);
