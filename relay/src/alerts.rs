@@ -59,8 +59,10 @@ pub mod tls;
 pub use config::{AlertsConfig, RuleOverride};
 
 use crate::config::RelayConfig;
-use crate::state::{AppState, Shared};
-use crate::store::StoreError;
+use crate::heartbeats::HeartbeatCache;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::{AlertInfo, AlertState, Severity};
 use notify::{Notification, NotificationKind};
@@ -125,7 +127,8 @@ pub struct Applied {
     pub resolved: usize,
 }
 
-/// The engine's shared parts (a field of [`Shared`]).
+/// The engine's parts the API shares (a field of the app state): the TLS results, the
+/// evaluate-now kick and the relay's start time.
 pub struct AlertsHandle {
     /// Latest TLS endpoint checks.
     pub tls: Arc<tls::TlsResults>,
@@ -192,15 +195,96 @@ pub fn notification(kind: NotificationKind, a: &AlertInfo, url: String) -> Notif
     }
 }
 
+/// The alerts engine: exactly what an evaluation reads and where its decisions go.
+pub struct AlertsEngine {
+    store: Store,
+    hub: Arc<Hub>,
+    heartbeats: Arc<HeartbeatCache>,
+    metrics: Arc<Metrics>,
+    handle: Arc<AlertsHandle>,
+    cfg: AlertsConfig,
+    /// [`unreachable_after`], computed once.
+    unreachable_after: Duration,
+    /// [`alert_url`] without the id.
+    url_prefix: String,
+    sink: Sink,
+}
+
+impl AlertsEngine {
+    pub fn new(
+        store: Store,
+        hub: Arc<Hub>,
+        heartbeats: Arc<HeartbeatCache>,
+        metrics: Arc<Metrics>,
+        handle: Arc<AlertsHandle>,
+        config: &RelayConfig,
+        sink: Sink,
+    ) -> AlertsEngine {
+        AlertsEngine {
+            store,
+            hub,
+            heartbeats,
+            metrics,
+            handle,
+            cfg: config.alerts.clone(),
+            unreachable_after: unreachable_after(config),
+            url_prefix: alert_url(config, ""),
+            sink,
+        }
+    }
+
+    /// One evaluation at `now` (see [`evaluate`]).
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<Applied, StoreError> {
+        evaluate(self, now).await
+    }
+
+    /// Runs the TLS checker and the evaluation loop until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let checker = tokio::spawn(tls::run_checker(
+            self.cfg.tls_endpoints.clone(),
+            Duration::from_secs(self.cfg.tls_check_interval_secs),
+            Duration::from_secs(self.cfg.tls_timeout_secs),
+            self.handle.tls.clone(),
+            shutdown.clone(),
+        ));
+        let mut tick = tokio::time::interval(self.cfg.evaluate_interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+                _ = self.handle.kick.notified() => {}
+            }
+            match self.step(crate::store::now()).await {
+                Ok(_) => failing = false,
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "alert evaluation failed; retrying at the next one");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        let _ = checker.await;
+    }
+}
+
 /// Builds every condition that holds now.
-pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condition>, StoreError> {
-    let cfg = &state.config.alerts;
-    let records = state.store.agents().await?;
+pub async fn conditions(
+    engine: &AlertsEngine,
+    now: DateTime<Utc>,
+) -> Result<Vec<Condition>, StoreError> {
+    let cfg = &engine.cfg;
+    let records = engine.store.agents().await?;
     let agents: Vec<AgentView> = records
         .into_iter()
         .map(|r| AgentView {
-            connected: state.hub.is_connected(&r.id),
-            heartbeat: state.heartbeats.latest(&r.id),
+            connected: engine.hub.is_connected(&r.id),
+            heartbeat: engine.heartbeats.latest(&r.id),
             revoked: r.revoked_at.is_some(),
             id: r.id,
             name: r.name,
@@ -211,18 +295,18 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
         })
         .collect();
     let mut out = Vec::new();
-    let started_at = state.alerts.started_at;
+    let started_at = engine.handle.started_at;
     out.extend(rules::agent_unreachable(
         cfg,
         &agents,
-        unreachable_after(&state.config),
+        engine.unreachable_after,
         started_at,
         now,
     ));
     let firing = if cfg.hysteresis_percent > 0
         && (cfg.enabled(Rule::DiskFull) || cfg.enabled(Rule::MemoryHigh))
     {
-        state
+        engine
             .store
             .firing_alert_keys(vec![Rule::DiskFull.as_str(), Rule::MemoryHigh.as_str()])
             .await?
@@ -235,7 +319,7 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
 
     // Containers an update acts on, per agent (names and ids, as asked and as reported).
     let mut updating: HashMap<String, HashSet<String>> = HashMap::new();
-    for u in state.store.active_updates().await? {
+    for u in engine.store.active_updates().await? {
         let set = updating.entry(u.agent_id.clone()).or_default();
         set.insert(u.container.clone());
         if let Some(n) = u.container_name {
@@ -251,11 +335,11 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
     if container_rules.iter().any(|r| cfg.enabled(*r)) {
         let since = now - chrono::Duration::hours(i64::from(cfg.container_event_hours));
         let mut events: HashMap<String, Vec<_>> = HashMap::new();
-        let (rows, bad_events) = state.store.container_alert_events(since).await?;
+        let (rows, bad_events) = engine.store.container_alert_events(since).await?;
         for (agent_id, e) in rows {
             events.entry(agent_id).or_default().push(e);
         }
-        let (stops, bad_stops) = state.store.requested_stops(since).await?;
+        let (stops, bad_stops) = engine.store.requested_stops(since).await?;
         if bad_events + bad_stops > 0 {
             tracing::warn!(
                 events = bad_events,
@@ -286,13 +370,13 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
     .iter()
     .any(|r| cfg.enabled(*r))
     {
-        let backups = state
+        let backups = engine
             .store
             .fleet_backups(None, MAX_BACKUP_ROWS, now)
             .await?;
         if backups.truncated
-            && !state
-                .alerts
+            && !engine
+                .handle
                 .backups_truncated_warned
                 .swap(true, Ordering::Relaxed)
         {
@@ -310,17 +394,17 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
     }
     if cfg.enabled(Rule::UpdateRolledBack) || cfg.enabled(Rule::RollbackFailed) {
         let since = now - chrono::Duration::hours(i64::from(cfg.update_alert_hours));
-        let finished = state.store.finished_updates(since).await?;
+        let finished = engine.store.finished_updates(since).await?;
         out.extend(rules::update_conditions(cfg, &finished, &updating, now));
     }
     out.extend(rules::rollout_conditions(
         cfg,
-        &rollout_views(state).await?,
+        &rollout_views(engine).await?,
         now,
     ));
     out.extend(rules::version_skew(cfg, &agents));
     if cfg.enabled(Rule::AgentUpgradeReverted) {
-        let releases: Vec<_> = state
+        let releases: Vec<_> = engine
             .store
             .releases()
             .await?
@@ -333,12 +417,12 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
         ));
         // Reverted rollbacks mark nothing broken; their failed deliveries raise the alert.
         let since = now - chrono::Duration::hours(i64::from(cfg.update_alert_hours));
-        let rollbacks = state.store.reverted_rollbacks(since).await?;
+        let rollbacks = engine.store.reverted_rollbacks(since).await?;
         out.extend(rules::rollback_reverted_conditions(cfg, &rollbacks, now));
     }
     out.extend(rules::tls_conditions(
         cfg,
-        &state.alerts.tls.snapshot(),
+        &engine.handle.tls.snapshot(),
         now,
     ));
 
@@ -356,9 +440,9 @@ pub async fn conditions(state: &Shared, now: DateTime<Utc>) -> Result<Vec<Condit
 
 /// The rollouts the rollout rules look at: every paused one and the newest aborted ones (the
 /// rule keeps those aborted within `update_alert_hours`).
-async fn rollout_views(state: &Shared) -> Result<Vec<rules::RolloutView>, StoreError> {
+async fn rollout_views(engine: &AlertsEngine) -> Result<Vec<rules::RolloutView>, StoreError> {
     use flotilla_shared::rollout::RolloutState;
-    let cfg = &state.config.alerts;
+    let cfg = &engine.cfg;
     if !cfg.enabled(Rule::RolloutPaused) && !cfg.enabled(Rule::RolloutAborted) {
         return Ok(Vec::new());
     }
@@ -369,7 +453,7 @@ async fn rollout_views(state: &Shared) -> Result<Vec<rules::RolloutView>, StoreE
             active_only: false,
             limit: 1000,
         };
-        for r in state.store.rollouts(filter).await? {
+        for r in engine.store.rollouts(filter).await? {
             out.push(rules::RolloutView {
                 state: r.state.as_str().to_string(),
                 updated_at: r.finished_at.unwrap_or(r.updated_at),
@@ -382,31 +466,28 @@ async fn rollout_views(state: &Shared) -> Result<Vec<rules::RolloutView>, StoreE
 }
 
 /// One evaluation: conditions → store (one transaction) → notifications → gauge.
-pub async fn evaluate(state: &Shared, sink: &Sink) -> Result<Applied, StoreError> {
-    let now = crate::store::now();
-    let conditions = conditions(state, now).await?;
-    let uptime = (now - state.alerts.started_at).to_std().unwrap_or_default();
-    let tls_ready = state.config.alerts.tls_endpoints.is_empty() || state.alerts.tls.ready();
+pub async fn evaluate(engine: &AlertsEngine, now: DateTime<Utc>) -> Result<Applied, StoreError> {
+    let conditions = conditions(engine, now).await?;
+    let uptime = (now - engine.handle.started_at)
+        .to_std()
+        .unwrap_or_default();
+    let tls_ready = engine.cfg.tls_endpoints.is_empty() || engine.handle.tls.ready();
     let policy = AlertPolicy {
-        held: held_rules(uptime, unreachable_after(&state.config), tls_ready),
+        held: held_rules(uptime, engine.unreachable_after, tls_ready),
         now,
         medium_after: chrono::Duration::seconds(
-            state
-                .config
-                .alerts
-                .medium_notify_after_secs
-                .min(i64::MAX as u64) as i64,
+            engine.cfg.medium_notify_after_secs.min(i64::MAX as u64) as i64,
         ),
     };
-    let applied = state
+    let applied = engine
         .store
         .apply_alert_conditions(conditions, policy)
         .await?;
     for (kind, alert) in &applied.notify {
-        let url = alert_url(&state.config, &alert.id);
-        sink(notification(*kind, alert, url));
+        let url = format!("{}{}", engine.url_prefix, alert.id);
+        (engine.sink)(notification(*kind, alert, url));
     }
-    state.metrics.set_alerts_firing(applied.firing);
+    engine.metrics.set_alerts_firing(applied.firing);
     if applied.fired > 0 || applied.resolved > 0 {
         tracing::info!(
             fired = applied.fired,
@@ -416,41 +497,6 @@ pub async fn evaluate(state: &Shared, sink: &Sink) -> Result<Applied, StoreError
         );
     }
     Ok(applied)
-}
-
-/// Runs the TLS checker and the evaluation loop until shutdown.
-pub async fn run(state: AppState, sink: Sink, shutdown: CancellationToken) {
-    let cfg = state.config.alerts.clone();
-    if !cfg.enabled {
-        return;
-    }
-    let checker = tokio::spawn(tls::run_checker(
-        cfg.tls_endpoints.clone(),
-        Duration::from_secs(cfg.tls_check_interval_secs),
-        Duration::from_secs(cfg.tls_timeout_secs),
-        state.alerts.tls.clone(),
-        shutdown.clone(),
-    ));
-    let mut tick = tokio::time::interval(cfg.evaluate_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-            _ = state.alerts.kick.notified() => {}
-        }
-        match evaluate(&state, &sink).await {
-            Ok(_) => failing = false,
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "alert evaluation failed; retrying at the next one");
-                }
-                failing = true;
-            }
-        }
-    }
-    let _ = checker.await;
 }
 
 #[cfg(test)]

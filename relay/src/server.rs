@@ -259,7 +259,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         rollouts,
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
-        alerts: crate::alerts::AlertsHandle::default(),
+        alerts: Arc::new(crate::alerts::AlertsHandle::default()),
     }));
 
     let rollout_engine = RolloutEngine::new(
@@ -273,12 +273,17 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     // Alert notifications: the engine decides, the notifier delivers without ever blocking.
     let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
     let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
+    let alerts = crate::alerts::AlertsEngine::new(
+        store.clone(),
+        state.hub.clone(),
+        heartbeats.clone(),
+        state.metrics.clone(),
+        state.alerts.clone(),
+        &state.config,
+        alert_sink,
+    );
     let mut tasks = vec![
-        tokio::spawn(crate::alerts::run(
-            state.clone(),
-            alert_sink,
-            shutdown.clone(),
-        )),
+        tokio::spawn(alerts.run(shutdown.clone())),
         tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
         tokio::spawn(jobs.run(shutdown.clone())),
         tokio::spawn(sweeper.run(shutdown.clone())),

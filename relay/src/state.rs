@@ -42,7 +42,7 @@ pub struct Shared {
     /// Set once the store is open and the background tasks run (`GET /readyz`).
     pub ready: AtomicBool,
     /// The alerts engine's shared parts (TLS check cache, evaluate-now kick).
-    pub alerts: crate::alerts::AlertsHandle,
+    pub alerts: Arc<crate::alerts::AlertsHandle>,
 }
 
 /// Cheap handle to [`Shared`], the axum state.

@@ -302,3 +302,51 @@ async fn retention_deletes_only_what_is_older_than_its_days_at_the_stepped_time(
         .unwrap();
     assert_eq!(p, crate::store::Pruned::default());
 }
+
+#[tokio::test]
+async fn the_alerts_engine_fires_unreachable_only_once_the_stepped_time_is_past_the_threshold() {
+    let store = Store::open_in_memory().unwrap();
+    let agent = agents(&store, 1).await.remove(0);
+    let config = crate::config::RelayConfig::default();
+    let handle = Arc::new(crate::alerts::AlertsHandle::default());
+    let started = handle.started_at;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink: crate::alerts::Sink = Arc::new(move |n| {
+        let _ = tx.send(n);
+    });
+    let engine = crate::alerts::AlertsEngine::new(
+        store.clone(),
+        Arc::new(Hub::new()),
+        Arc::new(crate::heartbeats::HeartbeatCache::default()),
+        Arc::new(Metrics::default()),
+        handle,
+        &config,
+        sink,
+    );
+    let after = crate::alerts::unreachable_after(&config);
+    let after = chrono::Duration::from_std(after).unwrap();
+    // Within the threshold after the relay's start: nothing fires (and the rule is held).
+    let applied = engine
+        .step(started + after - chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(applied.fired, 0, "{applied:?}");
+    // Past it, the disconnected agent is unreachable, and the decision reaches the sink.
+    let applied = engine
+        .step(started + after + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(applied.fired, 1, "{applied:?}");
+    let alerts = store
+        .alerts(crate::alerts::AlertQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].rule, "agent_unreachable");
+    assert_eq!(alerts[0].agent_id.as_deref(), Some(agent.id.as_str()));
+    let notified: Vec<_> = rx.try_iter().collect();
+    assert_eq!(notified.len(), applied.notify.len());
+}
