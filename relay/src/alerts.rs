@@ -448,7 +448,7 @@ async fn rollout_views(engine: &AlertsEngine) -> Result<Vec<rules::RolloutView>,
     }
     let mut out = Vec::new();
     for wanted in [RolloutState::Paused, RolloutState::Aborted] {
-        let filter = crate::rollouts::RolloutFilter {
+        let filter = crate::model::rollouts::RolloutFilter {
             state: Some(wanted),
             active_only: false,
             limit: 1000,

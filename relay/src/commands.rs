@@ -111,7 +111,7 @@ impl Commands {
     /// When a command issued at `issued_at` expires. Without a TTL: the relay's default, except
     /// that a `container.update` gets at least its run budget and `backup.run`/`backup.restore`
     /// at least six hours, times `waves` (a job's targets run that many after one another under
-    /// max-concurrency; 1 for a single command), see [`crate::updates`] and [`crate::backups`],
+    /// max-concurrency; 1 for a single command), see [`crate::model::ttl`],
     /// so no delivery ends while an agent may still be working on it.
     pub fn expiry(
         &self,
@@ -121,15 +121,8 @@ impl Commands {
         issued_at: DateTime<Utc>,
     ) -> Result<DateTime<Utc>, TtlOutOfRange> {
         let default = self.default_ttl_secs;
-        let ttl = ttl_secs.unwrap_or(match command {
-            Command::ContainerUpdate(args) => {
-                crate::updates::default_ttl_secs(args, default, waves)
-            }
-            c if flotilla_shared::command::is_long(c) => {
-                crate::backups::default_ttl_secs(default, waves)
-            }
-            _ => default,
-        });
+        let ttl =
+            ttl_secs.unwrap_or_else(|| crate::model::ttl::default_for(command, default, waves));
         if !(1..=MAX_COMMAND_TTL_SECS).contains(&ttl) {
             return Err(TtlOutOfRange);
         }

@@ -16,6 +16,7 @@ pub mod hub;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod model;
 pub mod ratelimit;
 pub mod releases;
 pub mod retention;
@@ -23,7 +24,6 @@ pub mod rollouts;
 pub mod server;
 pub mod state;
 pub mod store;
-pub mod updates;
 pub mod ws;
 
 pub use config::RelayConfig;

@@ -159,13 +159,13 @@ fn evict_least_recent(buckets: &mut HashMap<IpAddr, Bucket>, n: usize) {
 }
 
 /// Prunes the limiter every [`PRUNE_INTERVAL`] until shutdown.
-pub async fn run_pruner(state: crate::state::AppState, shutdown: CancellationToken) {
+pub async fn run_pruner(limiter: std::sync::Arc<RateLimiter>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => state.enroll_limiter.prune(Instant::now()),
+            _ = tick.tick() => limiter.prune(Instant::now()),
         }
     }
 }

@@ -14,8 +14,8 @@
 //! agent again and is not served for download; `latest` skips it and prefers releases to
 //! pre-releases.
 
+use crate::commands::Commands;
 use crate::hub::Hub;
-use crate::state::Shared;
 use crate::store::releases::{NewRelease, StoredRelease};
 use crate::store::Store;
 use crate::store::{Finalised, StoreError};
@@ -27,8 +27,10 @@ use flotilla_shared::release::{
 };
 use futures_util::{Stream, StreamExt};
 
+use flotilla_shared::signing::SigningKey;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// The installer, served at `/install.sh` with its placeholders filled in.
@@ -177,7 +179,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PublishError + '_ {
 
 /// Publishes a build from `body` (the raw binary, streamed): see the module doc.
 pub async fn publish<S, E>(
-    state: &Shared,
+    releases: &Releases,
     version: &str,
     arch: &str,
     body: S,
@@ -189,7 +191,7 @@ where
 {
     validate_version(version).map_err(PublishError::InvalidVersion)?;
     let arch = canonical_arch(arch).map_err(PublishError::InvalidArch)?;
-    let final_path = binary_path(&state.config.data_dir, version, arch);
+    let final_path = binary_path(&releases.data_dir, version, arch);
     let dir = final_path
         .parent()
         .expect("a build path has a directory")
@@ -205,7 +207,7 @@ where
         done: false,
     };
     let result = publish_from_temp(
-        state,
+        releases,
         version,
         arch,
         body,
@@ -234,7 +236,7 @@ where
 
 /// The body of [`publish`] once the temporary file's name is chosen.
 async fn publish_from_temp<S, E>(
-    state: &Shared,
+    releases: &Releases,
     version: &str,
     arch: &'static str,
     mut body: S,
@@ -293,7 +295,7 @@ where
     let sha256 = hex::encode(sha.finish().as_ref());
 
     let _guard = PUBLISH_LOCK.lock().await;
-    if let Some(existing) = state
+    if let Some(existing) = releases
         .store
         .release(version.to_string(), arch.to_string())
         .await?
@@ -319,7 +321,7 @@ where
     }
     // Build metadata does not order versions: 1.0.0+a and 1.0.0+b would be the same version to
     // agents (each refuses the other as "already running"), and `latest` could not choose.
-    if let Some(twin) = state
+    if let Some(twin) = releases
         .store
         .releases()
         .await?
@@ -343,8 +345,8 @@ where
         sha256: sha256.clone(),
         created_at,
     }
-    .sign(&state.key);
-    let created = state
+    .sign(&releases.key);
+    let created = releases
         .store
         .create_release(NewRelease {
             version: version.to_string(),
@@ -490,13 +492,13 @@ pub async fn resolve(
 /// Marks a build broken and ends its undelivered `agent.upgrade` deliveries (with the usual
 /// bookkeeping for each). None when no such build exists.
 pub async fn mark_broken(
-    state: &Shared,
+    releases: &Releases,
     version: &str,
     arch: &str,
     reason: &str,
     by: &str,
 ) -> Result<Option<StoredRelease>, StoreError> {
-    let Some((release, ended)) = state
+    let Some((release, ended)) = releases
         .store
         .mark_release_broken(
             version.to_string(),
@@ -508,7 +510,7 @@ pub async fn mark_broken(
     else {
         return Ok(None);
     };
-    finished(state, &ended);
+    finished(releases, &ended);
     tracing::warn!(
         version,
         arch,
@@ -520,8 +522,34 @@ pub async fn mark_broken(
     Ok(Some(release))
 }
 
-fn finished(state: &Shared, ended: &[Finalised]) {
-    state.commands.all_finished(ended);
+fn finished(releases: &Releases, ended: &[Finalised]) {
+    releases.commands.all_finished(ended);
+}
+
+/// What publishing and marking builds use: the store, the signing key (manifests), the data
+/// directory (the files) and the commands service (deliveries a broken mark ends).
+#[derive(Clone)]
+pub struct Releases {
+    store: Store,
+    commands: Commands,
+    key: Arc<SigningKey>,
+    data_dir: PathBuf,
+}
+
+impl Releases {
+    pub fn new(
+        store: Store,
+        commands: Commands,
+        key: Arc<SigningKey>,
+        data_dir: PathBuf,
+    ) -> Releases {
+        Releases {
+            store,
+            commands,
+            key,
+            data_dir,
+        }
+    }
 }
 
 // === agent.upgrade ===

@@ -227,6 +227,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         config.default_command_ttl_secs,
     );
     let jobs = JobEngine::new(store.clone(), commands.clone());
+    let releases = crate::releases::Releases::new(
+        store.clone(),
+        commands.clone(),
+        key.clone(),
+        config.data_dir.clone(),
+    );
     let sweeper = ExpirySweeper::new(
         store.clone(),
         commands.clone(),
@@ -246,7 +252,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     );
     let state = AppState(Arc::new(Shared {
         fingerprint: key.public_key().fingerprint(),
-        enroll_limiter: RateLimiter::new(config.enroll_rate_per_minute),
+        enroll_limiter: Arc::new(RateLimiter::new(config.enroll_rate_per_minute)),
         handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes)),
         config,
         store: store.clone(),
@@ -254,6 +260,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         key,
         metrics,
         heartbeats: heartbeats.clone(),
+        releases,
         commands,
         jobs: jobs.clone(),
         rollouts,
@@ -289,7 +296,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         tokio::spawn(sweeper.run(shutdown.clone())),
         tokio::spawn(rollout_engine.run(rollouts_rx, shutdown.clone())),
         tokio::spawn(crate::ratelimit::run_pruner(
-            state.clone(),
+            state.enroll_limiter.clone(),
             shutdown.clone(),
         )),
         tokio::spawn(retention.run(shutdown.clone())),

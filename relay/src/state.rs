@@ -32,9 +32,11 @@ pub struct Shared {
     pub commands: Commands,
     /// A job's first dispatch happens when the API creates it; later ones on completions.
     pub jobs: JobEngine,
+    /// Publishing and marking agent builds.
+    pub releases: crate::releases::Releases,
     /// Wakes the rollout engine (`crate::rollouts`).
     pub rollouts: RolloutKicker,
-    pub enroll_limiter: RateLimiter,
+    pub enroll_limiter: Arc<RateLimiter>,
     /// One permit per agent websocket that has not authenticated yet
     /// (`max_pending_handshakes`).
     pub handshakes: Arc<tokio::sync::Semaphore>,

@@ -261,7 +261,7 @@ fn sql_only_in_the_store_modules() {
 // === file size ===
 
 /// Non-test files allowed over [`MAX_LINES`], with the reason.
-const LONG_FILES: [(&str, &str); 13] = [
+const LONG_FILES: [(&str, &str); 12] = [
     ("agent/src/backup.rs", "backup service, run, restore and scheduler in one file: to split by concern (issue 13)"),
     ("agent/src/backup/destination.rs", "the S3 client lives inside: to move out (issue 13)"),
     ("agent/src/state.rs", "every table family of agent.db: to split by family (issue 13)"),
@@ -271,7 +271,6 @@ const LONG_FILES: [(&str, &str); 13] = [
     ("relay/src/store/sqlite.rs", "the SQLite store cut by mechanism: to cut by domain (issue 13)"),
     ("relay/src/store/sqlite/rollouts.rs", "rollout persistence with decisions inside SQL methods: to move to the pure model (issue 13)"),
     ("relay/src/store/sqlite/releases.rs", "releases persistence and its transactions"),
-    ("relay/src/rollouts.rs", "the rollout engine with a 263-line advance_running: to become one function per phase (issue 13)"),
     ("tests/src/fixtures/db.rs", "the database test images and servers (PostgreSQL, MariaDB, Redis): to split per engine"),
     ("tests/src/harness.rs", "the end-to-end harness: to become the one test-support crate (issue 13)"),
     ("shared/src/rollout.rs", "rollout types, the pure transition table and stage parsing"),
@@ -462,23 +461,12 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
     walk.out
 }
 
-/// Import cycles that exist today, per crate: a cycle may shrink or vanish, never grow or
-/// appear. Each is a debt of issue 13 (misplaced helpers and the relay's `Shared` locator).
+/// Import cycles that exist today, per crate, exactly: a cycle may shrink or vanish (and is
+/// then written down smaller), never grow or appear. Each is a debt of issue 13: the relay's
+/// settings and the alerts section refer to each other, the websocket adapter borrows the API's
+/// error type, and a few agent helpers sit in the wrong module.
 const KNOWN_CYCLES: [(&str, &[&str]); 4] = [
-    (
-        "relay/src",
-        &[
-            "alerts",
-            "backups",
-            "config",
-            "jobs",
-            "ratelimit",
-            "releases",
-            "rollouts",
-            "state",
-            "updates",
-        ],
-    ),
+    ("relay/src", &["alerts", "config"]),
     ("relay/src", &["api", "ws"]),
     ("agent/src", &["enroll", "executor", "session", "update"]),
     ("shared/src", &["command", "update"]),
@@ -492,8 +480,11 @@ fn no_new_import_cycles_between_modules() {
     for (_, src) in CRATE_SOURCES {
         let graph = crate_import_graph(&root.join(src));
         for cycle in cycles(&graph) {
+            // Exactly a known cycle: one that shrank must be written down smaller.
             let known = KNOWN_CYCLES.iter().position(|(dir, members)| {
-                *dir == src && cycle.iter().all(|m| members.contains(&m.as_str()))
+                *dir == src
+                    && cycle.len() == members.len()
+                    && cycle.iter().all(|m| members.contains(&m.as_str()))
             });
             match known {
                 Some(i) => {

@@ -97,7 +97,7 @@ pub async fn publish(
             return Err(publish_error(PublishError::TooLarge));
         }
         let body = request.into_body().into_data_stream();
-        rel::publish(&state, &version, &arch, body, caller.name())
+        rel::publish(&state.releases, &version, &arch, body, caller.name())
             .await
             .map_err(publish_error)
     }
@@ -159,7 +159,7 @@ pub async fn mark_broken(
                 "reason must be 1-{MAX_REASON_LEN} characters without control characters"
             )));
         }
-        rel::mark_broken(&state, &version, arch, reason, caller.name())
+        rel::mark_broken(&state.releases, &version, arch, reason, caller.name())
             .await?
             .map(|r| r.info)
             .ok_or_else(|| {

@@ -4,7 +4,7 @@
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
-use crate::rollouts::{ActionRefusal, RolloutFilter, RolloutSpec};
+use crate::model::rollouts::{ActionRefusal, RolloutFilter, RolloutSpec};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

@@ -2,7 +2,7 @@
 //! `sqlite/rollouts.rs`, the engine in `crate::rollouts`). Each method is one transaction.
 
 use super::{now, sqlite, NewCommand, Store, StoreError};
-use crate::rollouts::{
+use crate::model::rollouts::{
     ActionRefusal, ContainerDispatch, Progress, RevertPlan, RolloutFilter, RolloutRow, RolloutSpec,
     StageView, Transition, UpdateVerdict,
 };

@@ -9,7 +9,7 @@ use super::{
     NewCommand, NewEnrollmentToken, NewJob, Pruned, RecordedBackups, ResultOutcome, StoreError,
     UpdateQuery,
 };
-use crate::jobs::plan_step;
+use crate::model::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
 use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord,

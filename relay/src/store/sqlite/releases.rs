@@ -801,7 +801,7 @@ mod tests {
 
     /// An agent rollout of `version` over every agent, one at a time, its first stage started.
     async fn agent_rollout(store: &Store, id: &str, version: &str) {
-        use crate::rollouts::RolloutSpec;
+        use crate::model::rollouts::RolloutSpec;
         use flotilla_shared::limit::Limit;
         use flotilla_shared::rollout::{FailureAction, RolloutOrder, RolloutTarget};
         use flotilla_shared::update::{HealthSpec, UpdateStrategy};
@@ -834,8 +834,8 @@ mod tests {
             .unwrap();
     }
 
-    fn agent_dispatch(command: NewCommand) -> crate::rollouts::ContainerDispatch {
-        crate::rollouts::ContainerDispatch {
+    fn agent_dispatch(command: NewCommand) -> crate::model::rollouts::ContainerDispatch {
+        crate::model::rollouts::ContainerDispatch {
             name: flotilla_shared::rollout::AGENT_TARGET_NAME.into(),
             old_image: Some("0.2.0".into()),
             command: Some(command),

@@ -15,7 +15,7 @@
 //! command ids; only rows still in flight are looked at on each engine step.
 
 use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Db};
-use crate::rollouts::{
+use crate::model::rollouts::{
     classify_update, order_fleet, select_members, ContainerDispatch, FleetAgent, Progress,
     RevertPlan, RolloutRow, RolloutSpec, SoakMember, StageView, Transition, UpdateVerdict,
 };
@@ -595,7 +595,7 @@ impl Db {
                     &tx,
                     id,
                     now,
-                    crate::rollouts::ENGINE_ACTOR,
+                    crate::model::rollouts::ENGINE_ACTOR,
                     "failure",
                     Some(stage as usize),
                     &format!(
@@ -766,7 +766,7 @@ impl Db {
                         &tx,
                         id,
                         now,
-                        crate::rollouts::ENGINE_ACTOR,
+                        crate::model::rollouts::ENGINE_ACTOR,
                         "skipped",
                         Some(stage as usize),
                         &format!("agent {agent_id} not sent the upgrade: {why}"),
@@ -835,7 +835,7 @@ impl Db {
                 &tx,
                 id,
                 now,
-                crate::rollouts::ENGINE_ACTOR,
+                crate::model::rollouts::ENGINE_ACTOR,
                 "skipped",
                 Some(stage),
                 &format!("agent {agent_id} not sent the upgrade: {reason}"),
@@ -944,7 +944,10 @@ impl Db {
         }
         let mut p = row.progress.clone();
         p.stage_started_at = Some(now);
-        p.stage_deadline = Some(crate::rollouts::add_secs(now, row.spec.stage_timeout_secs));
+        p.stage_deadline = Some(crate::model::rollouts::add_secs(
+            now,
+            row.spec.stage_timeout_secs,
+        ));
         p.updated_at = now;
         write_progress(&tx, id, Some(row.progress.updated_at), &p)?;
         let what = match &stage.what {
@@ -955,7 +958,7 @@ impl Db {
             &tx,
             id,
             now,
-            crate::rollouts::ENGINE_ACTOR,
+            crate::model::rollouts::ENGINE_ACTOR,
             "stage_started",
             Some(stage_index),
             &format!(
@@ -1042,15 +1045,15 @@ impl Db {
             }
         }
         // Agent rollouts: members that ended without a command because they already run the
-        // target version or a newer one (see `crate::rollouts::ALREADY_RUNS`).
+        // target version or a newer one (see `crate::model::rollouts::ALREADY_RUNS`).
         v.up_to_date = tx.query_row(
             "SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2 \
              AND outcome = 'no_target' AND substr(COALESCE(reason, ''), 1, ?3) = ?4",
             params![
                 id,
                 stage_i,
-                crate::rollouts::ALREADY_RUNS.len() as i64,
-                crate::rollouts::ALREADY_RUNS
+                crate::model::rollouts::ALREADY_RUNS.len() as i64,
+                crate::model::rollouts::ALREADY_RUNS
             ],
             |r| r.get::<_, i64>(0),
         )? as usize;
@@ -1109,7 +1112,7 @@ impl Db {
                     &tx,
                     id,
                     now,
-                    crate::rollouts::ENGINE_ACTOR,
+                    crate::model::rollouts::ENGINE_ACTOR,
                     "failure",
                     Some(stage as usize),
                     &format!("agent {agent} failed its soak: {reason}"),
@@ -1169,7 +1172,8 @@ impl Db {
         };
         let failures = stage_failures(&tx, id, row.progress.stage)?;
         let (p, t) =
-            match crate::rollouts::apply_action(&row.progress, action, actor, failures, now) {
+            match crate::model::rollouts::apply_action(&row.progress, action, actor, failures, now)
+            {
                 Ok(x) => x,
                 Err(why) => return Ok(Some(Err(why))),
             };
@@ -1216,7 +1220,7 @@ impl Db {
             &tx,
             id,
             now,
-            crate::rollouts::ENGINE_ACTOR,
+            crate::model::rollouts::ENGINE_ACTOR,
             "stage_deadline",
             Some(stage),
             &format!("{n} offline member(s) undelivered"),
@@ -1368,7 +1372,7 @@ impl Db {
             &tx,
             id,
             now,
-            crate::rollouts::ENGINE_ACTOR,
+            crate::model::rollouts::ENGINE_ACTOR,
             "already_reverted",
             stage.map(|s| s as usize),
             &format!("agent {agent_id} {name}: nothing sent, {reason}"),

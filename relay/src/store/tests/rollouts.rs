@@ -3,7 +3,7 @@
 //! resuming where it was, and no second dispatch of an agent.
 
 use super::*;
-use crate::rollouts::{ContainerDispatch, Progress, RolloutSpec, Transition};
+use crate::model::rollouts::{ContainerDispatch, Progress, RolloutSpec, Transition};
 use flotilla_shared::limit::Limit;
 use flotilla_shared::rollout::{
     AgentOutcome, ContainerOutcome, FailureAction, RolloutAction, RolloutOrder, RolloutState,
@@ -268,7 +268,7 @@ async fn conflicts_need_same_target_and_overlapping_selectors() {
     );
     assert_eq!(create("ro_6", "tier=build", "ghost").await, Ok(()));
     let listed = store
-        .rollouts(crate::rollouts::RolloutFilter {
+        .rollouts(crate::model::rollouts::RolloutFilter {
             state: Some(RolloutState::Aborted),
             ..Default::default()
         })
@@ -297,14 +297,14 @@ async fn actions_and_progress_are_guarded() {
         .unwrap();
     assert!(matches!(
         refused,
-        Err(crate::rollouts::ActionRefusal::InvalidState(ref why)) if why.contains("dispatching")
+        Err(crate::model::rollouts::ActionRefusal::InvalidState(ref why)) if why.contains("dispatching")
     ));
     assert_eq!(
         store
             .rollout_action("ro_x".into(), RolloutAction::Resume, "ops".into())
             .await
             .unwrap(),
-        Err(crate::rollouts::ActionRefusal::NotFound)
+        Err(crate::model::rollouts::ActionRefusal::NotFound)
     );
     let row = store.rollout_row("ro_a".into()).await.unwrap().unwrap();
     store

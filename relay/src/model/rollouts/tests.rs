@@ -1,9 +1,12 @@
 //! Unit tests of the rollout engine's pure decisions.
 
 use super::*;
+use crate::config::RelayConfig;
+use crate::rollouts::offline_threshold;
 use chrono::TimeZone;
 use flotilla_shared::command::ContainerInfo;
 use flotilla_shared::heartbeat::{DockerSnapshot, HostMetrics};
+use flotilla_shared::rollout::{AgentOutcome, AGENT_TARGET_NAME};
 
 fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
