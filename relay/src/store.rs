@@ -7,10 +7,18 @@
 //! Today the only backend is SQLite (one file, WAL, migrations by `PRAGMA user_version`, see
 //! `store/sqlite.rs`). Writes go through one connection behind a mutex; pure reads use a small
 //! pool of read-only connections to the same WAL file, so API reads and agent handshakes do not
-//! queue behind writes (WAL readers see every committed write). To run several relays against PostgreSQL later, turn the inherent methods
-//! of [`Store`] into a trait implemented per backend; the domain types below are already
+//! queue behind writes (WAL readers see every committed write).
+//!
+//! Cut by domain: each domain has its facade file here (`store/<domain>.rs`: the async
+//! methods of [`Store`], domain types in and out) and its backend file
+//! (`store/sqlite/<domain>.rs`: the `impl Db` statements, one transaction per method):
+//! tokens, enrollment, agents, commands, jobs, events, updates, backups, audit, alerts,
+//! releases, rollouts, and the SQLite-only retention batches. **The backend seam** is the set
+//! of facade methods: for PostgreSQL they become a trait (`StoreBackend`), implemented by the
+//! SQLite `Db` and by a `postgres/<domain>.rs` of the same shape; the domain types are already
 //! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
-//! method is one transaction, which maps one-to-one onto a PostgreSQL transaction.
+//! method is one transaction, which maps one-to-one onto a PostgreSQL transaction. The store
+//! depends on the shared types and the pure `crate::model` only, never on an engine.
 //!
 //! Update history (`container.update`): one row per (command, agent), made when the command is
 //! dispatched to the agent (at creation for a single command, when a job's pending delivery is
@@ -34,10 +42,19 @@
 //! shared [`database_state`] and [`agent_alert`]; retention keeps those two rows of every
 //! database whatever their age.
 
+mod agents;
 mod alerts;
+mod audit;
+mod backups;
+mod commands;
+mod enrollment;
+mod events;
+mod jobs;
 pub mod releases;
 mod rollouts;
 mod sqlite;
+mod tokens;
+mod updates;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use flotilla_shared::api::{
@@ -414,378 +431,6 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
-    }
-
-    // === api tokens ===
-
-    pub async fn has_admin_token(&self) -> Result<bool, StoreError> {
-        self.read(sqlite::Db::has_admin_token).await
-    }
-
-    pub async fn create_api_token(&self, token: NewApiToken) -> Result<(), StoreError> {
-        self.call(move |db| db.create_api_token(&token)).await
-    }
-
-    /// Every API token, oldest first (hashes are never returned).
-    pub async fn api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StoreError> {
-        self.read(sqlite::Db::api_tokens).await
-    }
-
-    /// Revokes an API token at once (its next request gets 401). False if there is no such id.
-    pub async fn revoke_api_token(&self, id: String) -> Result<bool, StoreError> {
-        self.call(move |db| db.revoke_api_token(&id, now())).await
-    }
-
-    /// The caller owning this token hash, if the token exists and is not revoked.
-    pub async fn api_caller(&self, token_hash: String) -> Result<Option<ApiCaller>, StoreError> {
-        self.read(move |c| sqlite::Db::api_caller(c, &token_hash))
-            .await
-    }
-
-    // === enrollment ===
-
-    pub async fn create_enrollment_token(
-        &self,
-        token: NewEnrollmentToken,
-    ) -> Result<EnrollmentTokenInfo, StoreError> {
-        self.call(move |db| db.create_enrollment_token(&token))
-            .await
-    }
-
-    pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
-        self.read(sqlite::Db::list_enrollment_tokens).await
-    }
-
-    /// Revokes an enrollment token; false when no such token exists.
-    pub async fn revoke_enrollment_token(&self, id: String) -> Result<bool, StoreError> {
-        self.call(move |db| db.revoke_enrollment_token(&id, now()))
-            .await
-    }
-
-    /// Uses one enrollment of the token and creates the agent, in one transaction. The agent's
-    /// labels are its own merged with the token's (the token's win).
-    pub async fn enroll(
-        &self,
-        token_hash: String,
-        agent: NewAgent,
-    ) -> Result<Result<(AgentRecord, String), EnrollRefusal>, StoreError> {
-        self.call(move |db| db.enroll(&token_hash, agent, now()))
-            .await
-    }
-
-    // === agents ===
-
-    pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::agent(c, &id)).await
-    }
-
-    /// Authentication data of one agent (light: no facts, no heartbeat).
-    pub async fn agent_auth(&self, id: String) -> Result<Option<AgentAuth>, StoreError> {
-        self.read(move |c| sqlite::Db::agent_auth(c, &id)).await
-    }
-
-    /// Ids and labels of every agent that is not revoked, in listing order.
-    pub async fn agent_targets(&self) -> Result<Vec<(String, Labels)>, StoreError> {
-        self.read(sqlite::Db::agent_targets).await
-    }
-
-    /// The last flushed heartbeat of every agent that is not revoked.
-    pub async fn latest_heartbeats(&self) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        self.read(sqlite::Db::latest_heartbeats).await
-    }
-
-    /// Every agent, without its last heartbeat (`last_heartbeat` is `None`).
-    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.read(sqlite::Db::agents).await
-    }
-
-    /// Replaces an agent's labels; returns the updated agent (None when unknown).
-    pub async fn set_agent_labels(
-        &self,
-        id: String,
-        labels: Labels,
-    ) -> Result<Option<AgentRecord>, StoreError> {
-        self.call(move |db| db.set_agent_labels(&id, &labels)).await
-    }
-
-    pub async fn set_agent_version(&self, id: String, version: String) -> Result<(), StoreError> {
-        self.call(move |db| db.set_agent_version(&id, &version))
-            .await
-    }
-
-    /// Revokes an agent and ends its unfinished deliveries: undelivered if the agent had not
-    /// accepted them, else failed with `agent_revoked`. Returns None when the agent is unknown,
-    /// else the deliveries that were ended.
-    pub async fn revoke_agent(&self, id: String) -> Result<Option<Vec<Finalised>>, StoreError> {
-        self.call(move |db| db.revoke_agent(&id, now())).await
-    }
-
-    /// Writes a batch of latest heartbeats in one transaction.
-    pub async fn save_heartbeats(&self, batch: Vec<HeartbeatWrite>) -> Result<(), StoreError> {
-        self.call(move |db| db.save_heartbeats(&batch)).await
-    }
-
-    // === commands ===
-
-    /// Persists a command with its deliveries (one transaction).
-    pub async fn create_command(&self, command: NewCommand) -> Result<(), StoreError> {
-        self.call(move |db| db.create_command(&command, None)).await
-    }
-
-    /// Persists a job with its command and deliveries (one transaction).
-    pub async fn create_job(&self, job: NewJob, command: NewCommand) -> Result<(), StoreError> {
-        self.call(move |db| db.create_command(&command, Some(&job)))
-            .await
-    }
-
-    /// The command as seen by one agent. With `agent_id` None the command must be a single
-    /// (non-job) command.
-    pub async fn command_info(
-        &self,
-        command_id: String,
-        agent_id: Option<String>,
-    ) -> Result<CommandLookup, StoreError> {
-        self.read(move |c| sqlite::Db::command_info(c, &command_id, agent_id.as_deref()))
-            .await
-    }
-
-    /// Unfinished, unexpired commands for an agent (queued, sent or received), oldest first.
-    pub async fn pending_commands(
-        &self,
-        agent_id: String,
-    ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
-        self.read(move |c| sqlite::Db::pending_commands(c, &agent_id, now()))
-            .await
-    }
-
-    /// queued → sent for these deliveries (other states are left alone).
-    pub async fn mark_sent(
-        &self,
-        command_id: String,
-        agent_ids: Vec<String>,
-    ) -> Result<(), StoreError> {
-        self.call(move |db| db.mark_sent(&command_id, &agent_ids, now()))
-            .await
-    }
-
-    /// queued/sent → received. False when the agent has no such unfinished delivery.
-    pub async fn mark_received(
-        &self,
-        command_id: String,
-        agent_id: String,
-    ) -> Result<bool, StoreError> {
-        self.call(move |db| db.mark_received(&command_id, &agent_id, now()))
-            .await
-    }
-
-    /// Records an agent's result unless the delivery is already final. An ending the relay
-    /// decided itself (undelivered, failed `no_result`) is replaced by the real result.
-    pub async fn record_result(
-        &self,
-        agent_id: String,
-        result: CommandResult,
-    ) -> Result<ResultOutcome, StoreError> {
-        self.call(move |db| db.record_result(&agent_id, &result, now()))
-            .await
-    }
-
-    /// Ends every pending/queued/sent delivery whose command expired as undelivered, and every
-    /// received one whose command expired more than `result_grace` ago as failed `no_result`.
-    pub async fn expire_deliveries(
-        &self,
-        now: DateTime<Utc>,
-        result_grace: std::time::Duration,
-    ) -> Result<Vec<Finalised>, StoreError> {
-        let grace = chrono::Duration::from_std(result_grace)
-            .unwrap_or_else(|_| chrono::Duration::days(365));
-        self.call(move |db| db.expire_deliveries(now, grace)).await
-    }
-
-    /// Deletes events, audit rows, finished updates and backup rows older than `cutoff` (never a
-    /// database's latest backup row or its newest success), and commands (with deliveries and
-    /// finished jobs) that expired before it and are finished, in batches.
-    pub async fn prune(&self, cutoff: DateTime<Utc>) -> Result<Pruned, StoreError> {
-        let mut total = Pruned::default();
-        loop {
-            let p = self
-                .call(move |db| db.prune_batch(cutoff, PRUNE_BATCH))
-                .await?;
-            total.events += p.events;
-            total.audit += p.audit;
-            total.commands += p.commands;
-            total.updates += p.updates;
-            total.backups += p.backups;
-            let batch = PRUNE_BATCH as usize;
-            if [p.events, p.audit, p.commands, p.updates, p.backups]
-                .iter()
-                .all(|n| *n < batch)
-            {
-                return Ok(total);
-            }
-        }
-    }
-
-    // === jobs ===
-
-    pub async fn job_info(&self, id: String) -> Result<Option<JobInfo>, StoreError> {
-        self.read(move |c| sqlite::Db::job_info(c, &id)).await
-    }
-
-    pub async fn running_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.read(sqlite::Db::running_jobs).await
-    }
-
-    /// One dispatch step of a job (see `jobs::plan_step`), in one transaction.
-    pub async fn advance_job(&self, id: String) -> Result<Option<JobStep>, StoreError> {
-        self.call(move |db| db.advance_job(&id, now())).await
-    }
-
-    // === events ===
-
-    /// Stores an agent event unless (agent, seq) is already stored; true when inserted.
-    pub async fn insert_event(
-        &self,
-        agent_id: String,
-        seq: u64,
-        event: AgentEvent,
-    ) -> Result<bool, StoreError> {
-        self.call(move |db| db.insert_event(&agent_id, seq, &event, now()))
-            .await
-    }
-
-    pub async fn events(
-        &self,
-        agent_id: String,
-        query: EventQuery,
-    ) -> Result<Vec<EventRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::events(c, &agent_id, &query))
-            .await
-    }
-
-    // === update history ===
-
-    /// Update history, newest first.
-    pub async fn updates(&self, query: UpdateQuery) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::updates(c, &query)).await
-    }
-
-    /// Every unfinished update in the fleet, newest first (the alert suppression hook, see the
-    /// module doc).
-    pub async fn active_updates(&self) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.updates(UpdateQuery {
-            active: Some(true),
-            limit: MAX_ACTIVE_UPDATES,
-            ..UpdateQuery::default()
-        })
-        .await
-    }
-
-    /// Whether an update is acting on this agent's container now (the container named by its
-    /// name or id as the update asked for it, or by the name the agent reported): the
-    /// unfinished update's command id. The alert suppression hook, see the module doc.
-    pub async fn is_updating(
-        &self,
-        agent_id: String,
-        container: String,
-    ) -> Result<Option<String>, StoreError> {
-        self.read(move |c| sqlite::Db::updating(c, &agent_id, &container))
-            .await
-    }
-
-    // === backups ===
-
-    /// Stores a backup report, one row per database, unless (agent, run, key) is stored
-    /// already (the outbox re-sends, a status file is read again). Returns what was new.
-    pub async fn record_backup_report(
-        &self,
-        agent_id: String,
-        report: BackupReport,
-    ) -> Result<RecordedBackups, StoreError> {
-        self.call(move |db| db.record_backup_report(&agent_id, &report, now()))
-            .await
-    }
-
-    /// Forgets one database of one agent: every stored row of that key (a database that was
-    /// dropped, or a job that was renamed, would otherwise stay stale and keep the agent's
-    /// alert up for ever). Returns the rows removed.
-    pub async fn forget_backup_key(
-        &self,
-        agent_id: String,
-        key: String,
-    ) -> Result<u64, StoreError> {
-        self.call(move |db| db.forget_backup_key(&agent_id, &key))
-            .await
-    }
-
-    /// One agent's backups: the latest state of each database (of `query.key` only, if given),
-    /// its history newest first, and the agent's alert level over all its databases, as of
-    /// `now`.
-    pub async fn agent_backups(
-        &self,
-        agent_id: String,
-        query: BackupQuery,
-        now: DateTime<Utc>,
-    ) -> Result<AgentBackups, StoreError> {
-        let id = agent_id.clone();
-        let key = query.key.clone();
-        let (latest, history) = self
-            .read(move |c| {
-                // One snapshot for both reads.
-                let tx = c.unchecked_transaction()?;
-                let latest = sqlite::Db::latest_backups(&tx, Some(&id))?;
-                let history =
-                    sqlite::Db::backup_history(&tx, &id, query.key.as_deref(), query.limit)?;
-                Ok((latest, history))
-            })
-            .await?;
-        let mut databases: Vec<DatabaseBackupState> =
-            latest.into_iter().map(|l| l.into_state(now)).collect();
-        // The alert is the agent's, whatever the key filter: it is read from every database.
-        let alert = agent_alert(&databases.iter().map(|d| d.state).collect::<Vec<_>>());
-        if let Some(k) = key {
-            databases.retain(|d| d.key == k);
-        }
-        Ok(AgentBackups {
-            agent_id,
-            alert,
-            databases,
-            history,
-        })
-    }
-
-    /// The latest backup of every database of every agent that is not revoked, ordered by
-    /// agent name and key; only those in `state` when given, at most `limit`, as of `now`.
-    pub async fn fleet_backups(
-        &self,
-        state: Option<DatabaseState>,
-        limit: u32,
-        now: DateTime<Utc>,
-    ) -> Result<FleetBackups, StoreError> {
-        let latest = self
-            .read(move |c| sqlite::Db::latest_backups(c, None))
-            .await?;
-        let mut databases: Vec<DatabaseBackupState> = latest
-            .into_iter()
-            .map(|l| l.into_state(now))
-            .filter(|d| state.is_none_or(|s| d.state == s))
-            .collect();
-        let truncated = databases.len() > limit as usize;
-        databases.truncate(limit as usize);
-        Ok(FleetBackups {
-            databases,
-            truncated,
-        })
-    }
-
-    // === audit ===
-
-    pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.call(move |db| db.audit(&entry)).await
-    }
-
-    /// The newest audit rows first.
-    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(move |c| sqlite::Db::recent_audit(c, limit)).await
     }
 }
 

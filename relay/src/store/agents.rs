@@ -1,0 +1,56 @@
+//! The store's facade for agents, their labels, facts and latest heartbeats: async methods of [`Store`], each one blocking call
+//! on the SQLite backend (`sqlite/agents.rs`) off the async threads.
+
+use super::*;
+
+impl Store {
+    pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
+        self.read(move |c| sqlite::Db::agent(c, &id)).await
+    }
+
+    /// Authentication data of one agent (light: no facts, no heartbeat).
+    pub async fn agent_auth(&self, id: String) -> Result<Option<AgentAuth>, StoreError> {
+        self.read(move |c| sqlite::Db::agent_auth(c, &id)).await
+    }
+
+    /// Ids and labels of every agent that is not revoked, in listing order.
+    pub async fn agent_targets(&self) -> Result<Vec<(String, Labels)>, StoreError> {
+        self.read(sqlite::Db::agent_targets).await
+    }
+
+    /// The last flushed heartbeat of every agent that is not revoked.
+    pub async fn latest_heartbeats(&self) -> Result<Vec<HeartbeatWrite>, StoreError> {
+        self.read(sqlite::Db::latest_heartbeats).await
+    }
+
+    /// Every agent, without its last heartbeat (`last_heartbeat` is `None`).
+    pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.read(sqlite::Db::agents).await
+    }
+
+    /// Replaces an agent's labels; returns the updated agent (None when unknown).
+    pub async fn set_agent_labels(
+        &self,
+        id: String,
+        labels: Labels,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        self.call(move |db| db.set_agent_labels(&id, &labels)).await
+    }
+
+    pub async fn set_agent_version(&self, id: String, version: String) -> Result<(), StoreError> {
+        self.call(move |db| db.set_agent_version(&id, &version))
+            .await
+    }
+
+    /// Revokes an agent and ends its unfinished deliveries: undelivered if the agent had not
+    /// accepted them, else failed with `agent_revoked`. Returns None when the agent is unknown,
+    /// else the deliveries that were ended.
+    pub async fn revoke_agent(&self, id: String) -> Result<Option<Vec<Finalised>>, StoreError> {
+        self.call(move |db| db.revoke_agent(&id, now())).await
+    }
+
+    /// Writes a batch of latest heartbeats in one transaction.
+    pub async fn save_heartbeats(&self, batch: Vec<HeartbeatWrite>) -> Result<(), StoreError> {
+        self.call(move |db| db.save_heartbeats(&batch)).await
+    }
+}

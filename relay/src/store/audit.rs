@@ -1,0 +1,15 @@
+//! The store's facade for the audit trail: async methods of [`Store`], each one blocking call
+//! on the SQLite backend (`sqlite/audit.rs`) off the async threads.
+
+use super::*;
+
+impl Store {
+    pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.call(move |db| db.audit(&entry)).await
+    }
+
+    /// The newest audit rows first.
+    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read(move |c| sqlite::Db::recent_audit(c, limit)).await
+    }
+}

@@ -1,0 +1,187 @@
+//! SQLite statements for agents, their labels, facts and latest heartbeats: the `impl Db` methods behind `store/agents.rs`.
+
+use super::*;
+
+impl Db {
+    pub(in crate::store) fn agent(
+        conn: &Connection,
+        id: &str,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let row = conn
+            .query_row(
+                &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"),
+                [id],
+                AgentRow::read,
+            )
+            .optional()?;
+        row.map(AgentRow::into_record).transpose()
+    }
+
+    pub(in crate::store) fn agents(conn: &Connection) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {AGENT_LIST_COLUMNS} FROM agents ORDER BY name, id"
+        ))?;
+        let rows = stmt
+            .query_map([], AgentRow::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(AgentRow::into_record).collect()
+    }
+
+    /// What the websocket handshake needs, without the facts and heartbeat JSON.
+    pub(in crate::store) fn agent_auth(
+        conn: &Connection,
+        id: &str,
+    ) -> Result<Option<AgentAuth>, StoreError> {
+        let row: Option<(String, bool, String, String, String)> = conn
+            .query_row(
+                "SELECT public_key, revoked_at IS NOT NULL, labels, name, agent_version \
+                 FROM agents WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(public_key, revoked, labels, name, agent_version)| {
+            Ok(AgentAuth {
+                public_key,
+                revoked,
+                labels: from_json("labels", &labels)?,
+                name,
+                agent_version,
+            })
+        })
+        .transpose()
+    }
+
+    /// Ids and labels of the agents that are not revoked (job target resolution).
+    pub(in crate::store) fn agent_targets(
+        conn: &Connection,
+    ) -> Result<Vec<(String, Labels)>, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT id, labels FROM agents WHERE revoked_at IS NULL ORDER BY name, id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, labels)| Ok((id, from_json("labels", &labels)?)))
+            .collect()
+    }
+
+    /// The last flushed heartbeat of every agent that is not revoked (to fill the heartbeat
+    /// cache once at startup).
+    pub(in crate::store) fn latest_heartbeats(
+        conn: &Connection,
+    ) -> Result<Vec<HeartbeatWrite>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
+             WHERE revoked_at IS NULL AND last_heartbeat IS NOT NULL \
+             AND last_heartbeat_at IS NOT NULL",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(agent_id, heartbeat, at)| {
+                Ok(HeartbeatWrite {
+                    agent_id,
+                    heartbeat: std::sync::Arc::new(from_json::<Heartbeat>(
+                        "heartbeat",
+                        &heartbeat,
+                    )?),
+                    received_at: parse_ts(&at)?,
+                })
+            })
+            .collect()
+    }
+
+    pub(in crate::store) fn set_agent_labels(
+        &mut self,
+        id: &str,
+        labels: &Labels,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let n = self.conn.execute(
+            "UPDATE agents SET labels = ?2 WHERE id = ?1",
+            params![id, to_json(labels)],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Db::agent(&self.conn, id)
+    }
+
+    pub(in crate::store) fn set_agent_version(
+        &mut self,
+        id: &str,
+        version: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE agents SET agent_version = ?2 WHERE id = ?1",
+            params![id, version],
+        )?;
+        Ok(())
+    }
+
+    pub(in crate::store) fn revoke_agent(
+        &mut self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Vec<Finalised>>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id, ts(now)],
+        )?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let mut ended = finalise_where(
+            &tx,
+            "d.agent_id = ?1 AND d.state IN ('pending','queued','sent')",
+            params![id],
+            now,
+            Ending::Undelivered,
+        )?;
+        // The agent journaled these and may have run them: "undelivered" would be a lie.
+        ended.extend(finalise_where(
+            &tx,
+            "d.agent_id = ?1 AND d.state = 'received'",
+            params![id],
+            now,
+            Ending::Failed {
+                code: relay_error_codes::AGENT_REVOKED,
+                message: "the agent was revoked after it accepted the command; \
+                          whether the command ran is unknown",
+            },
+        )?);
+        tx.commit()?;
+        Ok(Some(ended))
+    }
+
+    pub(in crate::store) fn save_heartbeats(
+        &mut self,
+        batch: &[HeartbeatWrite],
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "UPDATE agents SET last_heartbeat = ?2, last_heartbeat_at = ?3, \
+                 agent_version = ?4 WHERE id = ?1",
+            )?;
+            for hb in batch {
+                stmt.execute(params![
+                    hb.agent_id,
+                    to_json(&*hb.heartbeat),
+                    ts(hb.received_at),
+                    hb.heartbeat.agent_version
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

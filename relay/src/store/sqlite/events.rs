@@ -1,0 +1,80 @@
+//! SQLite statements for agent events: the `impl Db` methods behind `store/events.rs`.
+
+use super::*;
+
+impl Db {
+    pub(in crate::store) fn insert_event(
+        &mut self,
+        agent_id: &str,
+        seq: u64,
+        event: &AgentEvent,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO events (agent_id, seq, received_at, kind, event) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                agent_id,
+                seq as i64,
+                ts(now),
+                event.kind.as_str(),
+                to_json(event)
+            ],
+        )?;
+        if n > 0 && event.kind == EventKind::ContainerUpdate {
+            if let Some(command_id) = event.attributes.get("command_id") {
+                // Progress only moves an update that has no report yet (a late event after the
+                // result must not overwrite the report's final phase).
+                tx.execute(
+                    "UPDATE updates SET phase = COALESCE(?3, phase), \
+                     phase_at = CASE WHEN ?3 IS NULL THEN phase_at ELSE ?4 END, \
+                     container_name = COALESCE(?5, container_name) \
+                     WHERE command_id = ?1 AND agent_id = ?2 AND report IS NULL",
+                    params![
+                        command_id,
+                        agent_id,
+                        event.attributes.get("phase"),
+                        ts(event.at),
+                        event.container_name
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub(in crate::store) fn events(
+        conn: &Connection,
+        agent_id: &str,
+        q: &EventQuery,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let mut stmt = conn.prepare(
+            "SELECT id, received_at, event FROM events WHERE agent_id = ?1 \
+             AND (?2 IS NULL OR kind = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
+        )?;
+        let rows = stmt
+            .query_map(
+                params![agent_id, q.kind, q.after_id.unwrap_or(0), q.limit as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, received_at, event)| {
+                Ok(EventRecord {
+                    id,
+                    agent_id: agent_id.to_string(),
+                    received_at: parse_ts(&received_at)?,
+                    event: from_json("event", &event)?,
+                })
+            })
+            .collect()
+    }
+}
