@@ -68,7 +68,8 @@ use flotilla_shared::command::{Command, ContainerListArgs, ContainerListOutput};
 use flotilla_shared::release::compare_versions;
 use flotilla_shared::release::UpgradeRequest;
 use flotilla_shared::rollout::{
-    AgentOutcome, RolloutState, RolloutTarget, StagePhase, StageWhat, AGENT_TARGET_NAME,
+    AgentOutcome, RolloutState, RolloutTarget, RolloutTransition, StagePhase, StageWhat,
+    AGENT_TARGET_NAME,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -318,6 +319,8 @@ impl RolloutRow {
     }
 }
 
+/// A running rollout's step: its stage's membership first, then the soak check of the stage's
+/// updated members and the failure threshold, then the current phase's own step.
 async fn advance_running(
     engine: &RolloutEngine,
     row: RolloutRow,
@@ -325,7 +328,6 @@ async fn advance_running(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let p = &row.progress;
-    // Membership of the current stage.
     if p.stage_started_at.is_none() {
         let n = engine
             .store
@@ -335,8 +337,25 @@ async fn advance_running(
         return Box::pin(advance(engine, &row.id, now)).await;
     }
     let stage = engine.store.rollout_stage(row.id.clone(), p.stage).await?;
+    let failures = check_soaks(engine, &row, &stage, now).await?;
+    if apply_failure_threshold(engine, &row, &stage, failures, detected, now).await? {
+        return Ok(());
+    }
+    match p.phase {
+        StagePhase::Dispatching => step_dispatching(engine, &row, &stage, now).await,
+        StagePhase::Soaking => step_soaking(engine, &row, now).await,
+        StagePhase::Done => Ok(()),
+    }
+}
 
-    // 2. Soak check of the stage's updated members.
+/// The soak check of the stage's updated members: those that failed it are marked failed.
+/// Returns the stage's failures, counting the new ones.
+async fn check_soaks(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    stage: &StageView,
+    now: DateTime<Utc>,
+) -> Result<u32, StoreError> {
     let threshold = engine.offline_threshold;
     let mut new_failures = Vec::new();
     for m in &stage.updated {
@@ -371,9 +390,8 @@ async fn advance_running(
             new_failures.push((m.agent_id.clone(), reason));
         }
     }
-    let mut failures = stage.failures;
+    let failures = stage.failures + new_failures.len() as u32;
     if !new_failures.is_empty() {
-        failures += new_failures.len() as u32;
         for (agent, reason) in &new_failures {
             tracing::info!(rollout_id = %row.id, agent_id = %agent, %reason, "rollout member failed its soak");
         }
@@ -382,203 +400,231 @@ async fn advance_running(
             .fail_rollout_members(row.id.clone(), new_failures)
             .await?;
     }
+    Ok(failures)
+}
 
-    // 3. Failure threshold.
+/// Fires the failure action when the stage's failures exceed its tolerance. True when it did
+/// (the step is over; a revert has already taken its first step).
+async fn apply_failure_threshold(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    stage: &StageView,
+    failures: u32,
+    detected: Instant,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let p = &row.progress;
     let max = failure_tolerance(row.spec.max_failures, stage.members);
-    if threshold_exceeded(failures, p.accepted_failures, max) {
-        let (next, t) = fire_failure_action(p, row.spec.on_failure, failures, max, now);
-        let applied = engine
-            .store
-            .set_rollout_progress(
-                row.id.clone(),
-                p.updated_at,
-                next.clone(),
-                t,
-                ENGINE_ACTOR.into(),
-            )
-            .await?;
-        if applied {
-            tracing::info!(
-                rollout_id = %row.id,
-                action = %row.spec.on_failure,
-                failures,
-                max_failures = max,
-                reaction_ms = detected.elapsed().as_millis() as u64,
-                "rollout failure action applied"
-            );
-            if next.state == RolloutState::Reverting {
-                return Box::pin(advance(engine, &row.id, now)).await;
-            }
-        }
-        return Ok(());
+    if !threshold_exceeded(failures, p.accepted_failures, max) {
+        return Ok(false);
     }
+    let (next, t) = fire_failure_action(p, row.spec.on_failure, failures, max, now);
+    let applied = engine
+        .store
+        .set_rollout_progress(
+            row.id.clone(),
+            p.updated_at,
+            next.clone(),
+            t,
+            ENGINE_ACTOR.into(),
+        )
+        .await?;
+    if applied {
+        tracing::info!(
+            rollout_id = %row.id,
+            action = %row.spec.on_failure,
+            failures,
+            max_failures = max,
+            reaction_ms = detected.elapsed().as_millis() as u64,
+            "rollout failure action applied"
+        );
+        if next.state == RolloutState::Reverting {
+            Box::pin(advance(engine, &row.id, now)).await?;
+        }
+    }
+    Ok(true)
+}
 
-    match p.phase {
-        StagePhase::Dispatching => {
-            // Members still offline at the stage deadline end undelivered; connected ones
-            // (waiting for a parallelism slot) keep being dispatched below.
-            if p.stage_deadline.is_some_and(|d| now >= d) && stage.pending > 0 {
-                let offline: Vec<String> = stage
-                    .pending_agents
-                    .iter()
-                    .filter(|a| !engine.hub.is_connected(a))
-                    .cloned()
-                    .collect();
-                if !offline.is_empty() {
-                    engine
-                        .store
-                        .rollout_stage_deadline(row.id.clone(), p.stage, offline)
-                        .await?;
-                    return Ok(());
-                }
+/// The dispatching phase: offline members end undelivered at the stage deadline; once every
+/// member finished, the stage soaks (or passes, or pauses when it updated nobody); until
+/// then, connected pending members get their commands up to the parallelism.
+async fn step_dispatching(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    stage: &StageView,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let p = &row.progress;
+    // Members still offline at the stage deadline end undelivered; connected ones (waiting for
+    // a parallelism slot) keep being dispatched below.
+    if p.stage_deadline.is_some_and(|d| now >= d) && stage.pending > 0 {
+        let offline: Vec<String> = stage
+            .pending_agents
+            .iter()
+            .filter(|a| !engine.hub.is_connected(a))
+            .cloned()
+            .collect();
+        if !offline.is_empty() {
+            engine
+                .store
+                .rollout_stage_deadline(row.id.clone(), p.stage, offline)
+                .await?;
+            return Ok(());
+        }
+    }
+    if stage.pending == 0 && stage.in_flight == 0 {
+        return end_dispatching(engine, row, stage, now).await;
+    }
+    let slots = parallelism(row.spec.parallelism, stage.members).saturating_sub(stage.in_flight);
+    let mut sent = 0;
+    for agent_id in &stage.pending_agents {
+        if sent >= slots {
+            break;
+        }
+        if engine.hub.is_connected(agent_id) && dispatch_member(engine, row, agent_id).await? {
+            sent += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Every member of the stage finished: pause when the stage updated nobody, else soak the
+/// updated members (or pass the stage at once without a soak).
+async fn end_dispatching(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    stage: &StageView,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let p = &row.progress;
+    let agent_target = row.spec.target == RolloutTarget::Agent;
+    let (next, t) = if let Some(why) = stage_updated_nobody(p.stage, stage, agent_target) {
+        nobody_updated_pause(p, why, now)
+    } else {
+        let soak = row.spec.stages[p.stage].soak();
+        if soak.is_zero() || stage.updated.is_empty() {
+            return finish_stage(engine, row, now).await;
+        }
+        let mut next = p.clone();
+        next.updated_at = now;
+        next.phase = StagePhase::Soaking;
+        next.soak_ends_at = Some(add_secs(now, soak.as_secs()));
+        let t = Transition {
+            action: RolloutTransition::SoakStarted,
+            detail: format!(
+                "stage {}: {} updated agent(s) soak for {}",
+                p.stage + 1,
+                stage.updated.len(),
+                flotilla_shared::duration::format_duration(soak)
+            ),
+        };
+        (next, t)
+    };
+    engine
+        .store
+        .set_rollout_progress(row.id.clone(), p.updated_at, next, t, ENGINE_ACTOR.into())
+        .await?;
+    Ok(())
+}
+
+/// Sends one pending, connected member its commands (an update, a label target's
+/// `container.list`, or an agent upgrade), recorded with the dispatch in one transaction.
+/// True when it was dispatched (it takes a parallelism slot).
+async fn dispatch_member(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    agent_id: &String,
+) -> Result<bool, StoreError> {
+    let p = &row.progress;
+    let actor = row.progress_actor();
+    let (list, updates) = match &row.spec.target {
+        RolloutTarget::Container(name) => (
+            None,
+            vec![ContainerDispatch {
+                name: name.clone(),
+                old_image: engine.heartbeats.latest(agent_id).and_then(|(hb, _)| {
+                    hb.docker
+                        .containers
+                        .iter()
+                        .find(|c| &c.name == name)
+                        .map(|c| c.image.clone())
+                        .filter(|i| !i.is_empty())
+                }),
+                command: Some(agent_command(
+                    engine,
+                    agent_id,
+                    Command::ContainerUpdate(row.spec.update_args(name, &row.spec.image)),
+                    &actor,
+                )?),
+            }],
+        ),
+        RolloutTarget::Agent => {
+            // The upgrade restarts the agent: not in the middle of container or backup work
+            // (the store checks again when it inserts the command).
+            if let Some(work) = engine.store.agent_busy(agent_id.clone()).await? {
+                tracing::debug!(rollout_id = %row.id, agent_id = %agent_id, %work, "agent upgrade waits for unfinished work");
+                return Ok(false);
             }
-            if stage.pending == 0 && stage.in_flight == 0 {
-                let agent_target = row.spec.target == RolloutTarget::Agent;
-                if let Some(why) = stage_updated_nobody(p.stage, &stage, agent_target) {
-                    let (next, t) = nobody_updated_pause(p, why, now);
+            match agent_upgrade_dispatch(engine, row, agent_id, &actor).await? {
+                Ok(upgrade) => (None, vec![upgrade]),
+                Err((outcome, reason)) => {
                     engine
                         .store
-                        .set_rollout_progress(
+                        .end_pending_rollout_agent(
                             row.id.clone(),
-                            p.updated_at,
-                            next,
-                            t,
-                            ENGINE_ACTOR.into(),
+                            agent_id.clone(),
+                            p.stage,
+                            outcome,
+                            reason,
                         )
                         .await?;
-                    return Ok(());
-                }
-                let soak = row.spec.stages[p.stage].soak();
-                let mut next = p.clone();
-                next.updated_at = now;
-                let t = if soak.is_zero() || stage.updated.is_empty() {
-                    return finish_stage(engine, &row, now).await;
-                } else {
-                    next.phase = StagePhase::Soaking;
-                    next.soak_ends_at = Some(add_secs(now, soak.as_secs()));
-                    Transition {
-                        action: "soak_started",
-                        detail: format!(
-                            "stage {}: {} updated agent(s) soak for {}",
-                            p.stage + 1,
-                            stage.updated.len(),
-                            flotilla_shared::duration::format_duration(soak)
-                        ),
-                    }
-                };
-                engine
-                    .store
-                    .set_rollout_progress(
-                        row.id.clone(),
-                        p.updated_at,
-                        next,
-                        t,
-                        ENGINE_ACTOR.into(),
-                    )
-                    .await?;
-                return Ok(());
-            }
-            // 4. Dispatch to connected pending members, up to the parallelism.
-            let slots =
-                parallelism(row.spec.parallelism, stage.members).saturating_sub(stage.in_flight);
-            let mut sent = 0;
-            for agent_id in &stage.pending_agents {
-                if sent >= slots {
-                    break;
-                }
-                if !engine.hub.is_connected(agent_id) {
-                    continue;
-                }
-                let actor = row.progress_actor();
-                let (list, updates) = match &row.spec.target {
-                    RolloutTarget::Container(name) => (
-                        None,
-                        vec![ContainerDispatch {
-                            name: name.clone(),
-                            old_image: engine.heartbeats.latest(agent_id).and_then(|(hb, _)| {
-                                hb.docker
-                                    .containers
-                                    .iter()
-                                    .find(|c| &c.name == name)
-                                    .map(|c| c.image.clone())
-                                    .filter(|i| !i.is_empty())
-                            }),
-                            command: Some(agent_command(
-                                engine,
-                                agent_id,
-                                Command::ContainerUpdate(
-                                    row.spec.update_args(name, &row.spec.image),
-                                ),
-                                &actor,
-                            )?),
-                        }],
-                    ),
-                    RolloutTarget::Agent => {
-                        // The upgrade restarts the agent: not in the middle of container or
-                        // backup work (the store checks again when it inserts the command).
-                        if let Some(work) = engine.store.agent_busy(agent_id.clone()).await? {
-                            tracing::debug!(rollout_id = %row.id, agent_id = %agent_id, %work, "agent upgrade waits for unfinished work");
-                            continue;
-                        }
-                        match agent_upgrade_dispatch(engine, &row, agent_id, &actor).await? {
-                            Ok(upgrade) => (None, vec![upgrade]),
-                            Err((outcome, reason)) => {
-                                engine
-                                    .store
-                                    .end_pending_rollout_agent(
-                                        row.id.clone(),
-                                        agent_id.clone(),
-                                        p.stage,
-                                        outcome,
-                                        reason,
-                                    )
-                                    .await?;
-                                continue;
-                            }
-                        }
-                    }
-                    RolloutTarget::Label { .. } => (
-                        Some(agent_command(
-                            engine,
-                            agent_id,
-                            // Running containers only: exited one-off containers (compose
-                            // run, migrations) carrying the label are not targets.
-                            Command::ContainerList(ContainerListArgs {
-                                all: false,
-                                label: row.spec.target.label_filter(),
-                            }),
-                            &actor,
-                        )?),
-                        Vec::new(),
-                    ),
-                };
-                let mut sends: Vec<NewCommand> =
-                    updates.iter().filter_map(|u| u.command.clone()).collect();
-                sends.extend(list.clone());
-                if engine
-                    .store
-                    .dispatch_rollout_agent(row.id.clone(), agent_id.clone(), list, updates)
-                    .await?
-                {
-                    sent += 1;
-                    for c in sends {
-                        engine
-                            .commands
-                            .dispatch(&c.id, &c.signed, std::slice::from_ref(agent_id))
-                            .await?;
-                    }
+                    return Ok(false);
                 }
             }
-            Ok(())
         }
-        StagePhase::Soaking => {
-            if p.soak_ends_at.is_some_and(|t| now >= t) {
-                return finish_stage(engine, &row, now).await;
-            }
-            Ok(())
-        }
-        StagePhase::Done => Ok(()),
+        RolloutTarget::Label { .. } => (
+            Some(agent_command(
+                engine,
+                agent_id,
+                // Running containers only: exited one-off containers (compose run,
+                // migrations) carrying the label are not targets.
+                Command::ContainerList(ContainerListArgs {
+                    all: false,
+                    label: row.spec.target.label_filter(),
+                }),
+                &actor,
+            )?),
+            Vec::new(),
+        ),
+    };
+    let mut sends: Vec<NewCommand> = updates.iter().filter_map(|u| u.command.clone()).collect();
+    sends.extend(list.clone());
+    if !engine
+        .store
+        .dispatch_rollout_agent(row.id.clone(), agent_id.clone(), list, updates)
+        .await?
+    {
+        return Ok(false);
     }
+    for c in sends {
+        engine
+            .commands
+            .dispatch(&c.id, &c.signed, std::slice::from_ref(agent_id))
+            .await?;
+    }
+    Ok(true)
+}
+
+/// The soaking phase: the stage passes when its soak ends (failures were checked before).
+async fn step_soaking(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    if row.progress.soak_ends_at.is_some_and(|t| now >= t) {
+        return finish_stage(engine, row, now).await;
+    }
+    Ok(())
 }
 
 /// The current stage passed: the next stage starts, or the rollout completes.
@@ -598,7 +644,7 @@ async fn finish_stage(
         next.stage_started_at = None;
         next.stage_deadline = None;
         Transition {
-            action: "stage_done",
+            action: RolloutTransition::StageDone,
             detail: format!("stage {} passed", p.stage + 1),
         }
     } else {
@@ -610,7 +656,7 @@ async fn finish_stage(
             Some(StageWhat::Percent(100))
         );
         Transition {
-            action: "completed",
+            action: RolloutTransition::Completed,
             detail: if partial {
                 "every stage passed; the last stage is not 100%, so part of the fleet was not updated"
                     .into()
@@ -640,14 +686,14 @@ async fn advance_reverting(
         let t = if plan.failed == 0 {
             next.state = RolloutState::Reverted;
             Transition {
-                action: "reverted",
+                action: RolloutTransition::Reverted,
                 detail: "every updated container is back on its previous image".into(),
             }
         } else {
             next.state = RolloutState::Aborted;
             next.reason = Some(format!("revert failed on {} agent(s)", plan.failed));
             Transition {
-                action: "aborted",
+                action: RolloutTransition::Aborted,
                 detail: format!("revert failed on {} agent(s)", plan.failed),
             }
         };

@@ -50,6 +50,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+mod state;
+pub use state::{AgentOutcome, ContainerOutcome, RolloutState, RolloutTransition, StagePhase};
+
 /// Base path of the rollout API.
 pub const ROLLOUTS_PATH: &str = "/api/v1/rollouts";
 
@@ -582,206 +585,6 @@ pub fn selectors_disjoint(a: &Selector, b: &Selector) -> bool {
         .any(|x| b.terms().iter().any(|y| excludes(x, y) || excludes(y, x)))
 }
 
-// === state ===
-
-/// Where a rollout stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RolloutState {
-    Running,
-    /// Waiting for an operator (failure action pause, or `pause`); clocks stopped.
-    Paused,
-    /// Every stage done.
-    Completed,
-    /// Stopped; pending members skipped (revert failures, if any, are shown per agent).
-    Aborted,
-    /// Updating updated containers back to their previous image.
-    Reverting,
-    /// Every updated container is back on its previous image.
-    Reverted,
-}
-
-impl RolloutState {
-    pub const ALL: [RolloutState; 6] = [
-        RolloutState::Running,
-        RolloutState::Paused,
-        RolloutState::Completed,
-        RolloutState::Aborted,
-        RolloutState::Reverting,
-        RolloutState::Reverted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutState::Running => "running",
-            RolloutState::Paused => "paused",
-            RolloutState::Completed => "completed",
-            RolloutState::Aborted => "aborted",
-            RolloutState::Reverting => "reverting",
-            RolloutState::Reverted => "reverted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RolloutState> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-
-    /// No further change will happen.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RolloutState::Completed | RolloutState::Aborted | RolloutState::Reverted
-        )
-    }
-}
-
-impl fmt::Display for RolloutState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What the current stage is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StagePhase {
-    /// Sending updates and waiting for their results.
-    Dispatching,
-    /// Watching the updated containers until the soak ends.
-    Soaking,
-    /// Finished (the rollout is final or moves on).
-    Done,
-}
-
-impl StagePhase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StagePhase::Dispatching => "dispatching",
-            StagePhase::Soaking => "soaking",
-            StagePhase::Done => "done",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<StagePhase> {
-        [
-            StagePhase::Dispatching,
-            StagePhase::Soaking,
-            StagePhase::Done,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-}
-
-/// One agent's outcome in a rollout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentOutcome {
-    /// A member whose turn has not come (or offline, waiting to connect).
-    Pending,
-    /// Its container list or updates are in flight.
-    Updating,
-    /// Every target container updated (and, once the soak passed, stayed healthy).
-    Updated,
-    /// An update failed, or a container failed during the soak (see `reason`).
-    Failed,
-    /// Offline until the stage deadline, or its command expired undelivered. Not a failure.
-    Undelivered,
-    /// The agent has no target container. Neither success nor failure.
-    NoTarget,
-    /// Never dispatched because the rollout stopped.
-    Skipped,
-    Reverting,
-    Reverted,
-    RevertFailed,
-}
-
-impl AgentOutcome {
-    pub const ALL: [AgentOutcome; 10] = [
-        AgentOutcome::Pending,
-        AgentOutcome::Updating,
-        AgentOutcome::Updated,
-        AgentOutcome::Failed,
-        AgentOutcome::Undelivered,
-        AgentOutcome::NoTarget,
-        AgentOutcome::Skipped,
-        AgentOutcome::Reverting,
-        AgentOutcome::Reverted,
-        AgentOutcome::RevertFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AgentOutcome::Pending => "pending",
-            AgentOutcome::Updating => "updating",
-            AgentOutcome::Updated => "updated",
-            AgentOutcome::Failed => "failed",
-            AgentOutcome::Undelivered => "undelivered",
-            AgentOutcome::NoTarget => "no_target",
-            AgentOutcome::Skipped => "skipped",
-            AgentOutcome::Reverting => "reverting",
-            AgentOutcome::Reverted => "reverted",
-            AgentOutcome::RevertFailed => "revert_failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AgentOutcome> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-}
-
-impl fmt::Display for AgentOutcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One container's outcome on one agent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ContainerOutcome {
-    /// Waiting for the previous target container of its agent (label targets update one
-    /// container at a time per agent); its `command_id` is empty until it is sent.
-    Queued,
-    Updating,
-    Updated,
-    Failed,
-    Undelivered,
-    Reverting,
-    Reverted,
-    RevertFailed,
-}
-
-impl ContainerOutcome {
-    pub const ALL: [ContainerOutcome; 8] = [
-        ContainerOutcome::Queued,
-        ContainerOutcome::Updating,
-        ContainerOutcome::Updated,
-        ContainerOutcome::Failed,
-        ContainerOutcome::Undelivered,
-        ContainerOutcome::Reverting,
-        ContainerOutcome::Reverted,
-        ContainerOutcome::RevertFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerOutcome::Queued => "queued",
-            ContainerOutcome::Updating => "updating",
-            ContainerOutcome::Updated => "updated",
-            ContainerOutcome::Failed => "failed",
-            ContainerOutcome::Undelivered => "undelivered",
-            ContainerOutcome::Reverting => "reverting",
-            ContainerOutcome::Reverted => "reverted",
-            ContainerOutcome::RevertFailed => "revert_failed",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ContainerOutcome> {
-        Self::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-}
-
 /// One target container of one agent (for an agent rollout: the agent itself, named
 /// [`AGENT_TARGET_NAME`], with its `agent.upgrade` command and previous version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -830,11 +633,8 @@ pub struct RolloutEvent {
     pub at: DateTime<Utc>,
     /// The API token's name, or `relay` for the engine's own decisions.
     pub actor: String,
-    /// `created`, `stage_started`, `soak_started`, `stage_done`, `failure`, `paused`,
-    /// `resumed`, `promoted`, `aborted`, `revert_started`, `reverted`, `completed`,
-    /// `stage_deadline`, and for agent rollouts `skipped` (a member not sent a broken build)
-    /// and `already_reverted` (a member already back on its previous version needs no
-    /// rollback command).
+    /// One of [`RolloutTransition`]'s spellings (a string on the wire, so that a reader older
+    /// than the relay still reads a log with a transition it does not know).
     pub action: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<usize>,

@@ -13,7 +13,7 @@ use flotilla_shared::limit::Limit;
 use flotilla_shared::release::compare_versions;
 use flotilla_shared::rollout::{
     FailureAction, RolloutAction, RolloutCounts, RolloutOrder, RolloutState, RolloutTarget,
-    StagePhase, StageSpec, StageWhat,
+    RolloutTransition, StagePhase, StageSpec, StageWhat,
 };
 use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateStrategy};
@@ -124,7 +124,7 @@ pub struct RolloutRow {
 /// A transition to record in the event log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
-    pub action: &'static str,
+    pub action: RolloutTransition,
     pub detail: String,
 }
 
@@ -330,7 +330,7 @@ fn pause(p: &Progress, reason: String, now: DateTime<Utc>) -> (Progress, Transit
     (
         n,
         Transition {
-            action: "paused",
+            action: RolloutTransition::Paused,
             detail: reason,
         },
     )
@@ -350,7 +350,7 @@ fn abort(p: &Progress, revert: bool, reason: String, now: DateTime<Utc>) -> (Pro
         (
             n,
             Transition {
-                action: "revert_started",
+                action: RolloutTransition::RevertStarted,
                 detail: reason,
             },
         )
@@ -360,7 +360,7 @@ fn abort(p: &Progress, revert: bool, reason: String, now: DateTime<Utc>) -> (Pro
         (
             n,
             Transition {
-                action: "aborted",
+                action: RolloutTransition::Aborted,
                 detail: reason,
             },
         )
@@ -421,7 +421,7 @@ pub fn apply_action(
             Ok((
                 n,
                 Transition {
-                    action: "resumed",
+                    action: RolloutTransition::Resumed,
                     detail,
                 },
             ))
@@ -446,7 +446,7 @@ pub fn apply_action(
             Ok((
                 n,
                 Transition {
-                    action: "promoted",
+                    action: RolloutTransition::Promoted,
                     detail: format!("soak of stage {} ended early", p.stage + 1),
                 },
             ))

@@ -164,7 +164,7 @@ fn action_state_rules() {
     )
     .unwrap();
     assert_eq!(
-        (aborted.state, t.action),
+        (aborted.state, t.action.as_str()),
         (RolloutState::Aborted, "aborted")
     );
     assert_eq!(aborted.finished_at, Some(at(20)));
@@ -172,7 +172,7 @@ fn action_state_rules() {
     let (reverting, t) =
         apply_action(&p, &RolloutAction::Abort { revert: true }, "ops", 0, at(20)).unwrap();
     assert_eq!(
-        (reverting.state, t.action),
+        (reverting.state, t.action.as_str()),
         (RolloutState::Reverting, "revert_started")
     );
     assert!(err(&reverting, RolloutAction::Abort { revert: true }).contains("already reverting"));

@@ -25,7 +25,8 @@ use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::{CommandKind, CommandResult, ContainerListOutput};
 use flotilla_shared::rollout::{
     selectors_disjoint, AgentOutcome, ContainerOutcome, RolloutAgent, RolloutContainer,
-    RolloutCounts, RolloutEvent, RolloutInfo, RolloutState, RolloutTarget, StagePhase, StageWhat,
+    RolloutCounts, RolloutEvent, RolloutInfo, RolloutState, RolloutTarget, RolloutTransition,
+    StagePhase, StageWhat,
 };
 use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::UpdateOutcome;
@@ -98,11 +99,30 @@ CREATE INDEX rollout_events_rollout ON rollout_events(rollout_id, id);
 CREATE INDEX events_agent_kind_received ON events(agent_id, kind, received_at);
 "#;
 
+// The state machine's guards are spelled from its enums (`as_str`), never written by hand.
+const RUNNING: &str = RolloutState::Running.as_str();
+const REVERTING: &str = RolloutState::Reverting.as_str();
+const ABORTED: &str = RolloutState::Aborted.as_str();
+const DISPATCHING: &str = StagePhase::Dispatching.as_str();
+const UPDATING: &str = AgentOutcome::Updating.as_str();
+const AGENT_REVERTING: &str = AgentOutcome::Reverting.as_str();
+
 /// Rollouts that are active for the engine and for conflicts (`rollouts` unaliased): not
 /// final, or aborted while a member's update is still in flight.
-const ACTIVE_WHERE: &str = "(state NOT IN ('completed','aborted','reverted') \
-     OR (state = 'aborted' AND EXISTS (SELECT 1 FROM rollout_agents ra \
-       WHERE ra.rollout_id = rollouts.id AND ra.outcome IN ('updating','reverting'))))";
+fn active_where() -> String {
+    let finals: Vec<String> = RolloutState::ALL
+        .into_iter()
+        .filter(|s| s.is_final())
+        .map(|s| format!("'{s}'"))
+        .collect();
+    format!(
+        "(state NOT IN ({}) \
+         OR (state = '{ABORTED}' AND EXISTS (SELECT 1 FROM rollout_agents ra \
+           WHERE ra.rollout_id = rollouts.id AND ra.outcome IN ('{UPDATING}','{AGENT_REVERTING}'))))",
+        finals.join(",")
+    )
+}
+
 /// Containers (`rc`, with their update's delivery `d` and `updates` row `u`) a revert must
 /// cover: updated, or possibly updated without the relay knowing.
 const MAYBE_UPDATED: &str = "rc.outcome = 'updated' \
@@ -129,7 +149,7 @@ fn log_event(
     rollout_id: &str,
     at: DateTime<Utc>,
     actor: &str,
-    action: &str,
+    action: RolloutTransition,
     stage: Option<usize>,
     detail: &str,
 ) -> Result<(), StoreError> {
@@ -140,7 +160,7 @@ fn log_event(
             rollout_id,
             ts(at),
             actor,
-            action,
+            action.as_str(),
             stage.map(|s| s as i64),
             detail
         ],
@@ -356,7 +376,8 @@ impl Db {
         let tx = self.conn.transaction()?;
         let active: Vec<(String, String, String)> = {
             let mut stmt = tx.prepare(&format!(
-                "SELECT id, name, spec FROM rollouts WHERE {ACTIVE_WHERE}"
+                "SELECT id, name, spec FROM rollouts WHERE {}",
+                active_where()
             ))?;
             let rows = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -396,7 +417,7 @@ impl Db {
             id,
             now,
             created_by,
-            "created",
+            RolloutTransition::Created,
             None,
             &format!(
                 "{} to {} on {} ({})",
@@ -414,7 +435,8 @@ impl Db {
     /// abort without revert leaves running updates whose outcomes must still be recorded).
     pub(in crate::store) fn active_rollouts(conn: &Connection) -> Result<Vec<String>, StoreError> {
         let mut stmt = conn.prepare(&format!(
-            "SELECT id FROM rollouts WHERE {ACTIVE_WHERE} ORDER BY created_at"
+            "SELECT id FROM rollouts WHERE {} ORDER BY created_at",
+            active_where()
         ))?;
         let ids = stmt
             .query_map([], |r| r.get(0))?
@@ -596,7 +618,7 @@ impl Db {
                     id,
                     now,
                     crate::model::rollouts::ENGINE_ACTOR,
-                    "failure",
+                    RolloutTransition::Failure,
                     Some(stage as usize),
                     &format!(
                         "agent {agent} {}: {}",
@@ -712,10 +734,12 @@ impl Db {
         let tx = self.conn.transaction()?;
         // Only while the rollout runs (an operator's pause or abort wins).
         let ok: bool = tx.query_row(
-            "SELECT outcome = 'updating' AND NOT EXISTS (SELECT 1 FROM rollout_containers rc \
+            &format!(
+                "SELECT outcome = 'updating' AND NOT EXISTS (SELECT 1 FROM rollout_containers rc \
              WHERE rc.rollout_id = ?1 AND rc.agent_id = ?2) \
-             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running') \
-             FROM rollout_agents WHERE rollout_id = ?1 AND agent_id = ?2",
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{RUNNING}') \
+             FROM rollout_agents WHERE rollout_id = ?1 AND agent_id = ?2"
+            ),
             params![id, agent_id],
             |r| r.get(0),
         )?;
@@ -750,10 +774,10 @@ impl Db {
             // writer orders this against the mark).
             if let Some(why) = super::releases::broken_upgrade(&tx, &c.command)? {
                 let n = tx.execute(
-                    "UPDATE rollout_agents SET outcome = 'skipped', reason = ?3, finished_at = ?4 \
+                    &format!("UPDATE rollout_agents SET outcome = 'skipped', reason = ?3, finished_at = ?4 \
                      WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'pending' \
-                     AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running' \
-                       AND r.stage_phase = 'dispatching' AND r.stage = rollout_agents.stage)",
+                     AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{RUNNING}' \
+                       AND r.stage_phase = '{DISPATCHING}' AND r.stage = rollout_agents.stage)"),
                     params![id, agent_id, why, ts(now)],
                 )?;
                 if n > 0 {
@@ -767,7 +791,7 @@ impl Db {
                         id,
                         now,
                         crate::model::rollouts::ENGINE_ACTOR,
-                        "skipped",
+                        RolloutTransition::Skipped,
                         Some(stage as usize),
                         &format!("agent {agent_id} not sent the upgrade: {why}"),
                     )?;
@@ -782,10 +806,12 @@ impl Db {
             }
         }
         let n = tx.execute(
-            "UPDATE rollout_agents SET outcome = 'updating', dispatched_at = ?3, \
+            &format!(
+                "UPDATE rollout_agents SET outcome = 'updating', dispatched_at = ?3, \
              list_command_id = ?4 WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'pending' \
-             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running' \
-               AND r.stage_phase = 'dispatching' AND r.stage = rollout_agents.stage)",
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{RUNNING}' \
+               AND r.stage_phase = '{DISPATCHING}' AND r.stage = rollout_agents.stage)"
+            ),
             params![id, agent_id, ts(now), list.map(|c| c.id.as_str())],
         )?;
         if n == 0 {
@@ -814,10 +840,12 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "UPDATE rollout_agents SET outcome = ?4, reason = ?5, finished_at = ?6 \
+            &format!(
+                "UPDATE rollout_agents SET outcome = ?4, reason = ?5, finished_at = ?6 \
              WHERE rollout_id = ?1 AND agent_id = ?2 AND stage = ?3 AND outcome = 'pending' \
-             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running' \
-               AND r.stage_phase = 'dispatching' AND r.stage = ?3)",
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{RUNNING}' \
+               AND r.stage_phase = '{DISPATCHING}' AND r.stage = ?3)"
+            ),
             params![
                 id,
                 agent_id,
@@ -836,7 +864,7 @@ impl Db {
                 id,
                 now,
                 crate::model::rollouts::ENGINE_ACTOR,
-                "skipped",
+                RolloutTransition::Skipped,
                 Some(stage),
                 &format!("agent {agent_id} not sent the upgrade: {reason}"),
             )?;
@@ -858,14 +886,14 @@ impl Db {
         conn: &Connection,
         id: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT rc.agent_id, MIN(rc.name) FROM rollout_containers rc \
-             JOIN rollouts r ON r.id = rc.rollout_id AND r.state = 'running' \
+             JOIN rollouts r ON r.id = rc.rollout_id AND r.state = '{RUNNING}' \
              WHERE rc.rollout_id = ?1 AND rc.outcome = 'queued' \
              AND NOT EXISTS (SELECT 1 FROM rollout_containers o WHERE o.rollout_id = ?1 \
                AND o.agent_id = rc.agent_id AND o.outcome IN ('updating','failed')) \
-             GROUP BY rc.agent_id ORDER BY rc.agent_id",
-        )?;
+             GROUP BY rc.agent_id ORDER BY rc.agent_id"
+        ))?;
         let rows = stmt
             .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -882,11 +910,13 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute(
-            "UPDATE rollout_containers SET outcome = 'updating', command_id = ?4 \
+            &format!(
+                "UPDATE rollout_containers SET outcome = 'updating', command_id = ?4 \
              WHERE rollout_id = ?1 AND agent_id = ?2 AND name = ?3 AND outcome = 'queued' \
-             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'running') \
+             AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{RUNNING}') \
              AND NOT EXISTS (SELECT 1 FROM rollout_containers o WHERE o.rollout_id = ?1 \
-               AND o.agent_id = ?2 AND o.outcome IN ('updating','failed'))",
+               AND o.agent_id = ?2 AND o.outcome IN ('updating','failed'))"
+            ),
             params![id, agent_id, name, command.id],
         )?;
         if n == 0 {
@@ -959,7 +989,7 @@ impl Db {
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
-            "stage_started",
+            RolloutTransition::StageStarted,
             Some(stage_index),
             &format!(
                 "stage {} ({stage}): {what}, {} new member(s)",
@@ -1113,7 +1143,7 @@ impl Db {
                     id,
                     now,
                     crate::model::rollouts::ENGINE_ACTOR,
-                    "failure",
+                    RolloutTransition::Failure,
                     Some(stage as usize),
                     &format!("agent {agent} failed its soak: {reason}"),
                 )?;
@@ -1196,8 +1226,10 @@ impl Db {
         let tx = self.conn.transaction()?;
         let running: bool = tx
             .query_row(
-                "SELECT state = 'running' AND stage = ?2 AND stage_phase = 'dispatching' \
-                 FROM rollouts WHERE id = ?1",
+                &format!(
+                    "SELECT state = '{RUNNING}' AND stage = ?2 AND stage_phase = '{DISPATCHING}' \
+                 FROM rollouts WHERE id = ?1"
+                ),
                 params![id, stage as i64],
                 |r| r.get(0),
             )
@@ -1221,7 +1253,7 @@ impl Db {
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
-            "stage_deadline",
+            RolloutTransition::StageDeadline,
             Some(stage),
             &format!("{n} offline member(s) undelivered"),
         )?;
@@ -1298,7 +1330,7 @@ impl Db {
                 "UPDATE rollout_containers SET outcome = ?4, revert_command_id = ?5, \
                  reason = COALESCE(?6, reason) \
                  WHERE rollout_id = ?1 AND agent_id = ?2 AND name = ?3 \
-                 AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'reverting') \
+                 AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{REVERTING}') \
                  AND EXISTS (SELECT 1 FROM rollout_containers rc \
                    LEFT JOIN deliveries d ON d.command_id = rc.command_id AND d.agent_id = rc.agent_id \
                    LEFT JOIN updates u ON u.command_id = rc.command_id AND u.agent_id = rc.agent_id \
@@ -1348,7 +1380,7 @@ impl Db {
             &format!(
                 "UPDATE rollout_containers SET outcome = 'reverted', reason = ?4 \
                  WHERE rollout_id = ?1 AND agent_id = ?2 AND name = ?3 \
-                 AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = 'reverting') \
+                 AND EXISTS (SELECT 1 FROM rollouts r WHERE r.id = ?1 AND r.state = '{REVERTING}') \
                  AND EXISTS (SELECT 1 FROM rollout_containers rc \
                    LEFT JOIN deliveries d ON d.command_id = rc.command_id AND d.agent_id = rc.agent_id \
                    LEFT JOIN updates u ON u.command_id = rc.command_id AND u.agent_id = rc.agent_id \
@@ -1373,7 +1405,7 @@ impl Db {
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
-            "already_reverted",
+            RolloutTransition::AlreadyReverted,
             stage.map(|s| s as usize),
             &format!("agent {agent_id} {name}: nothing sent, {reason}"),
         )?;
@@ -1393,8 +1425,9 @@ impl Db {
         let rows: Vec<RawRollout> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE (?1 IS NULL OR id = ?1) \
-                 AND (?2 IS NULL OR state = ?2) AND (?3 = 0 OR {ACTIVE_WHERE}) \
-                 ORDER BY created_at DESC, id LIMIT ?4"
+                 AND (?2 IS NULL OR state = ?2) AND (?3 = 0 OR {}) \
+                 ORDER BY created_at DESC, id LIMIT ?4",
+                active_where()
             ))?;
             let rows = stmt
                 .query_map(

@@ -7,7 +7,7 @@ use crate::model::rollouts::{ContainerDispatch, Progress, RolloutSpec, Transitio
 use flotilla_shared::limit::Limit;
 use flotilla_shared::rollout::{
     AgentOutcome, ContainerOutcome, FailureAction, RolloutAction, RolloutOrder, RolloutState,
-    RolloutTarget, StagePhase,
+    RolloutTarget, RolloutTransition, StagePhase,
 };
 use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateStrategy};
 
@@ -317,7 +317,7 @@ async fn actions_and_progress_are_guarded() {
     soaking.phase = StagePhase::Soaking;
     soaking.updated_at = now();
     let t = Transition {
-        action: "soak_started",
+        action: RolloutTransition::SoakStarted,
         detail: String::new(),
     };
     assert!(!store
@@ -705,4 +705,49 @@ async fn a_label_agent_updates_its_containers_one_at_a_time() {
     store.refresh_rollout("ro_one".into(), now()).await.unwrap();
     let info = store.rollout("ro_one".into()).await.unwrap().unwrap();
     assert_eq!(member(&info, &a), AgentOutcome::Updated);
+}
+
+/// Every outcome or state the rollout SQL compares against by hand is a spelling of the enum
+/// it stands for, so renaming a variant's `as_str` cannot leave a guard that never matches.
+/// (The rollout state and stage phase guards are spelled from the enums outright.)
+#[test]
+fn rollout_sql_names_only_outcomes_the_enums_know() {
+    let sql = include_str!("../sqlite/rollouts.rs");
+    let known = |v: &str| AgentOutcome::parse(v).is_some() || ContainerOutcome::parse(v).is_some();
+    let mut checked = 0;
+    for (i, _) in sql.match_indices("outcome ") {
+        let rest = &sql[i + "outcome ".len()..];
+        let list = if let Some(r) = rest.strip_prefix("= '") {
+            &r[..r.find('\'').unwrap()]
+        } else if let Some(r) = rest.strip_prefix("IN (") {
+            &r[..r.find(')').unwrap()]
+        } else {
+            continue;
+        };
+        for v in list.split(',') {
+            let v = v.trim().trim_matches('\'');
+            if v.starts_with('?') || v.starts_with('{') {
+                continue;
+            }
+            assert!(
+                known(v),
+                "rollout SQL compares an outcome with unknown {v:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "the scan found only {checked} outcome literals"
+    );
+    for guard in ["state = '", "stage_phase = '"] {
+        for (i, _) in sql.match_indices(guard) {
+            let v = &sql[i + guard.len()..];
+            assert!(
+                v.starts_with('{'),
+                "a rollout state guard is written by hand: {:?}",
+                &v[..v.find('\'').unwrap()]
+            );
+        }
+    }
 }
