@@ -8,6 +8,7 @@
 //! the state directory (`state`). Only `docker` talks to the Docker engine.
 #![forbid(unsafe_code)]
 
+mod agent_id;
 pub mod backup;
 pub mod config;
 pub mod docker;
@@ -52,6 +53,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
             state.path().display()
         )
     })?;
+    // The root updater reads the id from this file, not from agent.db; an install enrolled
+    // before the file existed gets it here. Without it only rollback upgrades are refused.
+    match state.ensure_agent_id_file(&identity.agent_id).await {
+        Ok(true) => info!(agent_id = identity.agent_id, "wrote the agent id file"),
+        Ok(false) => {}
+        Err(e) => warn!(
+            error = format!("{e:#}"),
+            "the root updater cannot learn this agent's id"
+        ),
+    }
     let key = SigningKey::from_pkcs8(&identity.pkcs8)
         .map_err(|e| anyhow!("the stored agent key is unusable: {e}"))?;
     let relay_key = PublicKey::from_base64(&identity.relay_public_key)

@@ -7,6 +7,7 @@
 //! SQLite calls block, so every method hops onto the blocking pool; the connection sits behind a
 //! std mutex that is only ever held inside those blocking closures, never across an `.await`.
 
+use crate::agent_id::{ensure_agent_id, write_agent_id};
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use flotilla_shared::backup::{BackupManifest, BackupReport};
@@ -278,7 +279,10 @@ impl State {
         .await
     }
 
-    /// Stores the identity; refuses to replace an existing one.
+    /// Stores the identity and writes its id to `<state_dir>/agent-id` (for the root updater;
+    /// see `agent_id`); refuses to replace an existing identity. The file is written before the
+    /// row is committed, so a stored identity always has it; a file left by a failed commit is
+    /// rewritten by the next enrollment or start.
     pub async fn save_identity(&self, identity: Identity) -> Result<()> {
         let path = self.path.clone();
         self.call(move |c| {
@@ -306,10 +310,24 @@ impl State {
                     ts(identity.enrolled_at)
                 ],
             )?;
+            write_agent_id(state_dir_of(&path), &identity.agent_id)
+                .with_context(|| format!("cannot store the agent id of {}", path.display()))?;
             tx.commit()?;
             Ok(())
         })
         .await
+    }
+
+    /// Rewrites `<state_dir>/agent-id` when it is missing or holds another id than `agent_id`
+    /// (an install enrolled before the file existed); returns whether it wrote.
+    pub async fn ensure_agent_id_file(&self, agent_id: &str) -> Result<bool> {
+        let (path, id) = (self.path.clone(), agent_id.to_string());
+        tokio::task::spawn_blocking(move || {
+            ensure_agent_id(state_dir_of(&path), &id)
+                .with_context(|| format!("cannot store the agent id of {}", path.display()))
+        })
+        .await
+        .context("agent id file task failed")?
     }
 
     // --- welcome ---
@@ -942,6 +960,11 @@ pub fn dropped_notice(count: u64, max: u64) -> AgentEvent {
     }
 }
 
+/// The state directory holding the database file `db`.
+fn state_dir_of(db: &Path) -> &Path {
+    db.parent().unwrap_or(Path::new("."))
+}
+
 /// Timestamps are stored as fixed-width RFC 3339 UTC text, so text order is time order.
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
@@ -1098,6 +1121,35 @@ pub(crate) mod tests {
         assert_eq!(back.pkcs8, vec![1, 2, 3]);
         let e = state.save_identity(id).await.unwrap_err().to_string();
         assert!(e.contains("ag_1") && e.contains("refusing"), "{e}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn the_identity_leaves_its_id_in_the_agent_id_file_for_the_updater() {
+        let dir = temp_dir();
+        let state = State::open(&dir).await.unwrap();
+        let id = Identity {
+            agent_id: "ag_1".into(),
+            name: "host".into(),
+            pkcs8: vec![1, 2, 3],
+            relay_public_key: "key".into(),
+            relay_url: "http://127.0.0.1:1".into(),
+            enrolled_at: Utc::now(),
+        };
+        state.save_identity(id.clone()).await.unwrap();
+        assert_eq!(crate::agent_id::read_agent_id(&dir).unwrap(), "ag_1");
+        // A refused second identity leaves the file alone.
+        let other = Identity {
+            agent_id: "ag_2".into(),
+            ..id
+        };
+        state.save_identity(other).await.unwrap_err();
+        assert_eq!(crate::agent_id::read_agent_id(&dir).unwrap(), "ag_1");
+        // An install enrolled before the file existed gets it at start.
+        std::fs::remove_file(crate::agent_id::agent_id_path(&dir)).unwrap();
+        assert!(state.ensure_agent_id_file("ag_1").await.unwrap());
+        assert!(!state.ensure_agent_id_file("ag_1").await.unwrap());
+        assert_eq!(crate::agent_id::read_agent_id(&dir).unwrap(), "ag_1");
         std::fs::remove_dir_all(dir).ok();
     }
 

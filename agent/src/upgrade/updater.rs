@@ -14,7 +14,8 @@
 //!    directory, that systemd answers, and the version rule against the installed binary's
 //!    `--version` (an unknown version counts as newer) — a downgrade (or the same version) is
 //!    refused unless the request carries the relay-signed `agent.upgrade` command with
-//!    `rollback: true` for exactly this manifest, addressed to this agent, expired at most
+//!    `rollback: true` for exactly this manifest, addressed to this agent (the id in
+//!    `<state_dir>/agent-id`, which the agent writes; agent.db is never opened), expired at most
 //!    `ROLLBACK_GRACE_SECS` before the updater took it.
 //! 3. Copy the installed binary to `<updater_dir>/flotilla-agent.previous`, then copy the staged
 //!    binary next to the installed one, checking size and SHA-256 of the bytes written, and
@@ -57,11 +58,12 @@
 //! "last_error": "<why the last run failed>" | null}`.
 
 use super::files::{
-    binary_version, create_dir, create_dir_owned, install_binary, lock_dir, open_regular,
-    read_small, remove_if_exists, remove_install_leftovers, sha256_file, sync_dir, write_atomic,
-    InstallError, NoFollowDir, UpgradePaths, UpgradeRequest, UpgradeResult, UpgradeStatus,
-    CONFIRMED_FILE, MAX_UPGRADE_FILE_BYTES, REQUEST_FILE, RESULT_FILE, STAGED_PREFIX,
+    binary_version, create_dir, create_dir_owned, install_binary, lock_dir, read_small,
+    remove_if_exists, remove_install_leftovers, sha256_file, sync_dir, write_atomic, InstallError,
+    NoFollowDir, UpgradePaths, UpgradeRequest, UpgradeResult, UpgradeStatus, CONFIRMED_FILE,
+    MAX_UPGRADE_FILE_BYTES, REQUEST_FILE, RESULT_FILE, STAGED_PREFIX,
 };
+use crate::agent_id::read_agent_id;
 use anyhow::{anyhow, Context, Result};
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::{Audience, Command};
@@ -69,7 +71,6 @@ use flotilla_shared::release::{compare_versions, this_arch, ReleaseManifest};
 use flotilla_shared::signing::PublicKey;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
@@ -100,8 +101,6 @@ const FAILED_CHECKS: u32 = 2;
 pub const ROLLBACK_GRACE_SECS: i64 = 15 * 60;
 /// The installed binary's `--version` must answer within this time.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest agent.db (with its WAL) copied to read the agent's id.
-const MAX_DB_COPY_BYTES: u64 = 512 * 1024 * 1024;
 /// Largest `inflight.json`.
 const MAX_INFLIGHT_BYTES: u64 = 1024 * 1024;
 
@@ -897,48 +896,10 @@ impl<'a> Updater<'a> {
         })
     }
 
-    /// This agent's id, from its database: `agent.db` and its `-wal` are copied (never through
-    /// a link, at most `MAX_DB_COPY_BYTES`) into a root-only directory and read there, so
-    /// nothing is created or written next to the agent's files.
+    /// This agent's id, from the file the agent writes for this purpose (`<state_dir>/agent-id`,
+    /// read without following a link; see `agent_id`): the updater never opens agent.db.
     fn agent_id(&self) -> Result<String, String> {
-        let db = self.opts.state_dir.join(crate::state::DB_FILE);
-        let copy_dir = self.opts.updater_dir.join("agent-db-copy");
-        let _ = std::fs::remove_dir_all(&copy_dir);
-        let read = (|| {
-            create_dir(&copy_dir, 0o700)
-                .map_err(|e| format!("cannot create {}: {e}", copy_dir.display()))?;
-            let mut budget = MAX_DB_COPY_BYTES;
-            for suffix in ["", "-wal"] {
-                let from = PathBuf::from(format!("{}{suffix}", db.display()));
-                let to = copy_dir.join(format!("{}{suffix}", crate::state::DB_FILE));
-                let mut input = match open_regular(&from) {
-                    Ok(f) => f,
-                    Err(e) if suffix == "-wal" && e.kind() == std::io::ErrorKind::NotFound => {
-                        continue
-                    }
-                    Err(e) => return Err(format!("cannot read {}: {e}", from.display())),
-                };
-                let mut out = std::fs::File::create(&to)
-                    .map_err(|e| format!("cannot create {}: {e}", to.display()))?;
-                let n = std::io::copy(&mut (&mut input).take(budget + 1), &mut out)
-                    .map_err(|e| format!("cannot copy {}: {e}", from.display()))?;
-                if n > budget {
-                    return Err(format!(
-                        "{} is larger than {MAX_DB_COPY_BYTES} bytes",
-                        from.display()
-                    ));
-                }
-                budget -= n;
-            }
-            let conn = rusqlite::Connection::open(copy_dir.join(crate::state::DB_FILE))
-                .map_err(|e| format!("cannot open a copy of {}: {e}", db.display()))?;
-            conn.query_row("SELECT agent_id FROM identity WHERE id = 1", [], |r| {
-                r.get::<_, String>(0)
-            })
-            .map_err(|e| format!("cannot read the agent's id from {}: {e}", db.display()))
-        })();
-        let _ = std::fs::remove_dir_all(&copy_dir);
-        read
+        read_agent_id(&self.opts.state_dir).map_err(|e| e.to_string())
     }
 
     /// Signature, consistency, architecture, staged path, and the rollback command.
