@@ -9,35 +9,17 @@ use flotilla_shared::api::{
     EnrollmentTokenCreated,
 };
 use flotilla_shared::signing::SigningKey;
+use flotilla_testkit::eventually;
 use serde_json::json;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// How long an effect may take before a test fails.
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn unreachable_agent_alert_through_the_api() {
-    let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("relay-alerts"));
-    let _cleanup = TempDir(dir.clone());
+    let temp = flotilla_testkit::temp_dir("relay-alerts");
+    let dir = temp.path().to_path_buf();
     let mut config = RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.clone(),
@@ -87,7 +69,7 @@ async fn unreachable_agent_alert_through_the_api() {
         let admin = admin.clone();
         async move { http.get(path).bearer_auth(&admin).send().await.unwrap() }
     };
-    let alert: AlertInfo = eventually("the unreachable alert", || {
+    let alert: AlertInfo = eventually(WAIT, "the unreachable alert", || {
         let get = &get;
         let base = base.clone();
         async move {
@@ -177,7 +159,7 @@ async fn unreachable_agent_alert_through_the_api() {
     assert_eq!(r.status(), 201);
     let silence: Silence = r.json().await.unwrap();
     assert!(silence.id.starts_with("sil_"));
-    let silenced: AlertInfo = eventually("the alert to be silenced", || {
+    let silenced: AlertInfo = eventually(WAIT, "the alert to be silenced", || {
         let get = &get;
         let url = format!("{base}/api/v1/alerts/{}", alert.id);
         async move {
@@ -223,7 +205,7 @@ async fn unreachable_agent_alert_through_the_api() {
     };
     assert_eq!(del(silence.id.clone()).await, 204);
     assert_eq!(del(silence.id.clone()).await, 404);
-    eventually("the silence to lift", || {
+    eventually(WAIT, "the silence to lift", || {
         let get = &get;
         let url = format!("{base}/api/v1/alerts/{}", alert.id);
         async move {

@@ -10,26 +10,16 @@ use flotilla_shared::command::{CommandResult, ResultStatus};
 use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame};
 use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
-use futures_util::{SinkExt, StreamExt};
+use flotilla_testkit::agent::ScriptedAgent;
+use flotilla_testkit::{eventually, Poller};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Relay {
     relay: flotilla_relay_server::RunningRelay,
     base: String,
     admin: String,
     http: reqwest::Client,
-    _dir: TempDir,
-}
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: tempfile::TempDir,
 }
 
 async fn relay(max_frame_bytes: usize) -> Relay {
@@ -37,7 +27,8 @@ async fn relay(max_frame_bytes: usize) -> Relay {
 }
 
 async fn relay_with(configure: impl FnOnce(&mut RelayConfig)) -> Relay {
-    let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("relay-proto"));
+    let temp = flotilla_testkit::temp_dir("relay-proto");
+    let dir = temp.path().to_path_buf();
     let mut config = RelayConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.clone(),
@@ -54,7 +45,7 @@ async fn relay_with(configure: impl FnOnce(&mut RelayConfig)) -> Relay {
         relay,
         admin,
         http: reqwest::Client::new(),
-        _dir: TempDir(dir),
+        _dir: temp,
     }
 }
 
@@ -88,64 +79,50 @@ impl Relay {
         resp.json().await.unwrap()
     }
 
-    async fn connect(&self) -> Ws {
-        let url = format!("{}/api/v1/agent/connect", self.base.replace("http", "ws"));
-        tokio_tungstenite::connect_async(url).await.unwrap().0
+    fn ws_url(&self) -> String {
+        format!("{}/api/v1/agent/connect", self.base.replace("http", "ws"))
+    }
+
+    /// A websocket that has not authenticated yet (the relay's hello is the next frame).
+    async fn connect(&self) -> ScriptedAgent {
+        let mut anonymous = ScriptedAgent::new("", SigningKey::generate(), "t");
+        anonymous.open(&self.ws_url()).await.unwrap();
+        anonymous
     }
 }
 
-async fn next_frame(ws: &mut Ws) -> Option<RelayFrame> {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("relay answers within 10 s");
-        match msg {
-            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ => return None,
-        }
-    }
+/// The next frame within 10 s; `None` once the relay closed the connection.
+async fn next_frame(ws: &mut ScriptedAgent) -> Option<RelayFrame> {
+    ws.next_frame().await
 }
 
-async fn send(ws: &mut Ws, frame: &AgentFrame) {
-    ws.send(Message::text(serde_json::to_string(frame).unwrap()))
-        .await
+async fn send(ws: &mut ScriptedAgent, frame: &AgentFrame) {
+    ws.send(frame).await.unwrap();
+}
+
+/// The scripted agent `agent_id` holding `key`, not connected.
+fn scripted(key: &SigningKey, agent_id: &str) -> ScriptedAgent {
+    let key = SigningKey::from_pkcs8(key.pkcs8()).unwrap();
+    ScriptedAgent::new(agent_id, key, "test")
+}
+
+/// Connects and authenticates; returns the agent after the welcome.
+async fn login(relay: &Relay, key: &SigningKey, agent_id: &str) -> ScriptedAgent {
+    let mut agent = scripted(key, agent_id);
+    agent.open(&relay.ws_url()).await.unwrap();
+    authenticate(relay, &mut agent).await;
+    agent
+}
+
+/// Answers the hello on an open socket; checks the welcome is the relay's, for this agent.
+async fn authenticate(relay: &Relay, agent: &mut ScriptedAgent) {
+    let welcome = agent.handshake().await.unwrap();
+    let body = welcome
+        .verify(
+            &flotilla_shared::signing::PublicKey::from_base64(&relay.relay_public_key()).unwrap(),
+        )
         .unwrap();
-}
-
-/// Connects and authenticates; returns the socket after the welcome.
-async fn login(relay: &Relay, key: &SigningKey, agent_id: &str) -> Ws {
-    authenticate(relay, relay.connect().await, key, agent_id).await
-}
-
-/// Answers the hello on an open socket; returns it after the welcome.
-async fn authenticate(relay: &Relay, mut ws: Ws, key: &SigningKey, agent_id: &str) -> Ws {
-    let Some(RelayFrame::Hello { challenge, .. }) = next_frame(&mut ws).await else {
-        panic!("no hello")
-    };
-    send(
-        &mut ws,
-        &AgentFrame::Auth {
-            agent_id: agent_id.into(),
-            protocol_version: 1,
-            agent_version: "test".into(),
-            signature: key.sign(AUTH_DOMAIN, &auth_message(&challenge, agent_id)),
-        },
-    )
-    .await;
-    match next_frame(&mut ws).await {
-        Some(RelayFrame::Welcome { welcome, .. }) => {
-            let body = welcome
-                .verify(
-                    &flotilla_shared::signing::PublicKey::from_base64(&relay.relay_public_key())
-                        .unwrap(),
-                )
-                .unwrap();
-            assert_eq!(body.agent_id, agent_id);
-        }
-        other => panic!("expected welcome, got {other:?}"),
-    }
-    ws
+    assert_eq!(body.agent_id, agent.id);
 }
 
 impl Relay {
@@ -213,7 +190,7 @@ async fn auth_commands_results_events_and_abuse() {
     assert_eq!(env.id, queued.id);
 
     // Malformed frames get an error and the connection continues.
-    ws.send(Message::text("{not json")).await.unwrap();
+    ws.send_text("{not json").await.unwrap();
     match next_frame(&mut ws).await {
         Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "malformed_frame"),
         other => panic!("{other:?}"),
@@ -348,7 +325,7 @@ async fn auth_commands_results_events_and_abuse() {
 
     // An oversized frame closes only that connection.
     let big = "x".repeat(70 * 1024);
-    let _ = second.send(Message::text(big)).await;
+    let _ = second.send_text(big).await;
     loop {
         match next_frame(&mut second).await {
             Some(RelayFrame::Error { code, .. }) => assert_eq!(code, "frame_too_large"),
@@ -403,22 +380,6 @@ async fn auth_commands_results_events_and_abuse() {
     assert!(metrics.contains("flotilla_protocol_errors_total{reason=\"frame_too_large\"} 1"));
     assert!(metrics.contains("flotilla_commands_total{outcome=\"succeeded\"} 2"));
     relay.relay.shutdown().await.unwrap();
-}
-
-/// Polls `check` every 50 ms until it returns Some, for at most `secs` seconds.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 impl Relay {
@@ -478,10 +439,14 @@ async fn accepted_command_without_result_fails_then_late_result_wins() {
 
     // The job does not hang in `running`: the delivery fails with no_result.
     let path = format!("/api/v1/jobs/{}", job.id);
-    let done: JobInfo = eventually(15, "job finishes without a result", || async {
-        let j: JobInfo = relay.get_json(&path).await;
-        (j.state != JobState::Running).then_some(j)
-    })
+    let done: JobInfo = eventually(
+        Duration::from_secs(15),
+        "job finishes without a result",
+        || async {
+            let j: JobInfo = relay.get_json(&path).await;
+            (j.state != JobState::Running).then_some(j)
+        },
+    )
     .await;
     assert_eq!(done.state, JobState::Completed);
     assert_eq!(done.targets[0].state, DeliveryState::Failed);
@@ -521,7 +486,7 @@ async fn accepted_command_without_result_fails_then_late_result_wins() {
     )
     .await;
     let heartbeats = relay.relay.state().heartbeats.clone();
-    eventually(10, "heartbeat cached", || async {
+    eventually(Duration::from_secs(10), "heartbeat cached", || async {
         heartbeats.latest(&agent_id).map(|_| ())
     })
     .await;
@@ -542,7 +507,7 @@ async fn unauthenticated_connections_are_capped() {
     let relay = relay_with(|c| c.max_pending_handshakes = 1).await;
     let key = SigningKey::generate();
     let agent_id = relay.enroll(&key).await.agent_id;
-    let url = format!("{}/api/v1/agent/connect", relay.base.replace("http", "ws"));
+    let url = relay.ws_url();
 
     // One connection sits in the handshake: the next upgrade is refused with 503.
     let mut idle = relay.connect().await;
@@ -562,17 +527,18 @@ async fn unauthenticated_connections_are_capped() {
 
     // It leaves: its slot is free again.
     drop(idle);
-    let ws = eventually(10, "handshake slot released", || async {
-        tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .ok()
-            .map(|(ws, _)| ws)
-    })
-    .await;
+    let mut authenticated = scripted(&key, &agent_id);
+    let released = Poller::new(Duration::from_secs(10));
+    while authenticated.open(&url).await.is_err() {
+        assert!(!released.expired(), "timed out: handshake slot released");
+        released.pause().await;
+    }
 
     // Once authenticated, the agent no longer holds the slot.
-    let _authenticated = authenticate(&relay, ws, &key, &agent_id).await;
-    let (mut another, _) = tokio_tungstenite::connect_async(url.as_str())
+    authenticate(&relay, &mut authenticated).await;
+    let mut another = ScriptedAgent::new("", SigningKey::generate(), "t");
+    another
+        .open(&url)
         .await
         .expect("slot free while the agent is connected");
     assert!(matches!(

@@ -7,55 +7,29 @@
 //! once, the soak's version check, revert with and without the previous build).
 
 use flotilla_relay_server::config::RelayConfig;
+use flotilla_relay_server::rollouts::RolloutEngine;
 use flotilla_relay_server::RunningRelay;
 use flotilla_shared::api::{
-    AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
-    EnrollmentTokenCreated,
+    AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollmentTokenCreated,
 };
 use flotilla_shared::command::{
     error_codes, AgentUpgradeOutput, Command, CommandEnvelope, CommandResult, ErrorInfo,
     ResultStatus,
 };
-use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame, CONNECT_PATH};
+use flotilla_shared::protocol::{AgentFrame, OutboxItem, CONNECT_PATH};
 use flotilla_shared::release::{
     this_arch, ReleaseInfo, ReleaseManifest, SignedManifest, MAX_RELEASE_BYTES,
 };
 use flotilla_shared::rollout::{AgentOutcome, RolloutInfo, RolloutState, RolloutTarget};
-use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
-use futures_util::{SinkExt, StreamExt};
+use flotilla_shared::signing::{PublicKey, SigningKey};
+use flotilla_testkit::agent::ScriptedAgent;
+use flotilla_testkit::eventually;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-struct TempDir(std::path::PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn other_arch() -> &'static str {
     if this_arch() == "x86_64" {
@@ -94,15 +68,15 @@ struct TestRelay {
     base: String,
     admin: String,
     http: reqwest::Client,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl TestRelay {
     async fn start() -> TestRelay {
-        let dir = std::env::temp_dir().join(flotilla_shared::ids::new_id("relay-releases"));
+        let dir = flotilla_testkit::temp_dir("relay-releases");
         let mut config = RelayConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.clone(),
+            data_dir: dir.path().to_path_buf(),
             ..RelayConfig::default()
         };
         config.alerts.evaluate_interval_secs = 1;
@@ -112,8 +86,12 @@ impl TestRelay {
             base: relay.base_url(),
             relay,
             http: reqwest::Client::new(),
-            _dir: TempDir(dir),
+            _dir: dir,
         }
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}{CONNECT_PATH}", self.relay.local_addr())
     }
 
     fn key(&self) -> PublicKey {
@@ -205,7 +183,7 @@ impl TestRelay {
         what: &str,
         pick: impl Fn(&RolloutInfo) -> bool,
     ) -> RolloutInfo {
-        eventually(what, || async {
+        eventually(WAIT, what, || async {
             let r = self.rollout(id).await;
             pick(&r).then_some(r)
         })
@@ -231,14 +209,23 @@ impl TestRelay {
 
 // === a scripted agent speaking the real protocol ===
 
+/// The scripted agent with the build architecture it reports.
 struct Agent {
-    id: String,
-    key: SigningKey,
+    scripted: ScriptedAgent,
     arch: String,
-    version: String,
-    ws: Option<Ws>,
-    seq: u64,
-    seen: HashSet<String>,
+}
+
+impl std::ops::Deref for Agent {
+    type Target = ScriptedAgent;
+    fn deref(&self) -> &ScriptedAgent {
+        &self.scripted
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut ScriptedAgent {
+        &mut self.scripted
+    }
 }
 
 impl Agent {
@@ -253,35 +240,19 @@ impl Agent {
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let token: EnrollmentTokenCreated = serde_json::from_value(v).unwrap();
         let key = SigningKey::generate();
-        let enrolled: EnrollResponse = t
-            .http
-            .post(format!("{}/api/v1/enroll", t.base))
-            .json(&EnrollRequest {
-                token: token.token,
-                name: Some(name.into()),
-                public_key: key.public_key().to_base64(),
-                labels: Default::default(),
-                facts: AgentFacts {
-                    hostname: name.into(),
-                    os: "linux".into(),
-                    arch: arch.into(),
-                    agent_version: version.into(),
-                },
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        Agent {
-            id: enrolled.agent_id,
-            key,
+        let facts = AgentFacts {
+            hostname: name.into(),
+            os: "linux".into(),
             arch: arch.into(),
-            version: version.into(),
-            ws: None,
-            seq: 0,
-            seen: HashSet::new(),
+            agent_version: version.into(),
+        };
+        let enrolled =
+            flotilla_testkit::agent::enroll(&t.http, &t.base, token.token, name, facts, &key)
+                .await
+                .unwrap();
+        Agent {
+            scripted: ScriptedAgent::new(enrolled.agent_id, key, version),
+            arch: arch.into(),
         }
     }
 
@@ -291,81 +262,23 @@ impl Agent {
         a
     }
 
-    fn ws(&mut self) -> &mut Ws {
-        self.ws.as_mut().expect("connected")
-    }
-
-    async fn recv(&mut self, within: Duration) -> RelayFrame {
-        let next = tokio::time::timeout(within, async {
-            loop {
-                match self.ws().next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        return serde_json::from_str::<RelayFrame>(t.as_str()).unwrap()
-                    }
-                    Some(Ok(Message::Close(_))) | None => panic!("the relay closed the connection"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => panic!("websocket: {e}"),
-                }
-            }
-        })
-        .await;
-        next.expect("a frame from the relay in time")
-    }
-
-    async fn send(&mut self, frame: &AgentFrame) {
-        let text = serde_json::to_string(frame).unwrap();
-        self.ws().send(Message::text(text)).await.unwrap();
-    }
-
     /// Connects and authenticates, announcing `self.version`.
     async fn connect(&mut self, t: &TestRelay) {
-        let url = format!("ws://{}{CONNECT_PATH}", t.relay.local_addr());
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        self.ws = Some(ws);
-        let challenge = match self.recv(WAIT).await {
-            RelayFrame::Hello { challenge, .. } => challenge,
-            other => panic!("expected hello, got {other:?}"),
-        };
-        let signature = self
-            .key
-            .sign(AUTH_DOMAIN, &auth_message(&challenge, &self.id));
-        let auth = AgentFrame::Auth {
-            agent_id: self.id.clone(),
-            protocol_version: flotilla_shared::PROTOCOL_VERSION,
-            agent_version: self.version.clone(),
-            signature,
-        };
-        self.send(&auth).await;
-        match self.recv(WAIT).await {
-            RelayFrame::Welcome { .. } => {}
-            other => panic!("expected welcome, got {other:?}"),
-        }
-    }
-
-    async fn disconnect(&mut self) {
-        if let Some(mut ws) = self.ws.take() {
-            let _ = ws.close(None).await;
-        }
+        self.scripted.connect(&t.ws_url()).await.unwrap();
     }
 
     /// Reconnects announcing another version (what a restarted agent binary does).
     async fn reconnect_as(&mut self, t: &TestRelay, version: &str) {
-        self.disconnect().await;
-        self.version = version.into();
-        self.connect(t).await;
+        self.scripted
+            .reconnect_as(&t.ws_url(), version)
+            .await
+            .unwrap();
     }
 
     /// The next command not seen before (re-sent copies are skipped), verified with the
     /// relay's key.
     async fn next_command(&mut self, relay_key: &PublicKey) -> CommandEnvelope {
-        loop {
-            if let RelayFrame::Command(signed) = self.recv(WAIT).await {
-                let env = signed.verify(relay_key).expect("signed by the relay");
-                if self.seen.insert(env.id.clone()) {
-                    return env;
-                }
-            }
-        }
+        self.scripted.next_command(relay_key, WAIT).await.unwrap()
     }
 
     /// The next command, which must be an `agent.upgrade`: its envelope, the manifest (checked
@@ -383,7 +296,7 @@ impl Agent {
         let f = AgentFrame::Received {
             command_id: command_id.into(),
         };
-        self.send(&f).await;
+        self.send(&f).await.unwrap();
     }
 
     /// Sends a result through the outbox and waits for the relay's ack.
@@ -394,31 +307,19 @@ impl Agent {
         output: Option<Value>,
         error: Option<(&str, &str)>,
     ) {
-        self.seq += 1;
-        let seq = self.seq;
         let now = chrono::Utc::now();
-        let frame = AgentFrame::Outbox {
-            seq,
-            item: OutboxItem::Result(CommandResult {
-                command_id: command_id.into(),
-                status,
-                output,
-                error: error.map(|(code, message)| ErrorInfo {
-                    code: code.into(),
-                    message: message.into(),
-                }),
-                started_at: now,
-                finished_at: now,
+        let item = OutboxItem::Result(CommandResult {
+            command_id: command_id.into(),
+            status,
+            output,
+            error: error.map(|(code, message)| ErrorInfo {
+                code: code.into(),
+                message: message.into(),
             }),
-        };
-        self.send(&frame).await;
-        loop {
-            if let RelayFrame::Ack { seq: s } = self.recv(WAIT).await {
-                if s >= seq {
-                    return;
-                }
-            }
-        }
+            started_at: now,
+            finished_at: now,
+        });
+        self.outbox(item, WAIT).await.unwrap();
     }
 
     /// What a real agent does for a successful upgrade: accept it, restart as the new version
@@ -1030,7 +931,7 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
             (r.status(), r.json::<CommandInfo>().await.unwrap())
         })
     };
-    eventually("the offline agent's upgrade to be queued", || async {
+    eventually(WAIT, "the offline agent's upgrade to be queued", || async {
         let (_, audit) = t.call(Method::GET, "/api/v1/audit?limit=100", None).await;
         audit
             .as_array()
@@ -1100,7 +1001,7 @@ async fn agent_upgrade_issuance_refusals_and_a_reverted_upgrade() {
 
     // The alerts: medium, for the agent, naming the build: the reverted upgrade (its build
     // marked broken) and the reverted rollback (nothing marked).
-    let alerts = eventually("both agent_upgrade_reverted alerts", || async {
+    let alerts = eventually(WAIT, "both agent_upgrade_reverted alerts", || async {
         let (_, v) = t
             .call(
                 Method::GET,
@@ -1494,8 +1395,20 @@ async fn an_agent_upgrade_waits_until_container_work_finished() {
         json!({"selector": "*", "agent_version": "0.2.0", "stages": "100%"}),
     )
     .await;
-    // Several engine steps later the member still waits, without a command.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several engine steps later the member still waits, without a command (stepped here, on
+    // an engine over the relay's own parts, rather than waiting for its ticks).
+    let state = t.relay.state();
+    let engine = RolloutEngine::new(
+        state.store.clone(),
+        state.commands.clone(),
+        state.hub.clone(),
+        state.heartbeats.clone(),
+        state.alerts.started_at,
+        &state.config,
+    );
+    for _ in 0..3 {
+        engine.step(chrono::Utc::now()).await.unwrap();
+    }
     let waiting = t.rollout(&r.id).await;
     let m = member(&waiting, &a);
     assert_eq!(m.outcome, AgentOutcome::Pending, "{waiting:?}");
