@@ -18,10 +18,9 @@ use flotilla_shared::update::{ContainerUpdateArgs, UpdateOutcome, UpdateReport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::{Child, Command as Process};
 
 /// Heartbeat interval the test relays hand to agents.
@@ -34,24 +33,10 @@ pub const UPDATE_DOCKER_CONFIG_ENV: &str = "FLOTILLA_UPDATE_DOCKER_CONFIG";
 /// `<state_dir>/update-paused-<phase>`, so a test can SIGKILL the agent there.
 pub const UPDATE_PAUSE_ENV: &str = "FLOTILLA_TEST_UPDATE_PAUSE_AT";
 
-/// Polls `check` until it returns `Some`, or fails the test after `deadline` naming `what`.
-/// Tests never sleep a fixed time to wait for an effect.
-pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+/// Polls `check` until it returns `Some`, or fails the test after `deadline` naming `what`
+/// (testkit's, re-exported for the end-to-end tests). Tests never sleep a fixed time to wait
+/// for an effect.
+pub use flotilla_testkit::eventually;
 
 /// Directory holding the workspace's built binaries (target/debug).
 pub fn bin_dir() -> PathBuf {

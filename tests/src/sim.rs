@@ -12,18 +12,23 @@
 //! Heartbeats go out every [`SimConfig::heartbeat_every`]. Every failing verdict the fleet
 //! produces is timestamped in [`SimStats`], so a benchmark can measure how long the relay takes
 //! to act on it. Not a test double for the agent's logic: the e2e tests use real agents.
+//!
+//! Enrollment and the `auth` frame are the scripted agent's ([`flotilla_testkit::agent`]); the
+//! loop is its own, because a simulated agent answers on its own, thousands at a time, with
+//! small websocket buffers, where the scripted agent is driven frame by frame by one test.
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
-use flotilla_shared::api::{AgentFacts, EnrollRequest, EnrollResponse};
+use flotilla_shared::api::AgentFacts;
 use flotilla_shared::command::{
     Command, CommandEnvelope, CommandResult, ContainerInfo, ContainerListOutput, ErrorInfo,
     ResultStatus,
 };
 use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame};
-use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
+use flotilla_shared::signing::SigningKey;
 use flotilla_shared::update::{UpdateOutcome, UpdatePhase, UpdateReport, UpdateStrategy};
+use flotilla_testkit::agent;
 use futures_util::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,21 +89,7 @@ pub async fn enroll(
     name: &str,
 ) -> Result<(String, SigningKey)> {
     let key = SigningKey::generate();
-    let resp = http
-        .post(format!("{relay_url}/api/v1/enroll"))
-        .json(&EnrollRequest {
-            token,
-            name: Some(name.to_string()),
-            public_key: key.public_key().to_base64(),
-            labels: Default::default(),
-            facts: AgentFacts::default(),
-        })
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("enroll {name}: {} {}", resp.status(), resp.text().await?);
-    }
-    let body: EnrollResponse = resp.json().await?;
+    let body = agent::enroll(http, relay_url, token, name, AgentFacts::default(), &key).await?;
     Ok((body.agent_id, key))
 }
 
@@ -135,13 +126,8 @@ pub async fn run(
                 let Message::Text(text) = msg? else { continue };
                 match serde_json::from_str::<RelayFrame>(text.as_str())? {
                     RelayFrame::Hello { challenge, .. } => {
-                        let signature = key.sign(AUTH_DOMAIN, &auth_message(&challenge, &id));
-                        send(&mut sink, &AgentFrame::Auth {
-                            agent_id: id.clone(),
-                            protocol_version: flotilla_shared::PROTOCOL_VERSION,
-                            agent_version: flotilla_shared::VERSION.into(),
-                            signature,
-                        }).await?;
+                        let auth = agent::auth_frame(&key, &id, &challenge, flotilla_shared::VERSION);
+                        send(&mut sink, &auth).await?;
                     }
                     RelayFrame::Welcome { .. } => {
                         if !welcomed {
@@ -175,7 +161,7 @@ pub async fn run(
                                 let done_tx = done_tx.clone();
                                 let delay = Duration::from_millis(config.update_ms);
                                 tokio::spawn(async move {
-                                    tokio::time::sleep(delay).await;
+                                    flotilla_testkit::hold(delay, "a simulated update takes update_ms").await;
                                     let _ = done_tx.send((envelope.id, args.image));
                                 });
                             }

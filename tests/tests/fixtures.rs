@@ -178,14 +178,9 @@ fn health_status(name: &str) -> String {
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    flotilla_testkit::Poller::new(timeout)
+        .every(Duration::from_millis(200))
+        .until_blocking(what, || check().then_some(()));
 }
 
 #[test]

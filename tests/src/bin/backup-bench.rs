@@ -62,7 +62,7 @@ fn run_agent(bin: &Path, state: &Path, config: &Path, args: &[&str]) -> Result<(
             }
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        flotilla_testkit::hold_blocking(Duration::from_millis(20), "the RSS sampling interval");
     }
     Ok((started.elapsed().as_secs_f64(), peak))
 }

@@ -77,7 +77,7 @@ async fn main() -> Result<()> {
     let agent_pid = agents[0].pid().context("agent pid")?;
     let cpu0 = cpu_ticks(agent_pid)?;
     let idle = Duration::from_secs(20);
-    tokio::time::sleep(idle).await; // measuring idle behaviour over a fixed window, not waiting for an effect
+    flotilla_testkit::hold(idle, "measuring idle behaviour over a fixed window").await;
     let cpu1 = cpu_ticks(agent_pid)?;
     let ticks_per_sec = 100.0; // USER_HZ on Linux
     println!(
@@ -130,7 +130,11 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     // Let the relay settle (welcome, resend scan) before reading its RSS.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    flotilla_testkit::hold(
+        Duration::from_secs(3),
+        "the relay settles before its RSS is read",
+    )
+    .await;
     let rss_after = rss_kib(relay_pid)?;
     println!(
         "relay RSS: {:.1} MiB before, {:.1} MiB with {n} more connections → {:.1} KiB per connection",

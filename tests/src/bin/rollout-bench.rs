@@ -78,7 +78,11 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
     // Let the connection burst settle before measuring.
-    tokio::time::sleep(Duration::from_secs(HEARTBEAT_SECS)).await;
+    flotilla_testkit::hold(
+        Duration::from_secs(HEARTBEAT_SECS),
+        "the connection burst settles before measuring",
+    )
+    .await;
 
     // === 1. a whole-fleet rollout ===
     let (cpu0, t0) = (cpu_ticks(relay_pid)?, Instant::now());
@@ -103,7 +107,7 @@ async fn main() -> Result<()> {
         rss_peak
     );
     let (cpu0, t0) = (cpu_ticks(relay_pid)?, Instant::now());
-    tokio::time::sleep(wall).await; // measuring idle CPU over the same window, not waiting for an effect
+    flotilla_testkit::hold(wall, "measuring idle CPU over the same window").await;
     let idle = (cpu_ticks(relay_pid)? - cpu0) as f64 / 100.0;
     println!(
         "same relay idling with the {n} agents connected for {:.1}s: CPU {:.2}s = {:.1}% of one core",

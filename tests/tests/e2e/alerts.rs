@@ -11,7 +11,7 @@ use bollard::models::{
 use flotilla_shared::alert::{AlertInfo, AlertState, CreateSilence, Severity, Silence};
 use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
 use flotilla_shared::protocol::AgentFrame;
-use flotilla_tests::fake_agent::FakeAgent;
+use flotilla_tests::fake_agent;
 use flotilla_tests::fixtures::{start_smtp_sink, start_webhook_receiver, ReceivedRequest};
 use flotilla_tests::harness::{cli, eventually, free_port, scope, Agent, Api, Containers, Relay};
 
@@ -450,8 +450,8 @@ min_severity = "soft"
     wait_resolved(&api, &expiring.id).await;
 
     // Two agents: one reports this build's version, the other an older one.
-    let mut current = FakeAgent::start(&relay, "current", "team=core").await;
-    let mut old = FakeAgent::start(&relay, "old", "team=core").await;
+    let mut current = fake_agent::start(&relay, "current", "team=core").await;
+    let mut old = fake_agent::start(&relay, "old", "team=core").await;
     let heartbeat = |version: &str| {
         AgentFrame::Heartbeat(Box::new(Heartbeat {
             at: chrono::Utc::now(),

@@ -6,7 +6,7 @@ use flotilla_shared::api::{AgentStatus, DeliveryState};
 use flotilla_shared::command::{Command, ContainerListArgs, ContainerStopArgs};
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame};
-use flotilla_tests::fake_agent::FakeAgent;
+use flotilla_tests::fake_agent;
 use flotilla_tests::harness::{eventually, scope, Agent, Containers, Relay};
 use std::time::{Duration, Instant};
 
@@ -200,7 +200,7 @@ async fn results_held_in_the_outbox_across_an_agent_crash_arrive_exactly_once() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_stores_a_resent_outbox_item_once() {
     let relay = Relay::start().await;
-    let mut fake = FakeAgent::start(&relay, "fake-1", "").await;
+    let mut fake = fake_agent::start(&relay, "fake-1", "").await;
     let id = fake.id.clone();
     let event = OutboxItem::Event(flotilla_shared::heartbeat::AgentEvent {
         kind: EventKind::ContainerDied,
@@ -228,7 +228,7 @@ async fn the_relay_stores_a_resent_outbox_item_once() {
     // Reconnect (as after an agent restart that lost the ack) and send it once more.
     let key = flotilla_shared::signing::SigningKey::from_pkcs8(fake.key.pkcs8()).unwrap();
     drop(fake);
-    let mut fake = FakeAgent::connect(&relay, id.clone(), key).await.unwrap();
+    let mut fake = fake_agent::connect(&relay, id.clone(), key).await.unwrap();
     fake.send(&frame).await.unwrap();
     fake.recv_until(DEADLINE, |f| {
         matches!(f, RelayFrame::Ack { seq: 1 }).then_some(())

@@ -789,17 +789,17 @@ async fn a_broken_build_is_reverted_marked_broken_and_never_sent_again() {
     // exits 1 at every start) but the known-good copy, and revert.
     let old_sha = flotilla_tests::fixtures::systemd::sha256_file(&old).unwrap();
     let cmd = host.upgrade(&agent.id, "0.3.0", false).await.unwrap();
-    let started = Instant::now();
+    let applied = flotilla_testkit::Poller::new(REVERT_DEADLINE).every(Duration::from_millis(200));
     loop {
         let result = host.sh("cat /var/lib/flotilla/upgrade/result.json 2>/dev/null || true");
         if result.contains("\"status\": \"applied\"") {
             break;
         }
         assert!(
-            started.elapsed() < REVERT_DEADLINE,
+            !applied.expired(),
             "the updater never applied 0.3.0: {result}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        applied.pause().await;
     }
     host.sh(&format!("systemctl kill --signal=SIGKILL {UPDATER_UNIT}"));
     host.step("updater killed after the swap");

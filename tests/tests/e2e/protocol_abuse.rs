@@ -5,7 +5,7 @@ use crate::DEADLINE;
 use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::Command;
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame};
-use flotilla_tests::fake_agent::FakeAgent;
+use flotilla_tests::fake_agent;
 use flotilla_tests::harness::{scope, Agent, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,7 +15,7 @@ async fn malformed_and_oversized_frames_do_not_disturb_other_agents() {
     let api = relay.api();
     api.wait_online(&good.id, DEADLINE).await;
 
-    let mut bad = FakeAgent::start(&relay, "bad", "").await;
+    let mut bad = fake_agent::start(&relay, "bad", "").await;
     for junk in [
         "{not json",
         "[]",
@@ -51,7 +51,7 @@ async fn malformed_and_oversized_frames_do_not_disturb_other_agents() {
     .unwrap();
 
     // Above the 1 MiB default: only this connection is closed.
-    let mut huge = FakeAgent::start(&relay, "huge", "").await;
+    let mut huge = fake_agent::start(&relay, "huge", "").await;
     huge.send_text(format!(
         "{{\"type\":\"error\",\"code\":\"x\",\"message\":\"{}\"}}",
         "a".repeat(2 * 1024 * 1024)

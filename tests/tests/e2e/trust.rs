@@ -10,7 +10,7 @@ use flotilla_shared::command::{
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::protocol::{RelayFrame, CONNECT_PATH};
 use flotilla_shared::signing::SigningKey;
-use flotilla_tests::fake_agent::FakeAgent;
+use flotilla_tests::fake_agent;
 use flotilla_tests::harness::{api_error, eventually, scope, Agent, Api, Containers, Relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,9 +33,9 @@ async fn a_revoked_agent_is_disconnected_and_refused() {
     assert_eq!(api_error(&err).status, 410, "{err:#}");
 
     // A scripted agent with a revoked identity gets a revoked error and a closed socket.
-    let (id, key) = FakeAgent::enroll(&relay, "fake", "").await;
+    let (id, key) = fake_agent::enroll(&relay, "fake", "").await;
     api.delete(&format!("/api/v1/agents/{id}")).await.unwrap();
-    let err = FakeAgent::connect(&relay, id, key)
+    let err = fake_agent::connect(&relay, id, key)
         .await
         .err()
         .expect("refused");
@@ -55,7 +55,7 @@ async fn a_revoked_agent_is_disconnected_and_refused() {
 async fn unauthenticated_connections_are_refused() {
     let relay = Relay::start().await;
     // An unknown agent id.
-    let err = FakeAgent::connect(
+    let err = fake_agent::connect(
         &relay,
         "ag_00000000000000000000".into(),
         SigningKey::generate(),
@@ -65,8 +65,8 @@ async fn unauthenticated_connections_are_refused() {
     .expect("refused");
     assert!(format!("{err:#}").contains("auth_failed"), "{err:#}");
     // A known id with the wrong key.
-    let (id, _key) = FakeAgent::enroll(&relay, "fake", "").await;
-    let err = FakeAgent::connect(&relay, id, SigningKey::generate())
+    let (id, _key) = fake_agent::enroll(&relay, "fake", "").await;
+    let err = fake_agent::connect(&relay, id, SigningKey::generate())
         .await
         .err()
         .expect("refused");

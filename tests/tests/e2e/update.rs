@@ -311,7 +311,11 @@ impl RunningWatch {
                         max_running.store(running.len(), Ordering::SeqCst);
                         *seen.lock().unwrap() = running;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    flotilla_testkit::hold(
+                        Duration::from_millis(100),
+                        "the watch samples the running containers",
+                    )
+                    .await;
                 }
             }
         });
@@ -718,15 +722,15 @@ async fn healthy_update_keeps_name_config_and_data() {
             e.event.kind == kind && e.event.attributes.get(key).map(String::as_str) == Some(value)
         })
     };
-    let waited = Instant::now();
+    let waited = flotilla_testkit::Poller::new(DEADLINE).every(Duration::from_millis(200));
     let events = loop {
         let events = s.api.events(&s.agent.id).await;
         let done = has(&events, EventKind::ContainerUpdate, "outcome", "updated")
             && has(&events, EventKind::ContainerDied, "updating", &id);
-        if done || waited.elapsed() > DEADLINE {
+        if done || waited.expired() {
             break events;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        waited.pause().await;
     };
     let phases: Vec<&str> = events
         .iter()
@@ -1760,9 +1764,9 @@ async fn update_kill_loop() {
             )
             .await;
         let delay = Duration::from_millis(random_below(4001));
-        // The kill lands at a random point of the update: this sleep chooses that point, it
+        // The kill lands at a random point of the update: this hold chooses that point, it
         // does not wait for an effect.
-        tokio::time::sleep(delay).await;
+        flotilla_testkit::hold(delay, "the kill lands at a random point of the update").await;
         s.agent.kill().await;
         s.agent.run().await;
         let r = s.api.wait_update(&id, UPDATE_DEADLINE).await;
