@@ -51,12 +51,13 @@
 //! endpoints are checked on their own task ([`tls`]), so a slow endpoint never delays an
 //! evaluation; the engine reads the cached results.
 
-pub mod config;
 pub mod notify;
-pub mod rules;
 pub mod tls;
 
-pub use config::{AlertsConfig, RuleOverride};
+pub use crate::model::alerts::{config, rules};
+pub use crate::model::alerts::{
+    AlertPolicy, AlertQuery, AlertsConfig, Applied, NotificationKind, RuleOverride,
+};
 
 use crate::config::RelayConfig;
 use crate::heartbeats::HeartbeatCache;
@@ -64,8 +65,8 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, Utc};
-use flotilla_shared::alert::{AlertInfo, AlertState, Severity};
-use notify::{Notification, NotificationKind};
+use flotilla_shared::alert::AlertInfo;
+use notify::Notification;
 use rules::{AgentView, Condition, Rule};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -91,40 +92,6 @@ pub fn unreachable_after(config: &RelayConfig) -> Duration {
             .heartbeat_interval_secs
             .saturating_mul(u64::from(intervals)),
     )
-}
-
-/// What the diff and the notification decision need.
-#[derive(Clone, Debug)]
-pub struct AlertPolicy {
-    pub now: DateTime<Utc>,
-    /// A medium alert notifies once its condition is this old.
-    pub medium_after: chrono::Duration,
-    /// Rules whose source is not ready yet (see [`held_rules`]): their firing alerts are kept
-    /// as they are (neither resolved nor refreshed) and their new conditions wait.
-    pub held: Vec<Rule>,
-}
-
-/// Filter of `GET /api/v1/alerts`.
-#[derive(Clone, Debug, Default)]
-pub struct AlertQuery {
-    pub state: Option<AlertState>,
-    pub severity: Option<Severity>,
-    pub agent_id: Option<String>,
-    pub rule: Option<String>,
-    pub limit: u32,
-}
-
-/// What one evaluation changed and decided.
-#[derive(Clone, Debug, Default)]
-pub struct Applied {
-    /// Notifications to hand over (already recorded as notified).
-    pub notify: Vec<(NotificationKind, AlertInfo)>,
-    /// Firing alerts after the evaluation, by severity (soft, medium, hard).
-    pub firing: [usize; 3],
-    /// Alerts that started firing now.
-    pub fired: usize,
-    /// Alerts that resolved now.
-    pub resolved: usize,
 }
 
 /// The engine's parts the API shares (a field of the app state): the TLS results, the

@@ -6,12 +6,13 @@
 //! struct, the overrides, `from_env`, the merge and [`SETTINGS`] are generated from it, and a
 //! test (`config/tests.rs`) fails when `packaging/relay.toml` and the table drift apart. The
 //! keys of `[notify]` and `[alerts]` keep their fields, defaults and docs in their own structs
-//! (`alerts/notify/config.rs`, `alerts/config.rs`); the table names their variables.
+//! (`config/notify.rs`, `model/alerts/config.rs`); the table names their variables.
 
+pub mod notify;
 pub mod table;
 
-use crate::alerts::notify::{EmailConfig, NotifyConfig, SlackConfig, WebhookConfig};
-use crate::alerts::{AlertsConfig, RuleOverride};
+use crate::model::alerts::{AlertsConfig, RuleOverride};
+use notify::{EmailConfig, NotifyConfig, SlackConfig, WebhookConfig};
 use flotilla_daemon::logging::LogFormat;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -108,7 +109,7 @@ table::settings! {
         }
     }
 
-    /// Alert rules, thresholds and their evaluation (`[alerts]`, see `alerts/config.rs`).
+    /// Alert rules, thresholds and their evaluation (`[alerts]`, see `model/alerts/config.rs`).
     section alerts: AlertsConfig => AlertsOverrides {
         env {
             enabled: bool = "FLOTILLA_ALERTS_ENABLED";

@@ -3,6 +3,7 @@
 //! (which read, decide and write through the store). The store depends on this layer and on
 //! the shared types only, never on an engine.
 
+pub mod alerts;
 pub mod jobs;
 pub mod rollouts;
 pub mod ttl;

@@ -259,7 +259,7 @@ fn sql_only_in_the_store_modules() {
 // === file size ===
 
 /// Non-test files allowed over [`MAX_LINES`], with the reason.
-const LONG_FILES: [(&str, &str); 11] = [
+const LONG_FILES: &[(&str, &str)] = &[
     ("agent/src/backup.rs", "backup service, run, restore and scheduler in one file: to split by concern (issue 13)"),
     ("agent/src/backup/destination.rs", "the S3 client lives inside: to move out (issue 13)"),
     ("agent/src/state.rs", "every table family of agent.db: to split by family (issue 13)"),
@@ -270,7 +270,6 @@ const LONG_FILES: [(&str, &str); 11] = [
     ("relay/src/store/sqlite/releases.rs", "releases persistence and its transactions"),
     ("tests/src/fixtures/db.rs", "the database test images and servers (PostgreSQL, MariaDB, Redis): to split per engine"),
     ("tests/src/harness.rs", "the end-to-end harness: to become the one test-support crate (issue 13)"),
-    ("shared/src/rollout.rs", "rollout types, the pure transition table and stage parsing"),
 ];
 
 const MAX_LINES: usize = 1000;
@@ -284,7 +283,7 @@ fn no_file_over_a_thousand_lines_without_a_reason() {
             long.insert(path.to_string_lossy().to_string(), lines);
         }
     }
-    let allowed: BTreeMap<&str, &str> = LONG_FILES.into_iter().collect();
+    let allowed: BTreeMap<&str, &str> = LONG_FILES.iter().copied().collect();
     let new: Vec<_> = long
         .iter()
         .filter(|(p, _)| !allowed.contains_key(p.as_str()))
@@ -459,11 +458,9 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
 }
 
 /// Import cycles that exist today, per crate, exactly: a cycle may shrink or vanish (and is
-/// then written down smaller), never grow or appear. Each is a debt of issue 13: the relay's
-/// settings and the alerts section refer to each other, the websocket adapter borrows the API's
-/// error type, and a few agent helpers sit in the wrong module.
-const KNOWN_CYCLES: [(&str, &[&str]); 4] = [
-    ("relay/src", &["alerts", "config"]),
+/// then written down smaller), never grow or appear. Each is a debt of issue 13: the websocket
+/// adapter borrows the API's error type, and a few agent helpers sit in the wrong module.
+const KNOWN_CYCLES: &[(&str, &[&str])] = &[
     ("relay/src", &["api", "ws"]),
     ("agent/src", &["enroll", "executor", "session", "update"]),
     ("shared/src", &["command", "update"]),

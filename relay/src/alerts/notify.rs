@@ -82,19 +82,19 @@
 //! `[flotilla HARD] agent_unreachable on web-12: <message>`, with a `Message-ID` derived from
 //! (alert id, kind) so a resolution threads under its firing message (`In-Reply-To`).
 
-mod config;
 mod email;
 mod http;
 mod slack;
 pub mod webhook;
 
-pub use config::{
+pub use crate::config::notify::{
     loggable_url, EmailConfig, InlineSecret, NotifyConfig, NotifyConfigError, SlackConfig,
     SmtpSecurity, WebhookConfig,
 };
+pub use crate::model::alerts::NotificationKind;
 
+use crate::config::notify::ResolvedChannel;
 use chrono::{DateTime, Utc};
-use config::ResolvedChannel;
 use flotilla_shared::alert::Severity;
 use flotilla_shared::selector::Labels;
 use serde::{Deserialize, Serialize};
@@ -103,16 +103,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// What happened to the alert that this notification announces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NotificationKind {
-    /// The alert started notifying (webhook event `alert.firing`).
-    Firing,
-    /// A notified alert's condition cleared (webhook event `alert.resolved`).
-    Resolved,
-}
 
 /// One alert notification (the JSON body of the generic webhook is exactly this, serialised).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,16 +131,6 @@ pub struct Notification {
     pub resolved_at: Option<DateTime<Utc>>,
     /// `<public_url>/api/v1/alerts/<alert_id>` (the relay's configured public URL).
     pub url: String,
-}
-
-impl NotificationKind {
-    /// `firing` / `resolved`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationKind::Firing => "firing",
-            NotificationKind::Resolved => "resolved",
-        }
-    }
 }
 
 impl Notification {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::store::Store;
-use flotilla_shared::alert::Silence;
+use flotilla_shared::alert::{AlertState, Severity, Silence};
 use flotilla_shared::selector::Labels;
 
 fn cond(agent: &str, rule: Rule, subject: &str, severity: Severity, labels: &Labels) -> Condition {

@@ -16,16 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// `host:port` → (host, port); None when it is not of that form. IPv6 as `[::1]:443`.
-pub fn split_endpoint(endpoint: &str) -> Option<(String, u16)> {
-    let (host, port) = endpoint.trim().rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
-        return None;
-    }
-    Some((host.to_string(), port))
-}
+pub use crate::model::alerts::config::split_endpoint;
 
 /// Accepts every certificate: the check reads certificates, it does not trust them.
 #[derive(Debug)]

@@ -4,8 +4,8 @@
 //! notification decisions with their `notified_at`.
 
 use super::{sqlite, Store, StoreError};
-use crate::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
-use crate::alerts::{AlertPolicy, AlertQuery, Applied};
+use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
+use crate::model::alerts::{AlertPolicy, AlertQuery, Applied};
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::{AlertInfo, Silence};
 use flotilla_shared::heartbeat::AgentEvent;
@@ -26,7 +26,7 @@ impl Store {
     pub async fn firing_alert_keys(
         &self,
         rules: Vec<&'static str>,
-    ) -> Result<crate::alerts::rules::FiringKeys, StoreError> {
+    ) -> Result<crate::model::alerts::rules::FiringKeys, StoreError> {
         self.read(move |c| sqlite::Db::firing_alert_keys(c, &rules))
             .await
     }

@@ -35,17 +35,7 @@ pub struct NewRelease {
     pub published_by: String,
 }
 
-/// A rollback (`agent.upgrade` with `rollback`) the agent's updater reverted: the older build
-/// is not marked broken for it, but the `agent_upgrade_reverted` alert names it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RevertedRollback {
-    pub agent_id: String,
-    pub version: String,
-    pub arch: String,
-    /// The agent's error message.
-    pub reason: String,
-    pub at: DateTime<Utc>,
-}
+pub use crate::model::alerts::rules::RevertedRollback;
 
 /// Newest version first (semantic-version order), then by architecture.
 pub fn sort_newest_first(list: &mut [StoredRelease]) {

@@ -3,7 +3,7 @@
 //! resolution threads under its firing message (`In-Reply-To` / `References`), and a retried
 //! message that did arrive the first time is recognisable as the same message.
 
-use super::config::SmtpSecurity;
+use crate::config::notify::SmtpSecurity;
 use super::{Attempt, Notification, NotificationKind};
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;

@@ -3,9 +3,8 @@
 
 use super::super::StoreError;
 use super::{from_json, parse_opt_ts, parse_ts, to_json, ts, Db};
-use crate::alerts::notify::NotificationKind;
-use crate::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
-use crate::alerts::{AlertPolicy, AlertQuery, Applied};
+use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
+use crate::model::alerts::{AlertPolicy, AlertQuery, Applied, NotificationKind};
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::{AlertInfo, AlertState, Severity, Silence};
 use flotilla_shared::command::Command;

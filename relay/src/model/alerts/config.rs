@@ -150,7 +150,7 @@ impl AlertsConfig {
             );
         }
         for e in &self.tls_endpoints {
-            if super::tls::split_endpoint(e).is_none() {
+            if split_endpoint(e).is_none() {
                 return bad("tls_endpoints", e.clone(), "expected host:port entries");
             }
         }
@@ -209,4 +209,15 @@ impl AlertsConfig {
             .map(|r| (*r, self.enabled(*r), self.severity(*r)))
             .collect()
     }
+}
+
+/// `host:port` → (host, port); None when it is not of that form. IPv6 as `[::1]:443`.
+pub fn split_endpoint(endpoint: &str) -> Option<(String, u16)> {
+    let (host, port) = endpoint.trim().rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
 }

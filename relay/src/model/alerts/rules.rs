@@ -823,7 +823,7 @@ pub fn upgrade_reverted_conditions(
 /// `<version>/<arch>` of the build the rollback went to.
 pub fn rollback_reverted_conditions(
     cfg: &AlertsConfig,
-    reverted: &[crate::store::releases::RevertedRollback],
+    reverted: &[RevertedRollback],
     now: DateTime<Utc>,
 ) -> Vec<Condition> {
     let window = Duration::hours(i64::from(cfg.update_alert_hours));
@@ -895,6 +895,18 @@ pub fn tls_conditions(
             ))
         })
         .collect()
+}
+
+/// A rollback (`agent.upgrade` with `rollback`) the agent's updater reverted: the older build
+/// is not marked broken for it, but the `agent_upgrade_reverted` alert names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevertedRollback {
+    pub agent_id: String,
+    pub version: String,
+    pub arch: String,
+    /// The agent's error message.
+    pub reason: String,
+    pub at: DateTime<Utc>,
 }
 
 #[cfg(test)]

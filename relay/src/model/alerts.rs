@@ -1,0 +1,69 @@
+//! The alerts' pure model: the rules that turn fleet state into conditions ([`rules`]), the
+//! `[alerts]` settings they read ([`config`]), and the types the store's alert transaction
+//! takes and returns (the policy of one evaluation, the API's filter, what it changed and
+//! which notifications it decided). The engine (`crate::alerts`) gathers the inputs and hands
+//! the decisions to the notifier; the store applies them; neither is imported here.
+
+pub mod config;
+pub mod rules;
+
+pub use config::{AlertsConfig, RuleOverride};
+
+use chrono::{DateTime, Utc};
+use flotilla_shared::alert::{AlertInfo, AlertState, Severity};
+use rules::Rule;
+use serde::{Deserialize, Serialize};
+
+/// What happened to the alert that this notification announces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    /// The alert started notifying (webhook event `alert.firing`).
+    Firing,
+    /// A notified alert's condition cleared (webhook event `alert.resolved`).
+    Resolved,
+}
+
+impl NotificationKind {
+    /// `firing` / `resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Firing => "firing",
+            NotificationKind::Resolved => "resolved",
+        }
+    }
+}
+
+/// What the diff and the notification decision need.
+#[derive(Clone, Debug)]
+pub struct AlertPolicy {
+    pub now: DateTime<Utc>,
+    /// A medium alert notifies once its condition is this old.
+    pub medium_after: chrono::Duration,
+    /// Rules whose source is not ready yet (see [`held_rules`]): their firing alerts are kept
+    /// as they are (neither resolved nor refreshed) and their new conditions wait.
+    pub held: Vec<Rule>,
+}
+
+/// Filter of `GET /api/v1/alerts`.
+#[derive(Clone, Debug, Default)]
+pub struct AlertQuery {
+    pub state: Option<AlertState>,
+    pub severity: Option<Severity>,
+    pub agent_id: Option<String>,
+    pub rule: Option<String>,
+    pub limit: u32,
+}
+
+/// What one evaluation changed and decided.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// Notifications to hand over (already recorded as notified).
+    pub notify: Vec<(NotificationKind, AlertInfo)>,
+    /// Firing alerts after the evaluation, by severity (soft, medium, hard).
+    pub firing: [usize; 3],
+    /// Alerts that started firing now.
+    pub fired: usize,
+    /// Alerts that resolved now.
+    pub resolved: usize,
+}
