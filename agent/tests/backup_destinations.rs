@@ -5,6 +5,7 @@
 
 use flotilla_agent::backup::config::{DestinationConfig, DestinationKind};
 use flotilla_agent::backup::destination::{Destination, RemoteObject};
+use flotilla_testkit::Poller;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -55,7 +56,7 @@ impl Moto {
             _log_dir: log_dir,
         };
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready = Poller::new(Duration::from_secs(60));
         loop {
             if let Some(status) = moto.child.try_wait().unwrap() {
                 panic!(
@@ -67,11 +68,11 @@ impl Moto {
                 break;
             }
             assert!(
-                Instant::now() < deadline,
+                !ready.expired(),
                 "moto's server did not answer within 60 s: {}",
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            ready.pause().await;
         }
         moto
     }

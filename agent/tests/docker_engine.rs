@@ -7,6 +7,7 @@ use flotilla_agent::events::EventsTask;
 use flotilla_agent::state::{EventCursor, State};
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::protocol::OutboxItem;
+use flotilla_testkit::eventually;
 use std::process::Command;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -52,20 +53,8 @@ impl Drop for Cleanup {
     }
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(t) = f().await {
-            return t;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+/// How long an effect of the engine may take before a test fails.
+const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn actions_visibility_logs_and_events() {
@@ -136,7 +125,7 @@ async fn actions_visibility_logs_and_events() {
     let again = client.start(&c).await.unwrap();
     assert!(!again.changed);
 
-    let lines = eventually("log lines", || {
+    let lines = eventually(WAIT, "log lines", || {
         let client = client.clone();
         let c = c.clone();
         async move {
@@ -188,7 +177,7 @@ async fn actions_visibility_logs_and_events() {
     // And starting the hidden one must raise no event.
     docker(&["start", &hidden]);
 
-    let items = eventually("restart loop event", || {
+    let items = eventually(WAIT, "restart loop event", || {
         let state = state.clone();
         async move {
             let items = state.outbox_after(0, 1000).await.unwrap();
@@ -285,7 +274,7 @@ async fn events_from_while_the_agent_was_down_are_not_lost() {
         &label,
         "flotilla-testapp:v1",
     ]);
-    eventually("started event", || {
+    eventually(WAIT, "started event", || {
         let state = state.clone();
         let events_of = &events_of;
         async move { (events_of(state, EventKind::ContainerStarted).await == 1).then_some(()) }
@@ -303,7 +292,7 @@ async fn events_from_while_the_agent_was_down_are_not_lost() {
     let state = State::open(&dir).await.unwrap();
     let shutdown = CancellationToken::new();
     let task = follow(state.clone(), shutdown.clone());
-    eventually("died event after the restart", || {
+    eventually(WAIT, "died event after the restart", || {
         let state = state.clone();
         let events_of = &events_of;
         async move { (events_of(state, EventKind::ContainerDied).await == 1).then_some(()) }

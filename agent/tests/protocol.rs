@@ -14,6 +14,7 @@ use flotilla_shared::heartbeat::{AgentEvent, EventKind};
 use flotilla_shared::protocol::{AgentFrame, OutboxItem, RelayFrame, SignedWelcome, WelcomeBody};
 use flotilla_shared::selector::parse_labels;
 use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
+use flotilla_testkit::eventually;
 use futures_util::{SinkExt, StreamExt};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -604,14 +605,10 @@ async fn duplicates_of_a_finished_command_do_not_pile_up_results() {
             .filter(|(_, i)| matches!(i, OutboxItem::Result(r) if r.command_id == "cmd_dup"))
             .count()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while results(state.outbox_after(0, 1000).await.unwrap()) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no result for cmd_dup"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), "a result for cmd_dup", || async {
+        (results(state.outbox_after(0, 1000).await.unwrap()) > 0).then_some(())
+    })
+    .await;
     // The relay re-sends it (e.g. after reconnects) while the result is still queued.
     for _ in 0..3 {
         send(&mut ws, &RelayFrame::Command(ping.clone())).await;

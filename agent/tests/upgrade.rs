@@ -21,6 +21,7 @@ use flotilla_shared::command::{
 use flotilla_shared::protocol::OutboxItem;
 use flotilla_shared::release::{stamp_version, this_arch, ReleaseManifest, SignedManifest};
 use flotilla_shared::signing::SigningKey;
+use flotilla_testkit::{eventually_blocking, hold_blocking, Poller};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::symlink;
@@ -403,13 +404,9 @@ async fn without_an_updater_the_request_is_withdrawn() {
     // Watch the request appear while the handler waits for the updater.
     let request_path = agent.paths.request();
     let seen = tokio::task::spawn_blocking(move || {
-        for _ in 0..400 {
-            if let Ok(text) = std::fs::read_to_string(&request_path) {
-                return Some(text);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        None
+        Poller::new(Duration::from_secs(10))
+            .every(Duration::from_millis(25))
+            .poll_blocking(|| std::fs::read_to_string(&request_path).ok())
     });
     let outcome = agent
         .upgrades
@@ -709,25 +706,25 @@ async fn an_upgrade_goes_through_the_updater_and_the_new_process_reports_it() {
         let (host, stop, request) = (host.clone(), stop.clone(), agent.paths.request());
         let new = new.clone();
         tokio::task::spawn_blocking(move || {
-            for _ in 0..1200 {
-                if let Ok(text) = std::fs::read_to_string(&request) {
-                    let r: UpgradeRequest = serde_json::from_str(&text).unwrap();
-                    // Written last: the staged binary is complete and verified.
-                    assert_eq!(std::fs::read(&r.binary).unwrap(), new);
-                    let mode = std::fs::metadata(&r.binary).unwrap().permissions().mode();
-                    assert_eq!(mode & 0o777, 0o755);
-                    assert_eq!(
-                        (r.from_version.as_str(), r.to_version.as_str()),
-                        ("0.1.0", "0.2.0")
-                    );
-                    let ran = host.apply(30, &[("FAKE_CONFIRM", "1")]);
-                    stop.cancel();
-                    return ran;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
+            let appeared = Poller::new(Duration::from_secs(30))
+                .every(Duration::from_millis(25))
+                .poll_blocking(|| std::fs::read_to_string(&request).ok());
+            let Some(text) = appeared else {
+                stop.cancel();
+                return (false, "request.json never appeared".into());
+            };
+            let r: UpgradeRequest = serde_json::from_str(&text).unwrap();
+            // Written last: the staged binary is complete and verified.
+            assert_eq!(std::fs::read(&r.binary).unwrap(), new);
+            let mode = std::fs::metadata(&r.binary).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o755);
+            assert_eq!(
+                (r.from_version.as_str(), r.to_version.as_str()),
+                ("0.1.0", "0.2.0")
+            );
+            let ran = host.apply(30, &[("FAKE_CONFIRM", "1")]);
             stop.cancel();
-            (false, "request.json never appeared".into())
+            ran
         })
     };
     let outcome = agent
@@ -1385,7 +1382,17 @@ async fn failing_runs_give_up_and_bad_requests_are_refused() {
         .args(["sleep", "30"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Once `flock -n` cannot take it, the holder has it.
+    eventually_blocking(Duration::from_secs(10), "the holder takes the lock", || {
+        let free = std::process::Command::new("flock")
+            .arg("-n")
+            .arg(&host.updater_dir)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success();
+        (!free).then_some(())
+    });
     let (ok, stderr) = host.apply(30, &[]);
     holder.kill().unwrap();
     holder.wait().unwrap();
@@ -1425,13 +1432,13 @@ async fn without_systemd_nothing_is_swapped_and_a_failed_restart_is_undone() {
     let updater = {
         let (host, request) = (host.clone(), agent.paths.request());
         tokio::task::spawn_blocking(move || {
-            for _ in 0..1200 {
-                if request.exists() {
-                    return host.apply(30, &[("FAKE_FAIL_RESTART", "1")]);
-                }
-                std::thread::sleep(Duration::from_millis(25));
+            let appeared = Poller::new(Duration::from_secs(30))
+                .every(Duration::from_millis(25))
+                .poll_blocking(|| request.exists().then_some(()));
+            match appeared {
+                Some(()) => host.apply(30, &[("FAKE_FAIL_RESTART", "1")]),
+                None => (false, "request.json never appeared".into()),
             }
-            (false, "request.json never appeared".into())
         })
     };
     let started = std::time::Instant::now();
@@ -1519,16 +1526,17 @@ async fn the_watch_rechecks_confirmed_and_needs_failed_twice() {
     let fake = host.fake.clone();
     let dropper = std::thread::spawn(move || {
         // After the pre-swap check and the first watch check.
-        for _ in 0..200 {
-            let shows: u32 = std::fs::read_to_string(fake.join("shows"))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if shows >= 2 {
-                std::fs::write(fake.join("nrestarts"), "0").unwrap();
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let checked = Poller::new(Duration::from_secs(4))
+            .every(Duration::from_millis(20))
+            .poll_blocking(|| {
+                let shows: u32 = std::fs::read_to_string(fake.join("shows"))
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(0);
+                (shows >= 2).then_some(())
+            });
+        if checked.is_some() {
+            std::fs::write(fake.join("nrestarts"), "0").unwrap();
         }
     });
     host.request(&relay, "cmd_base", "0.1.0", &new, "0.2.0", false);
@@ -1619,16 +1627,19 @@ async fn accepted_extends_the_wait_and_an_unwritten_confirmation_is_not_success(
             });
             std::fs::write(paths.result(), json.to_string()).unwrap();
         };
-        for _ in 0..400 {
-            if std::fs::remove_file(paths.request()).is_ok() {
-                write("accepted");
-                std::thread::sleep(Duration::from_secs(3));
-                write("refused");
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        let taken = Poller::new(Duration::from_secs(10))
+            .every(Duration::from_millis(25))
+            .poll_blocking(|| std::fs::remove_file(paths.request()).ok());
+        if taken.is_none() {
+            return false;
         }
-        false
+        write("accepted");
+        hold_blocking(
+            Duration::from_secs(3),
+            "the slow updater refuses 3 s after accepting",
+        );
+        write("refused");
+        true
     });
     let outcome = agent
         .upgrades

@@ -115,17 +115,11 @@ fn relay_reports_ready_feeds_the_watchdog_and_reports_stopping() {
         .unwrap();
     assert!(status.success(), "kill -TERM failed");
     wait_for_line(&socket, "STOPPING=1", Instant::now() + WAIT);
-    let deadline = Instant::now() + WAIT;
-    let exit = loop {
-        if let Some(exit) = relay.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the relay did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = flotilla_testkit::Poller::new(WAIT)
+        .every(Duration::from_millis(20))
+        .until_blocking("the relay to exit after SIGTERM", || {
+            relay.0.try_wait().unwrap()
+        });
     assert!(exit.success(), "the relay exited with {exit}");
     // At most a watchdog ping already in flight follows STOPPING=1; nothing else does.
     socket.set_nonblocking(true).unwrap();
