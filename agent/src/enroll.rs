@@ -69,7 +69,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<EnrollResponse> {
 /// `enroll` with explicit trust settings. Every local check happens before the token is sent,
 /// so a refused setting does not use the token up.
 pub async fn enroll_with(opts: EnrollOptions, trust: EnrollTrust) -> Result<EnrollResponse> {
-    let base = normalise_relay_url(&opts.relay_url)?;
+    let base = crate::transport::normalise_relay_url(&opts.relay_url)?;
     check_transport(&base, trust.allow_insecure)?;
     let expected_fingerprint = trust
         .relay_fingerprint
@@ -172,7 +172,7 @@ pub async fn enroll_with(opts: EnrollOptions, trust: EnrollTrust) -> Result<Enro
 /// Plain HTTP only to loopback unless allowed: the same rule `run` applies to `ws://`.
 fn check_transport(base: &str, allow_insecure: bool) -> Result<()> {
     let url = reqwest::Url::parse(base).map_err(|e| anyhow!("invalid relay URL {base:?}: {e}"))?;
-    if url.scheme() == "http" && !allow_insecure && !crate::session::is_loopback(&url) {
+    if url.scheme() == "http" && !allow_insecure && !crate::transport::is_loopback(&url) {
         bail!(
             "refusing plain http:// enrollment with {}: only loopback relays may be reached \
              without TLS (use https://, or pass --allow-insecure)",
@@ -198,49 +198,10 @@ fn parse_fingerprint(fp: &str) -> Result<String> {
 }
 
 fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client> {
-    http_client_builder(ca_file)?
+    crate::transport::http_client_builder(ca_file)?
         .timeout(ENROLL_TIMEOUT)
         .build()
         .context("cannot build HTTP client")
-}
-
-/// An HTTP client trusting the relay as `run` does (a private CA file replaces the system's
-/// roots); also used to download agent builds.
-pub(crate) fn http_client_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder> {
-    let mut builder = reqwest::Client::builder().user_agent(format!(
-        "flotilla-agent/{}",
-        flotilla_shared::release::version()
-    ));
-    // A private CA replaces the system's roots, exactly as `run` uses it for wss.
-    if let Some(ca) = ca_file {
-        let pem =
-            std::fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("invalid CA file {}", ca.display()))?;
-        if certs.is_empty() {
-            bail!("CA file {} holds no PEM certificates", ca.display());
-        }
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    Ok(builder)
-}
-
-/// `http(s)://host[:port][/prefix]` without a trailing slash.
-pub fn normalise_relay_url(url: &str) -> Result<String> {
-    let trimmed = url.trim().trim_end_matches('/');
-    let parsed =
-        reqwest::Url::parse(trimmed).map_err(|e| anyhow!("invalid relay URL {url:?}: {e}"))?;
-    match parsed.scheme() {
-        "http" | "https" => {}
-        other => bail!("invalid relay URL {url:?}: scheme {other} is not http or https"),
-    }
-    if parsed.host_str().is_none() {
-        bail!("invalid relay URL {url:?}: no host");
-    }
-    Ok(trimmed.to_string())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -257,16 +218,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn relay_urls() {
-        assert_eq!(
-            normalise_relay_url("http://127.0.0.1:8700/").unwrap(),
-            "http://127.0.0.1:8700"
-        );
-        assert!(normalise_relay_url("ftp://x").is_err());
-        assert!(normalise_relay_url("relay.example.com").is_err());
-    }
 
     #[tokio::test]
     async fn refuses_to_overwrite_identity() {

@@ -9,7 +9,7 @@
 
 use crate::backup::Backups;
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
-use crate::session::FrameLimit;
+use crate::frame::{keep_newest_lines, FrameLimit};
 use crate::state::State;
 use crate::update::{base_name, Updater};
 use crate::upgrade::{Resumed, UpgradeOutcome, Upgrades};
@@ -661,28 +661,6 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
     }
 }
 
-/// Drops the oldest lines until the lines' JSON encoding fits in `budget` bytes.
-pub fn keep_newest_lines(mut lines: Vec<String>, budget: usize) -> (Vec<String>, bool) {
-    let mut used = 2; // the brackets
-    let mut keep_from = lines.len();
-    for (i, line) in lines.iter().enumerate().rev() {
-        let cost = serde_json::to_string(line)
-            .map(|s| s.len())
-            .unwrap_or(line.len())
-            + 1;
-        if used + cost > budget {
-            break;
-        }
-        used += cost;
-        keep_from = i;
-    }
-    let truncated = keep_from > 0;
-    if truncated {
-        lines.drain(..keep_from);
-    }
-    (lines, truncated)
-}
-
 // === impl ContainerLocks ===
 
 /// One async mutex per container NAME, for mutating commands (an update gives the container a
@@ -735,23 +713,6 @@ impl ContainerLocks {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logs_keep_the_newest_lines_within_budget() {
-        let lines: Vec<String> = (0..100).map(|i| format!("line {i:03}")).collect();
-        let (all, truncated) = keep_newest_lines(lines.clone(), 1_000_000);
-        assert_eq!(all.len(), 100);
-        assert!(!truncated);
-        let (some, truncated) = keep_newest_lines(lines.clone(), 100);
-        assert!(truncated);
-        assert_eq!(some.last().unwrap(), "line 099");
-        assert!(serde_json::to_string(&some).unwrap().len() <= 100);
-        assert!(some.len() < 100 && !some.is_empty());
-        let (none, truncated) = keep_newest_lines(lines, 0);
-        assert!(none.is_empty() && truncated);
-        let (empty, truncated) = keep_newest_lines(Vec::new(), 0);
-        assert!(empty.is_empty() && !truncated);
-    }
 
     #[tokio::test]
     async fn interrupted_updates_are_reported_unchanged_with_a_report() {

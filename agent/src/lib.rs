@@ -15,9 +15,11 @@ pub mod docker;
 pub mod enroll;
 pub mod events;
 pub mod executor;
+mod frame;
 pub mod heartbeat;
 pub mod session;
 pub mod state;
+mod transport;
 pub mod update;
 pub mod upgrade;
 pub mod verify;
@@ -71,11 +73,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         .relay_url
         .clone()
         .unwrap_or_else(|| identity.relay_url.clone());
-    let ws_url = session::websocket_url(&relay_url, config.allow_insecure_ws)?;
+    let ws_url = transport::websocket_url(&relay_url, config.allow_insecure_ws)?;
     let tls = if ws_url.starts_with("wss://") {
         let ca = config.ca_file.clone();
         Some(
-            tokio::task::spawn_blocking(move || session::tls_config(ca.as_deref()))
+            tokio::task::spawn_blocking(move || transport::tls_config(ca.as_deref()))
                 .await
                 .context("tls setup task failed")??,
         )
@@ -148,7 +150,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let (control_tx, control_rx) = mpsc::channel(256);
     let poke = Arc::new(Notify::new());
-    let frame_limit: session::FrameLimit = Arc::new(AtomicUsize::new(config.max_frame_bytes));
+    let frame_limit: frame::FrameLimit = Arc::new(AtomicUsize::new(config.max_frame_bytes));
 
     let tasks_token = shutdown.child_token();
     let mut tasks: JoinSet<(&'static str, Result<()>)> = JoinSet::new();

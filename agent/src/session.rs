@@ -9,21 +9,20 @@
 //! items as the relay acknowledges them.
 
 use crate::executor::IncomingCommand;
+use crate::frame::FrameLimit;
 use crate::heartbeat::{fit_heartbeat, interval_from_secs};
 use crate::state::State;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use flotilla_daemon::backoff::Backoff;
 use flotilla_shared::command::error_codes::RESULT_TOO_LARGE;
 use flotilla_shared::command::{CommandResult, ErrorInfo, ResultStatus};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::protocol::{
-    error_codes, AgentFrame, OutboxItem, RelayFrame, SignedWelcome, WelcomeBody, CONNECT_PATH,
+    error_codes, AgentFrame, OutboxItem, RelayFrame, SignedWelcome, WelcomeBody,
 };
 use flotilla_shared::signing::{auth_message, PublicKey, SigningKey, AUTH_DOMAIN};
 use futures_util::{SinkExt, StreamExt};
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -60,86 +59,7 @@ const TRIMMED_MESSAGE_BYTES: usize = 1024;
 const TRIMMED_FIELD_BYTES: usize = 256;
 const MINIMAL_FIELD_BYTES: usize = 128;
 
-/// The largest frame the agent may send on the current connection: its own `max_frame_bytes`,
-/// lowered to the relay's when the welcome announces a smaller one. Shared with the executor,
-/// which sizes command output by it.
-pub type FrameLimit = Arc<AtomicUsize>;
-
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Turns the relay's http(s) base URL into its agent websocket URL. Plain `ws://` is only
-/// allowed to loopback hosts unless `allow_insecure_ws`.
-pub fn websocket_url(relay_url: &str, allow_insecure_ws: bool) -> Result<String> {
-    let base = crate::enroll::normalise_relay_url(relay_url)?;
-    let url = reqwest::Url::parse(&base).map_err(|e| anyhow!("invalid relay URL {base:?}: {e}"))?;
-    let secure = url.scheme() == "https";
-    if !secure && !allow_insecure_ws && !is_loopback(&url) {
-        bail!(
-            "refusing plain ws:// to {}: only loopback relays may be reached without TLS \
-             (use https://, or set allow_insecure_ws)",
-            url.host_str().unwrap_or("?")
-        );
-    }
-    let rest = base
-        .split_once("://")
-        .map(|(_, r)| r)
-        .unwrap_or(base.as_str());
-    let scheme = if secure { "wss" } else { "ws" };
-    Ok(format!("{scheme}://{rest}{CONNECT_PATH}"))
-}
-
-/// Whether `url` names this host (a loopback address or `localhost`).
-pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => bare.eq_ignore_ascii_case("localhost"),
-    }
-}
-
-/// rustls client settings for `wss://`: the CAs in `ca_file` when given, else the system roots.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read ca_file {}", path.display()))?;
-            let mut reader = std::io::BufReader::new(pem.as_slice());
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut reader) {
-                let cert =
-                    cert.with_context(|| format!("invalid certificate in {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                bail!("ca_file {} holds no PEM certificates", path.display());
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for e in &native.errors {
-                debug!(error = %e, "skipping unreadable system certificate");
-            }
-            let (ok, _bad) = roots.add_parsable_certificates(native.certs);
-            if ok == 0 {
-                warn!("no system CA certificates found; wss:// connections will fail");
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot configure TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
 
 /// Why a connection attempt or a connection ended.
 #[derive(Debug)]
@@ -879,34 +799,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn websocket_urls() {
-        assert_eq!(
-            websocket_url("http://127.0.0.1:8700", false).unwrap(),
-            "ws://127.0.0.1:8700/api/v1/agent/connect"
-        );
-        assert_eq!(
-            websocket_url("http://localhost:8700/", false).unwrap(),
-            "ws://localhost:8700/api/v1/agent/connect"
-        );
-        assert_eq!(
-            websocket_url("http://[::1]:8700", false).unwrap(),
-            "ws://[::1]:8700/api/v1/agent/connect"
-        );
-        assert_eq!(
-            websocket_url("https://relay.example.com/flotilla", false).unwrap(),
-            "wss://relay.example.com/flotilla/api/v1/agent/connect"
-        );
-        let e = websocket_url("http://relay.example.com", false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("refusing plain ws://"), "{e}");
-        assert_eq!(
-            websocket_url("http://10.0.0.5:8700", true).unwrap(),
-            "ws://10.0.0.5:8700/api/v1/agent/connect"
-        );
-    }
-
-    #[test]
     fn malformed_command_frames_are_recognised() {
         assert_eq!(malformed_command_id(r#"{"type":"ack"}"#), None);
         assert_eq!(malformed_command_id("not json"), None);
@@ -1039,11 +931,5 @@ mod tests {
         let mut short = "abc".to_string();
         truncate_utf8(&mut short, 8);
         assert_eq!(short, "abc");
-    }
-
-    #[test]
-    fn tls_config_builds_from_system_roots() {
-        tls_config(None).unwrap();
-        assert!(tls_config(Some(Path::new("/nonexistent.pem"))).is_err());
     }
 }

@@ -24,7 +24,7 @@ pub mod policy;
 pub mod recreate;
 
 use crate::docker::{DockerClient, DockerError};
-use crate::executor::keep_newest_lines;
+use crate::frame::{keep_newest_lines, FrameLimit};
 use crate::state::State;
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::{error_codes, CommandResult, ErrorInfo, ResultStatus};
@@ -100,7 +100,7 @@ pub struct Updater {
     pub state_dir: PathBuf,
     pub updating: Updating,
     /// The largest frame the session may send now (the report is sized by it).
-    pub frame_limit: crate::session::FrameLimit,
+    pub frame_limit: FrameLimit,
     /// Cancelled when the agent is asked to stop: pulls and health gates are cut short so a
     /// running update rolls back (or is left to the journal) within the shutdown grace.
     pub stopping: tokio_util::sync::CancellationToken,

@@ -194,7 +194,7 @@ impl Drop for Busy<'_> {
 impl Upgrades {
     /// Checks the relay URL; the download client is built when an upgrade runs.
     pub fn new(opts: UpgradeOptions, state: State) -> anyhow::Result<Upgrades> {
-        let relay_base = crate::enroll::normalise_relay_url(&opts.relay_url)?;
+        let relay_base = crate::transport::normalise_relay_url(&opts.relay_url)?;
         Ok(Upgrades {
             inner: Arc::new(Inner {
                 paths: UpgradePaths::new(&opts.state_dir),
@@ -428,7 +428,7 @@ impl Upgrades {
             self.inner.relay_base, m.version, m.arch
         );
         // Trusts the relay as the websocket does (its CA file, else the system's roots).
-        let client = crate::enroll::http_client_builder(self.inner.ca_file.as_deref())
+        let client = crate::transport::http_client_builder(self.inner.ca_file.as_deref())
             .and_then(|b| {
                 b.connect_timeout(Duration::from_secs(20))
                     .build()

@@ -1,0 +1,174 @@
+//! How the agent reaches the relay: the relay's base URL as configured or enrolled
+//! (`normalise_relay_url`), its agent websocket URL, the rule that plain `ws://`/`http://` goes
+//! to loopback hosts only, and whom TLS trusts (a private CA file instead of the system's
+//! roots, for `wss://` and for `https://` alike). Shared by enrollment, the session and the
+//! download of agent builds.
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_shared::protocol::CONNECT_PATH;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tracing::{debug, warn};
+
+/// An HTTP client trusting the relay as `run` does (a private CA file replaces the system's
+/// roots); also used to download agent builds.
+pub fn http_client_builder(ca_file: Option<&Path>) -> Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder().user_agent(format!(
+        "flotilla-agent/{}",
+        flotilla_shared::release::version()
+    ));
+    // A private CA replaces the system's roots, exactly as `run` uses it for wss.
+    if let Some(ca) = ca_file {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("invalid CA file {}", ca.display()))?;
+        if certs.is_empty() {
+            bail!("CA file {} holds no PEM certificates", ca.display());
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
+/// `http(s)://host[:port][/prefix]` without a trailing slash.
+pub fn normalise_relay_url(url: &str) -> Result<String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let parsed =
+        reqwest::Url::parse(trimmed).map_err(|e| anyhow!("invalid relay URL {url:?}: {e}"))?;
+    match parsed.scheme() {
+        "http" | "https" => {}
+        other => bail!("invalid relay URL {url:?}: scheme {other} is not http or https"),
+    }
+    if parsed.host_str().is_none() {
+        bail!("invalid relay URL {url:?}: no host");
+    }
+    Ok(trimmed.to_string())
+}
+
+/// Turns the relay's http(s) base URL into its agent websocket URL. Plain `ws://` is only
+/// allowed to loopback hosts unless `allow_insecure_ws`.
+pub fn websocket_url(relay_url: &str, allow_insecure_ws: bool) -> Result<String> {
+    let base = normalise_relay_url(relay_url)?;
+    let url = reqwest::Url::parse(&base).map_err(|e| anyhow!("invalid relay URL {base:?}: {e}"))?;
+    let secure = url.scheme() == "https";
+    if !secure && !allow_insecure_ws && !is_loopback(&url) {
+        bail!(
+            "refusing plain ws:// to {}: only loopback relays may be reached without TLS \
+             (use https://, or set allow_insecure_ws)",
+            url.host_str().unwrap_or("?")
+        );
+    }
+    let rest = base
+        .split_once("://")
+        .map(|(_, r)| r)
+        .unwrap_or(base.as_str());
+    let scheme = if secure { "wss" } else { "ws" };
+    Ok(format!("{scheme}://{rest}{CONNECT_PATH}"))
+}
+
+/// Whether `url` names this host (a loopback address or `localhost`).
+pub fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// rustls client settings for `wss://`: the CAs in `ca_file` when given, else the system roots.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read ca_file {}", path.display()))?;
+            let mut reader = std::io::BufReader::new(pem.as_slice());
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut reader) {
+                let cert =
+                    cert.with_context(|| format!("invalid certificate in {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                bail!("ca_file {} holds no PEM certificates", path.display());
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                debug!(error = %e, "skipping unreadable system certificate");
+            }
+            let (ok, _bad) = roots.add_parsable_certificates(native.certs);
+            if ok == 0 {
+                warn!("no system CA certificates found; wss:// connections will fail");
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("cannot configure TLS")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls() {
+        assert_eq!(
+            normalise_relay_url("http://127.0.0.1:8700/").unwrap(),
+            "http://127.0.0.1:8700"
+        );
+        assert!(normalise_relay_url("ftp://x").is_err());
+        assert!(normalise_relay_url("relay.example.com").is_err());
+    }
+
+    #[test]
+    fn websocket_urls() {
+        assert_eq!(
+            websocket_url("http://127.0.0.1:8700", false).unwrap(),
+            "ws://127.0.0.1:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("http://localhost:8700/", false).unwrap(),
+            "ws://localhost:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("http://[::1]:8700", false).unwrap(),
+            "ws://[::1]:8700/api/v1/agent/connect"
+        );
+        assert_eq!(
+            websocket_url("https://relay.example.com/flotilla", false).unwrap(),
+            "wss://relay.example.com/flotilla/api/v1/agent/connect"
+        );
+        let e = websocket_url("http://relay.example.com", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refusing plain ws://"), "{e}");
+        assert_eq!(
+            websocket_url("http://10.0.0.5:8700", true).unwrap(),
+            "ws://10.0.0.5:8700/api/v1/agent/connect"
+        );
+    }
+
+    #[test]
+    fn tls_config_builds_from_system_roots() {
+        tls_config(None).unwrap();
+        assert!(tls_config(Some(Path::new("/nonexistent.pem"))).is_err());
+    }
+}
