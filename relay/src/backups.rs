@@ -4,17 +4,18 @@
 //!
 //! The history itself lives in the store (`Store::record_backup_report`, `agent_backups`,
 //! `fleet_backups`); the API serves it from `api/backups.rs`, the CLI from `cli/backup.rs`.
-//! Until an alerts engine exists, an agent's alert level is visible as state in
-//! `GET /api/v1/agents/{id}/backups` and `GET /api/v1/backups?status=failed|stale`.
+//! An agent's alert level is visible as state in `GET /api/v1/agents/{id}/backups` and
+//! `GET /api/v1/backups?status=failed|stale`, and the alerts engine raises it.
 
-use crate::state::Shared;
-use crate::store::StoreError;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
 use flotilla_shared::backup::{BackupReport, BackupStatus};
 
 /// Stores an agent's backup report, then logs one line and counts the databases it added
 /// (a re-sent report adds none, so neither the counter nor the info log repeats it).
 pub async fn record_report(
-    state: &Shared,
+    store: &Store,
+    metrics: &Metrics,
     agent_id: &str,
     seq: u64,
     report: BackupReport,
@@ -23,16 +24,11 @@ pub async fn record_report(
     let job = report.job.clone().unwrap_or_default();
     let databases = report.databases.len();
     let failed = report.failed();
-    let recorded = state
-        .store
+    let recorded = store
         .record_backup_report(agent_id.to_string(), report)
         .await?;
-    state
-        .metrics
-        .backup_databases(BackupStatus::Success, recorded.succeeded as u64);
-    state
-        .metrics
-        .backup_databases(BackupStatus::Failed, recorded.failed as u64);
+    metrics.backup_databases(BackupStatus::Success, recorded.succeeded as u64);
+    metrics.backup_databases(BackupStatus::Failed, recorded.failed as u64);
     if recorded.total() > 0 || databases == 0 {
         tracing::info!(agent_id = %agent_id, seq, run_id = %run_id, job = %job, databases, failed, "backup report");
     } else {

@@ -35,8 +35,7 @@ pub enum ConfigError {
     },
 }
 
-/// Longest command TTL accepted anywhere (7 days).
-pub const MAX_COMMAND_TTL_SECS: u64 = 7 * 24 * 3600;
+pub use crate::model::ttl::MAX_COMMAND_TTL_SECS;
 
 table::settings! {
     top {

@@ -4,6 +4,7 @@
 //! the shared types only, never on an engine.
 
 pub mod alerts;
+pub mod commands;
 pub mod jobs;
 pub mod rollouts;
 pub mod ttl;

@@ -65,13 +65,14 @@ use flotilla_shared::backup::{
     agent_alert, database_state, AgentBackups, BackupRecord, BackupReport, DatabaseBackupState,
     DatabaseState, FleetBackups,
 };
-use flotilla_shared::command::{Audience, Command, CommandResult, SignedCommand};
+use flotilla_shared::command::{CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use crate::model::commands::NewCommand;
 pub use flotilla_shared::api::CommandInfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -201,21 +202,6 @@ pub struct NewApiToken {
     pub created_by: String,
 }
 
-/// A signed command and who it goes to, persisted before anything is sent.
-#[derive(Clone, Debug)]
-pub struct NewCommand {
-    pub id: String,
-    pub command: Command,
-    pub signed: SignedCommand,
-    pub audience: Audience,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub created_by: String,
-    pub job_id: Option<String>,
-    /// Target agents in dispatch order, each with its first delivery state.
-    pub targets: Vec<(String, DeliveryState)>,
-}
-
 /// A job's own row (its command and deliveries are stored with [`NewCommand`]).
 #[derive(Clone, Debug)]
 pub struct NewJob {
@@ -240,7 +226,7 @@ pub enum ResultOutcome {
         replaced: Option<DeliveryState>,
         /// Other deliveries the result ended in the same transaction (a reverted
         /// `agent.upgrade` marks its build broken, which ends that build's undelivered
-        /// copies): the caller does their bookkeeping (`Shared::delivery_finished`).
+        /// copies): the caller does their bookkeeping (`Commands::all_finished`).
         ended: Vec<Finalised>,
     },
     /// The delivery was already final (a duplicate result): nothing changed.

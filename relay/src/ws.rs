@@ -567,7 +567,8 @@ impl Connection {
                 tracing::debug!(agent_id = %agent_id, seq, kind, inserted, "agent event");
             }
             OutboxItem::BackupReport(report) => {
-                crate::backups::record_report(&state, &agent_id, seq, report).await?;
+                crate::backups::record_report(&state.store, &state.metrics, &agent_id, seq, report)
+                    .await?;
             }
         }
         Ok(())

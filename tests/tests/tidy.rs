@@ -265,7 +265,6 @@ const LONG_FILES: &[(&str, &str)] = &[
     ("agent/src/state.rs", "every table family of agent.db: to split by family (issue 13)"),
     ("agent/src/update/mod.rs", "the container update state machine with its recovery table, kept together on purpose until the phases get their own files"),
     ("agent/src/upgrade/updater.rs", "the root updater: to become its own crate (issue 13)"),
-    ("agent/src/session.rs", "connect, authenticate, outbox sending and the read loop: to split (issue 13)"),
     ("relay/src/store/sqlite/rollouts.rs", "rollout persistence with decisions inside SQL methods: to move to the pure model (issue 13)"),
     ("relay/src/store/sqlite/releases.rs", "releases persistence and its transactions"),
     ("tests/src/fixtures/db.rs", "the database test images and servers (PostgreSQL, MariaDB, Redis): to split per engine"),
@@ -459,10 +458,9 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
 
 /// Import cycles that exist today, per crate, exactly: a cycle may shrink or vanish (and is
 /// then written down smaller), never grow or appear. Each is a debt of issue 13: the websocket
-/// adapter borrows the API's error type, and a few agent helpers sit in the wrong module.
+/// adapter borrows the API's error type.
 const KNOWN_CYCLES: &[(&str, &[&str])] = &[
     ("relay/src", &["api", "ws"]),
-    ("agent/src", &["enroll", "executor", "session", "update"]),
     ("shared/src", &["command", "update"]),
 ];
 
@@ -500,6 +498,42 @@ fn no_new_import_cycles_between_modules() {
     assert!(
         gone.is_empty(),
         "KNOWN_CYCLES lists cycles that no longer exist: {gone:?}"
+    );
+}
+
+/// The relay's layers, from its import graph: the pure model imports nothing else of the
+/// crate; the store imports only the model (no engine, no adapter: a second backend sees the
+/// same seam); only the HTTP/websocket adapters and the composition root take the app state.
+#[test]
+fn the_relay_layers_import_downwards_only() {
+    let graph = crate_import_graph(&root().join("relay/src"));
+    let within = |m: &str, top: &str| m == top || m.starts_with(&format!("{top}::"));
+    let mut broken = Vec::new();
+    for (module, targets) in &graph {
+        for t in targets {
+            let allowed = if within(module, "model") {
+                within(t, "model")
+            } else if within(module, "store") {
+                within(t, "model") || within(t, "store")
+            } else if within(t, "state") {
+                within(module, "api") || module == "ws" || module == "server"
+            } else {
+                true
+            };
+            if !allowed {
+                broken.push(format!("relay/src: {module} imports {t}"));
+            }
+        }
+    }
+    assert!(
+        graph.contains_key("model") && graph.contains_key("store"),
+        "the relay's model and store modules moved: update this test"
+    );
+    assert!(
+        broken.is_empty(),
+        "the relay's layering is broken (model <- store <- engines <- adapters; the app \
+         state only in api/, ws and server):\n{}",
+        broken.join("\n")
     );
 }
 

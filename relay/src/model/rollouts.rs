@@ -4,7 +4,7 @@
 //! types and calls these decisions inside its transactions; the engine (`crate::rollouts`)
 //! reads, decides and writes through the store. Unit tested without a database.
 
-use crate::store::NewCommand;
+use crate::model::commands::NewCommand;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::error_codes;
@@ -717,7 +717,7 @@ pub struct RevertPlan {
     pub failed: usize,
 }
 
-/// Filter of [`crate::store::Store::rollouts`].
+/// Filter of the store's rollout list (`Store::rollouts`).
 #[derive(Clone, Debug)]
 pub struct RolloutFilter {
     /// Only rollouts in this state.

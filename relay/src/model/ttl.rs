@@ -10,9 +10,11 @@
 //! long health timeout can take, so an update asked for without a TTL gets at least
 //! [`run_budget`] as its TTL (times the number of rounds a job's max-concurrency makes).
 
-use crate::config::MAX_COMMAND_TTL_SECS;
 use flotilla_shared::command::{is_long, Command, LONG_BACKUP_TTL};
 use flotilla_shared::update::{run_budget, ContainerUpdateArgs};
+
+/// Longest command TTL accepted anywhere (7 days).
+pub const MAX_COMMAND_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The TTL of `command` when the request names none, given the relay's default and the
 /// number of rounds (`waves`) a job's max-concurrency makes (1 for a single command).

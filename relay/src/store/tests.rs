@@ -1,6 +1,6 @@
 use super::*;
 use flotilla_shared::api::JobState;
-use flotilla_shared::command::{PingArgs, ResultStatus};
+use flotilla_shared::command::{Audience, Command, PingArgs, ResultStatus};
 use flotilla_shared::heartbeat::EventKind;
 use flotilla_shared::ids::{new_id, token_hash};
 use flotilla_shared::signing::SigningKey;
