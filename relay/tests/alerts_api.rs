@@ -2,7 +2,8 @@
 //! enrolled agent that never connects becomes unreachable (hard), and the alert is listed,
 //! shown, acknowledged (audited) and silenced through the HTTP API; bad input gets 400s.
 
-use flotilla_relay_server::config::RelayConfig;
+mod support;
+
 use flotilla_shared::alert::{AlertInfo, AlertState, CreateSilence, Severity, Silence};
 use flotilla_shared::api::{
     AgentFacts, AuditRecord, CreateEnrollmentToken, EnrollRequest, EnrollResponse,
@@ -12,27 +13,23 @@ use flotilla_shared::signing::SigningKey;
 use flotilla_testkit::eventually;
 use serde_json::json;
 use std::time::Duration;
+use support::TestRelay;
 
 /// How long an effect may take before a test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn unreachable_agent_alert_through_the_api() {
-    let temp = flotilla_testkit::temp_dir("relay-alerts");
-    let dir = temp.path().to_path_buf();
-    let mut config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.clone(),
-        heartbeat_interval_secs: 1,
-        ..RelayConfig::default()
-    };
-    config.alerts.evaluate_interval_secs = 1;
-    config.alerts.unreachable_intervals = 1;
-    config.alerts.medium_notify_after_secs = 0;
-    let relay = flotilla_relay_server::start(config).await.unwrap();
-    let admin = relay.admin_token_created().unwrap().to_string();
-    let base = relay.base_url();
-    let http = reqwest::Client::new();
+    let t = TestRelay::in_process("relay-alerts")
+        .config(|c| {
+            c.heartbeat_interval_secs = 1;
+            c.alerts.evaluate_interval_secs = 1;
+            c.alerts.unreachable_intervals = 1;
+            c.alerts.medium_notify_after_secs = 0;
+        })
+        .start()
+        .await;
+    let (base, admin, http) = (t.base.clone(), t.admin.clone(), t.http.clone());
 
     let token: EnrollmentTokenCreated = http
         .post(format!("{base}/api/v1/enrollment-tokens"))
@@ -240,5 +237,5 @@ async fn unreachable_agent_alert_through_the_api() {
         metrics.contains("flotilla_alerts_firing{severity=\"hard\"} 1"),
         "{metrics}"
     );
-    relay.shutdown().await.unwrap();
+    t.relay.shutdown().await.unwrap();
 }

@@ -1,6 +1,8 @@
 //! The relay's side of the agent protocol, driven by a scripted agent over a real websocket
 //! against an in-process relay on 127.0.0.1:0.
 
+mod support;
+
 use flotilla_relay_server::config::RelayConfig;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollRequest, EnrollResponse,
@@ -13,40 +15,22 @@ use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
 use flotilla_testkit::agent::ScriptedAgent;
 use flotilla_testkit::{eventually, Poller};
 use std::time::Duration;
-
-struct Relay {
-    relay: flotilla_relay_server::RunningRelay,
-    base: String,
-    admin: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
+use support::TestRelay as Relay;
 
 async fn relay(max_frame_bytes: usize) -> Relay {
     relay_with(|c| c.max_frame_bytes = max_frame_bytes).await
 }
 
 async fn relay_with(configure: impl FnOnce(&mut RelayConfig)) -> Relay {
-    let temp = flotilla_testkit::temp_dir("relay-proto");
-    let dir = temp.path().to_path_buf();
-    let mut config = RelayConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.clone(),
-        test_hooks: true,
-        ..RelayConfig::default()
-    };
-    configure(&mut config);
-    let relay = flotilla_relay_server::start(config).await.unwrap();
-    let admin = relay.admin_token_created().unwrap().to_string();
-    let listen = std::fs::read_to_string(dir.join("listen-addr")).unwrap();
-    assert_eq!(listen.trim(), relay.local_addr().to_string());
-    Relay {
-        base: relay.base_url(),
-        relay,
-        admin,
-        http: reqwest::Client::new(),
-        _dir: temp,
-    }
+    let relay = Relay::in_process("relay-proto")
+        .config(|c| c.test_hooks = true)
+        .config(configure)
+        .start()
+        .await;
+    let listen =
+        std::fs::read_to_string(relay.relay.state().config.data_dir.join("listen-addr")).unwrap();
+    assert_eq!(listen.trim(), relay.relay.local_addr().to_string());
+    relay
 }
 
 impl Relay {
@@ -77,10 +61,6 @@ impl Relay {
             .unwrap();
         assert_eq!(resp.status(), 200);
         resp.json().await.unwrap()
-    }
-
-    fn ws_url(&self) -> String {
-        format!("{}/api/v1/agent/connect", self.base.replace("http", "ws"))
     }
 
     /// A websocket that has not authenticated yet (the relay's hello is the next frame).

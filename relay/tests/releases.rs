@@ -6,9 +6,9 @@
 //! rollouts of agent versions (completion, `no_target`, a broken build stopping dispatch at
 //! once, the soak's version check, revert with and without the previous build).
 
-use flotilla_relay_server::config::RelayConfig;
+mod support;
+
 use flotilla_relay_server::rollouts::RolloutEngine;
-use flotilla_relay_server::RunningRelay;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollmentTokenCreated,
 };
@@ -16,7 +16,7 @@ use flotilla_shared::command::{
     error_codes, AgentUpgradeOutput, Command, CommandEnvelope, CommandResult, ErrorInfo,
     ResultStatus,
 };
-use flotilla_shared::protocol::{AgentFrame, OutboxItem, CONNECT_PATH};
+use flotilla_shared::protocol::{AgentFrame, OutboxItem};
 use flotilla_shared::release::{
     this_arch, ReleaseInfo, ReleaseManifest, SignedManifest, MAX_RELEASE_BYTES,
 };
@@ -27,6 +27,7 @@ use flotilla_testkit::eventually;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::TestRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -63,35 +64,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
-struct TestRelay {
-    relay: RunningRelay,
-    base: String,
-    admin: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
 impl TestRelay {
     async fn start() -> TestRelay {
-        let dir = flotilla_testkit::temp_dir("relay-releases");
-        let mut config = RelayConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data_dir: dir.path().to_path_buf(),
-            ..RelayConfig::default()
-        };
-        config.alerts.evaluate_interval_secs = 1;
-        let relay = flotilla_relay_server::start(config).await.unwrap();
-        TestRelay {
-            admin: relay.admin_token_created().unwrap().to_string(),
-            base: relay.base_url(),
-            relay,
-            http: reqwest::Client::new(),
-            _dir: dir,
-        }
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://{}{CONNECT_PATH}", self.relay.local_addr())
+        TestRelay::in_process("relay-releases")
+            .config(|c| c.alerts.evaluate_interval_secs = 1)
+            .start()
+            .await
     }
 
     fn key(&self) -> PublicKey {
