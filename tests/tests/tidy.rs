@@ -262,7 +262,6 @@ fn sql_only_in_the_store_modules() {
 const LONG_FILES: &[(&str, &str)] = &[
     ("agent/src/backup.rs", "backup service, run, restore and scheduler in one file: to split by concern (issue 13)"),
     ("agent/src/backup/destination.rs", "the S3 client lives inside: to move out (issue 13)"),
-    ("agent/src/state.rs", "every table family of agent.db: to split by family (issue 13)"),
     ("agent/src/update/mod.rs", "the container update state machine with its recovery table, kept together on purpose until the phases get their own files"),
     ("agent/src/upgrade/updater.rs", "the root updater: to become its own crate (issue 13)"),
     ("relay/src/store/sqlite/rollouts.rs", "rollout persistence with decisions inside SQL methods: to move to the pure model (issue 13)"),
@@ -561,4 +560,127 @@ fn the_cycle_finder_finds_a_cycle_and_ignores_the_module_tree() {
         without_unit_tests("fn a() {}\n#[cfg(test)]\nmod tests {\n    use crate::x;\n}\n"),
         "fn a() {}\n"
     );
+}
+
+// === sleep only inside testkit's waits ===
+
+/// Test code that may sleep outside `testkit/src/wait.rs`, as (path prefix, how many sleeping
+/// lines below it, why). Each count is exact: more is a new sleep, fewer means the entry shrinks.
+const SLEEP_ALLOWED: [(&str, usize, &str); 3] = [
+    (
+        "tests/testapp/src/",
+        2,
+        "the test application's own behaviour (start delay, crash-after), a static binary for \
+         FROM-scratch images that links no test support",
+    ),
+    (
+        "agent/src/",
+        2,
+        "poll loops in a #[cfg(test)] module (executor.rs) of a crate being restructured: to use \
+         flotilla_testkit::eventually from the agent's dev-dependencies",
+    ),
+    (
+        "daemon/src/",
+        1,
+        "a poll loop in systemd.rs's #[cfg(test)] module: to use flotilla_testkit::eventually once \
+         the daemon crate has it as a dev-dependency",
+    ),
+];
+
+/// Where test code sleeps: the lines (comments removed) that call `sleep(` or `sleep_until(`,
+/// as (path relative to the root, line number, line), over every crate's integration tests,
+/// all of flotilla-tests and the testkit, and the `#[cfg(test)]` part of every other source.
+fn sleeping_test_lines() -> Vec<(PathBuf, usize, String)> {
+    let root = root();
+    let needles = [concat!("sle", "ep("), concat!("sle", "ep_until(")];
+    let mut files: Vec<(PathBuf, String)> = Vec::new();
+    let mut sources: Vec<&str> = CRATE_SOURCES.iter().map(|(_, src)| *src).collect();
+    sources.push("testkit/src");
+    for src in sources {
+        let dir = root.join(src);
+        // flotilla-tests, its test application and the testkit are test code throughout.
+        let all_test = src.starts_with("tests/") || src.starts_with("testkit/");
+        for path in rust_files(&dir) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let rel = path.strip_prefix(&dir).unwrap();
+            let test_part = if all_test || is_test_file(rel) {
+                text.as_str()
+            } else {
+                &text[without_unit_tests(&text).len()..]
+            };
+            let first_line = text[..text.len() - test_part.len()].lines().count();
+            files.push((
+                path.strip_prefix(&root).unwrap().to_path_buf(),
+                format!("{}{test_part}", "\n".repeat(first_line)),
+            ));
+        }
+        // The crate's integration tests (`<crate>/tests`).
+        let tests_dir = dir.parent().unwrap().join("tests");
+        if src != "tests/src" && tests_dir.is_dir() {
+            for path in rust_files(&tests_dir) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                files.push((path.strip_prefix(&root).unwrap().to_path_buf(), text));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (rel, text) in files {
+        for (i, line) in code_lines(&text).enumerate() {
+            if needles.iter().any(|n| line.contains(n)) {
+                out.push((rel.clone(), i + 1, line.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sleep_only_inside_testkit_waits() {
+    // The one place that sleeps: the poller between two polls, and the named holds.
+    let waits = Path::new("testkit/src/wait.rs");
+    let lines = sleeping_test_lines();
+    let in_waits = lines.iter().filter(|(p, _, _)| p == waits).count();
+    assert!(
+        in_waits > 0,
+        "testkit/src/wait.rs no longer sleeps: is the scan still finding sleeps?"
+    );
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut broken = Vec::new();
+    for (path, line_no, line) in lines.iter().filter(|(p, _, _)| p != waits) {
+        match SLEEP_ALLOWED
+            .iter()
+            .find(|(prefix, _, _)| path.starts_with(prefix))
+        {
+            Some((prefix, _, _)) => *counts.entry(prefix).or_default() += 1,
+            None => broken.push(format!(
+                "{}:{line_no}: `{line}`: poll with flotilla_testkit::eventually (or a Poller), or \
+                 say why the time itself is the point with flotilla_testkit::hold",
+                path.display()
+            )),
+        }
+    }
+    for (prefix, allowed, _) in SLEEP_ALLOWED {
+        let found = counts.get(prefix).copied().unwrap_or(0);
+        if found != allowed {
+            broken.push(format!(
+                "SLEEP_ALLOWED says {allowed} sleeping lines below {prefix}, found {found}: \
+                 update the entry (or remove it at 0)"
+            ));
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "tests sleep outside testkit's waits:\n{}",
+        broken.join("\n")
+    );
+
+    // The testkit stays usable by every test crate: it links neither daemon's library.
+    let closure = normal_dependency_closure();
+    let testkit = &closure["flotilla-testkit"];
+    for banned in ["flotilla-relay-server", "flotilla-agent", "flotilla-relay"] {
+        assert!(
+            !testkit.contains(banned),
+            "flotilla-testkit depends on {banned}: every test crate must be able to use it"
+        );
+    }
 }
