@@ -128,12 +128,53 @@ pub fn eventually_blocking<T>(
 /// (e.g. "nothing may be sent within the window", "the simulated update's duration"). Never a
 /// way to wait for an effect: poll for that with [`eventually`].
 pub async fn hold(duration: Duration, why: &str) {
-    let _ = why;
+    assert!(
+        !why.trim().is_empty(),
+        "a hold says why the time is the point"
+    );
     tokio::time::sleep(duration).await;
 }
 
 /// [`hold`] blocking the thread.
 pub fn hold_blocking(duration: Duration, why: &str) {
-    let _ = why;
+    assert!(
+        !why.trim().is_empty(),
+        "a hold says why the time is the point"
+    );
     std::thread::sleep(duration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn eventually_returns_the_first_some_after_polling_again() {
+        let polls = AtomicUsize::new(0);
+        let got = eventually(Duration::from_secs(5), "the third poll", || async {
+            (polls.fetch_add(1, Ordering::SeqCst) == 2).then_some("third")
+        })
+        .await;
+        assert_eq!((got, polls.load(Ordering::SeqCst)), ("third", 3));
+    }
+
+    #[tokio::test]
+    async fn poll_gives_up_at_the_deadline() {
+        let poller = Poller::new(Duration::from_millis(50)).every(Duration::from_millis(10));
+        assert_eq!(poller.poll(|| async { None::<()> }).await, None);
+        assert!(poller.expired());
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 20ms waiting for nothing")]
+    fn until_blocking_names_what_it_waited_for() {
+        Poller::new(Duration::from_millis(20)).until_blocking("nothing", || None::<()>);
+    }
+
+    #[test]
+    #[should_panic(expected = "a hold says why")]
+    fn a_hold_needs_a_reason() {
+        hold_blocking(Duration::ZERO, " ");
+    }
 }

@@ -12,8 +12,8 @@
 use anyhow::{bail, Context, Result};
 use flotilla_shared::api::CreateJob;
 use flotilla_shared::command::Command;
-use flotilla_shared::protocol::{AgentFrame, RelayFrame};
-use flotilla_shared::signing::{auth_message, SigningKey, AUTH_DOMAIN};
+use flotilla_shared::protocol::RelayFrame;
+use flotilla_shared::signing::SigningKey;
 use flotilla_tests::harness::{eventually, scope, Agent, Relay};
 use flotilla_tests::procfs::{cpu_ticks, relay_pid, rss_kib};
 use futures_util::{SinkExt, StreamExt};
@@ -208,13 +208,7 @@ async fn scripted_agent(
         let Message::Text(text) = msg? else { continue };
         match serde_json::from_str::<RelayFrame>(text.as_str())? {
             RelayFrame::Hello { challenge, .. } => {
-                let signature = key.sign(AUTH_DOMAIN, &auth_message(&challenge, id));
-                let auth = AgentFrame::Auth {
-                    agent_id: id.to_string(),
-                    protocol_version: flotilla_shared::PROTOCOL_VERSION,
-                    agent_version: "bench".into(),
-                    signature,
-                };
+                let auth = flotilla_testkit::agent::auth_frame(key, id, &challenge, "bench");
                 ws.send(Message::text(serde_json::to_string(&auth)?))
                     .await?;
             }
