@@ -1,19 +1,20 @@
 //! The relay's settings. Precedence, highest first: command-line flag, `FLOTILLA_*` environment
 //! variable, `relay.toml` (given with `--config` / `FLOTILLA_CONFIG`), built-in default.
 //!
-//! Every setting is one entry of the table below (`settings!`, see `config/table.rs`): key,
-//! type, environment variable, and for top-level keys the default, doc and range check. The
-//! struct, the overrides, `from_env`, the merge and [`SETTINGS`] are generated from it, and a
-//! test (`config/tests.rs`) fails when `packaging/relay.toml` and the table drift apart. The
-//! keys of `[notify]` and `[alerts]` keep their fields, defaults and docs in their own structs
+//! Every setting is one entry of the table below (`flotilla_daemon::settings!`, shared with the
+//! agent; `config/table.rs` turns its errors into [`ConfigError`]s): key, type, environment
+//! variable, and for top-level keys the default, doc and range check. The struct, the
+//! overrides, `from_env`, the merge and [`SETTINGS`] are generated from it, and a test
+//! (`config/tests.rs`) fails when `packaging/relay.toml` and the table drift apart. The keys of
+//! `[notify]` and `[alerts]` keep their fields, defaults and docs in their own structs
 //! (`config/notify.rs`, `model/alerts/config.rs`); the table names their variables.
 
 pub mod notify;
 pub mod table;
 
 use crate::model::alerts::{AlertsConfig, RuleOverride};
-use notify::{EmailConfig, NotifyConfig, SlackConfig, WebhookConfig};
 use flotilla_daemon::logging::LogFormat;
+use notify::{EmailConfig, NotifyConfig, SlackConfig, WebhookConfig};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,7 +38,21 @@ pub enum ConfigError {
 
 pub use crate::model::ttl::MAX_COMMAND_TTL_SECS;
 
-table::settings! {
+flotilla_daemon::settings! {
+    /// Settings of `flotilla-relay serve` (and `dev`). Keys of `relay.toml` are these field
+    /// names (and those of the section structs).
+    #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RelayConfig;
+
+    /// Settings given on the command line or in the environment; `None` = not given.
+    pub struct Overrides {
+        /// `relay.toml` to read (`--config`, `FLOTILLA_CONFIG`).
+        config: PathBuf = "FLOTILLA_CONFIG";
+    }
+
+    error ConfigError;
+
     top {
         /// Address the HTTP API and agent websocket listen on (`IP:PORT`; port 0 picks a free one).
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8700)), env "FLOTILLA_LISTEN";
