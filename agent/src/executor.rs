@@ -364,7 +364,7 @@ async fn run_upgrade(
     let error = match env.command.validate() {
         Err(message) => ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
-            message,
+            message: message.into(),
         },
         Ok(()) => match shared
             .upgrades
@@ -404,7 +404,7 @@ async fn run_update(shared: &Shared, command_id: &str, args: &ContainerUpdateArg
     if let Err(message) = args.validate() {
         let e = ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
-            message,
+            message: message.into(),
         };
         return updater.refuse(command_id, args, e).await;
     }
@@ -441,7 +441,7 @@ async fn run_command(shared: &Shared, env: CommandEnvelope, signed: &SignedComma
     let outcome = match env.command.validate() {
         Err(message) => Err(Failure::from(ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
-            message,
+            message: message.into(),
         })),
         Ok(()) => execute(shared, &env).await,
     };

@@ -152,7 +152,7 @@ impl BackupCommand {
                 force: *force,
             }),
         };
-        command.validate().map_err(CliError::Usage)?;
+        command.validate().map_err(|e| CliError::Usage(e.into()))?;
         Ok(command)
     }
 }

@@ -117,7 +117,7 @@ pub fn check_file(
     match arch {
         None => Ok((len, found)),
         Some(a) => {
-            let wanted = canonical_arch(a).map_err(usage)?;
+            let wanted = canonical_arch(a).map_err(|e| usage(e.into()))?;
             if wanted != found {
                 return Err(usage(format!(
                     "{} is built for {found}, not {wanted}",
@@ -142,7 +142,7 @@ pub async fn release(
             version,
             arch,
         } => {
-            validate_version(version).map_err(CliError::Usage)?;
+            validate_version(version).map_err(|e| CliError::Usage(e.into()))?;
             let (len, arch) = check_file(file, arch.as_deref())?;
             let f = tokio::fs::File::open(file)
                 .await
@@ -283,7 +283,7 @@ pub async fn upgrade(
     json: bool,
 ) -> Result<Outcome, CliError> {
     if args.version != LATEST {
-        validate_version(&args.version).map_err(CliError::Usage)?;
+        validate_version(&args.version).map_err(|e| CliError::Usage(e.into()))?;
     }
     let req = UpgradeRequest {
         version: args.version.clone(),

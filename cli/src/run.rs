@@ -52,8 +52,9 @@ pub fn build_command(args: &RunArgs) -> Result<Command, CliError> {
     if args.running {
         map.insert("all".into(), false.into());
     }
-    let command = Command::from_parts(&args.kind, Value::Object(map)).map_err(CliError::Usage)?;
-    command.validate().map_err(CliError::Usage)?;
+    let command = Command::from_parts(&args.kind, Value::Object(map))
+        .map_err(|e| CliError::Usage(e.into()))?;
+    command.validate().map_err(|e| CliError::Usage(e.into()))?;
     Ok(command)
 }
 

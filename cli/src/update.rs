@@ -35,7 +35,7 @@ pub fn build_update(args: &UpdateArgs) -> Result<ContainerUpdateArgs, CliError> 
     };
     Command::ContainerUpdate(update.clone())
         .validate()
-        .map_err(CliError::Usage)?;
+        .map_err(|e| CliError::Usage(e.into()))?;
     Ok(update)
 }
 

@@ -22,8 +22,9 @@ use crate::store::{Finalised, StoreError};
 use axum::body::Bytes;
 use flotilla_shared::command::{AgentUpgradeArgs, Command};
 use flotilla_shared::release::{
-    canonical_arch, compare_versions, elf_arch, normalize_arch, validate_version, ReleaseInfo,
-    ReleaseManifest, UpgradeRequest, ARCHES, ELF_HEAD, LATEST, MAX_RELEASE_BYTES,
+    canonical_arch, compare_versions, elf_arch, normalize_arch, validate_version, InvalidVersion,
+    ReleaseInfo, ReleaseManifest, UnknownArch, UpgradeRequest, ARCHES, ELF_HEAD, LATEST,
+    MAX_RELEASE_BYTES,
 };
 use futures_util::{Stream, StreamExt};
 
@@ -78,9 +79,9 @@ static PUBLISH_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("invalid version: {0}")]
-    InvalidVersion(String),
+    InvalidVersion(InvalidVersion),
     #[error("{0}")]
-    InvalidArch(String),
+    InvalidArch(UnknownArch),
     #[error(
         "the build is larger than {MAX_RELEASE_BYTES} bytes (64 MiB), the most a release may be"
     )]
@@ -110,6 +111,9 @@ pub enum PublishError {
         arch: String,
         existing: String,
     },
+    /// Another relay process sharing the data directory published the same build meanwhile.
+    #[error("flotilla-agent {version} for {arch} was published by someone else meanwhile")]
+    Concurrent { version: String, arch: String },
     #[error("the upload was cut short: {0}")]
     Body(String),
     #[error("cannot write {path}: {source}")]
@@ -360,10 +364,10 @@ where
         .await?;
     if !created {
         // Only possible when another relay process shares the data directory.
-        return Err(StoreError::Corrupt(format!(
-            "release {version}/{arch} appeared while it was being published"
-        ))
-        .into());
+        return Err(PublishError::Concurrent {
+            version: version.to_string(),
+            arch: arch.to_string(),
+        });
     }
     tracing::info!(version, arch, size, %sha256, published_by, "agent build published");
     Ok(Published::Created(ReleaseInfo {
@@ -388,7 +392,7 @@ fn check_build(head: &[u8], arch: &str) -> Result<(), PublishError> {
         }),
         Err(why) => Err(PublishError::NotABuild {
             arch: arch.to_string(),
-            why,
+            why: why.into(),
         }),
     }
 }
@@ -409,9 +413,9 @@ async fn install(temp: &Path, target: &Path, dir: &Path) -> Result<(), PublishEr
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("{0}")]
-    UnknownArch(String),
+    UnknownArch(UnknownArch),
     #[error("invalid version: {0}")]
-    InvalidVersion(String),
+    InvalidVersion(InvalidVersion),
     #[error("no build of flotilla-agent {version} for {arch}; {available}")]
     NotFound {
         version: String,
@@ -558,7 +562,7 @@ impl Releases {
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeRefusal {
     #[error("invalid version: {0}")]
-    InvalidVersion(String),
+    InvalidVersion(InvalidVersion),
     #[error("agent {agent} reports architecture {arch:?}, for which no builds exist ({})", ARCHES.join(", "))]
     UnknownArch { agent: String, arch: String },
     #[error("{0}")]

@@ -56,7 +56,7 @@
 //! [`apply_action`], [`classify_update`], [`soak_verdict`], [`agent_soak_verdict`]) so they are
 //! unit tested without a database.
 
-use crate::commands::Commands;
+use crate::commands::{Commands, TtlOutOfRange};
 use crate::config::RelayConfig;
 use crate::heartbeats::HeartbeatCache;
 use crate::hub::Hub;
@@ -76,6 +76,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Why a rollout step failed: the store, or a command the TTL policy refused (the step is
+/// retried at the next tick either way; nothing half-done is left, see the module doc).
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot issue a rollout command: {0}")]
+    Ttl(#[from] TtlOutOfRange),
+}
 
 /// How often the engine looks at active rollouts without being kicked (soak checks, deadlines).
 pub const TICK: Duration = Duration::from_secs(1);
@@ -139,7 +149,7 @@ impl RolloutEngine {
     }
 
     /// One pass at `now`: advances every active rollout.
-    pub async fn step(&self, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn step(&self, now: DateTime<Utc>) -> Result<(), StepError> {
         for id in self.store.active_rollouts().await? {
             if let Err(e) = advance(self, &id, now).await {
                 tracing::error!(rollout_id = %id, error = %e, "cannot advance rollout");
@@ -184,11 +194,11 @@ fn agent_command(
     agent_id: &str,
     command: Command,
     created_by: &str,
-) -> Result<NewCommand, StoreError> {
+) -> Result<NewCommand, StepError> {
     engine
         .commands
         .new_agent_command(&new_command_id(), agent_id, command, None, created_by)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
+        .map_err(StepError::from)
 }
 
 /// One step of one rollout (idempotent; see the module doc).
@@ -196,7 +206,7 @@ pub async fn advance(
     engine: &RolloutEngine,
     id: &str,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     // Failures are detected from here on (update results in the refresh, soak checks after).
     let detected = Instant::now();
     // 1. Refresh in-flight containers and agents from their deliveries.
@@ -243,7 +253,7 @@ async fn expand_label_agent(
     row: &RolloutRow,
     agent_id: &str,
     list: Result<ContainerListOutput, UpdateVerdict>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let stopped = row.progress.state.is_final() || row.progress.state == RolloutState::Reverting;
     if row.progress.state == RolloutState::Paused && list.is_ok() {
         // Expanded on resume (the store also refuses an expansion unless running).
@@ -267,7 +277,7 @@ async fn expand_label_agent(
                     },
                 })
             })
-            .collect::<Result<Vec<_>, StoreError>>()?,
+            .collect::<Result<Vec<_>, StepError>>()?,
         Ok(_) => {
             engine
                 .store
@@ -326,7 +336,7 @@ async fn advance_running(
     row: RolloutRow,
     detected: Instant,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let p = &row.progress;
     if p.stage_started_at.is_none() {
         let n = engine
@@ -355,7 +365,7 @@ async fn check_soaks(
     row: &RolloutRow,
     stage: &StageView,
     now: DateTime<Utc>,
-) -> Result<u32, StoreError> {
+) -> Result<u32, StepError> {
     let threshold = engine.offline_threshold;
     let mut new_failures = Vec::new();
     for m in &stage.updated {
@@ -412,7 +422,7 @@ async fn apply_failure_threshold(
     failures: u32,
     detected: Instant,
     now: DateTime<Utc>,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StepError> {
     let p = &row.progress;
     let max = failure_tolerance(row.spec.max_failures, stage.members);
     if !threshold_exceeded(failures, p.accepted_failures, max) {
@@ -453,7 +463,7 @@ async fn step_dispatching(
     row: &RolloutRow,
     stage: &StageView,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let p = &row.progress;
     // Members still offline at the stage deadline end undelivered; connected ones (waiting for
     // a parallelism slot) keep being dispatched below.
@@ -495,7 +505,7 @@ async fn end_dispatching(
     row: &RolloutRow,
     stage: &StageView,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let p = &row.progress;
     let agent_target = row.spec.target == RolloutTarget::Agent;
     let (next, t) = if let Some(why) = stage_updated_nobody(p.stage, stage, agent_target) {
@@ -534,7 +544,7 @@ async fn dispatch_member(
     engine: &RolloutEngine,
     row: &RolloutRow,
     agent_id: &String,
-) -> Result<bool, StoreError> {
+) -> Result<bool, StepError> {
     let p = &row.progress;
     let actor = row.progress_actor();
     let (list, updates) = match &row.spec.target {
@@ -620,7 +630,7 @@ async fn step_soaking(
     engine: &RolloutEngine,
     row: &RolloutRow,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     if row.progress.soak_ends_at.is_some_and(|t| now >= t) {
         return finish_stage(engine, row, now).await;
     }
@@ -632,7 +642,7 @@ async fn finish_stage(
     engine: &RolloutEngine,
     row: &RolloutRow,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let p = &row.progress;
     let mut next = p.clone();
     next.updated_at = now;
@@ -677,7 +687,7 @@ async fn advance_reverting(
     engine: &RolloutEngine,
     row: RolloutRow,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<(), StepError> {
     let plan = engine.store.rollout_revert_plan(row.id.clone()).await?;
     if plan.to_revert.is_empty() && plan.in_flight == 0 && plan.updating == 0 {
         let mut next = row.progress.clone();
@@ -802,7 +812,7 @@ async fn agent_upgrade_dispatch(
     row: &RolloutRow,
     agent_id: &str,
     actor: &str,
-) -> Result<Result<ContainerDispatch, (AgentOutcome, String)>, StoreError> {
+) -> Result<Result<ContainerDispatch, (AgentOutcome, String)>, StepError> {
     let Some(agent) = engine.store.agent(agent_id.to_string()).await? else {
         return Ok(Err((
             AgentOutcome::Skipped,
@@ -866,7 +876,7 @@ async fn agent_revert_command(
     agent_id: &str,
     previous: &str,
     version: &str,
-) -> Result<AgentRevert, StoreError> {
+) -> Result<AgentRevert, StepError> {
     let Some(agent) = engine.store.agent(agent_id.to_string()).await? else {
         return Ok(AgentRevert::Impossible("the agent no longer exists".into()));
     };

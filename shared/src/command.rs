@@ -151,6 +151,12 @@ pub enum Command {
     AgentUpgrade(AgentUpgradeArgs),
 }
 
+message_error!(
+    /// A command that cannot be built from its parts or whose arguments are out of range (the
+    /// message names the argument).
+    InvalidCommand
+);
+
 impl Command {
     pub fn kind(&self) -> CommandKind {
         match self {
@@ -186,7 +192,11 @@ impl Command {
 
     /// Builds a command from a kind and its JSON arguments (`null` means no arguments), with an
     /// error that names what was wrong.
-    pub fn from_parts(kind: &str, args: serde_json::Value) -> Result<Command, String> {
+    pub fn from_parts(kind: &str, args: serde_json::Value) -> Result<Command, InvalidCommand> {
+        Self::from_parts_message(kind, args).map_err(InvalidCommand)
+    }
+
+    fn from_parts_message(kind: &str, args: serde_json::Value) -> Result<Command, String> {
         let kind: CommandKind = kind.parse().map_err(|e: UnknownKind| e.to_string())?;
         let args = if args.is_null() {
             serde_json::json!({})
@@ -198,7 +208,11 @@ impl Command {
     }
 
     /// Checks argument values that the types alone cannot.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidCommand> {
+        self.check().map_err(InvalidCommand)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if let Some(c) = self.container() {
             if c.is_empty() || c.len() > 128 {
                 return Err("container must be a name or id of 1-128 characters".into());

@@ -7,6 +7,31 @@
 //! (the one exception is the operating system's random source, used for ids and tokens).
 #![forbid(unsafe_code)]
 
+/// Declares a validation error: a message that names what was wrong, shown to operators as
+/// is. Typed so that a module boundary says which check failed; it reads as its message
+/// (`Display`, `Deref<Target = str>`) and turns into one (`From<_> for String`).
+macro_rules! message_error {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+        #[error("{0}")]
+        pub struct $name(pub String);
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(e: $name) -> String {
+                e.0
+            }
+        }
+    };
+}
+
 pub mod alert;
 pub mod api;
 pub mod backup;

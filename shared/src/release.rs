@@ -40,8 +40,33 @@ pub fn this_arch() -> &'static str {
 /// only for an architecture without any release; see `store::releases::latest_of`).
 pub const LATEST: &str = "latest";
 
+message_error!(
+    /// An architecture no agent build exists for (the message names the accepted ones).
+    UnknownArch
+);
+message_error!(
+    /// A file that is not an agent build for a known architecture.
+    NotAnAgentBuild
+);
+message_error!(
+    /// A release manifest that fails its sanity checks.
+    InvalidManifest
+);
+message_error!(
+    /// A string that is not a release version.
+    InvalidVersion
+);
+message_error!(
+    /// Why a binary could not be stamped with a version.
+    StampError
+);
+
 /// The canonical architecture, or an error naming the accepted ones.
-pub fn canonical_arch(arch: &str) -> Result<&'static str, String> {
+pub fn canonical_arch(arch: &str) -> Result<&'static str, UnknownArch> {
+    canonical_arch_message(arch).map_err(UnknownArch)
+}
+
+fn canonical_arch_message(arch: &str) -> Result<&'static str, String> {
     normalize_arch(arch).ok_or_else(|| {
         format!(
             "unknown architecture {arch:?}: agent builds exist for {} (amd64 and arm64 are \
@@ -56,7 +81,11 @@ pub const ELF_HEAD: usize = 20;
 
 /// The architecture a 64-bit little-endian ELF executable is built for, from its first
 /// [`ELF_HEAD`] bytes, or what is wrong with it.
-pub fn elf_arch(head: &[u8]) -> Result<&'static str, String> {
+pub fn elf_arch(head: &[u8]) -> Result<&'static str, NotAnAgentBuild> {
+    elf_arch_message(head).map_err(NotAnAgentBuild)
+}
+
+fn elf_arch_message(head: &[u8]) -> Result<&'static str, String> {
     if head.len() < ELF_HEAD || &head[..4] != b"\x7fELF" {
         return Err("it is not an ELF executable (an agent build is a Linux binary)".into());
     }
@@ -127,13 +156,18 @@ impl SignedManifest {
         key.verify(RELEASE_DOMAIN, self.manifest.as_bytes(), &self.signature)?;
         let m: ReleaseManifest = serde_json::from_str(&self.manifest)
             .map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        m.validate().map_err(ManifestError::Malformed)?;
+        m.validate()
+            .map_err(|e| ManifestError::Malformed(e.into()))?;
         Ok(m)
     }
 }
 
 impl ReleaseManifest {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidManifest> {
+        self.check().map_err(InvalidManifest)
+    }
+
+    fn check(&self) -> Result<(), String> {
         if self.name != "flotilla-agent" {
             return Err(format!("name is {:?}, not \"flotilla-agent\"", self.name));
         }
@@ -176,7 +210,11 @@ impl ReleaseManifest {
 /// A release version: `MAJOR.MINOR.PATCH` with an optional `-pre.release` and `+build`, at most
 /// 64 characters of `[0-9A-Za-z.+-]`, as semantic versioning writes them: numbers without
 /// leading zeros (in the core and in numeric pre-release identifiers), no empty identifiers.
-pub fn validate_version(v: &str) -> Result<(), String> {
+pub fn validate_version(v: &str) -> Result<(), InvalidVersion> {
+    version_message(v).map_err(InvalidVersion)
+}
+
+fn version_message(v: &str) -> Result<(), String> {
     if v.is_empty() || v.len() > 64 {
         return Err("version must be 1-64 characters".into());
     }
@@ -371,7 +409,11 @@ pub fn version() -> &'static str {
 
 /// Writes `version` into the stamp of a compiled binary (its bytes), so that it reports that
 /// version. Fails when the binary holds no stamp, or more than one.
-pub fn stamp_version(binary: &mut [u8], version: &str) -> Result<(), String> {
+pub fn stamp_version(binary: &mut [u8], version: &str) -> Result<(), StampError> {
+    stamp_message(binary, version).map_err(StampError)
+}
+
+fn stamp_message(binary: &mut [u8], version: &str) -> Result<(), String> {
     validate_version(version)?;
     let marker: Vec<u8> = MASKED_MARKER.iter().map(|b| b ^ 0x5a).collect();
     let positions: Vec<usize> = binary

@@ -45,6 +45,11 @@ pub struct ContainerUpdateArgs {
     pub strategy: UpdateStrategy,
 }
 
+message_error!(
+    /// `container.update` arguments out of range (the message names the argument).
+    InvalidUpdate
+);
+
 impl ContainerUpdateArgs {
     pub fn health_timeout_secs(&self) -> u32 {
         self.health_timeout_secs
@@ -55,7 +60,11 @@ impl ContainerUpdateArgs {
         self.stable_secs.unwrap_or(DEFAULT_STABLE_SECS)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidUpdate> {
+        self.check().map_err(InvalidUpdate)
+    }
+
+    fn check(&self) -> Result<(), String> {
         let image = self.image.trim();
         if image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace) {
             return Err(format!(

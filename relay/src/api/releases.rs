@@ -40,7 +40,9 @@ fn publish_error(e: PublishError) -> ApiError {
         PublishError::NotABuild { .. } => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_build", e.to_string())
         }
-        PublishError::Conflict { .. } | PublishError::SamePrecedence { .. } => {
+        PublishError::Conflict { .. }
+        | PublishError::SamePrecedence { .. }
+        | PublishError::Concurrent { .. } => {
             ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
         }
         PublishError::Io { .. } => {
