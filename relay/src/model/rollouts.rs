@@ -7,13 +7,13 @@
 use crate::model::commands::NewCommand;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::DeliveryState;
-use flotilla_shared::command::error_codes;
+use flotilla_shared::command::{error_codes, CommandResult, ContainerListOutput};
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::limit::Limit;
 use flotilla_shared::release::compare_versions;
 use flotilla_shared::rollout::{
-    FailureAction, RolloutAction, RolloutCounts, RolloutOrder, RolloutState, RolloutTarget,
-    RolloutTransition, StagePhase, StageSpec, StageWhat,
+    AgentOutcome, ContainerOutcome, FailureAction, RolloutAction, RolloutCounts, RolloutInfo,
+    RolloutOrder, RolloutState, RolloutTarget, RolloutTransition, StagePhase, StageSpec, StageWhat,
 };
 use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateStrategy};
@@ -744,6 +744,142 @@ pub enum ActionRefusal {
     NotFound,
     /// It does not apply to the rollout's current state (the sentence says why).
     InvalidState(String),
+}
+
+// === member outcomes and views ===
+
+/// Marker reason of a name target's container that does not exist on the agent.
+pub const NO_SUCH_CONTAINER: &str = flotilla_shared::command::error_codes::NO_SUCH_CONTAINER;
+/// Marker (reason prefix) of a container the agent refused to update because it is not running.
+pub const NOT_RUNNING: &str = "not_running";
+
+/// An in-flight agent's outcome from its containers' (outcome, reason), or None while any is
+/// still in flight.
+pub fn agent_outcome(
+    current: &str,
+    containers: &[(String, Option<String>)],
+) -> Option<(AgentOutcome, Option<String>)> {
+    let has = |o: ContainerOutcome| containers.iter().any(|(c, _)| c == o.as_str());
+    let reason_of = |o: ContainerOutcome| {
+        containers
+            .iter()
+            .find(|(c, _)| c == o.as_str())
+            .and_then(|(_, r)| r.clone())
+    };
+    if has(ContainerOutcome::Updating)
+        || has(ContainerOutcome::Reverting)
+        || has(ContainerOutcome::Queued)
+    {
+        return None;
+    }
+    if current == AgentOutcome::Reverting.as_str() || current == AgentOutcome::RevertFailed.as_str()
+    {
+        if has(ContainerOutcome::Updated) {
+            return None;
+        }
+        if has(ContainerOutcome::RevertFailed) {
+            return Some((
+                AgentOutcome::RevertFailed,
+                reason_of(ContainerOutcome::RevertFailed).map(|r| format!("revert: {r}")),
+            ));
+        }
+        return Some((AgentOutcome::Reverted, None));
+    }
+    if has(ContainerOutcome::Failed) {
+        return Some((AgentOutcome::Failed, reason_of(ContainerOutcome::Failed)));
+    }
+    if has(ContainerOutcome::Updated) {
+        return Some((AgentOutcome::Updated, None));
+    }
+    let not_running = |r: &Option<String>| {
+        r.as_deref()
+            .is_some_and(|r| r.starts_with(&format!("{NOT_RUNNING}: ")))
+    };
+    if containers
+        .iter()
+        .all(|(_, r)| r.as_deref() == Some(NO_SUCH_CONTAINER) || not_running(r))
+    {
+        let reason = if containers.iter().any(|(_, r)| not_running(r)) {
+            "no running target container (the agent refused to update a stopped one)"
+        } else {
+            "the agent has no such container"
+        };
+        return Some((AgentOutcome::NoTarget, Some(reason.into())));
+    }
+    Some((AgentOutcome::Undelivered, None))
+}
+
+/// The API's view of a rollout row (members and events are filled in by the caller).
+pub fn info_of(row: RolloutRow, counts: RolloutCounts, stage_failures: u32) -> RolloutInfo {
+    let spec = row.spec;
+    let p = row.progress;
+    let partial = !matches!(
+        spec.stages.last().map(|s| &s.what),
+        Some(StageWhat::Percent(100))
+    );
+    RolloutInfo {
+        id: row.id,
+        name: spec.name,
+        selector: spec.selector,
+        target: spec.target,
+        image: spec.image,
+        stages: spec.stages,
+        order: spec.order,
+        max_failures: spec.max_failures,
+        on_failure: spec.on_failure,
+        parallelism: spec.parallelism,
+        health: spec.health,
+        health_timeout_secs: spec.health_timeout_secs,
+        stable_secs: spec.stable_secs,
+        strategy: spec.strategy,
+        stage_timeout_secs: spec.stage_timeout_secs,
+        state: p.state,
+        reason: p.reason,
+        stage: p.stage,
+        stage_phase: p.phase,
+        stage_started_at: p.stage_started_at,
+        stage_deadline: p.stage_deadline,
+        soak_ends_at: p.soak_ends_at,
+        soak_remaining_secs: p.soak_remaining_secs,
+        accepted_failures: p.accepted_failures,
+        stage_failures,
+        partial,
+        counts,
+        created_at: row.created_at,
+        created_by: row.created_by,
+        updated_at: p.updated_at,
+        finished_at: p.finished_at,
+        agents: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+/// A label target's finished `container.list` (its delivery state and result): the listed
+/// containers, or why the member ends without them.
+pub fn container_list_verdict(
+    state: &str,
+    result: Option<CommandResult>,
+) -> Result<ContainerListOutput, UpdateVerdict> {
+    match (state, result) {
+        ("succeeded", Some(r)) => {
+            match r
+                .output
+                .and_then(|o| serde_json::from_value::<ContainerListOutput>(o).ok())
+            {
+                Some(l) => Ok(l),
+                None => Err(UpdateVerdict::Failed {
+                    reason: "unreadable container list".into(),
+                }),
+            }
+        }
+        ("undelivered" | "skipped", _) => Err(UpdateVerdict::Undelivered),
+        (s, r) => Err(UpdateVerdict::Failed {
+            reason: r
+                .and_then(|r| r.error)
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .unwrap_or_else(|| s.to_string()),
+        }),
+    }
 }
 
 #[cfg(test)]

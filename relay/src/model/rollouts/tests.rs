@@ -630,3 +630,61 @@ fn an_agent_stage_already_on_the_version_is_done_not_paused() {
     );
     assert!(!why.contains("container"), "{why}");
 }
+
+fn c(o: &str, r: Option<&str>) -> (String, Option<String>) {
+    (o.to_string(), r.map(str::to_string))
+}
+
+#[test]
+fn agent_outcome_from_containers() {
+    assert_eq!(agent_outcome("updating", &[c("updating", None)]), None);
+    assert_eq!(
+        agent_outcome("updating", &[c("updated", None), c("failed", Some("x"))]),
+        Some((AgentOutcome::Failed, Some("x".into())))
+    );
+    assert_eq!(
+        agent_outcome("updating", &[c("updated", None), c("undelivered", None)]),
+        Some((AgentOutcome::Updated, None))
+    );
+    assert_eq!(
+        agent_outcome("updating", &[c("undelivered", Some(NO_SUCH_CONTAINER))]).map(|x| x.0),
+        Some(AgentOutcome::NoTarget)
+    );
+    assert_eq!(
+        agent_outcome("updating", &[c("undelivered", None)]).map(|x| x.0),
+        Some(AgentOutcome::Undelivered)
+    );
+    // Refused because not running: no target, like a missing container.
+    assert_eq!(
+        agent_outcome(
+            "updating",
+            &[
+                c("undelivered", Some("not_running: container x is exited")),
+                c("undelivered", Some(NO_SUCH_CONTAINER))
+            ]
+        )
+        .map(|x| x.0),
+        Some(AgentOutcome::NoTarget)
+    );
+    // A late result re-evaluates a final agent.
+    assert_eq!(
+        agent_outcome("failed", &[c("updated", None)]).map(|x| x.0),
+        Some(AgentOutcome::Updated)
+    );
+    assert_eq!(
+        agent_outcome("reverting", &[c("reverted", None), c("updated", None)]),
+        None
+    );
+    assert_eq!(
+        agent_outcome(
+            "reverting",
+            &[c("reverted", None), c("revert_failed", Some("y"))]
+        )
+        .map(|x| x.0),
+        Some(AgentOutcome::RevertFailed)
+    );
+    assert_eq!(
+        agent_outcome("reverting", &[c("reverted", None), c("failed", None)]).map(|x| x.0),
+        Some(AgentOutcome::Reverted)
+    );
+}

@@ -16,8 +16,9 @@
 
 use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Db};
 use crate::model::rollouts::{
-    classify_update, order_fleet, select_members, ContainerDispatch, FleetAgent, Progress,
-    RevertPlan, RolloutRow, RolloutSpec, SoakMember, StageView, Transition, UpdateVerdict,
+    agent_outcome, classify_update, container_list_verdict, info_of, order_fleet, select_members,
+    ContainerDispatch, FleetAgent, Progress, RevertPlan, RolloutRow, RolloutSpec, SoakMember,
+    StageView, Transition, UpdateVerdict, NOT_RUNNING, NO_SUCH_CONTAINER,
 };
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -649,26 +650,7 @@ impl Db {
                 .as_deref()
                 .map(|r| from_json("result", r))
                 .transpose()?;
-            let list = match (state.as_str(), result) {
-                ("succeeded", Some(r)) => {
-                    match r
-                        .output
-                        .and_then(|o| serde_json::from_value::<ContainerListOutput>(o).ok())
-                    {
-                        Some(l) => Ok(l),
-                        None => Err(UpdateVerdict::Failed {
-                            reason: "unreadable container list".into(),
-                        }),
-                    }
-                }
-                ("undelivered" | "skipped", _) => Err(UpdateVerdict::Undelivered),
-                (s, r) => Err(UpdateVerdict::Failed {
-                    reason: r
-                        .and_then(|r| r.error)
-                        .map(|e| format!("{}: {}", e.code, e.message))
-                        .unwrap_or_else(|| s.to_string()),
-                }),
-            };
+            let list = container_list_verdict(&state, result);
             if let Ok(l) = &list {
                 if l.containers.is_empty() {
                     tx.execute(
@@ -1464,11 +1446,6 @@ impl Db {
     }
 }
 
-/// Marker reason of a name target's container that does not exist on the agent.
-const NO_SUCH_CONTAINER: &str = flotilla_shared::command::error_codes::NO_SUCH_CONTAINER;
-/// Marker (reason prefix) of a container the agent refused to update because it is not running.
-const NOT_RUNNING: &str = "not_running";
-
 /// A container whose delivery is final: agent, name, outcome, delivery state, error code and
 /// message, update outcome, old image from the report, the delivery's `updated_at`.
 type FinishedContainer = (
@@ -1537,106 +1514,6 @@ fn insert_containers(
         )?;
     }
     Ok(())
-}
-
-/// An in-flight agent's outcome from its containers' (outcome, reason), or None while any is
-/// still in flight.
-fn agent_outcome(
-    current: &str,
-    containers: &[(String, Option<String>)],
-) -> Option<(AgentOutcome, Option<String>)> {
-    let has = |o: ContainerOutcome| containers.iter().any(|(c, _)| c == o.as_str());
-    let reason_of = |o: ContainerOutcome| {
-        containers
-            .iter()
-            .find(|(c, _)| c == o.as_str())
-            .and_then(|(_, r)| r.clone())
-    };
-    if has(ContainerOutcome::Updating)
-        || has(ContainerOutcome::Reverting)
-        || has(ContainerOutcome::Queued)
-    {
-        return None;
-    }
-    if current == AgentOutcome::Reverting.as_str() || current == AgentOutcome::RevertFailed.as_str()
-    {
-        if has(ContainerOutcome::Updated) {
-            return None;
-        }
-        if has(ContainerOutcome::RevertFailed) {
-            return Some((
-                AgentOutcome::RevertFailed,
-                reason_of(ContainerOutcome::RevertFailed).map(|r| format!("revert: {r}")),
-            ));
-        }
-        return Some((AgentOutcome::Reverted, None));
-    }
-    if has(ContainerOutcome::Failed) {
-        return Some((AgentOutcome::Failed, reason_of(ContainerOutcome::Failed)));
-    }
-    if has(ContainerOutcome::Updated) {
-        return Some((AgentOutcome::Updated, None));
-    }
-    let not_running = |r: &Option<String>| {
-        r.as_deref()
-            .is_some_and(|r| r.starts_with(&format!("{NOT_RUNNING}: ")))
-    };
-    if containers
-        .iter()
-        .all(|(_, r)| r.as_deref() == Some(NO_SUCH_CONTAINER) || not_running(r))
-    {
-        let reason = if containers.iter().any(|(_, r)| not_running(r)) {
-            "no running target container (the agent refused to update a stopped one)"
-        } else {
-            "the agent has no such container"
-        };
-        return Some((AgentOutcome::NoTarget, Some(reason.into())));
-    }
-    Some((AgentOutcome::Undelivered, None))
-}
-
-fn info_of(row: RolloutRow, counts: RolloutCounts, stage_failures: u32) -> RolloutInfo {
-    let spec = row.spec;
-    let p = row.progress;
-    let partial = !matches!(
-        spec.stages.last().map(|s| &s.what),
-        Some(StageWhat::Percent(100))
-    );
-    RolloutInfo {
-        id: row.id,
-        name: spec.name,
-        selector: spec.selector,
-        target: spec.target,
-        image: spec.image,
-        stages: spec.stages,
-        order: spec.order,
-        max_failures: spec.max_failures,
-        on_failure: spec.on_failure,
-        parallelism: spec.parallelism,
-        health: spec.health,
-        health_timeout_secs: spec.health_timeout_secs,
-        stable_secs: spec.stable_secs,
-        strategy: spec.strategy,
-        stage_timeout_secs: spec.stage_timeout_secs,
-        state: p.state,
-        reason: p.reason,
-        stage: p.stage,
-        stage_phase: p.phase,
-        stage_started_at: p.stage_started_at,
-        stage_deadline: p.stage_deadline,
-        soak_ends_at: p.soak_ends_at,
-        soak_remaining_secs: p.soak_remaining_secs,
-        accepted_failures: p.accepted_failures,
-        stage_failures,
-        partial,
-        counts,
-        created_at: row.created_at,
-        created_by: row.created_by,
-        updated_at: p.updated_at,
-        finished_at: p.finished_at,
-        agents: Vec::new(),
-        events: Vec::new(),
-    }
 }
 
 fn rollout_agents(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutAgent>, StoreError> {
@@ -1754,67 +1631,4 @@ fn rollout_events(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutEvent>, S
             })
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(o: &str, r: Option<&str>) -> (String, Option<String>) {
-        (o.to_string(), r.map(str::to_string))
-    }
-
-    #[test]
-    fn agent_outcome_from_containers() {
-        assert_eq!(agent_outcome("updating", &[c("updating", None)]), None);
-        assert_eq!(
-            agent_outcome("updating", &[c("updated", None), c("failed", Some("x"))]),
-            Some((AgentOutcome::Failed, Some("x".into())))
-        );
-        assert_eq!(
-            agent_outcome("updating", &[c("updated", None), c("undelivered", None)]),
-            Some((AgentOutcome::Updated, None))
-        );
-        assert_eq!(
-            agent_outcome("updating", &[c("undelivered", Some(NO_SUCH_CONTAINER))]).map(|x| x.0),
-            Some(AgentOutcome::NoTarget)
-        );
-        assert_eq!(
-            agent_outcome("updating", &[c("undelivered", None)]).map(|x| x.0),
-            Some(AgentOutcome::Undelivered)
-        );
-        // Refused because not running: no target, like a missing container.
-        assert_eq!(
-            agent_outcome(
-                "updating",
-                &[
-                    c("undelivered", Some("not_running: container x is exited")),
-                    c("undelivered", Some(NO_SUCH_CONTAINER))
-                ]
-            )
-            .map(|x| x.0),
-            Some(AgentOutcome::NoTarget)
-        );
-        // A late result re-evaluates a final agent.
-        assert_eq!(
-            agent_outcome("failed", &[c("updated", None)]).map(|x| x.0),
-            Some(AgentOutcome::Updated)
-        );
-        assert_eq!(
-            agent_outcome("reverting", &[c("reverted", None), c("updated", None)]),
-            None
-        );
-        assert_eq!(
-            agent_outcome(
-                "reverting",
-                &[c("reverted", None), c("revert_failed", Some("y"))]
-            )
-            .map(|x| x.0),
-            Some(AgentOutcome::RevertFailed)
-        );
-        assert_eq!(
-            agent_outcome("reverting", &[c("reverted", None), c("failed", None)]).map(|x| x.0),
-            Some(AgentOutcome::Reverted)
-        );
-    }
 }
