@@ -871,19 +871,28 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let stop = CancellationToken::new();
         let task = tokio::spawn(quick.clone().run(rx, stop.clone()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        flotilla_testkit::hold(
+            Duration::from_millis(100),
+            "nothing is confirmed before the first Welcome",
+        )
+        .await;
         assert!(state.journal_running().await.unwrap() == vec!["cmd_new"]);
         tx.send_replace(Some(WelcomeBody {
             agent_id: "ag_1".into(),
             labels: Default::default(),
             issued_at: Utc::now(),
         }));
-        for _ in 0..100 {
-            if state.journal_running().await.unwrap().is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        flotilla_testkit::Poller::new(Duration::from_secs(5))
+            .every(Duration::from_millis(50))
+            .poll(|| async {
+                state
+                    .journal_running()
+                    .await
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            })
+            .await;
         assert!(state.journal_running().await.unwrap().is_empty());
         assert_eq!(
             paths.read_confirmed().as_deref(),

@@ -374,14 +374,12 @@ mod tests {
             },
             stop.clone(),
         ));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while checks.load(Ordering::SeqCst) < 9 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "too few health checks ran"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        flotilla_testkit::Poller::new(Duration::from_secs(10))
+            .every(Duration::from_millis(10))
+            .until("nine health checks (too few ran)", || async {
+                (checks.load(Ordering::SeqCst) >= 9).then_some(())
+            })
+            .await;
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -3,10 +3,14 @@
 //!
 //! - crate dependency rules (the server does not depend on the agent, the CLI not on the
 //!   server, only the agent and the end-to-end tests talk to Docker through bollard);
+//! - only the agent's `docker/` module talks to the Docker engine (other agent code may name
+//!   bollard's plain data types, never its client);
 //! - SQL (rusqlite) only in the store modules and the agent's state module;
 //! - no new import cycle between the modules of a crate (`use crate::…` paths);
+//! - the relay's layers import downwards only (model, store, engines, adapters);
 //! - no non-test file over 1,000 lines without an allow-list entry that gives a reason;
-//! - every non-test file opens with a `//!` paragraph.
+//! - every non-test file opens with a `//!` paragraph;
+//! - tests sleep only inside testkit's waits.
 //!
 //! Allow-lists name today's debts: an entry can only shrink (a test fails when an entry is no
 //! longer needed, so the list stays true).
@@ -219,6 +223,39 @@ fn crate_dependency_rules() {
     assert!(
         broken.is_empty(),
         "crate dependency rules broken:\n{}",
+        broken.join("\n")
+    );
+}
+
+// === the Docker API only in agent/src/docker ===
+
+/// bollard paths agent code outside `agent/src/docker/` may name: plain data types, which do
+/// not talk to the engine.
+const BOLLARD_DATA_ONLY: [&str; 2] = ["bollard::models", "bollard::auth::DockerCredentials"];
+
+#[test]
+fn only_the_docker_module_talks_to_docker() {
+    let mut broken = Vec::new();
+    for (path, text) in non_test_sources() {
+        let p = path.to_string_lossy().to_string();
+        if !p.starts_with("agent/src/") || p.starts_with("agent/src/docker") {
+            continue;
+        }
+        for line in code_lines(without_unit_tests(&text)) {
+            for (i, _) in line.match_indices("bollard::") {
+                if !BOLLARD_DATA_ONLY.iter().any(|ok| line[i..].starts_with(ok)) {
+                    broken.push(format!("{p}: {}", line.trim()));
+                }
+            }
+            if line.contains("use bollard::{") || line.trim() == "use bollard;" {
+                broken.push(format!("{p}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        broken.is_empty(),
+        "agent code outside agent/src/docker/ uses bollard's client (only docker/ talks to the \
+         engine; others may name {BOLLARD_DATA_ONLY:?}):\n{}",
         broken.join("\n")
     );
 }
@@ -564,24 +601,12 @@ fn the_cycle_finder_finds_a_cycle_and_ignores_the_module_tree() {
 
 /// Test code that may sleep outside `testkit/src/wait.rs`, as (path prefix, how many sleeping
 /// lines below it, why). Each count is exact: more is a new sleep, fewer means the entry shrinks.
-const SLEEP_ALLOWED: [(&str, usize, &str); 3] = [
+const SLEEP_ALLOWED: [(&str, usize, &str); 1] = [
     (
         "tests/testapp/src/",
         2,
         "the test application's own behaviour (start delay, crash-after), a static binary for \
          FROM-scratch images that links no test support",
-    ),
-    (
-        "agent/src/",
-        2,
-        "poll loops in a #[cfg(test)] module (executor.rs) of a crate being restructured: to use \
-         flotilla_testkit::eventually from the agent's dev-dependencies",
-    ),
-    (
-        "daemon/src/",
-        1,
-        "a poll loop in systemd.rs's #[cfg(test)] module: to use flotilla_testkit::eventually once \
-         the daemon crate has it as a dev-dependency",
     ),
 ];
 
