@@ -23,17 +23,19 @@ pub use error::ApiError;
 use crate::state::{AppState, Shared};
 use crate::store::AuditEntry;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use flotilla_shared::protocol::{CONNECT_PATH, ENROLL_PATH};
 
-/// Builds the whole HTTP surface of the relay.
-pub fn router(state: AppState) -> Router {
+/// Builds the whole HTTP surface of the relay; `agent_socket` is the websocket adapter's
+/// handler, mounted at [`CONNECT_PATH`] (passed in by the composition root, so the API does
+/// not import the websocket adapter).
+pub fn router(state: AppState, agent_socket: MethodRouter<AppState>) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
-        .route(CONNECT_PATH, get(crate::ws::connect))
+        .route(CONNECT_PATH, agent_socket)
         .route(ENROLL_PATH, post(tokens::enroll))
         .route(
             "/api/v1/enrollment-tokens",

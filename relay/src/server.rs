@@ -301,7 +301,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         )),
         tokio::spawn(retention.run(shutdown.clone())),
     ];
-    let app = crate::api::router(state.clone());
+    let app = crate::api::router(state.clone(), axum::routing::get(crate::ws::connect));
     let server = tokio::spawn(
         axum::serve(
             // Frames are small and latency matters (a command, then its ack and result): without

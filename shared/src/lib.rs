@@ -37,6 +37,7 @@ pub mod api;
 pub mod backup;
 pub mod command;
 pub mod duration;
+pub mod error_codes;
 pub mod heartbeat;
 pub mod ids;
 pub mod limit;

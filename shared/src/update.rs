@@ -236,11 +236,9 @@ impl UpdateOutcome {
     pub fn error_code(self) -> Option<&'static str> {
         match self {
             UpdateOutcome::Updated => None,
-            UpdateOutcome::RolledBack => Some(crate::command::error_codes::UPDATE_ROLLED_BACK),
-            UpdateOutcome::FailedUnchanged => {
-                Some(crate::command::error_codes::UPDATE_FAILED_UNCHANGED)
-            }
-            UpdateOutcome::RollbackFailed => Some(crate::command::error_codes::ROLLBACK_FAILED),
+            UpdateOutcome::RolledBack => Some(crate::error_codes::UPDATE_ROLLED_BACK),
+            UpdateOutcome::FailedUnchanged => Some(crate::error_codes::UPDATE_FAILED_UNCHANGED),
+            UpdateOutcome::RollbackFailed => Some(crate::error_codes::ROLLBACK_FAILED),
         }
     }
 }
