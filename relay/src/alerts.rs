@@ -54,10 +54,8 @@
 pub mod notify;
 pub mod tls;
 
-pub use crate::model::alerts::{config, rules};
-pub use crate::model::alerts::{
-    AlertPolicy, AlertQuery, AlertsConfig, Applied, NotificationKind, RuleOverride,
-};
+pub use crate::model::alerts::rules;
+pub use crate::model::alerts::{AlertPolicy, AlertQuery, AlertsConfig, Applied, NotificationKind};
 
 use crate::config::RelayConfig;
 use crate::heartbeats::HeartbeatCache;

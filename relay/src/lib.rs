@@ -6,28 +6,38 @@
 //! binary's `serve` and `dev` subcommands (crate `relay/bin`) and the tests use.
 #![forbid(unsafe_code)]
 
-pub mod alerts;
-pub mod api;
-pub mod backups;
-pub mod commands;
+mod alerts;
+mod api;
+mod backups;
+mod commands;
 pub mod config;
-pub mod heartbeats;
-pub mod hub;
-pub mod jobs;
-pub mod keys;
-pub mod metrics;
-pub mod model;
-pub mod ratelimit;
-pub mod releases;
-pub mod retention;
-pub mod rollouts;
-pub mod server;
-pub mod state;
-pub mod store;
-pub mod ws;
+mod heartbeats;
+mod hub;
+mod jobs;
+mod keys;
+mod metrics;
+mod model;
+mod ratelimit;
+mod releases;
+mod retention;
+mod rollouts;
+mod server;
+mod state;
+mod store;
+mod ws;
 
 pub use config::RelayConfig;
 pub use server::{start, RunningRelay};
+
+/// What the binary crate (dev mode) and the integration tests use beyond [`start`]: the admin
+/// token file, an enrollment token made directly in the store, the notifier's channels, and
+/// an engine stepped by hand.
+pub mod embed {
+    pub use crate::alerts::notify;
+    pub use crate::keys::{read_admin_token, ADMIN_TOKEN_FILE};
+    pub use crate::rollouts::RolloutEngine;
+    pub use crate::store::{now, NewEnrollmentToken};
+}
 
 #[cfg(test)]
 #[path = "tests/engines.rs"]

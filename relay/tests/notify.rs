@@ -1,7 +1,7 @@
 //! Alert notifications delivered to real receivers on loopback: a webhook receiver that checks
 //! the HMAC signature and can fail, throttle or hang on cue, and aiosmtpd as an SMTP sink.
 
-use flotilla_relay_server::alerts::notify::{
+use flotilla_relay_server::embed::notify::{
     webhook, Notification, NotificationKind, Notifier, NotifyConfig, NotifyStats,
 };
 use flotilla_shared::alert::Severity;

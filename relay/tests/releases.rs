@@ -8,7 +8,7 @@
 
 mod support;
 
-use flotilla_relay_server::rollouts::RolloutEngine;
+use flotilla_relay_server::embed::RolloutEngine;
 use flotilla_shared::api::{
     AgentFacts, CommandInfo, CreateEnrollmentToken, DeliveryState, EnrollmentTokenCreated,
 };

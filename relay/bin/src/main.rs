@@ -143,7 +143,7 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
             println!("flotilla-relay listening on {}", relay.base_url());
             println!("relay key fingerprint: {}", relay.fingerprint());
             if let Some(token) = relay.admin_token_created() {
-                let path = data_dir.join(flotilla_relay_server::keys::ADMIN_TOKEN_FILE);
+                let path = data_dir.join(flotilla_relay_server::embed::ADMIN_TOKEN_FILE);
                 // Shown on a terminal only: under systemd (or any redirect) stdout ends up in a
                 // log, and secrets are never logged.
                 if std::io::stdout().is_terminal() {

@@ -343,7 +343,7 @@ mod tests {
             "{got} vs {expires}"
         );
 
-        let cfg = super::super::config::AlertsConfig::default();
+        let cfg = crate::model::alerts::AlertsConfig::default();
         let conditions = super::super::rules::tls_conditions(&cfg, &checks, now);
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].subject, endpoint);
