@@ -157,7 +157,7 @@ fn cli_path() -> String {
     match profile {
         Some(p) if in_cargo_target => {
             let release = if p == "release" { " --release" } else { "" };
-            format!("cargo run -q{release} -p flotilla-relay --bin flotilla --")
+            format!("cargo run -q{release} -p flotilla-cli --")
         }
         _ => "flotilla".to_string(),
     }
