@@ -7,7 +7,8 @@
 //!   bollard's plain data types, never its client);
 //! - SQL (rusqlite) only in the store modules and the agent's state module;
 //! - no new import cycle between the modules of a crate (`use crate::…` paths);
-//! - the relay's layers import downwards only (model, store, engines, adapters);
+//! - the relay's layers import downwards only (model, store, engines, adapters), and the
+//!   agent's root updater imports only the agent's file helpers;
 //! - no non-test file over 1,000 lines without an allow-list entry that gives a reason;
 //! - every non-test file opens with a `//!` paragraph;
 //! - tests sleep only inside testkit's waits.
@@ -565,6 +566,35 @@ fn the_relay_layers_import_downwards_only() {
         "the relay's layering is broken (model <- store <- engines <- adapters; the app \
          state only in api/, ws and server):\n{}",
         broken.join("\n")
+    );
+}
+
+/// The root updater runs as root and judges the agent's build: it shares files with the agent
+/// (the install helpers, the agent-id file), never its state, session or executor.
+#[test]
+fn the_root_updater_shares_only_files_with_the_agent() {
+    let graph = crate_import_graph(&root().join("agent/src"));
+    let allowed = ["upgrade::files", "agent_id"];
+    let imports = graph
+        .get("upgrade::updater")
+        .expect("agent/src/upgrade/updater.rs moved: update this test");
+    let wrong: Vec<_> = imports
+        .iter()
+        .filter(|m| !allowed.contains(&m.as_str()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the root updater imports {wrong:?} from the agent (allowed: {allowed:?})"
+    );
+    // `super::` paths are not in the import graph: the updater's parent is `upgrade`, so only
+    // `super::files` is allowed.
+    let text = std::fs::read_to_string(root().join("agent/src/upgrade/updater.rs")).unwrap();
+    let supers: Vec<&str> = code_lines(without_unit_tests(&text))
+        .filter(|l| l.contains("super::") && !l.contains("super::files"))
+        .collect();
+    assert!(
+        supers.is_empty(),
+        "the root updater reaches the agent through super:: paths: {supers:?}"
     );
 }
 
