@@ -230,118 +230,10 @@ fn missing_file_is_named() {
 
 // === the settings table and packaging/relay.toml ===
 
-/// The name of the key a `relay.toml` line sets or shows (`key = …` or `# key = …`).
-fn key_of(line: &str) -> Option<&str> {
-    let line = line.trim();
-    let body = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
-    let (name, _) = body.split_once(" = ")?;
-    let ok = name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    ok.then_some(name)
-}
-
-/// The table header a line opens, and whether it is commented out (an example).
-fn header_of(line: &str) -> Option<(&str, bool)> {
-    let line = line.trim();
-    let (body, commented) = match line.strip_prefix('#') {
-        Some(rest) => (rest.trim_start(), true),
-        None => (line, false),
-    };
-    let path = body.strip_prefix('[')?.strip_suffix(']')?;
-    let path = path.trim_start_matches('[').trim_end_matches(']');
-    let ok = path
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
-    ok.then_some((path, commented))
-}
-
-/// The `Env: NAME` names in the comment lines directly above line `i` (up to a blank line, a
-/// line that is not a comment, or another key or header).
-fn env_names_above(lines: &[&str], i: usize) -> Vec<String> {
-    let mut names = Vec::new();
-    for line in lines[..i].iter().rev() {
-        let l = line.trim();
-        if !l.starts_with('#') || key_of(l).is_some() || header_of(l).is_some() {
-            break;
-        }
-        for (at, _) in l.match_indices("Env: ") {
-            let rest = &l[at + "Env: ".len()..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
-                .unwrap_or(rest.len());
-            names.push(rest[..end].to_string());
-        }
-    }
-    names
-}
-
-/// The keys `relay.toml` documents, each with the `Env:` names its comments give. `key = …`
-/// and `# key = …` document `key`, or `section.key` below `[section]`; a commented header
-/// `# [[section.key]]` or `# [section.key.name]` documents `section.key`, and the example
-/// lines right below it are that key's own fields (checked by the section's tests).
-fn documented_keys(text: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let lines: Vec<&str> = text.lines().collect();
-    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut section: Option<String> = None;
-    let mut in_example = false;
-    for (i, line) in lines.iter().enumerate() {
-        let commented_key = line.trim().starts_with('#') && key_of(line).is_some();
-        if in_example && commented_key {
-            continue;
-        }
-        in_example = false;
-        let key = match (header_of(line), key_of(line)) {
-            (Some((path, false)), _) => {
-                section = Some(path.to_string());
-                continue;
-            }
-            (Some((path, true)), _) => {
-                in_example = true;
-                path.split('.').take(2).collect::<Vec<_>>().join(".")
-            }
-            (None, Some(name)) => match &section {
-                Some(s) => format!("{s}.{name}"),
-                None => name.to_string(),
-            },
-            (None, None) => continue,
-        };
-        keys.entry(key)
-            .or_default()
-            .extend(env_names_above(&lines, i));
-    }
-    keys
-}
-
-/// What differs between `text` (a relay.toml) and [`SETTINGS`]; empty when they agree.
+/// What differs between `text` (a relay.toml) and [`SETTINGS`]; empty when they agree (the
+/// daemons' shared check, `flotilla_daemon::settings::example::drift`).
 fn drift(text: &str) -> Vec<String> {
-    let documented = documented_keys(text);
-    let mut problems = Vec::new();
-    for key in documented.keys() {
-        if !SETTINGS.iter().any(|s| s.key == key) {
-            problems.push(format!(
-                "{key} is in relay.toml but not in the settings table"
-            ));
-        }
-    }
-    for s in SETTINGS {
-        let Some(given) = documented.get(s.key) else {
-            problems.push(format!(
-                "{} is in the settings table but not in relay.toml",
-                s.key
-            ));
-            continue;
-        };
-        let want: BTreeSet<String> = s.env_name().map(str::to_string).into_iter().collect();
-        if *given != want {
-            problems.push(format!(
-                "relay.toml gives {} the Env: names {given:?}, the table {want:?}",
-                s.key
-            ));
-        }
-    }
-    problems
+    flotilla_daemon::settings::example::drift(text, "relay.toml", SETTINGS)
 }
 
 #[test]
@@ -359,7 +251,8 @@ fn relay_toml_and_the_settings_table_agree() {
         drift(&renamed),
         [
             "relay.toml gives notify.max_attempts the Env: names {\"FLOTILLA_MAX_ATTEMPTS\"}, \
-          the table {\"FLOTILLA_NOTIFY_MAX_ATTEMPTS\"}"
+          the table {\"FLOTILLA_NOTIFY_MAX_ATTEMPTS\"}",
+            "relay.toml names the variable FLOTILLA_MAX_ATTEMPTS, which no setting has"
         ]
     );
     let added = text.replace("[alerts]\n", "[alerts]\n# Soon.\n# sound = true\n");
@@ -384,7 +277,8 @@ fn relay_toml_and_the_settings_table_agree() {
         drift(&promised),
         [
             "relay.toml gives notify.webhooks the Env: names {\"FLOTILLA_NOTIFY_WEBHOOKS\"}, \
-          the table {}"
+          the table {}",
+            "relay.toml names the variable FLOTILLA_NOTIFY_WEBHOOKS, which no setting has"
         ]
     );
 }
