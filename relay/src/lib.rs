@@ -2,7 +2,7 @@
 //! dashboard API operators drive the fleet with (the `flotilla` CLI, crate `flotilla-cli`, is a
 //! thin client of that API and does not depend on this crate).
 //!
-//! The server is started in-process with [`server::start`], which is what the `flotilla-relay`
+//! The server is started in-process with [`start`], which is what the `flotilla-relay`
 //! binary's `serve` and `dev` subcommands (crate `relay/bin`) and the tests use.
 #![forbid(unsafe_code)]
 
@@ -31,7 +31,8 @@ pub use server::{start, RunningRelay};
 
 /// What the binary crate (dev mode) and the integration tests use beyond [`start`]: the admin
 /// token file, an enrollment token made directly in the store, the notifier's channels, and
-/// an engine stepped by hand.
+/// an engine stepped by hand. (The integration tests also reach the app state through the
+/// hidden `RunningRelay::state`, to build engines over the relay's own parts.)
 pub mod embed {
     pub use crate::alerts::notify;
     pub use crate::keys::{read_admin_token, ADMIN_TOKEN_FILE};

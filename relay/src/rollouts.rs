@@ -73,7 +73,7 @@ use flotilla_shared::rollout::{
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -177,6 +177,9 @@ impl RolloutEngine {
                     Err(RecvError::Closed) => return,
                 },
             }
+            // Everything that finished meanwhile is covered by this one pass: completions
+            // coalesce (a stage of N members finishing is one or two passes, not N).
+            while let Ok(_) | Err(TryRecvError::Lagged(_)) = completions.try_recv() {}
             if let Err(e) = self.step(crate::store::now()).await {
                 tracing::error!(error = %e, "cannot list active rollouts");
             }

@@ -86,10 +86,16 @@ impl RunningRelay {
         &self.state.fingerprint
     }
 
+    /// The relay's store, for dev mode and tests that seed or read it directly.
+    #[doc(hidden)]
     pub fn store(&self) -> &Store {
         &self.state.store
     }
 
+    /// The whole app state (its key, hub, heartbeat cache, commands service, ...), for the
+    /// crate's integration tests only: they build engines over the relay's own parts and read
+    /// what no API serves. Not part of the embedding surface ([`crate::embed`]).
+    #[doc(hidden)]
     pub fn state(&self) -> &AppState {
         &self.state
     }

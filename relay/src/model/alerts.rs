@@ -5,6 +5,7 @@
 //! the decisions to the notifier; the store applies them; neither is imported here.
 
 pub mod config;
+pub mod rule;
 pub mod rules;
 
 pub use config::{AlertsConfig, RuleOverride};
@@ -40,7 +41,7 @@ pub struct AlertPolicy {
     pub now: DateTime<Utc>,
     /// A medium alert notifies once its condition is this old.
     pub medium_after: chrono::Duration,
-    /// Rules whose source is not ready yet (see [`held_rules`]): their firing alerts are kept
+    /// Rules whose source is not ready yet (see `crate::alerts::held_rules`): their firing alerts are kept
     /// as they are (neither resolved nor refreshed) and their new conditions wait.
     pub held: Vec<Rule>,
 }

@@ -1,6 +1,6 @@
 //! The rollout state machine's vocabulary: where a rollout stands ([`RolloutState`]), what
 //! its current stage does ([`StagePhase`]), each member's and container's outcome, and the
-//! closed set of transitions the event log, the API and the metrics name
+//! closed set of transitions the event log records and the API serves
 //! ([`RolloutTransition`]). Each type has one `as_str` spelling that the relay's store binds
 //! into its SQL and the API serializes, and a `parse` that reads it back.
 
@@ -205,8 +205,8 @@ impl ContainerOutcome {
     }
 }
 
-/// A rollout transition, as the event log records it (`RolloutEvent::action`), the API
-/// serves it and the metrics and logs name it. The set is closed: the relay writes nothing
+/// A rollout transition, as the event log records it (`RolloutEvent::action`) and the API
+/// serves it. The set is closed: the relay writes nothing
 /// else; readers of the API see these spellings ([`RolloutTransition::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

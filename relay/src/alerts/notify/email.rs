@@ -3,8 +3,8 @@
 //! resolution threads under its firing message (`In-Reply-To` / `References`), and a retried
 //! message that did arrive the first time is recognisable as the same message.
 
-use crate::config::notify::SmtpSecurity;
 use super::{Attempt, Notification, NotificationKind};
+use crate::config::notify::SmtpSecurity;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;

@@ -1,7 +1,7 @@
 //! The `[alerts]` section of relay.toml: evaluation cadence, thresholds, TLS endpoints, and
 //! per-rule overrides (`[alerts.rules.<rule>]`: enabled, severity, threshold).
 
-use super::rules::{Rule, RULES};
+use super::rule::{Rule, RULES};
 use flotilla_shared::alert::Severity;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

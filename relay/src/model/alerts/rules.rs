@@ -4,6 +4,7 @@
 //! them crafted data.
 
 use super::config::AlertsConfig;
+pub use super::rule::Rule;
 use chrono::{DateTime, Duration, Utc};
 use flotilla_shared::alert::Severity;
 use flotilla_shared::backup::{agent_alert, BackupAlertLevel, DatabaseBackupState, DatabaseState};
@@ -12,91 +13,6 @@ use flotilla_shared::selector::Labels;
 use flotilla_shared::update::UpdateOutcome;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-
-/// Every rule the engine knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rule {
-    AgentUnreachable,
-    DiskFull,
-    MemoryHigh,
-    ContainerDied,
-    ContainerOom,
-    ContainerRestartLoop,
-    ContainerUnhealthy,
-    BackupFailed,
-    BackupStale,
-    BackupsAllFailed,
-    UpdateRolledBack,
-    RollbackFailed,
-    RolloutPaused,
-    RolloutAborted,
-    AgentVersionSkew,
-    TlsExpiry,
-    AgentUpgradeReverted,
-}
-
-/// All rules, in documentation order.
-pub const RULES: [Rule; 17] = [
-    Rule::AgentUnreachable,
-    Rule::DiskFull,
-    Rule::MemoryHigh,
-    Rule::ContainerDied,
-    Rule::ContainerOom,
-    Rule::ContainerRestartLoop,
-    Rule::ContainerUnhealthy,
-    Rule::BackupFailed,
-    Rule::BackupStale,
-    Rule::BackupsAllFailed,
-    Rule::UpdateRolledBack,
-    Rule::RollbackFailed,
-    Rule::RolloutPaused,
-    Rule::RolloutAborted,
-    Rule::AgentVersionSkew,
-    Rule::TlsExpiry,
-    Rule::AgentUpgradeReverted,
-];
-
-impl Rule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::AgentUnreachable => "agent_unreachable",
-            Rule::DiskFull => "disk_full",
-            Rule::MemoryHigh => "memory_high",
-            Rule::ContainerDied => "container_died",
-            Rule::ContainerOom => "container_oom",
-            Rule::ContainerRestartLoop => "container_restart_loop",
-            Rule::ContainerUnhealthy => "container_unhealthy",
-            Rule::BackupFailed => "backup_failed",
-            Rule::BackupStale => "backup_stale",
-            Rule::BackupsAllFailed => "backups_all_failed",
-            Rule::UpdateRolledBack => "update_rolled_back",
-            Rule::RollbackFailed => "rollback_failed",
-            Rule::RolloutPaused => "rollout_paused",
-            Rule::RolloutAborted => "rollout_aborted",
-            Rule::AgentVersionSkew => "agent_version_skew",
-            Rule::TlsExpiry => "tls_expiry",
-            Rule::AgentUpgradeReverted => "agent_upgrade_reverted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Rule> {
-        RULES.iter().copied().find(|r| r.as_str() == s)
-    }
-
-    /// The users' defaults.
-    pub fn default_severity(self) -> Severity {
-        match self {
-            Rule::AgentUnreachable
-            | Rule::BackupStale
-            | Rule::BackupsAllFailed
-            | Rule::RollbackFailed
-            | Rule::RolloutPaused
-            | Rule::RolloutAborted => Severity::Hard,
-            Rule::AgentVersionSkew => Severity::Soft,
-            _ => Severity::Medium,
-        }
-    }
-}
 
 /// A condition that holds now. The engine turns the set of them into firing/resolved alerts,
 /// deduplicated per (agent, rule, subject).

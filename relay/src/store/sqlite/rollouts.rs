@@ -106,6 +106,7 @@ const REVERTING: &str = RolloutState::Reverting.as_str();
 const ABORTED: &str = RolloutState::Aborted.as_str();
 const DISPATCHING: &str = StagePhase::Dispatching.as_str();
 const UPDATING: &str = AgentOutcome::Updating.as_str();
+const PENDING: &str = AgentOutcome::Pending.as_str();
 const AGENT_REVERTING: &str = AgentOutcome::Reverting.as_str();
 
 /// Rollouts that are active for the engine and for conflicts (`rollouts` unaliased): not
@@ -607,11 +608,19 @@ impl Db {
             if new.as_str() == outcome {
                 continue;
             }
+            // A member whose updates are over stops its soak clock here.
+            let finished = matches!(
+                new,
+                AgentOutcome::Updated
+                    | AgentOutcome::Failed
+                    | AgentOutcome::Undelivered
+                    | AgentOutcome::NoTarget
+            );
             tx.execute(
                 "UPDATE rollout_agents SET outcome = ?3, reason = COALESCE(?4, reason), \
-                 finished_at = CASE WHEN ?3 IN ('updated','failed','undelivered','no_target') \
-                 THEN ?5 ELSE finished_at END WHERE rollout_id = ?1 AND agent_id = ?2",
-                params![id, agent, new.as_str(), reason, ts(now)],
+                 finished_at = CASE WHEN ?6 THEN ?5 ELSE finished_at END \
+                 WHERE rollout_id = ?1 AND agent_id = ?2",
+                params![id, agent, new.as_str(), reason, ts(now), finished],
             )?;
             if matches!(new, AgentOutcome::Failed | AgentOutcome::RevertFailed) {
                 log_event(
@@ -941,10 +950,10 @@ impl Db {
         };
         let members = select_members(stage, &fleet, &in_rollout);
         {
-            let mut stmt = tx.prepare(
+            let mut stmt = tx.prepare(&format!(
                 "INSERT INTO rollout_agents (rollout_id, agent_id, stage, position, outcome) \
-                 VALUES (?1, ?2, ?3, ?4, 'pending')",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, '{PENDING}')"
+            ))?;
             for (i, agent) in members.iter().enumerate() {
                 stmt.execute(params![
                     id,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::model::alerts::rule::RULES;
 use flotilla_shared::backup::{BackupRecord, BackupStatus};
 use flotilla_shared::command::ContainerInfo;
 use flotilla_shared::heartbeat::{DockerSnapshot, FilesystemUsage, HostMetrics};
