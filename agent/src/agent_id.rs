@@ -5,10 +5,12 @@
 //! start). The root updater reads it to check that a rollback command is addressed to this
 //! agent, so it never opens `agent.db`. Written atomically (temporary file, fsync, rename, fsync
 //! of the directory), mode 0600 like `agent.db`; read without following a link, as a regular
-//! file of at most `MAX_AGENT_ID_FILE_BYTES`.
+//! file with one link (root reads it in a directory the agent writes: a hard link to another
+//! file is refused) of at most `MAX_AGENT_ID_FILE_BYTES`. Errors never echo what the file holds.
 
-use crate::upgrade::files::{read_small, write_atomic};
+use crate::upgrade::files::{open_regular, read_capped, write_atomic};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// File name inside the state directory.
@@ -59,7 +61,16 @@ pub fn write_agent_id(state_dir: &Path, agent_id: &str) -> io::Result<()> {
 /// Blocking.
 pub fn read_agent_id(state_dir: &Path) -> Result<String, AgentIdFileError> {
     let path = agent_id_path(state_dir);
-    let bytes = match read_small(&path, MAX_AGENT_ID_FILE_BYTES) {
+    let read = open_regular(&path).and_then(|f| {
+        let links = f.metadata()?.nlink();
+        if links != 1 {
+            return Err(io::Error::other(format!(
+                "it has {links} hard links, not one (refusing to read what another name points to)"
+            )));
+        }
+        read_capped(f, &path, MAX_AGENT_ID_FILE_BYTES)
+    });
+    let bytes = match read {
         Ok(b) => b,
         Err(source) => return Err(AgentIdFileError::Unreadable { path, source }),
     };
@@ -74,7 +85,10 @@ pub fn read_agent_id(state_dir: &Path) -> Result<String, AgentIdFileError> {
     };
     let id = text.strip_suffix('\n').unwrap_or(&text);
     if !valid_agent_id(id) {
-        let why = format!("{id:?} is not 1 to 64 letters, digits, '_' or '-'");
+        let why = format!(
+            "its {} bytes are not 1 to 64 letters, digits, '_' or '-'",
+            id.len()
+        );
         return Err(AgentIdFileError::Malformed { path, why });
     }
     Ok(id.to_string())
@@ -142,6 +156,20 @@ mod tests {
         std::os::unix::fs::symlink(dir.join("elsewhere"), agent_id_path(&dir)).unwrap();
         let e = read_agent_id(&dir).unwrap_err().to_string();
         assert!(e.contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_hard_link_is_refused_and_content_is_not_echoed() {
+        let dir = temp_dir();
+        std::fs::write(dir.join("secret"), "root_only_token\n").unwrap();
+        std::fs::hard_link(dir.join("secret"), agent_id_path(&dir)).unwrap();
+        let e = read_agent_id(&dir).unwrap_err().to_string();
+        assert!(e.contains("2 hard links"), "{e}");
+        assert!(!e.contains("root_only_token"), "{e}");
+        std::fs::remove_file(agent_id_path(&dir)).unwrap();
+        std::fs::write(agent_id_path(&dir), "not an id at all\n").unwrap();
+        let e = read_agent_id(&dir).unwrap_err().to_string();
+        assert!(!e.contains("not an id at all"), "{e}");
     }
 
     #[test]

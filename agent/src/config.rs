@@ -76,7 +76,10 @@ impl From<EnvError> for ConfigError {
         ConfigError::Env {
             name: e.name.to_string(),
             value: e.value,
-            expected: e.expected.to_string(),
+            expected: match e.detail {
+                Some(detail) => format!("{} ({detail})", e.expected),
+                None => e.expected.to_string(),
+            },
         }
     }
 }

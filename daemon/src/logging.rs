@@ -208,6 +208,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_settings_tables_state_the_keep_files_range_as_checked() {
+        // Both daemons' tables write this message by hand beside their `check`.
+        assert_eq!(check_keep_files(0).unwrap_err(), "expected 1 to 3650 files");
+        assert_eq!(
+            check_keep_files(MAX_KEEP_FILES + 1).unwrap_err(),
+            "expected 1 to 3650 files"
+        );
+    }
+
+    #[test]
     fn format_parses_and_names_bad_values() {
         assert_eq!("text".parse::<LogFormat>().unwrap(), LogFormat::Text);
         assert_eq!(" JSON ".parse::<LogFormat>().unwrap(), LogFormat::Json);

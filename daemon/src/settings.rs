@@ -75,6 +75,8 @@ pub struct EnvError {
     pub name: &'static str,
     pub value: String,
     pub expected: &'static str,
+    /// What exactly is wrong, when the value's type can say (e.g. which list entry).
+    pub detail: Option<String>,
 }
 
 impl std::fmt::Display for EnvError {
@@ -83,7 +85,11 @@ impl std::fmt::Display for EnvError {
             f,
             "invalid {} {:?}: {}",
             self.name, self.value, self.expected
-        )
+        )?;
+        match &self.detail {
+            Some(d) => write!(f, " ({d})"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -118,6 +124,11 @@ pub trait EnvValue: Sized {
     /// What the error says is expected when `parse_env` refuses a value.
     const EXPECTED: &'static str;
     fn parse_env(text: &str) -> Option<Self>;
+    /// What exactly is wrong with a value `parse_env` refused, when the type can say more
+    /// than [`EnvValue::EXPECTED`].
+    fn why_not(_text: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A config field an override can set: plain values are replaced, an `Option<T>` field is set
@@ -179,8 +190,17 @@ from_str_values!(
     usize => "expected a whole number",
     SocketAddr => "expected IP:PORT",
     LogFormat => "expected text or json",
-    UpdatePhase => "expected an update phase such as old_stopped",
 );
+
+impl EnvValue for UpdatePhase {
+    const EXPECTED: &'static str = "expected an update phase such as old_stopped";
+    fn parse_env(text: &str) -> Option<Self> {
+        text.trim().parse().ok()
+    }
+    fn why_not(text: &str) -> Option<String> {
+        text.trim().parse::<UpdatePhase>().err()
+    }
+}
 
 /// Accepts the spellings people use for booleans in environment variables.
 pub fn parse_bool(text: &str) -> Option<bool> {
@@ -243,6 +263,9 @@ impl EnvValue for Vec<CommandKind> {
     fn parse_env(text: &str) -> Option<Self> {
         list(text).map(str::parse).collect::<Result<_, _>>().ok()
     }
+    fn why_not(text: &str) -> Option<String> {
+        list(text).find_map(|k| k.parse::<CommandKind>().err().map(|e| e.to_string()))
+    }
 }
 
 fn list(text: &str) -> impl Iterator<Item = &str> {
@@ -271,6 +294,7 @@ pub fn env_parsed<T: EnvValue>(
             Some(value) => Ok(Some(value)),
             None => Err(EnvError {
                 name,
+                detail: T::why_not(&v),
                 value: v,
                 expected: T::EXPECTED,
             }),

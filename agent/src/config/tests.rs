@@ -128,6 +128,15 @@ fn env_overrides_and_errors_name_the_variable() {
         e.contains("FLOTILLA_ALLOWED_COMMANDS") && e.contains("shell"),
         "{e}"
     );
+    // Which entry is wrong, and what the known kinds are.
+    assert!(
+        e.contains("unknown command kind \"shell\"; known kinds: ping,"),
+        "{e}"
+    );
+    let e = with_env(&[("FLOTILLA_TEST_UPDATE_PAUSE_AT", "sideways")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown update phase \"sideways\""), "{e}");
     let e = with_env(&[("FLOTILLA_TEST_HOLD_OUTBOX", "maybe")])
         .unwrap_err()
         .to_string();

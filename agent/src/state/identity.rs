@@ -90,9 +90,17 @@ impl State {
                     ts(identity.enrolled_at)
                 ],
             )?;
-            write_agent_id(state_dir_of(&path), &identity.agent_id)
-                .with_context(|| format!("cannot store the agent id of {}", path.display()))?;
             tx.commit()?;
+            // After the commit: the relay has already spent the enrollment token, so a failure
+            // here must not lose the identity. The next start writes the file again
+            // (`ensure_agent_id_file`); only a rollback needs it before then.
+            let dir = state_dir_of(&path);
+            if let Err(e) = write_agent_id(dir, &identity.agent_id) {
+                tracing::warn!(
+                    "cannot write {}: {e}; the next start writes it again",
+                    crate::agent_id::agent_id_path(dir).display()
+                );
+            }
             Ok(())
         })
         .await
@@ -103,8 +111,13 @@ impl State {
     pub async fn ensure_agent_id_file(&self, agent_id: &str) -> Result<bool> {
         let (path, id) = (self.path.clone(), agent_id.to_string());
         tokio::task::spawn_blocking(move || {
-            ensure_agent_id(state_dir_of(&path), &id)
-                .with_context(|| format!("cannot store the agent id of {}", path.display()))
+            let dir = state_dir_of(&path);
+            ensure_agent_id(dir, &id).with_context(|| {
+                format!(
+                    "cannot write {}",
+                    crate::agent_id::agent_id_path(dir).display()
+                )
+            })
         })
         .await
         .context("agent id file task failed")?

@@ -298,7 +298,7 @@ fn regular_file(fd: OwnedFd, path: &Path) -> io::Result<fs::File> {
     Ok(f)
 }
 
-fn read_capped(f: fs::File, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+pub fn read_capped(f: fs::File, path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     f.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {

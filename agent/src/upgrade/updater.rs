@@ -215,6 +215,9 @@ pub fn apply(opts: &ApplyOptions) -> Result<Vec<Outcome>> {
     create_dir(&opts.updater_dir, 0o700)
         .with_context(|| format!("cannot create {}", opts.updater_dir.display()))?;
     let _lock = lock_dir(&opts.updater_dir).map_err(|e| anyhow!("{e}"))?;
+    // Updaters before the agent-id file copied agent.db (with the agent's private key) here to
+    // read the id; one killed mid-copy left it behind.
+    let _ = std::fs::remove_dir_all(opts.updater_dir.join("agent-db-copy"));
     for dest in [
         opts.binary.clone(),
         updater.previous_path(),
