@@ -19,11 +19,15 @@ impl From<EnvError> for ConfigError {
     }
 }
 
-/// A value out of range: the error names the key.
+/// A value out of range: the error names the key, and its variable when it has one (the
+/// value may have come from either).
 impl From<RangeError> for ConfigError {
     fn from(e: RangeError) -> Self {
         ConfigError::Value {
-            key: e.key.to_string(),
+            key: match e.env {
+                Some(var) => format!("{} (relay.toml or {var})", e.key),
+                None => e.key.to_string(),
+            },
             value: e.value,
             expected: e.expected,
         }

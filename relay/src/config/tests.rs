@@ -148,6 +148,7 @@ fn bad_env_values_are_named() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("heartbeat_interval_secs"), "{e}");
+    assert!(e.contains("FLOTILLA_HEARTBEAT_INTERVAL_SECS"), "{e}");
 }
 
 #[test]
