@@ -87,9 +87,18 @@ struct Inner {
     status_file_stale: Mutex<bool>,
 }
 
+flotilla_shared::message_error!(
+    /// A `[backup]` setting that fails its check (the message names the key).
+    pub InvalidBackupConfig
+);
+
 /// Checks `[backup]` without touching the network or Docker: schedules, destinations,
 /// recipients, job names.
-pub fn validate_config(config: &BackupConfig) -> Result<(), String> {
+pub fn validate_config(config: &BackupConfig) -> Result<(), InvalidBackupConfig> {
+    validate_config_message(config).map_err(InvalidBackupConfig)
+}
+
+fn validate_config_message(config: &BackupConfig) -> Result<(), String> {
     Schedule::parse(&config.schedule).map_err(|e| format!("backup.schedule: {e}"))?;
     check_level(config.compression_level).map_err(|e| format!("backup.compression_level: {e}"))?;
     let mut names = std::collections::HashSet::new();

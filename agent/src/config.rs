@@ -229,6 +229,11 @@ flotilla_daemon::settings! {
     }
 }
 
+flotilla_shared::message_error!(
+    /// agent.toml text that does not parse (toml's message, with line and column).
+    pub InvalidToml
+);
+
 impl AgentConfig {
     /// Reads `path` (when given; a missing file is an error), then applies `FLOTILLA_*`
     /// environment overrides, then checks values that the types alone cannot.
@@ -241,7 +246,7 @@ impl AgentConfig {
                 })?;
                 Self::from_toml(&text).map_err(|message| ConfigError::Parse {
                     path: p.to_path_buf(),
-                    message,
+                    message: message.into(),
                 })?
             }
             None => AgentConfig::default(),
@@ -252,7 +257,11 @@ impl AgentConfig {
     }
 
     /// Parses `agent.toml` text; the error names the offending key.
-    pub fn from_toml(text: &str) -> Result<AgentConfig, String> {
+    pub fn from_toml(text: &str) -> Result<AgentConfig, InvalidToml> {
+        Self::from_toml_message(text).map_err(InvalidToml)
+    }
+
+    fn from_toml_message(text: &str) -> Result<AgentConfig, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }
 
@@ -280,7 +289,7 @@ impl AgentConfig {
                 ));
             }
         }
-        crate::backup::validate_config(&self.backup).map_err(backup_error)?;
+        crate::backup::validate_config(&self.backup).map_err(|e| backup_error(e.into()))?;
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::value(

@@ -96,8 +96,17 @@ pub fn systemd_logs_directory(get: impl Fn(&str) -> Option<String>) -> Option<Pa
         .map(PathBuf::from)
 }
 
+flotilla_shared::message_error!(
+    /// A `log_keep_files` outside what rotation accepts.
+    pub InvalidKeepFiles
+);
+
 /// Checks a `log_keep_files` value; the error says what is accepted.
-pub fn check_keep_files(n: usize) -> Result<(), String> {
+pub fn check_keep_files(n: usize) -> Result<(), InvalidKeepFiles> {
+    check_keep_files_message(n).map_err(InvalidKeepFiles)
+}
+
+fn check_keep_files_message(n: usize) -> Result<(), String> {
     if (1..=MAX_KEEP_FILES).contains(&n) {
         Ok(())
     } else {

@@ -672,9 +672,18 @@ fn shell_safe_url(url: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~:/?#[]@!&()*+,;=%".contains(&b))
 }
 
+flotilla_shared::message_error!(
+    /// Why the relay cannot tell the URL agents reach it at.
+    pub NoRelayUrl
+);
+
 /// The relay's URL for an installer: `public_url` when configured, else `<proto>://<host>` as
 /// the request reached the relay. Err names what is wrong.
-pub fn relay_url(public_url: &str, proto: &str, host: Option<&str>) -> Result<String, String> {
+pub fn relay_url(public_url: &str, proto: &str, host: Option<&str>) -> Result<String, NoRelayUrl> {
+    relay_url_message(public_url, proto, host).map_err(NoRelayUrl)
+}
+
+fn relay_url_message(public_url: &str, proto: &str, host: Option<&str>) -> Result<String, String> {
     let configured = public_url.trim().trim_end_matches('/');
     let url = if !configured.is_empty() {
         configured.to_string()

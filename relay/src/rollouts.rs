@@ -400,7 +400,7 @@ async fn check_soaks(
             ),
         };
         if let Err(reason) = verdict {
-            new_failures.push((m.agent_id.clone(), reason));
+            new_failures.push((m.agent_id.clone(), String::from(reason)));
         }
     }
     let failures = stage.failures + new_failures.len() as u32;

@@ -154,7 +154,7 @@ pub enum Command {
 message_error!(
     /// A command that cannot be built from its parts or whose arguments are out of range (the
     /// message names the argument).
-    InvalidCommand
+    pub InvalidCommand
 );
 
 impl Command {

@@ -9,18 +9,33 @@
 
 /// Declares a validation error: a message that names what was wrong, shown to operators as
 /// is. Typed so that a module boundary says which check failed; it reads as its message
-/// (`Display`, `Deref<Target = str>`) and turns into one (`From<_> for String`).
+/// (`Display`, `Deref<Target = str>`, `== "text"`) and turns into one (`From<_> for String`).
+/// Exported for the other crates' boundaries (`flotilla_shared::message_error!`).
+#[macro_export]
 macro_rules! message_error {
-    ($(#[$meta:meta])* $name:ident) => {
+    ($(#[$meta:meta])* $vis:vis $name:ident) => {
         $(#[$meta])*
-        #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-        #[error("{0}")]
-        pub struct $name(pub String);
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        $vis struct $name(pub String);
 
-        impl std::ops::Deref for $name {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl ::std::error::Error for $name {}
+
+        impl ::std::ops::Deref for $name {
             type Target = str;
             fn deref(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
             }
         }
 

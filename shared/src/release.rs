@@ -42,23 +42,23 @@ pub const LATEST: &str = "latest";
 
 message_error!(
     /// An architecture no agent build exists for (the message names the accepted ones).
-    UnknownArch
+    pub UnknownArch
 );
 message_error!(
     /// A file that is not an agent build for a known architecture.
-    NotAnAgentBuild
+    pub NotAnAgentBuild
 );
 message_error!(
     /// A release manifest that fails its sanity checks.
-    InvalidManifest
+    pub InvalidManifest
 );
 message_error!(
     /// A string that is not a release version.
-    InvalidVersion
+    pub InvalidVersion
 );
 message_error!(
     /// Why a binary could not be stamped with a version.
-    StampError
+    pub StampError
 );
 
 /// The canonical architecture, or an error naming the accepted ones.

@@ -47,7 +47,7 @@ pub struct ContainerUpdateArgs {
 
 message_error!(
     /// `container.update` arguments out of range (the message names the argument).
-    InvalidUpdate
+    pub InvalidUpdate
 );
 
 impl ContainerUpdateArgs {

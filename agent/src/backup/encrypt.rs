@@ -36,10 +36,19 @@ impl fmt::Debug for Recipients {
     }
 }
 
+flotilla_shared::message_error!(
+    /// An age recipient line that is not a recipient (the message names the line).
+    pub InvalidRecipients
+);
+
 /// Parses recipients, one per entry. Blank entries and `#` comments are ignored; leading and
 /// trailing whitespace is not part of a key. The error names the bad entry (1-based) and its
 /// text, so a typo in agent.toml or the recipients file is found without guessing.
-pub fn parse_recipients(lines: &[String]) -> Result<Recipients, String> {
+pub fn parse_recipients(lines: &[String]) -> Result<Recipients, InvalidRecipients> {
+    parse_recipients_message(lines).map_err(InvalidRecipients)
+}
+
+fn parse_recipients_message(lines: &[String]) -> Result<Recipients, String> {
     let mut recipients: Vec<age::x25519::Recipient> = Vec::new();
     for (index, line) in lines.iter().enumerate() {
         let text = line.trim();
@@ -74,9 +83,18 @@ pub fn parse_recipients(lines: &[String]) -> Result<Recipients, String> {
     Ok(Recipients(recipients))
 }
 
+flotilla_shared::message_error!(
+    /// An age recipients file that cannot be read or holds no recipient.
+    pub RecipientsFileError
+);
+
 /// Reads a recipients file: the lines that are neither blank nor `#` comments, trimmed, ready
 /// for [`parse_recipients`]. Blocking: call it from a blocking thread.
-pub fn read_recipients_file(path: &Path) -> Result<Vec<String>, String> {
+pub fn read_recipients_file(path: &Path) -> Result<Vec<String>, RecipientsFileError> {
+    read_recipients_file_message(path).map_err(RecipientsFileError)
+}
+
+fn read_recipients_file_message(path: &Path) -> Result<Vec<String>, String> {
     let file = std::fs::File::open(path)
         .map_err(|e| format!("cannot read age recipients file {}: {e}", path.display()))?;
     let mut text = String::new();
@@ -125,9 +143,21 @@ impl<W: Write> Write for EncryptingWriter<W> {
     }
 }
 
+flotilla_shared::message_error!(
+    /// Why age encryption could not start.
+    pub EncryptError
+);
+
 /// Starts an age file to `recipients` in `out` (writes its header). Fails when there are no
 /// recipients: an unencrypted dump must be the caller's explicit choice, not an accident.
 pub fn encrypt_to<W: Write>(
+    recipients: &Recipients,
+    out: W,
+) -> Result<EncryptingWriter<W>, EncryptError> {
+    encrypt_to_message::<W>(recipients, out).map_err(EncryptError)
+}
+
+fn encrypt_to_message<W: Write>(
     recipients: &Recipients,
     out: W,
 ) -> Result<EncryptingWriter<W>, String> {

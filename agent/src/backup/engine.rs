@@ -264,8 +264,22 @@ pub fn parse_database_list(engine: BackupEngine, stdout: &str) -> Vec<String> {
         .collect()
 }
 
+flotilla_shared::message_error!(
+    /// A dump the engine cannot make as asked (the message says what and why).
+    pub UnsupportedDump
+);
+
 /// The command that writes one database's dump to stdout.
 pub fn dump(
+    engine: BackupEngine,
+    c: &Credentials,
+    database: &str,
+    custom_command: &[String],
+) -> Result<ExecSpec, UnsupportedDump> {
+    dump_message(engine, c, database, custom_command).map_err(UnsupportedDump)
+}
+
+fn dump_message(
     engine: BackupEngine,
     c: &Credentials,
     database: &str,
@@ -358,9 +372,24 @@ pub fn tool_versions(engine: BackupEngine) -> Vec<(&'static str, ExecSpec)> {
     }
 }
 
+flotilla_shared::message_error!(
+    /// A dump whose output fails the engine's completeness check.
+    pub IncompleteDump
+);
+
 /// Checks that a dump is complete from its first and last bytes: every engine's format has a
 /// recognisable start or end, and a dump cut short lacks it.
 pub fn check_dump(
+    engine: BackupEngine,
+    database: &str,
+    bytes: u64,
+    head: &[u8],
+    tail: &[u8],
+) -> Result<(), IncompleteDump> {
+    check_dump_message(engine, database, bytes, head, tail).map_err(IncompleteDump)
+}
+
+fn check_dump_message(
     engine: BackupEngine,
     database: &str,
     bytes: u64,
@@ -501,8 +530,23 @@ pub fn create_database(engine: BackupEngine, c: &Credentials, database: &str) ->
     }
 }
 
+flotilla_shared::message_error!(
+    /// A restore the engine cannot make as asked.
+    pub UnsupportedRestore
+);
+
 /// The command a restore pipes the (decompressed) dump into.
 pub fn restore(
+    engine: BackupEngine,
+    c: &Credentials,
+    database: &str,
+    force: bool,
+    custom_command: &[String],
+) -> Result<ExecSpec, UnsupportedRestore> {
+    restore_message(engine, c, database, force, custom_command).map_err(UnsupportedRestore)
+}
+
+fn restore_message(
     engine: BackupEngine,
     c: &Credentials,
     database: &str,

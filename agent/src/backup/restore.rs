@@ -128,7 +128,7 @@ impl Backups {
                         &ends.tail,
                     ) {
                         Ok(()) => check(&mut checks, "end_marker", true, "complete".into()),
-                        Err(e) => check(&mut checks, "end_marker", false, e),
+                        Err(e) => check(&mut checks, "end_marker", false, e.into()),
                     }
                 }
             }
@@ -263,7 +263,7 @@ impl Backups {
         let database = args.database.clone().unwrap_or_else(|| m.database.clone());
         let restore_command = job.map(|j| j.restore_command.clone()).unwrap_or_default();
         let spec = engine::restore(m.engine, &creds, &database, args.force, &restore_command)
-            .map_err(refused)?;
+            .map_err(|e| refused(e.into()))?;
         self.prepare_restore_target(m.engine, &creds, &target, &database, args.force)
             .await?;
         let (rx, source) = pipeline::spawn_source(path.clone());

@@ -508,7 +508,7 @@ impl<'a> Run<'a> {
             &written.tail,
         ) {
             discard().await;
-            return Err(e);
+            return Err(e.into());
         }
         let (p, f) = (partial.to_path_buf(), final_path.to_path_buf());
         tokio::task::spawn_blocking(move || pipeline::commit(&p, &f))

@@ -38,11 +38,20 @@ pub struct Schedule {
     cron: Cron,
 }
 
+flotilla_shared::message_error!(
+    /// A cron expression that is not one (the message quotes it).
+    pub InvalidSchedule
+);
+
 impl Schedule {
     /// Parses a 5-field cron expression or an `@daily`-style alias. Seconds and year fields
     /// are refused: the config documents 5 fields, and a 6-field typo would otherwise silently
     /// shift every field by one.
-    pub fn parse(expression: &str) -> Result<Schedule, String> {
+    pub fn parse(expression: &str) -> Result<Schedule, InvalidSchedule> {
+        Self::parse_message(expression).map_err(InvalidSchedule)
+    }
+
+    fn parse_message(expression: &str) -> Result<Schedule, String> {
         let trimmed = expression.trim();
         let invalid = |why: String| format!("invalid cron expression {expression:?}: {why}");
         if trimmed.is_empty() {

@@ -304,7 +304,7 @@ impl Updater {
             }
         }
         policy::check_image(&self.config, &current_image, &args.image)
-            .map_err(|m| refuse(error_codes::POLICY, m))?;
+            .map_err(|m| refuse(error_codes::POLICY, m.into()))?;
         if args.strategy == UpdateStrategy::StartFirst {
             self.check_start_first(&old, &c.id, &c.name)
                 .await

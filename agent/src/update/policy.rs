@@ -68,9 +68,22 @@ pub fn with_default_tag(reference: &str) -> String {
     }
 }
 
+flotilla_shared::message_error!(
+    /// An image the update policy does not allow (the message names the rule).
+    pub ImageRefused
+);
+
 /// Checks `new_image` against the configured allow list, or — when none is configured — against
 /// the registry `current_image` comes from. The error says what was refused and why.
 pub fn check_image(
+    config: &UpdateConfig,
+    current_image: &str,
+    new_image: &str,
+) -> Result<(), ImageRefused> {
+    check_image_message(config, current_image, new_image).map_err(ImageRefused)
+}
+
+fn check_image_message(
     config: &UpdateConfig,
     current_image: &str,
     new_image: &str,
@@ -107,10 +120,22 @@ pub fn check_image(
     }
 }
 
+flotilla_shared::message_error!(
+    /// Registry credentials that are configured but cannot be read.
+    pub CredentialsError
+);
+
 /// Credentials for pulling from `registry`: the agent's own configuration first, then the
 /// host's Docker config file (`auths` entries with an `auth` field; credential helpers are not
 /// run). None means an anonymous pull.
 pub fn credentials(
+    config: &UpdateConfig,
+    registry: &str,
+) -> Result<Option<DockerCredentials>, CredentialsError> {
+    credentials_message(config, registry).map_err(CredentialsError)
+}
+
+fn credentials_message(
     config: &UpdateConfig,
     registry: &str,
 ) -> Result<Option<DockerCredentials>, String> {

@@ -581,9 +581,18 @@ pub fn install_binary(
     sync_dir(parent_of(dest)).map_err(|e| io_err("fsync of the binary's directory", e))
 }
 
+flotilla_shared::message_error!(
+    /// A binary whose `--version` did not answer as an agent build does.
+    pub VersionCheckFailed
+);
+
 /// Runs `<binary> --version` (at most `timeout`) and returns the version it prints: the last
 /// word of its first line (`flotilla-agent 0.2.0` → `0.2.0`). The error names what went wrong.
-pub fn binary_version(binary: &Path, timeout: Duration) -> Result<String, String> {
+pub fn binary_version(binary: &Path, timeout: Duration) -> Result<String, VersionCheckFailed> {
+    binary_version_message(binary, timeout).map_err(VersionCheckFailed)
+}
+
+fn binary_version_message(binary: &Path, timeout: Duration) -> Result<String, String> {
     let mut attempts = 0;
     let mut child = loop {
         let spawned = Process::new(binary)

@@ -991,7 +991,7 @@ impl<'a> Updater<'a> {
             Ok(v) => v,
             Err(e) if r.rollback => {
                 info!(
-                    error = e,
+                    error = %e,
                     "cannot tell the installed version; installing the relay-signed rollback"
                 );
                 return Ok(());

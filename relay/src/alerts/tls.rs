@@ -68,9 +68,18 @@ fn client_config() -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+flotilla_shared::message_error!(
+    /// Why a TLS endpoint's certificate could not be read (resolve, connect, handshake, parse).
+    pub TlsCheckFailed
+);
+
 /// Connects, shakes hands and returns the leaf certificate's notAfter. Blocking; bounded by
 /// `timeout` per network step.
-pub fn check_blocking(endpoint: &str, timeout: Duration) -> Result<DateTime<Utc>, String> {
+pub fn check_blocking(endpoint: &str, timeout: Duration) -> Result<DateTime<Utc>, TlsCheckFailed> {
+    check_blocking_message(endpoint, timeout).map_err(TlsCheckFailed)
+}
+
+fn check_blocking_message(endpoint: &str, timeout: Duration) -> Result<DateTime<Utc>, String> {
     let (host, port) = split_endpoint(endpoint).ok_or_else(|| "expected host:port".to_string())?;
     let addr = (host.as_str(), port)
         .to_socket_addrs()
@@ -100,10 +109,19 @@ pub fn check_blocking(endpoint: &str, timeout: Duration) -> Result<DateTime<Utc>
     Ok(not_after)
 }
 
+flotilla_shared::message_error!(
+    /// A certificate whose validity could not be parsed.
+    pub BadCertificate
+);
+
 /// The notAfter of a DER X.509 certificate:
 /// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
 /// signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... }, ... }.
-pub fn not_after(der: &[u8]) -> Result<DateTime<Utc>, String> {
+pub fn not_after(der: &[u8]) -> Result<DateTime<Utc>, BadCertificate> {
+    not_after_message(der).map_err(BadCertificate)
+}
+
+fn not_after_message(der: &[u8]) -> Result<DateTime<Utc>, String> {
     let bad = |what: &str| format!("cannot parse the certificate: {what}");
     let (tag, cert, _) = read_tlv(der).ok_or_else(|| bad("outer sequence"))?;
     if tag != 0x30 {
@@ -210,7 +228,7 @@ pub async fn check_all(endpoints: &[String], timeout: Duration) -> Vec<TlsCheck>
         .map(|e| {
             let e = e.clone();
             tokio::task::spawn_blocking(move || {
-                let result = check_blocking(&e, timeout);
+                let result = check_blocking(&e, timeout).map_err(String::from);
                 TlsCheck {
                     endpoint: e,
                     checked_at: Utc::now(),

@@ -367,10 +367,25 @@ fn abort(p: &Progress, revert: bool, reason: String, now: DateTime<Utc>) -> (Pro
     }
 }
 
+flotilla_shared::message_error!(
+    /// Why an operator's action does not apply to a rollout in its state (answered 409).
+    pub ActionRefused
+);
+
 /// An operator's action on a rollout: the new progress and the transition to log, or why it
 /// does not apply now (409). `stage_failures` is the current stage's failure count (accepted at
 /// a resume).
 pub fn apply_action(
+    p: &Progress,
+    action: &RolloutAction,
+    actor: &str,
+    stage_failures: u32,
+    now: DateTime<Utc>,
+) -> Result<(Progress, Transition), ActionRefused> {
+    apply_action_message(p, action, actor, stage_failures, now).map_err(ActionRefused)
+}
+
+fn apply_action_message(
     p: &Progress,
     action: &RolloutAction,
     actor: &str,
@@ -527,6 +542,11 @@ pub struct SoakMember {
     pub finished_at: DateTime<Utc>,
 }
 
+flotilla_shared::message_error!(
+    /// Why an updated member (container or agent) failed its soak (recorded as its reason).
+    pub SoakFailed
+);
+
 /// The soak verdict of one member: `Err(reason)` when it failed.
 ///
 /// An updated container is a new container, so any restart counts (the baseline is 0, not
@@ -538,6 +558,28 @@ pub struct SoakMember {
 /// while the relay was down nobody could be heard from, so a restart must not fail every
 /// soaking member on its first tick.
 pub fn soak_verdict(
+    m: &SoakMember,
+    connected: bool,
+    heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
+    bad_events: &[String],
+    offline_threshold: Duration,
+    relay_started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), SoakFailed> {
+    soak_verdict_message(
+        m,
+        connected,
+        heartbeat,
+        bad_events,
+        offline_threshold,
+        relay_started_at,
+        now,
+    )
+    .map_err(SoakFailed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn soak_verdict_message(
     m: &SoakMember,
     connected: bool,
     heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
@@ -627,6 +669,30 @@ fn offline_failure(
 /// heartbeat).
 #[allow(clippy::too_many_arguments)]
 pub fn agent_soak_verdict(
+    m: &SoakMember,
+    target: &str,
+    connected: bool,
+    reported: Option<&str>,
+    heartbeat: Option<(&Heartbeat, DateTime<Utc>)>,
+    offline_threshold: Duration,
+    relay_started_at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), SoakFailed> {
+    agent_soak_verdict_message(
+        m,
+        target,
+        connected,
+        reported,
+        heartbeat,
+        offline_threshold,
+        relay_started_at,
+        now,
+    )
+    .map_err(SoakFailed)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn agent_soak_verdict_message(
     m: &SoakMember,
     target: &str,
     connected: bool,
@@ -743,7 +809,7 @@ impl Default for RolloutFilter {
 pub enum ActionRefusal {
     NotFound,
     /// It does not apply to the rollout's current state (the sentence says why).
-    InvalidState(String),
+    InvalidState(ActionRefused),
 }
 
 // === member outcomes and views ===

@@ -17,8 +17,8 @@
 use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Db};
 use crate::model::rollouts::{
     agent_outcome, classify_update, container_list_verdict, info_of, order_fleet, select_members,
-    ContainerDispatch, FleetAgent, Progress, RevertPlan, RolloutRow, RolloutSpec, SoakMember,
-    StageView, Transition, UpdateVerdict, NOT_RUNNING, NO_SUCH_CONTAINER,
+    ActionRefused, ContainerDispatch, FleetAgent, Progress, RevertPlan, RolloutRow, RolloutSpec,
+    SoakMember, StageView, Transition, UpdateVerdict, NOT_RUNNING, NO_SUCH_CONTAINER,
 };
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -1186,7 +1186,7 @@ impl Db {
         action: &flotilla_shared::rollout::RolloutAction,
         actor: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<Result<(), String>>, StoreError> {
+    ) -> Result<Option<Result<(), ActionRefused>>, StoreError> {
         let tx = self.conn.transaction()?;
         let Some(row) = load_row(&tx, id)? else {
             return Ok(None);
