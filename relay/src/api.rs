@@ -5,17 +5,17 @@
 //! [`error::ApiError`] (always a `{"error": {"code", "message"}}` body), and write an audit row
 //! for every mutating call. They reach the database only through [`crate::store::Store`].
 
-mod agents;
-mod alerts;
-mod auth;
-mod backups;
-mod commands;
-mod error;
-mod releases;
-mod rollouts;
-mod system;
-mod tokens;
-mod updates;
+pub(crate) mod agents;
+pub(crate) mod alerts;
+pub(crate) mod auth;
+pub(crate) mod backups;
+pub(crate) mod commands;
+pub(crate) mod error;
+pub(crate) mod releases;
+pub(crate) mod rollouts;
+pub(crate) mod system;
+pub(crate) mod tokens;
+pub(crate) mod updates;
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -28,9 +28,13 @@ use axum::Router;
 use flotilla_shared::protocol::{CONNECT_PATH, ENROLL_PATH};
 
 /// Builds the whole HTTP surface of the relay; `agent_socket` is the websocket adapter's
-/// handler, mounted at [`CONNECT_PATH`] (passed in by the composition root, so the API does
-/// not import the websocket adapter).
-pub fn router(state: AppState, agent_socket: MethodRouter<AppState>) -> Router {
+/// handler, mounted at [`CONNECT_PATH`], and `pages` the dashboard's routes (both passed in by
+/// the composition root, so the API imports neither adapter).
+pub fn router(
+    state: AppState,
+    agent_socket: MethodRouter<AppState>,
+    pages: Router<AppState>,
+) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
@@ -120,9 +124,58 @@ pub fn router(state: AppState, agent_socket: MethodRouter<AppState>) -> Router {
         );
     }
     router
+        .merge(pages)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
+        ))
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
         .with_state(state)
+}
+
+/// Audits every refused (403) state-changing request, whoever made it and whichever route:
+/// a token or session without the scope, or a cookie request without its CSRF token. The
+/// handlers refuse before they reach their own audit row, so this layer is the one place.
+async fn audit_refusals(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{Method, StatusCode};
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    if response.status() == StatusCode::FORBIDDEN {
+        let code = response
+            .extensions()
+            .get::<error::ErrorCode>()
+            .map_or_else(|| "forbidden".to_string(), |c| c.0.clone());
+        // Who it was, without the CSRF check (that may be what failed).
+        let actor = match auth::authenticate(&state, &Method::GET, &headers).await {
+            Ok(Some(caller)) => caller.name,
+            _ => "unauthenticated".to_string(),
+        };
+        let refused: Result<(), ApiError> =
+            Err(ApiError::new(StatusCode::FORBIDDEN, &code, String::new()));
+        audit(
+            &state,
+            &actor,
+            "request.refused",
+            &format!("{method} {path}"),
+            &refused,
+            None,
+        )
+        .await;
+    }
+    response
 }
 
 /// Writes an audit row for a mutating call (`outcome` is "ok" or "error: <code>").

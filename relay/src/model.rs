@@ -7,4 +7,5 @@ pub mod alerts;
 pub mod commands;
 pub mod jobs;
 pub mod rollouts;
+pub mod sessions;
 pub mod ttl;

@@ -259,6 +259,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let state = AppState(Arc::new(Shared {
         fingerprint: key.public_key().fingerprint(),
         enroll_limiter: Arc::new(RateLimiter::new(config.enroll_rate_per_minute)),
+        login_limiter: Arc::new(RateLimiter::new(crate::web::SIGN_IN_PER_MINUTE)),
         handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes)),
         config,
         store: store.clone(),
@@ -305,9 +306,17 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             state.enroll_limiter.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(crate::ratelimit::run_pruner(
+            state.login_limiter.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(retention.run(shutdown.clone())),
     ];
-    let app = crate::api::router(state.clone(), axum::routing::get(crate::ws::connect));
+    let app = crate::api::router(
+        state.clone(),
+        axum::routing::get(crate::ws::connect),
+        crate::web::routes(),
+    );
     let server = tokio::spawn(
         axum::serve(
             // Frames are small and latency matters (a command, then its ack and result): without

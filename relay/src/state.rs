@@ -37,6 +37,8 @@ pub struct Shared {
     /// Wakes the rollout engine (`crate::rollouts`).
     pub rollouts: RolloutKicker,
     pub enroll_limiter: Arc<RateLimiter>,
+    /// Dashboard sign-in attempts per client address (`web::login`).
+    pub login_limiter: Arc<RateLimiter>,
     /// One permit per agent websocket that has not authenticated yet
     /// (`max_pending_handshakes`).
     pub handshakes: Arc<tokio::sync::Semaphore>,

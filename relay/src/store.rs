@@ -52,6 +52,7 @@ mod events;
 mod jobs;
 pub mod releases;
 mod rollouts;
+mod sessions;
 mod sqlite;
 mod tokens;
 mod updates;
@@ -73,6 +74,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use crate::model::commands::NewCommand;
+pub use sessions::{NewWebSession, WebSession};
 pub use flotilla_shared::api::CommandInfo;
 
 #[derive(Debug, thiserror::Error)]

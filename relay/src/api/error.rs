@@ -50,15 +50,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The error code of an error response, kept in the response's extensions for the layers
+/// around the handlers (the audit of refusals).
+#[derive(Clone, Debug)]
+pub struct ErrorCode(pub String);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let code = ErrorCode(self.code.clone());
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(code);
+        response
     }
 }
 

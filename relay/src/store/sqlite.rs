@@ -41,6 +41,7 @@ mod jobs;
 mod releases;
 mod retention;
 mod rollouts;
+mod sessions;
 mod tokens;
 mod updates;
 
@@ -209,6 +210,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     alerts::SCHEMA,
     // 7: published agent builds (see `sqlite/releases.rs`).
     releases::SCHEMA,
+    // 8: dashboard sessions (see `sqlite/sessions.rs`).
+    sessions::SCHEMA,
 ];
 
 /// Inserts a command with its deliveries (and, for `container.update`, the update-history rows

@@ -1,0 +1,396 @@
+//! The dashboard over real HTTP against an in-process relay: sign-in (login CSRF, bad token,
+//! rate limit), the session cookie's attributes, pages behind the session, the security
+//! headers, escaping of hostile text an agent reports, CSRF and scope on the JSON API through
+//! the cookie (refusals audited), sign-out and token revocation ending the session.
+
+mod support;
+
+use flotilla_shared::api::{
+    AgentFacts, ApiTokenCreated, AuditRecord, CreateApiToken, CreateEnrollmentToken,
+    EnrollmentTokenCreated, Scope,
+};
+use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
+use flotilla_shared::protocol::AgentFrame;
+use flotilla_shared::signing::SigningKey;
+use flotilla_testkit::agent::{enroll, ScriptedAgent};
+use flotilla_testkit::eventually;
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Client, StatusCode};
+use std::time::Duration;
+use support::TestRelay;
+
+const WAIT: Duration = Duration::from_secs(20);
+const HOSTILE: &str = "<script>window.__pwned=1</script>\"'><img src=x onerror=alert(1)>";
+
+fn no_redirects() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of `name` in a `Set-Cookie` header of `resp`, with the whole header.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    resp.headers().get_all(SET_COOKIE).iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let value = v.strip_prefix(&format!("{name}="))?.split(';').next()?;
+        Some((value.to_string(), v.to_string()))
+    })
+}
+
+/// The hidden `csrf` input of a page.
+fn hidden_csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+fn meta_csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf-token\" content=\"")
+        .expect("a csrf meta")
+        + 27;
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+/// Signs in with `token`; returns the session cookie's value.
+async fn sign_in(http: &Client, base: &str, token: &str) -> String {
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let (login_cookie, _) = set_cookie(&form, "flotilla_login").expect("login csrf cookie");
+    let csrf = hidden_csrf(&form.text().await.unwrap());
+    let resp = http
+        .post(format!("{base}/ui/login"))
+        .header(COOKIE, format!("flotilla_login={login_cookie}"))
+        .form(&[("token", token), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/ui/");
+    let (session, header) = set_cookie(&resp, "flotilla_session").expect("session cookie");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(header.contains(attr), "{header}");
+    }
+    assert!(!header.contains("Secure"), "plain loopback: {header}");
+    session
+}
+
+async fn page(http: &Client, base: &str, path: &str, session: &str) -> reqwest::Response {
+    http.get(format!("{base}{path}"))
+        .header(COOKIE, format!("flotilla_session={session}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn audit(t: &TestRelay) -> Vec<AuditRecord> {
+    t.http
+        .get(format!("{}/api/v1/audit?limit=100", t.base))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_in_pages_csrf_scope_and_sign_out() {
+    let t = TestRelay::in_process("relay-web").start().await;
+    let (base, http) = (t.base.clone(), no_redirects());
+
+    // Not signed in: pages go to the sign-in page; the root goes to the dashboard.
+    let resp = http.get(format!("{base}/ui/agents")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/ui/login");
+    let resp = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(resp.headers()[LOCATION], "/ui/");
+
+    // The sign-in page carries the policy; a POST without the double-submit cookie is refused.
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let csp = form.headers()[CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(form.headers()["x-frame-options"], "DENY");
+    let resp = http
+        .post(format!("{base}/ui/login"))
+        .form(&[("token", t.admin.as_str()), ("csrf", "made-up")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert!(set_cookie(&resp, "flotilla_session").is_none());
+
+    // A wrong token: 401, no session, and the page does not echo the token.
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let (login_cookie, _) = set_cookie(&form, "flotilla_login").unwrap();
+    let csrf = hidden_csrf(&form.text().await.unwrap());
+    let resp = http
+        .post(format!("{base}/ui/login"))
+        .header(COOKIE, format!("flotilla_login={login_cookie}"))
+        .form(&[("token", "flt_not-a-token"), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(set_cookie(&resp, "flotilla_session").is_none());
+    assert!(!resp.text().await.unwrap().contains("flt_not-a-token"));
+
+    // An agent reports hostile text; every page shows it escaped.
+    let et: EnrollmentTokenCreated = t
+        .http
+        .post(format!("{base}/api/v1/enrollment-tokens"))
+        .bearer_auth(&t.admin)
+        .json(&CreateEnrollmentToken::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = SigningKey::generate();
+    let enrolled = enroll(
+        &t.http,
+        &base,
+        et.token,
+        "web-1",
+        AgentFacts::default(),
+        &key,
+    )
+    .await
+    .unwrap();
+    let mut agent = ScriptedAgent::new(enrolled.agent_id.clone(), key, "test");
+    agent.connect(&t.ws_url()).await.unwrap();
+    let container: flotilla_shared::command::ContainerInfo =
+        serde_json::from_value(serde_json::json!({
+            "id": "c1", "name": "web", "image": HOSTILE, "image_id": "sha256:abc",
+            "state": "running", "status": HOSTILE, "restart_count": 0, "oom_killed": false
+        }))
+        .unwrap();
+    agent
+        .send(&AgentFrame::Heartbeat(Box::new(Heartbeat {
+            at: chrono::Utc::now(),
+            agent_version: "test".into(),
+            host: HostMetrics::default(),
+            docker: DockerSnapshot {
+                containers: vec![container],
+                ..DockerSnapshot::default()
+            },
+            backup: None,
+        })))
+        .await
+        .unwrap();
+
+    let admin_session = sign_in(&http, &base, &t.admin).await;
+    let agent_path = format!("/ui/agents/{}", enrolled.agent_id);
+    let html = eventually(WAIT, "the agent page shows the container", || {
+        let (http, base, s, p) = (
+            http.clone(),
+            base.clone(),
+            admin_session.clone(),
+            agent_path.clone(),
+        );
+        async move {
+            let html = page(&http, &base, &p, &s).await.text().await.unwrap();
+            html.contains("data-container=\"web\"").then_some(html)
+        }
+    })
+    .await;
+    assert!(!html.contains("<script>window"), "unescaped: {html}");
+    assert!(!html.contains("<img src=x"), "unescaped: {html}");
+    assert!(html.contains("&lt;script&gt;"), "{html}");
+    assert!(html.contains("data-test=\"container-row\""));
+    assert!(html.contains("class=\"action\""), "admin sees actions");
+    for path in [
+        "/ui/",
+        "/ui/agents",
+        "/ui/rollouts",
+        "/ui/alerts",
+        "/ui/backups",
+        "/ui/releases",
+        "/ui/audit",
+        "/ui/tokens",
+    ] {
+        let resp = page(&http, &base, path, &admin_session).await;
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        assert_eq!(resp.headers()["cache-control"], "no-store", "{path}");
+        let html = resp.text().await.unwrap();
+        assert!(!html.contains("<script>window"), "{path}: {html}");
+        assert!(!html.contains(&t.admin), "{path} shows the token");
+    }
+
+    // The JSON API through the cookie: reads work; a write needs the session's CSRF token.
+    let api = |method: reqwest::Method, path: &str, session: &str, csrf: Option<&str>| {
+        let mut req = http
+            .request(method, format!("{base}{path}"))
+            .header(COOKIE, format!("flotilla_session={session}"));
+        if let Some(c) = csrf {
+            req = req.header("x-csrf-token", c);
+        }
+        req
+    };
+    let resp = api(reqwest::Method::GET, "/api/v1/agents", &admin_session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let admin_csrf = meta_csrf(
+        &page(&http, &base, "/ui/", &admin_session)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    let body = CreateApiToken {
+        name: "viewer".into(),
+        scope: Scope::Read,
+    };
+    let resp = api(
+        reqwest::Method::POST,
+        "/api/v1/api-tokens",
+        &admin_session,
+        None,
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let resp = api(
+        reqwest::Method::POST,
+        "/api/v1/api-tokens",
+        &admin_session,
+        Some("wrong"),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN, "wrong CSRF token");
+    let viewer: ApiTokenCreated = api(
+        reqwest::Method::POST,
+        "/api/v1/api-tokens",
+        &admin_session,
+        Some(&admin_csrf),
+    )
+    .json(&body)
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+
+    // A read-scope session: no action buttons; a forged POST with its cookie and its own
+    // valid CSRF token is refused and audited under its name.
+    let read_session = sign_in(&http, &base, &viewer.token).await;
+    let html = page(&http, &base, &agent_path, &read_session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("data-container=\"web\""));
+    assert!(
+        !html.contains("class=\"action\""),
+        "read scope sees no actions: {html}"
+    );
+    assert!(
+        !html.contains("href=\"/ui/tokens\""),
+        "read scope sees no tokens page"
+    );
+    let read_csrf = meta_csrf(&html);
+    let resp = api(
+        reqwest::Method::POST,
+        &format!("/api/v1/agents/{}/commands", enrolled.agent_id),
+        &read_session,
+        Some(&read_csrf),
+    )
+    .json(&serde_json::json!({"kind": "container.stop", "args": {"container": "web"}}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let rows = audit(&t).await;
+    assert!(
+        rows.iter().any(|r| r.actor == "viewer"
+            && r.action == "request.refused"
+            && r.target.contains("/commands")
+            && r.outcome == "error: forbidden"),
+        "{rows:#?}"
+    );
+    assert!(rows
+        .iter()
+        .any(|r| r.action == "request.refused" && r.outcome == "error: csrf_failed"));
+    assert!(rows
+        .iter()
+        .any(|r| r.actor == "viewer" && r.action == "session.create"));
+    assert!(rows
+        .iter()
+        .any(|r| r.actor == "unauthenticated" && r.action == "session.create"));
+
+    // Revoking the API token ends its session.
+    let resp = t
+        .http
+        .delete(format!("{base}/api/v1/api-tokens/{}", viewer.id))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = page(&http, &base, "/ui/", &read_session).await;
+    assert_eq!(resp.headers()[LOCATION], "/ui/login");
+    let resp = api(reqwest::Method::GET, "/api/v1/agents", &read_session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Sign-out needs the session's CSRF token, then the old cookie is refused.
+    let resp = http
+        .post(format!("{base}/ui/logout"))
+        .header(COOKIE, format!("flotilla_session={admin_session}"))
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http
+        .post(format!("{base}/ui/logout"))
+        .header(COOKIE, format!("flotilla_session={admin_session}"))
+        .form(&[("csrf", admin_csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    let resp = page(&http, &base, "/ui/", &admin_session).await;
+    assert_eq!(resp.headers()[LOCATION], "/ui/login");
+    let resp = api(reqwest::Method::GET, "/api/v1/agents", &admin_session, None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_address() {
+    let t = TestRelay::in_process("relay-web-limit").start().await;
+    let (base, http) = (t.base.clone(), no_redirects());
+    let form = http.get(format!("{base}/ui/login")).send().await.unwrap();
+    let (login_cookie, _) = set_cookie(&form, "flotilla_login").unwrap();
+    let csrf = hidden_csrf(&form.text().await.unwrap());
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let resp = http
+            .post(format!("{base}/ui/login"))
+            .header(COOKIE, format!("flotilla_login={login_cookie}"))
+            .form(&[("token", "wrong"), ("csrf", &csrf)])
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
+    assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+}
