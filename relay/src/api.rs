@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod backups;
 pub(crate) mod commands;
 pub(crate) mod error;
+pub(crate) mod openapi;
 pub(crate) mod releases;
 pub(crate) mod rollouts;
 pub(crate) mod system;
@@ -39,6 +40,7 @@ pub fn router(
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/metrics", get(system::metrics))
+        .route(openapi::OPENAPI_PATH, get(openapi::serve))
         .route(CONNECT_PATH, agent_socket)
         .route(ENROLL_PATH, post(tokens::enroll))
         .route(

@@ -9,6 +9,7 @@ use std::str::FromStr;
 
 /// How loud an alert is (the users' three levels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     /// Dashboard only; never notified.
@@ -54,6 +55,7 @@ impl FromStr for Severity {
 
 /// Where an alert is in its lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AlertState {
     /// Its condition holds now.
@@ -93,6 +95,7 @@ impl FromStr for AlertState {
 /// One alert as the relay keeps and serves it (`GET /api/v1/alerts`, `GET /api/v1/alerts/{id}`).
 /// Deduplicated per (agent, rule, subject): at most one firing alert per key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertInfo {
     /// `alr_...`; stable from firing to resolved.
     pub id: String,
@@ -137,6 +140,7 @@ pub struct AlertInfo {
 
 /// A silence: alerts it matches are still recorded, never notified, while it is active.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Silence {
     /// `sil_...`
     pub id: String,
@@ -172,6 +176,7 @@ impl Silence {
 
 /// `POST /api/v1/silences`. Give `ends_at` or `duration_secs` (from `starts_at`, default now).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSilence {
     pub selector: Selector,
@@ -191,6 +196,7 @@ pub struct CreateSilence {
 
 /// `POST /api/v1/alerts/{id}/ack` (the body is optional).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AckRequest {
     /// Free text, kept in the audit trail.

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 /// Every API error: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -23,6 +25,7 @@ pub struct ErrorDetail {
 
 /// API token scopes; each includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     Read,
@@ -58,6 +61,7 @@ impl std::str::FromStr for Scope {
 
 /// `POST /api/v1/enrollment-tokens` (operate).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollmentToken {
     #[serde(default)]
@@ -74,6 +78,7 @@ pub struct CreateEnrollmentToken {
 
 /// An enrollment token as listed (never the secret itself).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentTokenInfo {
     pub id: String,
     pub labels: Labels,
@@ -89,6 +94,7 @@ pub struct EnrollmentTokenInfo {
 
 /// Answer to `POST /api/v1/enrollment-tokens`: the only time the secret is shown.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollmentTokenCreated {
     pub token: String,
     #[serde(flatten)]
@@ -97,6 +103,7 @@ pub struct EnrollmentTokenCreated {
 
 /// Facts an agent reports about its host when it enrolls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentFacts {
     pub hostname: String,
     pub os: String,
@@ -106,6 +113,7 @@ pub struct AgentFacts {
 
 /// `POST /api/v1/enroll` (no bearer token: the enrollment token is the credential).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -122,6 +130,7 @@ pub struct EnrollRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub agent_id: String,
     pub name: String,
@@ -135,6 +144,7 @@ pub struct EnrollResponse {
 // === agents ===
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     Online,
@@ -154,6 +164,7 @@ impl AgentStatus {
 
 /// The few figures shown in fleet lists.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsSummary {
     pub cpu_percent: f32,
     pub load_1: f64,
@@ -183,6 +194,7 @@ impl MetricsSummary {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentInfo {
     pub id: String,
     pub name: String,
@@ -201,6 +213,7 @@ pub struct AgentInfo {
 
 /// `GET /api/v1/agents/{id}`: the agent plus its latest heartbeat in full.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentDetail {
     #[serde(flatten)]
     pub agent: AgentInfo,
@@ -211,6 +224,7 @@ pub struct AgentDetail {
 /// `PATCH /api/v1/agents/{id}`: replaces the agent's labels. The agent sees the new labels at its
 /// next connection (its welcome is re-signed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PatchAgent {
     pub labels: Labels,
@@ -220,6 +234,7 @@ pub struct PatchAgent {
 
 /// `POST /api/v1/agents/{id}/commands` (operate), `?wait=SECONDS` to wait for the result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateCommand {
     #[serde(flatten)]
     pub command: Command,
@@ -230,6 +245,7 @@ pub struct CreateCommand {
 
 /// Where one command stands for one agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting for its turn in a job (max-concurrency).
@@ -301,6 +317,7 @@ impl DeliveryState {
 /// A command to one agent (`GET /api/v1/commands/{id}`; for a job's command, `agent_id` picks
 /// the agent with `?agent=`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandInfo {
     pub id: String,
     pub agent_id: String,
@@ -320,6 +337,7 @@ pub struct CommandInfo {
 
 /// `POST /api/v1/jobs` (operate): one command to every agent matching the selector.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateJob {
     pub selector: Selector,
     #[serde(flatten)]
@@ -335,6 +353,7 @@ pub struct CreateJob {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Running,
@@ -345,6 +364,7 @@ pub enum JobState {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobCounts {
     pub targets: u32,
     pub pending: u32,
@@ -357,6 +377,7 @@ pub struct JobCounts {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobTarget {
     pub agent_id: String,
     pub agent_name: String,
@@ -366,6 +387,7 @@ pub struct JobTarget {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobInfo {
     pub id: String,
     pub command_id: String,
@@ -393,6 +415,7 @@ pub struct JobInfo {
 /// when it ended without a report (rejected, undelivered, no result, interrupted, agent revoked),
 /// `outcome` and `report` are absent and `state` plus `error` say why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateRecord {
     pub command_id: String,
     pub agent_id: String,
@@ -439,6 +462,7 @@ pub struct UpdateRecord {
 
 /// `POST /api/v1/api-tokens` (admin).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiToken {
     pub name: String,
@@ -446,6 +470,7 @@ pub struct CreateApiToken {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiTokenCreated {
     pub id: String,
     pub name: String,
@@ -456,6 +481,7 @@ pub struct ApiTokenCreated {
 
 /// An API token as listed by `GET /api/v1/api-tokens` (never the secret itself).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiTokenInfo {
     pub id: String,
     pub name: String,
@@ -470,6 +496,7 @@ pub struct ApiTokenInfo {
 
 /// An agent event as stored by the relay (`GET /api/v1/agents/{id}/events`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRecord {
     pub id: i64,
     pub agent_id: String,
@@ -481,6 +508,7 @@ pub struct EventRecord {
 /// One row of the relay's audit trail (`GET /api/v1/audit`): who did what, when, and how it
 /// ended. Every mutating API call writes one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditRecord {
     pub ts: DateTime<Utc>,
     /// The API token's name (`admin` for the first admin token).
@@ -497,6 +525,7 @@ pub struct AuditRecord {
 
 /// `GET /healthz`, `GET /readyz`, and what `flotilla-relay` prints about itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RelayStatus {
     pub status: String,
     pub version: String,

@@ -22,6 +22,7 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 
 /// How a database is dumped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BackupEngine {
     /// `pg_dump --format=custom` per database, plus `pg_dumpall --globals-only`.
@@ -101,6 +102,7 @@ impl FromStr for BackupEngine {
 
 /// Whether a backup (or a database in a run) worked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BackupStatus {
     Success,
@@ -118,6 +120,7 @@ impl BackupStatus {
 
 /// What a destination holds of one backup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CopyState {
     /// Stored and checked (size and checksum of what was written).
@@ -130,6 +133,7 @@ pub enum CopyState {
 
 /// One copy of a backup (the local file, or one off-site destination).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DestinationCopy {
     /// The destination's configured name (`local` for the agent's own directory).
     pub name: String,
@@ -146,6 +150,7 @@ pub struct DestinationCopy {
 /// Everything known about one backup of one database: written beside the dump as
 /// `<file>.manifest.json` and kept in the agent's catalogue.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupManifest {
     /// `bk_<time>_<random>`: unique per agent.
     pub id: String,
@@ -189,6 +194,7 @@ pub struct BackupManifest {
 
 /// How a run was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunTrigger {
     Schedule,
@@ -200,6 +206,7 @@ pub enum RunTrigger {
 
 /// Where a report's figures come from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReportSource {
     /// The agent's own backup jobs.
@@ -210,6 +217,7 @@ pub enum ReportSource {
 
 /// One database's outcome in a report.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseOutcome {
     /// The key in `backup-status.json` (`<job>/<database>` for the agent's own jobs).
     pub key: String,
@@ -234,6 +242,7 @@ pub struct DatabaseOutcome {
 
 /// Off-site copies of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RemoteSync {
     pub status: BackupStatus,
     pub uploaded_bytes: u64,
@@ -244,6 +253,7 @@ pub struct RemoteSync {
 /// What an agent tells the relay after every backup run (and whenever a watched status file
 /// changes). Sent through the durable outbox, so none is lost while the relay is unreachable.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupReport {
     pub run_id: String,
     pub source: ReportSource,
@@ -301,6 +311,7 @@ impl BackupReport {
 
 /// The backup figures carried in every heartbeat.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupSummary {
     /// Backup jobs configured or discovered.
     pub jobs: u32,
@@ -325,6 +336,7 @@ pub struct BackupSummary {
 
 /// `backup.list`: the agent's catalogue, newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackupListArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +349,7 @@ pub struct BackupListArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupListOutput {
     pub backups: Vec<BackupManifest>,
     /// True when more backups matched than `limit`.
@@ -345,6 +358,7 @@ pub struct BackupListOutput {
 
 /// `backup.run`: run one job now, or every job when `job` is not given.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackupRunArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,18 +366,21 @@ pub struct BackupRunArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupRunOutput {
     pub reports: Vec<BackupReport>,
 }
 
 /// `backup.verify`: checksum, decompression (and decryption) and the engine's own listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackupVerifyArgs {
     pub id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyCheck {
     /// `file`, `checksum`, `decompress`, `end_marker`, `engine_listing`.
     pub check: String,
@@ -372,6 +389,7 @@ pub struct VerifyCheck {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupVerifyOutput {
     pub id: String,
     pub ok: bool,
@@ -380,6 +398,7 @@ pub struct BackupVerifyOutput {
 
 /// `backup.restore`: stream a backup into a database server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackupRestoreArgs {
     pub id: String,
@@ -398,6 +417,7 @@ pub struct BackupRestoreArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupRestoreOutput {
     pub id: String,
     pub container: String,
@@ -411,6 +431,7 @@ pub struct BackupRestoreOutput {
 
 /// One database's backup as the relay stored it (`GET /api/v1/agents/{id}/backups`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupRecord {
     pub agent_id: String,
     pub run_id: String,
@@ -437,6 +458,7 @@ pub struct BackupRecord {
 
 /// The state of one database on one agent, as the fleet view shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DatabaseState {
     /// The latest backup succeeded, less than 48 h ago.
@@ -473,6 +495,7 @@ impl FromStr for DatabaseState {
 
 /// Alert level derived from backup state (wired into the alerts engine when it exists).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BackupAlertLevel {
     None,
@@ -484,6 +507,7 @@ pub enum BackupAlertLevel {
 
 /// `GET /api/v1/backups` row: one database of one agent, with its latest backup.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DatabaseBackupState {
     pub agent_id: String,
     pub agent_name: String,
@@ -497,6 +521,7 @@ pub struct DatabaseBackupState {
 
 /// Per-agent backup alert state (`GET /api/v1/agents/{id}/backups` carries it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentBackupAlert {
     pub level: BackupAlertLevel,
     /// One sentence: "2 of 21 databases failed their latest backup".
@@ -505,6 +530,7 @@ pub struct AgentBackupAlert {
 
 /// `GET /api/v1/agents/{id}/backups`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentBackups {
     pub agent_id: String,
     pub alert: AgentBackupAlert,
@@ -692,6 +718,7 @@ mod tests {
 
 /// `GET /api/v1/backups`: the latest backup of every database in the fleet (revoked agents
 /// left out), optionally only those in one state.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FleetBackups {
     pub databases: Vec<DatabaseBackupState>,

@@ -19,6 +19,7 @@ pub const MAX_LOG_TAIL: u32 = 10_000;
 
 /// Every command kind, in its wire spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum CommandKind {
     #[serde(rename = "ping")]
     Ping,
@@ -121,6 +122,7 @@ impl FromStr for CommandKind {
 
 /// A command with its typed arguments: `{"kind": "container.stop", "args": {...}}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", content = "args", deny_unknown_fields)]
 pub enum Command {
     #[serde(rename = "ping")]
@@ -261,6 +263,7 @@ impl Command {
 /// relay in time. `rollback` (signed by the relay, like every command) is the only way an agent
 /// accepts an older version than its own.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AgentUpgradeArgs {
     pub manifest: crate::release::SignedManifest,
@@ -271,6 +274,7 @@ pub struct AgentUpgradeArgs {
 /// Output of a successful `agent.upgrade` (reported by the new version after it reached the
 /// relay), and of a reverted one inside the error's context.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentUpgradeOutput {
     pub from_version: String,
     pub to_version: String,
@@ -280,10 +284,12 @@ pub struct AgentUpgradeOutput {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PingArgs {}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerListArgs {
     /// Include stopped containers (default true).
@@ -309,12 +315,14 @@ fn yes() -> bool {
 
 /// A container named by its name (without the leading `/`) or its id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerRef {
     pub container: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerStopArgs {
     pub container: String,
@@ -324,6 +332,7 @@ pub struct ContainerStopArgs {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerLogsArgs {
     pub container: String,
@@ -340,6 +349,7 @@ pub struct ContainerLogsArgs {
 /// Who a command is addressed to. A fan-out job is signed once with its selector as audience; each
 /// agent checks the selector against the labels in its signed welcome.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Audience {
     Agent { agent_id: String },
@@ -358,6 +368,7 @@ impl Audience {
 
 /// What the relay signs: everything that decides what the agent does.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CommandEnvelope {
     pub id: String,
@@ -369,6 +380,7 @@ pub struct CommandEnvelope {
 
 /// An envelope as it travels: the exact JSON text that was signed, and the signature.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedCommand {
     pub envelope: String,
@@ -409,6 +421,7 @@ impl SignedCommand {
 
 /// How a command ended on the agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ResultStatus {
     /// It ran and did what was asked.
@@ -431,6 +444,7 @@ impl ResultStatus {
 
 /// A machine-readable error code plus a sentence for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     pub code: String,
     pub message: String,
@@ -440,6 +454,7 @@ pub use crate::error_codes;
 
 /// The outcome of one command on one agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandResult {
     pub command_id: String,
     pub status: ResultStatus,
@@ -455,6 +470,7 @@ pub struct CommandResult {
 
 /// Output of `ping`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PingOutput {
     pub agent_version: String,
     pub hostname: String,
@@ -462,6 +478,7 @@ pub struct PingOutput {
 
 /// One container as `container.list` and heartbeats report it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerInfo {
     pub id: String,
     pub name: String,
@@ -488,12 +505,14 @@ pub struct ContainerInfo {
 
 /// Output of `container.list`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerListOutput {
     pub containers: Vec<ContainerInfo>,
 }
 
 /// Output of `container.start` / `stop` / `restart`: the container's state afterwards.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerActionOutput {
     pub container: ContainerInfo,
     /// False when the container already was in the requested state (start of a running one).
@@ -502,6 +521,7 @@ pub struct ContainerActionOutput {
 
 /// Output of `container.logs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ContainerLogsOutput {
     pub container: String,
     pub lines: Vec<String>,

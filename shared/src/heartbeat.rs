@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Heartbeat {
     pub at: DateTime<Utc>,
     pub agent_version: String,
@@ -18,6 +19,7 @@ pub struct Heartbeat {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostMetrics {
     pub hostname: String,
     pub os: String,
@@ -61,6 +63,7 @@ fn percent(used: u64, total: u64) -> f32 {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FilesystemUsage {
     pub mount_point: String,
     pub device: String,
@@ -90,6 +93,7 @@ impl FilesystemUsage {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DockerSnapshot {
     /// Engine version, e.g. "20.10.24"; None when the engine was unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +116,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// Kinds of event an agent raises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventKind {
     #[serde(rename = "agent.started")]
     AgentStarted,
@@ -160,6 +165,7 @@ impl EventKind {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentEvent {
     pub kind: EventKind,
     pub at: DateTime<Utc>,

@@ -56,6 +56,8 @@ pub mod error_codes;
 pub mod heartbeat;
 pub mod ids;
 pub mod limit;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod protocol;
 pub mod release;
 pub mod rollout;

@@ -106,6 +106,7 @@ fn elf_arch_message(head: &[u8]) -> Result<&'static str, String> {
 /// `{"kind": "agent.upgrade", "args": {"version": "0.2.0", "rollback": false}}`); the relay turns
 /// them into the signed [`AgentUpgradeArgs`] for the agent's architecture.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeRequest {
     /// A published version, or `latest` (the highest one not broken for the agent's
@@ -119,6 +120,7 @@ pub struct UpgradeRequest {
 
 /// What the relay signs for one published build.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseManifest {
     /// Always "flotilla-agent".
@@ -136,6 +138,7 @@ pub struct ReleaseManifest {
 /// A manifest as signed: the exact JSON text and the base64 Ed25519 signature over
 /// `RELEASE_DOMAIN || manifest`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignedManifest {
     pub manifest: String,
@@ -335,6 +338,7 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 
 /// A published build as the API lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseInfo {
     pub version: String,
     pub arch: String,
@@ -348,6 +352,7 @@ pub struct ReleaseInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BrokenInfo {
     pub at: DateTime<Utc>,
     pub reason: String,
@@ -357,6 +362,7 @@ pub struct BrokenInfo {
 
 /// `POST /api/v1/releases/{version}/{arch}/broken`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MarkBrokenRequest {
     pub reason: String,

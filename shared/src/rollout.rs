@@ -70,6 +70,7 @@ pub const DEFAULT_STAGE_TIMEOUT_SECS: u64 = 3600;
 
 /// `POST /api/v1/rollouts` (operate). Exactly one of `container` / `container_label`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
     /// A name for people (default: `<target> → <image>`).
@@ -144,6 +145,7 @@ impl CreateRollout {
 /// `agent.upgrade` to `agent_version` (the build for its architecture), stage by stage, with the
 /// same stages, order, thresholds and failure actions as a container rollout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAgentRollout {
     /// A name for people (default: `flotilla-agent → <version>`).
@@ -200,6 +202,7 @@ pub fn default_stages(staging: Option<&Selector>) -> Vec<StageSpec> {
 
 /// `POST /api/v1/rollouts/{id}/pause` body (optional).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PauseRollout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +211,7 @@ pub struct PauseRollout {
 
 /// `POST /api/v1/rollouts/{id}/abort` body (optional).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AbortRollout {
     /// Also roll every updated agent back to its previous image.
@@ -217,6 +221,7 @@ pub struct AbortRollout {
 
 /// An operator's action on a rollout (the `{action}` of `POST /api/v1/rollouts/{id}/{action}`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "action")]
 pub enum RolloutAction {
     Pause {
@@ -248,6 +253,7 @@ impl RolloutAction {
 
 /// Which containers a rollout updates on each agent (or the agent itself).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutTarget {
     /// The container with this name.
@@ -326,6 +332,7 @@ impl fmt::Display for RolloutTarget {
 
 /// The order in which a stage picks agents not yet in the rollout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutOrder {
     /// Most recently enrolled first.
@@ -372,6 +379,7 @@ impl fmt::Display for RolloutOrder {
 
 /// What happens when a stage's failures exceed max-failures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FailureAction {
     /// Stop dispatching and soaking; wait for an operator (`resume` or `abort`).
@@ -588,6 +596,7 @@ pub fn selectors_disjoint(a: &Selector, b: &Selector) -> bool {
 /// One target container of one agent (for an agent rollout: the agent itself, named
 /// [`AGENT_TARGET_NAME`], with its `agent.upgrade` command and previous version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutContainer {
     pub name: String,
     /// The `container.update` command (empty while `queued`).
@@ -605,6 +614,7 @@ pub struct RolloutContainer {
 
 /// One agent in a rollout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutAgent {
     pub agent_id: String,
     pub agent_name: String,
@@ -629,6 +639,7 @@ pub struct RolloutAgent {
 
 /// One transition of a rollout, with who and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutEvent {
     pub at: DateTime<Utc>,
     /// The API token's name, or `relay` for the engine's own decisions.
@@ -644,6 +655,7 @@ pub struct RolloutEvent {
 
 /// Members of a rollout by outcome.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutCounts {
     pub total: u32,
     pub pending: u32,
@@ -680,6 +692,7 @@ impl RolloutCounts {
 /// A rollout as the API reports it (`GET /api/v1/rollouts/{id}`; the list leaves `agents`
 /// and `events` empty).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutInfo {
     pub id: String,
     pub name: String,

@@ -26,6 +26,7 @@ pub const UPDATE_LABEL: &str = "io.flotilla.update";
 
 /// `container.update` arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ContainerUpdateArgs {
     /// The container to update (name or id).
@@ -91,6 +92,7 @@ impl ContainerUpdateArgs {
 /// that publish no host ports, have no static address or MAC, and no other container shares
 /// their network namespace).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateStrategy {
     #[default]
@@ -209,6 +211,7 @@ impl<'de> Deserialize<'de> for HealthSpec {
 
 /// How an update ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateOutcome {
     /// The new container passed its health check and stability window; the old one is gone.
@@ -251,6 +254,7 @@ impl fmt::Display for UpdateOutcome {
 
 /// Phases of an update, in order, as journaled by the agent and reported in progress events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UpdatePhase {
     /// Checked and journaled; nothing touched yet.
@@ -320,6 +324,7 @@ impl fmt::Display for UpdatePhase {
 
 /// How long one phase took.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseTiming {
     /// validate, pull, stop_old, create, start, health, stable, commit, rollback, rollback_health
     pub phase: String,
@@ -328,6 +333,7 @@ pub struct PhaseTiming {
 
 /// What a health gate saw.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthEvidence {
     /// docker, running, http, tcp (what `auto` resolved to).
     pub method: String,
@@ -348,6 +354,7 @@ pub struct HealthEvidence {
 
 /// The output of `container.update`, whatever its outcome.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateReport {
     pub outcome: UpdateOutcome,
     /// The container's name.

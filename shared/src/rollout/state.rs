@@ -9,6 +9,7 @@ use std::fmt;
 
 /// Where a rollout stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     Running,
@@ -66,6 +67,7 @@ impl fmt::Display for RolloutState {
 
 /// What the current stage is doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum StagePhase {
     /// Sending updates and waiting for their results.
@@ -98,6 +100,7 @@ impl StagePhase {
 
 /// One agent's outcome in a rollout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentOutcome {
     /// A member whose turn has not come (or offline, waiting to connect).
@@ -161,6 +164,7 @@ impl fmt::Display for AgentOutcome {
 
 /// One container's outcome on one agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerOutcome {
     /// Waiting for the previous target container of its agent (label targets update one
@@ -209,6 +213,7 @@ impl ContainerOutcome {
 /// serves it. The set is closed: the relay writes nothing
 /// else; readers of the API see these spellings ([`RolloutTransition::as_str`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutTransition {
     /// The rollout was created.
