@@ -13,7 +13,7 @@
 //! methods of [`Store`], domain types in and out) and its backend file
 //! (`store/sqlite/<domain>.rs`: the `impl Db` statements, one transaction per method):
 //! tokens, enrollment, agents, commands, jobs, events, updates, backups, audit, alerts,
-//! releases, rollouts, and the SQLite-only retention batches. **The backend seam** is the set
+//! releases, rollouts, sessions, and the SQLite-only retention batches. **The backend seam** is the set
 //! of facade methods: for PostgreSQL they become a trait (`StoreBackend`), implemented by the
 //! SQLite `Db` and by a `postgres/<domain>.rs` of the same shape; the domain types are already
 //! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each

@@ -20,6 +20,7 @@ mod assets;
 mod layout;
 mod login;
 mod pages;
+mod viewer;
 
 pub use login::SIGN_IN_PER_MINUTE;
 

@@ -46,6 +46,7 @@ pub async fn run(config: RelayConfig, shutdown: impl Future<Output = ()>) -> any
     let agent = tokio::spawn(flotilla_agent::run(agent_config, agent_shutdown.clone()));
 
     println!("flotilla dev: relay and one agent running");
+    println!("  dashboard:   {base_url}/ui/  (sign in with the admin token)");
     println!("  API:         {base_url}");
     println!("  admin token: {admin_token}");
     println!("  fingerprint: {}", relay.fingerprint());

@@ -141,6 +141,7 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
                 .await
                 .context("cannot start the relay")?;
             println!("flotilla-relay listening on {}", relay.base_url());
+            println!("dashboard: {}/ui/", relay.base_url());
             println!("relay key fingerprint: {}", relay.fingerprint());
             if let Some(token) = relay.admin_token_created() {
                 let path = data_dir.join(flotilla_relay_server::embed::ADMIN_TOKEN_FILE);

@@ -2,7 +2,7 @@
 //! page, and the formatting helpers every page uses. Markup only: no data is fetched here.
 
 use super::assets;
-use super::login::Viewer;
+use super::viewer::Viewer;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::Scope;
 use maud::{html, Markup, PreEscaped, DOCTYPE};

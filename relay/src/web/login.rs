@@ -5,17 +5,16 @@
 //! `Secure` when the request came over TLS through a trusted proxy). The session is bound to
 //! the token: its scope and name, and its revocation ends the session. The sign-in form is
 //! protected against login CSRF by a double-submit cookie; attempts are rate-limited per
-//! client address.
+//! client address. [`super::viewer::Viewer`] is the signed-in operator of a page.
 
 use super::layout;
 use crate::api::auth::{self, cookie, same_secret, SESSION_COOKIE};
-use crate::api::{audit, ApiError, Caller};
+use crate::api::{audit, ApiError};
 use crate::ratelimit::client_address;
 use crate::state::{AppState, Shared};
 use crate::store::{now, NewWebSession};
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::header::SET_COOKIE;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -28,30 +27,6 @@ pub const LOGIN_CSRF_COOKIE: &str = "flotilla_login";
 
 /// Sign-in attempts per client address and minute.
 pub const SIGN_IN_PER_MINUTE: u32 = 10;
-
-/// The signed-in operator of a dashboard page: the API caller behind the session, and the
-/// session's CSRF token for the page's actions. A request without a live session is sent to
-/// the sign-in page.
-#[derive(Clone, Debug)]
-pub struct Viewer {
-    pub caller: Caller,
-    pub csrf: String,
-}
-
-impl FromRequestParts<AppState> for Viewer {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
-        match auth::session(state, &parts.headers).await {
-            Ok(Some(s)) => Ok(Viewer {
-                caller: Caller(s.caller),
-                csrf: s.csrf,
-            }),
-            Ok(None) => Err(Redirect::to("/ui/login").into_response()),
-            Err(e) => Err(e.into_response()),
-        }
-    }
-}
 
 /// Whether the request reached us over TLS: only a trusted proxy's `X-Forwarded-Proto` says so
 /// (the relay itself serves plain HTTP on loopback behind it).

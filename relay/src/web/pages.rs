@@ -9,7 +9,7 @@ pub mod overview;
 pub mod rollouts;
 
 use super::layout::{self, Live};
-use super::login::Viewer;
+use super::viewer::Viewer;
 use crate::api::error::QueryParams;
 use crate::api::ApiError;
 use crate::state::AppState;

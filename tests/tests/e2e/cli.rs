@@ -254,6 +254,15 @@ async fn dev_mode_starts_a_relay_with_a_local_agent() {
         printed.contains("flotilla agents"),
         "dev mode prints example commands: {printed}"
     );
+    // The printed dashboard URL serves the sign-in page.
+    let dashboard = format!("http://{}/ui/", addr.trim());
+    assert!(
+        printed.contains(&dashboard),
+        "dev mode prints the dashboard URL: {printed}"
+    );
+    let login = reqwest::get(&dashboard).await.unwrap();
+    assert_eq!(login.url().path(), "/ui/login");
+    assert!(login.text().await.unwrap().contains("name=\"token\""));
     dev.kill().await.ok();
 }
 
