@@ -14,6 +14,7 @@ pub(crate) mod error;
 pub(crate) mod openapi;
 pub(crate) mod releases;
 pub(crate) mod rollouts;
+pub(crate) mod stream;
 pub(crate) mod system;
 pub(crate) mod tokens;
 pub(crate) mod updates;
@@ -115,7 +116,8 @@ pub fn router(
             get(releases::download_manifest),
         )
         .route("/download/systemd/{unit}", get(releases::download_unit))
-        .route("/api/v1/audit", get(system::audit_trail));
+        .route("/api/v1/audit", get(system::audit_trail))
+        .route("/api/v1/events/stream", get(stream::events));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an
         // agent's socket. Off unless `test_hooks` is set.

@@ -24,6 +24,7 @@ mod rollouts;
 mod server;
 mod state;
 mod store;
+mod stream;
 mod web;
 mod ws;
 

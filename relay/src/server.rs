@@ -246,6 +246,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     );
     let retention = Retention::new(store.clone(), config.retention_days);
     let heartbeats = Arc::new(HeartbeatCache::default());
+    let stream = Arc::new(crate::stream::EventBus::default());
     // Once, so listing agents never has to parse heartbeat JSON from the database.
     heartbeats.load(
         store
@@ -274,6 +275,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
         alerts: Arc::new(crate::alerts::AlertsHandle::default()),
+        stream: stream.clone(),
     }));
 
     let rollout_engine = RolloutEngine::new(

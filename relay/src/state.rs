@@ -47,6 +47,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// The alerts engine's shared parts (TLS check cache, evaluate-now kick).
     pub alerts: Arc<crate::alerts::AlertsHandle>,
+    /// The live event bus (`GET /api/v1/events/stream`); engines hold their own `Arc` of it.
+    pub stream: Arc<crate::stream::EventBus>,
 }
 
 /// Cheap handle to [`Shared`], the axum state.

@@ -321,6 +321,15 @@ impl Connection {
         let _ = self.serve_registered(agent_version, registration).await;
         self.state.hub.unregister(&agent_id, generation);
         tracing::info!(agent_id = %agent_id, "agent disconnected");
+        use flotilla_shared::stream::EventKind;
+        let summary = format!("agent {agent_id} disconnected");
+        (self.state.stream).publish(
+            EventKind::AgentDisconnected,
+            Some(&agent_id),
+            None,
+            summary,
+            None,
+        );
     }
 
     async fn serve_registered(
@@ -360,6 +369,13 @@ impl Connection {
             }
         }
         tracing::info!(agent_id = %agent_id, agent_version = %agent_version, "agent connected");
+        state.stream.publish(
+            flotilla_shared::stream::EventKind::AgentConnected,
+            Some(&agent_id),
+            None,
+            format!("agent {} connected ({agent_version})", agent.name),
+            Some(serde_json::json!({ "agent_version": agent_version })),
+        );
         self.send_text(state.welcome_frame(&agent_id, &agent.labels))
             .await?;
 
@@ -565,6 +581,16 @@ impl Connection {
                     .insert_event(agent_id.clone(), seq, event)
                     .await?;
                 tracing::debug!(agent_id = %agent_id, seq, kind, inserted, "agent event");
+                if inserted {
+                    let summary = format!("{kind} on agent {agent_id}");
+                    (state.stream).publish(
+                        flotilla_shared::stream::EventKind::ContainerEvent,
+                        Some(&agent_id),
+                        None,
+                        summary,
+                        Some(serde_json::json!({ "kind": kind })),
+                    );
+                }
             }
             OutboxItem::BackupReport(report) => {
                 crate::backups::record_report(&state.store, &state.metrics, &agent_id, seq, report)

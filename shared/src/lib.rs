@@ -63,6 +63,7 @@ pub mod release;
 pub mod rollout;
 pub mod selector;
 pub mod signing;
+pub mod stream;
 pub mod update;
 
 /// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
