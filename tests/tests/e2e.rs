@@ -14,6 +14,7 @@ mod e2e {
     pub mod fanout;
     pub mod heartbeats;
     pub mod install;
+    pub mod openapi;
     pub mod protocol_abuse;
     pub mod rollout;
     pub mod secrets;

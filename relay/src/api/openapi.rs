@@ -129,6 +129,7 @@ pub const ROUTES: &[Route] = &[
     route("get", "/download/agent/{version}/{arch}", None, "An agent build", Empty, 200, Raw("application/octet-stream")),
     route("get", "/download/agent/{version}/{arch}/{file}", None, "A build's manifest or signature", Empty, 200, Raw("application/octet-stream")),
     route("get", "/download/systemd/{unit}", None, "A systemd unit of the agent", Empty, 200, Raw("text/plain")),
+    route("get", "/api/v1/events/stream", READ, "Server-Sent Events of the fleet (query `kinds`, `selector`; `Last-Event-ID` resumes); each `data:` is a FleetEvent, an `event: reset` carries a Reset", Empty, 200, Raw("text/event-stream")),
     route("get", "/api/v1/audit", READ, "The audit trail, newest first", Empty, 200, List("AuditRecord")),
 ];
 
@@ -165,6 +166,8 @@ pub const ROUTES: &[Route] = &[
     flotilla_shared::rollout::RolloutInfo,
     flotilla_shared::release::ReleaseInfo,
     flotilla_shared::release::MarkBrokenRequest,
+    flotilla_shared::stream::FleetEvent,
+    flotilla_shared::stream::Reset,
 )))]
 struct Schemas;
 
