@@ -231,7 +231,14 @@ pub fn segments(parts: &[(&str, u32, &str)]) -> Markup {
     dead_code,
     reason = "the agent page's chart lands with the metrics history"
 )]
-pub fn chart(title: &str, series: &[(&str, &str, Vec<(i64, f64)>)], max: f64) -> Markup {
+/// One series of a chart: its name, CSS class and (unix time, value) points.
+pub type Series<'a> = (&'a str, &'a str, Vec<(i64, f64)>);
+
+#[allow(
+    dead_code,
+    reason = "the agent page's chart lands with the metrics history"
+)]
+pub fn chart(title: &str, series: &[Series], max: f64) -> Markup {
     let (w, h) = (600.0, 120.0);
     let xs: Vec<i64> = series
         .iter()

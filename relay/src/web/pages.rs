@@ -1,6 +1,10 @@
 //! The dashboard's pages. Each handler calls the JSON API's handlers for its data (the same
 //! operations, scopes and errors as `/api/v1`) and hands the values to its markup function.
 
+// A page handler answers with a response either way (the page, or the error page); boxing it
+// would only add an allocation per request.
+#![allow(clippy::result_large_err)]
+
 pub mod agent;
 pub mod agents;
 pub mod alerts;

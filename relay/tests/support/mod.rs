@@ -50,6 +50,7 @@ impl TestRelay {
 
 impl Builder {
     /// Changes the settings (the data directory is set at start).
+    #[allow(dead_code, reason = "not every test crate changes settings")]
     pub fn config(mut self, configure: impl FnOnce(&mut RelayConfig)) -> Builder {
         configure(&mut self.config);
         self
