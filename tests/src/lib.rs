@@ -3,6 +3,7 @@
 //! they share (the static test application and its images) and a scripted agent for protocol abuse.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod fake_agent;
 pub mod fixtures;
 pub mod harness;

@@ -21,6 +21,7 @@ mod e2e {
     pub mod tls;
     pub mod trust;
     pub mod update;
+    pub mod web;
 }
 
 use std::time::Duration;
