@@ -60,7 +60,7 @@
   // A command result that failed on the agent is a failure too.
   function commandFailed(r) {
     const res = r.json && r.json.result;
-    return res && res.status && res.status !== "ok" && res.status !== "success";
+    return res && res.status && res.status !== "succeeded";
   }
 
   function showOutput(title, lines) {
