@@ -74,8 +74,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use crate::model::commands::NewCommand;
-pub use sessions::{NewWebSession, WebSession};
 pub use flotilla_shared::api::CommandInfo;
+pub use sessions::{NewWebSession, WebSession};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -574,7 +574,10 @@ fn the_relay_layers_import_downwards_only() {
             } else if within(module, "store") {
                 within(t, "model") || within(t, "store")
             } else if within(t, "state") {
-                within(module, "api") || within(module, "web") || module == "ws" || module == "server"
+                within(module, "api")
+                    || within(module, "web")
+                    || module == "ws"
+                    || module == "server"
             } else {
                 true
             };
