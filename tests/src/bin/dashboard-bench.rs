@@ -1,0 +1,186 @@
+//! dashboard-bench: the dashboard's figures in BENCHMARKS.md, on a real relay process.
+//!
+//! - N agents enrolled through the API (in the store; none connected), then the overview and
+//!   the agents page rendered for a signed-in operator, 20 times each: time per request on
+//!   loopback (relay time plus a loopback round trip), p50 and max;
+//! - the weight of those pages with the dashboard's script and stylesheet;
+//! - the live stream: time from an enrollment's API call to its `agent.enrolled` event
+//!   arriving at a stream client, 20 rounds.
+//!
+//! Usage: `cargo build --release --workspace --bins && target/release/dashboard-bench [N]`
+//! (default 10000).
+
+use anyhow::{bail, Context, Result};
+use flotilla_shared::api::{
+    AgentFacts, CreateEnrollmentToken, EnrollRequest, EnrollmentTokenCreated,
+};
+use flotilla_shared::signing::SigningKey;
+use flotilla_tests::harness::Relay;
+use futures_util::StreamExt;
+use std::time::{Duration, Instant};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("N must be a number")?
+        .unwrap_or(10_000);
+    let relay = Relay::start_with_env(&[
+        ("FLOTILLA_ENROLL_RATE_PER_MINUTE", "100000000"),
+        ("FLOTILLA_LOG", "warn"),
+    ])
+    .await;
+    let base = relay.url();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(64)
+        .build()?;
+    let token: EnrollmentTokenCreated = http
+        .post(format!("{base}/api/v1/enrollment-tokens"))
+        .bearer_auth(&relay.admin_token)
+        .json(&CreateEnrollmentToken {
+            max_uses: Some(n as u32 + 100),
+            ttl_secs: Some(3600),
+            ..CreateEnrollmentToken::default()
+        })
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let started = Instant::now();
+    let key = SigningKey::generate().public_key().to_base64();
+    let enroll = |i: usize| {
+        let (http, base, token, key) =
+            (http.clone(), base.clone(), token.token.clone(), key.clone());
+        async move {
+            http.post(format!("{base}/api/v1/enroll"))
+                .json(&EnrollRequest {
+                    token,
+                    name: Some(format!("bench-{i:05}")),
+                    public_key: key,
+                    labels: [("region".to_string(), ["eu", "us", "ap"][i % 3].to_string())].into(),
+                    facts: AgentFacts::default(),
+                })
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok(())
+        }
+    };
+    futures_util::stream::iter(0..n)
+        .map(enroll)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "{n} agents enrolled in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let session = sign_in(&http, &base, &relay.admin_token).await?;
+    for (path, label) in [("/ui/", "overview"), ("/ui/agents", "agents page")] {
+        let mut times = Vec::new();
+        let mut bytes = 0;
+        for _ in 0..20 {
+            let t = Instant::now();
+            let resp = http
+                .get(format!("{base}{path}"))
+                .header("cookie", format!("flotilla_session={session}"))
+                .send()
+                .await?;
+            if !resp.status().is_success() {
+                bail!("{path}: {}", resp.status());
+            }
+            bytes = resp.bytes().await?.len();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "{label} with {n} agents: p50 {:.1} ms, max {:.1} ms; {:.1} KB of HTML",
+            times[times.len() / 2].as_secs_f64() * 1e3,
+            times[times.len() - 1].as_secs_f64() * 1e3,
+            bytes as f64 / 1000.0
+        );
+    }
+    let mut assets = 0;
+    for asset in ["app.js", "app.css"] {
+        assets += http
+            .get(format!("{base}/ui/assets/{asset}"))
+            .send()
+            .await?
+            .bytes()
+            .await?
+            .len();
+    }
+    println!("script + stylesheet: {:.1} KB", assets as f64 / 1000.0);
+
+    // The live stream: enrollment → `agent.enrolled` at a client.
+    let resp = http
+        .get(format!("{base}/api/v1/events/stream?kinds=agent"))
+        .bearer_auth(&relay.admin_token)
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = resp;
+    let mut buffer = String::new();
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let t = Instant::now();
+        enroll(n + i).await?;
+        let name = format!("bench-{:05}", n + i);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if buffer.contains(&name) && buffer.contains("agent.enrolled") {
+                break;
+            }
+            let chunk = tokio::time::timeout_at(deadline.into(), body.chunk())
+                .await
+                .context("no agent.enrolled event within 10 s")??
+                .context("the stream ended")?;
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        latencies.push(t.elapsed());
+        buffer.clear();
+    }
+    latencies.sort();
+    println!(
+        "live stream: enrollment call → agent.enrolled at the client, 20 rounds: p50 {:.1} ms, max {:.1} ms",
+        latencies[10].as_secs_f64() * 1e3,
+        latencies[19].as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn sign_in(http: &reqwest::Client, base: &str, token: &str) -> Result<String> {
+    let form = http.get(format!("{base}/ui/login")).send().await?;
+    let cookie_of = |resp: &reqwest::Response, name: &str| {
+        resp.headers().get_all("set-cookie").iter().find_map(|v| {
+            let v = v.to_str().ok()?;
+            Some(
+                v.strip_prefix(&format!("{name}="))?
+                    .split(';')
+                    .next()?
+                    .to_string(),
+            )
+        })
+    };
+    let login = cookie_of(&form, "flotilla_login").context("no login cookie")?;
+    let html = form.text().await?;
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .context("no csrf field")?
+        + 19;
+    let csrf = html[at..].split('"').next().unwrap_or_default().to_string();
+    let resp = http
+        .post(format!("{base}/ui/login"))
+        .header("cookie", format!("flotilla_login={login}"))
+        .form(&[("token", token), ("csrf", &csrf)])
+        .send()
+        .await?;
+    cookie_of(&resp, "flotilla_session").context("sign-in gave no session")
+}
