@@ -17,6 +17,7 @@ use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::{Audience, Command, CommandEnvelope, SignedCommand};
 use flotilla_shared::protocol::RelayFrame;
 use flotilla_shared::signing::SigningKey;
+use flotilla_shared::stream::EventKind;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -67,6 +68,8 @@ pub struct Commands {
     metrics: Arc<Metrics>,
     default_ttl_secs: u64,
     completions: broadcast::Sender<Completion>,
+    /// Every completion is also a `command.finished` on the live event stream.
+    stream: Arc<crate::stream::EventBus>,
 }
 
 impl Commands {
@@ -85,7 +88,14 @@ impl Commands {
             metrics,
             default_ttl_secs,
             completions,
+            stream: Arc::default(),
         }
+    }
+
+    /// Publishes completions on `stream` (the relay's bus) too.
+    pub fn with_stream(mut self, stream: Arc<crate::stream::EventBus>) -> Commands {
+        self.stream = stream;
+        self
     }
 
     /// Completions from now on (subscribe before issuing what you wait for).
@@ -97,6 +107,21 @@ impl Commands {
     /// waiters and engines.
     pub fn finished(&self, completion: Completion) {
         self.metrics.command_outcome(completion.state);
+        let c = &completion;
+        let summary = format!(
+            "command {} on agent {}: {}",
+            c.command_id,
+            c.agent_id,
+            c.state.as_str()
+        );
+        let data = serde_json::json!({ "state": c.state.as_str(), "job_id": c.job_id });
+        (self.stream).publish(
+            EventKind::CommandFinished,
+            Some(&c.agent_id),
+            Some(&c.command_id),
+            summary,
+            Some(data),
+        );
         // No receivers is normal (nobody waits, and the engines may have stopped at shutdown).
         let _ = self.completions.send(completion);
     }

@@ -221,6 +221,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         })?;
 
     let shutdown = CancellationToken::new();
+    let stream = Arc::new(crate::stream::EventBus::default());
     let (rollouts, rollouts_rx) = crate::rollouts::RolloutKicker::channel();
     let hub = Arc::new(Hub::new());
     let key = Arc::new(key);
@@ -231,7 +232,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         key.clone(),
         metrics.clone(),
         config.default_command_ttl_secs,
-    );
+    )
+    .with_stream(stream.clone());
     let jobs = JobEngine::new(store.clone(), commands.clone());
     let releases = crate::releases::Releases::new(
         store.clone(),
@@ -246,7 +248,6 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     );
     let retention = Retention::new(store.clone(), config.retention_days);
     let heartbeats = Arc::new(HeartbeatCache::default());
-    let stream = Arc::new(crate::stream::EventBus::default());
     // Once, so listing agents never has to parse heartbeat JSON from the database.
     heartbeats.load(
         store

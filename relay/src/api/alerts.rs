@@ -124,6 +124,11 @@ pub async fn ack(
         Err(e) => Err(e.into()),
     };
     super::audit(&state, caller.name(), "alert.ack", &id, &result, comment).await;
+    if let Ok(Json(a)) = &result {
+        let summary = format!("alert {id} acknowledged by {}", caller.name());
+        let kind = flotilla_shared::stream::EventKind::AlertAcked;
+        (state.stream).publish(kind, a.agent_id.as_deref(), Some(&id), summary, None);
+    }
     result
 }
 
