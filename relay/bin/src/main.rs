@@ -3,56 +3,15 @@
 //! agent together (`dev`, a relay plus an in-process agent); the server library does not
 //! depend on the agent.
 
+mod cli;
 mod dev;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Command};
 use flotilla_relay_server::config::{Overrides, RelayConfig};
 use std::io::IsTerminal;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-
-#[derive(Parser)]
-#[command(
-    name = "flotilla-relay",
-    version = flotilla_shared::release::version(),
-    about = "Flotilla relay: agent hub and dashboard API"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the dashboard API and the agent websocket.
-    Serve(ServeArgs),
-    /// Serve plus one in-process agent against the local Docker engine, for trying Flotilla.
-    Dev(DevArgs),
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on (env FLOTILLA_LISTEN; default 127.0.0.1:8700).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Data directory (env FLOTILLA_DATA_DIR; default ./relay-data).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// relay.toml to read (env FLOTILLA_CONFIG).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct DevArgs {
-    /// Address to listen on (default 127.0.0.1:8700).
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Data directory (default ./flotilla-dev).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-}
 
 /// stderr always (the journal under systemd), plus the daily files of `log_dir` when set.
 fn init_logging(config: &RelayConfig) -> flotilla_daemon::logging::LogGuard {

@@ -1,0 +1,49 @@
+//! The command line of `flotilla-relay`: its clap definitions, apart from `main.rs` so that the
+//! docs example (`examples/flotilla-relay-docs.rs`) renders the shell completions and man pages
+//! from the same definitions.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-relay",
+    version = flotilla_shared::release::version(),
+    about = "Flotilla relay: agent hub and dashboard API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the dashboard API and the agent websocket.
+    Serve(ServeArgs),
+    /// Serve plus one in-process agent against the local Docker engine, for trying Flotilla.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (env FLOTILLA_LISTEN; default 127.0.0.1:8700).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (env FLOTILLA_DATA_DIR; default ./relay-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// relay.toml to read (env FLOTILLA_CONFIG).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Address to listen on (default 127.0.0.1:8700).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default ./flotilla-dev).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
