@@ -1,7 +1,7 @@
 //! The CLI's HTTP client for the dashboard API: bearer auth, URL building, and turning the API's
 //! `{"error": {"code", "message"}}` bodies into [`CliError`]s.
 
-use flotilla_shared::api::ErrorBody;
+use flotilla_shared::api::{ErrorBody, NEXT_CURSOR_HEADER};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -169,12 +169,60 @@ impl ApiClient {
         self.finish(request).await
     }
 
+    /// GET of a paginated list (`X-Next-Cursor`), following the cursor to the last page; the
+    /// pages' arrays concatenated.
+    pub async fn get_all_pages(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CliError> {
+        let token = self.token()?;
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = query.to_vec();
+            q.extend(cursor.take().map(|c| ("cursor", c)));
+            let request = self
+                .http
+                .get(self.url(segments, &q))
+                .bearer_auth(token)
+                .timeout(REQUEST_TIMEOUT);
+            let (value, headers) = self.finish_with_headers(request).await?;
+            match value {
+                Value::Array(items) => all.extend(items),
+                other => {
+                    let text = other.to_string();
+                    return Err(CliError::Decode(format!(
+                        "expected a list, got {}",
+                        text.chars().take(200).collect::<String>()
+                    )));
+                }
+            }
+            cursor = headers
+                .get(NEXT_CURSOR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if cursor.is_none() {
+                return Ok(Value::Array(all));
+            }
+        }
+    }
+
     async fn finish(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        Ok(self.finish_with_headers(request).await?.0)
+    }
+
+    async fn finish_with_headers(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(Value, reqwest::header::HeaderMap), CliError> {
         let response = request.send().await.map_err(|e| CliError::Transport {
             addr: self.base.to_string().trim_end_matches('/').to_string(),
             reason: error_chain(&e),
         })?;
         let status = response.status();
+        let headers = response.headers().clone();
         let text = response.text().await.map_err(|e| CliError::Transport {
             addr: self.base.to_string(),
             reason: error_chain(&e),
@@ -183,10 +231,11 @@ impl ApiClient {
             return Err(api_error(status, &text));
         }
         if text.trim().is_empty() {
-            return Ok(Value::Null);
+            return Ok((Value::Null, headers));
         }
-        serde_json::from_str(&text)
-            .map_err(|e| CliError::Decode(format!("{status} with a body that is not JSON: {e}")))
+        let value = serde_json::from_str(&text)
+            .map_err(|e| CliError::Decode(format!("{status} with a body that is not JSON: {e}")))?;
+        Ok((value, headers))
     }
 }
 
@@ -299,5 +348,41 @@ mod tests {
         let e = c.get(&["api", "v1", "agents"], &[]).await.unwrap_err();
         assert!(matches!(e, CliError::Usage(_)));
         assert!(e.to_string().contains("FLOTILLA_TOKEN"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn paginated_lists_follow_the_cursor_to_the_last_page() {
+        use axum::extract::Query;
+        use std::collections::HashMap;
+        // Three pages: a, b (cursor p2), c (cursor p3), then no cursor.
+        async fn pages(
+            Query(q): Query<HashMap<String, String>>,
+        ) -> (axum::http::HeaderMap, axum::Json<Value>) {
+            assert_eq!(q.get("selector").map(String::as_str), Some("region=eu"));
+            let mut headers = axum::http::HeaderMap::new();
+            let (items, next) = match q.get("cursor").map(String::as_str) {
+                None => (serde_json::json!(["a", "b"]), Some("p2")),
+                Some("p2") => (serde_json::json!(["c"]), Some("p3")),
+                Some("p3") => (serde_json::json!([]), None),
+                Some(other) => panic!("unexpected cursor {other}"),
+            };
+            if let Some(n) = next {
+                headers.insert(NEXT_CURSOR_HEADER, n.parse().unwrap());
+            }
+            (headers, axum::Json(items))
+        }
+        let app = axum::Router::new().route("/api/v1/agents", axum::routing::get(pages));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let c = ApiClient::new(&addr.to_string(), Some("t".into())).unwrap();
+        let all = c
+            .get_all_pages(
+                &["api", "v1", "agents"],
+                &[("selector", "region=eu".into())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(all, serde_json::json!(["a", "b", "c"]));
     }
 }

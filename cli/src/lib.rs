@@ -394,7 +394,9 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
                 .iter()
                 .map(|s| ("selector", s.to_string()))
                 .collect();
-            let value = client.get(&["api", "v1", "agents"], &query).await?;
+            let value = client
+                .get_all_pages(&["api", "v1", "agents"], &query)
+                .await?;
             let list: Vec<AgentInfo> = client::decode(&value, "agents")?;
             print_value(&value, json, || render::agents(&list, now));
         }

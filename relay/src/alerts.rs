@@ -55,15 +55,19 @@ pub mod notify;
 pub mod tls;
 
 pub use crate::model::alerts::rules;
-pub use crate::model::alerts::{AlertPolicy, AlertQuery, AlertsConfig, Applied, NotificationKind};
+pub use crate::model::alerts::{
+    AlertChange, AlertPolicy, AlertQuery, AlertsConfig, Applied, NotificationKind,
+};
 
 use crate::config::RelayConfig;
 use crate::heartbeats::HeartbeatCache;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::stream::EventBus;
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::AlertInfo;
+use flotilla_shared::stream::EventKind;
 use notify::Notification;
 use rules::{AgentView, Condition, Rule};
 use std::collections::{HashMap, HashSet};
@@ -203,8 +207,10 @@ impl AlertsEngine {
         evaluate(self, now).await
     }
 
-    /// Runs the TLS checker and the evaluation loop until shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs the TLS checker and the evaluation loop until shutdown. The loop is the shell of
+    /// [`AlertsEngine::step`]: it publishes each evaluation's [`Applied::changes`] on `stream`
+    /// (the engine itself never holds the bus).
+    pub async fn run(self, stream: Arc<EventBus>, shutdown: CancellationToken) {
         if !self.cfg.enabled {
             return;
         }
@@ -225,7 +231,10 @@ impl AlertsEngine {
                 _ = self.handle.kick.notified() => {}
             }
             match self.step(crate::store::now()).await {
-                Ok(_) => failing = false,
+                Ok(applied) => {
+                    publish_changes(&stream, &applied.changes);
+                    failing = false;
+                }
                 Err(e) => {
                     if !failing {
                         tracing::warn!(error = %e, "alert evaluation failed; retrying at the next one");
@@ -235,6 +244,28 @@ impl AlertsEngine {
             }
         }
         let _ = checker.await;
+    }
+}
+
+/// One `alert.firing` / `alert.resolved` per alert that fired or resolved (subject: the alert
+/// id; agent: the alert's, when it names one).
+pub fn publish_changes(stream: &EventBus, changes: &[AlertChange]) {
+    for c in changes {
+        let (kind, verb) = match c.kind {
+            NotificationKind::Firing => (EventKind::AlertFiring, "firing"),
+            NotificationKind::Resolved => (EventKind::AlertResolved, "resolved"),
+        };
+        stream.publish(
+            kind,
+            c.agent_id.as_deref(),
+            Some(&c.id),
+            format!("{} alert {} {verb}: {}", c.severity, c.rule, c.message),
+            Some(serde_json::json!({
+                "rule": c.rule,
+                "severity": c.severity,
+                "subject": c.subject,
+            })),
+        );
     }
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod auth;
 pub(crate) mod backups;
 pub(crate) mod commands;
 pub(crate) mod error;
+pub(crate) mod fleet;
 pub(crate) mod openapi;
 pub(crate) mod releases;
 pub(crate) mod rollouts;
@@ -68,6 +69,8 @@ pub fn router(
                 .delete(agents::revoke),
         )
         .route("/api/v1/agents/{id}/events", get(agents::events))
+        .route("/api/v1/agents/{id}/metrics", get(agents::metrics))
+        .route("/api/v1/fleet/overview", get(fleet::show))
         .route("/api/v1/agents/{id}/commands", post(commands::create))
         .route("/api/v1/agents/{id}/updates", get(updates::agent_updates))
         .route("/api/v1/updates", get(updates::fleet_updates))

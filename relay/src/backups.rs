@@ -9,13 +9,17 @@
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
+use crate::stream::EventBus;
 use flotilla_shared::backup::{BackupReport, BackupStatus};
+use flotilla_shared::stream::EventKind;
 
-/// Stores an agent's backup report, then logs one line and counts the databases it added
-/// (a re-sent report adds none, so neither the counter nor the info log repeats it).
+/// Stores an agent's backup report, then logs one line, counts the databases it added and
+/// publishes one `backup.reported` per database it added (a re-sent report adds none, so
+/// neither the counter, the info log nor the stream repeats it).
 pub async fn record_report(
     store: &Store,
     metrics: &Metrics,
+    stream: &EventBus,
     agent_id: &str,
     seq: u64,
     report: BackupReport,
@@ -29,6 +33,16 @@ pub async fn record_report(
         .await?;
     metrics.backup_databases(BackupStatus::Success, recorded.succeeded as u64);
     metrics.backup_databases(BackupStatus::Failed, recorded.failed as u64);
+    for (key, status) in &recorded.stored {
+        let state = status.as_str();
+        stream.publish(
+            EventKind::BackupReported,
+            Some(agent_id),
+            Some(&run_id),
+            format!("backup of {key} on agent {agent_id}: {state}"),
+            Some(serde_json::json!({ "key": key, "state": state, "job": job })),
+        );
+    }
     if recorded.total() > 0 || databases == 0 {
         tracing::info!(agent_id = %agent_id, seq, run_id = %run_id, job = %job, databases, failed, "backup report");
     } else {

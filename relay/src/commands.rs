@@ -11,7 +11,7 @@
 use crate::config::MAX_COMMAND_TTL_SECS;
 use crate::hub::{encode, Hub};
 use crate::metrics::Metrics;
-use crate::store::{Finalised, NewCommand, Store, StoreError};
+use crate::store::{Finalised, NewCommand, Store, StoreError, UpdateEnded};
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::DeliveryState;
 use flotilla_shared::command::{Audience, Command, CommandEnvelope, SignedCommand};
@@ -98,6 +98,12 @@ impl Commands {
         self
     }
 
+    /// The live event bus this service publishes on (the engines that apply their decisions
+    /// through this service publish theirs there too).
+    pub fn stream(&self) -> &crate::stream::EventBus {
+        &self.stream
+    }
+
     /// Completions from now on (subscribe before issuing what you wait for).
     pub fn subscribe(&self) -> broadcast::Receiver<Completion> {
         self.completions.subscribe()
@@ -126,11 +132,32 @@ impl Commands {
         let _ = self.completions.send(completion);
     }
 
-    /// [`Commands::finished`] for every delivery the store just ended.
+    /// [`Commands::finished`] for every delivery the store just ended (and
+    /// [`Commands::update_finished`] for the update rows the ending finished).
     pub fn all_finished(&self, ended: &[Finalised]) {
         for f in ended {
+            if let Some(update) = &f.update {
+                self.update_finished(&f.command_id, &f.agent_id, update);
+            }
             self.finished(Completion::from(f));
         }
+    }
+
+    /// Announces that a container update's history row reached its final outcome (the store
+    /// said so: [`UpdateEnded`] comes back from the transaction that wrote it).
+    pub fn update_finished(&self, command_id: &str, agent_id: &str, update: &UpdateEnded) {
+        let summary = format!(
+            "update {command_id} on agent {agent_id} to {}: {}",
+            update.image, update.outcome
+        );
+        let data = serde_json::json!({ "outcome": update.outcome, "image": update.image });
+        (self.stream).publish(
+            EventKind::UpdateFinished,
+            Some(agent_id),
+            Some(command_id),
+            summary,
+            Some(data),
+        );
     }
 
     /// When a command issued at `issued_at` expires. Without a TTL: the relay's default, except

@@ -33,15 +33,24 @@ impl HeartbeatCache {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn record(&self, agent_id: &str, heartbeat: Heartbeat, received_at: DateTime<Utc>) {
-        self.lock().insert(
-            agent_id.to_string(),
-            Entry {
-                heartbeat: Arc::new(heartbeat),
-                received_at,
-                dirty: true,
-            },
-        );
+    /// Keeps `heartbeat` as the agent's latest; returns the one it replaced (if any), so the
+    /// caller can tell what changed without keeping anything more per agent.
+    pub fn record(
+        &self,
+        agent_id: &str,
+        heartbeat: Heartbeat,
+        received_at: DateTime<Utc>,
+    ) -> Option<Arc<Heartbeat>> {
+        self.lock()
+            .insert(
+                agent_id.to_string(),
+                Entry {
+                    heartbeat: Arc::new(heartbeat),
+                    received_at,
+                    dirty: true,
+                },
+            )
+            .map(|previous| previous.heartbeat)
     }
 
     /// Fills in heartbeats read from the database (at startup), without overwriting newer ones

@@ -16,7 +16,8 @@
 use crate::commands::Commands;
 use crate::store::{JobStep, Store, StoreError};
 use chrono::{DateTime, Utc};
-use flotilla_shared::api::DeliveryState;
+use flotilla_shared::api::{DeliveryState, JobState};
+use flotilla_shared::stream::EventKind;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -53,6 +54,25 @@ impl JobEngine {
                     job_id,
                     skipped = step.skipped,
                     "job exceeded max-errors; skipped the remaining targets"
+                );
+            }
+            if let (true, Some(state)) = (step.finished, step.state) {
+                // One event per job (never one per target): the step that ended it.
+                let state = match state {
+                    JobState::Running => "running",
+                    JobState::Completed => "completed",
+                    JobState::Stopped => "stopped",
+                };
+                self.commands.stream().publish(
+                    EventKind::JobFinished,
+                    None,
+                    Some(job_id),
+                    format!("job {job_id} {state}"),
+                    Some(serde_json::json!({
+                        "state": state,
+                        "command_id": step.command_id,
+                        "skipped": step.skipped,
+                    })),
                 );
             }
         }

@@ -6,6 +6,7 @@
 pub mod alerts;
 pub mod commands;
 pub mod jobs;
+pub mod metrics;
 pub mod rollouts;
 pub mod sessions;
 pub mod ttl;

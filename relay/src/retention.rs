@@ -2,6 +2,8 @@
 //! finished update-history rows, backup-history rows, resolved alerts and ended silences older than `retention_days`, so the
 //! database does not grow for ever. Of the backup history, each database's latest row and its
 //! newest success are kept whatever their age: they are its state and its last good backup.
+//! The agents' metrics history has horizons of its own (`crate::model::metrics`) and is pruned
+//! by every sweep, also when `retention_days` is 0 (keep the rest for ever).
 
 use crate::store::{Pruned, Store, StoreError};
 use chrono::{DateTime, Utc};
@@ -27,9 +29,13 @@ impl Retention {
         }
     }
 
-    /// One sweep: deletes what is older than `retention_days` before `now` (nothing when
-    /// `retention_days` is 0).
+    /// One sweep: deletes what is older than `retention_days` before `now` (only the metrics
+    /// history past its horizons when `retention_days` is 0).
     pub async fn step(&self, now: DateTime<Utc>) -> Result<Pruned, StoreError> {
+        match self.store.prune_metrics(now).await {
+            Ok(n) => tracing::debug!(points = n, "metrics history pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the metrics history"),
+        }
         let days = self.retention_days;
         if days == 0 {
             return Ok(Pruned::default());
@@ -59,12 +65,8 @@ impl Retention {
         pruned
     }
 
-    /// Runs the sweep every [`SWEEP_INTERVAL`] until shutdown; does nothing when
-    /// `retention_days` is 0.
+    /// Runs the sweep every [`SWEEP_INTERVAL`] until shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
-        if self.retention_days == 0 {
-            return;
-        }
         let start = tokio::time::Instant::now() + FIRST_SWEEP_DELAY;
         let mut tick = tokio::time::interval_at(start, SWEEP_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

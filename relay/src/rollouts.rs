@@ -63,6 +63,7 @@ use crate::hub::Hub;
 use crate::model::rollouts::*;
 use crate::releases::UpgradeRefusal;
 use crate::store::{NewCommand, Store, StoreError};
+use crate::stream::EventBus;
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::{Command, ContainerListArgs, ContainerListOutput};
 use flotilla_shared::release::compare_versions;
@@ -71,6 +72,7 @@ use flotilla_shared::rollout::{
     AgentOutcome, RolloutState, RolloutTarget, RolloutTransition, StagePhase, StageWhat,
     AGENT_TARGET_NAME,
 };
+use flotilla_shared::stream::EventKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -185,6 +187,62 @@ impl RolloutEngine {
             }
         }
     }
+}
+
+/// Announces one rollout transition the store just confirmed (subject: the rollout): one
+/// event per rollout transition, never one per member. The engine calls it after
+/// [`set_progress`], the API after an operator's create or action.
+pub fn publish_transition(
+    stream: &EventBus,
+    id: &str,
+    action: &str,
+    state: RolloutState,
+    stage: usize,
+    phase: StagePhase,
+) {
+    stream.publish(
+        EventKind::RolloutTransition,
+        None,
+        Some(id),
+        format!(
+            "rollout {id}: {action} (stage {}, {}, {})",
+            stage + 1,
+            state.as_str(),
+            phase.as_str()
+        ),
+        Some(serde_json::json!({
+            "action": action,
+            "state": state.as_str(),
+            "stage": stage,
+            "phase": phase.as_str(),
+        })),
+    );
+}
+
+/// Writes the rollout's next position if it is still where `row` saw it
+/// ([`Store::set_rollout_progress`]) and, when that applied, publishes the transition.
+async fn set_progress(
+    engine: &RolloutEngine,
+    row: &RolloutRow,
+    next: Progress,
+    t: Transition,
+) -> Result<bool, StepError> {
+    let (state, stage, phase, action) = (next.state, next.stage, next.phase, t.action);
+    let applied = engine
+        .store
+        .set_rollout_progress(
+            row.id.clone(),
+            row.progress.updated_at,
+            next,
+            t,
+            ENGINE_ACTOR.into(),
+        )
+        .await?;
+    if applied {
+        let stream = engine.commands.stream();
+        publish_transition(stream, &row.id, action.as_str(), state, stage, phase);
+    }
+    Ok(applied)
 }
 
 /// A new rollout command id.
@@ -432,16 +490,7 @@ async fn apply_failure_threshold(
         return Ok(false);
     }
     let (next, t) = fire_failure_action(p, row.spec.on_failure, failures, max, now);
-    let applied = engine
-        .store
-        .set_rollout_progress(
-            row.id.clone(),
-            p.updated_at,
-            next.clone(),
-            t,
-            ENGINE_ACTOR.into(),
-        )
-        .await?;
+    let applied = set_progress(engine, row, next.clone(), t).await?;
     if applied {
         tracing::info!(
             rollout_id = %row.id,
@@ -533,10 +582,7 @@ async fn end_dispatching(
         };
         (next, t)
     };
-    engine
-        .store
-        .set_rollout_progress(row.id.clone(), p.updated_at, next, t, ENGINE_ACTOR.into())
-        .await?;
+    set_progress(engine, row, next, t).await?;
     Ok(())
 }
 
@@ -678,10 +724,7 @@ async fn finish_stage(
             },
         }
     };
-    let applied = engine
-        .store
-        .set_rollout_progress(row.id.clone(), p.updated_at, next, t, ENGINE_ACTOR.into())
-        .await?;
+    let applied = set_progress(engine, row, next, t).await?;
     tracing::info!(rollout_id = %row.id, stage = p.stage + 1, applied, "rollout stage finished");
     Ok(())
 }
@@ -710,16 +753,7 @@ async fn advance_reverting(
                 detail: format!("revert failed on {} agent(s)", plan.failed),
             }
         };
-        engine
-            .store
-            .set_rollout_progress(
-                row.id.clone(),
-                row.progress.updated_at,
-                next,
-                t,
-                ENGINE_ACTOR.into(),
-            )
-            .await?;
+        set_progress(engine, &row, next, t).await?;
         return Ok(());
     }
     // Reverts go to connected agents only (a queued revert to an offline agent would take a

@@ -300,7 +300,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         alert_sink,
     );
     let mut tasks = vec![
-        tokio::spawn(alerts.run(shutdown.clone())),
+        tokio::spawn(alerts.run(stream.clone(), shutdown.clone())),
         tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
         tokio::spawn(jobs.run(shutdown.clone())),
         tokio::spawn(sweeper.run(shutdown.clone())),

@@ -13,7 +13,7 @@
 //! methods of [`Store`], domain types in and out) and its backend file
 //! (`store/sqlite/<domain>.rs`: the `impl Db` statements, one transaction per method):
 //! tokens, enrollment, agents, commands, jobs, events, updates, backups, audit, alerts,
-//! releases, rollouts, sessions, and the SQLite-only retention batches. **The backend seam** is the set
+//! releases, rollouts, sessions, metrics (the agents' downsampled history), fleet (overview counts), and the SQLite-only retention batches. **The backend seam** is the set
 //! of facade methods: for PostgreSQL they become a trait (`StoreBackend`), implemented by the
 //! SQLite `Db` and by a `postgres/<domain>.rs` of the same shape; the domain types are already
 //! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
@@ -49,7 +49,9 @@ mod backups;
 mod commands;
 mod enrollment;
 mod events;
+mod fleet;
 mod jobs;
+mod metrics;
 pub mod releases;
 mod rollouts;
 mod sessions;
@@ -63,8 +65,8 @@ use flotilla_shared::api::{
     Scope, UpdateRecord,
 };
 use flotilla_shared::backup::{
-    agent_alert, database_state, AgentBackups, BackupRecord, BackupReport, DatabaseBackupState,
-    DatabaseState, FleetBackups,
+    agent_alert, database_state, AgentBackups, BackupRecord, BackupReport, BackupStatus,
+    DatabaseBackupState, DatabaseState, FleetBackups,
 };
 use flotilla_shared::command::{CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
@@ -127,6 +129,60 @@ pub struct AgentRecord {
     /// [`Store::agent`] loads it; [`Store::agents`] leaves it `None` (use the heartbeat cache).
     pub last_heartbeat: Option<Heartbeat>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// Orders of the paginated agents list; each is total (ties broken by id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AgentOrder {
+    /// By name, then id (the default).
+    Name,
+    NameDesc,
+    /// Oldest enrollment first.
+    Enrolled,
+    /// Newest enrollment first ("newest tenants first").
+    EnrolledDesc,
+}
+
+impl AgentOrder {
+    pub const ALL: [AgentOrder; 4] = [
+        AgentOrder::Name,
+        AgentOrder::NameDesc,
+        AgentOrder::Enrolled,
+        AgentOrder::EnrolledDesc,
+    ];
+
+    /// The `sort` query value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentOrder::Name => "name",
+            AgentOrder::NameDesc => "-name",
+            AgentOrder::Enrolled => "enrolled_at",
+            AgentOrder::EnrolledDesc => "-enrolled_at",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AgentOrder> {
+        AgentOrder::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// A position in an [`AgentOrder`]: the sort key (the name, or the enrollment time as stored)
+/// and the id of the last agent seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPosition {
+    pub key: String,
+    pub id: String,
+}
+
+/// What the agents list filters on, without facts or heartbeat.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentKey {
+    pub id: String,
+    pub name: String,
+    pub labels: Labels,
+    pub revoked: bool,
+    /// This agent's position in the order it was read in.
+    pub position: AgentPosition,
 }
 
 /// What the websocket handshake needs to know about an agent.
@@ -230,6 +286,8 @@ pub enum ResultOutcome {
         /// `agent.upgrade` marks its build broken, which ends that build's undelivered
         /// copies): the caller does their bookkeeping (`Commands::all_finished`).
         ended: Vec<Finalised>,
+        /// Set when the result finished a `container.update`'s history row.
+        update: Option<UpdateEnded>,
     },
     /// The delivery was already final (a duplicate result): nothing changed.
     AlreadyFinal,
@@ -245,6 +303,18 @@ pub struct Finalised {
     pub job_id: Option<String>,
     /// Undelivered, or failed (`no_result`, `agent_revoked`) when the agent had accepted it.
     pub state: DeliveryState,
+    /// Set when this ending finished a `container.update`'s history row.
+    pub update: Option<UpdateEnded>,
+}
+
+/// A container update's history row that just reached its final outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateEnded {
+    /// The agent's report's outcome (`updated`, `rolled_back`, ...); without a report (the
+    /// relay ended it, or the agent rejected it), the delivery's state (`undelivered`, `failed`).
+    pub outcome: String,
+    /// The image the update asked for.
+    pub image: String,
 }
 
 /// What one step of a job's dispatch did.
@@ -258,6 +328,8 @@ pub struct JobStep {
     /// Agents whose delivery went pending → skipped now (max-errors exceeded).
     pub skipped: usize,
     pub state: Option<JobState>,
+    /// True when this step ended the job (running → completed/stopped): exactly one step does.
+    pub finished: bool,
 }
 
 /// One audit row (the API type itself: the trail is served as stored).
@@ -306,10 +378,12 @@ pub struct BackupQuery {
 }
 
 /// The rows a backup report added (databases already stored for its run are not counted).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordedBackups {
     pub succeeded: usize,
     pub failed: usize,
+    /// The keys stored now, with their state (a re-sent report's known keys are not here).
+    pub stored: Vec<(String, BackupStatus)>,
 }
 
 impl RecordedBackups {

@@ -485,7 +485,31 @@ impl Connection {
         let agent_id = self.agent_id.clone();
         match frame {
             AgentFrame::Heartbeat(hb) => {
-                state.heartbeats.record(&agent_id, *hb, now());
+                // Published only when the fleet-list figures moved (`moved_from`: a container
+                // count, or a 10-point band of CPU, memory or disk): compared with the cached
+                // previous heartbeat the cache hands back (nothing more is kept per agent).
+                let summary = flotilla_shared::api::MetricsSummary::of(&hb);
+                let previous = state.heartbeats.record(&agent_id, *hb, now());
+                if previous.is_none_or(|p| {
+                    summary.moved_from(&flotilla_shared::api::MetricsSummary::of(&p))
+                }) {
+                    let line = format!(
+                        "agent {agent_id}: cpu {:.0}%, memory {:.0}%, disk {:.0}%, {}/{} containers running",
+                        summary.cpu_percent,
+                        summary.memory_used_percent,
+                        summary.disk_max_used_percent,
+                        summary.containers_running,
+                        summary.containers_total
+                    );
+                    let data = serde_json::to_value(&summary).ok();
+                    (state.stream).publish(
+                        flotilla_shared::stream::EventKind::AgentHeartbeat,
+                        Some(&agent_id),
+                        None,
+                        line,
+                        data,
+                    );
+                }
             }
             AgentFrame::Received { command_id } => {
                 match state
@@ -543,6 +567,7 @@ impl Connection {
                         job_id,
                         replaced,
                         ended,
+                        update,
                     } => {
                         match replaced {
                             None => {
@@ -551,6 +576,11 @@ impl Connection {
                             Some(before) => {
                                 tracing::info!(agent_id = %agent_id, command_id = %command_id, outcome = delivery.as_str(), replaced = before.as_str(), "late result replaced the relay's own ending")
                             }
+                        }
+                        if let Some(update) = &update {
+                            state
+                                .commands
+                                .update_finished(&command_id, &agent_id, update);
                         }
                         state.commands.finished(Completion {
                             command_id: command_id.clone(),
@@ -593,8 +623,15 @@ impl Connection {
                 }
             }
             OutboxItem::BackupReport(report) => {
-                crate::backups::record_report(&state.store, &state.metrics, &agent_id, seq, report)
-                    .await?;
+                crate::backups::record_report(
+                    &state.store,
+                    &state.metrics,
+                    &state.stream,
+                    &agent_id,
+                    seq,
+                    report,
+                )
+                .await?;
             }
         }
         Ok(())

@@ -4,10 +4,18 @@
 
 mod support;
 
-use flotilla_shared::api::{CreateEnrollmentToken, EnrollmentTokenCreated};
+use flotilla_shared::api::{
+    CommandInfo, CreateEnrollmentToken, EnrollResponse, EnrollmentTokenCreated, JobInfo,
+};
+use flotilla_shared::command::{CommandResult, ResultStatus};
+use flotilla_shared::heartbeat::{Heartbeat, HostMetrics};
+use flotilla_shared::protocol::{AgentFrame, OutboxItem};
+use flotilla_shared::rollout::RolloutInfo;
+use flotilla_shared::selector::Labels;
 use flotilla_shared::signing::SigningKey;
 use flotilla_shared::stream::{EventKind, FleetEvent};
 use flotilla_testkit::agent::ScriptedAgent;
+use serde_json::{json, Value};
 use std::time::Duration;
 use support::TestRelay;
 
@@ -23,6 +31,8 @@ struct Sse {
 struct Reader {
     resp: reqwest::Response,
     buf: String,
+    /// Fleet events read but not asked for yet (see [`Reader::until`]).
+    unclaimed: Vec<FleetEvent>,
 }
 
 impl Reader {
@@ -65,6 +75,23 @@ impl Reader {
         assert_eq!(e.id, Some(event.id));
         event
     }
+
+    /// The first event of `kind` that `pick` accepts, whether it was read already or comes
+    /// next (events of other kinds, or not picked, stay for later calls): the relay's tasks
+    /// publish concurrently, so their order is not the test's.
+    async fn until(&mut self, kind: EventKind, pick: impl Fn(&FleetEvent) -> bool) -> FleetEvent {
+        let wanted = |e: &FleetEvent| e.kind == kind.as_str() && pick(e);
+        if let Some(i) = self.unclaimed.iter().position(wanted) {
+            return self.unclaimed.remove(i);
+        }
+        loop {
+            let event = self.next_fleet_event().await;
+            if wanted(&event) {
+                return event;
+            }
+            self.unclaimed.push(event);
+        }
+    }
 }
 
 async fn open(relay: &TestRelay, query: &str, last: Option<u64>) -> Reader {
@@ -84,7 +111,38 @@ async fn open(relay: &TestRelay, query: &str, last: Option<u64>) -> Reader {
     Reader {
         resp,
         buf: String::new(),
+        unclaimed: Vec::new(),
     }
+}
+
+/// Enrolls an agent named `name` through the API with a fresh enrollment token giving it
+/// `labels`.
+async fn enroll_agent(
+    relay: &TestRelay,
+    name: &str,
+    labels: Labels,
+) -> (EnrollResponse, SigningKey) {
+    let token: EnrollmentTokenCreated = relay
+        .http
+        .post(format!("{}/api/v1/enrollment-tokens", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(&CreateEnrollmentToken {
+            labels,
+            ..CreateEnrollmentToken::default()
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = SigningKey::generate();
+    let facts = Default::default();
+    let enrolled =
+        flotilla_testkit::agent::enroll(&relay.http, &relay.base, token.token, name, facts, &key)
+            .await
+            .unwrap();
+    (enrolled, key)
 }
 
 fn publish(relay: &TestRelay, n: usize) {
@@ -106,28 +164,7 @@ async fn a_connecting_agent_appears_on_the_stream() {
         .start()
         .await;
     let mut stream = open(&relay, "?kinds=agent", None).await;
-    let token: EnrollmentTokenCreated = relay
-        .http
-        .post(format!("{}/api/v1/enrollment-tokens", relay.base))
-        .bearer_auth(&relay.admin)
-        .json(&CreateEnrollmentToken::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = SigningKey::generate();
-    let enrolled = flotilla_testkit::agent::enroll(
-        &relay.http,
-        &relay.base,
-        token.token,
-        "streamed",
-        Default::default(),
-        &key,
-    )
-    .await
-    .unwrap();
+    let (enrolled, key) = enroll_agent(&relay, "streamed", Labels::new()).await;
     let mut agent = ScriptedAgent::new(enrolled.agent_id.clone(), key, "t");
     agent.connect(&relay.ws_url()).await.unwrap();
     let mut event = stream.next_fleet_event().await;
@@ -271,4 +308,202 @@ async fn the_stream_needs_a_token_and_read_scope_is_enough() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);
+}
+
+/// Posts `body` to `path` as the admin; the answer must be a success.
+async fn post_json<T: serde::de::DeserializeOwned>(
+    relay: &TestRelay,
+    path: &str,
+    body: Value,
+) -> T {
+    let resp = relay
+        .http
+        .post(format!("{}{path}", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "POST {path}: {}", resp.status());
+    resp.json().await.unwrap()
+}
+
+/// The result of `command_id`, with `output`.
+fn result(command_id: &str, status: ResultStatus, output: Option<Value>) -> OutboxItem {
+    let now = chrono::Utc::now();
+    OutboxItem::Result(CommandResult {
+        command_id: command_id.to_string(),
+        status,
+        output,
+        error: None,
+        started_at: now,
+        finished_at: now,
+    })
+}
+
+/// A `container.update` report of container `web`.
+fn update_report(outcome: &str, image: &str) -> Value {
+    json!({
+        "outcome": outcome, "container": "web", "image": image, "strategy": "stop-first",
+        "health": "tcp:8080", "phase": "done", "timings": [], "old_stopped": true,
+        "total_ms": 1200
+    })
+}
+
+fn heartbeat(cpu_percent: f32) -> AgentFrame {
+    AgentFrame::Heartbeat(Box::new(Heartbeat {
+        at: chrono::Utc::now(),
+        agent_version: "t".into(),
+        host: HostMetrics {
+            cpu_percent,
+            ..HostMetrics::default()
+        },
+        docker: Default::default(),
+        backup: None,
+    }))
+}
+
+/// Every kind the relay publishes besides those of the test above, each from where the relay
+/// decides it: enrollment, the alerts engine (an enrolled agent that is not connected is
+/// unreachable; connecting resolves it), heartbeats whose summary changed, a job, a
+/// container update, a backup report, a rollout (the API's creation, then the engine's own
+/// transition) and revocation.
+#[tokio::test]
+async fn every_decision_of_the_relay_is_on_the_stream() {
+    const WAIT: Duration = Duration::from_secs(10);
+    let relay = TestRelay::in_process("stream-kinds")
+        .config(|c| {
+            c.heartbeat_interval_secs = 1;
+            c.alerts.evaluate_interval_secs = 1;
+            c.alerts.unreachable_intervals = 1;
+        })
+        .start()
+        .await;
+    let relay_key = relay.relay.state().key.public_key();
+    let mut stream = open(&relay, "", None).await;
+    let labels: Labels = [("team".to_string(), "stream".to_string())].into();
+    let (enrolled, key) = enroll_agent(&relay, "everything", labels).await;
+    let id = enrolled.agent_id.clone();
+    let mine = |e: &FleetEvent| e.agent_id.as_deref() == Some(id.as_str());
+
+    let e = stream.until(EventKind::AgentEnrolled, mine).await;
+    assert_eq!(e.subject.as_deref(), Some(id.as_str()));
+    let data = e.data.unwrap();
+    assert_eq!(data["name"], "everything");
+    assert_eq!(data["labels"]["team"], "stream");
+
+    let firing = stream.until(EventKind::AlertFiring, mine).await;
+    let alert_id = firing.subject.clone().unwrap();
+    assert!(alert_id.starts_with("alr_"), "{firing:?}");
+    assert_eq!(firing.data.unwrap()["rule"], "agent_unreachable");
+    let mut agent = ScriptedAgent::new(id.clone(), key, "t");
+    agent.connect(&relay.ws_url()).await.unwrap();
+    let resolved = stream
+        .until(EventKind::AlertResolved, |e| {
+            e.subject.as_deref() == Some(alert_id.as_str())
+        })
+        .await;
+    assert_eq!(resolved.agent_id.as_deref(), Some(id.as_str()));
+
+    // A move within a 10-point band is not published; into the next band it is.
+    for cpu in [10.0, 13.0, 20.0] {
+        agent.send(&heartbeat(cpu)).await.unwrap();
+    }
+    for cpu in [10.0, 20.0] {
+        let e = stream.until(EventKind::AgentHeartbeat, mine).await;
+        let data = e.data.clone().unwrap();
+        assert_eq!(data["cpu_percent"], cpu, "heartbeat event {e:?}");
+    }
+
+    // One job.finished for the job (no agent: it is the job's).
+    let job: JobInfo = post_json(
+        &relay,
+        "/api/v1/jobs",
+        json!({"selector": "team=stream", "kind": "ping", "args": {}}),
+    )
+    .await;
+    let env = agent.next_command(&relay_key, WAIT).await.unwrap();
+    let ok = result(&env.id, ResultStatus::Succeeded, None);
+    agent.outbox(ok, WAIT).await.unwrap();
+    let e = stream
+        .until(EventKind::JobFinished, |e| {
+            e.subject.as_deref() == Some(job.id.as_str())
+        })
+        .await;
+    assert_eq!(e.agent_id, None);
+    assert_eq!(e.data.unwrap()["state"], "completed");
+
+    let path = format!("/api/v1/agents/{id}/commands");
+    let image = "reg.example/app:v2";
+    let update: CommandInfo = post_json(
+        &relay,
+        &path,
+        json!({"kind": "container.update", "args": {"container": "web", "image": image}}),
+    )
+    .await;
+    let env = agent.next_command(&relay_key, WAIT).await.unwrap();
+    assert_eq!(env.id, update.id);
+    let report = update_report("rolled_back", image);
+    let failed = result(&env.id, ResultStatus::Failed, Some(report));
+    agent.outbox(failed, WAIT).await.unwrap();
+    let e = stream
+        .until(EventKind::UpdateFinished, |e| {
+            e.subject.as_deref() == Some(update.id.as_str())
+        })
+        .await;
+    assert_eq!(e.agent_id.as_deref(), Some(id.as_str()));
+    let data = e.data.unwrap();
+    assert_eq!(
+        (&data["outcome"], &data["image"]),
+        (&json!("rolled_back"), &json!(image))
+    );
+
+    let report = serde_json::from_value(json!({
+        "run_id": "run_1", "source": {"type": "agent"}, "job": "pg",
+        "started_at": chrono::Utc::now(), "finished_at": chrono::Utc::now(),
+        "databases": [{"key": "pg/app", "status": "success"}],
+    }))
+    .unwrap();
+    let item = OutboxItem::BackupReport(report);
+    agent.outbox(item, WAIT).await.unwrap();
+    let e = stream.until(EventKind::BackupReported, mine).await;
+    assert_eq!(e.subject.as_deref(), Some("run_1"));
+    let data = e.data.unwrap();
+    assert_eq!(
+        (&data["key"], &data["state"]),
+        (&json!("pg/app"), &json!("success"))
+    );
+
+    // Created through the API; its update's result moves it on in the engine.
+    let image = "reg.example/app:v3";
+    let rollout: RolloutInfo = post_json(
+        &relay,
+        "/api/v1/rollouts",
+        json!({"selector": "team=stream", "container": "web", "image": image,
+               "stages": "100%"}),
+    )
+    .await;
+    let of_rollout = |e: &FleetEvent| e.subject.as_deref() == Some(rollout.id.as_str());
+    let created = stream.until(EventKind::RolloutTransition, of_rollout).await;
+    assert_eq!(created.agent_id, None);
+    assert_eq!(created.data.unwrap()["action"], "created");
+    let env = agent.next_command(&relay_key, WAIT).await.unwrap();
+    let report = update_report("updated", image);
+    let updated = result(&env.id, ResultStatus::Succeeded, Some(report));
+    agent.outbox(updated, WAIT).await.unwrap();
+    let moved = stream.until(EventKind::RolloutTransition, of_rollout).await;
+    let data = moved.data.unwrap();
+    assert_ne!(data["action"], "created", "{data}");
+    assert!(data["state"].is_string() && data["stage"] == 0, "{data}");
+
+    let resp = relay
+        .http
+        .delete(format!("{}/api/v1/agents/{id}", relay.base))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    let e = stream.until(EventKind::AgentRevoked, mine).await;
+    assert_eq!(e.subject.as_deref(), Some(id.as_str()));
 }

@@ -6,8 +6,8 @@
 mod support;
 
 use flotilla_shared::api::{
-    AgentFacts, ApiTokenCreated, AuditRecord, CreateApiToken, CreateEnrollmentToken,
-    EnrollmentTokenCreated, Scope,
+    AgentFacts, AgentInfo, ApiTokenCreated, AuditRecord, CreateApiToken, CreateEnrollmentToken,
+    EnrollmentTokenCreated, FleetOverview, MetricsHistory, Scope,
 };
 use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
 use flotilla_shared::protocol::AgentFrame;
@@ -393,4 +393,307 @@ async fn sign_in_attempts_are_rate_limited_per_address() {
     }
     assert_eq!(&statuses[..10], &[401; 10], "{statuses:?}");
     assert_eq!(&statuses[10..], &[429; 2], "{statuses:?}");
+}
+
+/// An enrollment token for `uses` agents with these labels.
+async fn bulk_token(t: &TestRelay, labels: &str, uses: u32) -> String {
+    let et: EnrollmentTokenCreated = t
+        .http
+        .post(format!("{}/api/v1/enrollment-tokens", t.base))
+        .bearer_auth(&t.admin)
+        .json(&CreateEnrollmentToken {
+            labels: flotilla_shared::selector::parse_labels(labels).unwrap(),
+            max_uses: Some(uses),
+            ..CreateEnrollmentToken::default()
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    et.token
+}
+
+/// Every page of `GET /api/v1/agents?{query}`, following X-Next-Cursor and checking that Link
+/// says the same; the pages' sizes and the agents' names.
+async fn all_pages(t: &TestRelay, query: &str) -> (Vec<usize>, Vec<AgentInfo>) {
+    let mut url = format!("{}/api/v1/agents?{query}", t.base);
+    let (mut sizes, mut all) = (Vec::new(), Vec::new());
+    loop {
+        let resp = t.http.get(&url).bearer_auth(&t.admin).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{url}");
+        let next = resp
+            .headers()
+            .get("x-next-cursor")
+            .map(|v| v.to_str().unwrap().to_string());
+        let link = resp
+            .headers()
+            .get("link")
+            .map(|v| v.to_str().unwrap().to_string());
+        let page: Vec<AgentInfo> = resp.json().await.unwrap();
+        sizes.push(page.len());
+        all.extend(page);
+        match (next, link) {
+            (None, None) => return (sizes, all),
+            (Some(cursor), Some(link)) => {
+                let target = link
+                    .strip_prefix('<')
+                    .and_then(|l| l.strip_suffix(">; rel=\"next\""))
+                    .expect("a next link");
+                assert!(target.starts_with("/api/v1/agents?"), "{link}");
+                assert!(target.contains(&format!("cursor={cursor}")), "{link}");
+                url = format!("{}{target}", t.base);
+            }
+            other => panic!("cursor and link disagree: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
+    let t = TestRelay::in_process("relay-paging")
+        .config(|c| c.enroll_rate_per_minute = 1000)
+        .start()
+        .await;
+    let (eu, us) = (
+        bulk_token(&t, "region=eu", 100).await,
+        bulk_token(&t, "region=us", 100).await,
+    );
+    let mut ids = Vec::new();
+    let mut keys: Vec<Option<SigningKey>> = Vec::new();
+    for i in 0..105 {
+        let key = SigningKey::generate();
+        let token = if i % 3 == 0 { us.clone() } else { eu.clone() };
+        let e = enroll(
+            &t.http,
+            &t.base,
+            token,
+            &format!("node-{i:03}"),
+            AgentFacts::default(),
+            &key,
+        )
+        .await
+        .unwrap();
+        ids.push(e.agent_id);
+        keys.push(Some(key));
+    }
+    // Three online, one of them with a heartbeat (its metrics make a point).
+    let mut online = Vec::new();
+    for i in [4, 50, 101] {
+        let key = keys[i].take().unwrap();
+        let mut a = ScriptedAgent::new(ids[i].clone(), key, "test");
+        a.connect(&t.ws_url()).await.unwrap();
+        online.push(a);
+    }
+    let host = HostMetrics {
+        cpu_percent: 42.0,
+        memory_total_bytes: 1000,
+        memory_used_bytes: 250,
+        ..HostMetrics::default()
+    };
+    online[0]
+        .send(&AgentFrame::Heartbeat(Box::new(Heartbeat {
+            at: chrono::Utc::now(),
+            agent_version: "test".into(),
+            host,
+            docker: DockerSnapshot::default(),
+            backup: None,
+        })))
+        .await
+        .unwrap();
+    let revoked = &ids[7];
+    let resp = t
+        .http
+        .delete(format!("{}/api/v1/agents/{revoked}", t.base))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    // By name, 40 a page: every agent once, in order.
+    let (sizes, all) = all_pages(&t, "limit=40").await;
+    assert_eq!(sizes, [40, 40, 25]);
+    let names: Vec<_> = all.iter().map(|a| a.name.clone()).collect();
+    let want: Vec<_> = (0..105).map(|i| format!("node-{i:03}")).collect();
+    assert_eq!(names, want);
+    // The default page holds them all; newest enrollment first.
+    let (sizes, all) = all_pages(&t, "sort=-enrolled_at").await;
+    assert_eq!(sizes, [105]);
+    assert_eq!(all[0].name, "node-104");
+    // Filters apply before paging: pages are full until the last.
+    let (sizes, all) = all_pages(&t, "selector=region%3Dus&limit=10").await;
+    assert_eq!(sizes, [10, 10, 10, 5]);
+    assert!(all.iter().all(|a| a.labels["region"] == "us"));
+    let (_, all) = all_pages(&t, "q=NODE-05&limit=3&sort=-name").await;
+    let names: Vec<_> = all.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        names,
+        (50..60)
+            .rev()
+            .map(|i| format!("node-{i:03}"))
+            .collect::<Vec<_>>()
+    );
+    let (_, all) = eventually(WAIT, "the three agents online", || async {
+        let (sizes, all) = all_pages(&t, "status=online&limit=2").await;
+        (all.len() == 3).then_some((sizes, all))
+    })
+    .await;
+    assert_eq!(
+        all.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [ids[4].as_str(), ids[50].as_str(), ids[101].as_str()]
+    );
+    let (_, all) = all_pages(&t, "status=revoked").await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(&all[0].id, revoked);
+    let (_, all) = all_pages(&t, "status=offline&limit=1000").await;
+    assert_eq!(all.len(), 105 - 3 - 1);
+
+    // Bad input names what was wrong.
+    for (query, says) in [
+        ("cursor=bm90IG91cnM", "cursor"),
+        ("cursor=%%%", "cursor"),
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("sort=cpu", "sort"),
+        ("status=asleep", "status"),
+    ] {
+        let resp = t
+            .http
+            .get(format!("{}/api/v1/agents?{query}", t.base))
+            .bearer_auth(&t.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{query}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(says), "{query}: {text}");
+    }
+    // A cursor of one order is refused in another.
+    let resp = t
+        .http
+        .get(format!("{}/api/v1/agents?limit=1", t.base))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap();
+    let cursor = resp.headers()["x-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let resp = t
+        .http
+        .get(format!(
+            "{}/api/v1/agents?sort=-name&cursor={cursor}",
+            t.base
+        ))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // The overview's counts.
+    let overview: FleetOverview = t
+        .http
+        .get(format!("{}/api/v1/fleet/overview", t.base))
+        .bearer_auth(&t.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            overview.agents.enrolled,
+            overview.agents.online,
+            overview.agents.offline
+        ),
+        (104, 3, 101)
+    );
+    assert_eq!(overview.agents.revoked, 1);
+    assert!(overview.rollouts.is_empty() && overview.jobs.is_empty());
+
+    // The heartbeat made a metrics point once flushed.
+    let history: MetricsHistory = eventually(WAIT, "a metrics point", || async {
+        let h: MetricsHistory = t
+            .http
+            .get(format!("{}/api/v1/agents/{}/metrics", t.base, ids[4]))
+            .bearer_auth(&t.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (!h.points.is_empty()).then_some(h)
+    })
+    .await;
+    assert_eq!(
+        (history.range.as_str(), history.resolution_seconds),
+        ("24h", 300)
+    );
+    assert!((history.points[0].cpu_percent - 42.0).abs() < 0.01);
+    assert!((history.points[0].memory_used_percent - 25.0).abs() < 0.01);
+    for (path, status) in [
+        (
+            format!("/api/v1/agents/{}/metrics?range=7d", ids[4]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/agents/ag_nope/metrics".to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let resp = t
+            .http
+            .get(format!("{}{path}", t.base))
+            .bearer_auth(&t.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+    }
+
+    // The dashboard: 100 a page with a link to the next; the agent page charts its history.
+    let http = no_redirects();
+    let session = sign_in(&http, &t.base, &t.admin).await;
+    let html = page(&http, &t.base, "/ui/agents", &session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(html.matches("data-test=\"agent-row\"").count(), 100);
+    let at = html
+        .find("data-test=\"next-page\"")
+        .expect("a next-page link");
+    let href = html[..at].rsplit("href=\"").next().unwrap();
+    let href = href.split('"').next().unwrap().replace("&amp;", "&");
+    let html = page(&http, &t.base, &href, &session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(html.matches("data-test=\"agent-row\"").count(), 5, "{href}");
+    assert!(!html.contains("data-test=\"next-page\""));
+    assert!(html.contains("data-test=\"first-page\""));
+    let html = page(&http, &t.base, &format!("/ui/agents/{}", ids[4]), &session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("data-test=\"metrics-chart\" data-points=\"1\""),
+        "{html}"
+    );
+    assert!(html.contains("<polyline"));
+    let html = page(&http, &t.base, "/ui/", &session)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("data-test=\"count-online\""));
+    drop(online);
 }

@@ -176,6 +176,24 @@ pub struct MetricsSummary {
 }
 
 impl MetricsSummary {
+    /// Whether the figures a fleet list shows moved enough to tell watchers: a container
+    /// count changed, or CPU, memory or the fullest disk entered another 10-point band. (CPU
+    /// differs in nearly every heartbeat; publishing each would flood the live stream.)
+    pub fn moved_from(&self, before: &MetricsSummary) -> bool {
+        let band = |p: f32| (p / 10.0).floor() as i32;
+        (
+            self.containers_running,
+            self.containers_total,
+            self.containers_unhealthy,
+        ) != (
+            before.containers_running,
+            before.containers_total,
+            before.containers_unhealthy,
+        ) || band(self.cpu_percent) != band(before.cpu_percent)
+            || band(self.memory_used_percent) != band(before.memory_used_percent)
+            || band(self.disk_max_used_percent) != band(before.disk_max_used_percent)
+    }
+
     pub fn of(hb: &Heartbeat) -> MetricsSummary {
         let c = &hb.docker.containers;
         MetricsSummary {
@@ -228,6 +246,102 @@ pub struct AgentDetail {
 #[serde(deny_unknown_fields)]
 pub struct PatchAgent {
     pub labels: Labels,
+}
+
+/// Response headers of `GET /api/v1/agents`: the opaque cursor of the next page (absent on the
+/// last page); `Link: <...>; rel="next"` carries the same as a URL.
+pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+
+/// One point of an agent's metrics history: the mean of the heartbeats received in
+/// `[at, at + resolution)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricsPoint {
+    pub at: DateTime<Utc>,
+    pub cpu_percent: f32,
+    pub memory_used_percent: f32,
+    pub disk_max_used_percent: f32,
+    /// How many heartbeats the point averages.
+    pub samples: u32,
+}
+
+/// `GET /api/v1/agents/{id}/metrics?range=24h|30d`: the agent's downsampled history, oldest
+/// first (5-minute points over 24 hours, hourly points over 30 days).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MetricsHistory {
+    pub agent_id: String,
+    /// `24h` or `30d`.
+    pub range: String,
+    pub resolution_seconds: u32,
+    pub points: Vec<MetricsPoint>,
+}
+
+// === fleet overview ===
+
+/// Agents by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentCounts {
+    /// Enrolled and not revoked.
+    pub enrolled: u64,
+    pub online: u64,
+    pub offline: u64,
+    pub revoked: u64,
+    /// Agents with an update in progress.
+    pub updating: u64,
+    /// Agents with an update that rolled back in the last 24 hours.
+    pub rolled_back_24h: u64,
+}
+
+/// Firing alerts by severity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertCounts {
+    pub hard: u64,
+    pub medium: u64,
+    pub soft: u64,
+}
+
+/// Databases by the state of their latest backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BackupCounts {
+    pub ok: u64,
+    pub failed: u64,
+    pub stale: u64,
+}
+
+/// A fan-out job still running, with its progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JobProgress {
+    pub id: String,
+    pub kind: CommandKind,
+    pub selector: Selector,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub counts: JobCounts,
+}
+
+/// `GET /api/v1/fleet/overview`: the dashboard's first page in one answer. Counts are exact;
+/// the lists are the newest few (`*_total` says how many there are).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FleetOverview {
+    pub at: DateTime<Utc>,
+    pub agents: AgentCounts,
+    pub alerts_firing: AlertCounts,
+    pub backups: BackupCounts,
+    /// Rollouts not finished (running or paused).
+    pub rollouts: Vec<crate::rollout::RolloutInfo>,
+    pub jobs: Vec<JobProgress>,
+    pub jobs_total: u64,
+    /// Updates in progress, newest first.
+    pub updates: Vec<UpdateRecord>,
+    pub updates_total: u64,
+    /// The newest firing alerts.
+    pub newest_alerts: Vec<crate::alert::AlertInfo>,
 }
 
 // === commands ===
@@ -537,6 +651,32 @@ pub struct RelayStatus {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn summaries_move_by_container_counts_and_ten_point_bands() {
+        let base = MetricsSummary {
+            cpu_percent: 12.0,
+            load_1: 0.5,
+            memory_used_percent: 45.0,
+            disk_max_used_percent: 70.0,
+            containers_running: 3,
+            containers_total: 4,
+            containers_unhealthy: 0,
+        };
+        let with = |f: fn(&mut MetricsSummary)| {
+            let mut s = base.clone();
+            f(&mut s);
+            s
+        };
+        assert!(!base.moved_from(&base));
+        assert!(!with(|s| s.cpu_percent = 19.9).moved_from(&base));
+        assert!(!with(|s| s.load_1 = 3.0).moved_from(&base));
+        assert!(with(|s| s.cpu_percent = 20.0).moved_from(&base));
+        assert!(with(|s| s.memory_used_percent = 39.0).moved_from(&base));
+        assert!(with(|s| s.disk_max_used_percent = 80.5).moved_from(&base));
+        assert!(with(|s| s.containers_running = 4).moved_from(&base));
+        assert!(with(|s| s.containers_unhealthy = 1).moved_from(&base));
+    }
 
     #[test]
     fn create_command_wire_form() {

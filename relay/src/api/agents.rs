@@ -1,14 +1,18 @@
-//! Agents: list, show, relabel, revoke, and their events.
+//! Agents: list (paginated), show, relabel, revoke, their events and metrics history.
 
 use super::error::{JsonBody, QueryParams};
 use super::{audit, ApiError, Caller};
+use crate::model::metrics;
 use crate::state::{AppState, Shared};
-use crate::store::{AgentRecord, EventQuery};
+use crate::store::{AgentKey, AgentOrder, AgentPosition, AgentRecord, EventQuery};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use flotilla_shared::api::{
-    AgentDetail, AgentInfo, AgentStatus, EventRecord, MetricsSummary, PatchAgent, Scope,
+    AgentDetail, AgentInfo, AgentStatus, EventRecord, MetricsHistory, MetricsSummary, PatchAgent,
+    Scope, NEXT_CURSOR_HEADER,
 };
 use flotilla_shared::heartbeat::Heartbeat;
 use flotilla_shared::protocol::error_codes;
@@ -64,30 +68,203 @@ async fn find_agent(state: &Shared, id: &str) -> Result<AgentRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no agent with id {id}")))
 }
 
+/// Default and largest page of `GET /api/v1/agents`.
+const DEFAULT_AGENTS_LIMIT: u32 = 500;
+const MAX_AGENTS_LIMIT: u32 = 1000;
+/// Agents read per store call while a page is filled: a selective filter walks the order in
+/// chunks of this many light rows (no facts, no heartbeat), never the whole table at once.
+const SCAN_CHUNK: u32 = 1000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     selector: Option<String>,
+    /// Free text: a case-insensitive substring of the name, the id or a `key=value` label.
+    q: Option<String>,
+    /// online, offline or revoked.
+    status: Option<String>,
+    /// name (default), -name, enrolled_at, -enrolled_at.
+    sort: Option<String>,
+    limit: Option<u32>,
+    /// The `X-Next-Cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    QueryParams(q): QueryParams<ListQuery>,
-) -> Result<Json<Vec<AgentInfo>>, ApiError> {
+/// One page of the agents list and the cursor of the next one (None on the last page).
+pub(crate) struct AgentsPage {
+    pub agents: Vec<AgentInfo>,
+    pub next_cursor: Option<String>,
+}
+
+/// The opaque cursor: the order it belongs to and the position of the page's last agent,
+/// as base64url of `order \n key \n id`.
+fn encode_cursor(order: AgentOrder, p: &AgentPosition) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}\n{}\n{}", order.as_str(), p.key, p.id))
+}
+
+fn decode_cursor(order: AgentOrder, cursor: &str) -> Result<AgentPosition, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "cursor is not one this list handed out (take it from X-Next-Cursor, unchanged)",
+        )
+    };
+    let text = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = text.splitn(3, '\n');
+    let (Some(o), Some(key), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    if o != order.as_str() {
+        return Err(ApiError::bad_request(format!(
+            "cursor belongs to sort={o}, not sort={}; start again without a cursor",
+            order.as_str()
+        )));
+    }
+    Ok(AgentPosition {
+        key: key.to_string(),
+        id: id.to_string(),
+    })
+}
+
+/// Whether the free text (already lower-cased) matches the agent.
+fn text_matches(text: &str, a: &AgentKey) -> bool {
+    text.is_empty()
+        || a.name.to_lowercase().contains(text)
+        || a.id.to_lowercase().contains(text)
+        || a.labels
+            .iter()
+            .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(text))
+}
+
+/// One page of agents in the asked order, filtered by selector, text and status. Keyset
+/// paging: the page costs the rows it walks, however deep it is, and memory is one chunk
+/// plus one page.
+pub(crate) async fn page(
+    state: &Shared,
+    caller: &Caller,
+    q: ListQuery,
+) -> Result<AgentsPage, ApiError> {
     caller.require(Scope::Read)?;
     let selector: Selector =
         q.selector.as_deref().unwrap_or("").parse().map_err(
             |e: flotilla_shared::selector::LabelError| ApiError::bad_request(e.to_string()),
         )?;
-    let agents = state.store.agents().await?;
-    Ok(Json(
-        agents
+    let order = match q.sort.as_deref().filter(|s| !s.is_empty()) {
+        None => AgentOrder::Name,
+        Some(s) => AgentOrder::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown sort {s:?}: expected one of {}",
+                AgentOrder::ALL.map(AgentOrder::as_str).join(", ")
+            ))
+        })?,
+    };
+    let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some("online") => Some(AgentStatus::Online),
+        Some("offline") => Some(AgentStatus::Offline),
+        Some("revoked") => Some(AgentStatus::Revoked),
+        Some(s) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown status {s:?}: expected online, offline or revoked"
+            )))
+        }
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_AGENTS_LIMIT);
+    if !(1..=MAX_AGENTS_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_AGENTS_LIMIT}"
+        )));
+    }
+    let mut after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(decode_cursor(order, c)?),
+    };
+    let revoked = status.map(|s| s == AgentStatus::Revoked);
+    let text = q.q.unwrap_or_default().trim().to_lowercase();
+    let mut ids = Vec::new();
+    let mut last = None;
+    let mut more = false;
+    'scan: loop {
+        let chunk = state
+            .store
+            .agent_keys(order, after.clone(), revoked, SCAN_CHUNK)
+            .await?;
+        let exhausted = chunk.len() < SCAN_CHUNK as usize;
+        for a in chunk {
+            after = Some(a.position.clone());
+            if !(selector.matches(&a.labels)
+                && text_matches(&text, &a)
+                && status_ok(state, status, &a))
+            {
+                continue;
+            }
+            if ids.len() == limit as usize {
+                // One more match exists: the page is full and not the last.
+                more = true;
+                break 'scan;
+            }
+            ids.push(a.id.clone());
+            last = Some(a.position);
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let agents = state.store.agents_by_ids(ids).await?;
+    Ok(AgentsPage {
+        agents: agents
             .into_iter()
-            .filter(|a| selector.matches(&a.labels))
-            .map(|a| agent_detail(&state, a).agent)
+            .map(|a| agent_detail(state, a).agent)
             .collect(),
-    ))
+        next_cursor: last.filter(|_| more).map(|p| encode_cursor(order, &p)),
+    })
+}
+
+/// Online and offline are the hub's knowledge, not the store's.
+fn status_ok(state: &Shared, status: Option<AgentStatus>, a: &AgentKey) -> bool {
+    match status {
+        None | Some(AgentStatus::Revoked) => true,
+        Some(AgentStatus::Online) => !a.revoked && state.hub.is_connected(&a.id),
+        Some(AgentStatus::Offline) => !a.revoked && !state.hub.is_connected(&a.id),
+    }
+}
+
+/// `GET /api/v1/agents` (read): one page, in `sort` order; the next page's cursor is in
+/// `X-Next-Cursor` and `Link: <...>; rel="next"` (absent on the last page).
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    uri: Uri,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> Result<(HeaderMap, Json<Vec<AgentInfo>>), ApiError> {
+    let page = page(&state, &caller, q).await?;
+    let mut headers = HeaderMap::new();
+    if let Some(cursor) = &page.next_cursor {
+        // The same query with the cursor replaced.
+        let current = reqwest::Url::parse(&format!("http://relay/?{}", uri.query().unwrap_or("")))
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+        let mut next = reqwest::Url::parse("http://relay/api/v1/agents").expect("a valid URL");
+        next.query_pairs_mut()
+            .extend_pairs(current.query_pairs().filter(|(k, _)| k != "cursor"))
+            .append_pair("cursor", cursor);
+        let link = format!(
+            "<{}?{}>; rel=\"next\"",
+            next.path(),
+            next.query().unwrap_or("")
+        );
+        for (name, value) in [
+            (NEXT_CURSOR_HEADER, cursor.as_str()),
+            ("link", link.as_str()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(name, value);
+            }
+        }
+    }
+    Ok((headers, Json(page.agents)))
 }
 
 pub async fn show(
@@ -167,6 +344,13 @@ pub async fn revoke(
         state.heartbeats.forget(&id);
         state.commands.all_finished(&ended);
         tracing::info!(agent_id = %id, "agent revoked");
+        state.stream.publish(
+            flotilla_shared::stream::EventKind::AgentRevoked,
+            Some(&id),
+            Some(&id),
+            format!("agent {id} revoked by {}", caller.name()),
+            Some(serde_json::json!({ "by": caller.name() })),
+        );
         Ok(StatusCode::NO_CONTENT)
     }
     .await;
@@ -210,4 +394,44 @@ pub async fn events(
         )
         .await?;
     Ok(Json(events))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// `24h` (5-minute points, the default) or `30d` (hourly points).
+    range: Option<String>,
+}
+
+/// `GET /api/v1/agents/{id}/metrics` (read): the agent's downsampled CPU, memory and disk.
+pub async fn metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<MetricsQuery>,
+) -> Result<Json<MetricsHistory>, ApiError> {
+    caller.require(Scope::Read)?;
+    let range = q.range.filter(|r| !r.is_empty());
+    let resolution = match range.as_deref() {
+        None => metrics::FINE,
+        Some(r) => metrics::Resolution::of_range(r).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown range {r:?}: expected one of {}",
+                metrics::RESOLUTIONS.map(|r| r.range).join(", ")
+            ))
+        })?,
+    };
+    if state.store.agent_auth(id.clone()).await?.is_none() {
+        return Err(ApiError::not_found(format!("no agent with id {id}")));
+    }
+    let points = state
+        .store
+        .metrics_history(id.clone(), resolution, crate::store::now())
+        .await?;
+    Ok(Json(MetricsHistory {
+        agent_id: id,
+        range: resolution.range.to_string(),
+        resolution_seconds: resolution.seconds as u32,
+        points,
+    }))
 }

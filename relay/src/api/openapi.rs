@@ -97,10 +97,12 @@ pub const ROUTES: &[Route] = &[
     route("post", "/api/v1/api-tokens", ADMIN, "Create an API token (shown once)", Json("CreateApiToken"), 201, Json("ApiTokenCreated")),
     route("get", "/api/v1/api-tokens", ADMIN, "List API tokens", Empty, 200, List("ApiTokenInfo")),
     route("delete", "/api/v1/api-tokens/{id}", ADMIN, "Revoke an API token (and its sessions)", Empty, 204, Empty),
-    route("get", "/api/v1/agents", READ, "List agents", Empty, 200, List("AgentInfo")),
+    route("get", "/api/v1/agents", READ, "One page of agents (the next page's cursor is in X-Next-Cursor and Link)", Empty, 200, List("AgentInfo")),
     route("get", "/api/v1/agents/{id}", READ, "One agent with its latest heartbeat", Empty, 200, Json("AgentDetail")),
     route("patch", "/api/v1/agents/{id}", OPERATE, "Change an agent's name or labels", Json("PatchAgent"), 200, Json("AgentInfo")),
     route("delete", "/api/v1/agents/{id}", OPERATE, "Revoke an agent", Empty, 204, Empty),
+    route("get", "/api/v1/agents/{id}/metrics", READ, "An agent's CPU, memory and disk history (5-minute points over 24 h, hourly over 30 days)", Empty, 200, Json("MetricsHistory")),
+    route("get", "/api/v1/fleet/overview", READ, "The fleet at a glance: counts by state and what is in flight", Empty, 200, Json("FleetOverview")),
     route("get", "/api/v1/agents/{id}/events", READ, "An agent's events, newest first", Empty, 200, List("EventRecord")),
     route("post", "/api/v1/agents/{id}/commands", OPERATE, "Send a signed command to an agent", Json("CreateCommand"), 201, Json("CommandInfo")),
     route("get", "/api/v1/agents/{id}/updates", READ, "An agent's update history", Empty, 200, List("UpdateRecord")),
@@ -133,6 +135,51 @@ pub const ROUTES: &[Route] = &[
     route("get", "/api/v1/audit", READ, "The audit trail, newest first", Empty, 200, List("AuditRecord")),
 ];
 
+/// A documented query parameter: name, description, and the values it takes when they are a
+/// closed set (else any string).
+type Param = (&'static str, &'static str, &'static [&'static str]);
+
+/// The query parameters of the operations that document theirs: (method, path, parameters).
+pub const QUERY: &[(&str, &str, &[Param])] = &[
+    (
+        "get",
+        "/api/v1/agents",
+        &[
+            ("selector", "Label selector (`region=eu,tier=build`)", &[]),
+            (
+                "q",
+                "Free text: part of the name, the id or a `key=value` label (case-insensitive)",
+                &[],
+            ),
+            (
+                "status",
+                "Only agents in this state",
+                &["online", "offline", "revoked"],
+            ),
+            (
+                "sort",
+                "Order of the list (default `name`)",
+                &["name", "-name", "enrolled_at", "-enrolled_at"],
+            ),
+            ("limit", "Page size, 1 to 1000 (default 500)", &[]),
+            (
+                "cursor",
+                "The X-Next-Cursor of the previous page, unchanged",
+                &[],
+            ),
+        ],
+    ),
+    (
+        "get",
+        "/api/v1/agents/{id}/metrics",
+        &[(
+            "range",
+            "`24h` (5-minute points, default) or `30d` (hourly points)",
+            &["24h", "30d"],
+        )],
+    ),
+];
+
 /// The shared types whose schemas the document carries (nested ones come along).
 #[derive(OpenApi)]
 #[openapi(components(schemas(
@@ -150,6 +197,8 @@ pub const ROUTES: &[Route] = &[
     flotilla_shared::api::AgentDetail,
     flotilla_shared::api::PatchAgent,
     flotilla_shared::api::EventRecord,
+    flotilla_shared::api::MetricsHistory,
+    flotilla_shared::api::FleetOverview,
     flotilla_shared::api::CreateCommand,
     flotilla_shared::api::CommandInfo,
     flotilla_shared::api::CreateJob,
@@ -238,6 +287,29 @@ fn operation(r: &Route) -> utoipa::openapi::path::Operation {
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+        );
+    }
+    let query = QUERY
+        .iter()
+        .filter(|(method, path, _)| *method == r.method && *path == r.path)
+        .flat_map(|(_, _, params)| params.iter());
+    for (name, description, values) in query {
+        let numeric = *name == "limit";
+        let mut schema =
+            ObjectBuilder::new().schema_type(if numeric { Type::Integer } else { Type::String });
+        if numeric {
+            schema = schema.minimum(Some(1)).maximum(Some(1000));
+        }
+        if !values.is_empty() {
+            schema = schema.enum_values(Some(values.iter().copied()));
+        }
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name(*name)
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(*description))
+                .schema(Some(schema)),
         );
     }
     if let Some((media, schema)) = content(r.request) {
@@ -426,5 +498,25 @@ mod tests {
             json["paths"]["/api/v1/api-tokens"]["post"]["x-required-scope"],
             "admin"
         );
+    }
+
+    #[test]
+    fn documented_query_parameters_belong_to_documented_operations() {
+        for (method, path, params) in QUERY {
+            assert!(
+                ROUTES
+                    .iter()
+                    .any(|r| r.method == *method && r.path == *path),
+                "query parameters of {method} {path}, which is not in ROUTES"
+            );
+            assert!(!params.is_empty());
+        }
+        let json = serde_json::to_value(document()).unwrap();
+        let params = json["paths"]["/api/v1/agents"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "cursor" && p["in"] == "query"));
     }
 }

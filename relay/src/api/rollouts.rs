@@ -16,7 +16,7 @@ use flotilla_shared::limit::Limit;
 use flotilla_shared::release::validate_version;
 use flotilla_shared::rollout::{
     AbortRollout, CreateAgentRollout, CreateRollout, PauseRollout, RolloutAction, RolloutInfo,
-    RolloutState, RolloutTarget, StageSpec, DEFAULT_STAGE_TIMEOUT_SECS,
+    RolloutState, RolloutTarget, RolloutTransition, StageSpec, DEFAULT_STAGE_TIMEOUT_SECS,
 };
 use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use serde::de::DeserializeOwned;
@@ -244,6 +244,14 @@ pub async fn create(
             .rollout(id.clone())
             .await?
             .ok_or_else(ApiError::internal)?;
+        crate::rollouts::publish_transition(
+            &state.stream,
+            &id,
+            RolloutTransition::Created.as_str(),
+            info.state,
+            info.stage,
+            info.stage_phase,
+        );
         Ok((StatusCode::CREATED, Json(info)))
     }
     .await;
@@ -399,10 +407,27 @@ pub async fn act(
     )
     .await;
     result?;
-    state
+    let info = state
         .store
         .rollout(id.clone())
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no rollout with id {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no rollout with id {id}")))?;
+    // The operator's action is stored: announced, in the event log's words, with where the
+    // rollout is now.
+    let transition = match verb.as_str() {
+        "pause" => RolloutTransition::Paused,
+        "resume" => RolloutTransition::Resumed,
+        "promote" => RolloutTransition::Promoted,
+        _ if info.state == RolloutState::Reverting => RolloutTransition::RevertStarted,
+        _ => RolloutTransition::Aborted,
+    };
+    crate::rollouts::publish_transition(
+        &state.stream,
+        &id,
+        transition.as_str(),
+        info.state,
+        info.stage,
+        info.stage_phase,
+    );
+    Ok(Json(info))
 }

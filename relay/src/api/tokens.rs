@@ -14,6 +14,7 @@ use flotilla_shared::api::{
 use flotilla_shared::ids;
 use flotilla_shared::selector::validate_labels;
 use flotilla_shared::signing::PublicKey;
+use flotilla_shared::stream::EventKind;
 use std::net::SocketAddr;
 
 /// Enrollment token lifetime when none is asked for.
@@ -191,6 +192,13 @@ pub async fn enroll(
         Ok((agent, token_id)) => {
             state.metrics.enrollment();
             tracing::info!(agent_id = %agent.id, name = %agent.name, token_id = %token_id, "agent enrolled");
+            state.stream.publish(
+                EventKind::AgentEnrolled,
+                Some(&agent.id),
+                Some(&agent.id),
+                format!("agent {} enrolled", agent.name),
+                Some(serde_json::json!({ "name": agent.name, "labels": agent.labels })),
+            );
             Ok((
                 token_id,
                 Json(EnrollResponse {

@@ -67,4 +67,19 @@ pub struct Applied {
     pub fired: usize,
     /// Alerts that resolved now.
     pub resolved: usize,
+    /// Every alert that fired or resolved now, notified or not (the live event stream's
+    /// `alert.firing` / `alert.resolved`, published by the engine's run loop).
+    pub changes: Vec<AlertChange>,
+}
+
+/// One alert that fired or resolved in an evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertChange {
+    pub kind: NotificationKind,
+    pub id: String,
+    pub agent_id: Option<String>,
+    pub rule: String,
+    pub subject: String,
+    pub severity: String,
+    pub message: String,
 }

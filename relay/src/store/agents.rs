@@ -28,6 +28,26 @@ impl Store {
         self.read(sqlite::Db::agents).await
     }
 
+    /// At most `limit` agents in `order`, strictly after `after` (a position in that order),
+    /// light (no facts, no heartbeat): what the paginated list filters on. `revoked` keeps only
+    /// revoked (`Some(true)`) or only not revoked (`Some(false)`) agents.
+    pub async fn agent_keys(
+        &self,
+        order: AgentOrder,
+        after: Option<AgentPosition>,
+        revoked: Option<bool>,
+        limit: u32,
+    ) -> Result<Vec<AgentKey>, StoreError> {
+        self.read(move |c| sqlite::Db::agent_keys(c, order, after.as_ref(), revoked, limit))
+            .await
+    }
+
+    /// The agents with these ids, in the order given (unknown ids are left out), without their
+    /// last heartbeat.
+    pub async fn agents_by_ids(&self, ids: Vec<String>) -> Result<Vec<AgentRecord>, StoreError> {
+        self.read(move |c| sqlite::Db::agents_by_ids(c, &ids)).await
+    }
+
     /// Replaces an agent's labels; returns the updated agent (None when unknown).
     pub async fn set_agent_labels(
         &self,

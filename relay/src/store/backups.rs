@@ -86,4 +86,21 @@ impl Store {
             truncated,
         })
     }
+
+    /// How many databases of agents that are not revoked are ok, failed and stale at `now`.
+    pub async fn backup_state_counts(&self, now: DateTime<Utc>) -> Result<[u64; 3], StoreError> {
+        let latest = self
+            .read(move |c| sqlite::Db::latest_backups(c, None))
+            .await?;
+        let mut counts = [0u64; 3];
+        for l in latest {
+            let i = match l.into_state(now).state {
+                DatabaseState::Ok => 0,
+                DatabaseState::Failed => 1,
+                DatabaseState::Stale => 2,
+            };
+            counts[i] += 1;
+        }
+        Ok(counts)
+    }
 }

@@ -6,10 +6,10 @@
 //! time order and comparisons can be done in SQL. JSON columns hold the shared wire types.
 
 use super::{
-    relay_error_codes, AgentAuth, AgentRecord, ApiCaller, AuditEntry, CommandLookup, EnrollRefusal,
-    EventQuery, Finalised, HeartbeatWrite, JobStep, LatestBackup, NewAgent, NewApiToken,
-    NewCommand, NewEnrollmentToken, NewJob, Pruned, RecordedBackups, ResultOutcome, StoreError,
-    UpdateQuery,
+    relay_error_codes, AgentAuth, AgentKey, AgentOrder, AgentPosition, AgentRecord, ApiCaller,
+    AuditEntry, CommandLookup, EnrollRefusal, EventQuery, Finalised, HeartbeatWrite, JobStep,
+    LatestBackup, NewAgent, NewApiToken, NewCommand, NewEnrollmentToken, NewJob, Pruned,
+    RecordedBackups, ResultOutcome, StoreError, UpdateEnded, UpdateQuery,
 };
 use crate::model::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -23,7 +23,7 @@ use flotilla_shared::command::{
 };
 use flotilla_shared::heartbeat::{AgentEvent, EventKind, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
-use flotilla_shared::update::UpdateReport;
+use flotilla_shared::update::{UpdateOutcome, UpdateReport};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -37,7 +37,9 @@ mod backups;
 mod commands;
 mod enrollment;
 mod events;
+mod fleet;
 mod jobs;
+mod metrics;
 mod releases;
 mod retention;
 mod rollouts;
@@ -212,6 +214,10 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     releases::SCHEMA,
     // 8: dashboard sessions (see `sqlite/sessions.rs`).
     sessions::SCHEMA,
+    // 9: the agents' metrics history (see `sqlite/metrics.rs`).
+    metrics::SCHEMA,
+    // 10: keyset paging of the agents list (see `sqlite/agents.rs`).
+    agents::LIST_INDEXES,
 ];
 
 /// Inserts a command with its deliveries (and, for `container.update`, the update-history rows
@@ -704,6 +710,7 @@ fn finalise_where(
                     agent_id: r.get(1)?,
                     job_id: r.get(2)?,
                     state,
+                    update: None,
                 },
                 r.get::<_, String>(3)?,
             ))
@@ -714,7 +721,7 @@ fn finalise_where(
     let mut updates = Vec::new();
     for (f, kind) in rows {
         if kind == CommandKind::ContainerUpdate.as_str() {
-            updates.push((f.command_id.clone(), f.agent_id.clone()));
+            updates.push(ended.len());
         }
         ended.push(f);
     }
@@ -754,17 +761,28 @@ fn finalise_where(
         };
         let mut fin = tx.prepare(
             "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, \
-             finished_at = ?6 WHERE command_id = ?1 AND agent_id = ?2 AND finished_at IS NULL",
+             finished_at = ?6 WHERE command_id = ?1 AND agent_id = ?2 AND finished_at IS NULL \
+             RETURNING image",
         )?;
-        for (command_id, agent_id) in &updates {
-            fin.execute(params![
-                command_id,
-                agent_id,
-                state.as_str(),
-                code,
-                message,
-                ts(now)
-            ])?;
+        for i in updates {
+            let f = &mut ended[i];
+            let image: Option<Option<String>> = fin
+                .query_row(
+                    params![
+                        f.command_id,
+                        f.agent_id,
+                        state.as_str(),
+                        code,
+                        message,
+                        ts(now)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            f.update = image.map(|image| UpdateEnded {
+                outcome: state.as_str().to_string(),
+                image: image.unwrap_or_default(),
+            });
         }
     }
     Ok(ended)
@@ -799,36 +817,46 @@ fn start_updates(
 /// Finishes an update's history row with the agent's result (replacing a relay-made ending).
 /// The report is the result's output whatever the outcome; a result without one (rejected,
 /// interrupted, too large) leaves `outcome` and `report` empty and says why in `error_*`.
+/// Returns the row's final outcome and image.
 fn finish_update(
     tx: &Transaction<'_>,
     agent_id: &str,
     result: &CommandResult,
     state: DeliveryState,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<Option<UpdateEnded>, StoreError> {
     // Normally there since the command was dispatched; a missing row is made now.
     start_updates(tx, &result.command_id, &[agent_id], now)?;
     let report: Option<UpdateReport> = result
         .output
         .as_ref()
         .and_then(|o| UpdateReport::deserialize(o).ok());
-    tx.execute(
-        "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, outcome = ?6, \
+    let image: Option<String> = tx
+        .query_row(
+            "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, outcome = ?6, \
          report = ?7, finished_at = ?8, phase = COALESCE(?9, phase), \
          container_name = COALESCE(?10, container_name) \
-         WHERE command_id = ?1 AND agent_id = ?2",
-        params![
-            result.command_id,
-            agent_id,
-            state.as_str(),
-            result.error.as_ref().map(|e| e.code.as_str()),
-            result.error.as_ref().map(|e| e.message.as_str()),
-            report.as_ref().map(|r| r.outcome.as_str()),
-            report.as_ref().map(to_json),
-            ts(result.finished_at),
-            report.as_ref().map(|r| r.phase.as_str()),
-            report.as_ref().map(|r| r.container.as_str()),
-        ],
-    )?;
-    Ok(())
+         WHERE command_id = ?1 AND agent_id = ?2 RETURNING image",
+            params![
+                result.command_id,
+                agent_id,
+                state.as_str(),
+                result.error.as_ref().map(|e| e.code.as_str()),
+                result.error.as_ref().map(|e| e.message.as_str()),
+                report.as_ref().map(|r| r.outcome.as_str()),
+                report.as_ref().map(to_json),
+                ts(result.finished_at),
+                report.as_ref().map(|r| r.phase.as_str()),
+                report.as_ref().map(|r| r.container.as_str()),
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(image.map(|image| UpdateEnded {
+        outcome: report
+            .as_ref()
+            .map_or(state.as_str(), |r| r.outcome.as_str())
+            .to_string(),
+        image,
+    }))
 }

@@ -329,6 +329,7 @@ async fn delivery_state_transitions() {
             job_id: None,
             replaced: None,
             ended: Vec::new(),
+            update: None,
         }
     );
     // A duplicate result changes nothing.
@@ -610,6 +611,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
             agent_id: a.id.clone(),
             job_id: None,
             state: DeliveryState::Failed,
+            update: None,
         }]
     );
     let info = info_of(&store, "cmd_rx", &a.id).await;
@@ -626,6 +628,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
             job_id: None,
             replaced: Some(DeliveryState::Failed),
             ended: Vec::new(),
+            update: None,
         }
     );
     assert_eq!(
@@ -671,6 +674,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
             job_id: None,
             replaced: Some(DeliveryState::Undelivered),
             ended: Vec::new(),
+            update: None,
         }
     );
     // A real failure is final: a later result does not replace it.
@@ -960,5 +964,6 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
 }
 
 mod backups;
+mod fleet;
 mod rollouts;
 mod updates;

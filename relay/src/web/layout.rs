@@ -226,18 +226,10 @@ pub fn segments(parts: &[(&str, u32, &str)]) -> Markup {
     }
 }
 
-/// A small line chart of up to three series over time (SVG polylines; no script).
-#[allow(
-    dead_code,
-    reason = "the agent page's chart lands with the metrics history"
-)]
 /// One series of a chart: its name, CSS class and (unix time, value) points.
 pub type Series<'a> = (&'a str, &'a str, Vec<(i64, f64)>);
 
-#[allow(
-    dead_code,
-    reason = "the agent page's chart lands with the metrics history"
-)]
+/// A small line chart of up to three series over time (SVG polylines; no script).
 pub fn chart(title: &str, series: &[Series], max: f64) -> Markup {
     let (w, h) = (600.0, 120.0);
     let xs: Vec<i64> = series

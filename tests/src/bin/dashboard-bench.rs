@@ -1,9 +1,11 @@
 //! dashboard-bench: the dashboard's figures in BENCHMARKS.md, on a real relay process.
 //!
 //! - N agents enrolled through the API (in the store; none connected), then the overview and
-//!   the agents page rendered for a signed-in operator, 20 times each: time per request on
-//!   loopback (relay time plus a loopback round trip), p50 and max;
-//! - the weight of those pages with the dashboard's script and stylesheet;
+//!   agents pages rendered for a signed-in operator and the API calls behind them (the fleet
+//!   overview, the first and the last page of the agents list by cursor, a selector), 20 times
+//!   each: time per request on loopback (relay time plus a loopback round trip), p50 and max,
+//!   and the answer's weight;
+//! - the weight of the dashboard's script and stylesheet;
 //! - the live stream: time from an enrollment's API call to its `agent.enrolled` event
 //!   arriving at a stream client, 20 rounds.
 //!
@@ -83,16 +85,72 @@ async fn main() -> Result<()> {
     );
 
     let session = sign_in(&http, &base, &relay.admin_token).await?;
-    for (path, label) in [("/ui/", "overview"), ("/ui/agents", "agents page")] {
+    // The cursor of the deepest page of 500 (the last one).
+    let mut deepest = String::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/api/v1/agents?limit=500");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let resp = http
+            .get(url)
+            .bearer_auth(&relay.admin_token)
+            .send()
+            .await?
+            .error_for_status()?;
+        match resp.headers().get("x-next-cursor") {
+            Some(c) => {
+                let c = c.to_str()?.to_string();
+                deepest = c.clone();
+                cursor = Some(c);
+            }
+            None => break,
+        }
+    }
+    let cookie = format!("flotilla_session={session}");
+    let deepest_path = format!("/api/v1/agents?limit=500&cursor={deepest}");
+    let cases: [(&str, &str, bool); 7] = [
+        ("/ui/", "overview page", true),
+        ("/ui/agents", "agents page (first 100)", true),
+        (
+            "/ui/agents?status=online",
+            "agents page, filter matching none (walks all)",
+            true,
+        ),
+        (
+            "/api/v1/fleet/overview",
+            "GET /api/v1/fleet/overview",
+            false,
+        ),
+        (
+            "/api/v1/agents?limit=500",
+            "GET /api/v1/agents?limit=500 (first page)",
+            false,
+        ),
+        (
+            &deepest_path,
+            "GET /api/v1/agents?limit=500 (last page, by cursor)",
+            false,
+        ),
+        (
+            "/api/v1/agents?selector=region%3Dap&limit=500",
+            "GET /api/v1/agents?selector=region=ap&limit=500",
+            false,
+        ),
+    ];
+    for (path, label, page) in cases {
         let mut times = Vec::new();
         let mut bytes = 0;
         for _ in 0..20 {
             let t = Instant::now();
-            let resp = http
-                .get(format!("{base}{path}"))
-                .header("cookie", format!("flotilla_session={session}"))
-                .send()
-                .await?;
+            let request = http.get(format!("{base}{path}"));
+            let request = if page {
+                request.header("cookie", &cookie)
+            } else {
+                request.bearer_auth(&relay.admin_token)
+            };
+            let resp = request.send().await?;
             if !resp.status().is_success() {
                 bail!("{path}: {}", resp.status());
             }
@@ -101,7 +159,7 @@ async fn main() -> Result<()> {
         }
         times.sort();
         println!(
-            "{label} with {n} agents: p50 {:.1} ms, max {:.1} ms; {:.1} KB of HTML",
+            "{label} with {n} agents: p50 {:.1} ms, max {:.1} ms; {:.1} KB",
             times[times.len() / 2].as_secs_f64() * 1e3,
             times[times.len() - 1].as_secs_f64() * 1e3,
             bytes as f64 / 1000.0

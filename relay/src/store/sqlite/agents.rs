@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// Migration 10: the orders of the paginated list ([`Db::agent_keys`]).
+pub(super) const LIST_INDEXES: &str = r#"
+CREATE INDEX agents_name ON agents(name, id);
+CREATE INDEX agents_enrolled ON agents(enrolled_at, id);
+"#;
+
 impl Db {
     pub(in crate::store) fn agent(
         conn: &Connection,
@@ -25,6 +31,95 @@ impl Db {
             .query_map([], AgentRow::read)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(AgentRow::into_record).collect()
+    }
+
+    pub(in crate::store) fn agent_keys(
+        conn: &Connection,
+        order: AgentOrder,
+        after: Option<&AgentPosition>,
+        revoked: Option<bool>,
+        limit: u32,
+    ) -> Result<Vec<AgentKey>, StoreError> {
+        // Keyset paging on an index of (key, id): each page is one index range scan, however
+        // deep it is.
+        let (column, descending) = match order {
+            AgentOrder::Name => ("name", false),
+            AgentOrder::NameDesc => ("name", true),
+            AgentOrder::Enrolled => ("enrolled_at", false),
+            AgentOrder::EnrolledDesc => ("enrolled_at", true),
+        };
+        let (cmp, dir) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let mut conditions = Vec::new();
+        if after.is_some() {
+            conditions.push(format!("({column}, id) {cmp} (?2, ?3)"));
+        }
+        match revoked {
+            Some(true) => conditions.push("revoked_at IS NOT NULL".to_string()),
+            Some(false) => conditions.push("revoked_at IS NULL".to_string()),
+            None => {}
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, name, labels, revoked_at IS NOT NULL, {column} FROM agents {filter} \
+             ORDER BY {column} {dir}, id {dir} LIMIT ?1"
+        ))?;
+        let (key, id) = after.map_or(("", ""), |p| (p.key.as_str(), p.id.as_str()));
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, bool>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        };
+        let rows = if after.is_some() {
+            stmt.query_map(params![limit, key, id], read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        } else {
+            stmt.query_map(params![limit], read)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        rows.into_iter()
+            .map(|(id, name, labels, revoked, key)| {
+                Ok(AgentKey {
+                    position: AgentPosition {
+                        key,
+                        id: id.clone(),
+                    },
+                    id,
+                    name,
+                    labels: from_json("labels", &labels)?,
+                    revoked,
+                })
+            })
+            .collect()
+    }
+
+    pub(in crate::store) fn agents_by_ids(
+        conn: &Connection,
+        ids: &[String],
+    ) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {AGENT_LIST_COLUMNS} FROM agents \
+             WHERE id IN (SELECT value FROM json_each(?1))"
+        ))?;
+        let rows = stmt
+            .query_map([to_json(&ids)], AgentRow::read)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut by_id: std::collections::HashMap<String, AgentRecord> = rows
+            .into_iter()
+            .map(|r| r.into_record().map(|a| (a.id.clone(), a)))
+            .collect::<Result<_, _>>()?;
+        Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
     }
 
     /// What the websocket handshake needs, without the facts and heartbeat JSON.
@@ -181,6 +276,7 @@ impl Db {
                 ])?;
             }
         }
+        metrics::fold_heartbeats(&tx, batch)?;
         tx.commit()?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 use super::super::StoreError;
 use super::{from_json, parse_opt_ts, parse_ts, to_json, ts, Db};
 use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
-use crate::model::alerts::{AlertPolicy, AlertQuery, Applied, NotificationKind};
+use crate::model::alerts::{AlertChange, AlertPolicy, AlertQuery, Applied, NotificationKind};
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::{AlertInfo, AlertState, Severity, Silence};
 use flotilla_shared::command::Command;
@@ -322,6 +322,15 @@ impl Db {
                         ],
                     )?;
                     applied.fired += 1;
+                    applied.changes.push(AlertChange {
+                        kind: NotificationKind::Firing,
+                        id: id.clone(),
+                        agent_id: Some(agent_id.clone()).filter(|a| !a.is_empty()),
+                        rule: rule.to_string(),
+                        subject: subject.clone(),
+                        severity: c.severity.as_str().to_string(),
+                        message: c.message.clone(),
+                    });
                     if notify {
                         let info = AlertInfo {
                             id,
@@ -369,6 +378,15 @@ impl Db {
                 params![row.id, now, silence],
             )?;
             applied.resolved += 1;
+            applied.changes.push(AlertChange {
+                kind: NotificationKind::Resolved,
+                id: row.id.clone(),
+                agent_id: Some(row.agent_id.clone()).filter(|a| !a.is_empty()),
+                rule: row.rule.clone(),
+                subject: row.subject.clone(),
+                severity: row.severity.clone(),
+                message: row.message.clone(),
+            });
             let notify = row.notified_at.is_some() && silence.is_none();
             if notify {
                 let info = AlertInfo {

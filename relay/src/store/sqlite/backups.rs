@@ -51,6 +51,7 @@ impl Db {
                         BackupStatus::Success => recorded.succeeded += 1,
                         BackupStatus::Failed => recorded.failed += 1,
                     }
+                    recorded.stored.push((d.key.clone(), d.status));
                 }
             }
         }

@@ -204,9 +204,11 @@ impl Db {
                 ts(now)
             ],
         )?;
-        if kind == CommandKind::ContainerUpdate.as_str() {
-            finish_update(&tx, agent_id, result, new_state, now)?;
-        }
+        let update = if kind == CommandKind::ContainerUpdate.as_str() {
+            finish_update(&tx, agent_id, result, new_state, now)?
+        } else {
+            None
+        };
         let ended = if kind == CommandKind::AgentUpgrade.as_str() {
             // A reverted upgrade marks its build broken, ending its undelivered copies (see
             // `sqlite/releases.rs`).
@@ -220,6 +222,7 @@ impl Db {
             job_id,
             replaced: relay_guess.then_some(state),
             ended,
+            update,
         })
     }
 

@@ -92,6 +92,7 @@ impl Db {
                 "UPDATE jobs SET state = ?2 WHERE id = ?1",
                 params![id, job_state_str(plan.state)],
             )?;
+            step.finished = true;
         }
         step.state = Some(plan.state);
         tx.commit()?;

@@ -672,6 +672,7 @@ mod tests {
                 agent_id: "ag_b".into(),
                 job_id: None,
                 state: DeliveryState::Undelivered,
+                update: None,
             }]
         );
         let r = store

@@ -118,7 +118,8 @@ async fn reports_are_stored_once_per_agent_run_and_key() {
         record(store, &a.id, first.clone()).await,
         RecordedBackups {
             succeeded: 1,
-            failed: 1
+            failed: 1,
+            stored: vec![("pg/app".into(), S), ("pg/shop".into(), F)],
         }
     );
     // The outbox re-sends (same or new seq): nothing new.
@@ -135,7 +136,8 @@ async fn reports_are_stored_once_per_agent_run_and_key() {
         record(store, &a.id, grown).await,
         RecordedBackups {
             succeeded: 1,
-            failed: 0
+            failed: 0,
+            stored: vec![("pg/crm".into(), S)],
         }
     );
     // A status file read again unchanged keeps its run id: stored once as well.

@@ -256,6 +256,14 @@ async fn update_is_recorded_from_dispatch_through_progress_to_its_report() {
             .collect::<Vec<_>>(),
         vec!["cmd_up"]
     );
+    let counts = store
+        .fleet_counts(now() - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.updating, counts.updates_active, counts.rolled_back),
+        (1, 1, 0)
+    );
 
     // A failed update's result carries its report: stored in the delivery and in the history.
     let rolled_back = report(UpdateOutcome::RolledBack);
@@ -285,6 +293,17 @@ async fn update_is_recorded_from_dispatch_through_progress_to_its_report() {
     assert_eq!(r.state, DeliveryState::Failed);
     assert_eq!(r.outcome, Some(UpdateOutcome::RolledBack));
     assert_eq!(r.report, Some(rolled_back));
+    let counts = store
+        .fleet_counts(now() - chrono::Duration::hours(24))
+        .await
+        .unwrap();
+    assert_eq!((counts.updating, counts.rolled_back), (0, 1));
+    // Outside the window it no longer counts.
+    let counts = store
+        .fleet_counts(now() + chrono::Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(counts.rolled_back, 0);
     assert_eq!(r.phase.as_deref(), Some("done"));
     assert_eq!(r.finished_at, Some(result.finished_at));
     assert_eq!(

@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use flotilla_shared::alert::AlertInfo;
-use flotilla_shared::api::{AgentDetail, EventRecord, Scope, UpdateRecord};
+use flotilla_shared::api::{
+    AgentDetail, EventRecord, MetricsHistory, MetricsPoint, Scope, UpdateRecord,
+};
 use flotilla_shared::backup::AgentBackups;
 use flotilla_shared::command::ContainerInfo;
 use maud::{html, Markup};
@@ -49,6 +51,16 @@ pub async fn page((State(state), viewer): Ctx, Path(id): Path<String>) -> PageRe
         )
         .await,
     )?;
+    let Json(metrics) = or_error(
+        &viewer,
+        api::agents::metrics(
+            State(state.clone()),
+            caller.clone(),
+            Path(id.clone()),
+            query(&[("range", "24h")])?,
+        )
+        .await,
+    )?;
     let Json(alerts) = or_error(
         &viewer,
         api::alerts::list(
@@ -64,6 +76,7 @@ pub async fn page((State(state), viewer): Ctx, Path(id): Path<String>) -> PageRe
         updates: &updates,
         backups: &backups,
         alerts: &alerts,
+        metrics: &metrics,
         operate: viewer.caller.scope() >= Scope::Operate,
     };
     let live = Live {
@@ -91,7 +104,32 @@ struct View<'a> {
     updates: &'a [UpdateRecord],
     backups: &'a AgentBackups,
     alerts: &'a [AlertInfo],
+    metrics: &'a MetricsHistory,
     operate: bool,
+}
+
+/// CPU, memory and disk over the last 24 hours, in percent.
+fn history(m: &MetricsHistory) -> Markup {
+    let series = |f: fn(&MetricsPoint) -> f32| -> Vec<(i64, f64)> {
+        m.points
+            .iter()
+            .map(|p| (p.at.timestamp(), f64::from(f(p))))
+            .collect()
+    };
+    let all: [layout::Series; 3] = [
+        ("CPU %", "cpu", series(|p| p.cpu_percent)),
+        ("memory %", "mem", series(|p| p.memory_used_percent)),
+        (
+            "fullest disk %",
+            "disk",
+            series(|p| p.disk_max_used_percent),
+        ),
+    ];
+    html! {
+        div data-test="metrics-chart" data-points=(m.points.len()) {
+            (layout::chart("Last 24 hours (5-minute means)", &all, 100.0))
+        }
+    }
 }
 
 fn markup(v: &View, now: DateTime<Utc>) -> Markup {
@@ -115,6 +153,7 @@ fn markup(v: &View, now: DateTime<Utc>) -> Markup {
                 }
             }
         }
+        (history(v.metrics))
         h2 { "Containers" }
         @match hb {
             None => p.muted { "No heartbeat yet." },

@@ -1,14 +1,18 @@
-//! The agents list: filter by selector and free text, sort, paginated.
+//! The agents list: filter by selector, free text and status, sort, one page at a time (the
+//! API's keyset cursor, so it stays fast at any fleet size).
 
-use super::{or_error, query, render, Ctx, PageResult};
+use super::{encode, or_error, query, render, Ctx, PageResult};
 use crate::api;
+use crate::api::error::QueryParams;
 use crate::web::layout::{self, Live};
 use axum::extract::{Query, State};
-use axum::Json;
 use chrono::{DateTime, Utc};
 use flotilla_shared::api::AgentInfo;
 use maud::{html, Markup};
 use serde::Deserialize;
+
+/// Agents per page.
+const PAGE_SIZE: &str = "100";
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Filter {
@@ -18,31 +22,41 @@ pub struct Filter {
     q: String,
     #[serde(default)]
     status: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    cursor: String,
 }
 
 pub async fn list((State(state), viewer): Ctx, Query(f): Query<Filter>) -> PageResult {
-    let Json(agents) = or_error(
+    let QueryParams(params) = query(&[
+        ("selector", &f.selector),
+        ("q", &f.q),
+        ("status", &f.status),
+        ("sort", &f.sort),
+        ("cursor", &f.cursor),
+        ("limit", PAGE_SIZE),
+    ])?;
+    let page = or_error(
         &viewer,
-        api::agents::list(
-            State(state.clone()),
-            viewer.caller.clone(),
-            query(&[("selector", &f.selector)])?,
-        )
-        .await,
+        api::agents::page(&state, &viewer.caller, params).await,
     )?;
-    let text = f.q.to_lowercase();
-    let shown: Vec<AgentInfo> = agents
-        .into_iter()
-        .filter(|a| f.status.is_empty() || a.status.as_str() == f.status)
-        .filter(|a| {
-            text.is_empty()
-                || a.name.to_lowercase().contains(&text)
-                || a.id.contains(&text)
-                || a.labels
-                    .iter()
-                    .any(|(k, v)| format!("{k}={v}").to_lowercase().contains(&text))
-        })
-        .collect();
+    // The same filter, for the next page's and the first page's links.
+    let link = |cursor: &str| {
+        let pairs = [
+            ("selector", f.selector.as_str()),
+            ("q", f.q.as_str()),
+            ("status", f.status.as_str()),
+            ("sort", f.sort.as_str()),
+            ("cursor", cursor),
+        ];
+        let query: Vec<String> = pairs
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}={}", encode(v)))
+            .collect();
+        format!("/ui/agents?{}", query.join("&"))
+    };
     let body = html! {
         form.filters method="get" action="/ui/agents" {
             label { "Selector " input name="selector" value=(f.selector) placeholder="region=eu,tier=build"; }
@@ -54,13 +68,34 @@ pub async fn list((State(state), viewer): Ctx, Query(f): Query<Filter>) -> PageR
                     }
                 }
             }
+            label { "Sort "
+                select name="sort" {
+                    @for (value, label) in SORTS {
+                        option value=(value) selected[value == f.sort] { (label) }
+                    }
+                }
+            }
             button type="submit" { "Filter" }
         }
-        p { (shown.len()) " agents" }
-        (table(&shown, crate::store::now()))
+        p data-test="agents-shown" {
+            (page.agents.len()) " agents on this page"
+            @if !f.cursor.is_empty() { " · " a href=(link("")) data-test="first-page" { "first page" } }
+        }
+        (table(&page.agents, crate::store::now()))
+        @if let Some(next) = &page.next_cursor {
+            p { a.next href=(link(next)) data-test="next-page" { "Next page →" } }
+        }
     };
     render("Agents", "/ui/agents", &viewer, &Live::kinds("agent"), body)
 }
+
+/// The orders offered (value of `sort`, label).
+const SORTS: [(&str, &str); 4] = [
+    ("", "name"),
+    ("-name", "name, descending"),
+    ("-enrolled_at", "newest first"),
+    ("enrolled_at", "oldest first"),
+];
 
 /// The agents table (also on the overview).
 pub fn table(agents: &[AgentInfo], now: DateTime<Utc>) -> Markup {

@@ -1,0 +1,52 @@
+//! SQLite statements for fleet-wide counts: the `impl Db` method behind `store/fleet.rs`.
+
+use super::*;
+use crate::store::fleet::FleetCounts;
+
+impl Db {
+    pub(in crate::store) fn fleet_counts(
+        conn: &Connection,
+        rolled_back_since: DateTime<Utc>,
+    ) -> Result<FleetCounts, StoreError> {
+        let (enrolled, revoked): (u64, u64) = conn.query_row(
+            "SELECT COALESCE(SUM(revoked_at IS NULL), 0), COALESCE(SUM(revoked_at IS NOT NULL), 0) \
+             FROM agents",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let (updating, updates_active): (u64, u64) = conn.query_row(
+            "SELECT COUNT(DISTINCT agent_id), COUNT(*) FROM updates WHERE finished_at IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let rolled_back: u64 = conn.query_row(
+            "SELECT COUNT(DISTINCT agent_id) FROM updates \
+             WHERE finished_at >= ?1 AND outcome = ?2",
+            params![ts(rolled_back_since), UpdateOutcome::RolledBack.as_str()],
+            |r| r.get(0),
+        )?;
+        let mut counts = FleetCounts {
+            enrolled,
+            revoked,
+            updating,
+            updates_active,
+            rolled_back,
+            ..FleetCounts::default()
+        };
+        let mut stmt = conn.prepare_cached(
+            "SELECT severity, COUNT(*) FROM alerts WHERE state = 'firing' GROUP BY severity",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (severity, n) in rows {
+            match severity.as_str() {
+                "hard" => counts.alerts_hard = n,
+                "medium" => counts.alerts_medium = n,
+                "soft" => counts.alerts_soft = n,
+                other => return Err(StoreError::Corrupt(format!("bad alert severity {other:?}"))),
+            }
+        }
+        Ok(counts)
+    }
+}
