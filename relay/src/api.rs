@@ -120,7 +120,7 @@ pub fn router(
         )
         .route("/download/systemd/{unit}", get(releases::download_unit))
         .route("/api/v1/audit", get(system::audit_trail))
-        .route("/api/v1/events/stream", get(stream::events));
+        .route(stream::STREAM_PATH, get(stream::events));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an
         // agent's socket. Off unless `test_hooks` is set.
@@ -132,6 +132,10 @@ pub fn router(
     }
     router
         .merge(pages)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            time_requests,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_refusals,
@@ -139,6 +143,33 @@ pub fn router(
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
         .with_state(state)
+}
+
+/// Times every routed request into `flotilla_http_request_duration_seconds`, labelled by the
+/// route's template; the long-lived agent websocket and event stream are left out (their
+/// "latency" is their lifetime).
+async fn time_requests(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let Some(route) = route.filter(|r| r != CONNECT_PATH && r != stream::STREAM_PATH) else {
+        return next.run(request).await;
+    };
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state.metrics.observe_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
 }
 
 /// Audits every refused (403) state-changing request, whoever made it and whichever route:

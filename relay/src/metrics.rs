@@ -5,8 +5,10 @@
 
 use flotilla_shared::api::DeliveryState;
 use flotilla_shared::backup::BackupStatus;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Why the relay counted a protocol error on an agent connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,53 @@ const OUTCOMES: [DeliveryState; 4] = [
 /// Database backup outcomes counted by `flotilla_backup_databases_total`.
 const BACKUP_STATUSES: [BackupStatus; 2] = [BackupStatus::Success, BackupStatus::Failed];
 
+/// Upper bounds (seconds) of `flotilla_http_request_duration_seconds`' buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// One label set's histogram: per-bucket counts (not cumulative), count and sum.
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; LATENCY_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The label set of a request: route template (bounded: the router's own), method (a closed
+/// set) and status class.
+type RequestKey = (String, &'static str, &'static str);
+
+/// The closed set of method labels.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        _ => "other",
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[derive(Default)]
 pub struct Metrics {
     frames_in: AtomicU64,
@@ -72,6 +121,9 @@ pub struct Metrics {
     backup_databases: [AtomicU64; BACKUP_STATUSES.len()],
     /// Firing alerts by severity (soft, medium, hard) as of the latest evaluation.
     alerts_firing: [AtomicU64; 3],
+    /// HTTP request latencies by route template, method and status class. The lock is held
+    /// for one map lookup and a few additions, never across an await.
+    requests: Mutex<BTreeMap<RequestKey, Histogram>>,
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -116,6 +168,23 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered HTTP request: `route` is the router's template (`/api/v1/agents/{id}`),
+    /// never the request's own path, so the label set stays bounded.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let key = (
+            route.to_string(),
+            method_label(method),
+            status_class(status),
+        );
+        let mut map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let h = map.entry(key).or_default();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
+            h.buckets[i] += 1;
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
     pub fn protocol_error(&self, reason: ProtocolError) {
         let i = ProtocolError::ALL
             .iter()
@@ -136,6 +205,14 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(2048);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_build_info The relay's version and agent protocol version (always 1).\n\
+             # TYPE flotilla_build_info gauge\n\
+             flotilla_build_info{{version=\"{}\",protocol=\"{}\"}} 1",
+            label_value(env!("CARGO_PKG_VERSION")),
+            flotilla_shared::PROTOCOL_VERSION
+        );
         let _ = writeln!(
             out,
             "# HELP flotilla_connected_agents Agents with an authenticated websocket now.\n\
@@ -218,7 +295,38 @@ impl Metrics {
                 get(&self.alerts_firing[i])
             );
         }
+        self.render_requests(&mut out);
         out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_http_request_duration_seconds Time to answer an HTTP request (to the response head), by route template, method and status class; the agent websocket and the event stream are not counted.\n\
+             # TYPE flotilla_http_request_duration_seconds histogram"
+        );
+        let map = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, method, status), h) in map.iter() {
+            let labels = format!(
+                "route=\"{}\",method=\"{method}\",status=\"{status}\"",
+                label_value(route)
+            );
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "flotilla_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "flotilla_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n\
+                 flotilla_http_request_duration_seconds_sum{{{labels}}} {:.6}\n\
+                 flotilla_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count, h.sum, h.count
+            );
+        }
     }
 }
 
@@ -247,5 +355,44 @@ mod tests {
         assert!(text.contains("flotilla_heartbeat_lag_seconds 1.500\n"));
         assert!(text.contains("flotilla_backup_databases_total{status=\"success\"} 3\n"));
         assert!(text.contains("flotilla_backup_databases_total{status=\"failed\"} 1\n"));
+        assert!(text.contains(&format!(
+            "flotilla_build_info{{version=\"{}\",protocol=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            flotilla_shared::PROTOCOL_VERSION
+        )));
+    }
+
+    #[test]
+    fn request_latencies_are_cumulative_histograms_by_template() {
+        let m = Metrics::default();
+        m.observe_request("/api/v1/agents/{id}", "GET", 200, 0.003);
+        m.observe_request("/api/v1/agents/{id}", "GET", 204, 0.2);
+        m.observe_request("/api/v1/agents/{id}", "GET", 404, 0.0005);
+        m.observe_request("/api/v1/jobs", "BREW", 503, 30.0);
+        let text = m.render(&Gauges {
+            connected_agents: 0,
+            heartbeat_lag_secs: 0.0,
+        });
+        let series = "flotilla_http_request_duration_seconds";
+        let ok = "route=\"/api/v1/agents/{id}\",method=\"GET\",status=\"2xx\"";
+        for (le, n) in [
+            ("0.001", 0),
+            ("0.005", 1),
+            ("0.1", 1),
+            ("0.25", 2),
+            ("+Inf", 2),
+        ] {
+            let line = format!("{series}_bucket{{{ok},le=\"{le}\"}} {n}\n");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(text.contains(&format!("{series}_count{{{ok}}} 2\n")));
+        assert!(text.contains(&format!("{series}_sum{{{ok}}} 0.203000\n")));
+        let missing = "route=\"/api/v1/agents/{id}\",method=\"GET\",status=\"4xx\"";
+        assert!(text.contains(&format!("{series}_bucket{{{missing},le=\"0.001\"}} 1\n")));
+        // Beyond the last bound: only in +Inf; an unknown method is `other`.
+        let slow = "route=\"/api/v1/jobs\",method=\"other\",status=\"5xx\"";
+        assert!(text.contains(&format!("{series}_bucket{{{slow},le=\"10\"}} 0\n")));
+        assert!(text.contains(&format!("{series}_bucket{{{slow},le=\"+Inf\"}} 1\n")));
+        assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

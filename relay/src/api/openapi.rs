@@ -43,6 +43,8 @@ pub enum Body {
     AnyJson,
     /// Bytes of this media type (agent builds, scripts, Prometheus text).
     Raw(&'static str),
+    /// Server-Sent Events whose `data:` is JSON of the named schema.
+    EventStream(&'static str),
 }
 
 /// One operation of the route table.
@@ -82,7 +84,7 @@ const fn route(
 const READ: Option<&str> = Some("read");
 const OPERATE: Option<&str> = Some("operate");
 const ADMIN: Option<&str> = Some("admin");
-use Body::{AnyJson, Json, List, None as Empty, Raw};
+use Body::{AnyJson, EventStream, Json, List, None as Empty, Raw};
 
 /// Every operation the document describes (see the module doc for what is left out).
 pub const ROUTES: &[Route] = &[
@@ -131,7 +133,7 @@ pub const ROUTES: &[Route] = &[
     route("get", "/download/agent/{version}/{arch}", None, "An agent build", Empty, 200, Raw("application/octet-stream")),
     route("get", "/download/agent/{version}/{arch}/{file}", None, "A build's manifest or signature", Empty, 200, Raw("application/octet-stream")),
     route("get", "/download/systemd/{unit}", None, "A systemd unit of the agent", Empty, 200, Raw("text/plain")),
-    route("get", "/api/v1/events/stream", READ, "Server-Sent Events of the fleet (query `kinds`, `selector`; `Last-Event-ID` resumes); each `data:` is a FleetEvent, an `event: reset` carries a Reset", Empty, 200, Raw("text/event-stream")),
+    route("get", "/api/v1/events/stream", READ, "Server-Sent Events of the fleet (query `kinds`, `selector`; `Last-Event-ID` resumes); each `data:` is a FleetEvent, an `event: reset` carries a Reset", Empty, 200, EventStream("FleetEvent")),
     route("get", "/api/v1/audit", READ, "The audit trail, newest first", Empty, 200, List("AuditRecord")),
 ];
 
@@ -230,6 +232,25 @@ fn content(body: Body) -> Option<(&'static str, RefOr<Schema>)> {
         Body::Json(name) => Some(("application/json", schema_ref(name))),
         Body::List(name) => Some(("application/json", Array::new(schema_ref(name)).into())),
         Body::AnyJson => Some(("application/json", ObjectBuilder::new().into())),
+        Body::EventStream(name) => Some((
+            "text/event-stream",
+            // One SSE event as its fields (OpenAPI 3.1 has no item schema for streams): `data`
+            // is the JSON text of the named schema.
+            ObjectBuilder::new()
+                .property("id", ObjectBuilder::new().schema_type(Type::String))
+                .property("event", ObjectBuilder::new().schema_type(Type::String))
+                .property(
+                    "data",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .content_media_type("application/json")
+                        .description(Some(format!(
+                            "JSON of the {name} schema, or of Reset on an `event: reset`"
+                        ))),
+                )
+                .property("retry", ObjectBuilder::new().schema_type(Type::Integer))
+                .into(),
+        )),
         Body::Raw(media) => Some((
             media,
             ObjectBuilder::new()
@@ -433,6 +454,7 @@ mod tests {
                 "CONNECT_PATH" => flotilla_shared::protocol::CONNECT_PATH.to_string(),
                 "ENROLL_PATH" => flotilla_shared::protocol::ENROLL_PATH.to_string(),
                 "OPENAPI_PATH" | "openapi::OPENAPI_PATH" => OPENAPI_PATH.to_string(),
+                "stream::STREAM_PATH" => super::super::stream::STREAM_PATH.to_string(),
                 quoted if quoted.starts_with('"') => quoted.trim_matches('"').to_string(),
                 other => panic!("api.rs routes a path this test cannot resolve: {other}"),
             };

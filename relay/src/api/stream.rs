@@ -8,6 +8,9 @@
 //! falls [`crate::stream::CLIENT_QUEUE`] events behind gets `event: reset` and the stream
 //! ends. A comment every 15 s keeps proxies from closing an idle stream.
 
+/// Where the stream is served.
+pub const STREAM_PATH: &str = "/api/v1/events/stream";
+
 use super::error::QueryParams;
 use super::{ApiError, Caller};
 use crate::state::AppState;

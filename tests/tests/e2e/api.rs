@@ -181,6 +181,9 @@ async fn scopes_errors_health_and_metrics() {
         "flotilla_frames_out_total",
         "flotilla_commands_total",
         "flotilla_heartbeat_lag_seconds",
+        "flotilla_build_info{version=",
+        // The command above, by its route template.
+        "flotilla_http_request_duration_seconds_count{route=\"/api/v1/agents/{id}/commands\",method=\"POST\",status=\"2xx\"}",
     ] {
         assert!(metrics.contains(series), "{series} in {metrics}");
     }
