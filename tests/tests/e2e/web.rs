@@ -77,9 +77,8 @@ async fn sign_in_shows_the_agent_online_and_sign_out_refuses_the_old_cookie() {
     let shot = browser.screenshot("overview").await;
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "{} is a PNG", shot.display());
-    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
-    std::fs::create_dir_all(&docs).unwrap();
-    std::fs::write(docs.join("overview.png"), &png).unwrap();
+    // Copies of target/screenshots/{overview,agent,rollout}.png are kept in docs/screenshots
+    // (the README shows the overview); the tests do not write into the source tree.
 
     // CSRF: a state-changing request with the cookie but without the session's token is
     // refused, from the page itself and from outside it; with the token it passes.
@@ -223,8 +222,6 @@ async fn a_read_token_sees_no_actions_and_its_forged_post_is_refused_and_audited
 /// Stop a real container from its agent page (confirm dialog): the row turns exited live,
 /// without navigating, and the engine agrees. Screenshot of the agent page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs app.js to take a command result status `succeeded` as success (requests.md): \
-            the stop works but the page flashes `.flash-error`"]
 async fn stopping_a_container_from_its_page_updates_the_page_live_and_the_engine() {
     let started = Instant::now();
     let img = images().await;
@@ -314,8 +311,6 @@ async fn hostile_log_lines_render_as_text_and_run_no_script() {
 /// paused rollout's alert is acked from the alerts page; abort-and-revert from the page.
 /// Screenshot of a rollout page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet run to the end: written against the rollout and alerts pages, never seen \
-            passing (the dev machine lacked docker-registry)"]
 async fn rollouts_from_the_page_complete_pause_live_and_abort_and_revert() {
     let started = Instant::now();
     let img = images().await.clone();
@@ -435,7 +430,7 @@ async fn rollouts_from_the_page_complete_pause_live_and_abort_and_revert() {
     // Abort and revert from the rollout page.
     browser.open(&page).await;
     let button = browser
-        .wait_for("[data-test=rollout-actions] button.action[data-url$=\"/abort-and-revert\"]")
+        .wait_for("[data-test=rollout-actions] button.action[data-url$=\"/abort\"][data-body*=\"revert\"]")
         .await;
     browser.click_confirmed(&button).await;
     let (ok, text) = browser.flash().await;

@@ -131,14 +131,15 @@ fn markup(r: &RolloutInfo, operate: bool, now: DateTime<Utc>) -> Markup {
         }
         @if operate {
             div.actions data-test="rollout-actions" {
-                @for (action, label, confirm) in [
-                    ("pause", "Pause", "Pause this rollout?"),
-                    ("resume", "Resume", "Resume this rollout?"),
-                    ("promote", "Promote", "Promote to the next stage now, skipping the soak?"),
-                    ("abort", "Abort", "Abort this rollout (updated agents keep the new image)?"),
-                    ("abort-and-revert", "Abort and revert", "Abort and put the old image back on every updated agent?"),
+                // Abort and revert is the API's abort with `{"revert": true}`.
+                @for (action, body, label, confirm) in [
+                    ("pause", "{}", "Pause", "Pause this rollout?"),
+                    ("resume", "{}", "Resume", "Resume this rollout?"),
+                    ("promote", "{}", "Promote", "Promote to the next stage now, skipping the soak?"),
+                    ("abort", "{}", "Abort", "Abort this rollout (updated agents keep the new image)?"),
+                    ("abort", r#"{"revert":true}"#, "Abort and revert", "Abort and put the old image back on every updated agent?"),
                 ] {
-                    (layout::action(label, "POST", &format!("{base}/{action}"), Some("{}"), confirm))
+                    (layout::action(label, "POST", &format!("{base}/{action}"), Some(body), confirm))
                 }
             }
         }
