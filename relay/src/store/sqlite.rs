@@ -218,6 +218,10 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     metrics::SCHEMA,
     // 10: keyset paging of the agents list (see `sqlite/agents.rs`).
     agents::LIST_INDEXES,
+    // 11: the newest firing alerts and their counts (see `sqlite/alerts.rs`).
+    alerts::FIRING_INDEXES,
+    // 12: counting revoked agents (see `sqlite/agents.rs`).
+    agents::REVOKED_INDEX,
 ];
 
 /// Inserts a command with its deliveries (and, for `container.update`, the update-history rows

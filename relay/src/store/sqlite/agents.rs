@@ -8,6 +8,11 @@ CREATE INDEX agents_name ON agents(name, id);
 CREATE INDEX agents_enrolled ON agents(enrolled_at, id);
 "#;
 
+/// Migration 12: counting revoked agents without a table scan (the fleet overview).
+pub(super) const REVOKED_INDEX: &str = r#"
+CREATE INDEX agents_revoked ON agents(revoked_at) WHERE revoked_at IS NOT NULL;
+"#;
+
 impl Db {
     pub(in crate::store) fn agent(
         conn: &Connection,

@@ -58,6 +58,13 @@ CREATE INDEX events_kind_received_at ON events(kind, received_at);
 CREATE INDEX commands_kind_created_at ON commands(kind, created_at);
 "#;
 
+/// Migration 11: the newest firing alerts and their counts by severity without a sort or a
+/// table scan (the fleet overview, `GET /api/v1/alerts?state=firing`).
+pub(super) const FIRING_INDEXES: &str = r#"
+CREATE INDEX alerts_firing_newest ON alerts(fired_at, id) WHERE state = 'firing';
+CREATE INDEX alerts_firing_severity ON alerts(severity) WHERE state = 'firing';
+"#;
+
 const ALERT_COLUMNS: &str = "id, agent_id, rule, subject, severity, message, state, agent_name, \
      agent_labels, started_at, fired_at, resolved_at, last_seen_at, acknowledged_by, \
      acknowledged_at, silence_id, notified_at";
@@ -423,23 +430,28 @@ impl Db {
         conn: &Connection,
         q: &AlertQuery,
     ) -> Result<Vec<AlertInfo>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts WHERE (?1 IS NULL OR state = ?1) \
-             AND (?2 IS NULL OR severity = ?2) AND (?3 IS NULL OR agent_id = ?3) \
-             AND (?4 IS NULL OR rule = ?4) \
-             ORDER BY state = 'firing' DESC, fired_at DESC, id DESC LIMIT ?5"
+        // The state and severity as literals (closed enums), so a `state = 'firing'` list
+        // walks the partial index of firing alerts newest first instead of sorting every
+        // alert (migration 11).
+        let mut filter =
+            String::from("(?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR rule = ?3)");
+        if let Some(state) = q.state {
+            filter.push_str(&format!(" AND state = '{}'", state.as_str()));
+        }
+        if let Some(severity) = q.severity {
+            filter.push_str(&format!(" AND severity = '{}'", severity.as_str()));
+        }
+        // Firing first when both states are listed; within a state, newest first.
+        let order = if q.state.is_some() {
+            "fired_at DESC, id DESC"
+        } else {
+            "state = 'firing' DESC, fired_at DESC, id DESC"
+        };
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE {filter} ORDER BY {order} LIMIT ?1"
         ))?;
         let rows = stmt
-            .query_map(
-                params![
-                    q.state.map(AlertState::as_str),
-                    q.severity.map(Severity::as_str),
-                    q.agent_id,
-                    q.rule,
-                    q.limit
-                ],
-                AlertRow::read,
-            )?
+            .query_map(params![q.limit, q.agent_id, q.rule], AlertRow::read)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         rows.into_iter().map(AlertRow::into_info).collect()
     }
