@@ -179,6 +179,7 @@ impl ApiClient {
         let token = self.token()?;
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut previous: Option<String> = None;
         loop {
             let mut q = query.to_vec();
             q.extend(cursor.take().map(|c| ("cursor", c)));
@@ -198,13 +199,23 @@ impl ApiClient {
                     )));
                 }
             }
-            cursor = headers
+            let next = headers
                 .get(NEXT_CURSOR_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .filter(|c| !c.is_empty())
                 .map(str::to_string);
-            if cursor.is_none() {
-                return Ok(Value::Array(all));
+            match next {
+                None => return Ok(Value::Array(all)),
+                // A relay that hands out the same cursor again would page for ever.
+                Some(c) if Some(&c) == previous.as_ref() => {
+                    return Err(CliError::Decode(format!(
+                        "the relay gave the same next-page cursor twice ({c}); stopping"
+                    )))
+                }
+                Some(c) => {
+                    previous = Some(c.clone());
+                    cursor = Some(c);
+                }
             }
         }
     }

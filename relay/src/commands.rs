@@ -147,10 +147,20 @@ impl Commands {
     /// said so: [`UpdateEnded`] comes back from the transaction that wrote it).
     pub fn update_finished(&self, command_id: &str, agent_id: &str, update: &UpdateEnded) {
         let summary = format!(
-            "update {command_id} on agent {agent_id} to {}: {}",
-            update.image, update.outcome
+            "update {command_id} on agent {agent_id} to {}: {}{}",
+            update.image,
+            update.outcome,
+            if update.replaced {
+                " (the agent's late result corrects the relay's ending)"
+            } else {
+                ""
+            }
         );
-        let data = serde_json::json!({ "outcome": update.outcome, "image": update.image });
+        let data = serde_json::json!({
+            "outcome": update.outcome,
+            "image": update.image,
+            "replaced": update.replaced,
+        });
         (self.stream).publish(
             EventKind::UpdateFinished,
             Some(agent_id),

@@ -405,6 +405,17 @@ async fn advance_running(
             .start_rollout_stage(row.id.clone(), p.clone(), now)
             .await?;
         tracing::info!(rollout_id = %row.id, stage = p.stage + 1, members = n, "rollout stage started");
+        // 0 when another step got there first (or the stage added no member): nothing new.
+        if n > 0 {
+            publish_transition(
+                engine.commands.stream(),
+                &row.id,
+                flotilla_shared::rollout::RolloutTransition::StageStarted.as_str(),
+                p.state,
+                p.stage,
+                p.phase,
+            );
+        }
         return Box::pin(advance(engine, &row.id, now)).await;
     }
     let stage = engine.store.rollout_stage(row.id.clone(), p.stage).await?;

@@ -315,6 +315,9 @@ pub struct UpdateEnded {
     pub outcome: String,
     /// The image the update asked for.
     pub image: String,
+    /// The agent's late result replaced an ending the relay had already recorded (no result
+    /// in time, undelivered): this is the correction, not a second update.
+    pub replaced: bool,
 }
 
 /// What one step of a job's dispatch did.

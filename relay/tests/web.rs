@@ -688,7 +688,8 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
         html.contains("data-test=\"metrics-chart\" data-points=\"1\""),
         "{html}"
     );
-    assert!(html.contains("<polyline"));
+    // One point so far: drawn as a dot of each series, on the 24 h axis.
+    assert_eq!(html.matches("<circle").count(), 3, "{html}");
     let html = page(&http, &t.base, "/ui/", &session)
         .await
         .text()

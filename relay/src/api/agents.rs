@@ -333,6 +333,12 @@ pub async fn revoke(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Scope::Operate)?;
     let result = async {
+        // A repeated revoke is idempotent (204) but is not a new revocation on the stream.
+        let already = state
+            .store
+            .agent_auth(id.clone())
+            .await?
+            .is_some_and(|a| a.revoked);
         let ended = state
             .store
             .revoke_agent(id.clone())
@@ -344,6 +350,9 @@ pub async fn revoke(
         state.heartbeats.forget(&id);
         state.commands.all_finished(&ended);
         tracing::info!(agent_id = %id, "agent revoked");
+        if already {
+            return Ok(StatusCode::NO_CONTENT);
+        }
         state.stream.publish(
             flotilla_shared::stream::EventKind::AgentRevoked,
             Some(&id),

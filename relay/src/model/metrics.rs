@@ -1,8 +1,9 @@
 //! The agents' metrics history: which resolutions are kept, for how long, and which bucket a
 //! heartbeat falls in. Every heartbeat written by the flusher is folded (as a running mean) into
 //! the bucket of each resolution it falls in; retention drops buckets older than their
-//! resolution's horizon. So the history of one agent is bounded: 288 fine points and 720
-//! coarse ones at most, whatever its heartbeat interval.
+//! resolution's horizon. So the history of one agent is bounded whatever its heartbeat
+//! interval: 289 fine and 721 coarse buckets in the window, and until the next retention sweep
+//! (every 6 h) up to about 72 fine buckets more.
 
 use chrono::{DateTime, Duration, Utc};
 

@@ -786,6 +786,7 @@ fn finalise_where(
             f.update = image.map(|image| UpdateEnded {
                 outcome: state.as_str().to_string(),
                 image: image.unwrap_or_default(),
+                replaced: false,
             });
         }
     }
@@ -835,6 +836,14 @@ fn finish_update(
         .output
         .as_ref()
         .and_then(|o| UpdateReport::deserialize(o).ok());
+    let replaced: bool = tx
+        .query_row(
+            "SELECT finished_at IS NOT NULL FROM updates WHERE command_id = ?1 AND agent_id = ?2",
+            params![result.command_id, agent_id],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(false);
     let image: Option<String> = tx
         .query_row(
             "UPDATE updates SET state = ?3, error_code = ?4, error_message = ?5, outcome = ?6, \
@@ -862,5 +871,6 @@ fn finish_update(
             .map_or(state.as_str(), |r| r.outcome.as_str())
             .to_string(),
         image,
+        replaced,
     }))
 }

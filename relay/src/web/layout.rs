@@ -229,39 +229,57 @@ pub fn segments(parts: &[(&str, u32, &str)]) -> Markup {
 /// One series of a chart: its name, CSS class and (unix time, value) points.
 pub type Series<'a> = (&'a str, &'a str, Vec<(i64, f64)>);
 
-/// A small line chart of up to three series over time (SVG polylines; no script).
-pub fn chart(title: &str, series: &[Series], max: f64) -> Markup {
+/// A small line chart of up to three series over the time `window` (unix seconds, from, to;
+/// SVG, no script). A series breaks where two points are more than `gap` seconds apart (the
+/// agent was offline), and a lone point is drawn as a dot.
+pub fn chart(title: &str, series: &[Series], max: f64, window: (i64, i64), gap: i64) -> Markup {
     let (w, h) = (600.0, 120.0);
-    let xs: Vec<i64> = series
-        .iter()
-        .flat_map(|s| s.2.iter().map(|p| p.0))
-        .collect();
-    let (x0, x1) = match (xs.iter().min(), xs.iter().max()) {
-        (Some(a), Some(b)) if b > a => (*a as f64, *b as f64),
-        (Some(a), _) => (*a as f64 - 1.0, *a as f64 + 1.0),
-        _ => (0.0, 1.0),
+    let (x0, x1) = if window.1 > window.0 {
+        (window.0 as f64, window.1 as f64)
+    } else {
+        (window.0 as f64 - 1.0, window.0 as f64 + 1.0)
     };
     let max = if max > 0.0 { max } else { 1.0 };
-    let points = |pts: &[(i64, f64)]| {
-        pts.iter()
-            .map(|(t, v)| {
-                let x = (*t as f64 - x0) / (x1 - x0) * w;
-                let y = h - (v / max).clamp(0.0, 1.0) * h;
-                format!("{x:.1},{y:.1}")
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+    let xy = |(t, v): &(i64, f64)| {
+        (
+            (*t as f64 - x0) / (x1 - x0) * w,
+            h - (v / max).clamp(0.0, 1.0) * h,
+        )
     };
+    // Runs of points without a gap.
+    let runs = |pts: &[(i64, f64)]| -> Vec<Vec<(f64, f64)>> {
+        let mut runs: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut last: Option<i64> = None;
+        for p in pts {
+            if last.is_none_or(|l| p.0 - l > gap) {
+                runs.push(Vec::new());
+            }
+            if let Some(run) = runs.last_mut() {
+                run.push(xy(p));
+            }
+            last = Some(p.0);
+        }
+        runs
+    };
+    let empty = series.iter().all(|s| s.2.is_empty());
     html! {
         figure.chart {
             figcaption { (title) }
-            @if xs.is_empty() {
+            @if empty {
                 p.muted { "No history yet." }
             } @else {
                 svg viewBox=(format!("0 0 {w} {h}")) preserveAspectRatio="none" role="img" aria-label=(title) {
                     line.axis x1="0" y1=(h) x2=(w) y2=(h) {}
                     @for (name, class, pts) in series {
-                        polyline class=(class) fill="none" points=(points(pts)) { title { (name) } }
+                        @for run in runs(pts) {
+                            @if run.len() == 1 {
+                                circle class=(class) cx=(format!("{:.1}", run[0].0)) cy=(format!("{:.1}", run[0].1)) r="2" { title { (name) } }
+                            } @else {
+                                polyline class=(class) fill="none"
+                                    points=(run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect::<Vec<_>>().join(" "))
+                                    { title { (name) } }
+                            }
+                        }
                     }
                 }
                 p.legend {
@@ -280,6 +298,25 @@ pub fn none() -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn charts_span_their_window_break_at_gaps_and_dot_lone_points() {
+        // 0..=600 then, after a gap, one point at 3000, on a window of 0..3600.
+        let pts = vec![(0, 0.0), (300, 50.0), (600, 100.0), (3000, 25.0)];
+        let series = [("cpu", "cpu", pts)];
+        let svg = chart("t", &series, 100.0, (0, 3600), 600).into_string();
+        assert_eq!(svg.matches("<polyline").count(), 1, "{svg}");
+        assert!(
+            svg.contains("points=\"0.0,120.0 50.0,60.0 100.0,0.0\""),
+            "{svg}"
+        );
+        assert_eq!(svg.matches("<circle").count(), 1, "{svg}");
+        assert!(svg.contains("cx=\"500.0\" cy=\"90.0\""), "{svg}");
+        let none: [Series; 1] = [("cpu", "cpu", vec![])];
+        assert!(chart("t", &none, 100.0, (0, 1), 1)
+            .into_string()
+            .contains("No history yet"));
+    }
 
     #[test]
     fn formats_people_read() {

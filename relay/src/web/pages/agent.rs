@@ -109,7 +109,7 @@ struct View<'a> {
 }
 
 /// CPU, memory and disk over the last 24 hours, in percent.
-fn history(m: &MetricsHistory) -> Markup {
+fn history(m: &MetricsHistory, now: DateTime<Utc>) -> Markup {
     let series = |f: fn(&MetricsPoint) -> f32| -> Vec<(i64, f64)> {
         m.points
             .iter()
@@ -127,7 +127,13 @@ fn history(m: &MetricsHistory) -> Markup {
     ];
     html! {
         div data-test="metrics-chart" data-points=(m.points.len()) {
-            (layout::chart("Last 24 hours (5-minute means)", &all, 100.0))
+            (layout::chart(
+                "Last 24 hours (5-minute means)",
+                &all,
+                100.0,
+                (now.timestamp() - 24 * 3600, now.timestamp()),
+                2 * i64::from(m.resolution_seconds),
+            ))
         }
     }
 }
@@ -153,7 +159,7 @@ fn markup(v: &View, now: DateTime<Utc>) -> Markup {
                 }
             }
         }
-        (history(v.metrics))
+        (history(v.metrics, now))
         h2 { "Containers" }
         @match hb {
             None => p.muted { "No heartbeat yet." },
