@@ -31,8 +31,8 @@ pub enum CliError {
     Decode(String),
 }
 
-/// A client of one relay's API.
-#[derive(Debug)]
+/// A client of one relay's API (cheap to clone: the connection pool is shared).
+#[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
@@ -147,6 +147,47 @@ impl ApiClient {
                     .into(),
             )
         })
+    }
+
+    /// Opens the live event stream (`GET /api/v1/events/stream`) with `query`, resuming after
+    /// `last_event_id`; `Ok(None)` when the relay answers 404 (it predates the stream). No
+    /// overall timeout: the body is read for as long as the caller wants.
+    pub async fn open_stream(
+        &self,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<Option<reqwest::Response>, CliError> {
+        let mut request = self
+            .http
+            .get(self.url(&["api", "v1", "events", "stream"], query))
+            .bearer_auth(self.token()?)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| CliError::Transport {
+                addr: self.addr(),
+                reason: "no answer to the event stream request".into(),
+            })?
+            .map_err(|e| CliError::Transport {
+                addr: self.addr(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(Some(response))
+    }
+
+    fn addr(&self) -> String {
+        self.base.to_string().trim_end_matches('/').to_string()
     }
 
     /// PUT of a streamed raw body of `len` bytes (`flotilla release publish`); `timeout` bounds

@@ -9,6 +9,7 @@
 mod alerts;
 mod backup;
 mod client;
+mod events;
 mod release;
 mod render;
 mod rollout;
@@ -125,6 +126,16 @@ pub enum CliCommand {
         /// Most rows to show (1-1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Tail the relay's live event stream: one line per event (`--json`: one event object
+    /// per line) until Ctrl-C.
+    Events {
+        /// Only these kinds: a comma list of kind prefixes (`alert`, `rollout,update.finished`).
+        #[arg(long)]
+        kinds: Option<String>,
+        /// Only events about agents matching this label selector (events about no agent pass).
+        #[arg(long)]
+        selector: Option<Selector>,
     },
     /// The relay's health, version and key fingerprint (no token needed).
     Status,
@@ -456,6 +467,9 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
             return release::upgrade(&client, args, json).await
         }
         CliCommand::Alerts(args) => return alerts::alerts(&client, args, json, now).await,
+        CliCommand::Events { kinds, selector } => {
+            return events::events(&client, kinds.as_deref(), selector.as_ref(), json).await
+        }
         CliCommand::Updates {
             agent,
             container,
