@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long one API call may take, on top of any server-side wait it asked for.
@@ -42,12 +43,33 @@ pub struct ApiClient {
 impl ApiClient {
     /// `addr` is the relay's base URL (`http://127.0.0.1:8700`; a bare `host:port` means http).
     pub fn new(addr: &str, token: Option<String>) -> Result<ApiClient, CliError> {
+        ApiClient::with_ca_file(addr, token, None)
+    }
+
+    /// Like [`ApiClient::new`], also trusting the CA certificates of the PEM file `ca_file`
+    /// (`--ca-file`) for an https relay, besides the system's roots.
+    pub fn with_ca_file(
+        addr: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<ApiClient, CliError> {
         let base = parse_base_url(addr)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Usage(format!("cannot set up the HTTP client: {e}")))?;
+            .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            for cert in read_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| match ca_file {
+            Some(path) => CliError::Usage(format!(
+                "--ca-file {}: cannot use its certificates: {}",
+                path.display(),
+                error_chain(&e)
+            )),
+            None => CliError::Usage(format!("cannot set up the HTTP client: {e}")),
+        })?;
         Ok(ApiClient {
             http,
             base,
@@ -142,8 +164,9 @@ impl ApiClient {
     fn token(&self) -> Result<&str, CliError> {
         self.token.as_deref().ok_or_else(|| {
             CliError::Usage(
-                "no API token: pass --token or set FLOTILLA_TOKEN (the relay printed its admin \
-                 token on first start and keeps it in <data-dir>/admin-token)"
+                "no API token: pass --token or --token-file, or set FLOTILLA_TOKEN or \
+                 FLOTILLA_TOKEN_FILE (the relay printed its admin token on first start and \
+                 keeps it in <data-dir>/admin-token)"
                     .into(),
             )
         })
@@ -278,6 +301,47 @@ impl ApiClient {
             .map_err(|e| CliError::Decode(format!("{status} with a body that is not JSON: {e}")))?;
         Ok((value, headers))
     }
+}
+
+/// The token of `--token-file`: the file's content, trimmed; an error naming the file when it
+/// cannot be read or holds nothing.
+pub fn read_token_file(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "--token-file {}: cannot read it: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// The CA certificates of `--ca-file` (PEM); an error naming the file when it cannot be read or
+/// holds no PEM certificate.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CliError::Usage(format!("--ca-file {}: cannot read it: {e}", path.display()))
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
+        CliError::Usage(format!(
+            "--ca-file {}: not a PEM file of CA certificates: {}",
+            path.display(),
+            error_chain(&e)
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--ca-file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 fn parse_base_url(addr: &str) -> Result<Url, CliError> {

@@ -34,6 +34,7 @@ use flotilla_shared::limit::Limit;
 use flotilla_shared::selector::{parse_labels, Labels, Selector};
 use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use run::print_value;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,6 +57,12 @@ pub struct Cli {
     /// API token (the relay's admin token, or one made with `flotilla api-token create`).
     #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the API token from this file (trimmed) instead of --token.
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for an https relay.
+    #[arg(long, global = true, env = "FLOTILLA_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of the human form.
     #[arg(long, global = true)]
     pub json: bool,
@@ -359,8 +366,28 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The API token from `--token` / `FLOTILLA_TOKEN` or `--token-file` / `FLOTILLA_TOKEN_FILE`
+/// (not both).
+pub fn resolve_token(
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, CliError> {
+    let token = token.filter(|t| !t.trim().is_empty());
+    match (token, token_file) {
+        (Some(_), Some(_)) => Err(CliError::Usage(
+            "both --token (FLOTILLA_TOKEN) and --token-file (FLOTILLA_TOKEN_FILE) are set; \
+             use one"
+                .into(),
+        )),
+        (Some(t), None) => Ok(Some(t.to_string())),
+        (None, Some(path)) => client::read_token_file(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
-    let client = ApiClient::new(&cli.addr, cli.token.clone())?;
+    let token = resolve_token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let client = ApiClient::with_ca_file(&cli.addr, token, cli.ca_file.as_deref())?;
     let json = cli.json;
     let now = Utc::now();
     match &cli.command {

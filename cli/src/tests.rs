@@ -1231,3 +1231,119 @@ async fn events_on_a_relay_without_the_stream_is_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("no live event stream"), "{err}");
 }
+
+// === impl --token-file and --ca-file ===
+
+#[test]
+fn token_file_is_read_trimmed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("token");
+    std::fs::write(&good, "  fl_secret\n").unwrap();
+    assert_eq!(
+        resolve_token(None, Some(&good)).unwrap().as_deref(),
+        Some("fl_secret")
+    );
+    let missing = dir.path().join("nope");
+    let e = resolve_token(None, Some(&missing)).unwrap_err();
+    assert!(matches!(e, CliError::Usage(_)));
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n\n").unwrap();
+    let e = resolve_token(None, Some(&empty)).unwrap_err();
+    assert!(
+        e.to_string().contains(&empty.display().to_string()) && e.to_string().contains("empty"),
+        "{e}"
+    );
+    let e = resolve_token(Some("t"), Some(&good)).unwrap_err();
+    assert!(
+        e.to_string().contains("--token") && e.to_string().contains("--token-file"),
+        "{e}"
+    );
+    // An empty --token does not count as given.
+    assert_eq!(
+        resolve_token(Some(""), Some(&good)).unwrap().as_deref(),
+        Some("fl_secret")
+    );
+    assert_eq!(
+        resolve_token(Some("t"), None).unwrap().as_deref(),
+        Some("t")
+    );
+    assert_eq!(resolve_token(None, None).unwrap(), None);
+    // The flags parse as global options.
+    let cli = parse(&[
+        "agents",
+        "--token-file",
+        "/run/secrets/t",
+        "--ca-file",
+        "/etc/ca.pem",
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.token_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/t"))
+    );
+    assert_eq!(
+        cli.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+}
+
+#[tokio::test]
+async fn token_file_is_used_and_both_sources_are_a_usage_error() {
+    let (client, fake) = start_stream_fake(StreamFake::new(vec![]), false).await;
+    let addr = client.url(&[], &[]).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "secret\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let cli = parse(&[
+        "--addr",
+        &addr,
+        "--token-file",
+        file_arg,
+        "rollout",
+        "status",
+        "rol_1",
+    ])
+    .unwrap();
+    assert_eq!(execute(&cli).await.unwrap(), Outcome::Success);
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), 1);
+    let both = parse(&[
+        "--addr",
+        &addr,
+        "--token",
+        "secret",
+        "--token-file",
+        file_arg,
+        "agents",
+    ])
+    .unwrap();
+    assert!(matches!(execute(&both).await, Err(CliError::Usage(_))));
+}
+
+#[test]
+fn ca_file_must_hold_pem_certificates() {
+    let good = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/test-ca.pem"));
+    assert_eq!(client::read_ca_file(good).unwrap().len(), 1);
+    ApiClient::with_ca_file("https://relay.example", None, Some(good)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let e = ApiClient::with_ca_file("https://relay.example", None, Some(&missing)).unwrap_err();
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let e = client::read_ca_file(&empty).unwrap_err();
+    assert!(
+        e.to_string().contains(&empty.display().to_string()) && e.to_string().contains("PEM"),
+        "{e}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    assert!(client::read_ca_file(&garbage).is_err());
+}
