@@ -5,7 +5,7 @@
 
 use super::client::{decode, ApiClient, CliError};
 use super::events::{StreamQuery, WatchFeed};
-use super::render::{self, Table};
+use super::render::{self, clean, Table};
 use super::run::{emit, print_value};
 use super::Outcome;
 use chrono::{DateTime, Utc};
@@ -17,18 +17,6 @@ use flotilla_shared::stream::kind_selected;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
-
-/// Agent-controlled text made safe for a terminal: line breaks and tabs become spaces, other
-/// control characters (escape sequences, bells, ...) are dropped.
-pub fn clean(s: &str) -> String {
-    s.chars()
-        .filter_map(|c| match c {
-            '\n' | '\r' | '\t' => Some(' '),
-            c if c.is_control() => None,
-            c => Some(c),
-        })
-        .collect()
-}
 
 /// How often `--watch` looks again on a relay without the event stream.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);

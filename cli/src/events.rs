@@ -4,9 +4,8 @@
 //! `--watch` loop when to fetch its state again (falling back to polling on a relay without the
 //! stream), and `flotilla events`, which tails the stream.
 
-use super::alerts::clean;
 use super::client::{ApiClient, CliError};
-use super::render;
+use super::render::{self, clean};
 use super::run::emit;
 use super::Outcome;
 use flotilla_shared::selector::Selector;

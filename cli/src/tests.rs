@@ -1066,13 +1066,13 @@ async fn start_stream_fake(fake: StreamFake, with_stream: bool) -> (ApiClient, A
     (client, fake)
 }
 
-/// Resolves once `done` holds (checked every 20 ms), or panics after 20 s.
-async fn until(done: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(start.elapsed() < Duration::from_secs(20), "gave up waiting");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Resolves once `done` holds, or panics after 20 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    flotilla_testkit::eventually(Duration::from_secs(20), what, || {
+        let ok = done();
+        async move { ok.then_some(()) }
+    })
+    .await
 }
 
 fn alerts_watch_args() -> alerts::AlertsArgs {
@@ -1096,12 +1096,15 @@ async fn alerts_watch_refetches_on_events_and_resumes_after_a_drop() {
         start_stream_fake(StreamFake::new(vec![(first, false), (second, true)]), true).await;
     let f = fake.clone();
     let stop = async move {
-        until(|| {
+        until("a reconnect and three fetches", || {
             f.connections.load(Ordering::SeqCst) >= 2 && f.fetches.load(Ordering::SeqCst) >= 3
         })
         .await;
-        // Room for one more (coalesced) fetch after the reset and event 6.
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        flotilla_testkit::hold(
+            Duration::from_millis(600),
+            "room for one more (coalesced) fetch after the reset and event 6, and no other",
+        )
+        .await;
     };
     let args = alerts_watch_args();
     let started = std::time::Instant::now();
@@ -1187,8 +1190,12 @@ async fn events_json_prints_each_event_once_across_a_reconnect() {
     let lines = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = lines.clone();
     let stop = async move {
-        until(|| seen.lock().unwrap().len() >= 4).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until("four events printed", || seen.lock().unwrap().len() >= 4).await;
+        flotilla_testkit::hold(
+            Duration::from_millis(200),
+            "room for a duplicate to show up if the replay were printed again",
+        )
+        .await;
     };
     let sink = lines.clone();
     let outcome = events::tail(
