@@ -1,9 +1,11 @@
-//! `flotilla alerts`: the fleet's alerts (`--watch` redraws every 2 s: on a terminal the whole
-//! table, else one line per alert that fired or resolved), and `alerts ack|silence|silences|
-//! unsilence`.
+//! `flotilla alerts`: the fleet's alerts (`--watch` looks again whenever the relay's event
+//! stream reports an alert change, or every 2 s on a relay without the stream: on a terminal it
+//! redraws the whole table, else prints one line per alert that fired or resolved), and
+//! `alerts ack|silence|silences|unsilence`.
 
 use super::client::{decode, ApiClient, CliError};
-use super::render::{self, Table};
+use super::events::{StreamQuery, WatchFeed};
+use super::render::{self, clean, Table};
 use super::run::{emit, print_value};
 use super::Outcome;
 use chrono::{DateTime, Utc};
@@ -11,23 +13,12 @@ use clap::{Args, Subcommand};
 use flotilla_shared::alert::{AlertInfo, CreateSilence, Severity, Silence};
 use flotilla_shared::duration::parse_duration;
 use flotilla_shared::selector::Selector;
+use flotilla_shared::stream::kind_selected;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-/// Agent-controlled text made safe for a terminal: line breaks and tabs become spaces, other
-/// control characters (escape sequences, bells, ...) are dropped.
-pub fn clean(s: &str) -> String {
-    s.chars()
-        .filter_map(|c| match c {
-            '\n' | '\r' | '\t' => Some(' '),
-            c if c.is_control() => None,
-            c => Some(c),
-        })
-        .collect()
-}
-
-/// How often `--watch` looks again.
+/// How often `--watch` looks again on a relay without the event stream.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// `flotilla alerts`.
@@ -51,7 +42,8 @@ pub struct AlertsArgs {
     /// Most alerts to show (1-10000).
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
-    /// Keep watching: redraw every 2 s (on a terminal), else print alerts as they fire/resolve.
+    /// Keep watching: redraw on every alert change (on a terminal), else print alerts as they
+    /// fire/resolve.
     #[arg(long)]
     pub watch: bool,
 }
@@ -189,25 +181,45 @@ pub async fn alerts(
 
 async fn watch(client: &ApiClient, args: &AlertsArgs, json: bool) -> Result<Outcome, CliError> {
     let tty = std::io::stdout().is_terminal() && !json;
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    watch_with(client, args, json, tty, &mut |s| emit(s), stop).await
+}
+
+/// `alerts --watch`: fetches once, then again whenever the event stream says an alert changed
+/// (or, on a relay without the stream, every [`WATCH_INTERVAL`]), until `stop` (Ctrl-C).
+pub(crate) async fn watch_with(
+    client: &ApiClient,
+    args: &AlertsArgs,
+    json: bool,
+    tty: bool,
+    out: &mut dyn FnMut(&str),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Outcome, CliError> {
+    let mut feed = WatchFeed::open(client, StreamQuery::kinds("alert"), WATCH_INTERVAL).await?;
     let mut known: Option<BTreeMap<String, AlertInfo>> = None;
+    tokio::pin!(stop);
     loop {
         let value = client.get(&["api", "v1", "alerts"], &query(args)).await?;
         let list: Vec<AlertInfo> = decode(&value, "alerts")?;
         let now = Utc::now();
         if tty {
-            emit(&format!("\x1b[2J\x1b[H{}", alert_table(&list, now)));
+            out(&format!("\x1b[2J\x1b[H{}", alert_table(&list, now)));
         } else {
             let current: BTreeMap<String, AlertInfo> =
                 list.into_iter().map(|a| (a.id.clone(), a)).collect();
             let lines = changes(known.as_ref(), &current, json);
             if !lines.is_empty() {
-                emit(&lines);
+                out(&lines);
             }
             known = Some(current);
         }
         tokio::select! {
-            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(Outcome::Success),
+            wake = feed.wait(None, |e| kind_selected(&["alert".to_string()], &e.kind)) => {
+                wake?;
+            }
+            () = &mut stop => return Ok(Outcome::Success),
         }
     }
 }

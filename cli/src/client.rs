@@ -6,6 +6,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use std::path::Path;
 use std::time::Duration;
 
 /// How long one API call may take, on top of any server-side wait it asked for.
@@ -31,8 +32,8 @@ pub enum CliError {
     Decode(String),
 }
 
-/// A client of one relay's API.
-#[derive(Debug)]
+/// A client of one relay's API (cheap to clone: the connection pool is shared).
+#[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
@@ -42,12 +43,33 @@ pub struct ApiClient {
 impl ApiClient {
     /// `addr` is the relay's base URL (`http://127.0.0.1:8700`; a bare `host:port` means http).
     pub fn new(addr: &str, token: Option<String>) -> Result<ApiClient, CliError> {
+        ApiClient::with_ca_file(addr, token, None)
+    }
+
+    /// Like [`ApiClient::new`], also trusting the CA certificates of the PEM file `ca_file`
+    /// (`--ca-file`) for an https relay, besides the system's roots.
+    pub fn with_ca_file(
+        addr: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+    ) -> Result<ApiClient, CliError> {
         let base = parse_base_url(addr)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CliError::Usage(format!("cannot set up the HTTP client: {e}")))?;
+            .user_agent(concat!("flotilla-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_file {
+            for cert in read_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| match ca_file {
+            Some(path) => CliError::Usage(format!(
+                "--ca-file {}: cannot use its certificates: {}",
+                path.display(),
+                error_chain(&e)
+            )),
+            None => CliError::Usage(format!("cannot set up the HTTP client: {e}")),
+        })?;
         Ok(ApiClient {
             http,
             base,
@@ -142,11 +164,53 @@ impl ApiClient {
     fn token(&self) -> Result<&str, CliError> {
         self.token.as_deref().ok_or_else(|| {
             CliError::Usage(
-                "no API token: pass --token or set FLOTILLA_TOKEN (the relay printed its admin \
-                 token on first start and keeps it in <data-dir>/admin-token)"
+                "no API token: pass --token or --token-file, or set FLOTILLA_TOKEN or \
+                 FLOTILLA_TOKEN_FILE (the relay printed its admin token on first start and \
+                 keeps it in <data-dir>/admin-token)"
                     .into(),
             )
         })
+    }
+
+    /// Opens the live event stream (`GET /api/v1/events/stream`) with `query`, resuming after
+    /// `last_event_id`; `Ok(None)` when the relay answers 404 (it predates the stream). No
+    /// overall timeout: the body is read for as long as the caller wants.
+    pub async fn open_stream(
+        &self,
+        query: &[(&str, String)],
+        last_event_id: Option<&str>,
+    ) -> Result<Option<reqwest::Response>, CliError> {
+        let mut request = self
+            .http
+            .get(self.url(&["api", "v1", "events", "stream"], query))
+            .bearer_auth(self.token()?)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id);
+        }
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, request.send())
+            .await
+            .map_err(|_| CliError::Transport {
+                addr: self.addr(),
+                reason: "no answer to the event stream request".into(),
+            })?
+            .map_err(|e| CliError::Transport {
+                addr: self.addr(),
+                reason: error_chain(&e),
+            })?;
+        let status = response.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(api_error(status, &text));
+        }
+        Ok(Some(response))
+    }
+
+    fn addr(&self) -> String {
+        self.base.to_string().trim_end_matches('/').to_string()
     }
 
     /// PUT of a streamed raw body of `len` bytes (`flotilla release publish`); `timeout` bounds
@@ -248,6 +312,47 @@ impl ApiClient {
             .map_err(|e| CliError::Decode(format!("{status} with a body that is not JSON: {e}")))?;
         Ok((value, headers))
     }
+}
+
+/// The token of `--token-file`: the file's content, trimmed; an error naming the file when it
+/// cannot be read or holds nothing.
+pub fn read_token_file(path: &Path) -> Result<String, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::Usage(format!(
+            "--token-file {}: cannot read it: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--token-file {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+/// The CA certificates of `--ca-file` (PEM); an error naming the file when it cannot be read or
+/// holds no PEM certificate.
+pub fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, CliError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        CliError::Usage(format!("--ca-file {}: cannot read it: {e}", path.display()))
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&bytes).map_err(|e| {
+        CliError::Usage(format!(
+            "--ca-file {}: not a PEM file of CA certificates: {}",
+            path.display(),
+            error_chain(&e)
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--ca-file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 fn parse_base_url(addr: &str) -> Result<Url, CliError> {

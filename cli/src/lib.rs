@@ -9,6 +9,7 @@
 mod alerts;
 mod backup;
 mod client;
+mod events;
 mod release;
 mod render;
 mod rollout;
@@ -33,6 +34,7 @@ use flotilla_shared::limit::Limit;
 use flotilla_shared::selector::{parse_labels, Labels, Selector};
 use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use run::print_value;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -55,6 +57,12 @@ pub struct Cli {
     /// API token (the relay's admin token, or one made with `flotilla api-token create`).
     #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the API token from this file (trimmed) instead of --token.
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Also trust the CA certificates in this PEM file for an https relay.
+    #[arg(long, global = true, env = "FLOTILLA_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
     /// Print the API's JSON instead of the human form.
     #[arg(long, global = true)]
     pub json: bool,
@@ -125,6 +133,16 @@ pub enum CliCommand {
         /// Most rows to show (1-1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+    },
+    /// Tail the relay's live event stream: one line per event (`--json`: one event object
+    /// per line) until Ctrl-C.
+    Events {
+        /// Only these kinds: a comma list of kind prefixes (`alert`, `rollout,update.finished`).
+        #[arg(long)]
+        kinds: Option<String>,
+        /// Only events about agents matching this label selector (events about no agent pass).
+        #[arg(long)]
+        selector: Option<Selector>,
     },
     /// The relay's health, version and key fingerprint (no token needed).
     Status,
@@ -348,8 +366,28 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The API token from `--token` / `FLOTILLA_TOKEN` or `--token-file` / `FLOTILLA_TOKEN_FILE`
+/// (not both).
+pub fn resolve_token(
+    token: Option<&str>,
+    token_file: Option<&std::path::Path>,
+) -> Result<Option<String>, CliError> {
+    let token = token.filter(|t| !t.trim().is_empty());
+    match (token, token_file) {
+        (Some(_), Some(_)) => Err(CliError::Usage(
+            "both --token (FLOTILLA_TOKEN) and --token-file (FLOTILLA_TOKEN_FILE) are set; \
+             use one"
+                .into(),
+        )),
+        (Some(t), None) => Ok(Some(t.to_string())),
+        (None, Some(path)) => client::read_token_file(path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
-    let client = ApiClient::new(&cli.addr, cli.token.clone())?;
+    let token = resolve_token(cli.token.as_deref(), cli.token_file.as_deref())?;
+    let client = ApiClient::with_ca_file(&cli.addr, token, cli.ca_file.as_deref())?;
     let json = cli.json;
     let now = Utc::now();
     match &cli.command {
@@ -456,6 +494,9 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
             return release::upgrade(&client, args, json).await
         }
         CliCommand::Alerts(args) => return alerts::alerts(&client, args, json, now).await,
+        CliCommand::Events { kinds, selector } => {
+            return events::events(&client, kinds.as_deref(), selector.as_ref(), json).await
+        }
         CliCommand::Updates {
             agent,
             container,

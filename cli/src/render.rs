@@ -126,6 +126,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Agent-controlled text made safe for a terminal: line breaks and tabs become spaces, other
+/// control characters (escape sequences, bells, ...) are dropped.
+pub fn clean(s: &str) -> String {
+    s.chars()
+        .filter_map(|c| match c {
+            '\n' | '\r' | '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
 pub fn time(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -1,9 +1,11 @@
 //! `flotilla rollout start|status|list|pause|resume|promote|abort`: canary rollouts through
-//! `/api/v1/rollouts` (see `flotilla_shared::rollout`). `status --watch` redraws every second
-//! on a terminal (clear and redraw) and otherwise prints whenever something changed, until the
-//! rollout reaches a final state.
+//! `/api/v1/rollouts` (see `flotilla_shared::rollout`). `status --watch` looks again whenever
+//! the relay's event stream reports a change (polling every second on a relay without it),
+//! redraws on a terminal (clear and redraw, the soak countdown every second) and otherwise
+//! prints whenever something changed, until the rollout reaches a final state.
 
 use super::client::{decode, ApiClient, CliError};
+use super::events::{StreamQuery, Wake, WatchFeed};
 use super::render::{self, Table};
 use super::run::{emit, print_value};
 use super::Outcome;
@@ -16,11 +18,13 @@ use flotilla_shared::rollout::{
     RolloutInfo, RolloutOrder, RolloutState, RolloutTarget, StagePhase, StageWhat,
 };
 use flotilla_shared::selector::Selector;
+use flotilla_shared::stream::FleetEvent;
 use flotilla_shared::update::{HealthSpec, UpdateStrategy};
 use std::io::IsTerminal;
 use std::time::Duration;
 
-/// Pause between two looks at a watched rollout.
+/// Pause between two looks at a watched rollout on a relay without the event stream; on a
+/// terminal, also how often the countdown is redrawn.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +270,22 @@ async fn act<B: serde::Serialize>(
 
 async fn watch_status(client: &ApiClient, id: &str, json: bool) -> Result<Outcome, CliError> {
     let tty = std::io::stdout().is_terminal() && !json;
+    watch_with(client, id, json, tty, &mut |s| emit(s)).await
+}
+
+/// `status --watch`: fetches once, then again when the event stream reports a transition of
+/// this rollout or a finished update/command of one of its agents (or, on a relay without the
+/// stream, every [`WATCH_INTERVAL`]), until the rollout is final. On a terminal the soak
+/// countdown is redrawn every second from the last answer.
+pub(crate) async fn watch_with(
+    client: &ApiClient,
+    id: &str,
+    json: bool,
+    tty: bool,
+    out: &mut dyn FnMut(&str),
+) -> Result<Outcome, CliError> {
+    let query = StreamQuery::kinds("rollout.transition,update.finished,command.finished");
+    let mut feed = WatchFeed::open(client, query, WATCH_INTERVAL).await?;
     let mut last: Option<String> = None;
     loop {
         let value = client.get(&["api", "v1", "rollouts", id], &[]).await?;
@@ -273,7 +293,7 @@ async fn watch_status(client: &ApiClient, id: &str, json: bool) -> Result<Outcom
         let now = Utc::now();
         if tty {
             // Clear the screen and move home, then redraw (soak time left changes each second).
-            emit(&format!("\x1b[2J\x1b[H{}", status(&info, now)));
+            out(&format!("\x1b[2J\x1b[H{}", status(&info, now)));
         } else {
             // Only print when something other than the clock changed.
             let text = if json {
@@ -292,7 +312,7 @@ async fn watch_status(client: &ApiClient, id: &str, json: bool) -> Result<Outcom
             ))
             .unwrap_or_default();
             if last.as_deref() != Some(key.as_str()) {
-                emit(&text);
+                out(&text);
                 last = Some(key);
             }
         }
@@ -309,7 +329,23 @@ async fn watch_status(client: &ApiClient, id: &str, json: bool) -> Result<Outcom
                 )),
             });
         }
-        tokio::time::sleep(WATCH_INTERVAL).await;
+        let relevant = |e: &FleetEvent| relevant(&info, e);
+        while feed.wait(tty.then_some(WATCH_INTERVAL), relevant).await? == Wake::Tick {
+            out(&format!("\x1b[2J\x1b[H{}", status(&info, Utc::now())));
+        }
+    }
+}
+
+/// Whether a stream event can change what `status` shows of rollout `r`: its own transitions,
+/// and finished updates and commands (agent upgrades) of its agents.
+fn relevant(r: &RolloutInfo, e: &FleetEvent) -> bool {
+    match e.kind.as_str() {
+        "rollout.transition" => e.subject.as_deref() == Some(r.id.as_str()),
+        "update.finished" | "command.finished" => e
+            .agent_id
+            .as_deref()
+            .is_none_or(|a| r.agents.iter().any(|m| m.agent_id == a)),
+        _ => false,
     }
 }
 

@@ -940,3 +940,417 @@ async fn updates_lists_one_agent_or_the_fleet() {
         ]
     );
 }
+
+// === impl the live event stream: watches, `flotilla events`, reconnects ===
+
+/// A stand-in for `GET /api/v1/events/stream`: connection n sends `scripts[n]` (the last one
+/// for any later connection) in small pieces, then ends (a dropped stream) or stays open.
+struct StreamFake {
+    scripts: Vec<(String, bool)>,
+    connections: AtomicUsize,
+    last_event_ids: Mutex<Vec<Option<String>>>,
+    kinds: Mutex<Vec<Option<String>>>,
+    fetches: AtomicUsize,
+    /// `rollout.transition` events of `rol_1` before GET answers `completed`.
+    complete_after: usize,
+}
+
+impl StreamFake {
+    fn new(scripts: Vec<(String, bool)>) -> StreamFake {
+        StreamFake {
+            scripts,
+            connections: AtomicUsize::new(0),
+            last_event_ids: Mutex::default(),
+            kinds: Mutex::default(),
+            fetches: AtomicUsize::new(0),
+            complete_after: usize::MAX,
+        }
+    }
+}
+
+fn sse_event(id: u64, kind: &str, subject: Option<&str>, agent: Option<&str>) -> String {
+    let e = flotilla_shared::stream::FleetEvent {
+        id,
+        at: chrono::DateTime::from_timestamp(1_800_000_000 + id as i64, 0).unwrap(),
+        kind: kind.into(),
+        agent_id: agent.map(str::to_string),
+        subject: subject.map(str::to_string),
+        summary: format!("event {id}"),
+        data: None,
+    };
+    format!("id: {id}\ndata: {}\n\n", serde_json::to_string(&e).unwrap())
+}
+
+const RESET: &str = "event: reset\ndata: {\"reason\":\"this client fell 3 events behind\"}\n\n";
+
+async fn stream_route(
+    State(fake): State<Arc<StreamFake>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    if let Some(denied) = unauthorized(&headers) {
+        return denied.into_response();
+    }
+    let n = fake.connections.fetch_add(1, Ordering::SeqCst);
+    fake.last_event_ids.lock().unwrap().push(
+        headers
+            .get("last-event-id")
+            .map(|v| v.to_str().unwrap().to_string()),
+    );
+    fake.kinds.lock().unwrap().push(query.get("kinds").cloned());
+    let (script, keep_open) = fake.scripts[n.min(fake.scripts.len() - 1)].clone();
+    // Pieces of 7 bytes: events arrive split across chunks.
+    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> = script
+        .as_bytes()
+        .chunks(7)
+        .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+        .collect();
+    let tail = if keep_open {
+        futures_util::stream::pending().boxed()
+    } else {
+        futures_util::stream::empty().boxed()
+    };
+    let body = futures_util::stream::iter(pieces).chain(tail);
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/event-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+async fn alerts_route(State(fake): State<Arc<StreamFake>>) -> Json<Value> {
+    fake.fetches.fetch_add(1, Ordering::SeqCst);
+    Json(json!([]))
+}
+
+fn rollout_json(state: &str) -> Value {
+    json!({
+        "id": "rol_1", "name": "web", "selector": "tier=web", "target": {"container": "web"},
+        "image": "web:2", "stages": ["100%"], "order": "newest-first", "max_failures": "0",
+        "on_failure": "pause", "parallelism": "1", "health": "auto", "strategy": "stop-first",
+        "stage_timeout_secs": 3600, "state": state, "stage": 0, "stage_phase": "dispatching",
+        "accepted_failures": 0, "stage_failures": 0, "partial": false,
+        "counts": {"total": 1, "pending": 1, "updating": 0, "updated": 0, "failed": 0,
+                   "undelivered": 0, "no_target": 0, "skipped": 0, "reverting": 0,
+                   "reverted": 0, "revert_failed": 0},
+        "created_at": "2026-03-01T12:00:00Z", "created_by": "ops",
+        "updated_at": "2026-03-01T12:00:00Z",
+    })
+}
+
+/// GET of `rol_1`: running, until `complete_after` fetches were made.
+async fn rollout_route(State(fake): State<Arc<StreamFake>>) -> Json<Value> {
+    let n = fake.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+    Json(rollout_json(if n > fake.complete_after {
+        "completed"
+    } else {
+        "running"
+    }))
+}
+
+async fn start_stream_fake(fake: StreamFake, with_stream: bool) -> (ApiClient, Arc<StreamFake>) {
+    let fake = Arc::new(fake);
+    let mut app = Router::new()
+        .route("/api/v1/alerts", get(alerts_route))
+        .route("/api/v1/rollouts/{id}", get(rollout_route));
+    if with_stream {
+        app = app.route("/api/v1/events/stream", get(stream_route));
+    }
+    let app = app.with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = ApiClient::new(&format!("http://{addr}"), Some("secret".into())).unwrap();
+    (client, fake)
+}
+
+/// Resolves once `done` holds, or panics after 20 s.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    flotilla_testkit::eventually(Duration::from_secs(20), what, || {
+        let ok = done();
+        async move { ok.then_some(()) }
+    })
+    .await
+}
+
+fn alerts_watch_args() -> alerts::AlertsArgs {
+    match parse(&["alerts", "--watch"]).unwrap().command {
+        CliCommand::Alerts(a) => a,
+        other => panic!("not alerts: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn alerts_watch_refetches_on_events_and_resumes_after_a_drop() {
+    let first = format!(
+        ": hello\n\n{}",
+        sse_event(5, "alert.firing", Some("alr_1"), None)
+    );
+    let second = format!(
+        "{RESET}{}",
+        sse_event(6, "alert.resolved", Some("alr_1"), None)
+    );
+    let (client, fake) =
+        start_stream_fake(StreamFake::new(vec![(first, false), (second, true)]), true).await;
+    let f = fake.clone();
+    let stop = async move {
+        until("a reconnect and three fetches", || {
+            f.connections.load(Ordering::SeqCst) >= 2 && f.fetches.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        flotilla_testkit::hold(
+            Duration::from_millis(600),
+            "room for one more (coalesced) fetch after the reset and event 6, and no other",
+        )
+        .await;
+    };
+    let args = alerts_watch_args();
+    let started = std::time::Instant::now();
+    let outcome = alerts::watch_with(&client, &args, true, false, &mut |_| {}, stop)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    // The first look, one after event 5, and after the reconnect (+ reset + event 6, at most
+    // one more since they arrive together): events, not a 2 s poll, drive it.
+    let fetches = fake.fetches.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&fetches), "{fetches} fetches");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Resumed after the drop with the last id it saw; asked only for alerts.
+    assert_eq!(
+        *fake.last_event_ids.lock().unwrap(),
+        vec![None, Some("5".to_string())]
+    );
+    assert_eq!(fake.kinds.lock().unwrap()[0].as_deref(), Some("alert"));
+}
+
+#[tokio::test]
+async fn rollout_watch_follows_its_transitions_and_ignores_others() {
+    // An unrelated rollout's transition and an agent's update outside this rollout do not
+    // count; this rollout's transition does (then GET answers completed).
+    let script = format!(
+        "{}{}{}",
+        sse_event(1, "rollout.transition", Some("rol_other"), None),
+        sse_event(2, "update.finished", None, Some("ag_elsewhere")),
+        sse_event(3, "rollout.transition", Some("rol_1"), None),
+    );
+    let mut fake = StreamFake::new(vec![(script, true)]);
+    fake.complete_after = 1;
+    let (client, fake) = start_stream_fake(fake, true).await;
+    let mut out = String::new();
+    let outcome = rollout::watch_with(&client, "rol_1", true, false, &mut |s| out.push_str(s))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.contains("\"running\"") && out.contains("\"completed\""),
+        "{out}"
+    );
+    assert_eq!(
+        fake.kinds.lock().unwrap()[0].as_deref(),
+        Some("rollout.transition,update.finished,command.finished")
+    );
+}
+
+#[tokio::test]
+async fn watches_poll_a_relay_without_the_stream() {
+    let mut fake = StreamFake::new(vec![]);
+    fake.complete_after = 2;
+    let (client, fake) = start_stream_fake(fake, false).await;
+    let mut out = String::new();
+    let outcome = rollout::watch_with(&client, "rol_1", true, false, &mut |s| out.push_str(s))
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    // Polled once a second: running, running (not printed again), completed.
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), 3);
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[tokio::test]
+async fn events_json_prints_each_event_once_across_a_reconnect() {
+    // The first connection drops after event 2; the second, resumed after 2, repeats 2 (a
+    // replay overlapping what was printed) then sends 3, a reset and 4.
+    let first = format!(
+        "{}{}",
+        sse_event(1, "agent.connected", None, Some("ag_1")),
+        sse_event(2, "container.event", Some("web"), Some("ag_1"))
+    );
+    let second = format!(
+        "{}{}{RESET}{}",
+        sse_event(2, "container.event", Some("web"), Some("ag_1")),
+        sse_event(3, "command.finished", Some("cmd_1"), Some("ag_1")),
+        sse_event(4, "alert.firing", Some("alr_1"), None),
+    );
+    let (client, fake) =
+        start_stream_fake(StreamFake::new(vec![(first, false), (second, true)]), true).await;
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = lines.clone();
+    let stop = async move {
+        until("four events printed", || seen.lock().unwrap().len() >= 4).await;
+        flotilla_testkit::hold(
+            Duration::from_millis(200),
+            "room for a duplicate to show up if the replay were printed again",
+        )
+        .await;
+    };
+    let sink = lines.clone();
+    let outcome = events::tail(
+        &client,
+        Some("agent,container,command,alert"),
+        None,
+        true,
+        &mut |s| sink.lock().unwrap().extend(s.lines().map(str::to_string)),
+        stop,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, Outcome::Success);
+    let ids: Vec<u64> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<flotilla_shared::stream::FleetEvent>(l)
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3, 4]);
+    assert_eq!(
+        *fake.last_event_ids.lock().unwrap(),
+        vec![None, Some("2".to_string())]
+    );
+    assert_eq!(
+        fake.kinds.lock().unwrap()[1].as_deref(),
+        Some("agent,container,command,alert")
+    );
+}
+
+#[tokio::test]
+async fn events_on_a_relay_without_the_stream_is_an_error() {
+    let (client, _fake) = start_stream_fake(StreamFake::new(vec![]), false).await;
+    let err = events::tail(&client, None, None, false, &mut |_| {}, async {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no live event stream"), "{err}");
+}
+
+// === impl --token-file and --ca-file ===
+
+#[test]
+fn token_file_is_read_trimmed_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("token");
+    std::fs::write(&good, "  fl_secret\n").unwrap();
+    assert_eq!(
+        resolve_token(None, Some(&good)).unwrap().as_deref(),
+        Some("fl_secret")
+    );
+    let missing = dir.path().join("nope");
+    let e = resolve_token(None, Some(&missing)).unwrap_err();
+    assert!(matches!(e, CliError::Usage(_)));
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n\n").unwrap();
+    let e = resolve_token(None, Some(&empty)).unwrap_err();
+    assert!(
+        e.to_string().contains(&empty.display().to_string()) && e.to_string().contains("empty"),
+        "{e}"
+    );
+    let e = resolve_token(Some("t"), Some(&good)).unwrap_err();
+    assert!(
+        e.to_string().contains("--token") && e.to_string().contains("--token-file"),
+        "{e}"
+    );
+    // An empty --token does not count as given.
+    assert_eq!(
+        resolve_token(Some(""), Some(&good)).unwrap().as_deref(),
+        Some("fl_secret")
+    );
+    assert_eq!(
+        resolve_token(Some("t"), None).unwrap().as_deref(),
+        Some("t")
+    );
+    assert_eq!(resolve_token(None, None).unwrap(), None);
+    // The flags parse as global options.
+    let cli = parse(&[
+        "agents",
+        "--token-file",
+        "/run/secrets/t",
+        "--ca-file",
+        "/etc/ca.pem",
+    ])
+    .unwrap();
+    assert_eq!(
+        cli.token_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/t"))
+    );
+    assert_eq!(
+        cli.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+}
+
+#[tokio::test]
+async fn token_file_is_used_and_both_sources_are_a_usage_error() {
+    let (client, fake) = start_stream_fake(StreamFake::new(vec![]), false).await;
+    let addr = client.url(&[], &[]).to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "secret\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let cli = parse(&[
+        "--addr",
+        &addr,
+        "--token-file",
+        file_arg,
+        "rollout",
+        "status",
+        "rol_1",
+    ])
+    .unwrap();
+    assert_eq!(execute(&cli).await.unwrap(), Outcome::Success);
+    assert_eq!(fake.fetches.load(Ordering::SeqCst), 1);
+    let both = parse(&[
+        "--addr",
+        &addr,
+        "--token",
+        "secret",
+        "--token-file",
+        file_arg,
+        "agents",
+    ])
+    .unwrap();
+    assert!(matches!(execute(&both).await, Err(CliError::Usage(_))));
+}
+
+#[test]
+fn ca_file_must_hold_pem_certificates() {
+    let good = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/test-ca.pem"));
+    assert_eq!(client::read_ca_file(good).unwrap().len(), 1);
+    ApiClient::with_ca_file("https://relay.example", None, Some(good)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let e = ApiClient::with_ca_file("https://relay.example", None, Some(&missing)).unwrap_err();
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let e = client::read_ca_file(&empty).unwrap_err();
+    assert!(
+        e.to_string().contains(&empty.display().to_string()) && e.to_string().contains("PEM"),
+        "{e}"
+    );
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    assert!(client::read_ca_file(&garbage).is_err());
+}
