@@ -130,6 +130,8 @@ pub struct Metrics {
 pub struct Gauges {
     pub connected_agents: usize,
     pub heartbeat_lag_secs: f64,
+    /// Subscribers of the live event bus now: stream clients and the relay's own tasks.
+    pub stream_clients: usize,
 }
 
 impl Metrics {
@@ -218,6 +220,12 @@ impl Metrics {
             "# HELP flotilla_connected_agents Agents with an authenticated websocket now.\n\
              # TYPE flotilla_connected_agents gauge\nflotilla_connected_agents {}",
             gauges.connected_agents
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_stream_clients Subscribers of the live event stream now (clients, and the relay's own lifecycle-webhook task when configured).\n\
+             # TYPE flotilla_stream_clients gauge\nflotilla_stream_clients {}",
+            gauges.stream_clients
         );
         let _ = writeln!(
             out,
@@ -346,7 +354,9 @@ mod tests {
         let text = m.render(&Gauges {
             connected_agents: 2,
             heartbeat_lag_secs: 1.5,
+            stream_clients: 4,
         });
+        assert!(text.contains("flotilla_stream_clients 4\n"), "{text}");
         assert!(text.contains("flotilla_connected_agents 2\n"), "{text}");
         assert!(text.contains("flotilla_frames_in_total 1\n"), "{text}");
         assert!(text.contains("flotilla_commands_total{outcome=\"failed\"} 1\n"));
@@ -372,6 +382,7 @@ mod tests {
         let text = m.render(&Gauges {
             connected_agents: 0,
             heartbeat_lag_secs: 0.0,
+            stream_clients: 0,
         });
         let series = "flotilla_http_request_duration_seconds";
         let ok = "route=\"/api/v1/agents/{id}\",method=\"GET\",status=\"2xx\"";

@@ -95,6 +95,7 @@ impl Shared {
         Gauges {
             connected_agents: connected.len(),
             heartbeat_lag_secs: lag,
+            stream_clients: self.stream.subscribers(),
         }
     }
 }

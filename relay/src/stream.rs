@@ -198,8 +198,7 @@ impl EventBus {
         self.lock().events.len()
     }
 
-    /// Receivers alive (stream clients).
-    #[doc(hidden)]
+    /// Receivers alive: stream clients and the relay's own subscribers.
     pub fn subscribers(&self) -> usize {
         self.tx.receiver_count()
     }

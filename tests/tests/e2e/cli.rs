@@ -318,3 +318,69 @@ async fn bad_configuration_is_refused_naming_what_was_wrong() {
         both(&out)
     );
 }
+
+/// `flotilla events --json` follows the real relay's stream, authenticated from
+/// `FLOTILLA_TOKEN_FILE`: an agent that enrolls and connects shows up as events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_tails_the_event_stream_with_a_token_file() {
+    use tokio::io::AsyncBufReadExt;
+    let scope = scope("cli-events");
+    let relay = Relay::start().await;
+    let dir = flotilla_testkit::temp_dir("cli-events");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{}\n", relay.admin_token)).unwrap();
+    let clients = |m: &str| -> Option<u64> {
+        m.lines()
+            .find_map(|l| l.strip_prefix("flotilla_stream_clients "))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", relay.url()))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let before = clients(&metrics().await.expect("metrics")).expect("the stream clients gauge");
+    let mut events = tokio::process::Command::new(bin("flotilla"))
+        .args(["events", "--json", "--kinds", "agent"])
+        .env("FLOTILLA_ADDR", relay.url())
+        .env_remove("FLOTILLA_TOKEN")
+        .env("FLOTILLA_TOKEN_FILE", &token_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn flotilla events");
+    let mut lines = tokio::io::BufReader::new(events.stdout.take().unwrap()).lines();
+    // The stream is open once the relay counts its client; then the agent comes.
+    eventually(DEADLINE, "the CLI's stream client counted", || async {
+        (clients(&metrics().await?)? > before).then_some(())
+    })
+    .await;
+    let agent =
+        flotilla_tests::harness::Agent::start(&relay, &format!("{scope}-host"), "", &scope).await;
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let e: flotilla_shared::stream::FleetEvent =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert!(e.kind.starts_with("agent."), "{line}");
+            if e.agent_id.as_deref() == Some(agent.id.as_str()) {
+                seen.push(e.kind.clone());
+            }
+            if seen.iter().any(|k| k == "agent.enrolled")
+                && seen.iter().any(|k| k == "agent.connected")
+            {
+                return;
+            }
+        }
+        panic!("the stream ended; saw {seen:?}");
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("no agent.enrolled and agent.connected for the agent; saw {seen:?}")
+    });
+    events.kill().await.unwrap();
+}
