@@ -72,6 +72,8 @@ pub struct Metrics {
     backup_databases: [AtomicU64; BACKUP_STATUSES.len()],
     /// Firing alerts by severity (soft, medium, hard) as of the latest evaluation.
     alerts_firing: [AtomicU64; 3],
+    /// Live-bus events the lifecycle notification task missed by falling behind.
+    lifecycle_events_lost: AtomicU64,
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -114,6 +116,15 @@ impl Metrics {
         for (gauge, n) in self.alerts_firing.iter().zip(firing) {
             gauge.store(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts `n` bus events the lifecycle notification task skipped after lagging.
+    pub fn lifecycle_events_lost(&self, n: u64) {
+        self.lifecycle_events_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn lifecycle_events_lost_total(&self) -> u64 {
+        self.lifecycle_events_lost.load(Ordering::Relaxed)
     }
 
     pub fn protocol_error(&self, reason: ProtocolError) {
@@ -205,6 +216,13 @@ impl Metrics {
                 get(&self.backup_databases[i])
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_lifecycle_events_lost_total Live event bus events the lifecycle \
+             notifications missed by falling behind (each may have been a notification).\n\
+             # TYPE flotilla_lifecycle_events_lost_total counter\nflotilla_lifecycle_events_lost_total {}",
+            get(&self.lifecycle_events_lost)
+        );
         let _ = writeln!(
             out,
             "# HELP flotilla_alerts_firing Alerts firing now, by severity.\n\
