@@ -124,6 +124,8 @@ pub struct Metrics {
     /// HTTP request latencies by route template, method and status class. The lock is held
     /// for one map lookup and a few additions, never across an await.
     requests: Mutex<BTreeMap<RequestKey, Histogram>>,
+    /// Live-bus events the lifecycle notification task missed by falling behind.
+    lifecycle_events_lost: AtomicU64,
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -185,6 +187,15 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += seconds;
+    }
+
+    /// Counts `n` bus events the lifecycle notification task skipped after lagging.
+    pub fn lifecycle_events_lost(&self, n: u64) {
+        self.lifecycle_events_lost.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn lifecycle_events_lost_total(&self) -> u64 {
+        self.lifecycle_events_lost.load(Ordering::Relaxed)
     }
 
     pub fn protocol_error(&self, reason: ProtocolError) {
@@ -290,6 +301,13 @@ impl Metrics {
                 get(&self.backup_databases[i])
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_lifecycle_events_lost_total Live event bus events the lifecycle \
+             notifications missed by falling behind (each may have been a notification).\n\
+             # TYPE flotilla_lifecycle_events_lost_total counter\nflotilla_lifecycle_events_lost_total {}",
+            get(&self.lifecycle_events_lost)
+        );
         let _ = writeln!(
             out,
             "# HELP flotilla_alerts_firing Alerts firing now, by severity.\n\

@@ -289,6 +289,20 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     );
     // Alert notifications: the engine decides, the notifier delivers without ever blocking.
     let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
+    // Lifecycle notifications read the live bus, subscribed before the relay serves; only when
+    // a channel wants one.
+    let lifecycle = crate::alerts::notify::NotifyEvent::ALL
+        .into_iter()
+        .any(|e| e.is_lifecycle() && notifier.wants(e))
+        .then(|| {
+            crate::alerts::notify::lifecycle::LifecycleTask::new(
+                &stream,
+                notifier.clone(),
+                state.hub.clone(),
+                state.metrics.clone(),
+                crate::alerts::unreachable_after(&state.config),
+            )
+        });
     let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
     let alerts = crate::alerts::AlertsEngine::new(
         store.clone(),
@@ -315,6 +329,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         )),
         tokio::spawn(retention.run(shutdown.clone())),
     ];
+    if let Some(lifecycle) = lifecycle {
+        tasks.push(tokio::spawn(lifecycle.run(shutdown.clone())));
+    }
     let app = crate::api::router(
         state.clone(),
         axum::routing::get(crate::ws::connect),

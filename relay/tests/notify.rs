@@ -1,5 +1,8 @@
 //! Alert notifications delivered to real receivers on loopback: a webhook receiver that checks
-//! the HMAC signature and can fail, throttle or hang on cue, and aiosmtpd as an SMTP sink.
+//! the HMAC signature and can fail, throttle or hang on cue, and aiosmtpd as an SMTP sink; and
+//! lifecycle webhooks from a real in-process relay with scripted agents.
+
+mod support;
 
 use flotilla_relay_server::embed::notify::{
     webhook, Notification, NotificationKind, Notifier, NotifyConfig, NotifyStats,
@@ -339,4 +342,187 @@ async fn email_reaches_an_smtp_sink() {
         Some("<alr_mail.firing@example.com>")
     );
     assert!(second.body.contains("Resolved:  2026-01-02T04:00:00+00:00"));
+}
+
+// === lifecycle webhooks, from a real relay ===
+
+/// A Standard Webhooks secret (`whsec_` + base64 of `flotilla-test-key-0123456789abcd`).
+const WHSEC: &str = "whsec_ZmxvdGlsbGEtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=";
+
+/// Checks both signatures of a request: the receiver's independent check of the
+/// `X-Flotilla-*` ones, and the Standard Webhooks headers with the relay's verifier.
+fn assert_signed(request: &flotilla_tests::fixtures::ReceivedRequest, secret: &str) {
+    assert_eq!(request.signature_valid, Some(true), "{request:?}");
+    let id = request.header("webhook-id").expect("webhook-id");
+    assert_eq!(Some(id), request.header("x-flotilla-delivery"));
+    let ts = request
+        .header("webhook-timestamp")
+        .expect("webhook-timestamp");
+    assert_eq!(Some(ts), request.header("x-flotilla-timestamp"));
+    let signature = request
+        .header("webhook-signature")
+        .expect("webhook-signature");
+    assert!(signature.starts_with("v1,"), "{signature}");
+    assert!(
+        webhook::verify_standard(secret.as_bytes(), id, ts, &request.body, signature),
+        "{request:?}"
+    );
+    assert!(!webhook::verify_standard(
+        b"another secret",
+        id,
+        ts,
+        &request.body,
+        signature
+    ));
+}
+
+/// Enrolls a scripted agent called `name` through the relay's API.
+async fn enroll(relay: &support::TestRelay, name: &str) -> flotilla_testkit::agent::ScriptedAgent {
+    let token: flotilla_shared::api::EnrollmentTokenCreated = relay
+        .http
+        .post(format!("{}/api/v1/enrollment-tokens", relay.base))
+        .bearer_auth(&relay.admin)
+        .json(&flotilla_shared::api::CreateEnrollmentToken::default())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = flotilla_shared::signing::SigningKey::generate();
+    let enrolled = flotilla_testkit::agent::enroll(
+        &relay.http,
+        &relay.base,
+        token.token,
+        name,
+        Default::default(),
+        &key,
+    )
+    .await
+    .unwrap();
+    flotilla_testkit::agent::ScriptedAgent::new(enrolled.agent_id, key, "t")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_webhooks_get_agent_events_signed_both_ways() {
+    let life = start_webhook_receiver(Some(WHSEC.as_bytes())).unwrap();
+    let alerts = start_webhook_receiver(Some(SECRET.as_bytes())).unwrap();
+    let notify: NotifyConfig = toml::from_str(&format!(
+        "[[webhooks]]\nname = \"life\"\nurl = \"{}\"\nsecret = \"{WHSEC}\"\n\
+         events = [\"agent.enrolled\", \"agent.revoked\", \"agent.offline\"]\n{}",
+        life.url("/hooks/life"),
+        webhook_entry("alerts", &alerts, "")
+    ))
+    .unwrap();
+    // Offline grace (and agent_unreachable): 1 heartbeat interval of 1 s.
+    let relay = support::TestRelay::in_process("notify-lifecycle")
+        .config(|c| {
+            c.notify = notify;
+            c.heartbeat_interval_secs = 1;
+            c.alerts.unreachable_intervals = 1;
+            c.alerts.evaluate_interval_secs = 1;
+        })
+        .start()
+        .await;
+
+    // `blip` disconnects and reconnects at once: no agent.offline; later it is revoked.
+    let mut blip = enroll(&relay, "blip").await;
+    blip.connect(&relay.ws_url()).await.unwrap();
+    blip.reconnect_as(&relay.ws_url(), "t").await.unwrap();
+    // `gone` disconnects for good: agent.offline after the grace.
+    let mut gone = enroll(&relay, "gone").await;
+    gone.connect(&relay.ws_url()).await.unwrap();
+    gone.disconnect().await;
+
+    let got = requests(&life, 3);
+    let events: Vec<(&str, String)> = got
+        .iter()
+        .map(|r| {
+            let body = r.json().unwrap();
+            assert_eq!(body["type"], r.header("x-flotilla-event").unwrap());
+            assert!(body["timestamp"].is_string(), "{body}");
+            (
+                r.header("x-flotilla-event").unwrap(),
+                body["data"]["agent_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("agent.enrolled", blip.id.clone())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("agent.enrolled", gone.id.clone())),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&("agent.offline", gone.id.clone())),
+        "{events:?}"
+    );
+
+    let revoked = relay
+        .http
+        .delete(format!("{}/api/v1/agents/{}", relay.base, blip.id))
+        .bearer_auth(&relay.admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let got = requests(&life, 4);
+    let last = got[3].json().unwrap();
+    assert_eq!(got[3].header("x-flotilla-event"), Some("agent.revoked"));
+    assert_eq!(last["data"]["agent_id"], blip.id);
+    assert_eq!(last["data"]["kind"], "agent.revoked");
+    for request in &got {
+        assert_signed(request, WHSEC);
+        let id = request.header("x-flotilla-delivery").unwrap();
+        assert!(
+            id.starts_with("evt_")
+                && id.ends_with(&format!(".{}", request.header("x-flotilla-event").unwrap())),
+            "{id}"
+        );
+    }
+
+    // The channel without `events` gets alerts only: `gone` becomes unreachable. Had it
+    // subscribed to agent.enrolled, that would have been queued before the alert.
+    let alert = requests(&alerts, 1);
+    assert_eq!(alert[0].header("x-flotilla-event"), Some("alert.firing"));
+    assert_eq!(alert[0].json().unwrap()["rule"], "agent_unreachable");
+    assert_signed(&alert[0], SECRET);
+    // The revoked agent's disconnect and the blip are no agent.offline; no alert went to the
+    // lifecycle channel.
+    flotilla_testkit::hold(
+        Duration::from_secs(2),
+        "longer than the offline grace after the revocation: no agent.offline may follow",
+    )
+    .await;
+    let got = life.requests();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(alerts
+        .requests()
+        .iter()
+        .all(|r| r.header("x-flotilla-event").unwrap().starts_with("alert.")));
+}
+
+#[tokio::test]
+async fn an_unknown_event_name_stops_the_relay_naming_it() {
+    let dir = flotilla_testkit::temp_dir("notify-bad-event");
+    let mut config = flotilla_relay_server::config::RelayConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    config.notify = toml::from_str(
+        "[[webhooks]]\nname = \"a\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"s\"\n\
+         events = [\"agent.enrolled\", \"agent.exploded\"]",
+    )
+    .unwrap();
+    let e = flotilla_relay_server::start(config)
+        .await
+        .err()
+        .expect("the relay refuses to start")
+        .to_string();
+    assert!(e.contains("notify.webhooks[0].events[1]"), "{e}");
+    assert!(e.contains("\"agent.exploded\""), "{e}");
+    assert!(e.contains("agent.offline"), "{e}");
 }

@@ -1,4 +1,5 @@
-//! Notifications of alerts: a generic JSON webhook (HMAC-SHA256 signed), a Slack-compatible
+//! Notifications of alerts, and of fleet lifecycle events: a generic JSON webhook (HMAC-SHA256
+//! signed, in Flotilla's own scheme and in the Standard Webhooks one), a Slack-compatible
 //! webhook and e-mail over SMTP. Queued, retried with backoff, never blocking the caller.
 //!
 //! INTERFACE CONTRACT (used by the alerts engine; keep these names and fields):
@@ -38,20 +39,45 @@
 //! processed); the `X-Flotilla-Delivery` id, `<alert_id>.<firing|resolved>`, is stable per
 //! (alert, kind), even across relay restarts, so receivers de-duplicate on it.
 //!
+//! # Lifecycle events
+//!
+//! A generic webhook whose `events` lists them also receives `agent.enrolled`,
+//! `agent.revoked`, `agent.offline`, `update.finished`, `rollout.finished` and
+//! `backup.failed` ([`NotifyEvent`]; without `events` a channel gets `alert.firing` and
+//! `alert.resolved` only, as before). One task reads the live event bus and decides them
+//! ([`lifecycle`], which also says why `agent.offline` waits for the unreachable grace); they
+//! go through the same per-channel queues, attempts and backoff as alerts
+//! ([`Notifier::send_lifecycle`]). Their body is the Standard Webhooks payload shape,
+//! [`LifecycleEvent`]: `{"type": "agent.enrolled", "timestamp": "<RFC 3339>", "data": {...}}`
+//! with the fleet event's fields in `data`; their delivery id is `evt_<fleet event id>.<type>`.
+//! Unlike alerts they are not recorded before they are queued: what a lagging bus subscriber
+//! skips (counted, see [`lifecycle`]) or a restart interrupts is lost (a durable outbox is
+//! issue #18). Slack and e-mail channels have no `events` and receive alerts only.
+//!
 //! Secrets (webhook keys, SMTP passwords) are read at start and never logged; URLs are logged
 //! as scheme and host only, since Slack-style URLs embed a token.
 //!
 //! # Generic webhook
 //!
-//! `POST <url>` with the [`Notification`] as JSON and these headers:
+//! `POST <url>` with the [`Notification`] (or the [`LifecycleEvent`]) as JSON and these headers:
 //!
 //! | header                | value                                                          |
 //! |-----------------------|----------------------------------------------------------------|
 //! | `Content-Type`        | `application/json`                                             |
-//! | `X-Flotilla-Event`    | `alert.firing` or `alert.resolved`                             |
-//! | `X-Flotilla-Delivery` | `<alert_id>.<firing|resolved>`: stable per (alert, kind) (dedup) |
+//! | `X-Flotilla-Event`    | `alert.firing`, `alert.resolved` or the lifecycle event        |
+//! | `X-Flotilla-Delivery` | `<alert_id>.<firing|resolved>`: stable per (alert, kind) (dedup); `evt_<id>.<type>` for lifecycle events |
 //! | `X-Flotilla-Timestamp`| Unix seconds when this attempt was sent                        |
 //! | `X-Flotilla-Signature`| `sha256=` + hex HMAC-SHA256 of `"<timestamp>.<body>"`          |
+//! | `webhook-id`          | the delivery id again (Standard Webhooks)                      |
+//! | `webhook-timestamp`   | the timestamp again (Standard Webhooks)                        |
+//! | `webhook-signature`   | `v1,` + base64 HMAC-SHA256 of `"<id>.<timestamp>.<body>"`      |
+//!
+//! The `X-Flotilla-*` headers are unchanged from the first release, keyed with the configured
+//! secret's bytes as written. The `webhook-*` headers follow the
+//! [Standard Webhooks](https://www.standardwebhooks.com/) specification, so its libraries
+//! verify them: a secret written `whsec_<base64>` keys `webhook-signature` with the decoded
+//! bytes (the relay refuses to start when the rest is not base64), any other secret with its
+//! bytes as written ([`webhook::standard_key`]).
 //!
 //! A receiver verifies a request by computing HMAC-SHA256 with the shared secret over the
 //! timestamp header's exact text, a `.`, and the raw body bytes (before any JSON parsing),
@@ -69,7 +95,8 @@
 //!             and abs(time.time() - int(ts)) < 300)
 //! ```
 //!
-//! [`webhook::signature`] and [`webhook::verify`] are the Rust forms.
+//! [`webhook::signature`] and [`webhook::verify`] are the Rust forms;
+//! [`webhook::standard_signature`] and [`webhook::verify_standard`] those of `webhook-signature`.
 //!
 //! # Slack-compatible webhook
 //!
@@ -84,14 +111,16 @@
 
 mod email;
 mod http;
+pub mod lifecycle;
 mod slack;
 pub mod webhook;
 
 pub use crate::config::notify::{
-    loggable_url, EmailConfig, InlineSecret, NotifyConfig, NotifyConfigError, SlackConfig,
-    SmtpSecurity, WebhookConfig,
+    loggable_url, EmailConfig, InlineSecret, NotifyConfig, NotifyConfigError, NotifyEvent,
+    SlackConfig, SmtpSecurity, WebhookConfig,
 };
 pub use crate::model::alerts::NotificationKind;
+pub use lifecycle::LifecycleEvent;
 
 use crate::config::notify::ResolvedChannel;
 use chrono::{DateTime, Utc};
@@ -134,6 +163,14 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// `alert.firing` or `alert.resolved`.
+    pub fn event(&self) -> NotifyEvent {
+        match self.kind {
+            NotificationKind::Firing => NotifyEvent::AlertFiring,
+            NotificationKind::Resolved => NotifyEvent::AlertResolved,
+        }
+    }
+
     /// Where the alert is: the agent's name, else its id, else the alert's subject.
     pub fn location(&self) -> &str {
         self.agent_name
@@ -203,13 +240,45 @@ pub struct ChannelInfo {
     pub target: String,
     /// Alerts below this severity skip the channel.
     pub min_severity: Severity,
+    /// What the channel subscribes to (`events`; alert.firing and alert.resolved by default).
+    pub events: Vec<NotifyEvent>,
+}
+
+/// What one queued delivery carries.
+#[derive(Clone, Debug)]
+pub(crate) enum Payload {
+    Alert(Arc<Notification>),
+    Lifecycle(Arc<LifecycleEvent>),
+}
+
+impl Payload {
+    fn event(&self) -> NotifyEvent {
+        match self {
+            Payload::Alert(n) => n.event(),
+            Payload::Lifecycle(e) => e.kind,
+        }
+    }
+
+    /// The `X-Flotilla-Event` value.
+    pub(crate) fn event_name(&self) -> &'static str {
+        self.event().as_str()
+    }
+
+    /// The generic webhook's body.
+    pub(crate) fn json(&self) -> serde_json::Result<Vec<u8>> {
+        match self {
+            Payload::Alert(n) => serde_json::to_vec(n.as_ref()),
+            Payload::Lifecycle(e) => serde_json::to_vec(e.as_ref()),
+        }
+    }
 }
 
 /// One notification on its way through one channel's queue.
 struct Queued {
-    /// `X-Flotilla-Delivery`: [`Notification::delivery_id`], the same on every attempt.
+    /// `X-Flotilla-Delivery` and `webhook-id`: [`Notification::delivery_id`] or
+    /// [`LifecycleEvent::delivery_id`], the same on every attempt.
     delivery_id: String,
-    notification: Arc<Notification>,
+    payload: Payload,
 }
 
 struct Channel {
@@ -277,20 +346,42 @@ impl Notifier {
         }
     }
 
-    /// Queues `notification` for every channel whose `min_severity` it reaches. Never blocks
-    /// or awaits: a channel whose queue is full drops it (counted in [`Notifier::dropped`],
-    /// logged as a warning with the alert id).
+    /// Queues `notification` for every channel that subscribes to its kind (by default every
+    /// channel does) and whose `min_severity` it reaches. Never blocks or awaits: a channel
+    /// whose queue is full drops it (counted in [`Notifier::dropped`], logged as a warning with
+    /// the delivery id).
     pub fn send(&self, notification: Notification) {
-        let notification = Arc::new(notification);
+        let severity = notification.severity;
         let delivery_id = notification.delivery_id();
+        self.enqueue(
+            delivery_id,
+            Payload::Alert(Arc::new(notification)),
+            |c: &Channel| severity >= c.info.min_severity,
+        );
+    }
+
+    /// Queues a lifecycle event for every channel subscribed to its kind (`min_severity` is
+    /// about alerts and does not apply). Never blocks or awaits, like [`Notifier::send`].
+    pub fn send_lifecycle(&self, event: LifecycleEvent) {
+        let delivery_id = event.delivery_id();
+        self.enqueue(delivery_id, Payload::Lifecycle(Arc::new(event)), |_| true);
+    }
+
+    /// Whether any channel subscribes to `event` (so the caller can skip building it).
+    pub fn wants(&self, event: NotifyEvent) -> bool {
+        self.channels.iter().any(|c| c.info.events.contains(&event))
+    }
+
+    fn enqueue(&self, delivery_id: String, payload: Payload, accepts: impl Fn(&Channel) -> bool) {
+        let event = payload.event();
         for channel in self
             .channels
             .iter()
-            .filter(|c| notification.severity >= c.info.min_severity)
+            .filter(|c| c.info.events.contains(&event) && accepts(c))
         {
             let queued = Queued {
                 delivery_id: delivery_id.clone(),
-                notification: notification.clone(),
+                payload: payload.clone(),
             };
             match channel.queue.try_send(queued) {
                 Ok(()) => {}
@@ -302,8 +393,8 @@ impl Notifier {
                     };
                     tracing::warn!(
                         channel = %channel.info.name,
-                        alert_id = %notification.alert_id,
-                        kind = notification.kind.as_str(),
+                        delivery_id = %delivery_id,
+                        event = event.as_str(),
                         "notification dropped for this channel: {reason}"
                     );
                 }
@@ -361,7 +452,7 @@ enum Attempt {
 }
 
 enum Transport {
-    Webhook(webhook::WebhookTransport),
+    Webhook(Box<webhook::WebhookTransport>),
     Slack(slack::SlackTransport),
     Email(Box<email::EmailTransport>),
 }
@@ -375,18 +466,20 @@ impl Transport {
                 secret,
                 min_severity,
                 timeout_secs,
+                events,
             } => (
                 ChannelInfo {
                     name,
                     kind: "webhook",
                     target: loggable_url(&url),
                     min_severity,
+                    events,
                 },
-                Transport::Webhook(webhook::WebhookTransport::new(
+                Transport::Webhook(Box::new(webhook::WebhookTransport::new(
                     url,
                     &secret,
                     Duration::from_secs(timeout_secs),
-                )),
+                ))),
             ),
             ResolvedChannel::Slack {
                 name,
@@ -399,6 +492,7 @@ impl Transport {
                     kind: "slack",
                     target: loggable_url(&url),
                     min_severity,
+                    events: NotifyEvent::DEFAULT.to_vec(),
                 },
                 Transport::Slack(slack::SlackTransport::new(
                     url,
@@ -421,6 +515,7 @@ impl Transport {
                     kind: "email",
                     target: format!("smtp://{host}:{port}"),
                     min_severity,
+                    events: NotifyEvent::DEFAULT.to_vec(),
                 },
                 Transport::Email(Box::new(email::EmailTransport::new(
                     &host,
@@ -438,10 +533,15 @@ impl Transport {
     /// One attempt. Cancel-safe: dropping the future abandons the attempt (the receiver may or
     /// may not have got it; the delivery id lets it deduplicate a later retry).
     async fn attempt(&self, queued: &Queued) -> Attempt {
-        match self {
-            Transport::Webhook(t) => t.attempt(&queued.delivery_id, &queued.notification).await,
-            Transport::Slack(t) => t.attempt(&queued.notification).await,
-            Transport::Email(t) => t.attempt(&queued.notification).await,
+        match (self, &queued.payload) {
+            (Transport::Webhook(t), payload) => t.attempt(&queued.delivery_id, payload).await,
+            (Transport::Slack(t), Payload::Alert(n)) => t.attempt(n).await,
+            (Transport::Email(t), Payload::Alert(n)) => t.attempt(n).await,
+            // Slack and e-mail channels only subscribe to alerts (their config has no
+            // `events`), so the notifier never queues a lifecycle event for them.
+            (Transport::Slack(_) | Transport::Email(_), Payload::Lifecycle(_)) => Attempt::GiveUp {
+                error: "this channel does not deliver lifecycle events".into(),
+            },
         }
     }
 }
@@ -526,7 +626,7 @@ async fn deliver(
     policy: RetryPolicy,
     counters: &Counters,
 ) {
-    let n = &queued.notification;
+    let event = queued.payload.event_name();
     let mut attempt = 1;
     loop {
         match transport.attempt(queued).await {
@@ -534,7 +634,7 @@ async fn deliver(
                 counters.sent.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
                     channel = %info.name,
-                    alert_id = %n.alert_id,
+                    event,
                     delivery_id = %queued.delivery_id,
                     attempt,
                     "notification delivered"
@@ -546,7 +646,7 @@ async fn deliver(
                 tracing::error!(
                     channel = %info.name,
                     target = %info.target,
-                    alert_id = %n.alert_id,
+                    event,
                     delivery_id = %queued.delivery_id,
                     attempt,
                     %error,
@@ -560,7 +660,7 @@ async fn deliver(
                     tracing::error!(
                         channel = %info.name,
                         target = %info.target,
-                        alert_id = %n.alert_id,
+                        event,
                         delivery_id = %queued.delivery_id,
                         attempts = attempt,
                         %error,
@@ -574,7 +674,7 @@ async fn deliver(
                     tracing::warn!(
                         channel = %info.name,
                         target = %info.target,
-                        alert_id = %n.alert_id,
+                        event,
                         delivery_id = %queued.delivery_id,
                         %error,
                         retry_in_ms = wait.as_millis() as u64,
@@ -583,7 +683,7 @@ async fn deliver(
                 } else {
                     tracing::debug!(
                         channel = %info.name,
-                        alert_id = %n.alert_id,
+                        event,
                         attempt,
                         %error,
                         retry_in_ms = wait.as_millis() as u64,

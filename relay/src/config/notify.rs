@@ -61,6 +61,75 @@ fn default_min_severity() -> Severity {
     Severity::Medium
 }
 
+/// What a channel can subscribe to (`events = [...]` of a `[[notify.webhooks]]` entry): the
+/// two alert notifications and the fleet's lifecycle events, a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum NotifyEvent {
+    #[serde(rename = "alert.firing")]
+    AlertFiring,
+    #[serde(rename = "alert.resolved")]
+    AlertResolved,
+    #[serde(rename = "agent.enrolled")]
+    AgentEnrolled,
+    #[serde(rename = "agent.revoked")]
+    AgentRevoked,
+    /// Disconnected and not back within the alerts' unreachable grace.
+    #[serde(rename = "agent.offline")]
+    AgentOffline,
+    #[serde(rename = "update.finished")]
+    UpdateFinished,
+    /// A rollout reached a final state (completed, aborted, reverted).
+    #[serde(rename = "rollout.finished")]
+    RolloutFinished,
+    /// A database backup an agent reported as failed.
+    #[serde(rename = "backup.failed")]
+    BackupFailed,
+}
+
+impl NotifyEvent {
+    pub const ALL: [NotifyEvent; 8] = [
+        NotifyEvent::AlertFiring,
+        NotifyEvent::AlertResolved,
+        NotifyEvent::AgentEnrolled,
+        NotifyEvent::AgentRevoked,
+        NotifyEvent::AgentOffline,
+        NotifyEvent::UpdateFinished,
+        NotifyEvent::RolloutFinished,
+        NotifyEvent::BackupFailed,
+    ];
+
+    /// What a channel without `events` gets: today's alert notifications.
+    pub const DEFAULT: [NotifyEvent; 2] = [NotifyEvent::AlertFiring, NotifyEvent::AlertResolved];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotifyEvent::AlertFiring => "alert.firing",
+            NotifyEvent::AlertResolved => "alert.resolved",
+            NotifyEvent::AgentEnrolled => "agent.enrolled",
+            NotifyEvent::AgentRevoked => "agent.revoked",
+            NotifyEvent::AgentOffline => "agent.offline",
+            NotifyEvent::UpdateFinished => "update.finished",
+            NotifyEvent::RolloutFinished => "rollout.finished",
+            NotifyEvent::BackupFailed => "backup.failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<NotifyEvent> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+
+    /// Not an alert notification: decided from the live event bus.
+    pub fn is_lifecycle(self) -> bool {
+        !Self::DEFAULT.contains(&self)
+    }
+}
+
+impl fmt::Display for NotifyEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One generic JSON webhook. Its `Debug` shows the URL as scheme and host only (a URL may
 /// carry a token in its path or query).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +139,8 @@ pub struct WebhookConfig {
     pub name: String,
     /// `http://` or `https://` URL the notification is POSTed to.
     pub url: String,
-    /// HMAC-SHA256 key for the `X-Flotilla-Signature` header, inline.
+    /// HMAC-SHA256 key for the `X-Flotilla-Signature` and `webhook-signature` headers, inline
+    /// (`whsec_<base64>`: the Standard Webhooks signature is keyed with the decoded bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<InlineSecret>,
     /// File holding the HMAC key (surrounding whitespace is ignored). Exactly one of `secret`
@@ -84,6 +154,10 @@ pub struct WebhookConfig {
     /// retried.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// What this webhook receives ([`NotifyEvent`] names); absent: `alert.firing` and
+    /// `alert.resolved`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<String>>,
 }
 
 impl fmt::Debug for WebhookConfig {
@@ -98,6 +172,7 @@ impl fmt::Debug for WebhookConfig {
             .field("secret_file", &self.secret_file)
             .field("min_severity", &self.min_severity)
             .field("timeout_secs", &self.timeout_secs)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -246,6 +321,7 @@ pub(crate) enum ResolvedChannel {
         secret: Vec<u8>,
         min_severity: Severity,
         timeout_secs: u64,
+        events: Vec<NotifyEvent>,
     },
     Slack {
         name: String,
@@ -351,9 +427,11 @@ impl NotifyConfig {
                 (Some(s), None) if s.0.trim().is_empty() => {
                     return Err(invalid(key("secret"), "the secret is empty"))
                 }
+                (Some(s), None) => check_standard_secret(&key("secret"), s.0.trim())?,
                 _ => {}
             }
             check_timeout(&key("timeout_secs"), w.timeout_secs)?;
+            parse_events(&key("events"), w.events.as_deref())?;
         }
         for (i, s) in self.slack.iter().enumerate() {
             let key = |field: &str| format!("notify.slack[{i}].{field}");
@@ -439,7 +517,10 @@ impl NotifyConfig {
             let secret = match (&w.secret, &w.secret_file) {
                 (Some(s), _) => s.0.trim().as_bytes().to_vec(),
                 (None, Some(path)) => {
-                    read_secret(&format!("notify.webhooks[{i}].secret_file"), path)?.into_bytes()
+                    let key = format!("notify.webhooks[{i}].secret_file");
+                    let secret = read_secret(&key, path)?;
+                    check_standard_secret(&key, &secret)?;
+                    secret.into_bytes()
                 }
                 (None, None) => unreachable!("validate() requires a secret"),
             };
@@ -449,6 +530,8 @@ impl NotifyConfig {
                 secret,
                 min_severity: w.min_severity,
                 timeout_secs: w.timeout_secs,
+                events: parse_events(&format!("notify.webhooks[{i}].events"), w.events.as_deref())
+                    .expect("validated"),
             });
         }
         for s in &self.slack {
@@ -483,6 +566,56 @@ impl NotifyConfig {
             });
         }
         Ok(channels)
+    }
+}
+
+/// The events of `events = [...]` (`None`: [`NotifyEvent::DEFAULT`]); a name outside the set,
+/// a repeated one or an empty list is an error naming `key[index]`.
+fn parse_events(
+    key: &str,
+    events: Option<&[String]>,
+) -> Result<Vec<NotifyEvent>, NotifyConfigError> {
+    let Some(names) = events else {
+        return Ok(NotifyEvent::DEFAULT.to_vec());
+    };
+    if names.is_empty() {
+        return Err(invalid(
+            key,
+            "an empty list sends nothing; leave events out for the alert notifications",
+        ));
+    }
+    let mut parsed = Vec::with_capacity(names.len());
+    for (j, name) in names.iter().enumerate() {
+        let Some(event) = NotifyEvent::parse(name.trim()) else {
+            let allowed: Vec<&str> = NotifyEvent::ALL.iter().map(|e| e.as_str()).collect();
+            return Err(invalid(
+                format!("{key}[{j}]"),
+                format!(
+                    "{name:?} is not an event; expected one of {}",
+                    allowed.join(", ")
+                ),
+            ));
+        };
+        if parsed.contains(&event) {
+            return Err(invalid(
+                format!("{key}[{j}]"),
+                format!("{event} is listed twice"),
+            ));
+        }
+        parsed.push(event);
+    }
+    Ok(parsed)
+}
+
+/// A `whsec_` secret must be Standard Webhooks' `whsec_<base64>` (the error never shows it).
+fn check_standard_secret(key: &str, secret: &str) -> Result<(), NotifyConfigError> {
+    match crate::alerts::notify::webhook::standard_key(secret.as_bytes()) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(invalid(
+            key,
+            "a secret starting with whsec_ must continue with standard base64 (the Standard \
+             Webhooks key); the value is not shown",
+        )),
     }
 }
 
@@ -744,6 +877,7 @@ mod tests {
                 secret_file: Some("/s".into()),
                 min_severity: Severity::Medium,
                 timeout_secs: 10,
+                events: Some(vec!["alert.firing".into()]),
             }],
             slack: vec![SlackConfig {
                 name: "s".into(),
@@ -776,6 +910,79 @@ mod tests {
                 "notify key {key} is not documented in the [notify] section of packaging/relay.toml"
             );
         }
+    }
+
+    #[test]
+    fn events_are_a_closed_set_named_by_index() {
+        let hook = "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"s\"\n";
+        let events_of = |c: &NotifyConfig| match &c.resolve().unwrap()[0] {
+            ResolvedChannel::Webhook { events, .. } => events.clone(),
+            _ => panic!("a webhook"),
+        };
+        assert_eq!(events_of(&parse(hook).unwrap()), NotifyEvent::DEFAULT);
+        let c = parse(&format!(
+            "{hook}events = [\"agent.enrolled\", \"alert.firing\", \"backup.failed\"]"
+        ))
+        .unwrap();
+        assert_eq!(
+            events_of(&c),
+            [
+                NotifyEvent::AgentEnrolled,
+                NotifyEvent::AlertFiring,
+                NotifyEvent::BackupFailed
+            ]
+        );
+        check_rejected(
+            &format!("{hook}events = [\"agent.enrolled\", \"agent.revoked\", \"agent.gone\"]"),
+            &[
+                "notify.webhooks[0].events[2]",
+                "\"agent.gone\"",
+                "alert.firing, alert.resolved, agent.enrolled, agent.revoked, agent.offline, \
+                 update.finished, rollout.finished, backup.failed",
+            ],
+        );
+        check_rejected(
+            &format!("{hook}events = [\"agent.offline\", \"agent.offline\"]"),
+            &["notify.webhooks[0].events[1]", "twice"],
+        );
+        check_rejected(
+            &format!("{hook}events = []"),
+            &["notify.webhooks[0].events"],
+        );
+        for e in NotifyEvent::ALL {
+            assert_eq!(NotifyEvent::parse(e.as_str()), Some(e));
+            assert_eq!(serde_json::to_value(e).unwrap(), e.as_str());
+        }
+    }
+
+    #[test]
+    fn whsec_secrets_must_be_base64() {
+        check_rejected(
+            "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"whsec_TOPSECRET!\"",
+            &["notify.webhooks[0].secret", "whsec_", "base64"],
+        );
+        let e = parse(
+            "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"whsec_TOPSECRET!\"",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains("TOPSECRET"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "whsec_%%%\n").unwrap();
+        check_rejected(
+            &format!(
+                "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret_file = \"{}\"",
+                file.display()
+            ),
+            &["notify.webhooks[0].secret_file", "base64"],
+        );
+        parse("[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"whsec_MTIzNA==\"")
+            .unwrap()
+            .resolve()
+            .unwrap();
     }
 
     #[test]
