@@ -17,6 +17,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::OnceLock;
 use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{Array, ObjectBuilder, Type};
@@ -350,6 +351,26 @@ fn operation(r: &Route) -> utoipa::openapi::path::Operation {
     let mut ok = ResponseBuilder::new().description("success");
     if let Some((media, schema)) = content(r.response) {
         ok = ok.content(media, ContentBuilder::new().schema(Some(schema)).build());
+    }
+    if r.method == "get" && r.path == "/api/v1/agents" {
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        ok = ok
+            .header(
+                "X-Next-Cursor",
+                HeaderBuilder::new()
+                    .schema(text())
+                    .description(Some("The next page's cursor (absent on the last page)."))
+                    .build(),
+            )
+            .header(
+                "Link",
+                HeaderBuilder::new()
+                    .schema(text())
+                    .description(Some(
+                        "`<url of the next page>; rel=\"next\"` (absent on the last page).",
+                    ))
+                    .build(),
+            );
     }
     op = op
         .response(r.status.to_string(), ok.build())
