@@ -179,6 +179,9 @@ pub async fn alerts(
     Ok(Outcome::Success)
 }
 
+/// How often `--watch` on a terminal re-fetches without an event.
+const TTY_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn watch(client: &ApiClient, args: &AlertsArgs, json: bool) -> Result<Outcome, CliError> {
     let tty = std::io::stdout().is_terminal() && !json;
     let stop = async {
@@ -216,7 +219,9 @@ pub(crate) async fn watch_with(
             known = Some(current);
         }
         tokio::select! {
-            wake = feed.wait(None, |e| kind_selected(&["alert".to_string()], &e.kind)) => {
+            // On a terminal the table also ages ("fired 5 min ago") and shows silences, which
+            // the stream does not announce: redraw from a fresh fetch every few seconds too.
+            wake = feed.wait(tty.then_some(TTY_REFRESH), |e| kind_selected(&["alert".to_string()], &e.kind)) => {
                 wake?;
             }
             () = &mut stop => return Ok(Outcome::Success),

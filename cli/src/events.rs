@@ -58,6 +58,10 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     last_id: Option<String>,
+    /// The `id:` of the event being read; it becomes `last_id` when the event is dispatched
+    /// (the SSE "last event ID buffer"), so a connection that drops mid-event does not
+    /// resume after an event it never delivered.
+    id_buffer: Option<String>,
 }
 
 impl Default for SseParser {
@@ -77,6 +81,7 @@ impl SseParser {
             data: String::new(),
             has_data: false,
             last_id: None,
+            id_buffer: None,
         }
     }
 
@@ -89,6 +94,7 @@ impl SseParser {
     pub fn restart(&mut self) {
         let last_id = self.last_id.take();
         *self = SseParser::new(self.max_line);
+        self.id_buffer = last_id.clone();
         self.last_id = last_id;
     }
 
@@ -161,7 +167,7 @@ impl SseParser {
                 self.data.push_str(value);
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_string()),
+            "id" if !value.contains('\0') => self.id_buffer = Some(value.to_string()),
             // `retry:` and unknown fields: ignored (the CLI has its own backoff).
             _ => {}
         }
@@ -169,6 +175,8 @@ impl SseParser {
     }
 
     fn dispatch(&mut self) -> Option<SseEvent> {
+        // Every blank line commits the id buffer, with or without data (the SSE rules).
+        self.last_id = self.id_buffer.clone();
         let event = std::mem::take(&mut self.event);
         let data = std::mem::take(&mut self.data);
         if !std::mem::take(&mut self.has_data) {
@@ -247,6 +255,18 @@ pub async fn open_stream(
     Ok(Some(rx))
 }
 
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2];
+    // The OS random source; on failure no jitter (the backoff still grows).
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return d;
+    }
+    let f = 0.5 + f64::from(u16::from_le_bytes(b)) / 65536.0;
+    d.mul_f64(f)
+}
+
 async fn read_stream(
     client: ApiClient,
     pairs: Vec<(&'static str, String)>,
@@ -264,7 +284,8 @@ async fn read_stream(
         parser.restart();
         let last_id = parser.last_id().map(str::to_string);
         response = loop {
-            let wait = backoff;
+            // ±50 % jitter: clients that lost the same relay do not come back in step.
+            let wait = jitter(backoff);
             backoff = (backoff * 2).min(MAX_BACKOFF);
             let signal = Signal::Dropped {
                 reason: reason.clone(),
@@ -281,15 +302,15 @@ async fn read_stream(
                     }
                     break r;
                 }
-                Ok(None) => {
-                    let e = CliError::Usage(
-                        "the relay no longer offers the event stream (it answered 404)".into(),
-                    );
-                    let _ = tx.send(Signal::Fatal(e)).await;
-                    return;
-                }
-                // Still unreachable: wait longer and try again.
+                // It served the stream a moment ago: a 404 now is a proxy or a relay still
+                // starting, not an old relay. Keep trying.
+                Ok(None) => reason = "the stream answered 404 while reconnecting".into(),
+                // Still unreachable, or the relay (or a proxy in front of it) is restarting:
+                // wait longer and try again. Refusals (401, 403, 400) end the stream.
                 Err(e @ CliError::Transport { .. }) => reason = e.to_string(),
+                Err(e @ CliError::Api { status, .. }) if status >= 500 || status == 429 => {
+                    reason = e.to_string()
+                }
                 Err(e) => {
                     let _ = tx.send(Signal::Fatal(e)).await;
                     return;
@@ -320,12 +341,16 @@ async fn read_body(
             Ok(Some(Err(e))) => return Ok(format!("the stream broke: {e}")),
             Ok(Some(Ok(chunk))) => chunk,
         };
-        // The connection works: the next drop starts the backoff over.
-        *backoff = FIRST_BACKOFF;
         let events = match parser.feed(&chunk) {
             Ok(events) => events,
             Err(e) => return Ok(e.to_string()),
         };
+        // A real event proves the connection works: the next drop starts the backoff over. (A
+        // keep-alive comment does not: a proxy that accepts, sends a byte and closes would
+        // otherwise be retried every second for ever.)
+        if !events.is_empty() {
+            *backoff = FIRST_BACKOFF;
+        }
         for e in events {
             let signal = if e.event == RESET_EVENT {
                 let reason = serde_json::from_str::<Reset>(&e.data)
@@ -576,6 +601,38 @@ mod tests {
                 id: Some("8".into()),
             },
         ]
+    }
+
+    #[test]
+    fn an_id_counts_only_once_its_event_is_complete() {
+        let mut p = SseParser::default();
+        let done = p.feed(b"id: 5\ndata: x\n\nid: 6\ndata: y").unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].id.as_deref(), Some("5"));
+        // The connection drops inside event 6: resume after 5, not after 6.
+        assert_eq!(p.last_id(), Some("5"));
+        p.restart();
+        assert_eq!(p.last_id(), Some("5"));
+        let done = p.feed(b"data: z\n\n").unwrap();
+        assert_eq!(
+            done[0].id.as_deref(),
+            Some("5"),
+            "an event without id keeps the last"
+        );
+        // A blank line commits an id even without data.
+        p.feed(b"id: 9\n\n").unwrap();
+        assert_eq!(p.last_id(), Some("9"));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(10));
+            assert!(
+                j >= Duration::from_secs(5) && j < Duration::from_secs(15),
+                "{j:?}"
+            );
+        }
     }
 
     #[test]

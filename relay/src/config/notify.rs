@@ -607,9 +607,27 @@ fn parse_events(
     Ok(parsed)
 }
 
-/// A `whsec_` secret must be Standard Webhooks' `whsec_<base64>` (the error never shows it).
+/// Shortest key a `whsec_` secret may decode to.
+const MIN_STANDARD_KEY: usize = 24;
+
+/// A `whsec_` secret must be Standard Webhooks' `whsec_<base64>` of at least
+/// [`MIN_STANDARD_KEY`] bytes (the error never shows it).
 fn check_standard_secret(key: &str, secret: &str) -> Result<(), NotifyConfigError> {
     match crate::alerts::notify::webhook::standard_key(secret.as_bytes()) {
+        // Standard Webhooks secrets are 24 to 64 bytes; a short key makes forgeable signatures.
+        Ok(k)
+            if secret.starts_with(crate::alerts::notify::webhook::STANDARD_SECRET_PREFIX)
+                && k.len() < MIN_STANDARD_KEY =>
+        {
+            Err(invalid(
+                key,
+                format!(
+                    "the key after whsec_ decodes to {} bytes; it must be at least \
+                 {MIN_STANDARD_KEY} (the value is not shown)",
+                    k.len()
+                ),
+            ))
+        }
         Ok(_) => Ok(()),
         Err(_) => Err(invalid(
             key,
@@ -979,10 +997,20 @@ mod tests {
             ),
             &["notify.webhooks[0].secret_file", "base64"],
         );
-        parse("[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"whsec_MTIzNA==\"")
-            .unwrap()
-            .resolve()
-            .unwrap();
+        // Too short a key (4 bytes, or none at all) would make forgeable signatures.
+        for short in ["whsec_MTIzNA==", "whsec_"] {
+            check_rejected(
+                &format!("[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\nsecret = \"{short}\""),
+                &["notify.webhooks[0].secret", "at least 24"],
+            );
+        }
+        parse(
+            "[[webhooks]]\nname = \"a\"\nurl = \"https://x/\"\n\
+             secret = \"whsec_ZmxvdGlsbGEtdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2Q=\"",
+        )
+        .unwrap()
+        .resolve()
+        .unwrap();
     }
 
     #[test]

@@ -38,7 +38,7 @@ use flotilla_shared::backup::BackupStatus;
 use flotilla_shared::rollout::RolloutState;
 use flotilla_shared::stream::{EventKind, FleetEvent};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -122,22 +122,33 @@ pub fn immediate(event: &FleetEvent) -> Option<NotifyEvent> {
     }
 }
 
-/// Disconnects waiting for their grace to end (see the module doc).
+/// Disconnects waiting for their grace to end (see the module doc). Every grace is the same
+/// length, so deadlines come in arrival order: a queue in that order gives the next deadline
+/// and the due ones without scanning (a mass disconnect of many thousand agents costs O(1)
+/// per event), and the map says which queued entry is still the agent's live one.
 #[derive(Default)]
 struct PendingOffline {
-    /// Agent id → its (first) disconnect and when the grace ends.
-    agents: HashMap<String, (Arc<FleetEvent>, Instant)>,
-    /// Agents revoked since the relay started: their disconnect (published by the connection
-    /// task after the revocation closed it) is not an `agent.offline`. One id per revocation.
-    revoked: HashSet<String>,
+    /// Agent id → its (first) disconnect's event id and the event.
+    agents: HashMap<String, Arc<FleetEvent>>,
+    /// (grace end, agent id, event id) in arrival order; entries whose agent came back (or
+    /// disconnected again later) are skipped when they reach the front.
+    queue: VecDeque<(Instant, String, u64)>,
+    /// Agents revoked recently (until their grace ended): their disconnect (published by the
+    /// connection task after the revocation closed it) is not an `agent.offline`.
+    revoked: HashMap<String, Instant>,
+    /// Size of `revoked` at which `revoked()` next drops expired entries (amortised O(1), so
+    /// revoking many agents while none disconnects keeps it bounded too).
+    prune_revoked_at: usize,
 }
 
 impl PendingOffline {
     fn disconnected(&mut self, event: Arc<FleetEvent>, deadline: Instant) {
         if let Some(agent_id) = event.agent_id.clone() {
-            if !self.revoked.contains(&agent_id) {
-                self.agents.entry(agent_id).or_insert((event, deadline));
+            if self.revoked.contains_key(&agent_id) || self.agents.contains_key(&agent_id) {
+                return;
             }
+            self.queue.push_back((deadline, agent_id.clone(), event.id));
+            self.agents.insert(agent_id, event);
         }
     }
 
@@ -145,30 +156,52 @@ impl PendingOffline {
         self.agents.remove(agent_id);
     }
 
-    fn revoked(&mut self, agent_id: &str) {
+    /// `until`: when a late disconnect of the revoked agent can no longer come.
+    fn revoked(&mut self, agent_id: &str, until: Instant) {
         self.agents.remove(agent_id);
-        self.revoked.insert(agent_id.to_string());
+        if self.revoked.len() >= self.prune_revoked_at {
+            let now = Instant::now();
+            self.revoked.retain(|_, u| *u > now);
+            self.prune_revoked_at = (self.revoked.len() * 2).max(1024);
+        }
+        self.revoked.insert(agent_id.to_string(), until);
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        self.agents.values().map(|(_, at)| *at).min()
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.drop_stale_front();
+        self.queue.front().map(|(at, _, _)| *at)
     }
 
-    /// The disconnects whose grace ended by `now`, of agents still not `connected`.
+    /// Pops queue entries that are no longer their agent's pending disconnect.
+    fn drop_stale_front(&mut self) {
+        while let Some((_, agent_id, event_id)) = self.queue.front() {
+            if self.agents.get(agent_id).is_some_and(|e| e.id == *event_id) {
+                return;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// The disconnects whose grace ended by `now`, of agents still not `connected`; forgets
+    /// revocations older than their grace.
     fn due(&mut self, now: Instant, connected: impl Fn(&str) -> bool) -> Vec<Arc<FleetEvent>> {
-        let ended: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut due: Vec<Arc<FleetEvent>> = ended
-            .into_iter()
-            .filter_map(|id| self.agents.remove(&id))
-            .filter(|(e, _)| !e.agent_id.as_deref().is_some_and(&connected))
-            .map(|(e, _)| e)
-            .collect();
-        due.sort_by_key(|e| e.id);
+        self.revoked.retain(|_, until| *until > now);
+        let mut due = Vec::new();
+        loop {
+            self.drop_stale_front();
+            match self.queue.front() {
+                Some((at, _, _)) if *at <= now => {}
+                _ => break,
+            }
+            let Some((_, agent_id, _)) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some(e) = self.agents.remove(&agent_id) {
+                if !connected(&agent_id) {
+                    due.push(e);
+                }
+            }
+        }
         due
     }
 }
@@ -235,7 +268,8 @@ impl LifecycleTask {
         if let Some(kind) = immediate(&event) {
             if kind == NotifyEvent::AgentRevoked {
                 if let Some(agent_id) = &event.agent_id {
-                    self.pending.revoked(agent_id);
+                    self.pending
+                        .revoked(agent_id, Instant::now() + self.offline_grace);
                 }
             }
             if self.notifier.wants(kind) {
@@ -407,9 +441,33 @@ mod tests {
         assert!(p.due(t0 + grace, |_| false).is_empty());
         // A revoked agent's disconnect (published after the revocation) is not an offline.
         p.disconnected(Arc::new(event(5, EventKind::AgentDisconnected, None)), t0);
-        p.revoked("agt_1");
+        p.revoked("agt_1", t0 + grace);
         p.disconnected(Arc::new(event(6, EventKind::AgentDisconnected, None)), t0);
         assert!(p.due(t0 + grace, |_| false).is_empty());
+        // Past its grace the revocation is forgotten (the set stays bounded).
+        assert!(p.revoked.is_empty());
+    }
+
+    #[test]
+    fn a_mass_disconnect_is_served_in_order_without_scans() {
+        let t0 = Instant::now();
+        let mut p = PendingOffline::default();
+        for i in 0..10_000u64 {
+            let mut e = event(i, EventKind::AgentDisconnected, None);
+            e.agent_id = Some(format!("agt_{i}"));
+            p.disconnected(Arc::new(e), t0 + Duration::from_millis(i));
+        }
+        // Half came back; their queue entries are skipped, not searched for.
+        for i in (0..10_000u64).step_by(2) {
+            p.back(&format!("agt_{i}"));
+        }
+        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_millis(1)));
+        let due = p.due(t0 + Duration::from_millis(99), |_| false);
+        assert_eq!(due.len(), 50);
+        assert!(due.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(p.due(t0 + Duration::from_secs(60), |_| false).len(), 4_950);
+        assert_eq!(p.next_deadline(), None);
+        assert!(p.queue.is_empty() && p.agents.is_empty());
     }
 
     #[tokio::test]
