@@ -1,92 +1,25 @@
 //! Renders the shell completions and man pages of `flotilla` from its clap definitions
-//! (`flotilla_cli::Cli`, the same type the binary parses) for the .deb (scripts/build-release):
+//! (`flotilla_cli::Cli`, the type the binary parses) for the .deb (scripts/build-release).
 //!
-//! `cargo run -p flotilla-cli --example flotilla-docs -- OUT_DIR` writes
-//! `OUT_DIR/completions/{bash/flotilla, zsh/_flotilla, fish/flotilla.fish}`
-//! and `OUT_DIR/man/flotilla*.1` (one page per command and subcommand, uncompressed).
-//! `FLOTILLA_DOCS_VERSION` overrides the version the pages show.
-//!
-//! An example rather than a subcommand so that clap_complete and clap_mangen (dev-dependencies)
-//! are never linked into the CLI binary.
+//! `cargo run --example flotilla-docs -- OUT_DIR`; the rendering itself is
+//! `flotilla_testkit::docs` (shared by the three binaries' examples). An example rather than a
+//! subcommand so that clap_complete and clap_mangen (via the testkit, a dev-dependency) are
+//! never linked into the binary.
 
 use clap::CommandFactory;
-use clap_complete::Shell;
-use std::path::Path;
 
 const BIN: &str = "flotilla";
 
 fn main() -> std::process::ExitCode {
-    let Some(out) = std::env::args_os().nth(1) else {
-        eprintln!("usage: {BIN}-docs OUT_DIR");
-        return std::process::ExitCode::from(2);
-    };
-    let mut cmd = flotilla_cli::Cli::command();
-    // The version the packages carry (scripts/build-release --version), which the binaries get
-    // by being stamped after the build; this example is not stamped.
-    if let Ok(version) = std::env::var("FLOTILLA_DOCS_VERSION") {
-        cmd = cmd.version(&*version.leak());
-    }
-    match write_docs(cmd, BIN, Path::new(&out)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// The completions for bash, zsh and fish under the names their Debian directories expect, and
-/// the man pages.
-fn write_docs(mut cmd: clap::Command, bin: &str, out: &Path) -> Result<(), String> {
-    let completions = [
-        (Shell::Bash, "bash", bin.to_string()),
-        (Shell::Zsh, "zsh", format!("_{bin}")),
-        (Shell::Fish, "fish", format!("{bin}.fish")),
-    ];
-    for (shell, dir, file) in completions {
-        let dir = out.join("completions").join(dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let path = dir.join(file);
-        let mut f = std::fs::File::create(&path)
-            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-        clap_complete::generate(shell, &mut cmd, bin, &mut f);
-    }
-    let man = out.join("man");
-    std::fs::create_dir_all(&man).map_err(|e| format!("cannot create {}: {e}", man.display()))?;
-    clap_mangen::generate_to(cmd, &man)
-        .map_err(|e| format!("cannot write the man pages to {}: {e}", man.display()))
+    flotilla_testkit::docs::main(BIN, flotilla_cli::Cli::command())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Each rendering names every subcommand the binary has (help aside), and every subcommand
-    /// has its own page.
     #[test]
     fn completions_and_man_pages_name_every_subcommand() {
-        let dir = tempfile::tempdir().unwrap();
-        write_docs(flotilla_cli::Cli::command(), BIN, dir.path()).unwrap();
-        let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap();
-        let rendered = [
-            read(&format!("completions/bash/{BIN}")),
-            read(&format!("completions/zsh/_{BIN}")),
-            read(&format!("completions/fish/{BIN}.fish")),
-            // roff writes a hyphen as `\-`.
-            read(&format!("man/{BIN}.1")).replace("\\-", "-"),
-        ];
-        let subcommands: Vec<String> = flotilla_cli::Cli::command()
-            .get_subcommands()
-            .map(|s| s.get_name().to_string())
-            .collect();
-        assert!(subcommands.len() >= 2, "{subcommands:?}");
-        for name in &subcommands {
-            for text in &rendered {
-                assert!(text.contains(name.as_str()), "{name} missing from:\n{text}");
-            }
-            let page = dir.path().join(format!("man/{BIN}-{name}.1"));
-            assert!(page.is_file(), "no man page {}", page.display());
-        }
+        flotilla_testkit::docs::check_every_subcommand(BIN, flotilla_cli::Cli::command());
     }
 }
