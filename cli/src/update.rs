@@ -85,6 +85,7 @@ pub async fn update(
     }
     let deadline = Instant::now() + wait_timeout;
     let mut last_phase: Option<String> = None;
+    let mut last_pull = None;
     let mut final_state = info.state.is_final();
     while !final_state && Instant::now() < deadline {
         tokio::time::sleep(POLL_INTERVAL).await;
@@ -102,6 +103,12 @@ pub async fn update(
                 if !json && r.phase.is_some() && r.phase != last_phase {
                     eprintln!("  phase: {}", r.phase.as_deref().unwrap_or_default());
                     last_phase = r.phase.clone();
+                }
+                if !json && r.active && r.pull.is_some() && r.pull != last_pull {
+                    if let Some(p) = r.pull {
+                        eprintln!("  pulled {}/{} layers", p.done, p.total);
+                    }
+                    last_pull = r.pull;
                 }
                 final_state = !r.active;
             }

@@ -643,6 +643,7 @@ async fn update_history_follows_progress_and_results() {
             ("command_id".to_string(), web.id.clone()),
             ("phase".to_string(), "pulling".to_string()),
             ("layers_done".to_string(), "1".to_string()),
+            ("layers_total".to_string(), "3".to_string()),
         ]
         .into_iter()
         .collect(),
@@ -663,6 +664,10 @@ async fn update_history_follows_progress_and_results() {
     assert!(rows[0].active);
     assert_eq!(rows[0].state, DeliveryState::Received);
     assert_eq!(rows[0].phase.as_deref(), Some("pulling"));
+    assert_eq!(
+        rows[0].pull,
+        Some(flotilla_shared::api::PullLayers { done: 1, total: 3 })
+    );
     assert_eq!(rows[0].requested_by, "admin");
     let active: Vec<UpdateRecord> = relay.get_json("/api/v1/updates?active=true").await;
     assert_eq!(active.len(), 2);

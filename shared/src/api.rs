@@ -521,6 +521,14 @@ pub struct JobInfo {
 
 // === update history ===
 
+/// Layers of an image pull: done of total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PullLayers {
+    pub done: u32,
+    pub total: u32,
+}
+
 /// One `container.update` on one agent, as the relay's update history keeps it
 /// (`GET /api/v1/agents/{id}/updates`, `GET /api/v1/updates`). Newest first in lists.
 ///
@@ -559,6 +567,10 @@ pub struct UpdateRecord {
     pub phase: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_at: Option<DateTime<Utc>>,
+    /// The image pull's progress, from the agent's pull events (layers whose pull completed, of
+    /// the layers the engine named); absent before the pull and when no layer had to come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullLayers>,
     /// How it ended, from the report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<UpdateOutcome>,

@@ -207,6 +207,7 @@ pub const QUERY: &[(&str, &str, &[Param])] = &[
     flotilla_shared::api::CreateJob,
     flotilla_shared::api::JobInfo,
     flotilla_shared::api::UpdateRecord,
+    flotilla_shared::api::PullLayers,
     flotilla_shared::api::AuditRecord,
     flotilla_shared::backup::AgentBackups,
     flotilla_shared::backup::FleetBackups,

@@ -15,7 +15,7 @@ use crate::model::jobs::plan_step;
 use chrono::{DateTime, SecondsFormat, Utc};
 use flotilla_shared::api::{
     AgentFacts, ApiTokenInfo, CommandInfo, DeliveryState, EnrollmentTokenInfo, EventRecord,
-    JobCounts, JobInfo, JobState, JobTarget, Scope, UpdateRecord,
+    JobCounts, JobInfo, JobState, JobTarget, PullLayers, Scope, UpdateRecord,
 };
 use flotilla_shared::backup::{BackupRecord, BackupReport, BackupStatus, ReportSource};
 use flotilla_shared::command::{
@@ -222,6 +222,9 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     alerts::FIRING_INDEXES,
     // 12: counting revoked agents (see `sqlite/agents.rs`).
     agents::REVOKED_INDEX,
+    // 13: image pull progress of an update (the agent's pull events, `sqlite/events.rs`).
+    "ALTER TABLE updates ADD COLUMN layers_done INTEGER;\n\
+     ALTER TABLE updates ADD COLUMN layers_total INTEGER;",
 ];
 
 /// Inserts a command with its deliveries (and, for `container.update`, the update-history rows
@@ -382,7 +385,7 @@ impl AgentRow {
 const UPDATE_COLUMNS: &str = "u.command_id, u.agent_id, u.job_id, u.container, \
      u.container_name, u.image, u.health, u.strategy, u.requested_by, u.created_at, \
      COALESCE(u.state, d.state), u.phase, u.phase_at, u.outcome, u.error_code, u.error_message, \
-     u.finished_at, u.report";
+     u.finished_at, u.report, u.layers_done, u.layers_total";
 
 /// Raw `updates` row (joined with its delivery's live state).
 struct UpdateRow {
@@ -404,6 +407,8 @@ struct UpdateRow {
     error_message: Option<String>,
     finished_at: Option<String>,
     report: Option<String>,
+    layers_done: Option<u32>,
+    layers_total: Option<u32>,
 }
 
 impl UpdateRow {
@@ -427,6 +432,8 @@ impl UpdateRow {
             error_message: r.get(15)?,
             finished_at: r.get(16)?,
             report: r.get(17)?,
+            layers_done: r.get(18)?,
+            layers_total: r.get(19)?,
         })
     }
 
@@ -457,6 +464,10 @@ impl UpdateRow {
             active: self.finished_at.is_none(),
             state,
             phase_at: parse_opt_ts(self.phase_at)?,
+            pull: match (self.layers_done, self.layers_total) {
+                (Some(done), Some(total)) => Some(PullLayers { done, total }),
+                _ => None,
+            },
             outcome,
             error: self.error_code.map(|code| ErrorInfo {
                 code,

@@ -26,17 +26,27 @@ impl Db {
             if let Some(command_id) = event.attributes.get("command_id") {
                 // Progress only moves an update that has no report yet (a late event after the
                 // result must not overwrite the report's final phase).
+                // A pull event says how many layers are done (both numbers or neither).
+                let layer = |k: &str| event.attributes.get(k).and_then(|v| v.parse::<u32>().ok());
+                let (done, total) = match (layer("layers_done"), layer("layers_total")) {
+                    (Some(d), Some(t)) => (Some(d), Some(t)),
+                    _ => (None, None),
+                };
                 tx.execute(
                     "UPDATE updates SET phase = COALESCE(?3, phase), \
                      phase_at = CASE WHEN ?3 IS NULL THEN phase_at ELSE ?4 END, \
-                     container_name = COALESCE(?5, container_name) \
+                     container_name = COALESCE(?5, container_name), \
+                     layers_done = COALESCE(?6, layers_done), \
+                     layers_total = COALESCE(?7, layers_total) \
                      WHERE command_id = ?1 AND agent_id = ?2 AND report IS NULL",
                     params![
                         command_id,
                         agent_id,
                         event.attributes.get("phase"),
                         ts(event.at),
-                        event.container_name
+                        event.container_name,
+                        done,
+                        total
                     ],
                 )?;
             }

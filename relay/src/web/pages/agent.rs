@@ -265,7 +265,8 @@ fn updates(list: &[UpdateRecord], now: DateTime<Utc>) -> Markup {
                             td { (u.container_name.as_deref().unwrap_or(&u.container)) }
                             td { code { (u.image) } }
                             td { (u.requested_by) }
-                            td { (u.state.as_str()) @if let Some(p) = &u.phase { " · " (p) } }
+                            td data-test="update-progress" { (u.state.as_str()) @if let Some(p) = &u.phase { " · " (p) }
+                                @if let (true, Some(l)) = (u.active, u.pull) { " · " (l.done) "/" (l.total) " layers pulled" } }
                             td {
                                 @if let Some(o) = u.outcome { (o.as_str()) }
                                 @if let Some(e) = &u.error { " " span.error { (e.message) } }
