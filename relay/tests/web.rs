@@ -544,6 +544,11 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
         all.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         [ids[4].as_str(), ids[50].as_str(), ids[101].as_str()]
     );
+    // Nothing is updating or rolled back here; the filters exist and answer empty pages.
+    for status in ["updating", "rolled_back"] {
+        let (sizes, _) = all_pages(&t, &format!("status={status}")).await;
+        assert_eq!(sizes, [0], "{status}");
+    }
     let (_, all) = all_pages(&t, "status=revoked").await;
     assert_eq!(all.len(), 1);
     assert_eq!(&all[0].id, revoked);

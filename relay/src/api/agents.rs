@@ -81,7 +81,8 @@ pub struct ListQuery {
     selector: Option<String>,
     /// Free text: a case-insensitive substring of the name, the id or a `key=value` label.
     q: Option<String>,
-    /// online, offline or revoked.
+    /// online, offline, revoked, updating (an update in progress) or rolled_back (an update
+    /// rolled back in the last 24 hours).
     status: Option<String>,
     /// name (default), -name, enrolled_at, -enrolled_at.
     sort: Option<String>,
@@ -163,12 +164,19 @@ pub(crate) async fn page(
     };
     let status = match q.status.as_deref().filter(|s| !s.is_empty()) {
         None => None,
-        Some("online") => Some(AgentStatus::Online),
-        Some("offline") => Some(AgentStatus::Offline),
-        Some("revoked") => Some(AgentStatus::Revoked),
+        Some("online") => Some(StatusFilter::Is(AgentStatus::Online)),
+        Some("offline") => Some(StatusFilter::Is(AgentStatus::Offline)),
+        Some("revoked") => Some(StatusFilter::Is(AgentStatus::Revoked)),
+        Some("updating") => Some(StatusFilter::Among(state.store.updating_agents().await?)),
+        Some("rolled_back") => Some(StatusFilter::Among(
+            state
+                .store
+                .rolled_back_agents(crate::store::now() - chrono::Duration::hours(24))
+                .await?,
+        )),
         Some(s) => {
             return Err(ApiError::bad_request(format!(
-                "unknown status {s:?}: expected online, offline or revoked"
+                "unknown status {s:?}: expected online, offline, revoked, updating or rolled_back"
             )))
         }
     };
@@ -182,7 +190,10 @@ pub(crate) async fn page(
         None => None,
         Some(c) => Some(decode_cursor(order, c)?),
     };
-    let revoked = status.map(|s| s == AgentStatus::Revoked);
+    let revoked = match &status {
+        Some(StatusFilter::Is(s)) => Some(*s == AgentStatus::Revoked),
+        _ => None,
+    };
     let text = q.q.unwrap_or_default().trim().to_lowercase();
     let mut ids = Vec::new();
     let mut last = None;
@@ -197,7 +208,7 @@ pub(crate) async fn page(
             after = Some(a.position.clone());
             if !(selector.matches(&a.labels)
                 && text_matches(&text, &a)
-                && status_ok(state, status, &a))
+                && status_ok(state, status.as_ref(), &a))
             {
                 continue;
             }
@@ -223,12 +234,22 @@ pub(crate) async fn page(
     })
 }
 
+/// The `status` filter: a state, or membership of a set read once per page (agents with an
+/// update in progress, or rolled back recently: bounded by the update history, not the fleet).
+enum StatusFilter {
+    Is(AgentStatus),
+    Among(std::collections::HashSet<String>),
+}
+
 /// Online and offline are the hub's knowledge, not the store's.
-fn status_ok(state: &Shared, status: Option<AgentStatus>, a: &AgentKey) -> bool {
+fn status_ok(state: &Shared, status: Option<&StatusFilter>, a: &AgentKey) -> bool {
     match status {
-        None | Some(AgentStatus::Revoked) => true,
-        Some(AgentStatus::Online) => !a.revoked && state.hub.is_connected(&a.id),
-        Some(AgentStatus::Offline) => !a.revoked && !state.hub.is_connected(&a.id),
+        None | Some(StatusFilter::Is(AgentStatus::Revoked)) => true,
+        Some(StatusFilter::Is(AgentStatus::Online)) => !a.revoked && state.hub.is_connected(&a.id),
+        Some(StatusFilter::Is(AgentStatus::Offline)) => {
+            !a.revoked && !state.hub.is_connected(&a.id)
+        }
+        Some(StatusFilter::Among(ids)) => ids.contains(&a.id),
     }
 }
 

@@ -156,8 +156,9 @@ pub const QUERY: &[(&str, &str, &[Param])] = &[
             ),
             (
                 "status",
-                "Only agents in this state",
-                &["online", "offline", "revoked"],
+                "Only agents in this state (updating: an update in progress; rolled_back: an \
+                 update rolled back in the last 24 h)",
+                &["online", "offline", "revoked", "updating", "rolled_back"],
             ),
             (
                 "sort",

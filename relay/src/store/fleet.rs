@@ -21,6 +21,20 @@ pub struct FleetCounts {
 }
 
 impl Store {
+    /// Agents with an update in progress (bounded by the active updates).
+    pub async fn updating_agents(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(sqlite::Db::updating_agents).await
+    }
+
+    /// Agents with an update that rolled back since `since`.
+    pub async fn rolled_back_agents(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        self.read(move |c| sqlite::Db::rolled_back_agents(c, since))
+            .await
+    }
+
     /// The counts of the fleet overview; `rolled_back_since` is the start of the window of
     /// [`FleetCounts::rolled_back`].
     pub async fn fleet_counts(

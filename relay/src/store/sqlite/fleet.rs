@@ -4,6 +4,33 @@ use super::*;
 use crate::store::fleet::FleetCounts;
 
 impl Db {
+    pub(in crate::store) fn updating_agents(
+        conn: &Connection,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt =
+            conn.prepare_cached("SELECT DISTINCT agent_id FROM updates WHERE finished_at IS NULL")?;
+        let ids = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
+    pub(in crate::store) fn rolled_back_agents(
+        conn: &Connection,
+        since: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT DISTINCT agent_id FROM updates WHERE finished_at >= ?1 AND outcome = ?2",
+        )?;
+        let ids = stmt
+            .query_map(
+                params![ts(since), UpdateOutcome::RolledBack.as_str()],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
     pub(in crate::store) fn fleet_counts(
         conn: &Connection,
         rolled_back_since: DateTime<Utc>,

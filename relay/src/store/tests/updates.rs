@@ -264,6 +264,7 @@ async fn update_is_recorded_from_dispatch_through_progress_to_its_report() {
         (counts.updating, counts.updates_active, counts.rolled_back),
         (1, 1, 0)
     );
+    assert!(store.updating_agents().await.unwrap().contains(&a.id));
 
     // A failed update's result carries its report: stored in the delivery and in the history.
     let rolled_back = report(UpdateOutcome::RolledBack);
@@ -298,6 +299,13 @@ async fn update_is_recorded_from_dispatch_through_progress_to_its_report() {
         .await
         .unwrap();
     assert_eq!((counts.updating, counts.rolled_back), (0, 1));
+    assert!(store.updating_agents().await.unwrap().is_empty());
+    let since = now() - chrono::Duration::hours(24);
+    assert!(store
+        .rolled_back_agents(since)
+        .await
+        .unwrap()
+        .contains(&a.id));
     // Outside the window it no longer counts.
     let counts = store
         .fleet_counts(now() + chrono::Duration::seconds(1))

@@ -63,8 +63,8 @@ pub async fn list((State(state), viewer): Ctx, Query(f): Query<Filter>) -> PageR
             label { "Text " input name="q" value=(f.q) placeholder="name, id or label"; }
             label { "Status "
                 select name="status" {
-                    @for s in ["", "online", "offline", "revoked"] {
-                        option value=(s) selected[s == f.status] { (if s.is_empty() { "any" } else { s }) }
+                    @for (s, label) in [("", "any"), ("online", "online"), ("offline", "offline"), ("revoked", "revoked"), ("updating", "updating now"), ("rolled_back", "rolled back (24 h)")] {
+                        option value=(s) selected[s == f.status] { (label) }
                     }
                 }
             }

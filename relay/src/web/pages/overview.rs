@@ -45,8 +45,8 @@ fn markup(v: &FleetOverview, agents: &[AgentInfo], now: chrono::DateTime<chrono:
         section.tiles {
             (tile("online", a.online, "/ui/agents?status=online", "count-online", "ok"))
             (tile("offline", a.offline, "/ui/agents?status=offline", "count-offline", "warn"))
-            (tile("updating now", a.updating, "/ui/rollouts", "count-updating", "info"))
-            (tile("rolled back (24 h)", a.rolled_back_24h, "/ui/rollouts", "count-rolled-back", "warn"))
+            (tile("updating now", a.updating, "/ui/agents?status=updating", "count-updating", "info"))
+            (tile("rolled back (24 h)", a.rolled_back_24h, "/ui/agents?status=rolled_back", "count-rolled-back", "warn"))
             (tile("hard alerts", al.hard, "/ui/alerts?state=firing&severity=hard", "count-alerts-hard", "bad"))
             (tile("medium alerts", al.medium, "/ui/alerts?state=firing&severity=medium", "count-alerts-medium", "warn"))
             (tile("soft alerts", al.soft, "/ui/alerts?state=firing&severity=soft", "count-alerts-soft", "info"))
