@@ -378,22 +378,14 @@ fn assert_signed(request: &flotilla_tests::fixtures::ReceivedRequest, secret: &s
 
 /// Enrolls a scripted agent called `name` through the relay's API.
 async fn enroll(relay: &support::TestRelay, name: &str) -> flotilla_testkit::agent::ScriptedAgent {
-    let token: flotilla_shared::api::EnrollmentTokenCreated = relay
-        .http
-        .post(format!("{}/api/v1/enrollment-tokens", relay.base))
-        .bearer_auth(&relay.admin)
-        .json(&flotilla_shared::api::CreateEnrollmentToken::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = relay
+        .enrollment_token(&flotilla_shared::api::CreateEnrollmentToken::default())
+        .await;
     let key = flotilla_shared::signing::SigningKey::generate();
     let enrolled = flotilla_testkit::agent::enroll(
         &relay.http,
         &relay.base,
-        token.token,
+        token,
         name,
         Default::default(),
         &key,

@@ -362,20 +362,6 @@ async fn auth_commands_results_events_and_abuse() {
     relay.relay.shutdown().await.unwrap();
 }
 
-impl Relay {
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
 fn ok_result(command_id: &str) -> CommandResult {
     CommandResult {
         command_id: command_id.into(),

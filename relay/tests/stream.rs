@@ -4,9 +4,7 @@
 
 mod support;
 
-use flotilla_shared::api::{
-    CommandInfo, CreateEnrollmentToken, EnrollResponse, EnrollmentTokenCreated, JobInfo,
-};
+use flotilla_shared::api::{CommandInfo, CreateEnrollmentToken, EnrollResponse, JobInfo};
 use flotilla_shared::command::{CommandResult, ResultStatus};
 use flotilla_shared::heartbeat::{Heartbeat, HostMetrics};
 use flotilla_shared::protocol::{AgentFrame, OutboxItem};
@@ -122,24 +120,16 @@ async fn enroll_agent(
     name: &str,
     labels: Labels,
 ) -> (EnrollResponse, SigningKey) {
-    let token: EnrollmentTokenCreated = relay
-        .http
-        .post(format!("{}/api/v1/enrollment-tokens", relay.base))
-        .bearer_auth(&relay.admin)
-        .json(&CreateEnrollmentToken {
+    let token = relay
+        .enrollment_token(&CreateEnrollmentToken {
             labels,
             ..CreateEnrollmentToken::default()
         })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let key = SigningKey::generate();
     let facts = Default::default();
     let enrolled =
-        flotilla_testkit::agent::enroll(&relay.http, &relay.base, token.token, name, facts, &key)
+        flotilla_testkit::agent::enroll(&relay.http, &relay.base, token, name, facts, &key)
             .await
             .unwrap();
     (enrolled, key)

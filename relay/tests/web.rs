@@ -7,7 +7,7 @@ mod support;
 
 use flotilla_shared::api::{
     AgentFacts, AgentInfo, ApiTokenCreated, AuditRecord, CreateApiToken, CreateEnrollmentToken,
-    EnrollmentTokenCreated, FleetOverview, MetricsHistory, Scope,
+    FleetOverview, MetricsHistory, Scope,
 };
 use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
 use flotilla_shared::protocol::AgentFrame;
@@ -139,28 +139,11 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
     assert!(!resp.text().await.unwrap().contains("flt_not-a-token"));
 
     // An agent reports hostile text; every page shows it escaped.
-    let et: EnrollmentTokenCreated = t
-        .http
-        .post(format!("{base}/api/v1/enrollment-tokens"))
-        .bearer_auth(&t.admin)
-        .json(&CreateEnrollmentToken::default())
-        .send()
-        .await
-        .unwrap()
-        .json()
+    let token = t.enrollment_token(&CreateEnrollmentToken::default()).await;
+    let key = SigningKey::generate();
+    let enrolled = enroll(&t.http, &base, token, "web-1", AgentFacts::default(), &key)
         .await
         .unwrap();
-    let key = SigningKey::generate();
-    let enrolled = enroll(
-        &t.http,
-        &base,
-        et.token,
-        "web-1",
-        AgentFacts::default(),
-        &key,
-    )
-    .await
-    .unwrap();
     let mut agent = ScriptedAgent::new(enrolled.agent_id.clone(), key, "test");
     agent.connect(&t.ws_url()).await.unwrap();
     let container: flotilla_shared::command::ContainerInfo =
@@ -397,22 +380,12 @@ async fn sign_in_attempts_are_rate_limited_per_address() {
 
 /// An enrollment token for `uses` agents with these labels.
 async fn bulk_token(t: &TestRelay, labels: &str, uses: u32) -> String {
-    let et: EnrollmentTokenCreated = t
-        .http
-        .post(format!("{}/api/v1/enrollment-tokens", t.base))
-        .bearer_auth(&t.admin)
-        .json(&CreateEnrollmentToken {
-            labels: flotilla_shared::selector::parse_labels(labels).unwrap(),
-            max_uses: Some(uses),
-            ..CreateEnrollmentToken::default()
-        })
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    et.token
+    t.enrollment_token(&CreateEnrollmentToken {
+        labels: flotilla_shared::selector::parse_labels(labels).unwrap(),
+        max_uses: Some(uses),
+        ..CreateEnrollmentToken::default()
+    })
+    .await
 }
 
 /// Every page of `GET /api/v1/agents?{query}`, following X-Next-Cursor and checking that Link
@@ -600,16 +573,7 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // The overview's counts.
-    let overview: FleetOverview = t
-        .http
-        .get(format!("{}/api/v1/fleet/overview", t.base))
-        .bearer_auth(&t.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let overview: FleetOverview = t.get_json("/api/v1/fleet/overview").await;
     assert_eq!(
         (
             overview.agents.enrolled,
@@ -624,15 +588,8 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
     // The heartbeat made a metrics point once flushed.
     let history: MetricsHistory = eventually(WAIT, "a metrics point", || async {
         let h: MetricsHistory = t
-            .http
-            .get(format!("{}/api/v1/agents/{}/metrics", t.base, ids[4]))
-            .bearer_auth(&t.admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/v1/agents/{}/metrics", ids[4]))
+            .await;
         (!h.points.is_empty()).then_some(h)
     })
     .await;

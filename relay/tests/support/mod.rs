@@ -48,6 +48,44 @@ impl TestRelay {
     }
 }
 
+impl TestRelay {
+    /// A new enrollment token (its secret) made with the admin token.
+    #[allow(dead_code, reason = "not every test crate enrolls agents")]
+    pub async fn enrollment_token(
+        &self,
+        req: &flotilla_shared::api::CreateEnrollmentToken,
+    ) -> String {
+        let created: flotilla_shared::api::EnrollmentTokenCreated = self
+            .http
+            .post(format!("{}/api/v1/enrollment-tokens", self.base))
+            .bearer_auth(&self.admin)
+            .json(req)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created.token
+    }
+
+    /// `GET path` with the admin token, answered 200 with JSON.
+    #[allow(dead_code, reason = "not every test crate reads the API this way")]
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "GET {path}");
+        resp.json().await.unwrap()
+    }
+}
+
 impl Builder {
     /// Changes the settings (the data directory is set at start).
     #[allow(dead_code, reason = "not every test crate changes settings")]
