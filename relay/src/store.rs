@@ -52,10 +52,14 @@ mod events;
 mod fleet;
 mod jobs;
 mod metrics;
+mod postgres;
 pub mod releases;
 mod rollouts;
 mod sessions;
+mod sql;
 mod sqlite;
+
+use sql::Sql;
 mod tokens;
 mod updates;
 
@@ -72,8 +76,8 @@ use flotilla_shared::command::{CommandResult, SignedCommand};
 use flotilla_shared::heartbeat::{AgentEvent, Heartbeat};
 use flotilla_shared::selector::{Labels, Selector};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+
+use std::sync::Arc;
 
 pub use crate::model::commands::NewCommand;
 pub use flotilla_shared::api::CommandInfo;
@@ -82,13 +86,19 @@ pub use sessions::{NewWebSession, WebSession};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sql(#[from] sql::SqlError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database schema version {found} is newer than this relay understands ({known})")]
     TooNew { found: i64, known: i64 },
     #[error("database task failed: {0}")]
     Task(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Sql(sql::SqlError::Sqlite(e))
+    }
 }
 
 /// Error codes of results the relay writes itself when it cannot hear from the agent. They
@@ -423,10 +433,13 @@ impl LatestBackup {
 /// The relay's database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Mutex<sqlite::Db>>,
-    /// Read-only connections; empty for an in-memory database (its reads use the writer).
-    readers: Arc<[Mutex<rusqlite::Connection>]>,
-    next_reader: Arc<AtomicUsize>,
+    backend: Arc<Backend>,
+}
+
+/// Where the state lives.
+enum Backend {
+    Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PgBackend),
 }
 
 impl Store {
@@ -434,65 +447,107 @@ impl Store {
     /// [`READ_CONNECTIONS`] read-only connections.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         let path = path.to_path_buf();
-        let (db, readers) = tokio::task::spawn_blocking(move || {
-            let db = sqlite::Db::open(&path)?;
-            let readers = (0..READ_CONNECTIONS)
-                .map(|_| sqlite::Db::open_reader(&path).map(Mutex::new))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StoreError>((db, readers))
+        let backend = tokio::task::spawn_blocking(move || sqlite::SqliteBackend::open(&path))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(Store {
+            backend: Arc::new(Backend::Sqlite(backend)),
+        })
+    }
+
+    /// Connects to a PostgreSQL database (`postgres://user@host:port/db`), creating and
+    /// migrating the schema as needed. `password` overrides the URL's.
+    pub async fn open_postgres(url: &str, password: Option<String>) -> Result<Store, StoreError> {
+        let url = url.to_string();
+        let backend = tokio::task::spawn_blocking(move || {
+            postgres::PgBackend::open(&url, password.as_deref())
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(Store {
-            db: Arc::new(Mutex::new(db)),
-            readers: readers.into(),
-            next_reader: Arc::new(AtomicUsize::new(0)),
+            backend: Arc::new(Backend::Postgres(backend)),
         })
+    }
+
+    /// Which backend this store runs on.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A fresh, empty store for a unit test: a new database on the PostgreSQL server named by
+    /// `FLOTILLA_TEST_POSTGRES_URL` when it is set (the store suite's PostgreSQL run in
+    /// `scripts/test`), else an in-memory SQLite database. A PostgreSQL that cannot be reached
+    /// fails the test: it never falls back to SQLite.
+    #[cfg(test)]
+    pub fn open_for_test() -> Store {
+        let Ok(url) = std::env::var("FLOTILLA_TEST_POSTGRES_URL") else {
+            return Store::open_in_memory().expect("in-memory store");
+        };
+        // A thread of its own: the blocking client cannot run on an async worker.
+        std::thread::spawn(move || {
+            let name = flotilla_shared::ids::new_id("t").to_lowercase();
+            let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls)
+                .unwrap_or_else(|e| panic!("FLOTILLA_TEST_POSTGRES_URL {url}: {e}"));
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create the test database");
+            let (base, _) = url.rsplit_once('/').expect("URL with a database");
+            let backend = postgres::PgBackend::open(&format!("{base}/{name}"), None)
+                .expect("open the test database");
+            Store {
+                backend: Arc::new(Backend::Postgres(backend)),
+            }
+        })
+        .join()
+        .expect("test store thread")
     }
 
     /// An in-memory database, for unit tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Ok(Store {
-            db: Arc::new(Mutex::new(sqlite::Db::open_in_memory()?)),
-            readers: Vec::new().into(),
-            next_reader: Arc::new(AtomicUsize::new(0)),
+            backend: Arc::new(Backend::Sqlite(sqlite::SqliteBackend::open_in_memory()?)),
         })
     }
 
-    /// Runs a pure read on a read-only connection (a free one if any, else the next in turn).
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// How many read-only connections serve reads (0: reads share the writer).
+    #[cfg(test)]
+    fn read_connections(&self) -> usize {
+        match &*self.backend {
+            Backend::Sqlite(b) => b.read_connections(),
+            Backend::Postgres(_) => postgres::POOL_SIZE,
+        }
+    }
+
+    /// Runs a pure read in one read transaction, off the async threads.
+    async fn read<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn sql::Conn) -> Result<T, StoreError> + Send + 'static,
     {
-        if self.readers.is_empty() {
-            return self.call(move |db| f(db.conn())).await;
-        }
-        let readers = self.readers.clone();
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            let n = readers.len();
-            // Same reasoning as in `call`: a poisoned lock guards a usable connection.
-            let guard = (0..n)
-                .find_map(|i| readers[(start + i) % n].try_lock().ok())
-                .unwrap_or_else(|| readers[start % n].lock().unwrap_or_else(|p| p.into_inner()));
-            f(&guard)
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || match &*backend {
+            Backend::Sqlite(b) => b.read(&mut f),
+            Backend::Postgres(b) => b.read(&mut f),
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs `f` in one write transaction, off the async threads: committed when it returns
+    /// `Ok`. `f` may run more than once (a backend retries a transaction that conflicted), so
+    /// it must not have effects outside the transaction.
+    async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut sqlite::Db) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&mut dyn sql::Conn) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock cannot leave SQLite half-written (transactions
-            // roll back on drop), so a poisoned lock is safe to keep using.
-            let mut guard = db.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || match &*backend {
+            Backend::Sqlite(b) => b.write(&mut f),
+            Backend::Postgres(b) => b.write(&mut f),
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?

@@ -301,8 +301,8 @@ fn sql_only_in_the_store_modules() {
 const LONG_FILES: &[(&str, &str)] = &[
     ("agent/src/update/mod.rs", "the container update state machine with its recovery table, kept together on purpose until the phases get their own files"),
     ("agent/src/upgrade/updater.rs", "the root updater's whole protocol (request, swap, watch, revert, resume) in one file on purpose: it runs as root and is read as one; tidy checks it imports only the agent's file helpers"),
-    ("relay/src/store/sqlite/rollouts.rs", "rollout persistence: about thirty transactions, each with its state guards; its decisions are in model::rollouts; to split by phase (membership and dispatch, results, reverts, reads)"),
-    ("relay/src/store/sqlite/releases.rs", "releases persistence and its transactions"),
+    ("relay/src/store/sql/rollouts.rs", "rollout persistence: about thirty transactions, each with its state guards; its decisions are in model::rollouts; to split by phase (membership and dispatch, results, reverts, reads)"),
+    ("relay/src/store/sql/releases.rs", "releases persistence and its transactions"),
     ("tests/src/fixtures/db.rs", "the database test images and servers (PostgreSQL, MariaDB, Redis): to split per engine"),
     ("tests/src/harness.rs", "the end-to-end harness (real relay and agent processes, API client, scoped containers); what other test crates share went to testkit: to split by part"),
 ];

@@ -33,7 +33,7 @@ fn at(secs: i64) -> DateTime<Utc> {
 
 #[tokio::test]
 async fn lifecycle_fire_dedup_resolve_refire() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let eu: Labels = [("region".to_string(), "eu".to_string())].into();
     let hard = cond("a", Rule::AgentUnreachable, "agent", Severity::Hard, &eu);
     let medium = cond("a", Rule::DiskFull, "/", Severity::Medium, &eu);
@@ -128,7 +128,7 @@ async fn lifecycle_fire_dedup_resolve_refire() {
 
 #[tokio::test]
 async fn ack_and_silence_stop_notifications() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let eu: Labels = [("region".to_string(), "eu".to_string())].into();
     let us: Labels = [("region".to_string(), "us".to_string())].into();
     let now = crate::store::now();
@@ -268,7 +268,7 @@ fn rules_wait_for_their_sources_after_a_start() {
 
 #[tokio::test]
 async fn a_restart_keeps_held_rules_firing_without_refiring() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let none = Labels::new();
     let unreachable = cond("a", Rule::AgentUnreachable, "agent", Severity::Hard, &none);
     let tls = Condition {
@@ -343,7 +343,7 @@ async fn a_restart_keeps_held_rules_firing_without_refiring() {
 
 #[tokio::test]
 async fn a_resolution_under_a_silence_is_not_notified() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let eu: Labels = [("region".to_string(), "eu".to_string())].into();
     let c = cond("a", Rule::DiskFull, "/", Severity::Hard, &eu);
     let r = store
@@ -379,7 +379,7 @@ async fn a_resolution_under_a_silence_is_not_notified() {
 
 #[tokio::test]
 async fn an_unchanged_firing_alert_is_not_rewritten() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let none = Labels::new();
     let mut c = cond("a", Rule::DiskFull, "/", Severity::Medium, &none);
     let r = store

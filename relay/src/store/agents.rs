@@ -5,27 +5,27 @@ use super::*;
 
 impl Store {
     pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::agent(c, &id)).await
+        self.read(move |c| Sql::agent(c, &id)).await
     }
 
     /// Authentication data of one agent (light: no facts, no heartbeat).
     pub async fn agent_auth(&self, id: String) -> Result<Option<AgentAuth>, StoreError> {
-        self.read(move |c| sqlite::Db::agent_auth(c, &id)).await
+        self.read(move |c| Sql::agent_auth(c, &id)).await
     }
 
     /// Ids and labels of every agent that is not revoked, in listing order.
     pub async fn agent_targets(&self) -> Result<Vec<(String, Labels)>, StoreError> {
-        self.read(sqlite::Db::agent_targets).await
+        self.read(Sql::agent_targets).await
     }
 
     /// The last flushed heartbeat of every agent that is not revoked.
     pub async fn latest_heartbeats(&self) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        self.read(sqlite::Db::latest_heartbeats).await
+        self.read(Sql::latest_heartbeats).await
     }
 
     /// Every agent, without its last heartbeat (`last_heartbeat` is `None`).
     pub async fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.read(sqlite::Db::agents).await
+        self.read(Sql::agents).await
     }
 
     /// At most `limit` agents in `order`, strictly after `after` (a position in that order),
@@ -38,14 +38,14 @@ impl Store {
         revoked: Option<bool>,
         limit: u32,
     ) -> Result<Vec<AgentKey>, StoreError> {
-        self.read(move |c| sqlite::Db::agent_keys(c, order, after.as_ref(), revoked, limit))
+        self.read(move |c| Sql::agent_keys(c, order, after.as_ref(), revoked, limit))
             .await
     }
 
     /// The agents with these ids, in the order given (unknown ids are left out), without their
     /// last heartbeat.
     pub async fn agents_by_ids(&self, ids: Vec<String>) -> Result<Vec<AgentRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::agents_by_ids(c, &ids)).await
+        self.read(move |c| Sql::agents_by_ids(c, &ids)).await
     }
 
     /// Replaces an agent's labels; returns the updated agent (None when unknown).
@@ -54,11 +54,12 @@ impl Store {
         id: String,
         labels: Labels,
     ) -> Result<Option<AgentRecord>, StoreError> {
-        self.call(move |db| db.set_agent_labels(&id, &labels)).await
+        self.write(move |c| Sql::set_agent_labels(c, &id, &labels))
+            .await
     }
 
     pub async fn set_agent_version(&self, id: String, version: String) -> Result<(), StoreError> {
-        self.call(move |db| db.set_agent_version(&id, &version))
+        self.write(move |c| Sql::set_agent_version(c, &id, &version))
             .await
     }
 
@@ -66,11 +67,11 @@ impl Store {
     /// accepted them, else failed with `agent_revoked`. Returns None when the agent is unknown,
     /// else the deliveries that were ended.
     pub async fn revoke_agent(&self, id: String) -> Result<Option<Vec<Finalised>>, StoreError> {
-        self.call(move |db| db.revoke_agent(&id, now())).await
+        self.write(move |c| Sql::revoke_agent(c, &id, now())).await
     }
 
     /// Writes a batch of latest heartbeats in one transaction.
     pub async fn save_heartbeats(&self, batch: Vec<HeartbeatWrite>) -> Result<(), StoreError> {
-        self.call(move |db| db.save_heartbeats(&batch)).await
+        self.write(move |c| Sql::save_heartbeats(c, &batch)).await
     }
 }

@@ -3,7 +3,7 @@
 //! one transaction: the diff of the conditions with the firing alerts, silences, and the
 //! notification decisions with their `notified_at`.
 
-use super::{sqlite, Store, StoreError};
+use super::{Sql, Store, StoreError};
 use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
 use crate::model::alerts::{AlertPolicy, AlertQuery, Applied};
 use chrono::{DateTime, Utc};
@@ -18,7 +18,7 @@ impl Store {
         conditions: Vec<Condition>,
         policy: AlertPolicy,
     ) -> Result<Applied, StoreError> {
-        self.call(move |db| db.apply_conditions(&conditions, &policy))
+        self.write(move |c| Sql::apply_conditions(c, &conditions, &policy))
             .await
     }
 
@@ -27,17 +27,16 @@ impl Store {
         &self,
         rules: Vec<&'static str>,
     ) -> Result<crate::model::alerts::rules::FiringKeys, StoreError> {
-        self.read(move |c| sqlite::Db::firing_alert_keys(c, &rules))
-            .await
+        self.read(move |c| Sql::firing_alert_keys(c, &rules)).await
     }
 
     /// Alerts, firing first, then newest first.
     pub async fn alerts(&self, query: AlertQuery) -> Result<Vec<AlertInfo>, StoreError> {
-        self.read(move |c| sqlite::Db::alerts(c, &query)).await
+        self.read(move |c| Sql::alerts(c, &query)).await
     }
 
     pub async fn alert(&self, id: String) -> Result<Option<AlertInfo>, StoreError> {
-        self.read(move |c| sqlite::Db::alert(c, &id)).await
+        self.read(move |c| Sql::alert(c, &id)).await
     }
 
     /// Acknowledges an alert (an acknowledged alert is not notified again; it stays firing).
@@ -48,26 +47,26 @@ impl Store {
         by: String,
         now: DateTime<Utc>,
     ) -> Result<Option<AlertInfo>, StoreError> {
-        self.call(move |db| db.ack_alert(&id, &by, now)).await
+        self.write(move |c| Sql::ack_alert(c, &id, &by, now)).await
     }
 
     pub async fn create_silence(&self, silence: Silence) -> Result<(), StoreError> {
-        self.call(move |db| db.create_silence(&silence)).await
+        self.write(move |c| Sql::create_silence(c, &silence)).await
     }
 
     /// Silences that have not ended as of `now`.
     pub async fn silences(&self, now: DateTime<Utc>) -> Result<Vec<Silence>, StoreError> {
-        self.read(move |c| sqlite::Db::silences(c, now)).await
+        self.read(move |c| Sql::silences(c, now)).await
     }
 
     /// Ends a silence now; false when there is no such silence still in force or to come.
     pub async fn end_silence(&self, id: String, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        self.call(move |db| db.end_silence(&id, now)).await
+        self.write(move |c| Sql::end_silence(c, &id, now)).await
     }
 
     /// Deletes resolved alerts and ended silences older than `cutoff`; returns the alerts gone.
     pub async fn prune_alerts(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.call(move |db| db.prune_alerts(cutoff)).await
+        self.write(move |c| Sql::prune_alerts(c, cutoff)).await
     }
 
     /// Container died/OOM/restart-loop events received since `since`, oldest first, with
@@ -76,8 +75,7 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<(Vec<(String, AgentEvent)>, usize), StoreError> {
-        self.read(move |c| sqlite::Db::container_events(c, since))
-            .await
+        self.read(move |c| Sql::container_events(c, since)).await
     }
 
     /// Stops and restarts the relay was asked for since `since`, and how many unreadable
@@ -86,8 +84,7 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<(Vec<RequestedStop>, usize), StoreError> {
-        self.read(move |c| sqlite::Db::requested_stops(c, since))
-            .await
+        self.read(move |c| Sql::requested_stops(c, since)).await
     }
 
     /// Updates finished since `since`.
@@ -95,7 +92,6 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<FinishedUpdate>, StoreError> {
-        self.read(move |c| sqlite::Db::finished_updates(c, since))
-            .await
+        self.read(move |c| Sql::finished_updates(c, since)).await
     }
 }

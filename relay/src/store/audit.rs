@@ -5,11 +5,11 @@ use super::*;
 
 impl Store {
     pub async fn audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
-        self.call(move |db| db.audit(&entry)).await
+        self.write(move |c| Sql::audit(c, &entry)).await
     }
 
     /// The newest audit rows first.
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
-        self.read(move |c| sqlite::Db::recent_audit(c, limit)).await
+        self.read(move |c| Sql::recent_audit(c, limit)).await
     }
 }

@@ -11,7 +11,7 @@ impl Store {
         agent_id: String,
         report: BackupReport,
     ) -> Result<RecordedBackups, StoreError> {
-        self.call(move |db| db.record_backup_report(&agent_id, &report, now()))
+        self.write(move |c| Sql::record_backup_report(c, &agent_id, &report, now()))
             .await
     }
 
@@ -23,7 +23,7 @@ impl Store {
         agent_id: String,
         key: String,
     ) -> Result<u64, StoreError> {
-        self.call(move |db| db.forget_backup_key(&agent_id, &key))
+        self.write(move |c| Sql::forget_backup_key(c, &agent_id, &key))
             .await
     }
 
@@ -41,10 +41,8 @@ impl Store {
         let (latest, history) = self
             .read(move |c| {
                 // One snapshot for both reads.
-                let tx = c.unchecked_transaction()?;
-                let latest = sqlite::Db::latest_backups(&tx, Some(&id))?;
-                let history =
-                    sqlite::Db::backup_history(&tx, &id, query.key.as_deref(), query.limit)?;
+                let latest = Sql::latest_backups(c, Some(&id))?;
+                let history = Sql::backup_history(c, &id, query.key.as_deref(), query.limit)?;
                 Ok((latest, history))
             })
             .await?;
@@ -71,9 +69,7 @@ impl Store {
         limit: u32,
         now: DateTime<Utc>,
     ) -> Result<FleetBackups, StoreError> {
-        let latest = self
-            .read(move |c| sqlite::Db::latest_backups(c, None))
-            .await?;
+        let latest = self.read(move |c| Sql::latest_backups(c, None)).await?;
         let mut databases: Vec<DatabaseBackupState> = latest
             .into_iter()
             .map(|l| l.into_state(now))
@@ -89,9 +85,7 @@ impl Store {
 
     /// How many databases of agents that are not revoked are ok, failed and stale at `now`.
     pub async fn backup_state_counts(&self, now: DateTime<Utc>) -> Result<[u64; 3], StoreError> {
-        let latest = self
-            .read(move |c| sqlite::Db::latest_backups(c, None))
-            .await?;
+        let latest = self.read(move |c| Sql::latest_backups(c, None)).await?;
         let mut counts = [0u64; 3];
         for l in latest {
             let i = match l.into_state(now).state {

@@ -6,12 +6,13 @@ use super::*;
 impl Store {
     /// Persists a command with its deliveries (one transaction).
     pub async fn create_command(&self, command: NewCommand) -> Result<(), StoreError> {
-        self.call(move |db| db.create_command(&command, None)).await
+        self.write(move |c| Sql::create_command(c, &command, None))
+            .await
     }
 
     /// Persists a job with its command and deliveries (one transaction).
     pub async fn create_job(&self, job: NewJob, command: NewCommand) -> Result<(), StoreError> {
-        self.call(move |db| db.create_command(&command, Some(&job)))
+        self.write(move |c| Sql::create_command(c, &command, Some(&job)))
             .await
     }
 
@@ -22,7 +23,7 @@ impl Store {
         command_id: String,
         agent_id: Option<String>,
     ) -> Result<CommandLookup, StoreError> {
-        self.read(move |c| sqlite::Db::command_info(c, &command_id, agent_id.as_deref()))
+        self.read(move |c| Sql::command_info(c, &command_id, agent_id.as_deref()))
             .await
     }
 
@@ -31,7 +32,7 @@ impl Store {
         &self,
         agent_id: String,
     ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
-        self.read(move |c| sqlite::Db::pending_commands(c, &agent_id, now()))
+        self.read(move |c| Sql::pending_commands(c, &agent_id, now()))
             .await
     }
 
@@ -41,7 +42,7 @@ impl Store {
         command_id: String,
         agent_ids: Vec<String>,
     ) -> Result<(), StoreError> {
-        self.call(move |db| db.mark_sent(&command_id, &agent_ids, now()))
+        self.write(move |c| Sql::mark_sent(c, &command_id, &agent_ids, now()))
             .await
     }
 
@@ -51,7 +52,7 @@ impl Store {
         command_id: String,
         agent_id: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.mark_received(&command_id, &agent_id, now()))
+        self.write(move |c| Sql::mark_received(c, &command_id, &agent_id, now()))
             .await
     }
 
@@ -62,7 +63,7 @@ impl Store {
         agent_id: String,
         result: CommandResult,
     ) -> Result<ResultOutcome, StoreError> {
-        self.call(move |db| db.record_result(&agent_id, &result, now()))
+        self.write(move |c| Sql::record_result(c, &agent_id, &result, now()))
             .await
     }
 
@@ -75,7 +76,8 @@ impl Store {
     ) -> Result<Vec<Finalised>, StoreError> {
         let grace = chrono::Duration::from_std(result_grace)
             .unwrap_or_else(|_| chrono::Duration::days(365));
-        self.call(move |db| db.expire_deliveries(now, grace)).await
+        self.write(move |c| Sql::expire_deliveries(c, now, grace))
+            .await
     }
 
     /// Deletes events, audit rows, finished updates and backup rows older than `cutoff` (never a
@@ -85,7 +87,7 @@ impl Store {
         let mut total = Pruned::default();
         loop {
             let p = self
-                .call(move |db| db.prune_batch(cutoff, PRUNE_BATCH))
+                .write(move |c| Sql::prune_batch(c, cutoff, PRUNE_BATCH))
                 .await?;
             total.events += p.events;
             total.audit += p.audit;

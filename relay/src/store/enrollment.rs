@@ -8,17 +8,17 @@ impl Store {
         &self,
         token: NewEnrollmentToken,
     ) -> Result<EnrollmentTokenInfo, StoreError> {
-        self.call(move |db| db.create_enrollment_token(&token))
+        self.write(move |c| Sql::create_enrollment_token(c, &token))
             .await
     }
 
     pub async fn list_enrollment_tokens(&self) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
-        self.read(sqlite::Db::list_enrollment_tokens).await
+        self.read(Sql::list_enrollment_tokens).await
     }
 
     /// Revokes an enrollment token; false when no such token exists.
     pub async fn revoke_enrollment_token(&self, id: String) -> Result<bool, StoreError> {
-        self.call(move |db| db.revoke_enrollment_token(&id, now()))
+        self.write(move |c| Sql::revoke_enrollment_token(c, &id, now()))
             .await
     }
 
@@ -29,7 +29,7 @@ impl Store {
         token_hash: String,
         agent: NewAgent,
     ) -> Result<Result<(AgentRecord, String), EnrollRefusal>, StoreError> {
-        self.call(move |db| db.enroll(&token_hash, agent, now()))
+        self.write(move |c| Sql::enroll(c, &token_hash, agent.clone(), now()))
             .await
     }
 }

@@ -11,7 +11,7 @@ impl Store {
         seq: u64,
         event: AgentEvent,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.insert_event(&agent_id, seq, &event, now()))
+        self.write(move |c| Sql::insert_event(c, &agent_id, seq, &event, now()))
             .await
     }
 
@@ -20,7 +20,6 @@ impl Store {
         agent_id: String,
         query: EventQuery,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::events(c, &agent_id, &query))
-            .await
+        self.read(move |c| Sql::events(c, &agent_id, &query)).await
     }
 }

@@ -23,7 +23,7 @@ pub struct FleetCounts {
 impl Store {
     /// Agents with an update in progress (bounded by the active updates).
     pub async fn updating_agents(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.read(sqlite::Db::updating_agents).await
+        self.read(Sql::updating_agents).await
     }
 
     /// Agents with an update that rolled back since `since`.
@@ -31,8 +31,7 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.read(move |c| sqlite::Db::rolled_back_agents(c, since))
-            .await
+        self.read(move |c| Sql::rolled_back_agents(c, since)).await
     }
 
     /// The counts of the fleet overview; `rolled_back_since` is the start of the window of
@@ -41,7 +40,7 @@ impl Store {
         &self,
         rolled_back_since: DateTime<Utc>,
     ) -> Result<FleetCounts, StoreError> {
-        self.read(move |c| sqlite::Db::fleet_counts(c, rolled_back_since))
+        self.read(move |c| Sql::fleet_counts(c, rolled_back_since))
             .await
     }
 }

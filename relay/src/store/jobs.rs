@@ -5,15 +5,15 @@ use super::*;
 
 impl Store {
     pub async fn job_info(&self, id: String) -> Result<Option<JobInfo>, StoreError> {
-        self.read(move |c| sqlite::Db::job_info(c, &id)).await
+        self.read(move |c| Sql::job_info(c, &id)).await
     }
 
     pub async fn running_jobs(&self) -> Result<Vec<String>, StoreError> {
-        self.read(sqlite::Db::running_jobs).await
+        self.read(Sql::running_jobs).await
     }
 
     /// One dispatch step of a job (see `jobs::plan_step`), in one transaction.
     pub async fn advance_job(&self, id: String) -> Result<Option<JobStep>, StoreError> {
-        self.call(move |db| db.advance_job(&id, now())).await
+        self.write(move |c| Sql::advance_job(c, &id, now())).await
     }
 }

@@ -15,7 +15,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<MetricsPoint>, StoreError> {
         self.read(move |c| {
-            sqlite::Db::metrics_history(c, &agent_id, resolution, resolution.oldest_kept(now))
+            Sql::metrics_history(c, &agent_id, resolution, resolution.oldest_kept(now))
         })
         .await
     }
@@ -26,7 +26,7 @@ impl Store {
         let mut total = 0;
         loop {
             let n = self
-                .call(move |db| db.prune_metrics_batch(now, PRUNE_BATCH))
+                .write(move |c| Sql::prune_metrics_batch(c, now, PRUNE_BATCH))
                 .await?;
             total += n;
             if n < PRUNE_BATCH as usize {

@@ -10,7 +10,7 @@
 //! (`Db::record_result`), except for a rollback: going back to the previous build failed, which
 //! does not make that older, known-good build broken (the failure and the alert remain).
 
-use super::{now, sqlite, Finalised, NewCommand, Store, StoreError};
+use super::{now, Finalised, NewCommand, Sql, Store, StoreError};
 use chrono::{DateTime, Utc};
 use flotilla_shared::release::{
     compare_versions, is_prerelease, BrokenInfo, ReleaseInfo, SignedManifest,
@@ -62,7 +62,7 @@ pub fn latest_of(list: Vec<StoredRelease>, arch: &str) -> Option<StoredRelease> 
 impl Store {
     /// Records a published build; false (nothing written) when (version, arch) exists.
     pub async fn create_release(&self, release: NewRelease) -> Result<bool, StoreError> {
-        self.call(move |db| db.insert_release(&release)).await
+        self.write(move |c| Sql::insert_release(c, &release)).await
     }
 
     /// One build.
@@ -71,13 +71,12 @@ impl Store {
         version: String,
         arch: String,
     ) -> Result<Option<StoredRelease>, StoreError> {
-        self.read(move |c| sqlite::Db::release(c, &version, &arch))
-            .await
+        self.read(move |c| Sql::release(c, &version, &arch)).await
     }
 
     /// Every build, newest version first.
     pub async fn releases(&self) -> Result<Vec<StoredRelease>, StoreError> {
-        let mut list = self.read(sqlite::Db::releases).await?;
+        let mut list = self.read(Sql::releases).await?;
         sort_newest_first(&mut list);
         Ok(list)
     }
@@ -97,13 +96,13 @@ impl Store {
         reason: String,
         by: String,
     ) -> Result<Option<(StoredRelease, Vec<Finalised>)>, StoreError> {
-        self.call(move |db| {
+        self.write(move |c| {
             let broken = BrokenInfo {
                 at: now(),
-                reason,
-                by,
+                reason: reason.clone(),
+                by: by.clone(),
             };
-            db.mark_release_broken(&version, &arch, &broken)
+            Sql::mark_release_broken(c, &version, &arch, &broken)
         })
         .await
     }
@@ -114,7 +113,7 @@ impl Store {
         &self,
         command: NewCommand,
     ) -> Result<Result<(), String>, StoreError> {
-        self.call(move |db| db.create_upgrade_command(&command))
+        self.write(move |c| Sql::create_upgrade_command(c, &command))
             .await
     }
 
@@ -123,8 +122,7 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<RevertedRollback>, StoreError> {
-        self.read(move |c| sqlite::Db::reverted_rollbacks(c, since))
-            .await
+        self.read(move |c| Sql::reverted_rollbacks(c, since)).await
     }
 
     /// Clears a build's broken mark; None when no such build exists.
@@ -133,7 +131,7 @@ impl Store {
         version: String,
         arch: String,
     ) -> Result<Option<StoredRelease>, StoreError> {
-        self.call(move |db| db.unmark_release_broken(&version, &arch))
+        self.write(move |c| Sql::unmark_release_broken(c, &version, &arch))
             .await
     }
 }

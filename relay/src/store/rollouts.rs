@@ -1,7 +1,7 @@
 //! Rollout persistence: domain methods of [`Store`] for canary rollouts (SQL in
 //! `sqlite/rollouts.rs`, the engine in `crate::rollouts`). Each method is one transaction.
 
-use super::{now, sqlite, NewCommand, Store, StoreError};
+use super::{now, NewCommand, Sql, Store, StoreError};
 use crate::model::rollouts::{
     ActionRefusal, ContainerDispatch, Progress, RevertPlan, RolloutFilter, RolloutRow, RolloutSpec,
     StageView, Transition, UpdateVerdict,
@@ -19,25 +19,27 @@ impl Store {
         spec: RolloutSpec,
         created_by: String,
     ) -> Result<Result<(), (String, String)>, StoreError> {
-        self.call(move |db| {
-            Ok(match db.create_rollout(&id, &spec, &created_by, now())? {
-                Some(conflict) => Err(conflict),
-                None => Ok(()),
-            })
+        self.write(move |c| {
+            Ok(
+                match Sql::create_rollout(c, &id, &spec, &created_by, now())? {
+                    Some(conflict) => Err(conflict),
+                    None => Ok(()),
+                },
+            )
         })
         .await
     }
 
     /// Ids of the rollouts that are not final, oldest first.
     pub async fn active_rollouts(&self) -> Result<Vec<String>, StoreError> {
-        self.read(sqlite::Db::active_rollouts).await
+        self.read(Sql::active_rollouts).await
     }
 
     /// Rollout summaries (state, reason, target, selector, counts; no members, no events),
     /// newest first. Cheap enough for the alerts engine to call every evaluation.
     pub async fn rollouts(&self, filter: RolloutFilter) -> Result<Vec<RolloutInfo>, StoreError> {
         self.read(move |c| {
-            sqlite::Db::rollout_infos(c, None, filter.state, filter.active_only, filter.limit)
+            Sql::rollout_infos(c, None, filter.state, filter.active_only, filter.limit)
         })
         .await
     }
@@ -45,7 +47,7 @@ impl Store {
     /// One rollout with its members and event log.
     pub async fn rollout(&self, id: String) -> Result<Option<RolloutInfo>, StoreError> {
         self.read(move |c| {
-            Ok(sqlite::Db::rollout_infos(c, Some(&id), None, false, 1)?
+            Ok(Sql::rollout_infos(c, Some(&id), None, false, 1)?
                 .into_iter()
                 .next())
         })
@@ -59,8 +61,8 @@ impl Store {
         action: RolloutAction,
         actor: String,
     ) -> Result<Result<(), ActionRefusal>, StoreError> {
-        self.call(move |db| {
-            Ok(match db.rollout_action(&id, &action, &actor, now())? {
+        self.write(move |c| {
+            Ok(match Sql::rollout_action(c, &id, &action, &actor, now())? {
                 None => Err(ActionRefusal::NotFound),
                 Some(Err(why)) => Err(ActionRefusal::InvalidState(why)),
                 Some(Ok(())) => Ok(()),
@@ -73,7 +75,7 @@ impl Store {
 
     /// The engine's view of one rollout.
     pub async fn rollout_row(&self, id: String) -> Result<Option<RolloutRow>, StoreError> {
-        self.read(move |c| sqlite::Db::rollout_row(c, &id)).await
+        self.read(move |c| Sql::rollout_row(c, &id)).await
     }
 
     /// Outcomes of in-flight containers and agents from their deliveries; returns label
@@ -88,12 +90,12 @@ impl Store {
         // paused or soaking one) costs no write transaction on each engine tick.
         let check = id.clone();
         if !self
-            .read(move |c| sqlite::Db::rollout_needs_refresh(c, &check))
+            .read(move |c| Sql::rollout_needs_refresh(c, &check))
             .await?
         {
             return Ok(Vec::new());
         }
-        self.call(move |db| db.refresh_rollout(&id, at)).await
+        self.write(move |c| Sql::refresh_rollout(c, &id, at)).await
     }
 
     /// Ends an `updating` member with this outcome (its container list failed or was empty).
@@ -104,8 +106,8 @@ impl Store {
         outcome: AgentOutcome,
         reason: Option<String>,
     ) -> Result<(), StoreError> {
-        self.call(move |db| {
-            db.set_rollout_agent_outcome(&id, &agent_id, outcome, reason.as_deref(), now())
+        self.write(move |c| {
+            Sql::set_rollout_agent_outcome(c, &id, &agent_id, outcome, reason.as_deref(), now())
         })
         .await
     }
@@ -120,8 +122,8 @@ impl Store {
         outcome: AgentOutcome,
         reason: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| {
-            db.end_pending_rollout_agent(&id, &agent_id, stage, outcome, &reason, now())
+        self.write(move |c| {
+            Sql::end_pending_rollout_agent(c, &id, &agent_id, stage, outcome, &reason, now())
         })
         .await
     }
@@ -129,8 +131,7 @@ impl Store {
     /// The agent's first unfinished container or backup command that changes something
     /// (`"<kind> <command id>"`), which an agent upgrade must wait for; None when it is free.
     pub async fn agent_busy(&self, agent_id: String) -> Result<Option<String>, StoreError> {
-        self.read(move |c| sqlite::Db::agent_busy(c, &agent_id))
-            .await
+        self.read(move |c| Sql::agent_busy(c, &agent_id)).await
     }
 
     /// Records a label agent's container updates with their commands (once).
@@ -140,7 +141,7 @@ impl Store {
         agent_id: String,
         updates: Vec<ContainerDispatch>,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.expand_rollout_agent(&id, &agent_id, &updates))
+        self.write(move |c| Sql::expand_rollout_agent(c, &id, &agent_id, &updates))
             .await
     }
 
@@ -156,8 +157,8 @@ impl Store {
         list: Option<NewCommand>,
         updates: Vec<ContainerDispatch>,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| {
-            db.dispatch_rollout_agent(&id, &agent_id, list.as_ref(), &updates, now())
+        self.write(move |c| {
+            Sql::dispatch_rollout_agent(c, &id, &agent_id, list.as_ref(), &updates, now())
         })
         .await
     }
@@ -168,7 +169,7 @@ impl Store {
         &self,
         id: String,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        self.read(move |c| sqlite::Db::next_rollout_containers(c, &id))
+        self.read(move |c| Sql::next_rollout_containers(c, &id))
             .await
     }
 
@@ -181,7 +182,7 @@ impl Store {
         name: String,
         command: NewCommand,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.dispatch_rollout_container(&id, &agent_id, &name, &command))
+        self.write(move |c| Sql::dispatch_rollout_container(c, &id, &agent_id, &name, &command))
             .await
     }
 
@@ -192,14 +193,13 @@ impl Store {
         expected: Progress,
         at: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        self.call(move |db| db.start_rollout_stage(&id, &expected, at))
+        self.write(move |c| Sql::start_rollout_stage(c, &id, &expected, at))
             .await
     }
 
     /// The current stage as the engine needs it.
     pub async fn rollout_stage(&self, id: String, stage: usize) -> Result<StageView, StoreError> {
-        self.read(move |c| sqlite::Db::rollout_stage(c, &id, stage))
-            .await
+        self.read(move |c| Sql::rollout_stage(c, &id, stage)).await
     }
 
     /// Members that failed their soak (agent, reason).
@@ -208,7 +208,7 @@ impl Store {
         id: String,
         failures: Vec<(String, String)>,
     ) -> Result<(), StoreError> {
-        self.call(move |db| db.fail_rollout_members(&id, &failures, now()))
+        self.write(move |c| Sql::fail_rollout_members(c, &id, &failures, now()))
             .await
     }
 
@@ -222,8 +222,10 @@ impl Store {
         transition: Transition,
         actor: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.set_rollout_progress(&id, expected, &progress, &transition, &actor))
-            .await
+        self.write(move |c| {
+            Sql::set_rollout_progress(c, &id, expected, &progress, &transition, &actor)
+        })
+        .await
     }
 
     /// The stage's deadline passed: its pending members in `offline` (not connected) end
@@ -234,14 +236,13 @@ impl Store {
         stage: usize,
         offline: Vec<String>,
     ) -> Result<usize, StoreError> {
-        self.call(move |db| db.rollout_stage_deadline(&id, stage, &offline, now()))
+        self.write(move |c| Sql::rollout_stage_deadline(c, &id, stage, &offline, now()))
             .await
     }
 
     /// What reverting still has to do.
     pub async fn rollout_revert_plan(&self, id: String) -> Result<RevertPlan, StoreError> {
-        self.read(move |c| sqlite::Db::rollout_revert_plan(c, &id))
-            .await
+        self.read(move |c| Sql::rollout_revert_plan(c, &id)).await
     }
 
     /// Starts reverting one container with its command (same transaction), or marks its
@@ -255,8 +256,8 @@ impl Store {
         command: Option<NewCommand>,
         failure: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| {
-            db.revert_rollout_container(&id, &agent_id, &name, command.as_ref(), &failure)
+        self.write(move |c| {
+            Sql::revert_rollout_container(c, &id, &agent_id, &name, command.as_ref(), &failure)
         })
         .await
     }
@@ -270,7 +271,9 @@ impl Store {
         name: String,
         reason: String,
     ) -> Result<bool, StoreError> {
-        self.call(move |db| db.revert_rollout_container_done(&id, &agent_id, &name, &reason, now()))
-            .await
+        self.write(move |c| {
+            Sql::revert_rollout_container_done(c, &id, &agent_id, &name, &reason, now())
+        })
+        .await
     }
 }

@@ -30,7 +30,7 @@ impl Store {
     /// Stores a new session and deletes every expired one.
     pub async fn create_web_session(&self, session: NewWebSession) -> Result<(), StoreError> {
         let (idle, absolute) = sessions::expiry_cutoffs(session.created_at);
-        self.call(move |db| db.create_web_session(&session, idle, absolute))
+        self.write(move |c| Sql::create_web_session(c, &session, idle, absolute))
             .await
     }
 
@@ -41,9 +41,7 @@ impl Store {
         id_hash: String,
         now: DateTime<Utc>,
     ) -> Result<Option<WebSession>, StoreError> {
-        let found = self
-            .read(move |c| sqlite::Db::web_session(c, &id_hash))
-            .await?;
+        let found = self.read(move |c| Sql::web_session(c, &id_hash)).await?;
         Ok(found.filter(|s| sessions::is_live(s.created_at, s.last_seen_at, now)))
     }
 
@@ -53,12 +51,13 @@ impl Store {
         id_hash: String,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.call(move |db| db.touch_web_session(&id_hash, now))
+        self.write(move |c| Sql::touch_web_session(c, &id_hash, now))
             .await
     }
 
     /// Ends a session (sign-out). False if there was none.
     pub async fn delete_web_session(&self, id_hash: String) -> Result<bool, StoreError> {
-        self.call(move |db| db.delete_web_session(&id_hash)).await
+        self.write(move |c| Sql::delete_web_session(c, &id_hash))
+            .await
     }
 }

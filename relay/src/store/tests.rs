@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::sql::{params, ConnExt};
 use flotilla_shared::api::JobState;
 use flotilla_shared::command::{Audience, Command, PingArgs, ResultStatus};
 use flotilla_shared::heartbeat::EventKind;
@@ -122,7 +123,7 @@ async fn info_of(store: &Store, command_id: &str, agent_id: &str) -> CommandInfo
 
 #[tokio::test]
 async fn enrollment_token_used_expired_revoked_unknown() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "once", 3600, 1, "tier=build").await;
     let a = enroll_ok(&store, "once", new_agent("a", "tier=web,zone=1")).await;
     // The token's labels win over the agent's.
@@ -181,7 +182,7 @@ async fn enrollment_token_used_expired_revoked_unknown() {
 
 #[tokio::test]
 async fn api_tokens_by_hash() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     assert!(!store.has_admin_token().await.unwrap());
     store
         .create_api_token(NewApiToken {
@@ -211,7 +212,7 @@ async fn api_tokens_by_hash() {
 
 #[tokio::test]
 async fn events_are_inserted_exactly_once() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let event = |kind| AgentEvent {
         kind,
         at: now(),
@@ -277,7 +278,7 @@ async fn events_are_inserted_exactly_once() {
 
 #[tokio::test]
 async fn delivery_state_transitions() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     store
@@ -365,7 +366,7 @@ async fn delivery_state_transitions() {
 
 #[tokio::test]
 async fn expiry_and_revocation_end_deliveries() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     let b = enroll_ok(&store, "t", new_agent("b", "")).await;
@@ -432,7 +433,7 @@ async fn expiry_and_revocation_end_deliveries() {
 
 #[tokio::test]
 async fn job_dispatch_honours_limits() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let mut agents = Vec::new();
     for n in ["a", "b", "c", "d"] {
@@ -517,7 +518,7 @@ async fn job_dispatch_honours_limits() {
 
 #[tokio::test]
 async fn heartbeats_and_labels_persist() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "x=1")).await;
     let hb = Heartbeat {
@@ -569,7 +570,7 @@ async fn file_database_migrates_once() {
 
 #[tokio::test]
 async fn accepted_commands_without_result_fail_after_grace_and_real_results_win() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     // Expired a second ago and accepted by the agent.
@@ -689,7 +690,7 @@ async fn accepted_commands_without_result_fail_after_grace_and_real_results_win(
 
 #[tokio::test]
 async fn revoking_fails_accepted_deliveries_instead_of_undelivered() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     for id in ["cmd_q", "cmd_r"] {
@@ -730,7 +731,7 @@ async fn revoking_fails_accepted_deliveries_instead_of_undelivered() {
 
 #[tokio::test]
 async fn fan_out_marks_many_deliveries_sent_at_once() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let mut ids = Vec::new();
     for n in ["a", "b", "c"] {
@@ -769,7 +770,7 @@ async fn file_database_reads_use_read_only_connections() {
     let dir = std::env::temp_dir().join(new_id("relay-store-test"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("relay.db")).await.unwrap();
-    assert_eq!(store.readers.len(), READ_CONNECTIONS);
+    assert_eq!(store.read_connections(), READ_CONNECTIONS);
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "x=1")).await;
     let hb = Heartbeat {
@@ -810,7 +811,7 @@ async fn file_database_reads_use_read_only_connections() {
     // The read connections cannot write.
     let write = store
         .read(|c| {
-            c.execute("DELETE FROM agents", [])?;
+            c.execute("DELETE FROM agents", params![])?;
             Ok(())
         })
         .await;
@@ -833,7 +834,7 @@ async fn file_database_reads_use_read_only_connections() {
 
 #[tokio::test]
 async fn retention_prunes_old_events_audit_and_finished_commands() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     let event = AgentEvent {

@@ -6,7 +6,7 @@ use super::*;
 impl Store {
     /// Update history, newest first.
     pub async fn updates(&self, query: UpdateQuery) -> Result<Vec<UpdateRecord>, StoreError> {
-        self.read(move |c| sqlite::Db::updates(c, &query)).await
+        self.read(move |c| Sql::updates(c, &query)).await
     }
 
     /// Every unfinished update in the fleet, newest first (the alert suppression hook, see the
@@ -28,7 +28,7 @@ impl Store {
         agent_id: String,
         container: String,
     ) -> Result<Option<String>, StoreError> {
-        self.read(move |c| sqlite::Db::updating(c, &agent_id, &container))
+        self.read(move |c| Sql::updating(c, &agent_id, &container))
             .await
     }
 }

@@ -96,7 +96,7 @@ fn ping_result(command_id: &str) -> CommandResult {
 
 #[tokio::test]
 async fn the_expiry_sweeper_ends_a_delivery_only_once_stepped_past_its_expiry() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let commands = commands(&store);
     let agent = agents(&store, 1).await.remove(0);
     let mut completions = commands.subscribe();
@@ -139,7 +139,7 @@ async fn the_expiry_sweeper_ends_a_delivery_only_once_stepped_past_its_expiry() 
 
 #[tokio::test]
 async fn an_accepted_command_without_result_fails_only_after_the_grace() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let commands = commands(&store);
     let agent = agents(&store, 1).await.remove(0);
     let c = commands
@@ -177,7 +177,7 @@ async fn an_accepted_command_without_result_fails_only_after_the_grace() {
 
 #[tokio::test]
 async fn the_job_engine_dispatches_the_next_target_once_one_finishes() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let commands = commands(&store);
     let agents: Vec<String> = agents(&store, 3).await.into_iter().map(|a| a.id).collect();
     let issued_at = now();
@@ -269,7 +269,7 @@ async fn the_job_engine_dispatches_the_next_target_once_one_finishes() {
 
 #[tokio::test]
 async fn retention_deletes_only_what_is_older_than_its_days_at_the_stepped_time() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let written = now();
     store
         .audit(AuditEntry {
@@ -305,7 +305,7 @@ async fn retention_deletes_only_what_is_older_than_its_days_at_the_stepped_time(
 
 #[tokio::test]
 async fn the_alerts_engine_fires_unreachable_only_once_the_stepped_time_is_past_the_threshold() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let agent = agents(&store, 1).await.remove(0);
     let config = crate::config::RelayConfig::default();
     let handle = Arc::new(crate::alerts::AlertsHandle::default());

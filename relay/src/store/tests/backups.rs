@@ -3,6 +3,7 @@
 //! retention. Against real SQLite files (writer plus read-only connections).
 
 use super::*;
+use crate::store::sql::{params, ConnExt};
 use chrono::Duration;
 use flotilla_shared::backup::{
     BackupAlertLevel, BackupEngine, BackupStatus, DatabaseOutcome, ReportSource,
@@ -24,7 +25,7 @@ async fn file_store() -> FileStore {
     let dir = std::env::temp_dir().join(new_id("relay-backups-test"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("relay.db")).await.unwrap();
-    assert_eq!(store.readers.len(), READ_CONNECTIONS);
+    assert_eq!(store.read_connections(), READ_CONNECTIONS);
     FileStore { store, dir }
 }
 
@@ -237,7 +238,7 @@ async fn latest_state_and_newest_success_per_database() {
 
 #[tokio::test]
 async fn databases_go_stale_48_hours_after_their_last_success() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     let done = t0();
@@ -305,7 +306,7 @@ async fn a_version_3_database_gains_the_backup_history() {
     }
     let store = Store::open(&path).await.unwrap();
     let version: i64 = store
-        .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+        .read(|c| Ok(c.query_row("PRAGMA user_version", params![], |r| r.get(0))?))
         .await
         .unwrap();
     assert!(version >= 4);
@@ -389,7 +390,7 @@ async fn fleet_view_filters_by_state_and_leaves_out_revoked_agents() {
 
 #[tokio::test]
 async fn alert_levels_follow_the_databases_states() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     let none = backups_of(&store, &a.id, None, t0()).await;

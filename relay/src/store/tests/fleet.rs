@@ -31,7 +31,7 @@ fn ids<K>(v: &[(K, String)]) -> Vec<String> {
 
 #[tokio::test]
 async fn keyset_pages_walk_every_order_once_with_ties_broken_by_id() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 100, "").await;
     // Duplicate names: the order must still be total.
     let mut agents = Vec::new();
@@ -111,7 +111,7 @@ fn heartbeat(cpu: f32, memory_used: u64, disk: f32) -> Heartbeat {
 
 #[tokio::test]
 async fn heartbeats_fold_into_bounded_means_that_age_out() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     token(&store, "t", 3600, 5, "").await;
     let a = enroll_ok(&store, "t", new_agent("a", "")).await;
     let b = enroll_ok(&store, "t", new_agent("b", "")).await;
@@ -192,7 +192,7 @@ async fn heartbeats_fold_into_bounded_means_that_age_out() {
 
 #[tokio::test]
 async fn fleet_counts_count_agents_updates_and_firing_alerts() {
-    let store = Store::open_in_memory().unwrap();
+    let store = Store::open_for_test();
     let empty = store.fleet_counts(now()).await.unwrap();
     assert_eq!(empty, crate::store::fleet::FleetCounts::default());
     token(&store, "t", 3600, 5, "").await;

@@ -712,7 +712,7 @@ async fn a_label_agent_updates_its_containers_one_at_a_time() {
 /// (The rollout state and stage phase guards are spelled from the enums outright.)
 #[test]
 fn rollout_sql_names_only_outcomes_the_enums_know() {
-    let sql = include_str!("../sqlite/rollouts.rs");
+    let sql = include_str!("../sql/rollouts.rs");
     let known = |v: &str| AgentOutcome::parse(v).is_some() || ContainerOutcome::parse(v).is_some();
     let mut checked = 0;
     for (i, _) in sql.match_indices("outcome ") {

@@ -2,6 +2,7 @@
 //! the relay's own endings. Against real SQLite files (writer plus read-only connections).
 
 use super::*;
+use crate::store::sql::{params, ConnExt};
 use flotilla_shared::command::ErrorInfo;
 use flotilla_shared::update::{
     ContainerUpdateArgs, HealthEvidence, HealthSpec, PhaseTiming, UpdateOutcome, UpdatePhase,
@@ -24,7 +25,7 @@ async fn file_store() -> FileStore {
     let dir = std::env::temp_dir().join(new_id("relay-updates-test"));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&dir.join("relay.db")).await.unwrap();
-    assert_eq!(store.readers.len(), READ_CONNECTIONS);
+    assert_eq!(store.read_connections(), READ_CONNECTIONS);
     FileStore { store, dir }
 }
 
@@ -645,7 +646,7 @@ async fn a_version_2_database_gains_the_update_history() {
     }
     let store = Store::open(&path).await.unwrap();
     let version: i64 = store
-        .read(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+        .read(|c| Ok(c.query_row("PRAGMA user_version", params![], |r| r.get(0))?))
         .await
         .unwrap();
     assert_eq!(version as usize, sqlite::MIGRATIONS.len());

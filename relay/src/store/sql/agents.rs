@@ -1,24 +1,24 @@
-//! SQLite statements for agents, their labels, facts and latest heartbeats: the `impl Db` methods behind `store/agents.rs`.
+//! Statements for agents, their labels, facts and latest heartbeats: the `impl Sql` functions behind `store/agents.rs`.
 
 use super::*;
 
 /// Migration 10: the orders of the paginated list ([`Db::agent_keys`]).
-pub(super) const LIST_INDEXES: &str = r#"
+pub(in crate::store) const LIST_INDEXES: &str = r#"
 CREATE INDEX agents_name ON agents(name, id);
 CREATE INDEX agents_enrolled ON agents(enrolled_at, id);
 "#;
 
 /// Migration 12: counting revoked agents without a table scan (the fleet overview).
-pub(super) const REVOKED_INDEX: &str = r#"
+pub(in crate::store) const REVOKED_INDEX: &str = r#"
 CREATE INDEX agents_revoked ON agents(revoked_at) WHERE revoked_at IS NOT NULL;
 "#;
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn agent(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Option<AgentRecord>, StoreError> {
-        let row = conn
+        let row = tx
             .query_row(
                 &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"),
                 [id],
@@ -28,18 +28,16 @@ impl Db {
         row.map(AgentRow::into_record).transpose()
     }
 
-    pub(in crate::store) fn agents(conn: &Connection) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+    pub(in crate::store) fn agents(tx: &mut dyn Conn) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut stmt = tx.prepare(&format!(
             "SELECT {AGENT_LIST_COLUMNS} FROM agents ORDER BY name, id"
         ))?;
-        let rows = stmt
-            .query_map([], AgentRow::read)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![], AgentRow::read)?;
         rows.into_iter().map(AgentRow::into_record).collect()
     }
 
     pub(in crate::store) fn agent_keys(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         order: AgentOrder,
         after: Option<&AgentPosition>,
         revoked: Option<bool>,
@@ -72,26 +70,24 @@ impl Db {
         } else {
             format!("WHERE {}", conditions.join(" AND "))
         };
-        let mut stmt = conn.prepare_cached(&format!(
+        let mut stmt = tx.prepare_cached(&format!(
             "SELECT id, name, labels, revoked_at IS NOT NULL, {column} FROM agents {filter} \
              ORDER BY {column} {dir}, id {dir} LIMIT ?1"
         ))?;
         let (key, id) = after.map_or(("", ""), |p| (p.key.as_str(), p.id.as_str()));
-        let read = |r: &rusqlite::Row<'_>| {
+        let read = |r: &Row| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, bool>(3)?,
-                r.get::<_, String>(4)?,
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<bool>(3)?,
+                r.get::<String>(4)?,
             ))
         };
         let rows = if after.is_some() {
             stmt.query_map(params![limit, key, id], read)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
         } else {
             stmt.query_map(params![limit], read)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
         };
         rows.into_iter()
             .map(|(id, name, labels, revoked, key)| {
@@ -110,16 +106,14 @@ impl Db {
     }
 
     pub(in crate::store) fn agents_by_ids(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         ids: &[String],
     ) -> Result<Vec<AgentRecord>, StoreError> {
-        let mut stmt = conn.prepare_cached(&format!(
+        let mut stmt = tx.prepare_cached(&format!(
             "SELECT {AGENT_LIST_COLUMNS} FROM agents \
              WHERE id IN (SELECT value FROM json_each(?1))"
         ))?;
-        let rows = stmt
-            .query_map([to_json(&ids)], AgentRow::read)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([to_json(&ids)], AgentRow::read)?;
         let mut by_id: std::collections::HashMap<String, AgentRecord> = rows
             .into_iter()
             .map(|r| r.into_record().map(|a| (a.id.clone(), a)))
@@ -129,10 +123,10 @@ impl Db {
 
     /// What the websocket handshake needs, without the facts and heartbeat JSON.
     pub(in crate::store) fn agent_auth(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Option<AgentAuth>, StoreError> {
-        let row: Option<(String, bool, String, String, String)> = conn
+        let row: Option<(String, bool, String, String, String)> = tx
             .query_row(
                 "SELECT public_key, revoked_at IS NOT NULL, labels, name, agent_version \
                  FROM agents WHERE id = ?1",
@@ -154,13 +148,13 @@ impl Db {
 
     /// Ids and labels of the agents that are not revoked (job target resolution).
     pub(in crate::store) fn agent_targets(
-        conn: &Connection,
+        tx: &mut dyn Conn,
     ) -> Result<Vec<(String, Labels)>, StoreError> {
-        let mut stmt = conn
-            .prepare("SELECT id, labels FROM agents WHERE revoked_at IS NULL ORDER BY name, id")?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut stmt =
+            tx.prepare("SELECT id, labels FROM agents WHERE revoked_at IS NULL ORDER BY name, id")?;
+        let rows = stmt.query_map(params![], |r| {
+            Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+        })?;
         rows.into_iter()
             .map(|(id, labels)| Ok((id, from_json("labels", &labels)?)))
             .collect()
@@ -169,22 +163,20 @@ impl Db {
     /// The last flushed heartbeat of every agent that is not revoked (to fill the heartbeat
     /// cache once at startup).
     pub(in crate::store) fn latest_heartbeats(
-        conn: &Connection,
+        tx: &mut dyn Conn,
     ) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
              WHERE revoked_at IS NULL AND last_heartbeat IS NOT NULL \
              AND last_heartbeat_at IS NOT NULL",
         )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+            ))
+        })?;
         rows.into_iter()
             .map(|(agent_id, heartbeat, at)| {
                 Ok(HeartbeatWrite {
@@ -200,26 +192,26 @@ impl Db {
     }
 
     pub(in crate::store) fn set_agent_labels(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         labels: &Labels,
     ) -> Result<Option<AgentRecord>, StoreError> {
-        let n = self.conn.execute(
+        let n = tx.execute(
             "UPDATE agents SET labels = ?2 WHERE id = ?1",
             params![id, to_json(labels)],
         )?;
         if n == 0 {
             return Ok(None);
         }
-        Db::agent(&self.conn, id)
+        Sql::agent(tx, id)
     }
 
     pub(in crate::store) fn set_agent_version(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         version: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        tx.execute(
             "UPDATE agents SET agent_version = ?2 WHERE id = ?1",
             params![id, version],
         )?;
@@ -227,11 +219,10 @@ impl Db {
     }
 
     pub(in crate::store) fn revoke_agent(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Vec<Finalised>>, StoreError> {
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
             params![id, ts(now)],
@@ -240,7 +231,7 @@ impl Db {
             return Ok(None);
         }
         let mut ended = finalise_where(
-            &tx,
+            tx,
             "d.agent_id = ?1 AND d.state IN ('pending','queued','sent')",
             params![id],
             now,
@@ -248,7 +239,7 @@ impl Db {
         )?;
         // The agent journaled these and may have run them: "undelivered" would be a lie.
         ended.extend(finalise_where(
-            &tx,
+            tx,
             "d.agent_id = ?1 AND d.state = 'received'",
             params![id],
             now,
@@ -258,15 +249,13 @@ impl Db {
                           whether the command ran is unknown",
             },
         )?);
-        tx.commit()?;
         Ok(Some(ended))
     }
 
     pub(in crate::store) fn save_heartbeats(
-        &mut self,
+        tx: &mut dyn Conn,
         batch: &[HeartbeatWrite],
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare(
                 "UPDATE agents SET last_heartbeat = ?2, last_heartbeat_at = ?3, \
@@ -281,8 +270,7 @@ impl Db {
                 ])?;
             }
         }
-        metrics::fold_heartbeats(&tx, batch)?;
-        tx.commit()?;
+        metrics::fold_heartbeats(tx, batch)?;
         Ok(())
     }
 }

@@ -1,21 +1,20 @@
-//! SQLite statements for the retention sweep: batched deletes of what is older than the
+//! Statements for the retention sweep: batched deletes of what is older than the
 //! cutoff (`Store::prune`).
 
 use super::*;
 
-impl Db {
+impl Sql {
     /// Deletes at most `batch` rows of each kind older than `cutoff`: events, audit rows,
     /// finished updates, backup rows (but never a database's latest row or newest success), and
     /// commands that expired before it with every delivery final (with their deliveries and
     /// finished job). Called repeatedly until less than a batch goes, so the writer is never
     /// held for long.
     pub(in crate::store) fn prune_batch(
-        &mut self,
+        tx: &mut dyn Conn,
         cutoff: DateTime<Utc>,
         batch: u32,
     ) -> Result<Pruned, StoreError> {
         let cutoff = ts(cutoff);
-        let tx = self.conn.transaction()?;
         let events = tx.execute(
             "DELETE FROM events WHERE id IN \
              (SELECT id FROM events WHERE received_at < ?1 LIMIT ?2)",
@@ -39,7 +38,7 @@ impl Db {
               AND b.id <> (SELECT l.id FROM backup_results l \
                   WHERE l.agent_id = b.agent_id AND l.key = b.key \
                   ORDER BY l.finished_at DESC, l.id DESC LIMIT 1) \
-              AND b.id IS NOT (SELECT s.id FROM backup_results s \
+              AND b.id IS DISTINCT FROM (SELECT s.id FROM backup_results s \
                   WHERE s.agent_id = b.agent_id AND s.key = b.key AND s.status = 'success' \
                   ORDER BY s.finished_at DESC, s.id DESC LIMIT 1) \
               LIMIT ?2)",
@@ -54,10 +53,8 @@ impl Db {
                      WHERE j.id = c.job_id AND j.state = 'running') \
                  LIMIT ?2"
             ))?;
-            let ids = stmt
-                .query_map(params![cutoff, batch], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
-            ids
+
+            stmt.query_map(params![cutoff, batch], |r| r.get(0))?
         };
         let commands = ids.len();
         if !ids.is_empty() {
@@ -76,7 +73,6 @@ impl Db {
                 [&ids],
             )?;
         }
-        tx.commit()?;
         Ok(Pruned {
             events,
             audit,

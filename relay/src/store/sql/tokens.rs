@@ -1,19 +1,22 @@
-//! SQLite statements for API tokens: the `impl Db` methods behind `store/tokens.rs`.
+//! Statements for API tokens: the `impl Sql` functions behind `store/tokens.rs`.
 
 use super::*;
 
-impl Db {
-    pub(in crate::store) fn has_admin_token(conn: &Connection) -> Result<bool, StoreError> {
-        let n: i64 = conn.query_row(
+impl Sql {
+    pub(in crate::store) fn has_admin_token(tx: &mut dyn Conn) -> Result<bool, StoreError> {
+        let n: i64 = tx.query_row(
             "SELECT COUNT(*) FROM api_tokens WHERE scope = 'admin' AND name = 'admin'",
-            [],
+            params![],
             |r| r.get(0),
         )?;
         Ok(n > 0)
     }
 
-    pub(in crate::store) fn create_api_token(&mut self, t: &NewApiToken) -> Result<(), StoreError> {
-        self.conn.execute(
+    pub(in crate::store) fn create_api_token(
+        tx: &mut dyn Conn,
+        t: &NewApiToken,
+    ) -> Result<(), StoreError> {
+        tx.execute(
             "INSERT INTO api_tokens (id, token_hash, name, scope, created_at, created_by) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
@@ -28,23 +31,21 @@ impl Db {
         Ok(())
     }
 
-    pub(in crate::store) fn api_tokens(conn: &Connection) -> Result<Vec<ApiTokenInfo>, StoreError> {
-        let mut stmt = conn.prepare(
+    pub(in crate::store) fn api_tokens(tx: &mut dyn Conn) -> Result<Vec<ApiTokenInfo>, StoreError> {
+        let mut stmt = tx.prepare(
             "SELECT id, name, scope, created_at, created_by, revoked_at FROM api_tokens \
              ORDER BY created_at, id",
         )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<String>(4)?,
+                r.get::<Option<String>>(5)?,
+            ))
+        })?;
         rows.into_iter()
             .map(|(id, name, scope, created_at, created_by, revoked_at)| {
                 Ok(ApiTokenInfo {
@@ -60,17 +61,16 @@ impl Db {
     }
 
     pub(in crate::store) fn revoke_api_token(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let exists = self
-            .conn
+        let exists = tx
             .query_row("SELECT 1 FROM api_tokens WHERE id = ?1", [id], |_| Ok(()))
             .optional()?
             .is_some();
         if exists {
-            self.conn.execute(
+            tx.execute(
                 "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, ts(now)],
             )?;
@@ -79,10 +79,10 @@ impl Db {
     }
 
     pub(in crate::store) fn api_caller(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         token_hash: &str,
     ) -> Result<Option<ApiCaller>, StoreError> {
-        let row: Option<(String, String, String)> = conn
+        let row: Option<(String, String, String)> = tx
             .query_row(
                 "SELECT id, name, scope FROM api_tokens \
                  WHERE token_hash = ?1 AND revoked_at IS NULL",

@@ -1,12 +1,12 @@
-//! SQLite statements for backup reports and history: the `impl Db` methods behind `store/backups.rs`.
+//! Statements for backup reports and history: the `impl Sql` functions behind `store/backups.rs`.
 
 use super::*;
 
-impl Db {
+impl Sql {
     /// Stores one row per database of the report; a database already stored for this (agent,
     /// run) is left as it is. Returns what was new.
     pub(in crate::store) fn record_backup_report(
-        &mut self,
+        tx: &mut dyn Conn,
         agent_id: &str,
         report: &BackupReport,
         now: DateTime<Utc>,
@@ -16,7 +16,6 @@ impl Db {
             ReportSource::StatusFile { .. } => "status_file",
         };
         let mut recorded = RecordedBackups::default();
-        let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare(
                 "INSERT OR IGNORE INTO backup_results (agent_id, run_id, source, job, key, \
@@ -55,16 +54,15 @@ impl Db {
                 }
             }
         }
-        tx.commit()?;
         Ok(recorded)
     }
 
     pub(in crate::store) fn forget_backup_key(
-        &mut self,
+        tx: &mut dyn Conn,
         agent_id: &str,
         key: &str,
     ) -> Result<u64, StoreError> {
-        Ok(self.conn.execute(
+        Ok(tx.execute(
             "DELETE FROM backup_results WHERE agent_id = ?1 AND key = ?2",
             params![agent_id, key],
         )? as u64)
@@ -72,19 +70,17 @@ impl Db {
 
     /// One agent's backup rows, newest first, optionally of one database key.
     pub(in crate::store) fn backup_history(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: &str,
         key: Option<&str>,
         limit: u32,
     ) -> Result<Vec<BackupRecord>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = tx.prepare(&format!(
             "SELECT {BACKUP_COLUMNS} FROM backup_results b \
              WHERE b.agent_id = ?1 AND (?2 IS NULL OR b.key = ?2) \
              ORDER BY b.finished_at DESC, b.id DESC LIMIT ?3"
         ))?;
-        let rows = stmt
-            .query_map(params![agent_id, key, limit], BackupRow::read)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![agent_id, key, limit], BackupRow::read)?;
         rows.into_iter().map(BackupRow::into_record).collect()
     }
 
@@ -92,7 +88,7 @@ impl Db {
     /// newest success, ordered by agent name, agent id and key. With `agent_id` one agent's
     /// (revoked or not); without, every agent's that is not revoked.
     pub(in crate::store) fn latest_backups(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: Option<&str>,
     ) -> Result<Vec<LatestBackup>, StoreError> {
         // Walks the distinct (agent, key) pairs of the index and looks up each one's latest
@@ -103,7 +99,7 @@ impl Db {
             Some(_) => ("WHERE agent_id = ?1", ""),
             None => ("", "WHERE a.revoked_at IS NULL"),
         };
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = tx.prepare(&format!(
             "WITH k AS (SELECT DISTINCT agent_id, key FROM backup_results {pairs}) \
              SELECT {BACKUP_COLUMNS}, a.name, \
                  (SELECT MAX(s.finished_at) FROM backup_results s \
@@ -120,16 +116,14 @@ impl Db {
             Some(id) => vec![id],
             None => Vec::new(),
         };
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    BackupRow::read(r)?,
-                    r.get::<_, String>(14)?,
-                    r.get::<_, Option<String>>(15)?,
-                    r.get::<_, Option<String>>(16)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params_from_iter(args), |r| {
+            Ok((
+                BackupRow::read(r)?,
+                r.get::<String>(14)?,
+                r.get::<Option<String>>(15)?,
+                r.get::<Option<String>>(16)?,
+            ))
+        })?;
         rows.into_iter()
             .map(|(row, agent_name, last_success_at, first_seen_at)| {
                 let latest = row.into_record()?;

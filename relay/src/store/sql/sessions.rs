@@ -1,11 +1,11 @@
-//! SQLite statements for dashboard sessions: the `impl Db` methods behind `store/sessions.rs`.
+//! Statements for dashboard sessions: the `impl Sql` functions behind `store/sessions.rs`.
 
 use super::*;
 use crate::store::sessions::{NewWebSession, WebSession};
 
 /// Migration 8: dashboard sessions. The token's revocation ends its sessions through the join
 /// in [`Db::web_session`].
-pub(super) const SCHEMA: &str = r#"
+pub(in crate::store) const SCHEMA: &str = r#"
 CREATE TABLE web_sessions (
     id_hash TEXT PRIMARY KEY,
     token_id TEXT NOT NULL REFERENCES api_tokens(id),
@@ -18,14 +18,13 @@ CREATE INDEX web_sessions_last_seen ON web_sessions(last_seen_at);
 CREATE INDEX web_sessions_created ON web_sessions(created_at);
 "#;
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn create_web_session(
-        &mut self,
+        tx: &mut dyn Conn,
         s: &NewWebSession,
         idle_cutoff: DateTime<Utc>,
         absolute_cutoff: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
         tx.execute(
             "DELETE FROM web_sessions WHERE last_seen_at <= ?1 OR created_at <= ?2",
             params![ts(idle_cutoff), ts(absolute_cutoff)],
@@ -35,15 +34,14 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
             params![s.id_hash, s.token_id, s.csrf, ts(s.created_at), s.address],
         )?;
-        tx.commit()?;
         Ok(())
     }
 
     pub(in crate::store) fn web_session(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id_hash: &str,
     ) -> Result<Option<WebSession>, StoreError> {
-        let row: Option<(String, String, String, String, String, String)> = conn
+        let row: Option<(String, String, String, String, String, String)> = tx
             .query_row(
                 "SELECT t.id, t.name, t.scope, s.csrf, s.created_at, s.last_seen_at \
                  FROM web_sessions s JOIN api_tokens t ON t.id = s.token_id \
@@ -77,11 +75,11 @@ impl Db {
     }
 
     pub(in crate::store) fn touch_web_session(
-        &mut self,
+        tx: &mut dyn Conn,
         id_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        tx.execute(
             "UPDATE web_sessions SET last_seen_at = ?2 WHERE id_hash = ?1 AND last_seen_at < ?2",
             params![id_hash, ts(now)],
         )?;
@@ -89,12 +87,10 @@ impl Db {
     }
 
     pub(in crate::store) fn delete_web_session(
-        &mut self,
+        tx: &mut dyn Conn,
         id_hash: &str,
     ) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .execute("DELETE FROM web_sessions WHERE id_hash = ?1", [id_hash])?;
+        let n = tx.execute("DELETE FROM web_sessions WHERE id_hash = ?1", [id_hash])?;
         Ok(n > 0)
     }
 }

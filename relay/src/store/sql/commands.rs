@@ -1,14 +1,13 @@
-//! SQLite statements for commands and their deliveries: the `impl Db` methods behind `store/commands.rs`.
+//! Statements for commands and their deliveries: the `impl Sql` functions behind `store/commands.rs`.
 
 use super::*;
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn create_command(
-        &mut self,
+        tx: &mut dyn Conn,
         c: &NewCommand,
         job: Option<&NewJob>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
         if let Some(job) = job {
             tx.execute(
                 "INSERT INTO jobs (id, command_id, selector, max_concurrency, max_errors, state, \
@@ -25,17 +24,16 @@ impl Db {
                 ],
             )?;
         }
-        insert_command(&tx, c)?;
-        tx.commit()?;
+        insert_command(tx, c)?;
         Ok(())
     }
 
     pub(in crate::store) fn command_info(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         command_id: &str,
         agent_id: Option<&str>,
     ) -> Result<CommandLookup, StoreError> {
-        let cmd: Option<(String, String, String, String, Option<String>)> = conn
+        let cmd: Option<(String, String, String, String, Option<String>)> = tx
             .query_row(
                 "SELECT command, created_at, expires_at, created_by, job_id FROM commands \
                  WHERE id = ?1",
@@ -52,7 +50,7 @@ impl Db {
                 if job_id.is_some() {
                     return Ok(CommandLookup::NeedsAgent { job_id });
                 }
-                let only: Option<String> = conn
+                let only: Option<String> = tx
                     .query_row(
                         "SELECT agent_id FROM deliveries WHERE command_id = ?1 LIMIT 1",
                         [command_id],
@@ -65,7 +63,7 @@ impl Db {
                 }
             }
         };
-        let delivery: Option<(String, Option<String>)> = conn
+        let delivery: Option<(String, Option<String>)> = tx
             .query_row(
                 "SELECT state, result FROM deliveries WHERE command_id = ?1 AND agent_id = ?2",
                 params![command_id, agent_id],
@@ -94,38 +92,36 @@ impl Db {
     }
 
     pub(in crate::store) fn pending_commands(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, SignedCommand)>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT c.id, c.envelope, c.signature FROM deliveries d \
              JOIN commands c ON c.id = d.command_id \
              WHERE d.agent_id = ?1 AND d.state IN ('queued','sent','received') \
              AND c.expires_at > ?2 ORDER BY c.created_at, c.id",
         )?;
-        let rows = stmt
-            .query_map(params![agent_id, ts(now)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    SignedCommand {
-                        envelope: r.get(1)?,
-                        signature: r.get(2)?,
-                    },
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![agent_id, ts(now)], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                SignedCommand {
+                    envelope: r.get(1)?,
+                    signature: r.get(2)?,
+                },
+            ))
+        })?;
         Ok(rows)
     }
 
     pub(in crate::store) fn mark_sent(
-        &mut self,
+        tx: &mut dyn Conn,
         command_id: &str,
         agent_ids: &[String],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         // One statement for the whole fan-out, not one per agent.
-        self.conn.execute(
+        tx.execute(
             "UPDATE deliveries SET state = 'sent', updated_at = ?3 \
              WHERE command_id = ?1 AND state = 'queued' \
              AND agent_id IN (SELECT value FROM json_each(?2))",
@@ -135,12 +131,12 @@ impl Db {
     }
 
     pub(in crate::store) fn mark_received(
-        &mut self,
+        tx: &mut dyn Conn,
         command_id: &str,
         agent_id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = tx.execute(
             "UPDATE deliveries SET state = 'received', updated_at = ?3 \
              WHERE command_id = ?1 AND agent_id = ?2 AND state IN ('queued','sent')",
             params![command_id, agent_id, ts(now)],
@@ -149,8 +145,7 @@ impl Db {
             return Ok(true);
         }
         // Already received (a duplicate `received`) is still a known delivery.
-        let known: Option<String> = self
-            .conn
+        let known: Option<String> = tx
             .query_row(
                 "SELECT state FROM deliveries WHERE command_id = ?1 AND agent_id = ?2",
                 params![command_id, agent_id],
@@ -161,12 +156,11 @@ impl Db {
     }
 
     pub(in crate::store) fn record_result(
-        &mut self,
+        tx: &mut dyn Conn,
         agent_id: &str,
         result: &CommandResult,
         now: DateTime<Utc>,
     ) -> Result<ResultOutcome, StoreError> {
-        let tx = self.conn.transaction()?;
         let row: Option<(String, Option<String>, Option<String>, String)> = tx
             .query_row(
                 "SELECT d.state, c.job_id, json_extract(d.result, '$.error.code'), c.kind \
@@ -205,18 +199,17 @@ impl Db {
             ],
         )?;
         let update = if kind == CommandKind::ContainerUpdate.as_str() {
-            finish_update(&tx, agent_id, result, new_state, now)?
+            finish_update(tx, agent_id, result, new_state, now)?
         } else {
             None
         };
         let ended = if kind == CommandKind::AgentUpgrade.as_str() {
             // A reverted upgrade marks its build broken, ending its undelivered copies (see
             // `sqlite/releases.rs`).
-            releases::upgrade_failed(&tx, agent_id, result, now)?
+            releases::upgrade_failed(tx, agent_id, result, now)?
         } else {
             Vec::new()
         };
-        tx.commit()?;
         Ok(ResultOutcome::Recorded {
             state: new_state,
             job_id,
@@ -227,13 +220,12 @@ impl Db {
     }
 
     pub(in crate::store) fn expire_deliveries(
-        &mut self,
+        tx: &mut dyn Conn,
         now: DateTime<Utc>,
         result_grace: chrono::Duration,
     ) -> Result<Vec<Finalised>, StoreError> {
-        let tx = self.conn.transaction()?;
         let mut ended = finalise_where(
-            &tx,
+            tx,
             "d.state IN ('pending','queued','sent') AND c.expires_at <= ?1",
             params![ts(now)],
             now,
@@ -242,7 +234,7 @@ impl Db {
         // Accepted but never answered: the agent vanished (or lost its state) after `received`.
         // Waiting for ever would leave the command, and its job, running for ever.
         ended.extend(finalise_where(
-            &tx,
+            tx,
             "d.state = 'received' AND c.expires_at <= ?1",
             params![ts(now - result_grace)],
             now,
@@ -251,7 +243,6 @@ impl Db {
                 message: "the agent accepted the command but no result arrived in time",
             },
         )?);
-        tx.commit()?;
         Ok(ended)
     }
 }

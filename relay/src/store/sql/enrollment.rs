@@ -1,13 +1,13 @@
-//! SQLite statements for enrollment tokens and enrolling: the `impl Db` methods behind `store/enrollment.rs`.
+//! Statements for enrollment tokens and enrolling: the `impl Sql` functions behind `store/enrollment.rs`.
 
 use super::*;
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn create_enrollment_token(
-        &mut self,
+        tx: &mut dyn Conn,
         t: &NewEnrollmentToken,
     ) -> Result<EnrollmentTokenInfo, StoreError> {
-        self.conn.execute(
+        tx.execute(
             "INSERT INTO enrollment_tokens \
              (id, token_hash, labels, created_at, expires_at, max_uses, note, created_by) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -36,24 +36,21 @@ impl Db {
     }
 
     pub(in crate::store) fn list_enrollment_tokens(
-        conn: &Connection,
+        tx: &mut dyn Conn,
     ) -> Result<Vec<EnrollmentTokenInfo>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = tx.prepare(&format!(
             "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at, id"
         ))?;
-        let rows = stmt
-            .query_map([], TokenRow::read)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![], TokenRow::read)?;
         rows.into_iter().map(TokenRow::into_info).collect()
     }
 
     pub(in crate::store) fn revoke_enrollment_token(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let exists: bool = self
-            .conn
+        let exists: bool = tx
             .query_row(
                 "SELECT 1 FROM enrollment_tokens WHERE id = ?1",
                 [id],
@@ -62,7 +59,7 @@ impl Db {
             .optional()?
             .unwrap_or(false);
         if exists {
-            self.conn.execute(
+            tx.execute(
                 "UPDATE enrollment_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, ts(now)],
             )?;
@@ -71,12 +68,11 @@ impl Db {
     }
 
     pub(in crate::store) fn enroll(
-        &mut self,
+        tx: &mut dyn Conn,
         token_hash: &str,
         agent: NewAgent,
         now: DateTime<Utc>,
     ) -> Result<Result<(AgentRecord, String), EnrollRefusal>, StoreError> {
-        let tx = self.conn.transaction()?;
         let token = tx
             .query_row(
                 &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE token_hash = ?1"),
@@ -139,7 +135,6 @@ impl Db {
             "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1",
             [&token.id],
         )?;
-        tx.commit()?;
         Ok(Ok((record, token.id)))
     }
 }

@@ -2,7 +2,8 @@
 //! (agent, rule, subject), enforced by a partial unique index) and `silences`.
 
 use super::super::StoreError;
-use super::{from_json, parse_opt_ts, parse_ts, to_json, ts, Db};
+use super::{from_json, parse_opt_ts, parse_ts, to_json, ts, Sql};
+use super::{params, Conn, ConnExt, Optional, Row, SqlResult};
 use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
 use crate::model::alerts::{AlertChange, AlertPolicy, AlertQuery, Applied, NotificationKind};
 use chrono::{DateTime, Utc};
@@ -12,7 +13,6 @@ use flotilla_shared::heartbeat::AgentEvent;
 use flotilla_shared::ids::new_id;
 use flotilla_shared::selector::Labels;
 use flotilla_shared::update::UpdateOutcome;
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::collections::{HashMap, HashSet};
 
 /// Migration 6: alerts and silences. `agent_id` is '' for alerts about no agent, so the
@@ -60,7 +60,7 @@ CREATE INDEX commands_kind_created_at ON commands(kind, created_at);
 
 /// Migration 11: the newest firing alerts and their counts by severity without a sort or a
 /// table scan (the fleet overview, `GET /api/v1/alerts?state=firing`).
-pub(super) const FIRING_INDEXES: &str = r#"
+pub(in crate::store) const FIRING_INDEXES: &str = r#"
 CREATE INDEX alerts_firing_newest ON alerts(fired_at, id) WHERE state = 'firing';
 CREATE INDEX alerts_firing_severity ON alerts(severity) WHERE state = 'firing';
 "#;
@@ -90,7 +90,7 @@ struct AlertRow {
 }
 
 impl AlertRow {
-    fn read(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    fn read(r: &Row) -> SqlResult<AlertRow> {
         Ok(AlertRow {
             id: r.get(0)?,
             agent_id: r.get(1)?,
@@ -146,7 +146,7 @@ impl AlertRow {
 const SILENCE_COLUMNS: &str =
     "id, selector, rule, subject, starts_at, ends_at, created_by, created_at, comment";
 
-fn read_silence(r: &Row<'_>) -> rusqlite::Result<[Option<String>; 9]> {
+fn read_silence(r: &Row) -> SqlResult<[Option<String>; 9]> {
     Ok([
         r.get(0)?,
         r.get(1)?,
@@ -179,15 +179,13 @@ fn silence_from(row: [Option<String>; 9]) -> Result<Silence, StoreError> {
     })
 }
 
-fn active_silences(conn: &Connection, now: DateTime<Utc>) -> Result<Vec<Silence>, StoreError> {
+fn active_silences(tx: &mut dyn Conn, now: DateTime<Utc>) -> Result<Vec<Silence>, StoreError> {
     let now = ts(now);
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = tx.prepare(&format!(
         "SELECT {SILENCE_COLUMNS} FROM silences WHERE starts_at <= ?1 AND ends_at > ?1 \
          ORDER BY created_at, id"
     ))?;
-    let rows = stmt
-        .query_map([now], read_silence)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = stmt.query_map([now], read_silence)?;
     rows.into_iter().map(silence_from).collect()
 }
 
@@ -208,7 +206,7 @@ pub(in crate::store) fn due(
 /// A stop command's container and creation time.
 type StopTarget = (String, DateTime<Utc>);
 
-impl Db {
+impl Sql {
     /// One evaluation: diffs the conditions that hold now with the firing alerts, in one
     /// transaction (insert new, refresh still present, resolve absent), updates which silence
     /// covers each firing alert, and decides the notifications (recording `notified_at` in the
@@ -219,22 +217,19 @@ impl Db {
     /// something about it changed (message, severity, agent name or labels, silence, or its
     /// notification), so a quiet evaluation of a large fleet writes nothing.
     pub(in crate::store) fn apply_conditions(
-        &mut self,
+        tx: &mut dyn Conn,
         conditions: &[Condition],
         p: &AlertPolicy,
     ) -> Result<Applied, StoreError> {
         let now = ts(p.now);
         let held: HashSet<&str> = p.held.iter().map(|r| r.as_str()).collect();
-        let tx = self.conn.transaction()?;
-        let silences = active_silences(&tx, p.now)?;
+        let silences = active_silences(tx, p.now)?;
         let firing: Vec<AlertRow> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'firing'"
             ))?;
-            let rows = stmt
-                .query_map([], AlertRow::read)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map(params![], AlertRow::read)?
         };
         let mut by_key: HashMap<(String, String, String), AlertRow> = firing
             .into_iter()
@@ -404,30 +399,29 @@ impl Db {
                 applied.notify.push((NotificationKind::Resolved, info));
             }
         }
-        tx.commit()?;
         Ok(applied)
     }
 
     /// Keys of the firing alerts of these rules.
     pub(in crate::store) fn firing_alert_keys(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         rules: &[&str],
     ) -> Result<HashSet<(String, String, String)>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT agent_id, rule, subject FROM alerts WHERE state = 'firing' AND rule = ?1",
         )?;
         let mut out = HashSet::new();
         for rule in rules {
             let rows = stmt.query_map([rule], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             for row in rows {
-                out.insert(row?);
+                out.insert(row);
             }
         }
         Ok(out)
     }
 
     pub(in crate::store) fn alerts(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         q: &AlertQuery,
     ) -> Result<Vec<AlertInfo>, StoreError> {
         // The state and severity as literals (closed enums), so a `state = 'firing'` list
@@ -447,42 +441,41 @@ impl Db {
         } else {
             "state = 'firing' DESC, fired_at DESC, id DESC"
         };
-        let mut stmt = conn.prepare_cached(&format!(
+        let mut stmt = tx.prepare_cached(&format!(
             "SELECT {ALERT_COLUMNS} FROM alerts WHERE {filter} ORDER BY {order} LIMIT ?1"
         ))?;
-        let rows = stmt
-            .query_map(params![q.limit, q.agent_id, q.rule], AlertRow::read)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![q.limit, q.agent_id, q.rule], AlertRow::read)?;
         rows.into_iter().map(AlertRow::into_info).collect()
     }
 
     pub(in crate::store) fn alert(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Option<AlertInfo>, StoreError> {
-        alert_by_id(conn, id)
+        alert_by_id(tx, id)
     }
 
     /// Records who acknowledged the alert (the first acknowledgement stays).
     pub(in crate::store) fn ack_alert(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<AlertInfo>, StoreError> {
-        let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE alerts SET acknowledged_by = ?2, acknowledged_at = ?3 \
              WHERE id = ?1 AND acknowledged_at IS NULL",
             params![id, by, ts(now)],
         )?;
-        let info = alert_by_id(&tx, id)?;
-        tx.commit()?;
+        let info = alert_by_id(tx, id)?;
         Ok(info)
     }
 
-    pub(in crate::store) fn create_silence(&mut self, s: &Silence) -> Result<(), StoreError> {
-        self.conn.execute(
+    pub(in crate::store) fn create_silence(
+        tx: &mut dyn Conn,
+        s: &Silence,
+    ) -> Result<(), StoreError> {
+        tx.execute(
             &format!(
                 "INSERT INTO silences ({SILENCE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
             ),
@@ -503,65 +496,59 @@ impl Db {
 
     /// Silences that have not ended (active or starting later), by start.
     pub(in crate::store) fn silences(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         now: DateTime<Utc>,
     ) -> Result<Vec<Silence>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = tx.prepare(&format!(
             "SELECT {SILENCE_COLUMNS} FROM silences WHERE ends_at > ?1 ORDER BY starts_at, id"
         ))?;
-        let rows = stmt
-            .query_map([ts(now)], read_silence)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([ts(now)], read_silence)?;
         rows.into_iter().map(silence_from).collect()
     }
 
     /// Ends a silence now (kept for the alerts that name it). False when no such silence has
     /// yet to end.
     pub(in crate::store) fn end_silence(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
-            "UPDATE silences SET ends_at = ?2, starts_at = MIN(starts_at, ?2) \
-             WHERE id = ?1 AND ends_at > ?2",
-            params![id, ts(now)],
-        )?;
+        let sql = format!(
+            "UPDATE silences SET ends_at = ?2, starts_at = {} WHERE id = ?1 AND ends_at > ?2",
+            tx.dialect().least("starts_at", "?2")
+        );
+        let n = tx.execute(&sql, params![id, ts(now)])?;
         Ok(n > 0)
     }
 
     /// Deletes resolved alerts and ended silences older than `cutoff`.
     pub(in crate::store) fn prune_alerts(
-        &mut self,
+        tx: &mut dyn Conn,
         cutoff: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
         let cutoff = ts(cutoff);
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < ?1",
             [&cutoff],
         )?;
         tx.execute("DELETE FROM silences WHERE ends_at < ?1", [&cutoff])?;
-        tx.commit()?;
         Ok(n)
     }
 
     /// Container died / OOM / restart-loop events received since `since`, oldest first, and
     /// how many rows could not be read (skipped: one bad row must not stop all alerting).
     pub(in crate::store) fn container_events(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         since: DateTime<Utc>,
     ) -> Result<(Vec<(String, AgentEvent)>, usize), StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT agent_id, event FROM events WHERE received_at >= ?1 \
              AND kind IN ('container.died', 'container.oom', 'container.restart_loop') \
              ORDER BY id",
         )?;
-        let rows = stmt
-            .query_map([ts(since)], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([ts(since)], |r| {
+            Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+        })?;
         let mut skipped = 0;
         let mut out = Vec::with_capacity(rows.len());
         for (agent, event) in rows {
@@ -577,21 +564,21 @@ impl Db {
     /// rows could not be read (skipped). Each command's JSON is parsed once, however many
     /// agents it went to.
     pub(in crate::store) fn requested_stops(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         since: DateTime<Utc>,
     ) -> Result<(Vec<RequestedStop>, usize), StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT c.id, d.agent_id, c.command, c.created_at, d.state, d.updated_at \
              FROM commands c JOIN deliveries d ON d.command_id = c.id \
              WHERE c.kind IN ('container.stop', 'container.restart') AND c.created_at >= ?1 \
              ORDER BY c.id",
         )?;
-        let mut rows = stmt.query([ts(since)])?;
+        let rows = stmt.query_map([ts(since)], |r| Ok(r.clone()))?;
         let mut out = Vec::new();
         let mut skipped = 0;
         // The command being read: its id and (container, created_at), or None if unreadable.
         let mut current: Option<(String, Option<StopTarget>)> = None;
-        while let Some(r) = rows.next()? {
+        for r in &rows {
             let command_id: String = r.get(0)?;
             if current.as_ref().is_none_or(|(id, _)| *id != command_id) {
                 let command: String = r.get(2)?;
@@ -640,25 +627,23 @@ impl Db {
 
     /// Updates finished since `since` (for the update rules).
     pub(in crate::store) fn finished_updates(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         since: DateTime<Utc>,
     ) -> Result<Vec<FinishedUpdate>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT agent_id, COALESCE(container_name, container), command_id, outcome, \
              finished_at, error_message FROM updates WHERE finished_at >= ?1",
         )?;
-        let rows = stmt
-            .query_map([ts(since)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, String>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([ts(since)], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<Option<String>>(3)?,
+                r.get::<String>(4)?,
+                r.get::<Option<String>>(5)?,
+            ))
+        })?;
         rows.into_iter()
             .map(
                 |(agent_id, container, command_id, outcome, finished_at, error)| {
@@ -679,8 +664,8 @@ impl Db {
     }
 }
 
-fn alert_by_id(conn: &Connection, id: &str) -> Result<Option<AlertInfo>, StoreError> {
-    conn.query_row(
+fn alert_by_id(tx: &mut dyn Conn, id: &str) -> Result<Option<AlertInfo>, StoreError> {
+    tx.query_row(
         &format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"),
         [id],
         AlertRow::read,
@@ -701,6 +686,7 @@ fn severity_index(s: Severity) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sql::SqliteConn;
     use flotilla_shared::command::ContainerStopArgs;
     use flotilla_shared::heartbeat::EventKind;
 
@@ -722,22 +708,22 @@ mod tests {
 
     #[test]
     fn unreadable_rows_are_skipped_and_counted() {
-        let db = Db::open_in_memory().unwrap();
-        db.conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        let db = crate::store::sqlite::test_connection();
+        db.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        let tx = &mut SqliteConn::new(&db);
         for (seq, body) in [
             (1, event("web")),
             (2, "{not json".to_string()),
             (3, event("db")),
         ] {
-            db.conn
-                .execute(
-                    "INSERT INTO events (agent_id, seq, received_at, kind, event) \
+            tx.execute(
+                "INSERT INTO events (agent_id, seq, received_at, kind, event) \
                      VALUES ('a', ?1, ?2, 'container.died', ?3)",
-                    params![seq, ts(at(seq)), body],
-                )
-                .unwrap();
+                params![seq, ts(at(seq)), body],
+            )
+            .unwrap();
         }
-        let (events, skipped) = Db::container_events(&db.conn, at(0)).unwrap();
+        let (events, skipped) = Sql::container_events(tx, at(0)).unwrap();
         assert_eq!(skipped, 1);
         let names: Vec<_> = events
             .iter()
@@ -751,25 +737,23 @@ mod tests {
         ))
         .unwrap();
         for (id, body) in [("cmd_1", stop.as_str()), ("cmd_2", "garbage")] {
-            db.conn
-                .execute(
-                    "INSERT INTO commands (id, kind, command, envelope, signature, audience, \
+            tx.execute(
+                "INSERT INTO commands (id, kind, command, envelope, signature, audience, \
                      created_at, expires_at, created_by) VALUES (?1, 'container.stop', ?2, '', \
                      '', '', ?3, ?3, 'test')",
-                    params![id, body, ts(at(1))],
+                params![id, body, ts(at(1))],
+            )
+            .unwrap();
+            for (agent, state) in [("a", "succeeded"), ("b", "sent")] {
+                tx.execute(
+                    "INSERT INTO deliveries (command_id, agent_id, position, state, \
+                         updated_at) VALUES (?1, ?2, 0, ?3, ?4)",
+                    params![id, agent, state, ts(at(5))],
                 )
                 .unwrap();
-            for (agent, state) in [("a", "succeeded"), ("b", "sent")] {
-                db.conn
-                    .execute(
-                        "INSERT INTO deliveries (command_id, agent_id, position, state, \
-                         updated_at) VALUES (?1, ?2, 0, ?3, ?4)",
-                        params![id, agent, state, ts(at(5))],
-                    )
-                    .unwrap();
             }
         }
-        let (mut stops, skipped) = Db::requested_stops(&db.conn, at(0)).unwrap();
+        let (mut stops, skipped) = Sql::requested_stops(tx, at(0)).unwrap();
         assert_eq!(
             skipped, 1,
             "one bad command, counted once for its two deliveries"
@@ -797,16 +781,13 @@ mod tests {
     /// The evaluation's queries on `events` and `commands` use an index, not a table scan.
     #[test]
     fn evaluation_queries_use_indexes() {
-        let db = Db::open_in_memory().unwrap();
-        let plan = |sql: &str| -> String {
-            let mut stmt = db
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
-            let rows = stmt
-                .query_map([ts(at(0))], |r| r.get::<_, String>(3))
-                .unwrap()
-                .collect::<rusqlite::Result<Vec<_>>>()
+        let db = crate::store::sqlite::test_connection();
+        let mut tx = SqliteConn::new(&db);
+        let mut plan = |sql: &str| -> String {
+            let rows = tx
+                .query_map(&format!("EXPLAIN QUERY PLAN {sql}"), [ts(at(0))], |r| {
+                    r.get::<String>(3)
+                })
                 .unwrap();
             rows.join("; ")
         };

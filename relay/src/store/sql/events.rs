@@ -1,16 +1,15 @@
-//! SQLite statements for agent events: the `impl Db` methods behind `store/events.rs`.
+//! Statements for agent events: the `impl Sql` functions behind `store/events.rs`.
 
 use super::*;
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn insert_event(
-        &mut self,
+        tx: &mut dyn Conn,
         agent_id: &str,
         seq: u64,
         event: &AgentEvent,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             "INSERT OR IGNORE INTO events (agent_id, seq, received_at, kind, event) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -51,31 +50,22 @@ impl Db {
                 )?;
             }
         }
-        tx.commit()?;
         Ok(n > 0)
     }
 
     pub(in crate::store) fn events(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: &str,
         q: &EventQuery,
     ) -> Result<Vec<EventRecord>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT id, received_at, event FROM events WHERE agent_id = ?1 \
              AND (?2 IS NULL OR kind = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
         )?;
-        let rows = stmt
-            .query_map(
-                params![agent_id, q.kind, q.after_id.unwrap_or(0), q.limit as i64],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(
+            params![agent_id, q.kind, q.after_id.unwrap_or(0), q.limit as i64],
+            |r| Ok((r.get::<i64>(0)?, r.get::<String>(1)?, r.get::<String>(2)?)),
+        )?;
         rows.into_iter()
             .map(|(id, received_at, event)| {
                 Ok(EventRecord {

@@ -7,11 +7,11 @@
 
 use super::super::releases::{NewRelease, RevertedRollback, StoredRelease};
 use super::super::{Finalised, NewCommand, StoreError};
-use super::{finalise_where, insert_command, parse_opt_ts, parse_ts, ts, Db, Ending};
+use super::{finalise_where, insert_command, parse_opt_ts, parse_ts, ts, Ending, Sql};
+use super::{params, Conn, ConnExt, Optional, Row, SqlResult};
 use chrono::{DateTime, Utc};
 use flotilla_shared::command::{error_codes, Command, CommandResult, ResultStatus};
 use flotilla_shared::release::{BrokenInfo, ReleaseInfo, ReleaseManifest, SignedManifest};
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 /// Migration 7: published agent builds.
 pub(in crate::store) const SCHEMA: &str = r#"
@@ -51,7 +51,7 @@ type RawRelease = (
     Option<String>,
 );
 
-fn read_raw(r: &Row<'_>) -> rusqlite::Result<RawRelease> {
+fn read_raw(r: &Row) -> SqlResult<RawRelease> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -104,8 +104,8 @@ fn into_release(raw: RawRelease) -> Result<StoredRelease, StoreError> {
     })
 }
 
-fn load(conn: &Connection, version: &str, arch: &str) -> Result<Option<StoredRelease>, StoreError> {
-    conn.query_row(
+fn load(tx: &mut dyn Conn, version: &str, arch: &str) -> Result<Option<StoredRelease>, StoreError> {
+    tx.query_row(
         &format!("SELECT {COLUMNS} FROM releases WHERE version = ?1 AND arch = ?2"),
         params![version, arch],
         read_raw,
@@ -126,7 +126,7 @@ fn cap(reason: &str) -> String {
 /// that build that have not reached their agent (pending, queued, sent) as undelivered, inside
 /// the caller's transaction. None when the build does not exist.
 fn mark_broken(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     version: &str,
     arch: &str,
     broken: &BrokenInfo,
@@ -172,7 +172,7 @@ fn upgrade_target(command: &Command) -> Option<(ReleaseManifest, bool)> {
 /// serialised with [`mark_broken`] (the store's single writer): a build marked broken after
 /// the caller resolved it is still never sent.
 pub(super) fn broken_upgrade(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     command: &Command,
 ) -> Result<Option<String>, StoreError> {
     let Some((m, _)) = upgrade_target(command) else {
@@ -204,9 +204,9 @@ pub(super) fn broken_upgrade(
 /// Not for a rollback: reverting a rollback (to the previous, last known-good build) says the
 /// host could not go back, not that the older build is bad, so it is not marked; the delivery
 /// still ends failed with `upgrade_reverted` and the `agent_upgrade_reverted` alert still fires
-/// (see [`Db::reverted_rollbacks`]).
+/// (see [`Sql::reverted_rollbacks`]).
 pub(super) fn upgrade_failed(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     agent_id: &str,
     result: &CommandResult,
     now: DateTime<Utc>,
@@ -256,9 +256,12 @@ pub(super) fn upgrade_failed(
     Ok(ended)
 }
 
-impl Db {
-    pub(in crate::store) fn insert_release(&mut self, r: &NewRelease) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+impl Sql {
+    pub(in crate::store) fn insert_release(
+        tx: &mut dyn Conn,
+        r: &NewRelease,
+    ) -> Result<bool, StoreError> {
+        let n = tx.execute(
             "INSERT INTO releases (version, arch, size, sha256, manifest, signature, created_at, \
              published_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (version, arch) DO NOTHING",
@@ -280,42 +283,38 @@ impl Db {
     /// marked broken (checked in the same transaction): then `Ok(Err(why))` and nothing is
     /// written.
     pub(in crate::store) fn create_upgrade_command(
-        &mut self,
+        tx: &mut dyn Conn,
         c: &NewCommand,
     ) -> Result<Result<(), String>, StoreError> {
-        let tx = self.conn.transaction()?;
-        if let Some(why) = broken_upgrade(&tx, &c.command)? {
+        if let Some(why) = broken_upgrade(tx, &c.command)? {
             return Ok(Err(why));
         }
-        insert_command(&tx, c)?;
-        tx.commit()?;
+        insert_command(tx, c)?;
         Ok(Ok(()))
     }
 
     /// Rollbacks (`agent.upgrade` with `rollback`) whose result arrived since `since` as failed
     /// with `upgrade_reverted`: the agent's updater could not go back either. Oldest first.
     pub(in crate::store) fn reverted_rollbacks(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         since: DateTime<Utc>,
     ) -> Result<Vec<RevertedRollback>, StoreError> {
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT d.agent_id, c.command, COALESCE(json_extract(d.result, '$.error.message'), ''), \
              d.updated_at FROM commands c JOIN deliveries d ON d.command_id = c.id \
              WHERE c.kind = 'agent.upgrade' AND d.state = 'failed' AND d.updated_at >= ?1 \
              AND json_extract(d.result, '$.error.code') = ?2 \
-             AND json_extract(c.command, '$.args.rollback') = 1 \
+             AND CAST(json_extract(c.command, '$.args.rollback') AS TEXT) IN ('1', 'true') \
              ORDER BY d.updated_at",
         )?;
-        let rows = stmt
-            .query_map(params![ts(since), error_codes::UPGRADE_REVERTED], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![ts(since), error_codes::UPGRADE_REVERTED], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+            ))
+        })?;
         let mut out = Vec::with_capacity(rows.len());
         for (agent_id, command, reason, at) in rows {
             let Some((m, _)) = serde_json::from_str::<Command>(&command)
@@ -337,51 +336,45 @@ impl Db {
     }
 
     pub(in crate::store) fn release(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         version: &str,
         arch: &str,
     ) -> Result<Option<StoredRelease>, StoreError> {
-        load(conn, version, arch)
+        load(tx, version, arch)
     }
 
     /// Every build, unordered (the caller sorts by version).
-    pub(in crate::store) fn releases(conn: &Connection) -> Result<Vec<StoredRelease>, StoreError> {
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM releases"))?;
-        let rows = stmt
-            .query_map([], read_raw)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+    pub(in crate::store) fn releases(tx: &mut dyn Conn) -> Result<Vec<StoredRelease>, StoreError> {
+        let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM releases"))?;
+        let rows = stmt.query_map(params![], read_raw)?;
         rows.into_iter().map(into_release).collect()
     }
 
     pub(in crate::store) fn mark_release_broken(
-        &mut self,
+        tx: &mut dyn Conn,
         version: &str,
         arch: &str,
         broken: &BrokenInfo,
     ) -> Result<Option<(StoredRelease, Vec<Finalised>)>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let Some(ended) = mark_broken(&tx, version, arch, broken)? else {
+        let Some(ended) = mark_broken(tx, version, arch, broken)? else {
             return Ok(None);
         };
-        let release = load(&tx, version, arch)?
+        let release = load(tx, version, arch)?
             .ok_or_else(|| StoreError::Corrupt("release vanished while marking it".into()))?;
-        tx.commit()?;
         Ok(Some((release, ended)))
     }
 
     pub(in crate::store) fn unmark_release_broken(
-        &mut self,
+        tx: &mut dyn Conn,
         version: &str,
         arch: &str,
     ) -> Result<Option<StoredRelease>, StoreError> {
-        let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE releases SET broken_at = NULL, broken_reason = NULL, broken_by = NULL \
              WHERE version = ?1 AND arch = ?2",
             params![version, arch],
         )?;
-        let release = load(&tx, version, arch)?;
-        tx.commit()?;
+        let release = load(tx, version, arch)?;
         Ok(release)
     }
 }
@@ -477,7 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn versions_list_newest_first_and_latest_skips_broken() {
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         for (v, a) in [
             ("0.1.0", "x86_64"),
@@ -598,7 +591,7 @@ mod tests {
 
     #[tokio::test]
     async fn reverted_upgrade_marks_its_build_broken_and_ends_undelivered_copies() {
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         store
             .create_release(release(&key, "0.3.0", "x86_64"))
@@ -717,7 +710,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reverted_rollback_marks_nothing_broken_but_is_reported() {
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         store
             .create_release(release(&key, "0.1.0", "x86_64"))
@@ -846,7 +839,7 @@ mod tests {
     #[tokio::test]
     async fn a_build_marked_broken_after_it_was_resolved_is_never_stored() {
         use flotilla_shared::rollout::AgentOutcome;
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         store
             .create_release(release(&key, "0.3.0", "x86_64"))
@@ -932,7 +925,7 @@ mod tests {
     async fn an_agent_upgrade_waits_for_container_and_backup_work() {
         use flotilla_shared::command::{BackupListArgs, ContainerStopArgs};
         use flotilla_shared::rollout::AgentOutcome;
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         store
             .create_release(release(&key, "0.3.0", "x86_64"))
@@ -1026,7 +1019,7 @@ mod tests {
     #[tokio::test]
     async fn latest_prefers_releases_to_pre_releases() {
         use crate::store::releases::latest_of;
-        let store = Store::open_in_memory().unwrap();
+        let store = Store::open_for_test();
         let key = SigningKey::generate();
         let latest = |store: Store| async move {
             latest_of(store.releases().await.unwrap(), "x86_64").map(|r| r.info.version)

@@ -1,23 +1,20 @@
-//! SQLite statements for fan-out jobs: the `impl Db` methods behind `store/jobs.rs`.
+//! Statements for fan-out jobs: the `impl Sql` functions behind `store/jobs.rs`.
 
 use super::*;
 
-impl Db {
-    pub(in crate::store) fn running_jobs(conn: &Connection) -> Result<Vec<String>, StoreError> {
+impl Sql {
+    pub(in crate::store) fn running_jobs(tx: &mut dyn Conn) -> Result<Vec<String>, StoreError> {
         let mut stmt =
-            conn.prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")?;
-        let ids = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
+            tx.prepare("SELECT id FROM jobs WHERE state = 'running' ORDER BY created_at")?;
+        let ids = stmt.query_map(params![], |r| r.get(0))?;
         Ok(ids)
     }
 
     pub(in crate::store) fn advance_job(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<JobStep>, StoreError> {
-        let tx = self.conn.transaction()?;
         let job: Option<(String, u32, Option<u32>, String, bool, String)> = tx
             .query_row(
                 "SELECT j.command_id, j.max_concurrency, j.max_errors, j.state, j.stopped, c.kind \
@@ -47,7 +44,7 @@ impl Db {
             step.state = Some(state);
             return Ok(Some(step));
         }
-        let counts = delivery_counts(&tx, &command_id)?;
+        let counts = delivery_counts(tx, &command_id)?;
         let plan = plan_step(&counts, max_concurrency, max_errors, stopped);
         if plan.stop {
             tx.execute("UPDATE jobs SET stopped = 1 WHERE id = ?1", [id])?;
@@ -62,9 +59,8 @@ impl Db {
                 "SELECT agent_id FROM deliveries WHERE command_id = ?1 AND state = 'pending' \
                  ORDER BY position LIMIT ?2",
             )?;
-            step.queued = stmt
-                .query_map(params![command_id, plan.dispatch as i64], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+            step.queued =
+                stmt.query_map(params![command_id, plan.dispatch as i64], |r| r.get(0))?;
             drop(stmt);
             tx.execute(
                 "UPDATE deliveries SET state = 'queued', updated_at = ?3 \
@@ -74,7 +70,7 @@ impl Db {
             )?;
             if kind == CommandKind::ContainerUpdate.as_str() {
                 let queued: Vec<&str> = step.queued.iter().map(String::as_str).collect();
-                start_updates(&tx, &command_id, &queued, now)?;
+                start_updates(tx, &command_id, &queued, now)?;
             }
             step.signed = Some(tx.query_row(
                 "SELECT envelope, signature FROM commands WHERE id = ?1",
@@ -95,12 +91,11 @@ impl Db {
             step.finished = true;
         }
         step.state = Some(plan.state);
-        tx.commit()?;
         Ok(Some(step))
     }
 
     pub(in crate::store) fn job_info(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Option<JobInfo>, StoreError> {
         type JobRow = (
@@ -114,7 +109,7 @@ impl Db {
             String,
             String,
         );
-        let job: Option<JobRow> = conn
+        let job: Option<JobRow> = tx
             .query_row(
                 "SELECT j.command_id, j.selector, j.max_concurrency, j.max_errors, j.state, \
                  j.created_at, j.expires_at, j.created_by, c.command \
@@ -149,20 +144,18 @@ impl Db {
         else {
             return Ok(None);
         };
-        let mut stmt = conn.prepare(
+        let mut stmt = tx.prepare(
             "SELECT d.agent_id, a.name, d.state, d.result FROM deliveries d \
              JOIN agents a ON a.id = d.agent_id WHERE d.command_id = ?1 ORDER BY d.position",
         )?;
-        let rows = stmt
-            .query_map([&command_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([&command_id], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<Option<String>>(3)?,
+            ))
+        })?;
         let mut targets = Vec::with_capacity(rows.len());
         for (agent_id, agent_name, state, result) in rows {
             targets.push(JobTarget {

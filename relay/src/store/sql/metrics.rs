@@ -1,4 +1,4 @@
-//! SQLite statements for the agents' metrics history: the `impl Db` methods behind
+//! Statements for the agents' metrics history: the `impl Sql` functions behind
 //! `store/metrics.rs`, and the fold of a heartbeat batch into it (inside
 //! [`Db::save_heartbeats`]' transaction).
 
@@ -9,7 +9,7 @@ use flotilla_shared::api::MetricsPoint;
 /// Migration 9: one row per (agent, resolution, bucket), each value the running mean of the
 /// heartbeats folded into it. No foreign key: a revoked agent's history ages out like any
 /// other.
-pub(super) const SCHEMA: &str = r#"
+pub(in crate::store) const SCHEMA: &str = r#"
 CREATE TABLE agent_metrics (
     agent_id TEXT NOT NULL,
     resolution INTEGER NOT NULL,
@@ -25,17 +25,20 @@ CREATE INDEX agent_metrics_age ON agent_metrics(resolution, bucket);
 
 /// Folds each heartbeat of the batch into its bucket of every resolution.
 pub(super) fn fold_heartbeats(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     batch: &[HeartbeatWrite],
 ) -> Result<(), StoreError> {
     let mut stmt = tx.prepare_cached(
         "INSERT INTO agent_metrics (agent_id, resolution, bucket, cpu, memory, disk, samples) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1) \
          ON CONFLICT (agent_id, resolution, bucket) DO UPDATE SET \
-         cpu = (cpu * samples + excluded.cpu) / (samples + 1), \
-         memory = (memory * samples + excluded.memory) / (samples + 1), \
-         disk = (disk * samples + excluded.disk) / (samples + 1), \
-         samples = samples + 1",
+         cpu = (agent_metrics.cpu * agent_metrics.samples + excluded.cpu) \
+             / (agent_metrics.samples + 1), \
+         memory = (agent_metrics.memory * agent_metrics.samples + excluded.memory) \
+             / (agent_metrics.samples + 1), \
+         disk = (agent_metrics.disk * agent_metrics.samples + excluded.disk) \
+             / (agent_metrics.samples + 1), \
+         samples = agent_metrics.samples + 1",
     )?;
     for hb in batch {
         let host = &hb.heartbeat.host;
@@ -58,28 +61,26 @@ pub(super) fn fold_heartbeats(
     Ok(())
 }
 
-impl Db {
+impl Sql {
     pub(in crate::store) fn metrics_history(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: &str,
         resolution: Resolution,
         oldest_bucket: i64,
     ) -> Result<Vec<MetricsPoint>, StoreError> {
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = tx.prepare_cached(
             "SELECT bucket, cpu, memory, disk, samples FROM agent_metrics \
              WHERE agent_id = ?1 AND resolution = ?2 AND bucket >= ?3 ORDER BY bucket",
         )?;
-        let rows = stmt
-            .query_map(params![agent_id, resolution.seconds, oldest_bucket], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, f64>(1)?,
-                    r.get::<_, f64>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map(params![agent_id, resolution.seconds, oldest_bucket], |r| {
+            Ok((
+                r.get::<i64>(0)?,
+                r.get::<f64>(1)?,
+                r.get::<f64>(2)?,
+                r.get::<f64>(3)?,
+                r.get::<u32>(4)?,
+            ))
+        })?;
         rows.into_iter()
             .map(|(bucket, cpu, memory, disk, samples)| {
                 Ok(MetricsPoint {
@@ -97,11 +98,10 @@ impl Db {
 
     /// Deletes at most `batch` points of each resolution that are older than its horizon.
     pub(in crate::store) fn prune_metrics_batch(
-        &mut self,
+        tx: &mut dyn Conn,
         now: DateTime<Utc>,
         batch: u32,
     ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
         let mut n = 0;
         for r in RESOLUTIONS {
             n += tx.execute(
@@ -111,7 +111,6 @@ impl Db {
                 params![r.seconds, r.oldest_kept(now), batch],
             )?;
         }
-        tx.commit()?;
         Ok(n)
     }
 }

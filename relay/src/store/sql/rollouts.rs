@@ -14,7 +14,8 @@
 //! Outcomes of in-flight containers are read from `deliveries` and `updates` by joins on the
 //! command ids; only rows still in flight are looked at on each engine step.
 
-use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Db};
+use super::{from_json, insert_command, parse_opt_ts, parse_ts, to_json, ts, Sql};
+use super::{params, Conn, ConnExt, Optional, Row, SqlResult};
 use crate::model::rollouts::{
     agent_outcome, classify_update, container_list_verdict, info_of, order_fleet, select_members,
     ActionRefused, ContainerDispatch, FleetAgent, Progress, RevertPlan, RolloutRow, RolloutSpec,
@@ -31,7 +32,6 @@ use flotilla_shared::rollout::{
 };
 use flotilla_shared::selector::{Labels, Selector};
 use flotilla_shared::update::UpdateOutcome;
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Migration 5: rollouts.
@@ -147,7 +147,7 @@ fn parse_agent_outcome(s: &str) -> Result<AgentOutcome, StoreError> {
 }
 
 fn log_event(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     rollout_id: &str,
     at: DateTime<Utc>,
     actor: &str,
@@ -193,7 +193,7 @@ type RawRollout = (
     Option<String>,
 );
 
-fn read_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRollout> {
+fn read_raw(r: &Row) -> SqlResult<RawRollout> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -255,8 +255,8 @@ fn into_row(raw: RawRollout) -> Result<RolloutRow, StoreError> {
     })
 }
 
-fn load_row(conn: &Connection, id: &str) -> Result<Option<RolloutRow>, StoreError> {
-    conn.query_row(
+fn load_row(tx: &mut dyn Conn, id: &str) -> Result<Option<RolloutRow>, StoreError> {
+    tx.query_row(
         &format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = ?1"),
         [id],
         read_raw,
@@ -267,17 +267,25 @@ fn load_row(conn: &Connection, id: &str) -> Result<Option<RolloutRow>, StoreErro
 }
 
 fn write_progress(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     id: &str,
     expected: Option<DateTime<Utc>>,
     p: &Progress,
 ) -> Result<bool, StoreError> {
+    // Without an expected version the write is unconditional (`?14` is NULL then, and a
+    // parameter only tested for NULL has no type PostgreSQL could infer).
+    let guard = if expected.is_some() {
+        "updated_at = ?14"
+    } else {
+        "?14 IS NULL"
+    };
     let n = tx.execute(
-        "UPDATE rollouts SET state = ?2, reason = ?3, stage = ?4, stage_phase = ?5, \
-         stage_started_at = ?6, stage_deadline = ?7, deadline_remaining_secs = ?8, \
-         soak_ends_at = ?9, soak_remaining_secs = ?10, accepted_failures = ?11, \
-         updated_at = ?12, finished_at = ?13 \
-         WHERE id = ?1 AND (?14 IS NULL OR updated_at = ?14)",
+        &format!(
+            "UPDATE rollouts SET state = ?2, reason = ?3, stage = ?4, stage_phase = ?5, \
+             stage_started_at = ?6, stage_deadline = ?7, deadline_remaining_secs = ?8, \
+             soak_ends_at = ?9, soak_remaining_secs = ?10, accepted_failures = ?11, \
+             updated_at = ?12, finished_at = ?13 WHERE id = ?1 AND {guard}"
+        ),
         params![
             id,
             p.state.as_str(),
@@ -312,28 +320,26 @@ fn write_progress(
     Ok(n == 1)
 }
 
-fn stage_failures(conn: &Connection, id: &str, stage: usize) -> Result<u32, StoreError> {
-    Ok(conn.query_row(
+fn stage_failures(tx: &mut dyn Conn, id: &str, stage: usize) -> Result<u32, StoreError> {
+    Ok(tx.query_row(
         "SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2 \
          AND outcome = 'failed'",
         params![id, stage as i64],
-        |r| r.get::<_, u32>(0),
+        |r| r.get::<u32>(0),
     )?)
 }
 
 /// Non-revoked agents matching a selector.
-fn fleet(conn: &Connection, selector: &Selector) -> Result<Vec<FleetAgent>, StoreError> {
+fn fleet(tx: &mut dyn Conn, selector: &Selector) -> Result<Vec<FleetAgent>, StoreError> {
     let mut stmt =
-        conn.prepare("SELECT id, labels, enrolled_at FROM agents WHERE revoked_at IS NULL")?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        tx.prepare("SELECT id, labels, enrolled_at FROM agents WHERE revoked_at IS NULL")?;
+    let rows = stmt.query_map(params![], |r| {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<String>(2)?,
+        ))
+    })?;
     let mut out = Vec::new();
     for (id, labels, enrolled_at) in rows {
         let labels: Labels = from_json("labels", &labels)?;
@@ -365,26 +371,23 @@ pub(crate) fn targets_may_overlap(a: &RolloutTarget, b: &RolloutTarget) -> bool 
     }
 }
 
-impl Db {
+impl Sql {
     /// Inserts a rollout unless an active one conflicts (same target and overlapping
     /// selectors): then returns the other one's (id, name) and inserts nothing.
     pub(in crate::store) fn create_rollout(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         spec: &RolloutSpec,
         created_by: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(String, String)>, StoreError> {
-        let tx = self.conn.transaction()?;
         let active: Vec<(String, String, String)> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT id, name, spec FROM rollouts WHERE {}",
                 active_where()
             ))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map(params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         };
         // The rule: a conflict unless the selectors are provably disjoint, for targets that
         // may share a container (see `targets_may_overlap`).
@@ -415,7 +418,7 @@ impl Db {
             ],
         )?;
         log_event(
-            &tx,
+            tx,
             id,
             now,
             created_by,
@@ -429,39 +432,35 @@ impl Db {
                 flotilla_shared::rollout::format_stages(&spec.stages)
             ),
         )?;
-        tx.commit()?;
         Ok(None)
     }
 
     /// Rollouts the engine still looks at: not final, or aborted with work in flight (an
     /// abort without revert leaves running updates whose outcomes must still be recorded).
-    pub(in crate::store) fn active_rollouts(conn: &Connection) -> Result<Vec<String>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+    pub(in crate::store) fn active_rollouts(tx: &mut dyn Conn) -> Result<Vec<String>, StoreError> {
+        let mut stmt = tx.prepare(&format!(
             "SELECT id FROM rollouts WHERE {} ORDER BY created_at",
             active_where()
         ))?;
-        let ids = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?;
+        let ids = stmt.query_map(params![], |r| r.get(0))?;
         Ok(ids)
     }
 
     pub(in crate::store) fn rollout_row(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Option<RolloutRow>, StoreError> {
-        load_row(conn, id)
+        load_row(tx, id)
     }
 
     /// Gives finished in-flight containers and agents their outcome; returns the label
     /// agents whose `container.list` finished and who need their updates.
     #[allow(clippy::type_complexity)]
     pub(in crate::store) fn refresh_rollout(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, Result<ContainerListOutput, UpdateVerdict>)>, StoreError> {
-        let tx = self.conn.transaction()?;
         // Containers whose (update or revert) delivery became final, and final containers
         // whose delivery changed since they were classified (an agent's late result replaced
         // a relay guess: expired undelivered, no_result).
@@ -481,22 +480,20 @@ impl Db {
                    OR (rc.outcome IN ('failed','undelivered','revert_failed') \
                        AND d.updated_at IS NOT rc.delivery_at))"
             ))?;
-            let rows = stmt
-                .query_map([id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map([id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                ))
+            })?
         };
         // Agents whose final containers were classified again (their outcome is recomputed).
         let mut touched: HashSet<String> = HashSet::new();
@@ -585,12 +582,10 @@ impl Db {
                  ORDER BY ra.agent_id, rc.name",
             )?;
             let touched: Vec<&String> = touched.iter().collect();
-            let rows = stmt
-                .query_map(params![id, to_json(&touched)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map(params![id, to_json(&touched)], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
         };
         let mut by_agent: BTreeMap<String, (String, i64, Vec<(String, Option<String>)>)> =
             BTreeMap::new();
@@ -624,7 +619,7 @@ impl Db {
             )?;
             if matches!(new, AgentOutcome::Failed | AgentOutcome::RevertFailed) {
                 log_event(
-                    &tx,
+                    tx,
                     id,
                     now,
                     crate::model::rollouts::ENGINE_ACTOR,
@@ -648,10 +643,8 @@ impl Db {
                  AND NOT EXISTS (SELECT 1 FROM rollout_containers rc \
                    WHERE rc.rollout_id = ra.rollout_id AND rc.agent_id = ra.agent_id)"
             ))?;
-            let rows = stmt
-                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         };
         let mut out = Vec::new();
         for (agent, state, result) in lists {
@@ -673,17 +666,16 @@ impl Db {
             }
             out.push((agent, list));
         }
-        tx.commit()?;
         Ok(out)
     }
 
-    /// Whether [`Db::refresh_rollout`] may have anything to do: a member or container in
+    /// Whether [`Sql::refresh_rollout`] may have anything to do: a member or container in
     /// flight, or a final container whose delivery changed since it was classified.
     pub(in crate::store) fn rollout_needs_refresh(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<bool, StoreError> {
-        Ok(conn.query_row(
+        Ok(tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM rollout_agents WHERE rollout_id = ?1 \
                AND outcome IN ('updating','reverting')) \
              OR EXISTS (SELECT 1 FROM rollout_containers rc JOIN deliveries d \
@@ -699,14 +691,14 @@ impl Db {
 
     /// Sets a member's outcome while it is `updating` (a label agent's list ended it).
     pub(in crate::store) fn set_rollout_agent_outcome(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         outcome: AgentOutcome,
         reason: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        tx.execute(
             "UPDATE rollout_agents SET outcome = ?3, reason = ?4, finished_at = ?5 \
              WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'updating'",
             params![id, agent_id, outcome.as_str(), reason, ts(now)],
@@ -717,12 +709,11 @@ impl Db {
     /// Records a label agent's updates with their commands, once (false when it already has
     /// containers or is no longer updating).
     pub(in crate::store) fn expand_rollout_agent(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         updates: &[ContainerDispatch],
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         // Only while the rollout runs (an operator's pause or abort wins).
         let ok: bool = tx.query_row(
             &format!(
@@ -737,8 +728,7 @@ impl Db {
         if !ok {
             return Ok(false);
         }
-        insert_containers(&tx, id, agent_id, updates)?;
-        tx.commit()?;
+        insert_containers(tx, id, agent_id, updates)?;
         Ok(true)
     }
 
@@ -748,14 +738,13 @@ impl Db {
     /// `agent.upgrade`, also false when the build is marked broken (the member ends `skipped`,
     /// logged) or the agent has unfinished mutating work ([`agent_busy`]: it stays pending).
     pub(in crate::store) fn dispatch_rollout_agent(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         list: Option<&NewCommand>,
         updates: &[ContainerDispatch],
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         for c in updates.iter().filter_map(|u| u.command.as_ref()) {
             if c.command.kind() != CommandKind::AgentUpgrade {
                 continue;
@@ -763,7 +752,7 @@ impl Db {
             // Checked here, in the transaction that would insert the upgrade, so a build
             // marked broken after the engine resolved it is never sent (the store's single
             // writer orders this against the mark).
-            if let Some(why) = super::releases::broken_upgrade(&tx, &c.command)? {
+            if let Some(why) = super::releases::broken_upgrade(tx, &c.command)? {
                 let n = tx.execute(
                     &format!("UPDATE rollout_agents SET outcome = 'skipped', reason = ?3, finished_at = ?4 \
                      WHERE rollout_id = ?1 AND agent_id = ?2 AND outcome = 'pending' \
@@ -778,7 +767,7 @@ impl Db {
                         |r| r.get(0),
                     )?;
                     log_event(
-                        &tx,
+                        tx,
                         id,
                         now,
                         crate::model::rollouts::ENGINE_ACTOR,
@@ -786,13 +775,12 @@ impl Db {
                         Some(stage as usize),
                         &format!("agent {agent_id} not sent the upgrade: {why}"),
                     )?;
-                    tx.commit()?;
                 }
                 return Ok(false);
             }
             // An agent restarting for its upgrade must not cut short container or backup
             // work it is doing: the member stays pending until that work finished.
-            if agent_busy(&tx, agent_id)?.is_some() {
+            if agent_busy(tx, agent_id)?.is_some() {
                 return Ok(false);
             }
         }
@@ -809,10 +797,9 @@ impl Db {
             return Ok(false);
         }
         if let Some(c) = list {
-            insert_command(&tx, c)?;
+            insert_command(tx, c)?;
         }
-        insert_containers(&tx, id, agent_id, updates)?;
-        tx.commit()?;
+        insert_containers(tx, id, agent_id, updates)?;
         Ok(true)
     }
 
@@ -821,7 +808,7 @@ impl Db {
     /// the rollout is running and dispatching at the member's stage. `skipped` is logged as an
     /// event. False when nothing was written.
     pub(in crate::store) fn end_pending_rollout_agent(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         stage: usize,
@@ -829,7 +816,6 @@ impl Db {
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             &format!(
                 "UPDATE rollout_agents SET outcome = ?4, reason = ?5, finished_at = ?6 \
@@ -851,7 +837,7 @@ impl Db {
         }
         if outcome == AgentOutcome::Skipped {
             log_event(
-                &tx,
+                tx,
                 id,
                 now,
                 crate::model::rollouts::ENGINE_ACTOR,
@@ -860,24 +846,23 @@ impl Db {
                 &format!("agent {agent_id} not sent the upgrade: {reason}"),
             )?;
         }
-        tx.commit()?;
         Ok(true)
     }
 
     /// See [`agent_busy`].
     pub(in crate::store) fn agent_busy(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         agent_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        agent_busy(conn, agent_id)
+        agent_busy(tx, agent_id)
     }
 
     /// Label agents' next queued container (see `Store::next_rollout_containers`).
     pub(in crate::store) fn next_rollout_containers(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = tx.prepare(&format!(
             "SELECT rc.agent_id, MIN(rc.name) FROM rollout_containers rc \
              JOIN rollouts r ON r.id = rc.rollout_id AND r.state = '{RUNNING}' \
              WHERE rc.rollout_id = ?1 AND rc.outcome = 'queued' \
@@ -885,21 +870,18 @@ impl Db {
                AND o.agent_id = rc.agent_id AND o.outcome IN ('updating','failed')) \
              GROUP BY rc.agent_id ORDER BY rc.agent_id"
         ))?;
-        let rows = stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows)
     }
 
     /// queued → updating for one container with its command, in one transaction.
     pub(in crate::store) fn dispatch_rollout_container(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         name: &str,
         command: &NewCommand,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             &format!(
                 "UPDATE rollout_containers SET outcome = 'updating', command_id = ?4 \
@@ -913,21 +895,19 @@ impl Db {
         if n == 0 {
             return Ok(false);
         }
-        insert_command(&tx, command)?;
-        tx.commit()?;
+        insert_command(tx, command)?;
         Ok(true)
     }
 
     /// Chooses and records the members of the current stage (once: a no-op returning 0 when
     /// the stage already started or the rollout moved on).
     pub(in crate::store) fn start_rollout_stage(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         expected: &Progress,
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
-        let Some(row) = load_row(&tx, id)? else {
+        let Some(row) = load_row(tx, id)? else {
             return Ok(0);
         };
         if row.progress != *expected || row.progress.stage_started_at.is_some() {
@@ -937,14 +917,12 @@ impl Db {
         let Some(stage) = row.spec.stages.get(stage_index) else {
             return Ok(0);
         };
-        let mut fleet = fleet(&tx, &row.spec.selector)?;
+        let mut fleet = fleet(tx, &row.spec.selector)?;
         order_fleet(&mut fleet, row.spec.order, row.spec.seed);
         let (in_rollout, next_position): (HashSet<String>, i64) = {
             let mut stmt =
                 tx.prepare("SELECT agent_id, position FROM rollout_agents WHERE rollout_id = ?1")?;
-            let rows = stmt
-                .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map([id], |r| Ok((r.get::<String>(0)?, r.get::<i64>(1)?)))?;
             let next = rows.iter().map(|(_, p)| p + 1).max().unwrap_or(0);
             (rows.into_iter().map(|(a, _)| a).collect(), next)
         };
@@ -970,13 +948,13 @@ impl Db {
             row.spec.stage_timeout_secs,
         ));
         p.updated_at = now;
-        write_progress(&tx, id, Some(row.progress.updated_at), &p)?;
+        write_progress(tx, id, Some(row.progress.updated_at), &p)?;
         let what = match &stage.what {
             StageWhat::Percent(pc) => format!("{pc}% of {} agent(s)", fleet.len()),
             StageWhat::Selector(s) => format!("agents matching {s}"),
         };
         log_event(
-            &tx,
+            tx,
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
@@ -988,29 +966,27 @@ impl Db {
                 members.len()
             ),
         )?;
-        tx.commit()?;
         Ok(members.len())
     }
 
     pub(in crate::store) fn rollout_stage(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
         stage: usize,
     ) -> Result<StageView, StoreError> {
-        let tx = conn.unchecked_transaction()?;
         let stage_i = stage as i64;
         let mut v = StageView {
             members: tx.query_row(
                 "SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2",
                 params![id, stage_i],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<i64>(0),
             )? as usize,
             in_flight: tx.query_row(
                 "SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND outcome = 'updating'",
                 [id],
-                |r| r.get::<_, i64>(0),
+                |r| r.get::<i64>(0),
             )? as usize,
-            failures: stage_failures(&tx, id, stage)?,
+            failures: stage_failures(tx, id, stage)?,
             ..StageView::default()
         };
         {
@@ -1018,11 +994,9 @@ impl Db {
                 "SELECT outcome, COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2 \
                  GROUP BY outcome",
             )?;
-            let rows = stmt
-                .query_map(params![id, stage_i], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![id, stage_i], |r| {
+                Ok((r.get::<String>(0)?, r.get::<u32>(1)?))
+            })?;
             for (outcome, n) in rows {
                 v.counts.add(parse_agent_outcome(&outcome)?, n);
             }
@@ -1032,9 +1006,7 @@ impl Db {
                 "SELECT agent_id FROM rollout_agents WHERE rollout_id = ?1 AND stage = ?2 \
                  AND outcome = 'pending' ORDER BY position",
             )?;
-            v.pending_agents = stmt
-                .query_map(params![id, stage_i], |r| r.get(0))?
-                .collect::<rusqlite::Result<Vec<String>>>()?;
+            v.pending_agents = stmt.query_map(params![id, stage_i], |r| r.get(0))?;
             v.pending = v.pending_agents.len();
         }
         {
@@ -1045,15 +1017,13 @@ impl Db {
                  WHERE ra.rollout_id = ?1 AND ra.stage = ?2 AND ra.outcome = 'updated' \
                  AND rc.outcome = 'updated' ORDER BY ra.position, rc.name",
             )?;
-            let rows = stmt
-                .query_map(params![id, stage_i], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![id, stage_i], |r| {
+                Ok((
+                    r.get::<String>(0)?,
+                    r.get::<Option<String>>(1)?,
+                    r.get::<String>(2)?,
+                ))
+            })?;
             for (agent, finished, name) in rows {
                 match v.updated.last_mut() {
                     Some(m) if m.agent_id == agent => m.containers.push(name),
@@ -1076,7 +1046,7 @@ impl Db {
                 crate::model::rollouts::ALREADY_RUNS.len() as i64,
                 crate::model::rollouts::ALREADY_RUNS
             ],
-            |r| r.get::<_, i64>(0),
+            |r| r.get::<i64>(0),
         )? as usize;
         {
             let mut stmt = tx.prepare(
@@ -1091,15 +1061,13 @@ impl Db {
                  AND json_extract(e.event, '$.attributes.updating') IS NULL \
                  ORDER BY e.id",
             )?;
-            let rows = stmt
-                .query_map(params![id, stage_i], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = stmt.query_map(params![id, stage_i], |r| {
+                Ok((
+                    r.get::<String>(0)?,
+                    r.get::<String>(1)?,
+                    r.get::<Option<String>>(2)?,
+                ))
+            })?;
             for (agent, kind, message) in rows {
                 v.bad_events
                     .entry(agent)
@@ -1112,12 +1080,11 @@ impl Db {
 
     /// updated → failed for members that failed their soak (one event each).
     pub(in crate::store) fn fail_rollout_members(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         failures: &[(String, String)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
         for (agent, reason) in failures {
             let stage: Option<i64> = tx
                 .query_row(
@@ -1130,7 +1097,7 @@ impl Db {
                 .optional()?;
             if let Some(stage) = stage {
                 log_event(
-                    &tx,
+                    tx,
                     id,
                     now,
                     crate::model::rollouts::ENGINE_ACTOR,
@@ -1140,33 +1107,31 @@ impl Db {
                 )?;
             }
         }
-        tx.commit()?;
         Ok(())
     }
 
     /// Writes a new position (only if the rollout is still at `expected.updated_at`) and logs
     /// the transition. False when something else changed it first.
     pub(in crate::store) fn set_rollout_progress(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         expected: DateTime<Utc>,
         p: &Progress,
         t: &Transition,
         actor: &str,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         // The transition belongs to the stage the rollout was in (a stage's end moves it on).
         let stage: Option<i64> = tx
             .query_row("SELECT stage FROM rollouts WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .optional()?;
-        if !write_progress(&tx, id, Some(expected), p)? {
+        if !write_progress(tx, id, Some(expected), p)? {
             return Ok(false);
         }
         let stage = stage.map(|s| s as usize).unwrap_or(p.stage);
         log_event(
-            &tx,
+            tx,
             id,
             p.updated_at,
             actor,
@@ -1174,33 +1139,30 @@ impl Db {
             Some(stage),
             &t.detail,
         )?;
-        tx.commit()?;
         Ok(true)
     }
 
     /// An operator's action: `Ok(None)` for an unknown rollout, `Ok(Some(Err(why)))` when it
     /// does not apply now.
     pub(in crate::store) fn rollout_action(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         action: &flotilla_shared::rollout::RolloutAction,
         actor: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<Result<(), ActionRefused>>, StoreError> {
-        let tx = self.conn.transaction()?;
-        let Some(row) = load_row(&tx, id)? else {
+        let Some(row) = load_row(tx, id)? else {
             return Ok(None);
         };
-        let failures = stage_failures(&tx, id, row.progress.stage)?;
+        let failures = stage_failures(tx, id, row.progress.stage)?;
         let (p, t) =
             match crate::model::rollouts::apply_action(&row.progress, action, actor, failures, now)
             {
                 Ok(x) => x,
                 Err(why) => return Ok(Some(Err(why))),
             };
-        write_progress(&tx, id, None, &p)?;
-        log_event(&tx, id, now, actor, t.action, Some(p.stage), &t.detail)?;
-        tx.commit()?;
+        write_progress(tx, id, None, &p)?;
+        log_event(tx, id, now, actor, t.action, Some(p.stage), &t.detail)?;
         Ok(Some(Ok(())))
     }
 
@@ -1208,13 +1170,12 @@ impl Db {
     /// the engine against the hub) end undelivered; connected ones keep being dispatched.
     /// Nothing is written unless the rollout is still running at this stage.
     pub(in crate::store) fn rollout_stage_deadline(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         stage: usize,
         offline: &[String],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
         let running: bool = tx
             .query_row(
                 &format!(
@@ -1240,7 +1201,7 @@ impl Db {
             return Ok(0);
         }
         log_event(
-            &tx,
+            tx,
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
@@ -1248,17 +1209,15 @@ impl Db {
             Some(stage),
             &format!("{n} offline member(s) undelivered"),
         )?;
-        tx.commit()?;
         Ok(n)
     }
 
     pub(in crate::store) fn rollout_revert_plan(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: &str,
     ) -> Result<RevertPlan, StoreError> {
-        let tx = conn.unchecked_transaction()?;
-        let count = |sql: &str| -> Result<usize, StoreError> {
-            Ok(tx.query_row(sql, [id], |r| r.get::<_, i64>(0))? as usize)
+        let mut count = |sql: &str| -> Result<usize, StoreError> {
+            Ok(tx.query_row(sql, [id], |r| r.get::<i64>(0))? as usize)
         };
         let mut plan = RevertPlan {
             members: count("SELECT COUNT(*) FROM rollout_agents WHERE rollout_id = ?1")?,
@@ -1286,9 +1245,7 @@ impl Db {
              LEFT JOIN updates u ON u.command_id = rc.command_id AND u.agent_id = rc.agent_id \
              WHERE rc.rollout_id = ?1 AND ({MAYBE_UPDATED}) ORDER BY ra.position, rc.name"
         ))?;
-        plan.to_revert = stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        plan.to_revert = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(plan)
     }
 
@@ -1296,18 +1253,17 @@ impl Db {
     /// transaction), or → revert_failed with `failure` as reason when `command` is None (old
     /// image unknown, agent offline past the revert deadline). Only while reverting.
     pub(in crate::store) fn revert_rollout_container(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         name: &str,
         command: Option<&NewCommand>,
         failure: &str,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         // A rollback to a build marked broken since the engine resolved it is not sent: the
         // container's revert fails with that reason instead.
         let broken = match command {
-            Some(c) => super::releases::broken_upgrade(&tx, &c.command)?,
+            Some(c) => super::releases::broken_upgrade(tx, &c.command)?,
             None => None,
         };
         let command = command.filter(|_| broken.is_none());
@@ -1341,14 +1297,13 @@ impl Db {
             return Ok(false);
         }
         if let Some(c) = command {
-            insert_command(&tx, c)?;
+            insert_command(tx, c)?;
         }
         tx.execute(
             "UPDATE rollout_agents SET outcome = ?3 WHERE rollout_id = ?1 AND agent_id = ?2 \
              AND outcome <> 'revert_failed'",
             params![id, agent_id, agent_outcome],
         )?;
-        tx.commit()?;
         // Nothing to send when the command was dropped for a broken build.
         Ok(broken.is_none())
     }
@@ -1359,14 +1314,13 @@ impl Db {
     /// once none of its containers is left); the event log says so (`already_reverted`). Only
     /// while reverting; false when nothing was written.
     pub(in crate::store) fn revert_rollout_container_done(
-        &mut self,
+        tx: &mut dyn Conn,
         id: &str,
         agent_id: &str,
         name: &str,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
         let n = tx.execute(
             &format!(
                 "UPDATE rollout_containers SET outcome = 'reverted', reason = ?4 \
@@ -1392,7 +1346,7 @@ impl Db {
             )
             .optional()?;
         log_event(
-            &tx,
+            tx,
             id,
             now,
             crate::model::rollouts::ENGINE_ACTOR,
@@ -1400,19 +1354,17 @@ impl Db {
             stage.map(|s| s as usize),
             &format!("agent {agent_id} {name}: nothing sent, {reason}"),
         )?;
-        tx.commit()?;
         Ok(true)
     }
 
     /// Rollouts for the API: one with its members and events, or summaries.
     pub(in crate::store) fn rollout_infos(
-        conn: &Connection,
+        tx: &mut dyn Conn,
         id: Option<&str>,
         state: Option<RolloutState>,
         active_only: bool,
         limit: u32,
     ) -> Result<Vec<RolloutInfo>, StoreError> {
-        let tx = conn.unchecked_transaction()?;
         let rows: Vec<RawRollout> = {
             let mut stmt = tx.prepare(&format!(
                 "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE (?1 IS NULL OR id = ?1) \
@@ -1420,34 +1372,29 @@ impl Db {
                  ORDER BY created_at DESC, id LIMIT ?4",
                 active_where()
             ))?;
-            let rows = stmt
-                .query_map(
-                    params![id, state.map(|s| s.as_str()), active_only, limit as i64],
-                    read_raw,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
+
+            stmt.query_map(
+                params![id, state.map(|s| s.as_str()), active_only, limit as i64],
+                read_raw,
+            )?
         };
         let mut out = Vec::new();
-        let mut counts_stmt = tx.prepare(
-            "SELECT outcome, COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 GROUP BY outcome",
-        )?;
+        let counts_sql =
+            "SELECT outcome, COUNT(*) FROM rollout_agents WHERE rollout_id = ?1 GROUP BY outcome";
         for raw in rows {
             let row = into_row(raw)?;
             let mut counts = RolloutCounts::default();
-            let rows = counts_stmt
-                .query_map([&row.id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let rows = tx.query_map(counts_sql, [&row.id], |r| {
+                Ok((r.get::<String>(0)?, r.get::<u32>(1)?))
+            })?;
             for (outcome, n) in rows {
                 counts.add(parse_agent_outcome(&outcome)?, n);
             }
-            let failures = stage_failures(&tx, &row.id, row.progress.stage)?;
+            let failures = stage_failures(tx, &row.id, row.progress.stage)?;
             let mut info = info_of(row, counts, failures);
             if id.is_some() {
-                info.agents = rollout_agents(&tx, &info.id)?;
-                info.events = rollout_events(&tx, &info.id)?;
+                info.agents = rollout_agents(tx, &info.id)?;
+                info.events = rollout_events(tx, &info.id)?;
             }
             out.push(info);
         }
@@ -1482,9 +1429,9 @@ const BUSY_KINDS: [CommandKind; 6] = [
 
 /// The first unfinished delivery (queued, sent or received) of a [`BUSY_KINDS`] command to
 /// `agent_id`, as `"<kind> <command id>"`; None when the agent is free for an upgrade.
-fn agent_busy(conn: &Connection, agent_id: &str) -> Result<Option<String>, StoreError> {
+fn agent_busy(tx: &mut dyn Conn, agent_id: &str) -> Result<Option<String>, StoreError> {
     let kinds: Vec<&str> = BUSY_KINDS.iter().map(|k| k.as_str()).collect();
-    Ok(conn
+    Ok(tx
         .query_row(
             "SELECT c.kind || ' ' || c.id FROM deliveries d JOIN commands c ON c.id = d.command_id \
              WHERE d.agent_id = ?1 AND d.state IN ('queued','sent','received') \
@@ -1496,7 +1443,7 @@ fn agent_busy(conn: &Connection, agent_id: &str) -> Result<Option<String>, Store
 }
 
 fn insert_containers(
-    tx: &Transaction<'_>,
+    tx: &mut dyn Conn,
     id: &str,
     agent_id: &str,
     updates: &[ContainerDispatch],
@@ -1525,7 +1472,7 @@ fn insert_containers(
     Ok(())
 }
 
-fn rollout_agents(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutAgent>, StoreError> {
+fn rollout_agents(tx: &mut dyn Conn, id: &str) -> Result<Vec<RolloutAgent>, StoreError> {
     type AgentRaw = (
         String,
         Option<String>,
@@ -1544,22 +1491,20 @@ fn rollout_agents(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutAgent>, S
              FROM rollout_agents ra LEFT JOIN agents a ON a.id = ra.agent_id \
              WHERE ra.rollout_id = ?1 ORDER BY ra.position",
         )?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows
+
+        stmt.query_map([id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })?
     };
     let mut containers: HashMap<String, Vec<RolloutContainer>> = HashMap::new();
     {
@@ -1567,19 +1512,17 @@ fn rollout_agents(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutAgent>, S
             "SELECT agent_id, name, command_id, outcome, old_image, revert_command_id, reason \
              FROM rollout_containers WHERE rollout_id = ?1 ORDER BY agent_id, name",
         )?;
-        let rows = stmt
-            .query_map([id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<String>(0)?,
+                r.get::<String>(1)?,
+                r.get::<String>(2)?,
+                r.get::<String>(3)?,
+                r.get::<Option<String>>(4)?,
+                r.get::<Option<String>>(5)?,
+                r.get::<Option<String>>(6)?,
+            ))
+        })?;
         for (agent, name, command_id, outcome, old_image, revert_command_id, reason) in rows {
             containers.entry(agent).or_default().push(RolloutContainer {
                 name,
@@ -1613,22 +1556,20 @@ fn rollout_agents(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutAgent>, S
         .collect()
 }
 
-fn rollout_events(tx: &Transaction<'_>, id: &str) -> Result<Vec<RolloutEvent>, StoreError> {
+fn rollout_events(tx: &mut dyn Conn, id: &str) -> Result<Vec<RolloutEvent>, StoreError> {
     let mut stmt = tx.prepare(
         "SELECT at, actor, action, stage, detail FROM rollout_events WHERE rollout_id = ?1 \
          ORDER BY id",
     )?;
-    let rows = stmt
-        .query_map([id], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-                r.get::<_, String>(4)?,
-            ))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<String>(0)?,
+            r.get::<String>(1)?,
+            r.get::<String>(2)?,
+            r.get::<Option<i64>>(3)?,
+            r.get::<String>(4)?,
+        ))
+    })?;
     rows.into_iter()
         .map(|(at, actor, action, stage, detail)| {
             Ok(RolloutEvent {
