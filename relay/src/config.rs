@@ -58,6 +58,13 @@ flotilla_daemon::settings! {
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8700)), env "FLOTILLA_LISTEN";
         /// Directory holding `relay.db`, `relay.key`, `admin-token` and `listen-addr`.
         data_dir: PathBuf = PathBuf::from("./relay-data"), env "FLOTILLA_DATA_DIR";
+        /// The relay's database on PostgreSQL (14 or newer), `postgres://user@host:port/dbname`
+        /// (`--database`). Unset: SQLite, `relay.db` in `data_dir`. One relay per database for
+        /// now: a second relay on the same database refuses to start.
+        database_url: Option<String> = None, env "FLOTILLA_DATABASE_URL";
+        /// File holding the PostgreSQL password (its first line), so it is not in the URL, the
+        /// config or the environment.
+        database_password_file: Option<PathBuf> = None, env "FLOTILLA_DATABASE_PASSWORD_FILE";
         /// Seconds between agent heartbeats, told to agents in their welcome.
         heartbeat_interval_secs: u64 = 60, env "FLOTILLA_HEARTBEAT_INTERVAL_SECS",
             check |v| (1..=86_400).contains(v), "expected 1 to 86400 seconds";

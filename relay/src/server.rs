@@ -51,6 +51,13 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot open the PostgreSQL database {url}: {source}")]
+    Database { url: String, source: StoreError },
+    #[error("cannot read {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("startup task failed: {0}")]
     Task(String),
     #[error(transparent)]
@@ -181,6 +188,37 @@ async fn systemd_tasks(
     tasks
 }
 
+/// Connects to the PostgreSQL database (password from `password_file`, first line) and takes
+/// the one-relay lock. Errors name the database by host and name, never with the password.
+async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<Store, StartError> {
+    let password = match password_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| StartError::Io {
+                    what: format!("the database password file {}", path.display()),
+                    source,
+                })?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let shown = crate::store::redact_database_url(url);
+    let store = Store::open_postgres(url, password)
+        .await
+        .map_err(|source| StartError::Database {
+            url: shown.clone(),
+            source,
+        })?;
+    store
+        .hold_single_relay_lock()
+        .await
+        .map_err(|source| StartError::Database { url: shown, source })?;
+    Ok(store)
+}
+
 /// Opens everything, binds `config.listen`, writes `<data-dir>/listen-addr` and starts serving.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let data_dir = config.data_dir.clone();
@@ -193,13 +231,18 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         .await
         .map_err(|e| StartError::Task(e.to_string()))??
     };
-    let db_path = data_dir.join(DB_FILE);
-    let store = Store::open(&db_path)
-        .await
-        .map_err(|source| StartError::Store {
-            path: db_path.clone(),
-            source,
-        })?;
+    let store = match &config.database_url {
+        Some(url) => open_postgres(url, config.database_password_file.as_deref()).await?,
+        None => {
+            let db_path = data_dir.join(DB_FILE);
+            Store::open(&db_path)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: db_path.clone(),
+                    source,
+                })?
+        }
+    };
     let admin_token_created = ensure_admin_token(&store, &data_dir).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -254,7 +297,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             .latest_heartbeats()
             .await
             .map_err(|source| StartError::Store {
-                path: db_path.clone(),
+                path: data_dir.join(DB_FILE),
                 source,
             })?,
     );

@@ -93,11 +93,37 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("database task failed: {0}")]
     Task(String),
+    #[error("another relay is already running on this database (one relay per database for now)")]
+    RelayRunning,
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
         StoreError::Sql(sql::SqlError::Sqlite(e))
+    }
+}
+
+/// A database URL fit for logs and errors: the password, if any, replaced by `***`.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            // Query parameters may carry a password too (`?password=`): drop them.
+            let tail = tail.split('?').next().unwrap_or_default();
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => format!(
+            "{scheme}://{authority}{}",
+            tail.split('?').next().unwrap_or_default()
+        ),
     }
 }
 
@@ -439,7 +465,7 @@ pub struct Store {
 /// Where the state lives.
 enum Backend {
     Sqlite(sqlite::SqliteBackend),
-    Postgres(postgres::PgBackend),
+    Postgres(Box<postgres::PgBackend>),
 }
 
 impl Store {
@@ -465,8 +491,22 @@ impl Store {
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
         Ok(Store {
-            backend: Arc::new(Backend::Postgres(backend)),
+            backend: Arc::new(Backend::Postgres(Box::new(backend))),
         })
+    }
+
+    /// On PostgreSQL, takes the database's one-relay lock (a session advisory lock held by a
+    /// connection of its own for the life of the store): several relays on one database need
+    /// the routing and leases that are not built yet, so a second relay refuses to start
+    /// instead of double-running the engines. A no-op on SQLite (the file has one relay).
+    pub async fn hold_single_relay_lock(&self) -> Result<(), StoreError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || match &*backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(b) => b.hold_single_relay_lock(),
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Which backend this store runs on.
@@ -498,7 +538,7 @@ impl Store {
             let backend = postgres::PgBackend::open(&format!("{base}/{name}"), None)
                 .expect("open the test database");
             Store {
-                backend: Arc::new(Backend::Postgres(backend)),
+                backend: Arc::new(Backend::Postgres(Box::new(backend))),
             }
         })
         .join()

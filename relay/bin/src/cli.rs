@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// relay.toml to read (env FLOTILLA_CONFIG).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// PostgreSQL database URL instead of the SQLite file (env FLOTILLA_DATABASE_URL).
+    #[arg(long = "database", value_name = "URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(Args)]

@@ -78,6 +78,7 @@ fn config_for(command: &Command) -> anyhow::Result<RelayConfig> {
             listen: args.listen,
             data_dir: args.data_dir.clone(),
             config: args.config.clone(),
+            database_url: args.database_url.clone(),
             ..Overrides::default()
         }),
         Command::Dev(args) => load_config(Overrides {

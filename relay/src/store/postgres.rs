@@ -45,7 +45,12 @@ pub(super) struct PgBackend {
     config: postgres::Config,
     idle: Mutex<Pool>,
     freed: Condvar,
+    /// The connection holding the one-relay lock ([`PgBackend::hold_single_relay_lock`]).
+    lock_holder: Mutex<Option<Client>>,
 }
+
+/// The advisory lock key of the one-relay lock.
+const RELAY_LOCK: i64 = 0x666c_6f74_0000_0001;
 
 struct Pool {
     clients: Vec<PgClient>,
@@ -73,12 +78,28 @@ impl PgBackend {
                 open: 0,
             }),
             freed: Condvar::new(),
+            lock_holder: Mutex::new(None),
         };
         let mut client = backend.acquire()?;
         let migrated = migrate(&mut client.client);
         backend.release(client, migrated.is_ok());
         migrated?;
         Ok(backend)
+    }
+
+    /// Takes the one-relay lock on a connection of its own, kept for the life of the backend.
+    pub(super) fn hold_single_relay_lock(&self) -> Result<(), StoreError> {
+        let mut client = self.config.connect(NoTls).map_err(pg_error)?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+            .map_err(pg_error)?
+            .get(0);
+        if !got {
+            std::thread::spawn(move || drop(client));
+            return Err(StoreError::RelayRunning);
+        }
+        *self.lock_holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
+        Ok(())
     }
 
     fn connect(&self) -> Result<PgClient, StoreError> {
@@ -205,8 +226,13 @@ impl Drop for PgBackend {
         // async worker: close them on a thread of their own.
         let pool = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
         let clients = std::mem::take(&mut pool.clients);
-        if !clients.is_empty() {
-            std::thread::spawn(move || drop(clients));
+        let holder = self
+            .lock_holder
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if !clients.is_empty() || holder.is_some() {
+            std::thread::spawn(move || drop((clients, holder)));
         }
     }
 }

@@ -1,5 +1,21 @@
 use super::*;
 use crate::store::sql::{params, ConnExt};
+
+#[test]
+fn database_urls_are_shown_without_passwords() {
+    assert_eq!(
+        redact_database_url("postgres://relay:s3cret@db.example:5432/flotilla?password=x"),
+        "postgres://relay:***@db.example:5432/flotilla"
+    );
+    assert_eq!(
+        redact_database_url("postgres://relay@db/flotilla"),
+        "postgres://relay@db/flotilla"
+    );
+    assert_eq!(
+        redact_database_url("postgresql://db/flotilla?sslmode=disable"),
+        "postgresql://db/flotilla"
+    );
+}
 use flotilla_shared::api::JobState;
 use flotilla_shared::command::{Audience, Command, PingArgs, ResultStatus};
 use flotilla_shared::heartbeat::EventKind;
