@@ -1,24 +1,20 @@
 //! The relay's persistent state behind a small repository layer.
 //!
 //! [`Store`] offers domain operations only ("enroll an agent with this token", "record this
-//! result"); no SQL leaves this module and handlers never see rusqlite. Every call runs on tokio's
-//! blocking pool, because SQLite calls block.
+//! result"); no SQL leaves this module and handlers never see a database client. Every call
+//! runs on tokio's blocking pool, in one transaction the backend opens.
 //!
-//! Today the only backend is SQLite (one file, WAL, migrations by `PRAGMA user_version`, see
-//! `store/sqlite.rs`). Writes go through one connection behind a mutex; pure reads use a small
-//! pool of read-only connections to the same WAL file, so API reads and agent handshakes do not
-//! queue behind writes (WAL readers see every committed write).
-//!
-//! Cut by domain: each domain has its facade file here (`store/<domain>.rs`: the async
-//! methods of [`Store`], domain types in and out) and its backend file
-//! (`store/sqlite/<domain>.rs`: the `impl Db` statements, one transaction per method):
+//! Two backends: SQLite (`store/sqlite.rs`, the embedded default: one file, WAL, one writer
+//! connection and a pool of read-only ones) and PostgreSQL (`store/postgres.rs`: a pool of
+//! clients, SERIALIZABLE writes retried on conflict). Cut by domain: each domain has its
+//! facade file here (`store/<domain>.rs`: the async methods of [`Store`], domain types in and
+//! out) and its statements in `store/sql/<domain>.rs` (the `impl Sql` functions over the
+//! backend-neutral connection of `store/sql/conn.rs`, written once for both backends):
 //! tokens, enrollment, agents, commands, jobs, events, updates, backups, audit, alerts,
-//! releases, rollouts, sessions, metrics (the agents' downsampled history), fleet (overview counts), and the SQLite-only retention batches. **The backend seam** is the set
-//! of facade methods: for PostgreSQL they become a trait (`StoreBackend`), implemented by the
-//! SQLite `Db` and by a `postgres/<domain>.rs` of the same shape; the domain types are already
-//! backend-neutral (timestamps are `chrono` values, JSON columns are typed values), and each
-//! method is one transaction, which maps one-to-one onto a PostgreSQL transaction. The store
-//! depends on the shared types and the pure `crate::model` only, never on an engine.
+//! releases, rollouts, sessions, metrics (the agents' downsampled history), fleet (overview
+//! counts), and the retention batches. A write's closure may run more than once (PostgreSQL
+//! retries a transaction that conflicted), so it has no effects outside the transaction. The
+//! store depends on the shared types and the pure `crate::model` only, never on an engine.
 //!
 //! Update history (`container.update`): one row per (command, agent), made when the command is
 //! dispatched to the agent (at creation for a single command, when a job's pending delivery is
