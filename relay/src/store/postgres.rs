@@ -19,6 +19,7 @@ use super::sql::{to_postgres, Conn, Dialect, Row, SqlError, SqlResult, Value};
 use super::StoreError;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
+use flotilla_daemon::backoff::Backoff;
 use postgres::error::SqlState;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement};
@@ -178,6 +179,8 @@ impl PgBackend {
         read_only: bool,
         f: &mut dyn FnMut(&mut dyn Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        // Full jitter, so relays whose transactions conflicted do not retry in step.
+        let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(50));
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -187,11 +190,7 @@ impl PgBackend {
             self.release(pc, healthy);
             match outcome {
                 Err(StoreError::Sql(SqlError::Conflict(_))) if attempt < MAX_ATTEMPTS => {
-                    // Back off a little, more on each attempt, so conflicting relays spread.
-                    let jitter = (Instant::now().elapsed().subsec_nanos() % 5) as u64;
-                    std::thread::sleep(Duration::from_millis(
-                        (attempt as u64 * 2 + jitter).min(50),
-                    ));
+                    std::thread::sleep(backoff.next_delay());
                 }
                 other => return other,
             }
