@@ -12,6 +12,8 @@ mod client;
 mod events;
 mod release;
 mod render;
+// issue 17 parts 4 and 6: backup.forget and image.prune outputs
+mod render_upkeep;
 mod rollout;
 mod run;
 mod update;
