@@ -23,6 +23,8 @@ mod e2e {
     pub mod tls;
     pub mod trust;
     pub mod update;
+    // issue 17 part 6
+    pub mod upkeep;
     pub mod web;
 }
 
