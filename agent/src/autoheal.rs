@@ -183,11 +183,19 @@ mod tests {
     #[test]
     fn healthy_stopped_and_starting_containers_reset_the_spell() {
         let mut h = healer();
-        assert!(h.observe(&[c("web", "running", Some("unhealthy"))], t(0)).is_empty());
-        assert!(h.observe(&[c("web", "running", Some("healthy"))], t(200)).is_empty());
-        assert!(h.observe(&[c("web", "running", Some("unhealthy"))], t(400)).is_empty());
+        assert!(h
+            .observe(&[c("web", "running", Some("unhealthy"))], t(0))
+            .is_empty());
+        assert!(h
+            .observe(&[c("web", "running", Some("healthy"))], t(200))
+            .is_empty());
+        assert!(h
+            .observe(&[c("web", "running", Some("unhealthy"))], t(400))
+            .is_empty());
         // An operator stopped it: never restarted, whatever its last health.
-        assert!(h.observe(&[c("web", "exited", Some("unhealthy"))], t(800)).is_empty());
+        assert!(h
+            .observe(&[c("web", "exited", Some("unhealthy"))], t(800))
+            .is_empty());
         assert!(h.observe(&[c("web", "running", None)], t(900)).is_empty());
     }
 
@@ -203,7 +211,10 @@ mod tests {
         h.observe(&sick, t(0));
         let due = h.observe(&sick, t(300));
         h.not_opted_in(&due[0]);
-        assert!(h.observe(&sick, t(400)).is_empty(), "not asked again for the same id");
+        assert!(
+            h.observe(&sick, t(400)).is_empty(),
+            "not asked again for the same id"
+        );
         let mut other = sick.clone();
         other[0].id = "new-id".into();
         assert_eq!(h.observe(&other, t(500)).len(), 1);

@@ -39,9 +39,7 @@ struct Plan {
 
 /// Why each image must stay for a rollback (image id → reason), and the references
 /// unfinished updates are updating to.
-fn rollback_keep(
-    updates: &[RollbackImages],
-) -> (HashMap<String, String>, HashSet<String>) {
+fn rollback_keep(updates: &[RollbackImages]) -> (HashMap<String, String>, HashSet<String>) {
     let mut keep = HashMap::new();
     let mut targets = HashSet::new();
     for u in updates {
@@ -57,8 +55,9 @@ fn rollback_keep(
         }
         if !u.finished {
             if let Some(id) = &u.new_image_id {
-                keep.entry(id.clone())
-                    .or_insert_with(|| format!("new image of {} (update in progress)", u.container));
+                keep.entry(id.clone()).or_insert_with(|| {
+                    format!("new image of {} (update in progress)", u.container)
+                });
             }
             if let Some(t) = &u.target {
                 targets.insert(t.clone());
@@ -79,8 +78,10 @@ fn plan(images: &[LocalImage], used: &HashSet<String>, updates: &[RollbackImages
         if let Some(why) = keep.get(&i.id) {
             out.kept.push((i.clone(), why.clone()));
         } else if let Some(t) = i.tags.iter().find(|t| targets.contains(*t)) {
-            out.kept
-                .push((i.clone(), format!("{t}: an update in progress is updating to it")));
+            out.kept.push((
+                i.clone(),
+                format!("{t}: an update in progress is updating to it"),
+            ));
         } else {
             out.remove.push(i.clone());
         }
@@ -110,10 +111,14 @@ impl Images {
         };
         let usage = self.docker.image_usage().await.map_err(engine)?;
         let since = Utc::now() - chrono::Duration::days(i64::from(self.config.keep_rollback_days));
-        let updates = self.state.rollback_images(since).await.map_err(|e| ErrorInfo {
-            code: error_codes::DOCKER.into(),
-            message: format!("cannot read the update journal: {e:#}"),
-        })?;
+        let updates = self
+            .state
+            .rollback_images(since)
+            .await
+            .map_err(|e| ErrorInfo {
+                code: error_codes::DOCKER.into(),
+                message: format!("cannot read the update journal: {e:#}"),
+            })?;
         let plan = plan(&usage.images, &usage.used, &updates);
         let kept = plan
             .kept
@@ -124,7 +129,11 @@ impl Images {
             return Ok(ImagePruneOutput {
                 dry_run,
                 bytes_freed: plan.remove.iter().map(LocalImage::unique_bytes).sum(),
-                removed: plan.remove.iter().map(|i| described(i, None, None)).collect(),
+                removed: plan
+                    .remove
+                    .iter()
+                    .map(|i| described(i, None, None))
+                    .collect(),
                 kept,
                 failed: Vec::new(),
             });
@@ -169,7 +178,10 @@ impl Images {
                 _ = tokio::time::sleep(every) => {}
             }
             if let Err(e) = self.prune(false).await {
-                warn!(error = e.message, "scheduled image prune failed; trying again next time");
+                warn!(
+                    error = e.message,
+                    "scheduled image prune failed; trying again next time"
+                );
             }
         }
     }

@@ -14,19 +14,19 @@ mod backup_catalogue;
 // issue 17 part 4: the databases a run is expected to back up
 mod backup_expected;
 // issue 17 part 6: the images a rollback may need
-mod rollback_images;
 mod identity;
 mod journal;
 mod outbox;
+mod rollback_images;
 mod update_journal;
 
 pub use backup_expected::ExpectedJob;
-pub use rollback_images::RollbackImages;
 pub use identity::Identity;
 pub use journal::{JournalBegin, JournalEntry};
 pub use outbox::{
     dropped_notice, EventCursor, DEFAULT_MAX_OUTBOX_EVENTS, DROPPED_EVENTS_ATTRIBUTE,
 };
+pub use rollback_images::RollbackImages;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};

@@ -161,7 +161,9 @@ impl BackupCommand {
                 force: *force,
             }),
             BackupCommand::Forget { job, .. } => {
-                Command::BackupForget(flotilla_shared::upkeep::BackupForgetArgs { job: job.clone() })
+                Command::BackupForget(flotilla_shared::upkeep::BackupForgetArgs {
+                    job: job.clone(),
+                })
             }
         };
         command.validate().map_err(|e| CliError::Usage(e.into()))?;

@@ -102,6 +102,12 @@ pub async fn record_forgotten(
             ),
         })
         .await?;
-    tracing::info!(agent_id, job, reason, keys = keys.len(), "backup job forgotten by the agent");
+    tracing::info!(
+        agent_id,
+        job,
+        reason,
+        keys = keys.len(),
+        "backup job forgotten by the agent"
+    );
     Ok(())
 }

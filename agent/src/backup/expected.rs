@@ -8,8 +8,8 @@
 //! relay audits.
 
 use super::{err, internal, Backups, Job};
-use crate::state::ExpectedJob;
 use crate::docker::DockerError;
+use crate::state::ExpectedJob;
 use chrono::{DateTime, Utc};
 use flotilla_shared::backup::{BackupReport, BackupStatus};
 use flotilla_shared::command::{error_codes, ErrorInfo};
@@ -47,7 +47,12 @@ enum Missing {
 
 /// The decision for an expected job whose container is not running: forgotten once it has not
 /// existed for `forget_after`, else run (and failed).
-fn decide(e: &ExpectedJob, exists: bool, forget_after: chrono::Duration, now: DateTime<Utc>) -> Missing {
+fn decide(
+    e: &ExpectedJob,
+    exists: bool,
+    forget_after: chrono::Duration,
+    now: DateTime<Utc>,
+) -> Missing {
     if !exists && now - e.last_seen_at >= forget_after {
         Missing::Forget
     } else {
@@ -83,7 +88,11 @@ impl Backups {
         let missing: Vec<ExpectedJob> = expected
             .into_iter()
             .filter(|e| !running.contains(&e.container))
-            .filter(|e| !jobs.iter().any(|j| j.name == e.job || j.container == e.container))
+            .filter(|e| {
+                !jobs
+                    .iter()
+                    .any(|j| j.name == e.job || j.container == e.container)
+            })
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -139,7 +148,10 @@ impl Backups {
             return;
         }
         let ok = !report.databases.is_empty()
-            && report.databases.iter().all(|d| d.status == BackupStatus::Success);
+            && report
+                .databases
+                .iter()
+                .all(|d| d.status == BackupStatus::Success);
         let Some(engine) = report.databases.iter().find_map(|d| d.engine) else {
             return;
         };
@@ -157,7 +169,11 @@ impl Backups {
             .backup_expect(&job.name, &container, engine, report.finished_at)
             .await
         {
-            warn!(job = job.name, error = format!("{e:#}"), "cannot record an expected backup");
+            warn!(
+                job = job.name,
+                error = format!("{e:#}"),
+                "cannot record an expected backup"
+            );
         }
     }
 
@@ -168,7 +184,11 @@ impl Backups {
             return;
         }
         if let Err(e) = self.inner.state.backup_seen(&job.name, Utc::now()).await {
-            warn!(job = job.name, error = format!("{e:#}"), "cannot record a seen container");
+            warn!(
+                job = job.name,
+                error = format!("{e:#}"),
+                "cannot record a seen container"
+            );
         }
     }
 

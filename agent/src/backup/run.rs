@@ -198,7 +198,11 @@ impl<'a> Run<'a> {
             .inspect(&container)
             .await
             .map_err(|e| format!("container {}: {e}", container.name))?;
-        if inspect.pointer("/State/Restarting").and_then(|v| v.as_bool()) == Some(true) {
+        if inspect
+            .pointer("/State/Restarting")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
             return Err(format!("container {} is restarting", container.name));
         }
         if inspect.pointer("/State/Running").and_then(|v| v.as_bool()) != Some(true) {

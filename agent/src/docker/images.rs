@@ -61,7 +61,12 @@ impl DockerClient {
             .map(str::to_string)
             .collect();
         let mut images = Vec::new();
-        for i in df.get("Images").and_then(Value::as_array).into_iter().flatten() {
+        for i in df
+            .get("Images")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let Some(id) = i.get("Id").and_then(Value::as_str) else {
                 continue;
             };

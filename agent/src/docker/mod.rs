@@ -287,7 +287,12 @@ impl DockerClient {
 
     /// Names of every visible container, running or not, from one list call.
     pub async fn existing_names(&self) -> Result<HashSet<String>, DockerError> {
-        Ok(self.summaries(true).await?.iter().map(summary_name).collect())
+        Ok(self
+            .summaries(true)
+            .await?
+            .iter()
+            .map(summary_name)
+            .collect())
     }
 
     /// Every visible container (`all`: include stopped ones), with the details that need an
@@ -328,7 +333,11 @@ impl DockerClient {
                     let id = s.id.clone().unwrap_or_default();
                     match docker.inspect_container(&id, None).await {
                         Ok(inspect) => {
-                            let pid = inspect.state.as_ref().and_then(|st| st.pid).filter(|p| *p > 0);
+                            let pid = inspect
+                                .state
+                                .as_ref()
+                                .and_then(|st| st.pid)
+                                .filter(|p| *p > 0);
                             Ok(Some((info_from(&s, &inspect), pid)))
                         }
                         // Removed between list and inspect: it no longer exists.

@@ -55,18 +55,29 @@ pub(super) async fn step(
             continue;
         }
         let running = inspect.pointer("/State/Running").and_then(|v| v.as_bool()) == Some(true)
-            && inspect.pointer("/State/Restarting").and_then(|v| v.as_bool()) != Some(true);
-        let unhealthy =
-            inspect.pointer("/State/Health/Status").and_then(|v| v.as_str()) == Some("unhealthy");
+            && inspect
+                .pointer("/State/Restarting")
+                .and_then(|v| v.as_bool())
+                != Some(true);
+        let unhealthy = inspect
+            .pointer("/State/Health/Status")
+            .and_then(|v| v.as_str())
+            == Some("unhealthy");
         if !running || !unhealthy {
             continue;
         }
         if shared.backups.is_busy(&c.name, &c.id) {
-            info!(container = c.name, "auto-heal: a backup of the container is running; not now");
+            info!(
+                container = c.name,
+                "auto-heal: a backup of the container is running; not now"
+            );
             continue;
         }
         let Some(guard) = shared.locks.try_lock(&c.name) else {
-            info!(container = c.name, "auto-heal: another command holds the container; not now");
+            info!(
+                container = c.name,
+                "auto-heal: another command holds the container; not now"
+            );
             continue;
         };
         healer.restarted(&cand, now);
@@ -96,7 +107,10 @@ async fn restart(
     let message = match &outcome {
         Ok(_) => {
             attributes.insert("outcome".into(), "restarted".into());
-            info!(container = c.name, unhealthy_secs, "auto-heal restarted an unhealthy container");
+            info!(
+                container = c.name,
+                unhealthy_secs, "auto-heal restarted an unhealthy container"
+            );
             format!(
                 "container {} was unhealthy for {unhealthy_secs} s; auto-heal restarted it \
                  (restart {} within the hour)",
@@ -123,7 +137,11 @@ async fn restart(
         message,
         attributes,
     };
-    if let Err(e) = shared.state.append_outbox(vec![OutboxItem::Event(event)]).await {
+    if let Err(e) = shared
+        .state
+        .append_outbox(vec![OutboxItem::Event(event)])
+        .await
+    {
         warn!(error = format!("{e:#}"), "cannot queue the auto-heal event");
     }
     shared.heartbeat_poke.notify_one();

@@ -235,7 +235,8 @@ fn read(paths: &Paths) -> Option<Reading> {
             let usage = read_u64(&memory.join("memory.usage_in_bytes"))?;
             let stat = std::fs::read_to_string(memory.join("memory.stat")).unwrap_or_default();
             let inactive = stat_value(&stat, "total_inactive_file").unwrap_or(0);
-            let limit = read_u64(&memory.join("memory.limit_in_bytes")).filter(|l| *l < V1_NO_LIMIT);
+            let limit =
+                read_u64(&memory.join("memory.limit_in_bytes")).filter(|l| *l < V1_NO_LIMIT);
             let cpu = read_u64(&cpuacct.join("cpuacct.usage"))?;
             Some(Reading {
                 memory_bytes: usage.saturating_sub(inactive),
@@ -296,10 +297,17 @@ mod tests {
         t.fill(&mut cs, &HashMap::new());
         let r = cs[0].resources.clone().unwrap();
         assert!(r.cpu_percent.is_some());
-        assert_eq!(r.memory_near_limit_since, Some(since), "the clock keeps its start");
+        assert_eq!(
+            r.memory_near_limit_since,
+            Some(since),
+            "the clock keeps its start"
+        );
         write(&dir, "memory.current", "500\n");
         t.fill(&mut cs, &HashMap::new());
-        assert_eq!(cs[0].resources.clone().unwrap().memory_near_limit_since, None);
+        assert_eq!(
+            cs[0].resources.clone().unwrap().memory_near_limit_since,
+            None
+        );
         write(&dir, "memory.max", "max\n");
         t.fill(&mut cs, &HashMap::new());
         assert_eq!(cs[0].resources.clone().unwrap().memory_limit_bytes, None);
@@ -313,7 +321,11 @@ mod tests {
         write(&mem, "memory.usage_in_bytes", "4096\n");
         write(&mem, "memory.stat", "cache 100\ntotal_inactive_file 96\n");
         write(&mem, "memory.limit_in_bytes", "9223372036854771712\n");
-        write(&root.join("cpuacct/docker/def456"), "cpuacct.usage", "123456\n");
+        write(
+            &root.join("cpuacct/docker/def456"),
+            "cpuacct.usage",
+            "123456\n",
+        );
         let mut t = ResourceTracker::new(root, &root.join("proc"));
         let mut cs = vec![container("def456"), container("gone")];
         cs[1].state = "exited".into();
@@ -321,7 +333,10 @@ mod tests {
         let r = cs[0].resources.clone().unwrap();
         assert_eq!(r.memory_bytes, 4000);
         assert_eq!(r.memory_limit_bytes, None);
-        assert!(cs[1].resources.is_none(), "only running containers are read");
+        assert!(
+            cs[1].resources.is_none(),
+            "only running containers are read"
+        );
     }
 
     #[test]

@@ -100,14 +100,20 @@ async fn a_stopped_database_fails_the_run_until_it_is_removed_and_forgotten() {
         )
         .await,
     );
-    let earlier = first.backups.first().expect("a backup of the shop database").clone();
+    let earlier = first
+        .backups
+        .first()
+        .expect("a backup of the shop database")
+        .clone();
     assert_eq!(earlier.status, BackupStatus::Success);
     let earlier_file = agent.state_dir().join("backups").join(&earlier.file);
     assert!(earlier_file.is_file(), "{}", earlier_file.display());
 
     // 2. Stopped: the run reports it failed, with the reason, instead of leaving it out.
     let g = gone.name().to_string();
-    docker_cli(&["stop", "--time", "5", &g]).await.expect("docker stop");
+    docker_cli(&["stop", "--time", "5", &g])
+        .await
+        .expect("docker stop");
     let (info, out) = run_all(&api, &agent.id).await;
     assert_eq!(info.state, DeliveryState::Failed, "{info:?}");
     let reason = format!("container {g} is not running");
@@ -121,7 +127,11 @@ async fn a_stopped_database_fails_the_run_until_it_is_removed_and_forgotten() {
     assert_eq!(shop.error.as_deref(), Some(reason.as_str()));
     let file = status_file(&agent);
     assert_eq!(file["databases"][&gone_key]["status"], "failed", "{file}");
-    assert_eq!(file["databases"][&gone_key]["error"], reason.as_str(), "{file}");
+    assert_eq!(
+        file["databases"][&gone_key]["error"],
+        reason.as_str(),
+        "{file}"
+    );
     assert_eq!(file["databases"][&stay_key]["status"], "success", "{file}");
     // At the relay: the database's latest state and the medium backup alert.
     let b: AgentBackups = eventually(DEADLINE, "the failure at the relay", || async {
@@ -157,7 +167,10 @@ async fn a_stopped_database_fails_the_run_until_it_is_removed_and_forgotten() {
         .find(|d| d.key == gone_key)
         .expect("the removed database is still expected");
     let e = shop.error.clone().unwrap_or_default();
-    assert!(e.contains(&format!("container {g} is gone")) && e.contains("forget"), "{e}");
+    assert!(
+        e.contains(&format!("container {g} is gone")) && e.contains("forget"),
+        "{e}"
+    );
 
     // 4. Forgotten: the next run is clean; the relay forgot the key and audited it.
     let info = command(
@@ -195,7 +208,10 @@ async fn a_stopped_database_fails_the_run_until_it_is_removed_and_forgotten() {
     })
     .await;
     eventually(DEADLINE, "the backup alert resolved", || async {
-        let a: AlertInfo = api.get(&format!("/api/v1/alerts/{}", alert.id)).await.ok()?;
+        let a: AlertInfo = api
+            .get(&format!("/api/v1/alerts/{}", alert.id))
+            .await
+            .ok()?;
         (a.state == AlertState::Resolved).then_some(())
     })
     .await;

@@ -43,13 +43,25 @@ async fn autoheal_restarts_an_opted_in_unhealthy_container_within_its_limit() {
     let scope = scope("heal");
     let containers = Containers::new(&scope).await;
     let heal = containers
-        .run("heal", &img.v2_unhealthy, &[], &[(AUTOHEAL_LABEL, "true")], true)
+        .run(
+            "heal",
+            &img.v2_unhealthy,
+            &[],
+            &[(AUTOHEAL_LABEL, "true")],
+            true,
+        )
         .await;
     let leave = containers
         .run("leave", &img.v2_unhealthy, &[], &[], true)
         .await;
     let stopped = containers
-        .run("stopped", &img.v2_unhealthy, &[], &[(AUTOHEAL_LABEL, "true")], true)
+        .run(
+            "stopped",
+            &img.v2_unhealthy,
+            &[],
+            &[(AUTOHEAL_LABEL, "true")],
+            true,
+        )
         .await;
     let relay = Relay::start_with_config(
         "[alerts]\nevaluate_interval_secs = 1\nmedium_notify_after_secs = 0\n",
@@ -76,9 +88,11 @@ async fn autoheal_restarts_an_opted_in_unhealthy_container_within_its_limit() {
     assert_eq!(info.state, DeliveryState::Succeeded, "{info:?}");
 
     let first_start = containers.state(&heal).await.started_at;
-    eventually(Duration::from_secs(60), "two auto-heal restarts", || async {
-        (autoheal_events(&api, &agent.id, &heal).await >= 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "two auto-heal restarts",
+        || async { (autoheal_events(&api, &agent.id, &heal).await >= 2).then_some(()) },
+    )
     .await;
     let state = containers.state(&heal).await;
     assert_ne!(state.started_at, first_start, "the container was restarted");
@@ -96,7 +110,10 @@ async fn autoheal_restarts_an_opted_in_unhealthy_container_within_its_limit() {
         .iter()
         .find(|e| e.event.kind == EventKind::ContainerAutoheal)
         .unwrap();
-    assert_eq!(e.event.attributes.get("outcome").map(String::as_str), Some("restarted"));
+    assert_eq!(
+        e.event.attributes.get("outcome").map(String::as_str),
+        Some("restarted")
+    );
     assert!(e.event.attributes.contains_key("unhealthy_secs"));
 
     // The hourly limit (2) holds while it stays unhealthy: several unhealthy_for periods pass
@@ -110,7 +127,10 @@ async fn autoheal_restarts_an_opted_in_unhealthy_container_within_its_limit() {
     // Neither the container without the label nor the stopped one was touched.
     assert_eq!(autoheal_events(&api, &agent.id, &leave).await, 0);
     assert_eq!(autoheal_events(&api, &agent.id, &stopped).await, 0);
-    assert!(!containers.running(&stopped).await, "the operator's stop stands");
+    assert!(
+        !containers.running(&stopped).await,
+        "the operator's stop stands"
+    );
     let leave_state = containers.inspect_json(&leave).await;
     assert_eq!(leave_state["State"]["Health"]["Status"], "unhealthy");
     assert_eq!(leave_state["RestartCount"], 0);
@@ -197,7 +217,9 @@ async fn image_prune_removes_unused_images_and_keeps_used_and_rollback_ones() {
         "the blob layer is the junk image's own: {dry:?}"
     );
     // A dry run removes nothing.
-    assert!(docker_cli(&["image", "inspect", &tag("junk")]).await.is_ok());
+    assert!(docker_cli(&["image", "inspect", &tag("junk")])
+        .await
+        .is_ok());
 
     let info = command(
         &api,
@@ -206,14 +228,31 @@ async fn image_prune_removes_unused_images_and_keeps_used_and_rollback_ones() {
     )
     .await;
     assert_eq!(info.state, DeliveryState::Succeeded, "{info:?}");
-    let done: ImagePruneOutput = serde_json::from_value(info.result.unwrap().output.unwrap()).unwrap();
+    let done: ImagePruneOutput =
+        serde_json::from_value(info.result.unwrap().output.unwrap()).unwrap();
     assert_eq!(names(&done.removed), vec![tag("junk")], "{done:?}");
     assert!(done.failed.is_empty(), "{done:?}");
-    assert!(done.bytes_freed >= 256 * 1024, "measured by the engine: {done:?}");
-    assert!(docker_cli(&["image", "inspect", &tag("junk")]).await.is_err());
-    assert!(docker_cli(&["image", "inspect", &tag("old")]).await.is_ok(), "rollback image kept");
-    assert!(docker_cli(&["image", "inspect", &tag("used")]).await.is_ok(), "image in use kept");
-    assert!(docker_cli(&["image", "inspect", &img.v1]).await.is_ok(), "not labelled: invisible");
+    assert!(
+        done.bytes_freed >= 256 * 1024,
+        "measured by the engine: {done:?}"
+    );
+    assert!(docker_cli(&["image", "inspect", &tag("junk")])
+        .await
+        .is_err());
+    assert!(
+        docker_cli(&["image", "inspect", &tag("old")]).await.is_ok(),
+        "rollback image kept"
+    );
+    assert!(
+        docker_cli(&["image", "inspect", &tag("used")])
+            .await
+            .is_ok(),
+        "image in use kept"
+    );
+    assert!(
+        docker_cli(&["image", "inspect", &img.v1]).await.is_ok(),
+        "not labelled: invisible"
+    );
 
     // With keep_rollback_days = 0 the update no longer protects the old image.
     agent.kill().await;
@@ -226,7 +265,8 @@ async fn image_prune_removes_unused_images_and_keeps_used_and_rollback_ones() {
         Command::ImagePrune(ImagePruneArgs { dry_run: false }),
     )
     .await;
-    let done: ImagePruneOutput = serde_json::from_value(info.result.unwrap().output.unwrap()).unwrap();
+    let done: ImagePruneOutput =
+        serde_json::from_value(info.result.unwrap().output.unwrap()).unwrap();
     assert_eq!(names(&done.removed), vec![tag("old")], "{done:?}");
     let _ = docker_cli(&["rmi", "-f", &tag("used")]).await;
 }
@@ -258,7 +298,11 @@ async fn heartbeats_carry_cgroup_memory_limit_and_cpu_per_container() {
             .containers
             .iter()
             .filter(|c| c.name == limited || c.name == free)
-            .all(|c| c.resources.as_ref().is_some_and(|r| r.cpu_percent.is_some()));
+            .all(|c| {
+                c.resources
+                    .as_ref()
+                    .is_some_and(|r| r.cpu_percent.is_some())
+            });
         all.then_some(hb)
     })
     .await;
@@ -272,7 +316,10 @@ async fn heartbeats_carry_cgroup_memory_limit_and_cpu_per_container() {
     };
     let l = find(&limited);
     assert_eq!(l.memory_limit_bytes, Some(64 * 1024 * 1024), "{l:?}");
-    assert!(l.memory_bytes > 0 && l.memory_bytes < 64 * 1024 * 1024, "{l:?}");
+    assert!(
+        l.memory_bytes > 0 && l.memory_bytes < 64 * 1024 * 1024,
+        "{l:?}"
+    );
     assert!(l.memory_near_limit_since.is_none());
     let f = find(&free);
     assert_eq!(f.memory_limit_bytes, None, "{f:?}");

@@ -97,3 +97,126 @@ pub fn autoheal_conditions(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::alerts::config::RuleOverride;
+    use flotilla_shared::command::ContainerInfo;
+    use flotilla_shared::heartbeat::{DockerSnapshot, Heartbeat, HostMetrics};
+    use flotilla_shared::selector::Labels;
+    use flotilla_shared::upkeep::ContainerResources;
+    use std::sync::Arc;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn container(name: &str, resources: Option<ContainerResources>) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("{name}-id"),
+            name: name.into(),
+            image: "img".into(),
+            image_id: "sha256:1".into(),
+            state: "running".into(),
+            status: String::new(),
+            health: None,
+            restart_count: 0,
+            oom_killed: false,
+            exit_code: None,
+            started_at: None,
+            compose_project: None,
+            compose_service: None,
+            resources,
+        }
+    }
+
+    fn agent(at: DateTime<Utc>, containers: Vec<ContainerInfo>) -> AgentView {
+        let hb = Heartbeat {
+            at,
+            agent_version: "1.0.0".into(),
+            host: HostMetrics::default(),
+            docker: DockerSnapshot {
+                containers,
+                ..DockerSnapshot::default()
+            },
+            backup: None,
+        };
+        AgentView {
+            id: "a1".into(),
+            name: "host-1".into(),
+            labels: Labels::new(),
+            revoked: false,
+            connected: true,
+            enrolled_at: t(-1000),
+            heartbeat: Some((Arc::new(hb), at)),
+            last_heartbeat_at: None,
+            agent_version: "1.0.0".into(),
+        }
+    }
+
+    fn near(since: Option<DateTime<Utc>>, used: u64) -> Option<ContainerResources> {
+        Some(ContainerResources {
+            memory_bytes: used,
+            memory_limit_bytes: Some(1000 * 1024 * 1024),
+            cpu_percent: Some(1.0),
+            memory_near_limit_since: since,
+        })
+    }
+
+    #[test]
+    fn memory_near_the_limit_alerts_only_after_the_threshold_minutes() {
+        let cfg = AlertsConfig::default();
+        let a = agent(
+            t(600),
+            vec![
+                container("web", near(Some(t(0)), 950 * 1024 * 1024)),
+                container("api", near(Some(t(400)), 950 * 1024 * 1024)),
+                container("db", near(None, 100)),
+                container("free", None),
+            ],
+        );
+        let c = container_memory_conditions(&cfg, &a, t(600));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].subject, "web");
+        assert_eq!(c[0].rule, Rule::ContainerMemoryHigh);
+        assert_eq!(c[0].severity, flotilla_shared::alert::Severity::Medium);
+        assert_eq!(c[0].since, Some(t(300)));
+        assert!(
+            c[0].message.contains("95 % of 1000 MiB"),
+            "{}",
+            c[0].message
+        );
+        // The threshold is the rule's minutes.
+        let mut cfg = AlertsConfig::default();
+        cfg.rules.insert(
+            "container_memory_high".into(),
+            RuleOverride {
+                threshold: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(container_memory_conditions(&cfg, &a, t(600)).len(), 2);
+    }
+
+    #[test]
+    fn autoheal_restarts_alert_for_the_hold() {
+        let cfg = AlertsConfig::default();
+        let a = agent(t(0), vec![]);
+        let ev = |at: i64, name: &str| AgentEvent {
+            kind: EventKind::ContainerAutoheal,
+            at: t(at),
+            container_id: None,
+            container_name: Some(name.into()),
+            message: format!("container {name} was unhealthy for 300 s; auto-heal restarted it"),
+            attributes: Default::default(),
+        };
+        let events = vec![ev(0, "web"), ev(100, "web"), ev(-5000, "old")];
+        let c = autoheal_conditions(&cfg, &a, &events, t(200));
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].subject, "web");
+        assert_eq!(c[0].since, Some(t(100)));
+        assert!(c[0].message.contains("(on host-1)"));
+        assert!(autoheal_conditions(&cfg, &a, &events, t(100 + 600)).is_empty());
+    }
+}
