@@ -216,7 +216,8 @@ pub struct RunArgs {
     pub selector: Option<Selector>,
     /// Command kind: ping, container.list, container.inspect, container.start, container.stop,
     /// container.restart, container.logs, container.update (easier with `flotilla update`),
-    /// backup.list, backup.run, backup.verify, backup.restore (easier with `flotilla backup`).
+    /// backup.list, backup.run, backup.verify, backup.restore, backup.forget (easier with
+    /// `flotilla backup`), image.prune (`--args '{"dry_run": true}'` to only list).
     pub kind: String,
     /// Container name or id.
     #[arg(long)]
