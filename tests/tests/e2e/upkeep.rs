@@ -3,7 +3,9 @@
 //! image), at most its hourly limit, never one that did not opt in or that an operator
 //! stopped, each restart an event and a medium alert; `image.prune` removes throwaway images
 //! built from the test image and keeps the ones in use or needed for a rollback; heartbeats
-//! carry every running container's memory, limit and CPU read from its cgroup.
+//! carry every running container's memory, limit and CPU read from its cgroup, and a real
+//! PostgreSQL squeezed under a tight limit (`docker update --memory`) raises
+//! `container_memory_high`, which resolves once the limit is generous again.
 
 use crate::{images, DEADLINE};
 use flotilla_shared::alert::{AlertInfo, AlertState, Severity};
@@ -325,4 +327,78 @@ async fn heartbeats_carry_cgroup_memory_limit_and_cpu_per_container() {
     assert_eq!(f.memory_limit_bytes, None, "{f:?}");
     assert!(f.memory_bytes > 0, "{f:?}");
     assert!(f.cpu_percent.unwrap() >= 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_near_its_memory_limit_raises_container_memory_high() {
+    let scope = scope("memhigh");
+    let name = flotilla_tests::fixtures::unique_name(&format!("{scope}-pg"));
+    let db = {
+        let scope = scope.clone();
+        tokio::task::spawn_blocking(move || {
+            flotilla_tests::fixtures::DbContainer::start(
+                flotilla_tests::fixtures::DbEngine::Postgres,
+                &name,
+                &[("flotilla.test.scope", scope.as_str())],
+                &[("POSTGRES_PASSWORD", "pw")],
+            )
+        })
+        .await
+        .unwrap()
+        .expect("start PostgreSQL")
+    };
+    // Threshold 0 minutes: the alert fires as soon as a heartbeat shows it near the limit
+    // (the 5-minute default is the relay rule's unit test).
+    let relay = Relay::start_with_config(
+        "[alerts]\nevaluate_interval_secs = 1\nmedium_notify_after_secs = 0\n\
+         [alerts.rules.container_memory_high]\nthreshold = 0\n",
+        &[],
+    )
+    .await;
+    let mut agent = Agent::enroll(&relay, "mem-host", "", &scope).await;
+    agent.run().await;
+    let api = relay.api();
+    api.wait_online(&agent.id, DEADLINE).await;
+    let usage = eventually(DEADLINE, "the database's memory in a heartbeat", || async {
+        let hb = api.agent(&agent.id).await.heartbeat?;
+        let c = hb.docker.containers.iter().find(|c| c.name == db.name())?;
+        c.resources.as_ref().map(|r| r.memory_bytes)
+    })
+    .await;
+    // A limit just above what it uses now: above 90 % of it.
+    let limit = (usage as f64 / 0.95) as u64;
+    let limit = limit.max(6 * 1024 * 1024).to_string();
+    docker_cli(&[
+        "update",
+        "--memory",
+        &limit,
+        "--memory-swap",
+        &limit,
+        db.name(),
+    ])
+    .await
+    .expect("docker update --memory");
+    let alert: AlertInfo = eventually(DEADLINE, "container_memory_high firing", || async {
+        let list: Vec<AlertInfo> = api.get("/api/v1/alerts?state=all&limit=1000").await.ok()?;
+        list.into_iter().find(|a| {
+            a.rule == "container_memory_high"
+                && a.subject == db.name()
+                && a.state == AlertState::Firing
+        })
+    })
+    .await;
+    assert_eq!(alert.severity, Severity::Medium);
+    assert!(alert.message.contains("memory limit"), "{alert:?}");
+    // A generous limit again: it resolves.
+    docker_cli(&["update", "--memory", "1g", "--memory-swap", "1g", db.name()])
+        .await
+        .expect("docker update --memory 1g");
+    eventually(DEADLINE, "container_memory_high resolved", || async {
+        let a: AlertInfo = api
+            .get(&format!("/api/v1/alerts/{}", alert.id))
+            .await
+            .ok()?;
+        (a.state == AlertState::Resolved).then_some(())
+    })
+    .await;
 }
