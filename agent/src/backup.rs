@@ -25,6 +25,9 @@ pub mod schedule;
 mod scheduler;
 mod service;
 pub mod status;
+// issue 17 part 4: expected databases and forgetting them
+mod expected;
+pub use expected::ForgetReason;
 
 use crate::docker::{DockerClient, DockerError};
 use crate::state::State;
@@ -60,6 +63,9 @@ pub struct Job {
     pub restore_command: Vec<String>,
     pub ping_url: Option<String>,
     pub discovered: bool,
+    /// A discovered job backed up before whose container no longer runs (issue 17 part 4):
+    /// its run fails with the reason instead of the database silently dropping out.
+    pub expected_missing: bool,
 }
 
 /// The backup service; cheap to clone.
@@ -85,6 +91,8 @@ struct Inner {
     summary: watch::Sender<Option<BackupSummary>>,
     next_run_at: Mutex<Option<DateTime<Utc>>>,
     status_file_stale: Mutex<bool>,
+    /// Containers (as jobs name them) a run is dumping now; auto-heal leaves them alone.
+    busy: Mutex<std::collections::HashSet<String>>,
 }
 
 flotilla_shared::message_error!(
@@ -165,6 +173,9 @@ fn validate_config_message(config: &BackupConfig) -> Result<(), String> {
     }
     if config.watch_interval_secs == 0 {
         return Err("backup.watch_interval_secs must be at least 1".into());
+    }
+    if config.forget_after_secs == 0 {
+        return Err("backup.forget_after_secs must be at least 1".into());
     }
     if config.dump_timeout_secs == 0 {
         return Err("backup.dump_timeout_secs must be at least 1".into());

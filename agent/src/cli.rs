@@ -146,4 +146,6 @@ pub enum BackupAction {
         #[arg(long)]
         force: bool,
     },
+    /// Stop expecting a backup job whose container was removed on purpose (its backups stay).
+    Forget { job: String },
 }

@@ -12,9 +12,12 @@
 
 mod update;
 mod upgrade;
+// issue 17 part 6
+mod upkeep;
 
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
+pub use upkeep::{AutohealConfig, ImagesConfig};
 
 use crate::backup::config::{BackupConfig, DestinationConfig, JobConfig, RetentionConfig};
 use flotilla_daemon::logging::LogFormat;
@@ -201,6 +204,8 @@ flotilla_daemon::settings! {
             age_recipients: Vec<String> = "FLOTILLA_BACKUP_AGE_RECIPIENTS";
             age_recipients_file: Option<PathBuf> = "FLOTILLA_BACKUP_AGE_RECIPIENTS_FILE",
                 parse trimmed_path;
+            // issue 17 part 4
+            forget_after_secs: u64 = "FLOTILLA_BACKUP_FORGET_AFTER_SECS";
         }
         section retention: RetentionConfig => RetentionOverrides {
             env {
@@ -224,6 +229,30 @@ flotilla_daemon::settings! {
                 check |v| (5..=3600).contains(v), "expected 5 to 3600 seconds";
             download_timeout_secs: u64 = "FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS",
                 check |v| (10..=86_400).contains(v), "expected 10 to 86400 seconds";
+        }
+        file_only {}
+    }
+
+    // --- issue 17 part 6: auto-heal and image pruning ---
+    section autoheal: AutohealConfig => AutohealOverrides {
+        env {
+            all: bool = "FLOTILLA_AUTOHEAL_ALL";
+            unhealthy_for_secs: u64 = "FLOTILLA_AUTOHEAL_UNHEALTHY_FOR_SECS",
+                check |v| (1..=86_400).contains(v), "expected 1 to 86400 seconds";
+            max_restarts_per_hour: u32 = "FLOTILLA_AUTOHEAL_MAX_RESTARTS_PER_HOUR",
+                check |v| (1..=60).contains(v), "expected 1 to 60 restarts";
+            backoff_secs: u64 = "FLOTILLA_AUTOHEAL_BACKOFF_SECS",
+                check |v| *v <= 3600, "expected 0 to 3600 seconds";
+        }
+        file_only {}
+    }
+
+    section images: ImagesConfig => ImagesOverrides {
+        env {
+            prune_interval_secs: u64 = "FLOTILLA_IMAGES_PRUNE_INTERVAL_SECS",
+                check |v| *v == 0 || *v >= 60, "expected 0 (off) or at least 60 seconds";
+            keep_rollback_days: u32 = "FLOTILLA_IMAGES_KEEP_ROLLBACK_DAYS",
+                check |v| *v <= 3650, "expected 0 to 3650 days";
         }
         file_only {}
     }

@@ -7,6 +7,9 @@
 //! `MAX_BUSY_WAIT` and never past its own expiry, and then fails with `container_busy`.
 //! Each result is written to the journal and appended to the outbox in one transaction.
 
+// issue 17 part 6: auto-heal's restarts
+mod autoheal;
+
 use crate::backup::Backups;
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
 use crate::frame::{keep_newest_lines, FrameLimit};
@@ -75,6 +78,12 @@ pub struct Executor {
     pub backups: Backups,
     /// Runs `agent.upgrade`.
     pub upgrades: Upgrades,
+    // --- issue 17 part 6 ---
+    /// Runs `image.prune`.
+    pub images: crate::images::Images,
+    /// The heartbeats, whose container health feeds auto-heal.
+    pub heartbeats: watch::Receiver<Option<Arc<flotilla_shared::heartbeat::Heartbeat>>>,
+    pub autoheal: crate::config::AutohealConfig,
 }
 
 /// What running commands share.
@@ -88,6 +97,7 @@ struct Shared {
     updater: Updater,
     backups: Backups,
     upgrades: Upgrades,
+    images: crate::images::Images,
     /// Cancelled when the agent stops (an upgrade waiting for its restart ends on it).
     stopping: CancellationToken,
 }
@@ -111,8 +121,12 @@ impl Executor {
             updater: self.updater.clone(),
             backups: self.backups.clone(),
             upgrades: self.upgrades.clone(),
+            images: self.images.clone(),
             stopping: shutdown.clone(),
         });
+        let mut healer = crate::autoheal::Autoheal::new(self.autoheal.clone());
+        let mut heartbeats = self.heartbeats.clone();
+        let mut heartbeats_open = true;
         let mut tasks = JoinSet::new();
         self.recover_updates(&shared, &mut tasks).await;
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
@@ -128,6 +142,16 @@ impl Executor {
                     Some(cmd) => self.handle(cmd, &shared, &mut tasks).await,
                     None => break,
                 },
+                changed = heartbeats.changed(), if heartbeats_open => {
+                    if changed.is_err() {
+                        heartbeats_open = false;
+                        continue;
+                    }
+                    let hb = heartbeats.borrow_and_update().clone();
+                    if let Some(hb) = hb {
+                        autoheal::step(&shared, &mut healer, &hb, &mut tasks).await;
+                    }
+                }
                 _ = prune.tick() => {
                     match self.state.prune_journal(Utc::now()).await {
                         Ok(0) => {}
@@ -594,6 +618,14 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 &shared.backups.restore(a, manifest, target).await?,
             )?)
         }
+        // --- issue 17 parts 4 and 6 ---
+        Command::BackupForget(a) => Ok(to_json(
+            &shared
+                .backups
+                .forget(&a.job, crate::backup::ForgetReason::Operator)
+                .await?,
+        )?),
+        Command::ImagePrune(a) => Ok(to_json(&shared.images.prune(a.dry_run).await?)?),
         Command::Ping(_) => Ok(to_json(&PingOutput {
             agent_version: flotilla_shared::release::version().to_string(),
             hostname: shared.hostname.clone(),

@@ -7,7 +7,7 @@ use chrono::Utc;
 use flotilla_shared::command::ContainerInfo;
 use flotilla_shared::heartbeat::{DockerSnapshot, FilesystemUsage, Heartbeat, HostMetrics};
 use flotilla_shared::protocol::AgentFrame;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use sysinfo::{DiskRefreshKind, Disks, MemoryRefreshKind, System};
@@ -15,6 +15,10 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+// issue 17 part 6: per-container memory and CPU from cgroups
+mod resources;
+pub use resources::ResourceTracker;
 
 /// Heartbeat interval until the relay's welcome names one.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
@@ -285,6 +289,7 @@ impl HeartbeatTask {
         // Resolved once: a collector built again after a panic reuses them.
         self.disk_paths = paths;
         let mut collector = Some(first);
+        let mut tracker: Option<resources::ResourceTracker> = None;
         let mut interval = (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
         let mut interval_open = true;
         let mut next = Instant::now();
@@ -331,7 +336,24 @@ impl HeartbeatTask {
                     HostMetrics::default()
                 }
             };
-            let docker = docker_snapshot(&self.docker).await;
+            let (mut docker, pids) = docker_snapshot_with_pids(&self.docker).await;
+            // The cgroup reads are small sysfs reads, but file I/O all the same.
+            let mut t = tracker.take().unwrap_or_default();
+            let filled = tokio::task::spawn_blocking(move || {
+                t.fill(&mut docker.containers, &pids);
+                (t, docker)
+            })
+            .await;
+            let docker = match filled {
+                Ok((t, d)) => {
+                    tracker = Some(t);
+                    d
+                }
+                Err(e) => {
+                    warn!(error = %e, "container resource collection failed");
+                    docker_snapshot(&self.docker).await
+                }
+            };
             let hb = Heartbeat {
                 at: Utc::now(),
                 agent_version: flotilla_shared::release::version().to_string(),
@@ -352,30 +374,58 @@ impl HeartbeatTask {
 
 /// Engine version and visible containers; on failure the error text, so host metrics still go.
 pub async fn docker_snapshot(docker: &DockerClient) -> DockerSnapshot {
+    docker_snapshot_with_pids(docker).await.0
+}
+
+/// [`docker_snapshot`] and the running containers' main process ids (id → pid).
+async fn docker_snapshot_with_pids(
+    docker: &DockerClient,
+) -> (DockerSnapshot, HashMap<String, i64>) {
     let version = match docker.version().await {
         Ok(v) => v,
         Err(e) => {
-            return DockerSnapshot {
-                error: Some(e.to_string()),
-                ..Default::default()
-            }
+            return (
+                DockerSnapshot {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+                HashMap::new(),
+            )
         }
     };
-    match docker.list(true).await {
-        Ok(containers) => DockerSnapshot {
-            containers_omitted: 0,
-            version: version.version,
-            api_version: version.api_version,
-            error: None,
-            containers,
-        },
-        Err(e) => DockerSnapshot {
-            containers_omitted: 0,
-            version: version.version,
-            api_version: version.api_version,
-            error: Some(e.to_string()),
-            containers: Vec::new(),
-        },
+    match docker.list_with_pids(true, None).await {
+        Ok(list) => {
+            let mut pids = HashMap::new();
+            let containers = list
+                .into_iter()
+                .map(|(c, pid)| {
+                    if let Some(p) = pid {
+                        pids.insert(c.id.clone(), p);
+                    }
+                    c
+                })
+                .collect();
+            (
+                DockerSnapshot {
+                    containers_omitted: 0,
+                    version: version.version,
+                    api_version: version.api_version,
+                    error: None,
+                    containers,
+                },
+                pids,
+            )
+        }
+        Err(e) => (
+            DockerSnapshot {
+                containers_omitted: 0,
+                version: version.version,
+                api_version: version.api_version,
+                error: Some(e.to_string()),
+                containers: Vec::new(),
+            },
+            HashMap::new(),
+        ),
     }
 }
 
@@ -528,6 +578,7 @@ mod tests {
             started_at: Some("2024-01-01T00:00:00Z".into()),
             compose_project: Some("project".into()),
             compose_service: Some("service".into()),
+            resources: None,
         }
     }
 

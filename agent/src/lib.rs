@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 
 mod agent_id;
+// issue 17 part 6: restarting containers that stay unhealthy
+pub mod autoheal;
 pub mod backup;
 pub mod config;
 pub mod docker;
@@ -17,6 +19,8 @@ pub mod events;
 mod executor;
 mod frame;
 pub mod heartbeat;
+// issue 17 part 6: image pruning
+pub mod images;
 mod session;
 pub mod state;
 mod transport;
@@ -201,6 +205,17 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("backup status watcher", watcher.watcher(token).await) });
 
+    // issue 17 part 6: auto-heal reads the heartbeats; image pruning has its own schedule
+    let heartbeats_for_autoheal = heartbeat_tx.subscribe();
+    let images = images::Images {
+        docker: docker.clone(),
+        state: state.clone(),
+        config: config.images.clone(),
+        lock: Default::default(),
+    };
+    let pruner = images.clone();
+    let token = tasks_token.clone();
+    tasks.spawn(async move { ("image pruning", pruner.scheduler(token).await) });
     let hb = heartbeat::HeartbeatTask {
         docker: docker.clone(),
         interval: interval_rx,
@@ -249,6 +264,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         updater,
         backups,
         upgrades,
+        images,
+        heartbeats: heartbeats_for_autoheal,
+        autoheal: config.autoheal.clone(),
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("executor", exec.run(commands_rx, token).await) });

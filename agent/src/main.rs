@@ -270,6 +270,13 @@ async fn backup_command(
                 .map_err(fail)?;
             print(&out);
         }
+        BackupAction::Forget { job } => {
+            let out = backups
+                .forget(&job, flotilla_agent::backup::ForgetReason::Operator)
+                .await
+                .map_err(fail)?;
+            print(&out);
+        }
     }
     Ok(())
 }
@@ -365,6 +372,23 @@ mod erased {
                     c.detail
                 );
             }
+        }
+    }
+
+    impl Json for flotilla_shared::upkeep::BackupForgetOutput {
+        fn print(&self, json: bool) {
+            if json {
+                return print_json(self);
+            }
+            println!(
+                "forgot backup job {} ({}); its backups stay in the catalogue",
+                self.job,
+                if self.keys.is_empty() {
+                    "no databases reported".to_string()
+                } else {
+                    self.keys.join(", ")
+                }
+            );
         }
     }
 

@@ -11,16 +11,22 @@
 //! std mutex that is only ever held inside those blocking closures, never across an `.await`.
 
 mod backup_catalogue;
+// issue 17 part 4: the databases a run is expected to back up
+mod backup_expected;
+// issue 17 part 6: the images a rollback may need
 mod identity;
 mod journal;
 mod outbox;
+mod rollback_images;
 mod update_journal;
 
+pub use backup_expected::ExpectedJob;
 pub use identity::Identity;
 pub use journal::{JournalBegin, JournalEntry};
 pub use outbox::{
     dropped_notice, EventCursor, DEFAULT_MAX_OUTBOX_EVENTS, DROPPED_EVENTS_ATTRIBUTE,
 };
+pub use rollback_images::RollbackImages;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
@@ -121,6 +127,25 @@ const MIGRATIONS: &[&str] = &[
         report TEXT NOT NULL
     );
     CREATE INDEX backup_runs_job ON backup_runs (job, finished_at);
+    "#,
+    // --- issue 17 parts 4 and 6: host upkeep ---
+    // 6: the discovered database jobs the agent has backed up and so expects to back up again
+    // (a run where one cannot be dumped fails instead of leaving it out); seeded from the
+    // catalogue's successful backups of discovered jobs (named after their container)
+    r#"
+    CREATE TABLE backup_expected (
+        job TEXT PRIMARY KEY,
+        container TEXT NOT NULL,
+        engine TEXT NOT NULL,
+        last_success_at TEXT NOT NULL,
+        last_seen_at TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO backup_expected (job, container, engine, last_success_at, last_seen_at)
+        SELECT job, json_extract(manifest, '$.container'), json_extract(manifest, '$.engine'),
+               MAX(finished_at), MAX(finished_at)
+        FROM backups
+        WHERE status = 'success' AND job = json_extract(manifest, '$.container')
+        GROUP BY job;
     "#,
 ];
 

@@ -1,5 +1,5 @@
 //! `flotilla backups`: the fleet's (or one agent's) backup state from the relay's history; and
-//! `flotilla backup list|run|verify|restore`: `backup.*` commands to one agent, always waited
+//! `flotilla backup list|run|verify|restore|forget`: `backup.*` commands to one agent, always waited
 //! for, their typed output rendered, exit 0 only when the command succeeded.
 
 use super::client::{decode, ApiClient, CliError};
@@ -108,6 +108,14 @@ pub enum BackupCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Stop expecting a backup job (a discovered database whose container was removed on
+    /// purpose): its runs stop failing, its backups stay, the relay audits it.
+    Forget {
+        #[command(flatten)]
+        target: BackupTarget,
+        /// The job (for a discovered database: its container's name).
+        job: String,
+    },
 }
 
 impl BackupCommand {
@@ -116,7 +124,8 @@ impl BackupCommand {
             BackupCommand::List { target, .. }
             | BackupCommand::Run { target, .. }
             | BackupCommand::Verify { target, .. }
-            | BackupCommand::Restore { target, .. } => target,
+            | BackupCommand::Restore { target, .. }
+            | BackupCommand::Forget { target, .. } => target,
         }
     }
 
@@ -151,6 +160,11 @@ impl BackupCommand {
                 database: database.clone(),
                 force: *force,
             }),
+            BackupCommand::Forget { job, .. } => {
+                Command::BackupForget(flotilla_shared::upkeep::BackupForgetArgs {
+                    job: job.clone(),
+                })
+            }
         };
         command.validate().map_err(|e| CliError::Usage(e.into()))?;
         Ok(command)

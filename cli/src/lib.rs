@@ -12,6 +12,8 @@ mod client;
 mod events;
 mod release;
 mod render;
+// issue 17 parts 4 and 6: backup.forget and image.prune outputs
+mod render_upkeep;
 mod rollout;
 mod run;
 mod update;
@@ -214,7 +216,8 @@ pub struct RunArgs {
     pub selector: Option<Selector>,
     /// Command kind: ping, container.list, container.inspect, container.start, container.stop,
     /// container.restart, container.logs, container.update (easier with `flotilla update`),
-    /// backup.list, backup.run, backup.verify, backup.restore (easier with `flotilla backup`).
+    /// backup.list, backup.run, backup.verify, backup.restore, backup.forget (easier with
+    /// `flotilla backup`), image.prune (`--args '{"dry_run": true}'` to only list).
     pub kind: String,
     /// Container name or id.
     #[arg(long)]

@@ -602,6 +602,9 @@ pub fn command_result(kind: CommandKind, r: &CommandResult) -> String {
         CommandKind::BackupRestore => serde_json::from_value::<BackupRestoreOutput>(output.clone())
             .ok()
             .map(|r| backup_restore(&r)),
+        // --- issue 17 parts 4 and 6 ---
+        CommandKind::BackupForget => super::render_upkeep::backup_forget(output),
+        CommandKind::ImagePrune => super::render_upkeep::image_prune(output),
     };
     out.push_str(
         &typed.unwrap_or_else(|| serde_json::to_string_pretty(output).unwrap_or_default() + "\n"),

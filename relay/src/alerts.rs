@@ -311,6 +311,8 @@ pub async fn conditions(
     };
     for a in &agents {
         out.extend(rules::host_conditions(cfg, a, &firing));
+        // issue 17 part 6
+        out.extend(rules::container_memory_conditions(cfg, a, now));
     }
 
     // Containers an update acts on, per agent (names and ids, as asked and as reported).
@@ -323,6 +325,7 @@ pub async fn conditions(
         }
     }
     let container_rules = [
+        Rule::ContainerAutohealed,
         Rule::ContainerDied,
         Rule::ContainerOom,
         Rule::ContainerRestartLoop,
@@ -356,6 +359,8 @@ pub async fn conditions(
                 updating.get(&a.id).unwrap_or(&none),
                 now,
             ));
+            // issue 17 part 6
+            out.extend(rules::autoheal_conditions(cfg, a, &evs, now));
         }
     }
     if [

@@ -50,3 +50,64 @@ pub async fn record_report(
     }
     Ok(())
 }
+
+// --- issue 17 part 4: a job the agent stopped expecting ---
+
+/// An agent's `backup.forgotten` event (stored once, `inserted`): the job's database keys
+/// (attribute `keys`, comma-separated) are forgotten here too, so its failed state no longer
+/// alerts, and the audit log records who forgot what (`agent:<id>` as the actor, the reason
+/// — `operator` or `forget_after` — in the detail).
+pub async fn record_forgotten(
+    store: &Store,
+    agent_id: &str,
+    event: &flotilla_shared::heartbeat::AgentEvent,
+) -> Result<(), StoreError> {
+    let job = event.attributes.get("job").cloned().unwrap_or_default();
+    let keys: Vec<String> = event
+        .attributes
+        .get("keys")
+        .map(|k| {
+            k.split(',')
+                .filter(|k| !k.is_empty() && k.starts_with(&format!("{job}/")))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut removed = 0;
+    for key in &keys {
+        removed += store
+            .forget_backup_key(agent_id.to_string(), key.clone())
+            .await?;
+    }
+    let reason = event
+        .attributes
+        .get("reason")
+        .cloned()
+        .unwrap_or_else(|| "unknown".into());
+    store
+        .audit(crate::store::AuditEntry {
+            ts: crate::store::now(),
+            actor: format!("agent:{agent_id}"),
+            action: "backup.forgotten".into(),
+            target: format!("{agent_id}/{job}"),
+            outcome: "ok".into(),
+            detail: Some(
+                serde_json::json!({
+                    "reason": reason,
+                    "keys": keys,
+                    "rows_removed": removed,
+                    "message": event.message,
+                })
+                .to_string(),
+            ),
+        })
+        .await?;
+    tracing::info!(
+        agent_id,
+        job,
+        reason,
+        keys = keys.len(),
+        "backup job forgotten by the agent"
+    );
+    Ok(())
+}

@@ -606,11 +606,18 @@ impl Connection {
             }
             OutboxItem::Event(event) => {
                 let kind = event.kind.as_str();
+                let forgotten = (event.kind
+                    == flotilla_shared::heartbeat::EventKind::BackupForgotten)
+                    .then(|| event.clone());
                 let inserted = state
                     .store
                     .insert_event(agent_id.clone(), seq, event)
                     .await?;
                 tracing::debug!(agent_id = %agent_id, seq, kind, inserted, "agent event");
+                // issue 17 part 4: the agent stopped expecting a backup job
+                if let Some(event) = forgotten.filter(|_| inserted) {
+                    crate::backups::record_forgotten(&state.store, &agent_id, &event).await?;
+                }
                 if inserted {
                     let summary = format!("{kind} on agent {agent_id}");
                     (state.stream).publish(

@@ -47,10 +47,15 @@ pub enum CommandKind {
     BackupRestore,
     #[serde(rename = "agent.upgrade")]
     AgentUpgrade,
+    // --- issue 17 parts 4 and 6: host upkeep ---
+    #[serde(rename = "backup.forget")]
+    BackupForget,
+    #[serde(rename = "image.prune")]
+    ImagePrune,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 13] = [
+    pub const ALL: [CommandKind; 15] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -64,6 +69,9 @@ impl CommandKind {
         CommandKind::BackupVerify,
         CommandKind::BackupRestore,
         CommandKind::AgentUpgrade,
+        // --- issue 17 parts 4 and 6: host upkeep ---
+        CommandKind::BackupForget,
+        CommandKind::ImagePrune,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +89,9 @@ impl CommandKind {
             CommandKind::BackupVerify => "backup.verify",
             CommandKind::BackupRestore => "backup.restore",
             CommandKind::AgentUpgrade => "agent.upgrade",
+            // --- issue 17 parts 4 and 6: host upkeep ---
+            CommandKind::BackupForget => "backup.forget",
+            CommandKind::ImagePrune => "image.prune",
         }
     }
 
@@ -96,6 +107,8 @@ impl CommandKind {
                 | CommandKind::BackupRun
                 | CommandKind::BackupRestore
                 | CommandKind::AgentUpgrade
+                | CommandKind::BackupForget
+                | CommandKind::ImagePrune
         )
     }
 }
@@ -107,7 +120,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade, backup.forget, image.prune")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -151,6 +164,11 @@ pub enum Command {
     BackupRestore(BackupRestoreArgs),
     #[serde(rename = "agent.upgrade")]
     AgentUpgrade(AgentUpgradeArgs),
+    // --- issue 17 parts 4 and 6: host upkeep ---
+    #[serde(rename = "backup.forget")]
+    BackupForget(crate::upkeep::BackupForgetArgs),
+    #[serde(rename = "image.prune")]
+    ImagePrune(#[serde(default)] crate::upkeep::ImagePruneArgs),
 }
 
 message_error!(
@@ -175,6 +193,9 @@ impl Command {
             Command::BackupVerify(_) => CommandKind::BackupVerify,
             Command::BackupRestore(_) => CommandKind::BackupRestore,
             Command::AgentUpgrade(_) => CommandKind::AgentUpgrade,
+            // --- issue 17 parts 4 and 6: host upkeep ---
+            Command::BackupForget(_) => CommandKind::BackupForget,
+            Command::ImagePrune(_) => CommandKind::ImagePrune,
         }
     }
 
@@ -189,6 +210,8 @@ impl Command {
             Command::BackupRestore(a) => a.into.as_deref(),
             Command::BackupList(_) | Command::BackupRun(_) | Command::BackupVerify(_) => None,
             Command::AgentUpgrade(_) => None,
+            // --- issue 17 parts 4 and 6: host upkeep ---
+            Command::BackupForget(_) | Command::ImagePrune(_) => None,
         }
     }
 
@@ -251,6 +274,12 @@ impl Command {
         {
             if id.is_empty() || id.len() > 128 {
                 return Err("id must be a backup id of 1-128 characters".into());
+            }
+        }
+        // --- issue 17 parts 4 and 6: host upkeep ---
+        if let Command::BackupForget(a) = self {
+            if a.job.is_empty() || a.job.len() > 128 {
+                return Err("job must be a backup job name of 1-128 characters".into());
             }
         }
         Ok(())
@@ -501,6 +530,11 @@ pub struct ContainerInfo {
     pub compose_project: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose_service: Option<String>,
+    // --- issue 17 part 6: resource figures ---
+    /// Memory and CPU from the container's cgroup (running containers, in heartbeats; None
+    /// where the cgroup cannot be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::upkeep::ContainerResources>,
 }
 
 /// Output of `container.list`.

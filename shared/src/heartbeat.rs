@@ -142,6 +142,16 @@ pub enum EventKind {
     /// layers_done / layers_total). Recovery after an agent restart raises one too.
     #[serde(rename = "container.update")]
     ContainerUpdate,
+    // --- issue 17 parts 4 and 6: host upkeep ---
+    /// The agent stopped expecting a backup job (attributes: job, container, keys
+    /// comma-separated, reason `operator` or `forget_after`); the relay forgets its keys and
+    /// audits it.
+    #[serde(rename = "backup.forgotten")]
+    BackupForgotten,
+    /// Auto-heal restarted an unhealthy container (attributes: unhealthy_secs,
+    /// restarts_in_hour, outcome).
+    #[serde(rename = "container.autoheal")]
+    ContainerAutoheal,
     /// Forward compatibility: an event kind this build does not know.
     #[serde(other, rename = "unknown")]
     Unknown,
@@ -159,6 +169,9 @@ impl EventKind {
             EventKind::ContainerRestartLoop => "container.restart_loop",
             EventKind::CommandRejected => "command.rejected",
             EventKind::ContainerUpdate => "container.update",
+            // --- issue 17 parts 4 and 6: host upkeep ---
+            EventKind::BackupForgotten => "backup.forgotten",
+            EventKind::ContainerAutoheal => "container.autoheal",
             EventKind::Unknown => "unknown",
         }
     }

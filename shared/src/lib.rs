@@ -65,6 +65,8 @@ pub mod selector;
 pub mod signing;
 pub mod stream;
 pub mod update;
+// issue 17 parts 4 and 6: host upkeep
+pub mod upkeep;
 
 /// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
 /// speaking a version it does not know.

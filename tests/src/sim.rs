@@ -240,6 +240,7 @@ impl SimState {
             started_at: None,
             compose_project: None,
             compose_service: None,
+            resources: None,
         }
     }
 

@@ -6,6 +6,8 @@ mod e2e {
     pub mod alerts;
     pub mod api;
     pub mod backup;
+    // issue 17 part 4
+    pub mod backup_expected;
     pub mod cli;
     pub mod commands;
     pub mod delivery;
@@ -21,6 +23,8 @@ mod e2e {
     pub mod tls;
     pub mod trust;
     pub mod update;
+    // issue 17 part 6
+    pub mod upkeep;
     pub mod web;
 }
 

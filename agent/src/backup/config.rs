@@ -52,6 +52,11 @@ pub struct BackupConfig {
     pub destinations: Vec<DestinationConfig>,
     /// Configured jobs. A configured job for a container replaces its discovered one.
     pub jobs: Vec<JobConfig>,
+    // --- issue 17 part 4: expected databases ---
+    /// A discovered database that was backed up once stays expected: while its container is
+    /// stopped, restarting or gone, its runs fail. A container gone this long (seconds; 7
+    /// days) is forgotten (logged, and audited at the relay), as `backup.forget` does at once.
+    pub forget_after_secs: u64,
 }
 
 impl Default for BackupConfig {
@@ -72,6 +77,7 @@ impl Default for BackupConfig {
             age_recipients_file: None,
             destinations: Vec::new(),
             jobs: Vec::new(),
+            forget_after_secs: 7 * 86_400,
         }
     }
 }

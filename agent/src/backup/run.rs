@@ -186,14 +186,25 @@ impl<'a> Run<'a> {
     /// Dumps every database, copies off-site, prunes when everything worked.
     async fn dump_all(&self) -> Result<(Vec<DatabaseOutcome>, Option<RemoteSync>, u32), String> {
         let docker = &self.inner().docker;
-        let container = docker
-            .resolve(&self.job.container)
-            .await
-            .map_err(|e| format!("container {}: {e}", self.job.container))?;
+        let container = match docker.resolve(&self.job.container).await {
+            Ok(c) => c,
+            Err(DockerError::NoSuchContainer(_)) if self.job.expected_missing => {
+                return Err(super::expected::gone_message(&self.job.container));
+            }
+            Err(e) => return Err(format!("container {}: {e}", self.job.container)),
+        };
+        self.backups.note_seen(self.job).await;
         let inspect = docker
             .inspect(&container)
             .await
             .map_err(|e| format!("container {}: {e}", container.name))?;
+        if inspect
+            .pointer("/State/Restarting")
+            .and_then(|v| v.as_bool())
+            == Some(true)
+        {
+            return Err(format!("container {} is restarting", container.name));
+        }
         if inspect.pointer("/State/Running").and_then(|v| v.as_bool()) != Some(true) {
             return Err(format!("container {} is not running", container.name));
         }

@@ -85,6 +85,7 @@ impl Backups {
                 summary,
                 next_run_at: Mutex::new(None),
                 status_file_stale: Mutex::new(false),
+                busy: Mutex::new(Default::default()),
             }),
         })
     }
@@ -165,6 +166,7 @@ impl Backups {
             restore_command: j.restore_command.clone(),
             ping_url: j.ping_url.clone(),
             discovered: false,
+            expected_missing: false,
         }
     }
 
@@ -177,7 +179,7 @@ impl Backups {
             return Ok(jobs);
         }
         let running = self.inner.docker.running_labelled().await?;
-        for r in running {
+        for r in &running {
             if engine::opted_out(&r.labels) {
                 continue;
             }
@@ -215,6 +217,8 @@ impl Backups {
             job.discovered = true;
             jobs.push(job);
         }
+        let running_names: Vec<String> = running.iter().map(|r| r.container.name.clone()).collect();
+        self.add_expected(&mut jobs, &running_names).await?;
         Ok(jobs)
     }
 
@@ -268,7 +272,10 @@ impl Backups {
     pub async fn run_job(&self, job: &Job, trigger: RunTrigger) -> BackupReport {
         let lock = self.job_lock(&job.name);
         let _guard = lock.lock().await;
+        self.set_busy(&job.container, true);
         let report = Run::new(self, job, trigger).execute().await;
+        self.set_busy(&job.container, false);
+        self.note_run(job, &report).await;
         if let Err(e) = self.inner.state.backup_finish_run(report.clone()).await {
             error!(
                 job = job.name,
@@ -302,6 +309,23 @@ impl Backups {
             );
         }
         report
+    }
+
+    fn set_busy(&self, container: &str, busy: bool) {
+        let mut set = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        if busy {
+            set.insert(container.to_string());
+        } else {
+            set.remove(container);
+        }
+    }
+
+    /// Whether a run is dumping the container with this name or id now (a job names its
+    /// container by name or by an id prefix of at least 12 digits).
+    pub fn is_busy(&self, name: &str, id: &str) -> bool {
+        let set = self.inner.busy.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter()
+            .any(|c| c == name || (c.len() >= 12 && id.starts_with(c.as_str())))
     }
 
     pub(super) async fn write_status_file(&self) {

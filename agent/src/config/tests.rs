@@ -396,7 +396,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 35);
+    assert_eq!(count, 42);
 }
 
 #[test]

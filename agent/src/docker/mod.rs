@@ -10,6 +10,9 @@
 
 mod exec;
 mod ops;
+// issue 17 part 6: image pruning
+mod images;
+pub use images::LocalImage;
 pub mod raw;
 
 pub use exec::{ExecOutcome, ExecSpec};
@@ -28,7 +31,7 @@ use bollard::Docker;
 use flotilla_shared::command::{error_codes, ContainerInfo};
 use flotilla_shared::docker_labels;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -282,6 +285,16 @@ impl DockerClient {
             .collect())
     }
 
+    /// Names of every visible container, running or not, from one list call.
+    pub async fn existing_names(&self) -> Result<HashSet<String>, DockerError> {
+        Ok(self
+            .summaries(true)
+            .await?
+            .iter()
+            .map(summary_name)
+            .collect())
+    }
+
     /// Every visible container (`all`: include stopped ones), with the details that need an
     /// inspect (restart count, OOM, health, exit code).
     pub async fn list(&self, all: bool) -> Result<Vec<ContainerInfo>, DockerError> {
@@ -294,17 +307,39 @@ impl DockerClient {
         all: bool,
         label: Option<&str>,
     ) -> Result<Vec<ContainerInfo>, DockerError> {
+        Ok(self
+            .list_with_pids(all, label)
+            .await?
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect())
+    }
+
+    /// [`DockerClient::list_labelled`] with each running container's main process id, from
+    /// the same inspect (the heartbeat finds a container's cgroup with it).
+    pub async fn list_with_pids(
+        &self,
+        all: bool,
+        label: Option<&str>,
+    ) -> Result<Vec<(ContainerInfo, Option<i64>)>, DockerError> {
         let summaries = self
             .summaries_matching(all, label.map(|l| ("label", l)))
             .await?;
         let docker = self.client().await?;
-        let infos: Vec<Option<ContainerInfo>> = stream::iter(summaries)
+        let infos: Vec<Option<(ContainerInfo, Option<i64>)>> = stream::iter(summaries)
             .map(|s| {
                 let docker = docker.clone();
                 async move {
                     let id = s.id.clone().unwrap_or_default();
                     match docker.inspect_container(&id, None).await {
-                        Ok(inspect) => Ok(Some(info_from(&s, &inspect))),
+                        Ok(inspect) => {
+                            let pid = inspect
+                                .state
+                                .as_ref()
+                                .and_then(|st| st.pid)
+                                .filter(|p| *p > 0);
+                            Ok(Some((info_from(&s, &inspect), pid)))
+                        }
                         // Removed between list and inspect: it no longer exists.
                         Err(BollardError::DockerResponseServerError {
                             status_code: 404, ..
@@ -318,8 +353,8 @@ impl DockerClient {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        let mut infos: Vec<ContainerInfo> = infos.into_iter().flatten().collect();
-        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut infos: Vec<(ContainerInfo, Option<i64>)> = infos.into_iter().flatten().collect();
+        infos.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         Ok(infos)
     }
 
@@ -608,6 +643,7 @@ fn info_from(s: &ContainerSummary, inspect: &ContainerInspectResponse) -> Contai
             .filter(|t| !t.is_empty() && !t.starts_with("0001-01-01")),
         compose_project: labels.get(docker_labels::COMPOSE_PROJECT).cloned(),
         compose_service: labels.get(docker_labels::COMPOSE_SERVICE).cloned(),
+        resources: None,
     }
 }
 

@@ -49,7 +49,7 @@ impl DockerClient {
         Ok(format!("/v{}.{}", v.major_version, v.minor_version))
     }
 
-    async fn raw(
+    pub(super) async fn raw(
         &self,
         method: &str,
         path: &str,
@@ -376,7 +376,7 @@ impl LayerTracker {
 
 /// Percent-encodes a path segment or query value (names, ids and image references only hold
 /// a few special characters).
-fn enc(s: &str) -> String {
+pub(super) fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -390,7 +390,7 @@ fn enc(s: &str) -> String {
 }
 
 /// An image reference in a path: the engine's router takes `/`, `:` and `@` literally there.
-fn enc_image(s: &str) -> String {
+pub(super) fn enc_image(s: &str) -> String {
     s.split('/')
         .map(enc)
         .collect::<Vec<_>>()

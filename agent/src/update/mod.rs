@@ -55,14 +55,14 @@ const MAX_LOG_LINE_CHARS: usize = 2000;
 pub struct Updating(Arc<Mutex<HashMap<String, String>>>);
 
 impl Updating {
-    fn insert(&self, name: &str, command_id: &str) {
+    pub(crate) fn insert(&self, name: &str, command_id: &str) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), command_id.to_string());
     }
 
-    fn remove(&self, name: &str) {
+    pub(crate) fn remove(&self, name: &str) {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())

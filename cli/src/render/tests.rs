@@ -32,6 +32,7 @@ fn container(name: &str, state: &str, health: Option<&str>) -> ContainerInfo {
         started_at: None,
         compose_project: Some("shop".into()),
         compose_service: Some(name.into()),
+        resources: None,
     }
 }
 

@@ -24,10 +24,13 @@ pub enum Rule {
     AgentVersionSkew,
     TlsExpiry,
     AgentUpgradeReverted,
+    // --- issue 17 part 6 ---
+    ContainerMemoryHigh,
+    ContainerAutohealed,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 17] = [
+pub const RULES: [Rule; 19] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -45,6 +48,9 @@ pub const RULES: [Rule; 17] = [
     Rule::AgentVersionSkew,
     Rule::TlsExpiry,
     Rule::AgentUpgradeReverted,
+    // --- issue 17 part 6 ---
+    Rule::ContainerMemoryHigh,
+    Rule::ContainerAutohealed,
 ];
 
 impl Rule {
@@ -67,6 +73,9 @@ impl Rule {
             Rule::AgentVersionSkew => "agent_version_skew",
             Rule::TlsExpiry => "tls_expiry",
             Rule::AgentUpgradeReverted => "agent_upgrade_reverted",
+            // --- issue 17 part 6 ---
+            Rule::ContainerMemoryHigh => "container_memory_high",
+            Rule::ContainerAutohealed => "container_autohealed",
         }
     }
 

@@ -825,5 +825,9 @@ pub struct RevertedRollback {
     pub at: DateTime<Utc>,
 }
 
+// issue 17 part 6: container memory near its limit, auto-heal restarts
+mod upkeep;
+pub use upkeep::{autoheal_conditions, container_memory_conditions};
+
 #[cfg(test)]
 mod tests;

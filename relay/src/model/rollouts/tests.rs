@@ -287,6 +287,7 @@ fn container(name: &str, state: &str, health: Option<&str>, restarts: i64) -> Co
         started_at: None,
         compose_project: None,
         compose_service: None,
+        resources: None,
     }
 }
 

@@ -543,7 +543,8 @@ impl Sql {
     ) -> Result<(Vec<(String, AgentEvent)>, usize), StoreError> {
         let mut stmt = tx.prepare(
             "SELECT agent_id, event FROM events WHERE received_at >= ?1 \
-             AND kind IN ('container.died', 'container.oom', 'container.restart_loop') \
+             AND kind IN ('container.died', 'container.oom', 'container.restart_loop', \
+             'container.autoheal') \
              ORDER BY id",
         )?;
         let rows = stmt.query_map([ts(since)], |r| {
@@ -793,7 +794,8 @@ mod tests {
         };
         let events = plan(
             "SELECT agent_id, event FROM events WHERE received_at >= ?1 \
-             AND kind IN ('container.died', 'container.oom', 'container.restart_loop') \
+             AND kind IN ('container.died', 'container.oom', 'container.restart_loop', \
+             'container.autoheal') \
              ORDER BY id",
         );
         assert!(events.contains("events_kind_received_at"), "{events}");

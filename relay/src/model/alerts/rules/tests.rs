@@ -23,6 +23,7 @@ fn container(name: &str, state: &str, health: Option<&str>) -> ContainerInfo {
         started_at: Some(t(0).to_rfc3339()),
         compose_project: None,
         compose_service: None,
+        resources: None,
     }
 }
 
