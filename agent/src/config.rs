@@ -16,6 +16,11 @@ mod upgrade;
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
 
+// --- compose (issue 17, part 1) ---
+mod compose;
+pub use compose::ComposeConfig;
+// --- end compose ---
+
 use crate::backup::config::{BackupConfig, DestinationConfig, JobConfig, RetentionConfig};
 use flotilla_daemon::logging::LogFormat;
 use flotilla_daemon::settings::{trimmed_path, EnvError, RangeError};
@@ -224,6 +229,15 @@ flotilla_daemon::settings! {
                 check |v| (5..=3600).contains(v), "expected 5 to 3600 seconds";
             download_timeout_secs: u64 = "FLOTILLA_UPGRADE_DOWNLOAD_TIMEOUT_SECS",
                 check |v| (10..=86_400).contains(v), "expected 10 to 86400 seconds";
+        }
+        file_only {}
+    }
+
+    /// Compose projects' files (issue 17, part 1).
+    section compose: ComposeConfig => ComposeOverrides {
+        env {
+            allowed_dirs: Vec<String> = "FLOTILLA_COMPOSE_ALLOWED_DIRS";
+            command: String = "FLOTILLA_COMPOSE_COMMAND";
         }
         file_only {}
     }

@@ -426,6 +426,44 @@ async fn run_update(shared: &Shared, command_id: &str, args: &ContainerUpdateArg
     updater.run(command_id, args.clone()).await;
 }
 
+// --- compose (issue 17, part 1) ---
+/// `compose.update`: every container of the group locked at once, or refused as busy.
+async fn run_compose_update(
+    shared: &Shared,
+    command_id: &str,
+    args: &flotilla_shared::compose::ComposeUpdateArgs,
+) {
+    let updater = &shared.updater;
+    if let Err(message) = args.validate() {
+        let e = ErrorInfo {
+            code: error_codes::INVALID_ARGS.into(),
+            message: message.into(),
+        };
+        return updater.refuse_compose(command_id, args, e).await;
+    }
+    let members = match updater.compose_members(args).await {
+        Ok(m) => m,
+        Err(e) => return updater.refuse_compose(command_id, args, e).await,
+    };
+    let mut guards = Vec::new();
+    for m in &members {
+        match shared.locks.try_lock(&m.name) {
+            Some(g) => guards.push(g),
+            None => {
+                let e = ErrorInfo {
+                    code: error_codes::BUSY.into(),
+                    message: format!(
+                        "container {} is busy with another command; nothing was changed",
+                        m.name
+                    ),
+                };
+                return updater.refuse_compose(command_id, args, e).await;
+            }
+        }
+    }
+    updater.run_compose(command_id, args, members).await;
+}
+
 async fn run_command(shared: &Shared, env: CommandEnvelope, signed: &SignedCommand) {
     if let Command::ContainerUpdate(args) = &env.command {
         run_update(shared, &env.id, args).await;
@@ -434,6 +472,12 @@ async fn run_command(shared: &Shared, env: CommandEnvelope, signed: &SignedComma
     }
     if let Command::AgentUpgrade(args) = &env.command {
         run_upgrade(shared, &env, args, signed).await;
+        return;
+    }
+    // --- compose (issue 17, part 1) ---
+    if let Command::ComposeUpdate(args) = &env.command {
+        run_compose_update(shared, &env.id, args).await;
+        shared.heartbeat_poke.notify_one();
         return;
     }
     let started_at = Utc::now();
@@ -633,9 +677,9 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 changed: out.changed,
             })?)
         }
-        Command::ContainerUpdate(_) => Err(ErrorInfo {
+        Command::ContainerUpdate(_) | Command::ComposeUpdate(_) => Err(ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
-            message: "container.update is run by the updater, not here".into(),
+            message: "updates are run by the updater, not here".into(),
         }
         .into()),
         Command::ContainerLogs(a) => {

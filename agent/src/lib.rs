@@ -10,6 +10,7 @@
 
 mod agent_id;
 pub mod backup;
+pub mod compose;
 pub mod config;
 pub mod docker;
 pub mod enroll;
@@ -232,6 +233,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         updating,
         frame_limit: frame_limit.clone(),
         stopping: tasks_token.clone(),
+        compose: config.compose.clone(),
+        docker_host: config.docker_host.clone(),
     };
     let exec = executor::Executor {
         verifier: verify::Verifier {

@@ -162,6 +162,7 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            compose_drift: Vec::new(),
         })))
         .await
         .unwrap();
@@ -472,6 +473,7 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
             host,
             docker: DockerSnapshot::default(),
             backup: None,
+            compose_drift: Vec::new(),
         })))
         .await
         .unwrap();

@@ -47,10 +47,13 @@ pub enum CommandKind {
     BackupRestore,
     #[serde(rename = "agent.upgrade")]
     AgentUpgrade,
+    // --- compose (issue 17, part 1) ---
+    #[serde(rename = "compose.update")]
+    ComposeUpdate,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 13] = [
+    pub const ALL: [CommandKind; 14] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -64,6 +67,8 @@ impl CommandKind {
         CommandKind::BackupVerify,
         CommandKind::BackupRestore,
         CommandKind::AgentUpgrade,
+        // --- compose (issue 17, part 1) ---
+        CommandKind::ComposeUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +86,8 @@ impl CommandKind {
             CommandKind::BackupVerify => "backup.verify",
             CommandKind::BackupRestore => "backup.restore",
             CommandKind::AgentUpgrade => "agent.upgrade",
+            // --- compose (issue 17, part 1) ---
+            CommandKind::ComposeUpdate => "compose.update",
         }
     }
 
@@ -96,6 +103,7 @@ impl CommandKind {
                 | CommandKind::BackupRun
                 | CommandKind::BackupRestore
                 | CommandKind::AgentUpgrade
+                | CommandKind::ComposeUpdate
         )
     }
 }
@@ -107,7 +115,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade, compose.update")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -151,6 +159,9 @@ pub enum Command {
     BackupRestore(BackupRestoreArgs),
     #[serde(rename = "agent.upgrade")]
     AgentUpgrade(AgentUpgradeArgs),
+    // --- compose (issue 17, part 1) ---
+    #[serde(rename = "compose.update")]
+    ComposeUpdate(crate::compose::ComposeUpdateArgs),
 }
 
 message_error!(
@@ -175,6 +186,8 @@ impl Command {
             Command::BackupVerify(_) => CommandKind::BackupVerify,
             Command::BackupRestore(_) => CommandKind::BackupRestore,
             Command::AgentUpgrade(_) => CommandKind::AgentUpgrade,
+            // --- compose (issue 17, part 1) ---
+            Command::ComposeUpdate(_) => CommandKind::ComposeUpdate,
         }
     }
 
@@ -189,6 +202,8 @@ impl Command {
             Command::BackupRestore(a) => a.into.as_deref(),
             Command::BackupList(_) | Command::BackupRun(_) | Command::BackupVerify(_) => None,
             Command::AgentUpgrade(_) => None,
+            // --- compose (issue 17, part 1): locks every container of the project itself ---
+            Command::ComposeUpdate(_) => None,
         }
     }
 
@@ -231,6 +246,10 @@ impl Command {
             }
         }
         if let Command::ContainerUpdate(a) = self {
+            a.validate()?;
+        }
+        // --- compose (issue 17, part 1) ---
+        if let Command::ComposeUpdate(a) = self {
             a.validate()?;
         }
         if let Command::BackupList(a) = self {

@@ -44,6 +44,12 @@ pub struct ContainerUpdateArgs {
     pub stable_secs: Option<u32>,
     #[serde(default)]
     pub strategy: UpdateStrategy,
+    // --- compose (issue 17, part 1) ---
+    /// For a container of a compose project whose files may not be edited (outside
+    /// `[compose] allowed_dirs`): update the container only and report the drift, instead of
+    /// refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drift: bool,
 }
 
 message_error!(
@@ -401,6 +407,10 @@ pub struct UpdateReport {
     pub old_stopped: bool,
     /// Total time, ms.
     pub total_ms: u64,
+    // --- compose (issue 17, part 1) ---
+    /// What the update did to the container's compose project files, for a compose container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<crate::compose::ComposeReport>,
 }
 
 /// What the update's own timeouts do not bound: pulling the image, stopping the old container

@@ -260,6 +260,7 @@ impl SimState {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            compose_drift: Vec::new(),
         }
     }
 
@@ -297,6 +298,7 @@ impl SimState {
             recovered: false,
             old_stopped: true,
             total_ms: config.update_ms,
+            compose: None,
         };
         if !failed {
             self.image = image.clone();

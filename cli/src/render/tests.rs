@@ -102,6 +102,7 @@ fn heartbeat_sample() -> Heartbeat {
             ],
         },
         backup: None,
+        compose_drift: Vec::new(),
     }
 }
 
