@@ -311,6 +311,8 @@ pub async fn conditions(
     };
     for a in &agents {
         out.extend(rules::host_conditions(cfg, a, &firing));
+        // --- compose (issue 17, part 1) ---
+        out.extend(crate::model::alerts::compose::drift_conditions(cfg, a));
     }
 
     // Containers an update acts on, per agent (names and ids, as asked and as reported).

@@ -8,6 +8,7 @@ mod e2e {
     pub mod backup;
     pub mod cli;
     pub mod commands;
+    pub mod compose;
     pub mod delivery;
     pub mod enrollment;
     pub mod events;

@@ -6,6 +6,8 @@
 #![allow(clippy::result_large_err)]
 
 pub mod agent;
+// --- compose (issue 17, part 1) ---
+pub mod compose;
 pub mod agents;
 pub mod alerts;
 pub mod misc;

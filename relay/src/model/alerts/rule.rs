@@ -24,10 +24,12 @@ pub enum Rule {
     AgentVersionSkew,
     TlsExpiry,
     AgentUpgradeReverted,
+    // --- compose (issue 17, part 1) ---
+    ComposeDrift,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 17] = [
+pub const RULES: [Rule; 18] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -45,6 +47,8 @@ pub const RULES: [Rule; 17] = [
     Rule::AgentVersionSkew,
     Rule::TlsExpiry,
     Rule::AgentUpgradeReverted,
+    // --- compose (issue 17, part 1) ---
+    Rule::ComposeDrift,
 ];
 
 impl Rule {
@@ -67,6 +71,8 @@ impl Rule {
             Rule::AgentVersionSkew => "agent_version_skew",
             Rule::TlsExpiry => "tls_expiry",
             Rule::AgentUpgradeReverted => "agent_upgrade_reverted",
+            // --- compose (issue 17, part 1) ---
+            Rule::ComposeDrift => "compose_drift",
         }
     }
 
@@ -83,7 +89,7 @@ impl Rule {
             | Rule::RollbackFailed
             | Rule::RolloutPaused
             | Rule::RolloutAborted => Severity::Hard,
-            Rule::AgentVersionSkew => Severity::Soft,
+            Rule::AgentVersionSkew | Rule::ComposeDrift => Severity::Soft,
             _ => Severity::Medium,
         }
     }
