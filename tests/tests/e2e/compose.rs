@@ -278,8 +278,10 @@ async fn files_outside_allowed_dirs_or_behind_a_symlink_out_are_refused() {
         .api
         .update(&s.agent.id, update_args(&out_name, &v2, "running", 1), UPDATE_DEADLINE)
         .await;
-    r.assert_outcome(UpdateOutcome::FailedUnchanged);
-    let message = r.result.error.clone().unwrap().message;
+    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged, "{:?}", r.result);
+    let error = r.result.error.clone().unwrap();
+    assert_eq!(error.code, "policy_denied");
+    let message = error.message;
     assert!(message.contains("allowed_dirs") && message.contains("allow_drift"), "{message}");
     assert_eq!(s.container(&out_name).await.1, v1);
     assert_eq!(read(&out_file), out_text);
@@ -298,8 +300,10 @@ async fn files_outside_allowed_dirs_or_behind_a_symlink_out_are_refused() {
         .api
         .update(&s.agent.id, update_args(&link_name, &v2, "running", 1), UPDATE_DEADLINE)
         .await;
-    r.assert_outcome(UpdateOutcome::FailedUnchanged);
-    let message = r.result.error.clone().unwrap().message;
+    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged, "{:?}", r.result);
+    let error = r.result.error.clone().unwrap();
+    assert_eq!(error.code, "policy_denied");
+    let message = error.message;
     assert!(message.contains("symlink"), "{message}");
     assert_eq!(read(&target), link_text);
 
