@@ -41,19 +41,25 @@ pub struct Project {
 
 impl Project {
     /// None when the container is not from compose; an error when its labels are incomplete.
-    pub fn from_labels(label: impl Fn(&str) -> Option<String>) -> Option<Result<Project, ComposeError>> {
+    pub fn from_labels(
+        label: impl Fn(&str) -> Option<String>,
+    ) -> Option<Result<Project, ComposeError>> {
         let name = label(PROJECT_LABEL)?;
         Some(Self::complete(name, label))
     }
 
-    fn complete(name: String, label: impl Fn(&str) -> Option<String>) -> Result<Project, ComposeError> {
+    fn complete(
+        name: String,
+        label: impl Fn(&str) -> Option<String>,
+    ) -> Result<Project, ComposeError> {
         let missing = |l: &str| {
             ComposeError(format!(
                 "the container belongs to compose project {name} but has no {l} label"
             ))
         };
         let service = label(SERVICE_LABEL).ok_or_else(|| missing(SERVICE_LABEL))?;
-        let working_dir = PathBuf::from(label(WORKING_DIR_LABEL).ok_or_else(|| missing(WORKING_DIR_LABEL))?);
+        let working_dir =
+            PathBuf::from(label(WORKING_DIR_LABEL).ok_or_else(|| missing(WORKING_DIR_LABEL))?);
         let files = label(CONFIG_FILES_LABEL).ok_or_else(|| missing(CONFIG_FILES_LABEL))?;
         let config_files: Vec<PathBuf> = files
             .split(',')
@@ -79,7 +85,9 @@ impl Project {
 
     /// Project from the labels of an inspect JSON (`Config.Labels`).
     pub fn from_inspect(inspect: &serde_json::Value) -> Option<Result<Project, ComposeError>> {
-        let labels = inspect.pointer("/Config/Labels").and_then(|l| l.as_object());
+        let labels = inspect
+            .pointer("/Config/Labels")
+            .and_then(|l| l.as_object());
         Project::from_labels(|k| {
             labels
                 .and_then(|l| l.get(k))
@@ -127,13 +135,17 @@ impl Workspace {
     ) -> Result<Workspace, ComposeError> {
         let mut texts = BTreeMap::new();
         let mut config_files = Vec::new();
-        let load = |path: &Path, texts: &mut BTreeMap<PathBuf, Text>| -> Result<Option<PathBuf>, ComposeError> {
+        let load = |path: &Path,
+                    texts: &mut BTreeMap<PathBuf, Text>|
+         -> Result<Option<PathBuf>, ComposeError> {
             let exists = std::fs::symlink_metadata(path).is_ok();
             if !exists {
                 return Ok(None);
             }
             let path = match allowed {
-                Some(dirs) => files::check_writable(path, dirs).map_err(|e| ComposeError(e.into()))?,
+                Some(dirs) => {
+                    files::check_writable(path, dirs).map_err(|e| ComposeError(e.into()))?
+                }
                 None => path.to_path_buf(),
             };
             let text = files::read_text(&path)
@@ -204,7 +216,8 @@ impl Workspace {
         let (file, span) = self.locate(service)?;
         let at = format!("{}:{}", file.display(), span.line);
         let parts = interp::parse(&span.value).map_err(|e| ComposeError(format!("{at}: {e}")))?;
-        let image = interp::resolve(&parts, &self.env()).map_err(|e| ComposeError(format!("{at}: {e}")))?;
+        let image =
+            interp::resolve(&parts, &self.env()).map_err(|e| ComposeError(format!("{at}: {e}")))?;
         Ok(Declared { image, at })
     }
 
@@ -309,7 +322,9 @@ pub fn normalize(reference: &str) -> String {
         None => (reference, None),
     };
     let (first, rest) = name.split_once('/').unwrap_or(("", name));
-    let full = if !first.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost") {
+    let full = if !first.is_empty()
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
         name.to_string()
     } else if first.is_empty() {
         format!("docker.io/library/{rest}")
@@ -340,15 +355,23 @@ mod tests {
             (CONFIG_FILES_LABEL, files.to_string()),
         ]
         .into();
-        Project::from_labels(|k| labels.get(k).cloned()).unwrap().unwrap()
+        Project::from_labels(|k| labels.get(k).cloned())
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn labels_make_a_project_or_a_clear_error() {
-        let p = project(Path::new("/srv/shop"), "/srv/shop/compose.yaml,override.yaml");
+        let p = project(
+            Path::new("/srv/shop"),
+            "/srv/shop/compose.yaml,override.yaml",
+        );
         assert_eq!(
             p.config_files,
-            vec![PathBuf::from("/srv/shop/compose.yaml"), PathBuf::from("/srv/shop/override.yaml")]
+            vec![
+                PathBuf::from("/srv/shop/compose.yaml"),
+                PathBuf::from("/srv/shop/override.yaml")
+            ]
         );
         assert_eq!(p.env_file(), PathBuf::from("/srv/shop/.env"));
         assert!(Project::from_labels(|_| None).is_none());
@@ -362,8 +385,16 @@ mod tests {
     fn an_override_file_wins_and_env_tags_are_edited_in_env() {
         let tmp = flotilla_testkit::temp_dir("compose-ws");
         let dir = tmp.path();
-        std::fs::write(dir.join("compose.yaml"), "services:\n  web:\n    image: app:${TAG}\n").unwrap();
-        std::fs::write(dir.join("override.yaml"), "services:\n  web:\n    image: \"reg.example/app:${TAG:-v0}\"\n").unwrap();
+        std::fs::write(
+            dir.join("compose.yaml"),
+            "services:\n  web:\n    image: app:${TAG}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("override.yaml"),
+            "services:\n  web:\n    image: \"reg.example/app:${TAG:-v0}\"\n",
+        )
+        .unwrap();
         std::fs::write(dir.join(".env"), "# tag\nTAG=v1\n").unwrap();
         let p = project(dir, "compose.yaml,override.yaml");
         let allowed = files::canonical_dirs(&[dir.display().to_string()]);
@@ -374,10 +405,19 @@ mod tests {
         assert_eq!(edits.len(), 1);
         assert_eq!(edits[0].edited, "# tag\nTAG=v2\n");
         apply(&edits).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join(".env")).unwrap(), "# tag\nTAG=v2\n");
-        assert_eq!(std::fs::read_to_string(dir.join(".env.flotilla.bak")).unwrap(), "# tag\nTAG=v1\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".env")).unwrap(),
+            "# tag\nTAG=v2\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".env.flotilla.bak")).unwrap(),
+            "# tag\nTAG=v1\n"
+        );
         restore(&edits).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join(".env")).unwrap(), "# tag\nTAG=v1\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".env")).unwrap(),
+            "# tag\nTAG=v1\n"
+        );
     }
 
     #[test]

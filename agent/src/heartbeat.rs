@@ -325,7 +325,9 @@ impl HeartbeatTask {
         self.disk_paths = paths;
         let mut collector = Some(first);
         // --- compose (issue 17, part 1) ---
-        let drift = Arc::new(std::sync::Mutex::new(crate::compose::drift::DriftChecker::default()));
+        let drift = Arc::new(std::sync::Mutex::new(
+            crate::compose::drift::DriftChecker::default(),
+        ));
         let mut interval = (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
         let mut interval_open = true;
         let mut next = Instant::now();

@@ -546,9 +546,15 @@ mod compose_tests {
             T::try_parse_from(v).map(|t| build_request(&t.a))
         };
         let r = parse(&["--compose-project", "shop"]).unwrap().unwrap();
-        assert_eq!(r.container_label.as_deref(), Some("com.docker.compose.project=shop"));
+        assert_eq!(
+            r.container_label.as_deref(),
+            Some("com.docker.compose.project=shop")
+        );
         let r = parse(&["--compose-service", "web"]).unwrap().unwrap();
-        assert_eq!(r.container_label.as_deref(), Some("com.docker.compose.service=web"));
+        assert_eq!(
+            r.container_label.as_deref(),
+            Some("com.docker.compose.service=web")
+        );
         assert!(parse(&["--compose-service", "web", "--container", "x"]).is_err());
         assert!(parse(&["--compose-project", "p", "--compose-service", "web"]).is_err());
     }

@@ -3,33 +3,9 @@
 //! together under one health gate and one rollback) and the drift the heartbeat reports (a
 //! container whose running image differs from what its project's files declare).
 
+pub use crate::update::ComposeReport;
 use crate::update::{ContainerUpdateArgs, HealthSpec, UpdateOutcome, UpdateReport, UpdateStrategy};
 use serde::{Deserialize, Serialize};
-
-/// What an update of a compose container did to its project's files.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ComposeReport {
-    pub project: String,
-    pub service: String,
-    /// Files edited (resolved paths); their previous content is in `<file>.flotilla.bak`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<String>,
-    /// The config hash given to the new container (`com.docker.compose.config-hash`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_hash: Option<String>,
-    /// Set when the files were NOT edited (`allow_drift`): why; the project now declares
-    /// another image than the container runs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drift: Option<String>,
-    /// A problem that did not stop the update (the hash could not be computed, a file could
-    /// not be restored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warning: Option<String>,
-    /// The files were put back (the update did not end `updated`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub restored: bool,
-}
 
 /// `compose.update` arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,7 +52,8 @@ impl ComposeUpdateArgs {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 128
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         };
         if !name_ok(&self.project) {
             return Err(crate::update::InvalidUpdate(format!(

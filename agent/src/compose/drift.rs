@@ -61,8 +61,16 @@ impl DriftChecker {
                 Err(e) => {
                     out.push(ComposeDrift {
                         container: c.name.to_string(),
-                        project: c.labels.get(super::PROJECT_LABEL).cloned().unwrap_or_default(),
-                        service: c.labels.get(super::SERVICE_LABEL).cloned().unwrap_or_default(),
+                        project: c
+                            .labels
+                            .get(super::PROJECT_LABEL)
+                            .cloned()
+                            .unwrap_or_default(),
+                        service: c
+                            .labels
+                            .get(super::SERVICE_LABEL)
+                            .cloned()
+                            .unwrap_or_default(),
                         running_image: c.image.to_string(),
                         declared_image: None,
                         problem: Some(e.into()),
@@ -84,7 +92,13 @@ impl DriftChecker {
                     .and_then(|ws| ws.declared(&project.service))
                     .map(|d| d.image)
                     .map_err(String::from);
-                self.cache.insert(key.clone(), Entry { stamp: now, declared });
+                self.cache.insert(
+                    key.clone(),
+                    Entry {
+                        stamp: now,
+                        declared,
+                    },
+                );
             }
             seen.push(key.clone());
             let entry = &self.cache[&key];
@@ -136,7 +150,13 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let mut checker = DriftChecker::default();
-        let run = |image: &'static str| [Running { name: "shop_web_1", image, labels: &labels }];
+        let run = |image: &'static str| {
+            [Running {
+                name: "shop_web_1",
+                image,
+                labels: &labels,
+            }]
+        };
         assert!(checker.check(&run("app:v1")).is_empty());
         let d = checker.check(&run("app:v2"));
         assert_eq!(d.len(), 1);
@@ -146,6 +166,9 @@ mod tests {
         assert!(d.is_empty(), "a changed .env is read again: {d:?}");
         std::fs::write(&file, "services:\n  web: {image: x}\n").unwrap();
         let d = checker.check(&run("app:v22"));
-        assert!(d[0].problem.as_deref().unwrap().contains("flow style"), "{d:?}");
+        assert!(
+            d[0].problem.as_deref().unwrap().contains("flow style"),
+            "{d:?}"
+        );
     }
 }

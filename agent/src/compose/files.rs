@@ -50,7 +50,10 @@ pub fn check_writable(path: &Path, allowed: &[(PathBuf, PathBuf)]) -> Result<Pat
                   FLOTILLA_COMPOSE_ALLOWED_DIRS), or update with allow_drift (--allow-drift) to \
                   update the container only and report the drift";
     if !path.is_absolute() {
-        return Err(FileError(format!("{} is not an absolute path", path.display())));
+        return Err(FileError(format!(
+            "{} is not an absolute path",
+            path.display()
+        )));
     }
     let given = lexical(path);
     if allowed.is_empty() {
@@ -59,7 +62,11 @@ pub fn check_writable(path: &Path, allowed: &[(PathBuf, PathBuf)]) -> Result<Pat
             given.display()
         )));
     }
-    let inside = |p: &Path| allowed.iter().any(|(g, c)| p.starts_with(g) || p.starts_with(c));
+    let inside = |p: &Path| {
+        allowed
+            .iter()
+            .any(|(g, c)| p.starts_with(g) || p.starts_with(c))
+    };
     if !inside(&given) {
         return Err(FileError(format!(
             "{} is not in an allowed directory ({}); {how_to}",
@@ -84,7 +91,10 @@ pub fn check_writable(path: &Path, allowed: &[(PathBuf, PathBuf)]) -> Result<Pat
     let meta = std::fs::metadata(&resolved)
         .map_err(|e| FileError(format!("cannot read {}: {e}", resolved.display())))?;
     if !meta.is_file() {
-        return Err(FileError(format!("{} is not a regular file", resolved.display())));
+        return Err(FileError(format!(
+            "{} is not a regular file",
+            resolved.display()
+        )));
     }
     Ok(resolved)
 }
@@ -101,7 +111,10 @@ pub fn read_text(path: &Path) -> Result<Option<String>, FileError> {
         .metadata()
         .map_err(|e| FileError(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(FileError(format!("{} is not a regular file", path.display())));
+        return Err(FileError(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
     }
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
@@ -122,7 +135,8 @@ pub fn read_text(path: &Path) -> Result<Option<String>, FileError> {
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<(), FileError> {
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::PermissionsExt;
-    let err = |what: &str, e: std::io::Error| FileError(format!("cannot {what} {}: {e}", path.display()));
+    let err =
+        |what: &str, e: std::io::Error| FileError(format!("cannot {what} {}: {e}", path.display()));
     let dir = path
         .parent()
         .ok_or_else(|| FileError(format!("{} has no directory", path.display())))?;
@@ -179,8 +193,14 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&f).unwrap(), "b");
         let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary left");
-        assert!(backup_path(&f).to_string_lossy().ends_with("compose.yaml.flotilla.bak"));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary left"
+        );
+        assert!(backup_path(&f)
+            .to_string_lossy()
+            .ends_with("compose.yaml.flotilla.bak"));
     }
 
     #[test]
@@ -194,8 +214,11 @@ mod tests {
         let inside = allowed_dir.join("shop/compose.yaml");
         std::fs::write(&inside, "x").unwrap();
         std::fs::write(outside.join("compose.yaml"), "x").unwrap();
-        std::os::unix::fs::symlink(outside.join("compose.yaml"), allowed_dir.join("shop/link.yaml"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("compose.yaml"),
+            allowed_dir.join("shop/link.yaml"),
+        )
+        .unwrap();
         std::os::unix::fs::symlink(&outside, allowed_dir.join("away")).unwrap();
         let allowed = canonical_dirs(&[allowed_dir.display().to_string()]);
         assert!(check_writable(&inside, &allowed).is_ok());
@@ -205,8 +228,11 @@ mod tests {
         assert!(e.to_string().contains("symlink"), "{e}");
         let e = check_writable(&outside.join("compose.yaml"), &allowed).unwrap_err();
         assert!(e.to_string().contains("allowed_dirs"), "{e}");
-        let e = check_writable(&allowed_dir.join("shop/../../elsewhere/compose.yaml"), &allowed)
-            .unwrap_err();
+        let e = check_writable(
+            &allowed_dir.join("shop/../../elsewhere/compose.yaml"),
+            &allowed,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not in an allowed directory"), "{e}");
         let e = check_writable(&inside, &[]).unwrap_err();
         assert!(e.to_string().contains("no [compose] allowed_dirs"), "{e}");

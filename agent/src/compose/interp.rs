@@ -35,7 +35,9 @@ pub fn parse(value: &str) -> Result<Vec<Part>, InterpError> {
     let mut i = 0;
     let name_len = |s: &str| {
         s.char_indices()
-            .take_while(|(j, c)| c.is_ascii_alphabetic() || *c == '_' || (*j > 0 && c.is_ascii_digit()))
+            .take_while(|(j, c)| {
+                c.is_ascii_alphabetic() || *c == '_' || (*j > 0 && c.is_ascii_digit())
+            })
             .count()
     };
     while i < b.len() {
@@ -58,7 +60,9 @@ pub fn parse(value: &str) -> Result<Vec<Part>, InterpError> {
                 let inner = &value[i + 2..close];
                 let n = name_len(inner);
                 if n == 0 {
-                    return Err(InterpError(format!("{value:?}: `${{{inner}}}` names no variable")));
+                    return Err(InterpError(format!(
+                        "{value:?}: `${{{inner}}}` names no variable"
+                    )));
                 }
                 let name = inner[..n].to_string();
                 let op = &inner[n..];
@@ -66,9 +70,17 @@ pub fn parse(value: &str) -> Result<Vec<Part>, InterpError> {
                 let (default, default_span, required) = if op.is_empty() {
                     (None, None, false)
                 } else if let Some(d) = op.strip_prefix(":-") {
-                    (Some((true, d.to_string())), Some(op_start + 2..close), false)
+                    (
+                        Some((true, d.to_string())),
+                        Some(op_start + 2..close),
+                        false,
+                    )
                 } else if let Some(d) = op.strip_prefix('-') {
-                    (Some((false, d.to_string())), Some(op_start + 1..close), false)
+                    (
+                        Some((false, d.to_string())),
+                        Some(op_start + 1..close),
+                        false,
+                    )
                 } else if op.starts_with(":?") || op.starts_with('?') {
                     (None, None, true)
                 } else {
@@ -135,7 +147,7 @@ fn resolve_part(part: &Part, vars: &BTreeMap<String, EnvValue>) -> Result<String
         } => {
             let set = vars.get(name).map(|v| v.value.as_str());
             match (set, default) {
-                (Some(v), Some((true, d))) if v.is_empty() => Ok(d.clone()),
+                (Some(""), Some((true, d))) => Ok(d.clone()),
                 (Some(v), _) => Ok(v.to_string()),
                 (None, Some((_, d))) => Ok(d.clone()),
                 (None, None) if *required => Err(InterpError(format!(
@@ -218,7 +230,11 @@ pub fn edit_for(
             continue;
         }
         let value = new_image[prefix.len()..new_image.len() - suffix.len()].to_string();
-        if value.is_empty() && default.as_ref().is_some_and(|(empty_unset, _)| *empty_unset) {
+        if value.is_empty()
+            && default
+                .as_ref()
+                .is_some_and(|(empty_unset, _)| *empty_unset)
+        {
             continue;
         }
         let edit = match (vars.get(name), default_span) {
@@ -319,7 +335,11 @@ mod tests {
         let vars = env(text);
         assert_eq!(vars["TAG"].value, "v1");
         assert_eq!(&text[vars["TAG"].span.clone()], "v1");
-        assert_eq!(vars["TAG"].span.start, text.rfind("v1").unwrap(), "last one wins");
+        assert_eq!(
+            vars["TAG"].span.start,
+            text.rfind("v1").unwrap(),
+            "last one wins"
+        );
         assert_eq!(vars["REG"].value, "127.0.0.1:5000");
         assert_eq!(&text[vars["REG"].span.clone()], "127.0.0.1:5000");
         assert_eq!(vars["Q"].value, "a b");
@@ -335,8 +355,14 @@ mod tests {
         assert_eq!(r("app:${EMPTY:-v0}").unwrap(), "app:v0");
         assert_eq!(r("app:${EMPTY-v0}").unwrap(), "app:");
         assert_eq!(r("a$$b").unwrap(), "a$b");
-        assert!(r("app:${NOPE}").unwrap_err().to_string().contains("environment"));
-        assert!(r("app:${NOPE:?set it}").unwrap_err().to_string().contains("required"));
+        assert!(r("app:${NOPE}")
+            .unwrap_err()
+            .to_string()
+            .contains("environment"));
+        assert!(r("app:${NOPE:?set it}")
+            .unwrap_err()
+            .to_string()
+            .contains("required"));
         assert!(parse("app:$").is_err());
         assert!(parse("app:${TAG").is_err());
         assert!(parse("app:${TAG:-${X}}").is_err());

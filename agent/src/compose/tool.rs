@@ -47,7 +47,11 @@ pub async fn config_hash(
     }
     let out = tokio::time::timeout(TIMEOUT, cmd.output())
         .await
-        .map_err(|_| ToolError(format!("{command} config --hash took longer than {TIMEOUT:?}")))?
+        .map_err(|_| {
+            ToolError(format!(
+                "{command} config --hash took longer than {TIMEOUT:?}"
+            ))
+        })?
         .map_err(|e| ToolError(format!("cannot run {command}: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

@@ -328,14 +328,23 @@ mod tests {
         let cases = [
             ("services:\n  web: {image: a}\n", "line 2"),
             ("services:\n  web: *base\n", "line 2"),
-            ("services:\n  web:\n    <<: *base\n    ports: []\n", "merge key"),
+            (
+                "services:\n  web:\n    <<: *base\n    ports: []\n",
+                "merge key",
+            ),
             ("services:\n  web:\n    image: *img\n", "alias"),
             ("services:\n  web:\n    image: \"a\\u0041\"\n", "escapes"),
             ("services:\n  web:\n    image: >\n      a\n", "block scalar"),
             ("services:\n\tweb:\n", "tab"),
-            ("services:\n  web:\n    image: a\n    image: b\n", "two image keys"),
+            (
+                "services:\n  web:\n    image: a\n    image: b\n",
+                "two image keys",
+            ),
             ("services:\n  web:\n    image: \"a\n", "closing quote"),
-            ("services:\n  web:\n    image: a\n---\nservices: {}\n", "second YAML document"),
+            (
+                "services:\n  web:\n    image: a\n---\nservices: {}\n",
+                "second YAML document",
+            ),
             ("services: {web: {image: a}}\n", "block mapping"),
         ];
         for (text, why) in cases {

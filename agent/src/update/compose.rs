@@ -155,7 +155,11 @@ impl Updater {
         match hash {
             Ok(h) => r.config_hash = Some(h),
             Err(w) => {
-                warn!(container = run.j.name, warning = w, "no compose config hash");
+                warn!(
+                    container = run.j.name,
+                    warning = w,
+                    "no compose config hash"
+                );
                 r.warning = Some(w);
             }
         }

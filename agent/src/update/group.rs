@@ -30,11 +30,18 @@ pub struct Member {
 impl Updater {
     /// The project's running containers that run `args.image`'s repository (and are among
     /// `args.services` when given), or a refusal naming what is missing.
-    pub async fn compose_members(&self, args: &ComposeUpdateArgs) -> Result<Vec<Member>, ErrorInfo> {
-        let running = self.docker.running_labelled().await.map_err(|e| ErrorInfo {
-            code: e.code().into(),
-            message: e.to_string(),
-        })?;
+    pub async fn compose_members(
+        &self,
+        args: &ComposeUpdateArgs,
+    ) -> Result<Vec<Member>, ErrorInfo> {
+        let running = self
+            .docker
+            .running_labelled()
+            .await
+            .map_err(|e| ErrorInfo {
+                code: e.code().into(),
+                message: e.to_string(),
+            })?;
         let wanted = policy::ImageRef::parse(&args.image);
         let mut in_project = Vec::new();
         let mut members = Vec::new();
@@ -68,7 +75,11 @@ impl Updater {
                          (running: {})",
                         args.project,
                         args.image,
-                        if in_project.is_empty() { "none".into() } else { in_project.join(", ") }
+                        if in_project.is_empty() {
+                            "none".into()
+                        } else {
+                            in_project.join(", ")
+                        }
                     ),
                 ));
             }
@@ -80,7 +91,11 @@ impl Updater {
                     "compose project {} has no running container of {}'s repository (running: {})",
                     args.project,
                     args.image,
-                    if in_project.is_empty() { "none".into() } else { in_project.join(", ") }
+                    if in_project.is_empty() {
+                        "none".into()
+                    } else {
+                        in_project.join(", ")
+                    }
                 ),
             ));
         }
@@ -88,7 +103,12 @@ impl Updater {
     }
 
     /// Files the refusal of a `compose.update` that changed nothing.
-    pub async fn refuse_compose(&self, command_id: &str, args: &ComposeUpdateArgs, error: ErrorInfo) {
+    pub async fn refuse_compose(
+        &self,
+        command_id: &str,
+        args: &ComposeUpdateArgs,
+        error: ErrorInfo,
+    ) {
         let report = ComposeUpdateReport {
             project: args.project.clone(),
             image: args.image.clone(),
@@ -97,11 +117,17 @@ impl Updater {
             compose: None,
             services: Vec::new(),
         };
-        self.file_group(command_id, report, Some(error), Utc::now()).await;
+        self.file_group(command_id, report, Some(error), Utc::now())
+            .await;
     }
 
     /// Runs the group to its end and files its one result.
-    pub async fn run_compose(&self, command_id: &str, args: &ComposeUpdateArgs, members: Vec<Member>) {
+    pub async fn run_compose(
+        &self,
+        command_id: &str,
+        args: &ComposeUpdateArgs,
+        members: Vec<Member>,
+    ) {
         if args.strategy == UpdateStrategy::StartFirst {
             let e = refuse(
                 error_codes::INVALID_ARGS,
@@ -123,14 +149,22 @@ impl Updater {
                 }
                 Err(e) => {
                     let why = format!("service {}: {}", m.service, e.message);
-                    return self.end_unchanged(command_id, args, runs, None, why, Some(e)).await;
+                    return self
+                        .end_unchanged(command_id, args, runs, None, why, Some(e))
+                        .await;
                 }
             }
         }
         for run in &runs {
             self.updating.insert(&run.j.name, &run.j.command_id);
         }
-        info!(command_id, project = args.project, image = args.image, services = runs.len(), "updating compose services together");
+        info!(
+            command_id,
+            project = args.project,
+            image = args.image,
+            services = runs.len(),
+            "updating compose services together"
+        );
         let names: Vec<String> = runs.iter().map(|r| r.j.name.clone()).collect();
         let (report, error) = self.drive_group(args, &mut runs).await;
         for name in &names {
@@ -152,7 +186,11 @@ impl Updater {
         };
         let svc_names: Vec<String> = runs
             .iter()
-            .filter_map(|r| Project::from_inspect(&r.j.old_inspect).and_then(Result::ok).map(|p| p.service))
+            .filter_map(|r| {
+                Project::from_inspect(&r.j.old_inspect)
+                    .and_then(Result::ok)
+                    .map(|p| p.service)
+            })
             .collect();
         let planned = project.and_then(|p| {
             let names: Vec<&str> = svc_names.iter().map(String::as_str).collect();
@@ -166,7 +204,9 @@ impl Updater {
         let (project, edits) = match planned {
             Ok((p, e)) => (Some(p), e),
             Err(why) if args.allow_drift => {
-                group_report.drift = Some(format!("the project's files were not edited (allow_drift): {why}"));
+                group_report.drift = Some(format!(
+                    "the project's files were not edited (allow_drift): {why}"
+                ));
                 (None, Vec::new())
             }
             Err(why) => {
@@ -176,7 +216,9 @@ impl Updater {
                 );
                 let e = refuse(error_codes::POLICY, msg.clone());
                 let taken = std::mem::take(runs);
-                return self.unchanged_report(args, taken, Some(group_report), msg, Some(e)).await;
+                return self
+                    .unchanged_report(args, taken, Some(group_report), msg, Some(e))
+                    .await;
             }
         };
         group_report.files = edits.iter().map(|e| e.path.display().to_string()).collect();
@@ -202,7 +244,9 @@ impl Updater {
         for run in runs.iter_mut() {
             if let Err(e) = self.pull(run).await {
                 let taken = std::mem::take(runs);
-                return self.unchanged_report(args, taken, Some(group_report), e, None).await;
+                return self
+                    .unchanged_report(args, taken, Some(group_report), e, None)
+                    .await;
             }
         }
         // Journal, then write the files; then every service's config hash.
@@ -213,7 +257,9 @@ impl Updater {
                 }
                 if let Err(e) = self.save(run).await {
                     let taken = std::mem::take(runs);
-                    return self.unchanged_report(args, taken, Some(group_report), e, None).await;
+                    return self
+                        .unchanged_report(args, taken, Some(group_report), e, None)
+                        .await;
                 }
             }
             let e = edits.clone();
@@ -224,7 +270,9 @@ impl Updater {
             if let Err(e) = applied {
                 let why = format!("cannot edit the compose project's files: {e}");
                 let taken = std::mem::take(runs);
-                return self.unchanged_report(args, taken, Some(group_report), why, None).await;
+                return self
+                    .unchanged_report(args, taken, Some(group_report), why, None)
+                    .await;
             }
             for (run, service) in runs.iter_mut().zip(&svc_names) {
                 let p = run.j.compose.as_ref().map(|c| c.project.clone());
@@ -290,7 +338,8 @@ impl Updater {
                     match restored {
                         Ok(()) => group_report.restored = true,
                         Err(e) => {
-                            group_report.warning = Some(format!("cannot restore the compose files: {e}"))
+                            group_report.warning =
+                                Some(format!("cannot restore the compose files: {e}"))
                         }
                     }
                 }
@@ -302,7 +351,10 @@ impl Updater {
             let started = run.j.started_at;
             reports.push(self.finish(run, outcome, started).await);
         }
-        if let Some(h) = reports.iter().find_map(|r| r.compose.as_ref().and_then(|c| c.warning.clone())) {
+        if let Some(h) = reports
+            .iter()
+            .find_map(|r| r.compose.as_ref().and_then(|c| c.warning.clone()))
+        {
             group_report.warning.get_or_insert(h);
         }
         let outcome = group_outcome(&reports);
@@ -329,7 +381,10 @@ impl Updater {
         why: String,
         error: Option<ErrorInfo>,
     ) {
-        let started_at = runs.first().map(|r| r.j.started_at).unwrap_or_else(Utc::now);
+        let started_at = runs
+            .first()
+            .map(|r| r.j.started_at)
+            .unwrap_or_else(Utc::now);
         let (report, error) = self.unchanged_report(args, runs, compose, why, error).await;
         self.file_group(command_id, report, error, started_at).await;
     }
@@ -345,7 +400,10 @@ impl Updater {
         let mut reports = Vec::new();
         for run in runs {
             let started = run.j.started_at;
-            reports.push(self.finish(run, Outcome::Unchanged(why.clone()), started).await);
+            reports.push(
+                self.finish(run, Outcome::Unchanged(why.clone()), started)
+                    .await,
+            );
         }
         (
             ComposeUpdateReport {
@@ -376,19 +434,30 @@ impl Updater {
         let error = refusal.or_else(|| {
             report.outcome.error_code().map(|code| ErrorInfo {
                 code: code.into(),
-                message: report.reason.clone().unwrap_or_else(|| report.outcome.to_string()),
+                message: report
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| report.outcome.to_string()),
             })
         });
         let result = CommandResult {
             command_id: command_id.to_string(),
-            status: if error.is_none() { ResultStatus::Succeeded } else { ResultStatus::Failed },
+            status: if error.is_none() {
+                ResultStatus::Succeeded
+            } else {
+                ResultStatus::Failed
+            },
             output: serde_json::to_value(&report).ok(),
             error,
             started_at,
             finished_at: Utc::now(),
         };
         if let Err(e) = self.state.finish_update(result, String::new()).await {
-            error!(command_id, error = format!("{e:#}"), "cannot store compose.update result");
+            error!(
+                command_id,
+                error = format!("{e:#}"),
+                "cannot store compose.update result"
+            );
         }
     }
 }

@@ -856,7 +856,11 @@ impl Updater {
         if run.j.group.is_some() {
             // One run of a compose.update: the group files the one result.
             if let Err(e) = self.state.finish_update_record(&command_id, record).await {
-                error!(command_id, error = format!("{e:#}"), "cannot finish update record");
+                error!(
+                    command_id,
+                    error = format!("{e:#}"),
+                    "cannot finish update record"
+                );
             }
             return report;
         }

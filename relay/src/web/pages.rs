@@ -7,9 +7,9 @@
 
 pub mod agent;
 // --- compose (issue 17, part 1) ---
-pub mod compose;
 pub mod agents;
 pub mod alerts;
+pub mod compose;
 pub mod misc;
 pub mod overview;
 pub mod rollouts;

@@ -152,7 +152,10 @@ impl Stack {
         let j = self.docker.inspect_json(name).await;
         (
             j["Id"].as_str().unwrap_or_default().to_string(),
-            j["Config"]["Image"].as_str().unwrap_or_default().to_string(),
+            j["Config"]["Image"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         )
     }
 
@@ -195,14 +198,21 @@ async fn an_updated_image_line_survives_docker_compose_up() {
     let v2 = s.image("v2");
     let r = s
         .api
-        .update(&s.agent.id, update_args(&name, &v2, "running", 2), UPDATE_DEADLINE)
+        .update(
+            &s.agent.id,
+            update_args(&name, &v2, "running", 2),
+            UPDATE_DEADLINE,
+        )
         .await;
     r.assert_outcome(UpdateOutcome::Updated);
     let compose = r.report.compose.clone().expect("a compose report");
     assert!(compose.config_hash.is_some(), "{compose:?}");
     assert!(compose.drift.is_none(), "{compose:?}");
     let edited = read(&file);
-    assert_eq!(edited, original.replace(&format!("\"{v1}\""), &format!("\"{v2}\"")));
+    assert_eq!(
+        edited,
+        original.replace(&format!("\"{v1}\""), &format!("\"{v2}\""))
+    );
     assert_eq!(read(&dir.join("docker-compose.yml.flotilla.bak")), original);
     let (new_id, image) = s.container(&name).await;
     assert_ne!(new_id, old_id);
@@ -211,7 +221,10 @@ async fn an_updated_image_line_survives_docker_compose_up() {
     // The provisioner runs `up -d`: nothing to do, v2 stays, same container.
     let out = s.up(&project, &dir).await;
     let (after_id, after_image) = s.container(&name).await;
-    assert_eq!(after_id, new_id, "docker-compose up -d recreated the container: {out}");
+    assert_eq!(
+        after_id, new_id,
+        "docker-compose up -d recreated the container: {out}"
+    );
     assert_eq!(after_image, v2);
     assert!(out.contains("is up-to-date"), "{out}");
 
@@ -220,14 +233,30 @@ async fn an_updated_image_line_survives_docker_compose_up() {
     let broken = s.image("broken");
     let r = s
         .api
-        .update(&s.agent.id, update_args(&name, &broken, "running", 3), UPDATE_DEADLINE)
+        .update(
+            &s.agent.id,
+            update_args(&name, &broken, "running", 3),
+            UPDATE_DEADLINE,
+        )
         .await;
     r.assert_outcome(UpdateOutcome::RolledBack);
-    assert!(r.report.compose.as_ref().is_some_and(|c| c.restored), "{:?}", r.report.compose);
-    assert_eq!(std::fs::read(&file).unwrap(), before, "the file is byte-identical");
+    assert!(
+        r.report.compose.as_ref().is_some_and(|c| c.restored),
+        "{:?}",
+        r.report.compose
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the file is byte-identical"
+    );
     let out = s.up(&project, &dir).await;
     let (id, image) = s.container(&name).await;
-    assert_eq!((id.as_str(), image.as_str()), (new_id.as_str(), v2.as_str()), "{out}");
+    assert_eq!(
+        (id.as_str(), image.as_str()),
+        (new_id.as_str(), v2.as_str()),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,11 +277,18 @@ async fn a_tag_in_env_is_updated_there() {
 
     let r = s
         .api
-        .update(&s.agent.id, update_args(&name, &s.image("v2"), "running", 2), UPDATE_DEADLINE)
+        .update(
+            &s.agent.id,
+            update_args(&name, &s.image("v2"), "running", 2),
+            UPDATE_DEADLINE,
+        )
         .await;
     r.assert_outcome(UpdateOutcome::Updated);
     assert_eq!(read(&file), original, "the compose file is untouched");
-    assert_eq!(read(&env_file), "# release\nAPP_TAG=v2 # bumped by CI\nOTHER=x\n");
+    assert_eq!(
+        read(&env_file),
+        "# release\nAPP_TAG=v2 # bumped by CI\nOTHER=x\n"
+    );
     let (id, _) = s.container(&name).await;
     let out = s.up(&project, &dir).await;
     let (after, image) = s.container(&name).await;
@@ -276,13 +312,25 @@ async fn files_outside_allowed_dirs_or_behind_a_symlink_out_are_refused() {
     let out_name = format!("{out_project}_web_1");
     let r = s
         .api
-        .update(&s.agent.id, update_args(&out_name, &v2, "running", 1), UPDATE_DEADLINE)
+        .update(
+            &s.agent.id,
+            update_args(&out_name, &v2, "running", 1),
+            UPDATE_DEADLINE,
+        )
         .await;
-    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged, "{:?}", r.result);
+    assert_eq!(
+        r.report.outcome,
+        UpdateOutcome::FailedUnchanged,
+        "{:?}",
+        r.result
+    );
     let error = r.result.error.clone().unwrap();
     assert_eq!(error.code, "policy_denied");
     let message = error.message;
-    assert!(message.contains("allowed_dirs") && message.contains("allow_drift"), "{message}");
+    assert!(
+        message.contains("allowed_dirs") && message.contains("allow_drift"),
+        "{message}"
+    );
     assert_eq!(s.container(&out_name).await.1, v1);
     assert_eq!(read(&out_file), out_text);
 
@@ -298,9 +346,18 @@ async fn files_outside_allowed_dirs_or_behind_a_symlink_out_are_refused() {
     let link_name = format!("{link_project}_web_1");
     let r = s
         .api
-        .update(&s.agent.id, update_args(&link_name, &v2, "running", 1), UPDATE_DEADLINE)
+        .update(
+            &s.agent.id,
+            update_args(&link_name, &v2, "running", 1),
+            UPDATE_DEADLINE,
+        )
         .await;
-    assert_eq!(r.report.outcome, UpdateOutcome::FailedUnchanged, "{:?}", r.result);
+    assert_eq!(
+        r.report.outcome,
+        UpdateOutcome::FailedUnchanged,
+        "{:?}",
+        r.result
+    );
     let error = r.result.error.clone().unwrap();
     assert_eq!(error.code, "policy_denied");
     let message = error.message;
@@ -312,12 +369,19 @@ async fn files_outside_allowed_dirs_or_behind_a_symlink_out_are_refused() {
     args.allow_drift = true;
     let r = s.api.update(&s.agent.id, args, UPDATE_DEADLINE).await;
     r.assert_outcome(UpdateOutcome::Updated);
-    let drift = r.report.compose.clone().and_then(|c| c.drift).expect("drift reported");
+    let drift = r
+        .report
+        .compose
+        .clone()
+        .and_then(|c| c.drift)
+        .expect("drift reported");
     assert!(drift.contains("allowed"), "{drift}");
     assert_eq!(read(&out_file), out_text, "not edited");
     let d = eventually(DEADLINE, "the heartbeat to report the drift", || async {
         let hb = s.api.agent(&s.agent.id).await.heartbeat?;
-        hb.compose_drift.into_iter().find(|d| d.container == out_name)
+        hb.compose_drift
+            .into_iter()
+            .find(|d| d.container == out_name)
     })
     .await;
     assert_eq!(d.running_image, v2);
@@ -360,11 +424,17 @@ async fn two_services_are_updated_together_and_rolled_back_together() {
     let (info, report) = s.compose_update(args(s.image("v2"))).await;
     assert_eq!(report.outcome, UpdateOutcome::Updated, "{info:#?}");
     assert_eq!(report.services.len(), 2);
-    assert!(report.services.iter().all(|r| r.outcome == UpdateOutcome::Updated));
+    assert!(report
+        .services
+        .iter()
+        .all(|r| r.outcome == UpdateOutcome::Updated));
     assert_eq!(read(&env_file), "TAG=v2\n");
     assert_eq!(read(&file), text);
     let ids = (s.container(&web).await, s.container(&worker).await);
-    assert_eq!((ids.0 .1.as_str(), ids.1 .1.as_str()), (s.image("v2").as_str(), s.image("v2").as_str()));
+    assert_eq!(
+        (ids.0 .1.as_str(), ids.1 .1.as_str()),
+        (s.image("v2").as_str(), s.image("v2").as_str())
+    );
     let out = s.up(&project, &dir).await;
     let after = (s.container(&web).await, s.container(&worker).await);
     assert_eq!(after, ids, "up -d recreated a service: {out}");
@@ -372,12 +442,28 @@ async fn two_services_are_updated_together_and_rolled_back_together() {
     // v2-health: the web passes its HEALTHCHECK, the worker does not → both rolled back.
     let (info, report) = s.compose_update(args(s.image("v2-health"))).await;
     assert_eq!(report.outcome, UpdateOutcome::RolledBack, "{info:#?}");
-    assert!(report.services.iter().all(|r| r.outcome == UpdateOutcome::RolledBack), "{report:#?}");
-    assert!(report.reason.as_deref().unwrap_or("").contains(&worker), "{report:?}");
-    assert!(report.compose.as_ref().is_some_and(|c| c.restored), "{report:?}");
+    assert!(
+        report
+            .services
+            .iter()
+            .all(|r| r.outcome == UpdateOutcome::RolledBack),
+        "{report:#?}"
+    );
+    assert!(
+        report.reason.as_deref().unwrap_or("").contains(&worker),
+        "{report:?}"
+    );
+    assert!(
+        report.compose.as_ref().is_some_and(|c| c.restored),
+        "{report:?}"
+    );
     assert_eq!(read(&env_file), "TAG=v2\n", "byte-identical");
     let now = (s.container(&web).await, s.container(&worker).await);
     assert_eq!(now, ids, "both old containers are back");
     let out = s.up(&project, &dir).await;
-    assert_eq!((s.container(&web).await, s.container(&worker).await), ids, "{out}");
+    assert_eq!(
+        (s.container(&web).await, s.container(&worker).await),
+        ids,
+        "{out}"
+    );
 }

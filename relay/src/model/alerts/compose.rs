@@ -31,7 +31,14 @@ pub fn drift_conditions(cfg: &AlertsConfig, agent: &AgentView) -> Vec<Condition>
                     problem.as_deref().unwrap_or("unknown problem")
                 ),
             };
-            Condition::new(cfg, Some(&agent.id), Rule::ComposeDrift, d.container.clone(), message, None)
+            Condition::new(
+                cfg,
+                Some(&agent.id),
+                Rule::ComposeDrift,
+                d.container.clone(),
+                message,
+                None,
+            )
         })
         .collect()
 }
