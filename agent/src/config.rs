@@ -19,6 +19,11 @@ pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
 pub use upkeep::{AutohealConfig, ImagesConfig};
 
+// --- compose (issue 17, part 1) ---
+mod compose;
+pub use compose::ComposeConfig;
+// --- end compose ---
+
 use crate::backup::config::{BackupConfig, DestinationConfig, JobConfig, RetentionConfig};
 use flotilla_daemon::logging::LogFormat;
 use flotilla_daemon::settings::{trimmed_path, EnvError, RangeError};
@@ -253,6 +258,15 @@ flotilla_daemon::settings! {
                 check |v| *v == 0 || *v >= 60, "expected 0 (off) or at least 60 seconds";
             keep_rollback_days: u32 = "FLOTILLA_IMAGES_KEEP_ROLLBACK_DAYS",
                 check |v| *v <= 3650, "expected 0 to 3650 days";
+        }
+        file_only {}
+    }
+
+    /// Compose projects' files (issue 17, part 1).
+    section compose: ComposeConfig => ComposeOverrides {
+        env {
+            allowed_dirs: Vec<String> = "FLOTILLA_COMPOSE_ALLOWED_DIRS";
+            command: String = "FLOTILLA_COMPOSE_COMMAND";
         }
         file_only {}
     }

@@ -9,6 +9,8 @@
 
 // issue 17 part 6: auto-heal's restarts
 mod autoheal;
+// issue 17 part 1: compose.update
+mod compose;
 
 use crate::backup::Backups;
 use crate::docker::{DockerClient, DockerError, ResolvedContainer};
@@ -460,6 +462,12 @@ async fn run_command(shared: &Shared, env: CommandEnvelope, signed: &SignedComma
         run_upgrade(shared, &env, args, signed).await;
         return;
     }
+    // --- compose (issue 17, part 1) ---
+    if let Command::ComposeUpdate(args) = &env.command {
+        compose::run_compose_update(shared, &env.id, args).await;
+        shared.heartbeat_poke.notify_one();
+        return;
+    }
     let started_at = Utc::now();
     let clock = std::time::Instant::now();
     let outcome = match env.command.validate() {
@@ -665,9 +673,9 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
                 changed: out.changed,
             })?)
         }
-        Command::ContainerUpdate(_) => Err(ErrorInfo {
+        Command::ContainerUpdate(_) | Command::ComposeUpdate(_) => Err(ErrorInfo {
             code: error_codes::INVALID_ARGS.into(),
-            message: "container.update is run by the updater, not here".into(),
+            message: "updates are run by the updater, not here".into(),
         }
         .into()),
         Command::ContainerLogs(a) => {

@@ -260,6 +260,45 @@ pub fn is_container_mount(mount_point: &str) -> bool {
             .is_some_and(|leaf| matches!(leaf, "merged" | "mnt") || mount_point.contains("/netns/"))
 }
 
+// --- compose (issue 17, part 1) ---
+/// Compose containers running another image than their project declares: one container list
+/// (only when some container is from compose), the files checked on a blocking thread.
+async fn compose_drift(
+    docker: &DockerClient,
+    checker: &Arc<std::sync::Mutex<crate::compose::drift::DriftChecker>>,
+) -> Vec<flotilla_shared::compose::ComposeDrift> {
+    let running = match docker.running_labelled().await {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "no container list for compose drift");
+            return Vec::new();
+        }
+    };
+    if !running
+        .iter()
+        .any(|c| c.labels.contains_key(crate::compose::PROJECT_LABEL))
+    {
+        return Vec::new();
+    }
+    let checker = checker.clone();
+    tokio::task::spawn_blocking(move || {
+        let list: Vec<crate::compose::drift::Running<'_>> = running
+            .iter()
+            .map(|c| crate::compose::drift::Running {
+                name: &c.container.name,
+                image: &c.image,
+                labels: &c.labels,
+            })
+            .collect();
+        checker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&list)
+    })
+    .await
+    .unwrap_or_default()
+}
+
 /// The heartbeat task's wiring.
 pub struct HeartbeatTask {
     pub docker: DockerClient,
@@ -290,6 +329,10 @@ impl HeartbeatTask {
         self.disk_paths = paths;
         let mut collector = Some(first);
         let mut tracker: Option<resources::ResourceTracker> = None;
+        // --- compose (issue 17, part 1) ---
+        let drift = Arc::new(std::sync::Mutex::new(
+            crate::compose::drift::DriftChecker::default(),
+        ));
         let mut interval = (*self.interval.borrow_and_update()).clamp(MIN_INTERVAL, MAX_INTERVAL);
         let mut interval_open = true;
         let mut next = Instant::now();
@@ -354,12 +397,14 @@ impl HeartbeatTask {
                     docker_snapshot(&self.docker).await
                 }
             };
+            let compose_drift = compose_drift(&self.docker, &drift).await;
             let hb = Heartbeat {
                 at: Utc::now(),
                 agent_version: flotilla_shared::release::version().to_string(),
                 host,
                 docker,
                 backup: self.backup.borrow().clone(),
+                compose_drift,
             };
             debug!(
                 containers = hb.docker.containers.len(),
@@ -601,6 +646,7 @@ mod tests {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            compose_drift: Vec::new(),
         }
     }
 

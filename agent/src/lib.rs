@@ -12,6 +12,7 @@ mod agent_id;
 // issue 17 part 6: restarting containers that stay unhealthy
 pub mod autoheal;
 pub mod backup;
+pub mod compose;
 pub mod config;
 pub mod docker;
 pub mod enroll;
@@ -247,6 +248,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         updating,
         frame_limit: frame_limit.clone(),
         stopping: tasks_token.clone(),
+        compose: config.compose.clone(),
+        docker_host: config.docker_host.clone(),
     };
     let exec = executor::Executor {
         verifier: verify::Verifier {

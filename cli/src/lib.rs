@@ -297,6 +297,11 @@ pub struct UpdateArgs {
     /// least as long as --wait's default, so the delivery does not end while the agent works).
     #[arg(long, value_parser = parse_duration)]
     pub ttl: Option<Duration>,
+    // --- compose (issue 17, part 1) ---
+    /// For a container of a compose project whose files the agent may not edit (outside its
+    /// `[compose] allowed_dirs`): update the container only and report the drift.
+    #[arg(long)]
+    pub allow_drift: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -590,6 +590,27 @@ pub fn command_result(kind: CommandKind, r: &CommandResult) -> String {
         CommandKind::ContainerUpdate => serde_json::from_value::<UpdateReport>(output.clone())
             .ok()
             .map(|r| update_report(&r)),
+        // --- compose (issue 17, part 1) ---
+        CommandKind::ComposeUpdate => {
+            serde_json::from_value::<flotilla_shared::compose::ComposeUpdateReport>(output.clone())
+                .ok()
+                .map(|g| {
+                    let mut text = format!(
+                        "compose project {} → {}: {}{}\n",
+                        g.project,
+                        g.image,
+                        g.outcome,
+                        g.reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default()
+                    );
+                    for r in &g.services {
+                        text.push_str(&update_report(r));
+                    }
+                    text
+                })
+        }
         CommandKind::BackupList => serde_json::from_value::<BackupListOutput>(output.clone())
             .ok()
             .map(|l| backup_list(&l)),

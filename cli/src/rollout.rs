@@ -77,13 +77,22 @@ pub struct StartArgs {
     /// Update the container with this name on each agent.
     #[arg(
         long,
-        required_unless_present_any = ["container_label", "agent_version"],
-        conflicts_with = "container_label"
+        required_unless_present_any = ["container_label", "agent_version", "compose_project", "compose_service"],
+        conflicts_with_all = ["container_label", "compose_project", "compose_service"]
     )]
     pub container: Option<String>,
     /// Update every container carrying this Docker label (`k=v`) on each agent.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["compose_project", "compose_service"])]
     pub container_label: Option<String>,
+    // --- compose (issue 17, part 1) ---
+    /// Update every container of this compose project on each agent (the label
+    /// `com.docker.compose.project`); the agents also edit the project's files.
+    #[arg(long, conflicts_with = "compose_service")]
+    pub compose_project: Option<String>,
+    /// Update every container of this compose service on each agent (the label
+    /// `com.docker.compose.service`).
+    #[arg(long)]
+    pub compose_service: Option<String>,
     /// The new image.
     #[arg(long, required_unless_present = "agent_version")]
     pub image: Option<String>,
@@ -91,7 +100,7 @@ pub struct StartArgs {
     /// instead of a container: each gets `agent.upgrade` with the build for its architecture.
     #[arg(
         long,
-        conflicts_with_all = ["container", "container_label", "image", "health", "health_timeout", "stable", "strategy"]
+        conflicts_with_all = ["container", "container_label", "compose_project", "compose_service", "image", "health", "health_timeout", "stable", "strategy"]
     )]
     pub agent_version: Option<String>,
     /// Stages: `<N%|selector>[:<soak>]`, separated by `,` (or `;` when a selector has several
@@ -166,13 +175,23 @@ pub fn build_agent_request(a: &StartArgs) -> Result<Option<CreateAgentRollout>, 
     Ok(Some(req))
 }
 
+// --- compose (issue 17, part 1) ---
+/// `--compose-project P` / `--compose-service S` as the container label they stand for.
+fn compose_label(a: &StartArgs) -> Option<String> {
+    match (&a.compose_project, &a.compose_service) {
+        (Some(p), _) => Some(format!("com.docker.compose.project={p}")),
+        (None, Some(s)) => Some(format!("com.docker.compose.service={s}")),
+        (None, None) => None,
+    }
+}
+
 /// The request from the flags (stages checked here too, for an early clear error).
 pub fn build_request(a: &StartArgs) -> Result<CreateRollout, CliError> {
     let req = CreateRollout {
         name: a.name.clone(),
         selector: a.selector.clone(),
         container: a.container.clone(),
-        container_label: a.container_label.clone(),
+        container_label: compose_label(a).or_else(|| a.container_label.clone()),
         image: a.image.clone().unwrap_or_default(),
         stages: a.stages.clone(),
         staging: a.staging.clone(),
@@ -506,6 +525,39 @@ fn list_table(list: &[RolloutInfo], now: DateTime<Utc>) -> String {
         ]);
     }
     t.render()
+}
+
+#[cfg(test)]
+mod compose_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: StartArgs,
+    }
+
+    #[test]
+    fn compose_flags_target_the_compose_labels() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["t", "--selector", "a=b", "--image", "x:2"];
+            v.extend_from_slice(args);
+            T::try_parse_from(v).map(|t| build_request(&t.a))
+        };
+        let r = parse(&["--compose-project", "shop"]).unwrap().unwrap();
+        assert_eq!(
+            r.container_label.as_deref(),
+            Some("com.docker.compose.project=shop")
+        );
+        let r = parse(&["--compose-service", "web"]).unwrap().unwrap();
+        assert_eq!(
+            r.container_label.as_deref(),
+            Some("com.docker.compose.service=web")
+        );
+        assert!(parse(&["--compose-service", "web", "--container", "x"]).is_err());
+        assert!(parse(&["--compose-project", "p", "--compose-service", "web"]).is_err());
+    }
 }
 
 #[cfg(test)]

@@ -577,6 +577,7 @@ fn update_flags_make_the_update_arguments() {
             health_timeout_secs: Some(120),
             stable_secs: Some(30),
             strategy: UpdateStrategy::StartFirst,
+            allow_drift: false,
         }
     );
     assert_eq!(args.ttl, Some(Duration::from_secs(3600)));

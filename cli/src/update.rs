@@ -32,6 +32,7 @@ pub fn build_update(args: &UpdateArgs) -> Result<ContainerUpdateArgs, CliError> 
         health_timeout_secs: secs("--health-timeout", args.health_timeout)?,
         stable_secs: secs("--stable", args.stable)?,
         strategy: args.strategy.unwrap_or_default(),
+        allow_drift: args.allow_drift,
     };
     Command::ContainerUpdate(update.clone())
         .validate()

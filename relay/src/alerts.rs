@@ -313,6 +313,8 @@ pub async fn conditions(
         out.extend(rules::host_conditions(cfg, a, &firing));
         // issue 17 part 6
         out.extend(rules::container_memory_conditions(cfg, a, now));
+        // --- compose (issue 17, part 1) ---
+        out.extend(crate::model::alerts::compose::drift_conditions(cfg, a));
     }
 
     // Containers an update acts on, per agent (names and ids, as asked and as reported).

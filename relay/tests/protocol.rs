@@ -448,6 +448,7 @@ async fn accepted_command_without_result_fails_then_late_result_wins() {
             host: Default::default(),
             docker: Default::default(),
             backup: None,
+            compose_drift: Vec::new(),
         })),
     )
     .await;

@@ -350,6 +350,7 @@ fn heartbeat(cpu_percent: f32) -> AgentFrame {
         },
         docker: Default::default(),
         backup: None,
+        compose_drift: Vec::new(),
     }))
 }
 

@@ -162,6 +162,15 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            // A compose container running another image than its project declares.
+            compose_drift: vec![flotilla_shared::compose::ComposeDrift {
+                container: "web".into(),
+                project: "shop".into(),
+                service: "web".into(),
+                running_image: HOSTILE.into(),
+                declared_image: Some("shop:v1".into()),
+                problem: None,
+            }],
         })))
         .await
         .unwrap();
@@ -185,6 +194,8 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
     assert!(!html.contains("<img src=x"), "unescaped: {html}");
     assert!(html.contains("&lt;script&gt;"), "{html}");
     assert!(html.contains("data-test=\"container-row\""));
+    assert!(html.contains("data-test=\"compose-drift-row\""), "{html}");
+    assert!(html.contains("shop:v1"), "{html}");
     assert!(html.contains("class=\"action\""), "admin sees actions");
     for path in [
         "/ui/",
@@ -472,6 +483,7 @@ async fn agents_are_listed_a_page_at_a_time_and_the_overview_counts_exactly() {
             host,
             docker: DockerSnapshot::default(),
             backup: None,
+            compose_drift: Vec::new(),
         })))
         .await
         .unwrap();

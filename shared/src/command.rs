@@ -52,10 +52,13 @@ pub enum CommandKind {
     BackupForget,
     #[serde(rename = "image.prune")]
     ImagePrune,
+    // --- compose (issue 17, part 1) ---
+    #[serde(rename = "compose.update")]
+    ComposeUpdate,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 15] = [
+    pub const ALL: [CommandKind; 16] = [
         CommandKind::Ping,
         CommandKind::ContainerList,
         CommandKind::ContainerInspect,
@@ -72,6 +75,8 @@ impl CommandKind {
         // --- issue 17 parts 4 and 6: host upkeep ---
         CommandKind::BackupForget,
         CommandKind::ImagePrune,
+        // --- compose (issue 17, part 1) ---
+        CommandKind::ComposeUpdate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +97,8 @@ impl CommandKind {
             // --- issue 17 parts 4 and 6: host upkeep ---
             CommandKind::BackupForget => "backup.forget",
             CommandKind::ImagePrune => "image.prune",
+            // --- compose (issue 17, part 1) ---
+            CommandKind::ComposeUpdate => "compose.update",
         }
     }
 
@@ -109,6 +116,7 @@ impl CommandKind {
                 | CommandKind::AgentUpgrade
                 | CommandKind::BackupForget
                 | CommandKind::ImagePrune
+                | CommandKind::ComposeUpdate
         )
     }
 }
@@ -120,7 +128,7 @@ impl fmt::Display for CommandKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade, backup.forget, image.prune")]
+#[error("unknown command kind {0:?}; known kinds: ping, container.list, container.inspect, container.start, container.stop, container.restart, container.logs, container.update, backup.list, backup.run, backup.verify, backup.restore, agent.upgrade, backup.forget, image.prune, compose.update")]
 pub struct UnknownKind(pub String);
 
 impl FromStr for CommandKind {
@@ -169,6 +177,9 @@ pub enum Command {
     BackupForget(crate::upkeep::BackupForgetArgs),
     #[serde(rename = "image.prune")]
     ImagePrune(#[serde(default)] crate::upkeep::ImagePruneArgs),
+    // --- compose (issue 17, part 1) ---
+    #[serde(rename = "compose.update")]
+    ComposeUpdate(crate::compose::ComposeUpdateArgs),
 }
 
 message_error!(
@@ -196,6 +207,8 @@ impl Command {
             // --- issue 17 parts 4 and 6: host upkeep ---
             Command::BackupForget(_) => CommandKind::BackupForget,
             Command::ImagePrune(_) => CommandKind::ImagePrune,
+            // --- compose (issue 17, part 1) ---
+            Command::ComposeUpdate(_) => CommandKind::ComposeUpdate,
         }
     }
 
@@ -212,6 +225,8 @@ impl Command {
             Command::AgentUpgrade(_) => None,
             // --- issue 17 parts 4 and 6: host upkeep ---
             Command::BackupForget(_) | Command::ImagePrune(_) => None,
+            // --- compose (issue 17, part 1): locks every container of the project itself ---
+            Command::ComposeUpdate(_) => None,
         }
     }
 
@@ -254,6 +269,10 @@ impl Command {
             }
         }
         if let Command::ContainerUpdate(a) = self {
+            a.validate()?;
+        }
+        // --- compose (issue 17, part 1) ---
+        if let Command::ComposeUpdate(a) = self {
             a.validate()?;
         }
         if let Command::BackupList(a) = self {

@@ -16,6 +16,11 @@ pub struct Heartbeat {
     /// configured, discovered or watched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<crate::backup::BackupSummary>,
+    // --- compose (issue 17, part 1) ---
+    /// Compose containers whose running image differs from what their project's files
+    /// declare (or whose files cannot be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compose_drift: Vec<crate::compose::ComposeDrift>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

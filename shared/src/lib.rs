@@ -51,6 +51,7 @@ pub mod alert;
 pub mod api;
 pub mod backup;
 pub mod command;
+pub mod compose;
 pub mod duration;
 pub mod error_codes;
 pub mod heartbeat;

@@ -201,6 +201,7 @@ mod tests {
             host: HostMetrics::default(),
             docker: DockerSnapshot::default(),
             backup: None,
+            compose_drift: Vec::new(),
         })));
         round_trip_agent(AgentFrame::Outbox {
             seq: 3,

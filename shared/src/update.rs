@@ -44,6 +44,12 @@ pub struct ContainerUpdateArgs {
     pub stable_secs: Option<u32>,
     #[serde(default)]
     pub strategy: UpdateStrategy,
+    // --- compose (issue 17, part 1) ---
+    /// For a container of a compose project whose files may not be edited (outside
+    /// `[compose] allowed_dirs`): update the container only and report the drift, instead of
+    /// refusing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drift: bool,
 }
 
 message_error!(
@@ -401,6 +407,36 @@ pub struct UpdateReport {
     pub old_stopped: bool,
     /// Total time, ms.
     pub total_ms: u64,
+    // --- compose (issue 17, part 1) ---
+    /// What the update did to the container's compose project files, for a compose container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<ComposeReport>,
+}
+
+// --- compose (issue 17, part 1) ---
+/// What an update of a compose container did to its project's files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ComposeReport {
+    pub project: String,
+    pub service: String,
+    /// Files edited (resolved paths); their previous content is in `<file>.flotilla.bak`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    /// The config hash given to the new container (`com.docker.compose.config-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Set when the files were NOT edited (`allow_drift`): why; the project now declares
+    /// another image than the container runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
+    /// A problem that did not stop the update (the hash could not be computed, a file could
+    /// not be restored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// The files were put back (the update did not end `updated`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restored: bool,
 }
 
 /// What the update's own timeouts do not bound: pulling the image, stopping the old container

@@ -753,6 +753,7 @@ pub fn update_args(
         health_timeout_secs: Some(20),
         stable_secs: Some(stable_secs),
         strategy: Default::default(),
+        allow_drift: false,
     }
 }
 

@@ -261,6 +261,7 @@ impl SimState {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            compose_drift: Vec::new(),
         }
     }
 
@@ -298,6 +299,7 @@ impl SimState {
             recovered: false,
             old_stopped: true,
             total_ms: config.update_ms,
+            compose: None,
         };
         if !failed {
             self.image = image.clone();

@@ -10,6 +10,7 @@ mod e2e {
     pub mod backup_expected;
     pub mod cli;
     pub mod commands;
+    pub mod compose;
     pub mod delivery;
     pub mod enrollment;
     pub mod events;

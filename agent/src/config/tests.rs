@@ -361,6 +361,12 @@ fn sample(setting: &Setting, default: &serde_json::Value) -> (String, serde_json
         ("backup.watch_status_file", _) => (" /opt/status.json ".into(), json!("/opt/status.json")),
         ("backup.age_recipients", _) => ("age1a, age1b".into(), json!(["age1a", "age1b"])),
         ("backup.age_recipients_file", _) => (" /etc/recipients ".into(), json!("/etc/recipients")),
+        // --- compose (issue 17, part 1) ---
+        ("compose.allowed_dirs", _) => (
+            "/srv/stacks, /opt/apps".into(),
+            json!(["/srv/stacks", "/opt/apps"]),
+        ),
+        ("compose.command", _) => ("docker compose".into(), json!("docker compose")),
         (key, _) => panic!("no sample value for {key}: add one here"),
     }
 }
@@ -396,7 +402,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 42);
+    assert_eq!(count, 44);
 }
 
 #[test]

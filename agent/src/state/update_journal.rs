@@ -73,4 +73,20 @@ impl State {
         notify.notify_one();
         Ok(seq)
     }
+
+    // --- compose (issue 17, part 1) ---
+    /// Closes the record of one container's run inside a `compose.update` (the group's one
+    /// result is journaled by `finish_update`).
+    pub async fn finish_update_record(&self, id: &str, record: String) -> Result<()> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute(
+                "UPDATE updates SET finished = 1, phase = 'done', record = ?2, updated_at = ?3
+                 WHERE command_id = ?1",
+                params![id, record, ts(Utc::now())],
+            )?;
+            Ok(())
+        })
+        .await
+    }
 }

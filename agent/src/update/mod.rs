@@ -19,6 +19,8 @@
 //! health gate → gate the running new container again, then commit or roll back; while
 //! committing → finish the commit. The command's result is then reported with `recovered`.
 
+mod compose;
+pub mod group;
 pub mod health;
 pub mod policy;
 pub mod recreate;
@@ -104,6 +106,11 @@ pub struct Updater {
     /// Cancelled when the agent is asked to stop: pulls and health gates are cut short so a
     /// running update rolls back (or is left to the journal) within the shutdown grace.
     pub stopping: tokio_util::sync::CancellationToken,
+    // --- compose (issue 17, part 1) ---
+    /// `[compose]`: where project files may be edited, the compose tool.
+    pub compose: crate::config::ComposeConfig,
+    /// The Docker endpoint the compose tool must use (`docker_host`), when not the default.
+    pub docker_host: Option<String>,
 }
 
 /// The journal record of one update (JSON in `agent.db`).
@@ -121,6 +128,13 @@ struct Journal {
     new_id: Option<String>,
     report: UpdateReport,
     started_at: DateTime<Utc>,
+    // --- compose (issue 17, part 1) ---
+    /// The container's compose project files and their planned edit.
+    #[serde(default)]
+    compose: Option<compose::ComposeJournal>,
+    /// The `compose.update` this run is part of (its result is the group's, not this run's).
+    #[serde(default)]
+    group: Option<String>,
 }
 
 /// Why an update step failed.
@@ -133,7 +147,7 @@ impl Updater {
         let started_at = Utc::now();
         let clock = Instant::now();
         let mut report = empty_report(&args);
-        let prepared = self.prepare(command_id, &args, &mut report).await;
+        let prepared = self.prepare(command_id, &args, &mut report, false).await;
         let mut run = match prepared {
             Ok(run) => run,
             Err(refusal) => {
@@ -234,6 +248,7 @@ impl Updater {
         command_id: &str,
         args: &ContainerUpdateArgs,
         report: &mut UpdateReport,
+        grouped: bool,
     ) -> Result<Run, ErrorInfo> {
         let clock = Instant::now();
         let docker_err = |e: DockerError| ErrorInfo {
@@ -305,6 +320,11 @@ impl Updater {
         }
         policy::check_image(&self.config, &current_image, &args.image)
             .map_err(|m| refuse(error_codes::POLICY, m.into()))?;
+        let compose = if grouped {
+            None
+        } else {
+            self.plan_compose(&old, args, report)?
+        };
         if args.strategy == UpdateStrategy::StartFirst {
             self.check_start_first(&old, &c.id, &c.name)
                 .await
@@ -330,6 +350,8 @@ impl Updater {
             new_id: None,
             report: report.clone(),
             started_at: Utc::now(),
+            compose,
+            group: None,
         };
         let mut run = Run {
             j,
@@ -367,6 +389,10 @@ impl Updater {
     async fn drive(&self, run: &mut Run) -> Outcome {
         // Pull.
         if let Err(e) = self.pull(run).await {
+            return Outcome::Unchanged(e);
+        }
+        if let Err(e) = self.apply_compose(run).await {
+            self.restore_compose(run).await;
             return Outcome::Unchanged(e);
         }
         match run.j.args.strategy {
@@ -504,6 +530,9 @@ impl Updater {
                 .or_insert_with(|| Value::Object(Default::default()));
             if let Value::Object(l) = labels {
                 l.insert(UPDATE_LABEL.into(), Value::String(run.j.command_id.clone()));
+                for (k, v) in self.compose_labels(run) {
+                    l.insert(k, Value::String(v));
+                }
             }
         }
         let name = if temporary {
@@ -771,7 +800,12 @@ impl Updater {
     }
 
     /// Files the result of a finished update and forgets it.
-    async fn finish(&self, mut run: Run, outcome: Outcome, started_at: DateTime<Utc>) {
+    async fn finish(
+        &self,
+        mut run: Run,
+        outcome: Outcome,
+        started_at: DateTime<Utc>,
+    ) -> UpdateReport {
         let (out, reason) = match outcome {
             Outcome::Updated => (UpdateOutcome::Updated, None),
             Outcome::Unchanged(r) => (UpdateOutcome::FailedUnchanged, Some(r)),
@@ -779,6 +813,9 @@ impl Updater {
             Outcome::RollbackFailed(r) => (UpdateOutcome::RollbackFailed, Some(r)),
             Outcome::CommitFailed(r) => (UpdateOutcome::Updated, Some(r)),
         };
+        if !matches!(out, UpdateOutcome::Updated) {
+            self.restore_compose(&mut run).await;
+        }
         run.j.report.outcome = out;
         run.j.report.reason = reason;
         run.j.report.phase = UpdatePhase::Done;
@@ -816,8 +853,20 @@ impl Updater {
         let record = serde_json::to_string(&run.j).unwrap_or_default();
         let report = run.j.report.clone();
         let command_id = run.j.command_id.clone();
-        self.file_result(&command_id, report, None, started_at, Some(record))
+        if run.j.group.is_some() {
+            // One run of a compose.update: the group files the one result.
+            if let Err(e) = self.state.finish_update_record(&command_id, record).await {
+                error!(
+                    command_id,
+                    error = format!("{e:#}"),
+                    "cannot finish update record"
+                );
+            }
+            return report;
+        }
+        self.file_result(&command_id, report.clone(), None, started_at, Some(record))
             .await;
+        report
     }
 
     async fn file_result(
@@ -1024,6 +1073,7 @@ fn empty_report(args: &ContainerUpdateArgs) -> UpdateReport {
         recovered: false,
         old_stopped: false,
         total_ms: 0,
+        compose: None,
     }
 }
 

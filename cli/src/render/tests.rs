@@ -103,6 +103,7 @@ fn heartbeat_sample() -> Heartbeat {
             ],
         },
         backup: None,
+        compose_drift: Vec::new(),
     }
 }
 

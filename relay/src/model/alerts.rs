@@ -7,6 +7,8 @@
 pub mod config;
 pub mod rule;
 pub mod rules;
+// --- compose (issue 17, part 1) ---
+pub mod compose;
 
 pub use config::{AlertsConfig, RuleOverride};
 

@@ -67,6 +67,7 @@ impl RolloutSpec {
             health_timeout_secs: self.health_timeout_secs,
             stable_secs: self.stable_secs,
             strategy: self.strategy,
+            allow_drift: false,
         }
     }
 }

@@ -57,6 +57,7 @@ mod tests {
             health_timeout_secs,
             stable_secs,
             strategy: UpdateStrategy::StopFirst,
+            allow_drift: false,
         }
     }
 

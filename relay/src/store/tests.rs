@@ -543,6 +543,7 @@ async fn heartbeats_and_labels_persist() {
         host: Default::default(),
         docker: Default::default(),
         backup: None,
+        compose_drift: Vec::new(),
     };
     let at = now();
     store
@@ -795,6 +796,7 @@ async fn file_database_reads_use_read_only_connections() {
         host: Default::default(),
         docker: Default::default(),
         backup: None,
+        compose_drift: Vec::new(),
     };
     let at = now();
     store

@@ -6,8 +6,10 @@
 #![allow(clippy::result_large_err)]
 
 pub mod agent;
+// --- compose (issue 17, part 1) ---
 pub mod agents;
 pub mod alerts;
+pub mod compose;
 pub mod misc;
 pub mod overview;
 pub mod rollouts;

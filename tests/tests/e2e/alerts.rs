@@ -459,6 +459,7 @@ min_severity = "soft"
             host: HostMetrics::default(),
             docker: DockerSnapshot::default(),
             backup: None,
+            compose_drift: Vec::new(),
         }))
     };
     current

@@ -461,6 +461,7 @@ fn heartbeat_summary_line_in_agent_show() {
         host: Default::default(),
         docker: Default::default(),
         backup: Some(summary),
+        compose_drift: Vec::new(),
     };
     let text = agent_detail(
         &AgentDetail {

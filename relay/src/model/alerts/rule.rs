@@ -27,10 +27,12 @@ pub enum Rule {
     // --- issue 17 part 6 ---
     ContainerMemoryHigh,
     ContainerAutohealed,
+    // --- compose (issue 17, part 1) ---
+    ComposeDrift,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 19] = [
+pub const RULES: [Rule; 20] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -51,6 +53,8 @@ pub const RULES: [Rule; 19] = [
     // --- issue 17 part 6 ---
     Rule::ContainerMemoryHigh,
     Rule::ContainerAutohealed,
+    // --- compose (issue 17, part 1) ---
+    Rule::ComposeDrift,
 ];
 
 impl Rule {
@@ -76,6 +80,8 @@ impl Rule {
             // --- issue 17 part 6 ---
             Rule::ContainerMemoryHigh => "container_memory_high",
             Rule::ContainerAutohealed => "container_autohealed",
+            // --- compose (issue 17, part 1) ---
+            Rule::ComposeDrift => "compose_drift",
         }
     }
 
@@ -92,7 +98,7 @@ impl Rule {
             | Rule::RollbackFailed
             | Rule::RolloutPaused
             | Rule::RolloutAborted => Severity::Hard,
-            Rule::AgentVersionSkew => Severity::Soft,
+            Rule::AgentVersionSkew | Rule::ComposeDrift => Severity::Soft,
             _ => Severity::Medium,
         }
     }

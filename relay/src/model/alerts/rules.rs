@@ -31,7 +31,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn new(
+    pub(super) fn new(
         cfg: &AlertsConfig,
         agent_id: Option<&str>,
         rule: Rule,

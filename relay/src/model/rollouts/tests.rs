@@ -269,6 +269,7 @@ fn heartbeat(containers: Vec<ContainerInfo>) -> Heartbeat {
             containers_omitted: 0,
         },
         backup: None,
+        compose_drift: Vec::new(),
     }
 }
 

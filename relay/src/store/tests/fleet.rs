@@ -106,6 +106,7 @@ fn heartbeat(cpu: f32, memory_used: u64, disk: f32) -> Heartbeat {
         },
         docker: Default::default(),
         backup: None,
+        compose_drift: Vec::new(),
     }
 }
 

@@ -60,6 +60,7 @@ fn update_command(id: &str, agent_id: &str) -> NewCommand {
         health_timeout_secs: None,
         stable_secs: None,
         strategy: UpdateStrategy::StopFirst,
+        allow_drift: false,
     });
     c
 }

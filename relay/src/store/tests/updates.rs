@@ -37,6 +37,7 @@ fn update_args(container: &str, image: &str) -> ContainerUpdateArgs {
         health_timeout_secs: Some(30),
         stable_secs: None,
         strategy: UpdateStrategy::StopFirst,
+        allow_drift: false,
     }
 }
 
@@ -89,6 +90,7 @@ fn report(outcome: UpdateOutcome) -> UpdateReport {
         recovered: false,
         old_stopped: true,
         total_ms: 15_000,
+        compose: None,
     }
 }
 

@@ -169,6 +169,11 @@ fn markup(v: &View, now: DateTime<Utc>) -> Markup {
             }
         }
         @if v.operate { (update_form(&a.id)) }
+        // --- compose (issue 17, part 1) ---
+        @if let Some(hb) = hb { @if !hb.compose_drift.is_empty() {
+            h2 { "Compose drift" }
+            (super::compose::drift_table(&hb.compose_drift))
+        } }
         h2 { "Alerts" }
         @if v.alerts.is_empty() { p.muted { "None." } } @else { (super::alerts::table(v.alerts, now, v.operate)) }
         h2 { "Updates" }

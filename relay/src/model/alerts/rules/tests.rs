@@ -48,6 +48,7 @@ fn heartbeat(at: DateTime<Utc>, containers: Vec<ContainerInfo>) -> Heartbeat {
             ..DockerSnapshot::default()
         },
         backup: None,
+        compose_drift: Vec::new(),
     }
 }
 

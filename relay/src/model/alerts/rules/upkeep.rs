@@ -141,6 +141,7 @@ mod tests {
                 ..DockerSnapshot::default()
             },
             backup: None,
+            compose_drift: Vec::new(),
         };
         AgentView {
             id: "a1".into(),
