@@ -318,8 +318,14 @@ impl Connection {
             .hub
             .register_with_version(&agent_id, &agent_version);
         let generation = registration.generation;
+        let connected_at = registration.connected_at;
+        let cluster = self.state.cluster.clone();
+        cluster
+            .connected(&agent_id, connected_at, &agent_version)
+            .await;
         let _ = self.serve_registered(agent_version, registration).await;
         self.state.hub.unregister(&agent_id, generation);
+        cluster.disconnected(&agent_id, connected_at).await;
         tracing::info!(agent_id = %agent_id, "agent disconnected");
         use flotilla_shared::stream::EventKind;
         let summary = format!("agent {agent_id} disconnected");
