@@ -108,6 +108,8 @@ struct Inner {
     /// None with one relay (SQLite): nobody to tell.
     out: Option<mpsc::Sender<Signal>>,
     store: Option<Store>,
+    /// Set while this relay cannot reach the shared database (see [`Cluster::stepped_down`]).
+    stepped_down: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -118,6 +120,7 @@ impl Cluster {
                 relay_id: flotilla_shared::ids::new_id("relay"),
                 out: None,
                 store: None,
+                stepped_down: Default::default(),
             }),
         }
     }
@@ -134,6 +137,7 @@ impl Cluster {
                 relay_id: flotilla_shared::ids::new_id("relay"),
                 out: Some(tx),
                 store: Some(store.clone()),
+                stepped_down: Default::default(),
             }),
         };
         (cluster, Some(rx))
@@ -147,6 +151,22 @@ impl Cluster {
     /// Whether other relays may share the store.
     pub fn is_shared(&self) -> bool {
         self.inner.out.is_some()
+    }
+
+    /// Whether this relay stepped down: cut off from the shared database for longer than its
+    /// leases could last, it answers `/readyz` 503, refuses agent connections (closing the
+    /// ones it had, so agents move to a healthy relay) and lets its engines stop. It serves
+    /// again on its own once the database answers.
+    pub fn stepped_down(&self) -> bool {
+        self.inner
+            .stepped_down
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_stepped_down(&self, down: bool) -> bool {
+        self.inner
+            .stepped_down
+            .swap(down, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Tells the other relays; never waits. Dropped (and logged) if the outbox is full.

@@ -212,6 +212,16 @@ impl Hub {
         }
     }
 
+    /// Closes every connection this relay holds (each told `code` and `message`); returns how
+    /// many.
+    pub fn disconnect_all(&self, code: &str, message: &str) -> usize {
+        let handles: Vec<ConnectionHandle> = self.lock().drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.close_with_error(code, message);
+        }
+        handles.len()
+    }
+
     /// Whether this relay holds the agent's connection.
     pub fn is_local(&self, agent_id: &str) -> bool {
         self.lock().contains_key(agent_id)

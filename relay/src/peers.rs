@@ -4,8 +4,8 @@
 //! deliveries and heartbeats).
 
 use crate::cluster::{
-    encode, Cluster, Envelope, Signal, DEAD_AFTER, LEASE_MARGIN, OUTBOX, RESYNC_INTERVAL,
-    SEEN_INTERVAL,
+    encode, Cluster, Envelope, Signal, DEAD_AFTER, LEASE_MARGIN, LEASE_TTL, OUTBOX,
+    RESYNC_INTERVAL, SEEN_INTERVAL,
 };
 use crate::commands::{Commands, Completion};
 use crate::hub::{Hub, RemoteConnection};
@@ -223,6 +223,7 @@ impl ClusterTasks {
         let mut seen = tokio::time::interval(SEEN_INTERVAL);
         seen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_resync = Instant::now();
+        let mut last_ok = Instant::now();
         // Heartbeats reach the database up to a flush interval after they arrive, stamped
         // with the receiving relay's clock: read back far enough to cover both.
         let overlap = chrono::Duration::from_std(
@@ -243,8 +244,35 @@ impl ClusterTasks {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 address: self.address.clone(),
             };
-            if let Err(e) = self.store.relay_seen(row).await {
-                tracing::warn!(error = %e, "cannot record this relay as alive");
+            match tokio::time::timeout(SEEN_INTERVAL * 2, self.store.relay_seen(row)).await {
+                Ok(Ok(())) => {
+                    last_ok = Instant::now();
+                    if self.cluster.set_stepped_down(false) {
+                        tracing::warn!("the database answers again; this relay serves again");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this relay as alive"),
+                Err(_) => tracing::warn!("recording this relay as alive timed out"),
+            }
+            if last_ok.elapsed() > LEASE_TTL - LEASE_MARGIN {
+                if !self.cluster.set_stepped_down(true) {
+                    tracing::error!(
+                        "cut off from the database for {:?}: stepping down (readyz 503, agent connections closed, engines stop with their leases)",
+                        last_ok.elapsed()
+                    );
+                }
+                // Agents go to a relay that can serve them (and any that connected meanwhile).
+                let closed = self.hub.disconnect_all(
+                    "relay_unavailable",
+                    "this relay lost its database; reconnect to another relay",
+                );
+                if closed > 0 {
+                    tracing::warn!(
+                        agents = closed,
+                        "closed agent connections while stepped down"
+                    );
+                }
+                continue;
             }
             if last_resync.elapsed() >= RESYNC_INTERVAL {
                 last_resync = Instant::now();

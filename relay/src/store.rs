@@ -95,6 +95,14 @@ pub enum StoreError {
     Fenced { lease: String, epoch: i64 },
 }
 
+impl StoreError {
+    /// The database could not be reached (connection refused, lost, or no free connection in
+    /// time): nothing was done.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sql(sql::SqlError::Unavailable(_)))
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {
         StoreError::Sql(sql::SqlError::Sqlite(e))
