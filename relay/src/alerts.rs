@@ -165,6 +165,7 @@ pub fn notification(kind: NotificationKind, a: &AlertInfo, url: String) -> Notif
 }
 
 /// The alerts engine: exactly what an evaluation reads and where its decisions go.
+#[derive(Clone)]
 pub struct AlertsEngine {
     store: Store,
     hub: Arc<Hub>,

@@ -120,6 +120,7 @@ pub fn router(
         )
         .route("/download/systemd/{unit}", get(releases::download_unit))
         .route("/api/v1/audit", get(system::audit_trail))
+        .route("/api/v1/cluster", get(system::cluster))
         .route(stream::STREAM_PATH, get(stream::events));
     if state.config.test_hooks {
         // Test-only: lets end-to-end tests put forged, expired or replayed commands on an

@@ -70,6 +70,9 @@ pub struct Commands {
     completions: broadcast::Sender<Completion>,
     /// Every completion is also a `command.finished` on the live event stream.
     stream: Arc<crate::stream::EventBus>,
+    /// The other relays sharing the store: told about dispatches to agents not connected
+    /// here and about every completion (see `crate::cluster`).
+    cluster: crate::cluster::Cluster,
 }
 
 impl Commands {
@@ -89,7 +92,14 @@ impl Commands {
             default_ttl_secs,
             completions,
             stream: Arc::default(),
+            cluster: crate::cluster::Cluster::single(),
         }
+    }
+
+    /// Tells `cluster`'s other relays about dispatches and completions.
+    pub fn with_cluster(mut self, cluster: crate::cluster::Cluster) -> Commands {
+        self.cluster = cluster;
+        self
     }
 
     /// Publishes completions on `stream` (the relay's bus) too.
@@ -128,7 +138,19 @@ impl Commands {
             summary,
             Some(data),
         );
+        self.cluster.signal(crate::cluster::Signal::Finished {
+            command_id: completion.command_id.clone(),
+            agent_id: completion.agent_id.clone(),
+            job_id: completion.job_id.clone(),
+            state: completion.state,
+        });
         // No receivers is normal (nobody waits, and the engines may have stopped at shutdown).
+        let _ = self.completions.send(completion);
+    }
+
+    /// A completion another relay stored and announced: for this relay's waiters and engines
+    /// (its event is forwarded on its own, and its outcome counted where it happened).
+    pub fn remote_finished(&self, completion: Completion) {
         let _ = self.completions.send(completion);
     }
 
@@ -276,6 +298,35 @@ impl Commands {
     ) -> Result<usize, StoreError> {
         let frame = encode(&RelayFrame::Command(signed.clone()));
         let sent = self.hub.send_many(agent_ids.iter(), &frame);
+        let n = sent.len();
+        if n < agent_ids.len() {
+            // The others may be connected to another relay: it sends to its own.
+            self.cluster.signal(crate::cluster::Signal::Dispatch {
+                command_id: command_id.to_string(),
+            });
+        }
+        if n > 0 {
+            self.store.mark_sent(command_id.to_string(), sent).await?;
+        }
+        Ok(n)
+    }
+
+    /// Sends a stored command to those of its still-queued targets that are connected to this
+    /// relay (another relay dispatched it, or a wake-up was lost). Returns how many it sent.
+    pub async fn dispatch_queued(&self, command_id: &str) -> Result<usize, StoreError> {
+        let Some((signed, queued)) = self.store.queued_targets(command_id.to_string()).await?
+        else {
+            return Ok(0);
+        };
+        let local: Vec<String> = queued
+            .into_iter()
+            .filter(|a| self.hub.is_local(a))
+            .collect();
+        if local.is_empty() {
+            return Ok(0);
+        }
+        let frame = encode(&RelayFrame::Command(signed));
+        let sent = self.hub.send_many(local.iter(), &frame);
         let n = sent.len();
         if n > 0 {
             self.store.mark_sent(command_id.to_string(), sent).await?;

@@ -66,8 +66,29 @@ impl HeartbeatCache {
         }
     }
 
-    /// The newest heartbeat of the agent: received since this relay started, or loaded from the
-    /// database at startup.
+    /// Takes heartbeats other relays received (read from the database) where they are newer
+    /// than what this relay has; never marked for writing back.
+    pub fn merge(&self, stored: Vec<HeartbeatWrite>) {
+        let mut map = self.lock();
+        for w in stored {
+            match map.get(&w.agent_id) {
+                Some(e) if e.received_at >= w.received_at => {}
+                _ => {
+                    map.insert(
+                        w.agent_id,
+                        Entry {
+                            heartbeat: w.heartbeat,
+                            received_at: w.received_at,
+                            dirty: false,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The newest heartbeat of the agent: received since this relay started, loaded from the
+    /// database at startup, or received by another relay of the cluster (`merge`).
     pub fn latest(&self, agent_id: &str) -> Option<(Arc<Heartbeat>, DateTime<Utc>)> {
         self.lock()
             .get(agent_id)

@@ -69,13 +69,26 @@ impl ConnectionHandle {
 /// What a new connection gets when it registers.
 pub struct Registration {
     pub generation: u64,
+    pub connected_at: DateTime<Utc>,
     pub rx: mpsc::Receiver<Outgoing>,
     pub close: CancellationToken,
+}
+
+/// An agent connected to another relay of the cluster (see `crate::cluster`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteConnection {
+    pub relay_id: String,
+    pub connected_at: DateTime<Utc>,
+    pub agent_version: String,
 }
 
 #[derive(Default)]
 pub struct Hub {
     connections: Mutex<HashMap<String, ConnectionHandle>>,
+    /// Agents whose connection another relay holds (empty with one relay). Presence questions
+    /// (`is_connected`, `connected_at`, `agent_version`, `connected_count`) see both maps;
+    /// sending and the metrics snapshot only this relay's own connections.
+    remote: Mutex<HashMap<String, RemoteConnection>>,
     next_generation: AtomicU64,
 }
 
@@ -90,6 +103,30 @@ impl Hub {
         self.connections.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn remote(&self) -> std::sync::MutexGuard<'_, HashMap<String, RemoteConnection>> {
+        // Same reasoning as `lock`: every update is one insert, remove or swap.
+        self.remote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Another relay now holds this agent's connection.
+    pub fn remote_connected(&self, agent_id: &str, connection: RemoteConnection) {
+        self.remote().insert(agent_id.to_string(), connection);
+    }
+
+    /// The agent's connection to another relay (the one that started at `connected_at`) ended.
+    pub fn remote_disconnected(&self, agent_id: &str, connected_at: DateTime<Utc>) {
+        let mut remote = self.remote();
+        if remote.get(agent_id).map(|r| r.connected_at) == Some(connected_at) {
+            remote.remove(agent_id);
+        }
+    }
+
+    /// Replaces what is known of other relays' connections (a periodic re-read of the routing
+    /// table, which repairs any missed announcement).
+    pub fn set_remote(&self, connections: HashMap<String, RemoteConnection>) {
+        *self.remote() = connections;
+    }
+
     /// Registers the live connection of an agent. An older connection of the same agent is told
     /// `replaced_by_new_connection` and closed.
     pub fn register(&self, agent_id: &str) -> Registration {
@@ -102,9 +139,10 @@ impl Hub {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
         let close = CancellationToken::new();
+        let connected_at = crate::store::now();
         let handle = ConnectionHandle {
             generation,
-            connected_at: crate::store::now(),
+            connected_at,
             agent_version: agent_version.to_string(),
             tx,
             close: close.clone(),
@@ -122,6 +160,7 @@ impl Hub {
         }
         Registration {
             generation,
+            connected_at,
             rx,
             close,
         }
@@ -173,29 +212,54 @@ impl Hub {
         }
     }
 
-    pub fn is_connected(&self, agent_id: &str) -> bool {
+    /// Closes every connection this relay holds (each told `code` and `message`); returns how
+    /// many.
+    pub fn disconnect_all(&self, code: &str, message: &str) -> usize {
+        let handles: Vec<ConnectionHandle> = self.lock().drain().map(|(_, h)| h).collect();
+        for h in &handles {
+            h.close_with_error(code, message);
+        }
+        handles.len()
+    }
+
+    /// Whether this relay holds the agent's connection.
+    pub fn is_local(&self, agent_id: &str) -> bool {
         self.lock().contains_key(agent_id)
     }
 
+    /// Whether the agent is connected to this relay or another of the cluster.
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.is_local(agent_id) || self.remote().contains_key(agent_id)
+    }
+
     pub fn connected_at(&self, agent_id: &str) -> Option<DateTime<Utc>> {
-        self.lock().get(agent_id).map(|h| h.connected_at)
+        let local = self.lock().get(agent_id).map(|h| h.connected_at);
+        local.or_else(|| self.remote().get(agent_id).map(|r| r.connected_at))
     }
 
     /// The version a connected agent announced when its live connection authenticated: what
     /// the running process is, unlike the stored column, which a heartbeat flushed late (sent by
     /// the previous process) can overwrite. None when not connected or not announced.
     pub fn agent_version(&self, agent_id: &str) -> Option<String> {
-        self.lock()
-            .get(agent_id)
-            .map(|h| h.agent_version.clone())
+        let local = self.lock().get(agent_id).map(|h| h.agent_version.clone());
+        local
+            .or_else(|| self.remote().get(agent_id).map(|r| r.agent_version.clone()))
             .filter(|v| !v.is_empty())
     }
 
+    /// Agents connected to this relay or another of the cluster (each counted once).
     pub fn connected_count(&self) -> usize {
+        let local = self.lock();
+        let remote = self.remote();
+        local.len() + remote.keys().filter(|a| !local.contains_key(*a)).count()
+    }
+
+    /// Agents connected to this relay.
+    pub fn local_count(&self) -> usize {
         self.lock().len()
     }
 
-    /// Every connected agent with the time its connection started.
+    /// Every agent connected to this relay with the time its connection started.
     pub fn snapshot(&self) -> Vec<(String, DateTime<Utc>)> {
         self.lock()
             .iter()

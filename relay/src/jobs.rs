@@ -140,6 +140,7 @@ impl JobEngine {
 
 /// Ends deliveries whose command expired before the agent received it (undelivered), and
 /// accepted ones whose result is overdue by more than `result_grace` (failed `no_result`).
+#[derive(Clone)]
 pub struct ExpirySweeper {
     store: Store,
     commands: Commands,

@@ -9,6 +9,7 @@
 mod alerts;
 mod api;
 mod backups;
+mod cluster;
 mod commands;
 pub mod config;
 mod heartbeats;
@@ -17,6 +18,7 @@ mod jobs;
 mod keys;
 mod metrics;
 mod model;
+mod peers;
 mod ratelimit;
 mod releases;
 mod retention;

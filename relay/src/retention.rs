@@ -16,6 +16,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(6 * 3600);
 const FIRST_SWEEP_DELAY: Duration = Duration::from_secs(60);
 
 /// The retention engine: what it deletes is older than `retention_days` at the time of a step.
+#[derive(Clone)]
 pub struct Retention {
     store: Store,
     retention_days: u32,

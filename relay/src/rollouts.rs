@@ -76,7 +76,6 @@ use flotilla_shared::stream::EventKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Why a rollout step failed: the store, or a command the TTL policy refused (the step is
@@ -102,18 +101,19 @@ pub fn offline_threshold(config: &RelayConfig) -> Duration {
 // === engine ===
 
 /// Asks the engine to look at the active rollouts now.
-#[derive(Clone)]
-pub struct RolloutKicker(mpsc::Sender<()>);
+#[derive(Clone, Default)]
+pub struct RolloutKicker(Arc<tokio::sync::Notify>);
 
 impl RolloutKicker {
-    pub fn channel() -> (RolloutKicker, mpsc::Receiver<()>) {
-        // One pending kick is enough: the engine looks at every active rollout when it wakes.
-        let (tx, rx) = mpsc::channel(1);
-        (RolloutKicker(tx), rx)
+    /// Wakes the engine of this relay (one pending kick is enough: the engine looks at every
+    /// active rollout when it wakes). The API also signals the other relays, one of which may
+    /// run the engine (`crate::cluster`).
+    pub fn kick(&self) {
+        self.0.notify_one();
     }
 
-    pub fn kick(&self) {
-        let _ = self.0.try_send(());
+    async fn kicked(&self) {
+        self.0.notified().await
     }
 }
 
@@ -162,7 +162,7 @@ impl RolloutEngine {
 
     /// Runs until shutdown: a pass on each kick (from the API), each completion of a rollout
     /// command, and every [`TICK`].
-    pub async fn run(self, mut kicks: mpsc::Receiver<()>, shutdown: CancellationToken) {
+    pub async fn run(self, kicks: RolloutKicker, shutdown: CancellationToken) {
         let mut completions = self.commands.subscribe();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +170,7 @@ impl RolloutEngine {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
-                k = kicks.recv() => if k.is_none() { return },
+                _ = kicks.kicked() => {}
                 c = completions.recv() => match c {
                     Ok(c) if c.command_id.starts_with(COMMAND_PREFIX) => {}
                     Ok(_) => continue,

@@ -4,6 +4,7 @@
 //! rate-limit pruner, retention sweep) until the shutdown token is cancelled. `main` and the
 //! tests both go through [`start`]; nothing else wires parts together.
 
+use crate::cluster::run_singleton;
 use crate::commands::Commands;
 use crate::config::RelayConfig;
 use crate::heartbeats::{run_flusher, HeartbeatCache};
@@ -188,8 +189,7 @@ async fn systemd_tasks(
     tasks
 }
 
-/// Connects to the PostgreSQL database (password from `password_file`, first line) and takes
-/// the one-relay lock. Errors name the database by host and name, never with the password.
+/// Connects to the PostgreSQL database (password from `password_file`, first line). Errors name the database by host and name, never with the password.
 async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<Store, StartError> {
     let password = match password_file {
         Some(path) => Some(
@@ -206,17 +206,9 @@ async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<Store,
         None => None,
     };
     let shown = crate::store::redact_database_url(url);
-    let store = Store::open_postgres(url, password)
+    Store::open_postgres(url, password)
         .await
-        .map_err(|source| StartError::Database {
-            url: shown.clone(),
-            source,
-        })?;
-    store
-        .hold_single_relay_lock()
-        .await
-        .map_err(|source| StartError::Database { url: shown, source })?;
-    Ok(store)
+        .map_err(|source| StartError::Database { url: shown, source })
 }
 
 /// Opens everything, binds `config.listen`, writes `<data-dir>/listen-addr` and starts serving.
@@ -265,7 +257,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
 
     let shutdown = CancellationToken::new();
     let stream = Arc::new(crate::stream::EventBus::default());
-    let (rollouts, rollouts_rx) = crate::rollouts::RolloutKicker::channel();
+    let rollouts = crate::rollouts::RolloutKicker::default();
+    let (cluster, outbox) = crate::cluster::Cluster::new(&store);
     let hub = Arc::new(Hub::new());
     let key = Arc::new(key);
     let metrics = Arc::new(Metrics::default());
@@ -276,7 +269,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         metrics.clone(),
         config.default_command_ttl_secs,
     )
-    .with_stream(stream.clone());
+    .with_stream(stream.clone())
+    .with_cluster(cluster.clone());
     let jobs = JobEngine::new(store.clone(), commands.clone());
     let releases = crate::releases::Releases::new(
         store.clone(),
@@ -315,11 +309,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         releases,
         commands,
         jobs: jobs.clone(),
-        rollouts,
+        rollouts: rollouts.clone(),
         shutdown: shutdown.clone(),
         ready: AtomicBool::new(false),
         alerts: Arc::new(crate::alerts::AlertsHandle::default()),
         stream: stream.clone(),
+        cluster: cluster.clone(),
     }));
 
     let rollout_engine = RolloutEngine::new(
@@ -332,20 +327,31 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     );
     // Alert notifications: the engine decides, the notifier delivers without ever blocking.
     let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
-    // Lifecycle notifications read the live bus, subscribed before the relay serves; only when
-    // a channel wants one.
-    let lifecycle = crate::alerts::notify::NotifyEvent::ALL
+    // Lifecycle notifications read the live bus, subscribed before the relay serves (and
+    // again whenever this relay takes the lease over); only when a channel wants one.
+    let wants_lifecycle = crate::alerts::notify::NotifyEvent::ALL
         .into_iter()
-        .any(|e| e.is_lifecycle() && notifier.wants(e))
-        .then(|| {
+        .any(|e| e.is_lifecycle() && notifier.wants(e));
+    let lifecycle = {
+        let (stream, notifier, hub, metrics) = (
+            stream.clone(),
+            notifier.clone(),
+            state.hub.clone(),
+            state.metrics.clone(),
+        );
+        let after = crate::alerts::unreachable_after(&state.config);
+        move || {
             crate::alerts::notify::lifecycle::LifecycleTask::new(
                 &stream,
                 notifier.clone(),
-                state.hub.clone(),
-                state.metrics.clone(),
-                crate::alerts::unreachable_after(&state.config),
+                hub.clone(),
+                metrics.clone(),
+                after,
             )
-        });
+        }
+    };
+    // Subscribed now, so the first run misses nothing from before serving.
+    let mut first_lifecycle = Some(lifecycle());
     let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
     let alerts = crate::alerts::AlertsEngine::new(
         store.clone(),
@@ -356,12 +362,32 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         &state.config,
         alert_sink,
     );
+    let singleton = |name: &'static str| crate::cluster::Lease {
+        cluster: cluster.clone(),
+        store: store.clone(),
+        name,
+        shutdown: shutdown.clone(),
+    };
     let mut tasks = vec![
-        tokio::spawn(alerts.run(stream.clone(), shutdown.clone())),
-        tokio::spawn(run_flusher(heartbeats, store.clone(), shutdown.clone())),
-        tokio::spawn(jobs.run(shutdown.clone())),
-        tokio::spawn(sweeper.run(shutdown.clone())),
-        tokio::spawn(rollout_engine.run(rollouts_rx, shutdown.clone())),
+        tokio::spawn(run_singleton(singleton("alerts"), {
+            let stream = stream.clone();
+            move |stop| alerts.clone().run(stream.clone(), stop)
+        })),
+        tokio::spawn(run_flusher(
+            heartbeats.clone(),
+            store.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(run_singleton(singleton("jobs"), move |stop| {
+            jobs.clone().run(stop)
+        })),
+        tokio::spawn(run_singleton(singleton("expiry"), move |stop| {
+            sweeper.clone().run(stop)
+        })),
+        tokio::spawn(run_singleton(singleton("rollouts"), {
+            let kicks = rollouts.clone();
+            move |stop| rollout_engine.clone().run(kicks.clone(), stop)
+        })),
         tokio::spawn(crate::ratelimit::run_pruner(
             state.enroll_limiter.clone(),
             shutdown.clone(),
@@ -370,11 +396,33 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             state.login_limiter.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(retention.run(shutdown.clone())),
+        tokio::spawn(run_singleton(singleton("retention"), move |stop| {
+            retention.clone().run(stop)
+        })),
     ];
-    if let Some(lifecycle) = lifecycle {
-        tasks.push(tokio::spawn(lifecycle.run(shutdown.clone())));
+    if wants_lifecycle {
+        tasks.push(tokio::spawn(run_singleton(
+            singleton("notify-lifecycle"),
+            move |stop| {
+                let task = first_lifecycle.take().unwrap_or_else(&lifecycle);
+                task.run(stop)
+            },
+        )));
     }
+    tasks.extend(
+        crate::peers::ClusterTasks {
+            cluster: cluster.clone(),
+            store: store.clone(),
+            hub: state.hub.clone(),
+            commands: state.commands.clone(),
+            stream: stream.clone(),
+            heartbeats: heartbeats.clone(),
+            rollouts: rollouts.clone(),
+            alerts: state.alerts.clone(),
+            address: addr.to_string(),
+        }
+        .start(outbox, shutdown.clone()),
+    );
     let app = crate::api::router(
         state.clone(),
         axum::routing::get(crate::ws::connect),

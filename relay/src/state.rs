@@ -49,6 +49,8 @@ pub struct Shared {
     pub alerts: Arc<crate::alerts::AlertsHandle>,
     /// The live event bus (`GET /api/v1/events/stream`); engines hold their own `Arc` of it.
     pub stream: Arc<crate::stream::EventBus>,
+    /// This relay's place among the relays sharing the store (`crate::cluster`).
+    pub cluster: crate::cluster::Cluster,
 }
 
 /// Cheap handle to [`Shared`], the axum state.

@@ -42,6 +42,7 @@ mod agents;
 mod alerts;
 mod audit;
 mod backups;
+pub mod cluster;
 mod commands;
 mod enrollment;
 mod events;
@@ -76,6 +77,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use crate::model::commands::NewCommand;
+pub use cluster::{Fence, Notice, RelayRow, Route};
 pub use flotilla_shared::api::CommandInfo;
 pub use sessions::{NewWebSession, WebSession};
 
@@ -89,8 +91,16 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("database task failed: {0}")]
     Task(String),
-    #[error("another relay is already running on this database (one relay per database for now)")]
-    RelayRunning,
+    #[error("lease {lease} epoch {epoch} is no longer this relay's; the write was refused")]
+    Fenced { lease: String, epoch: i64 },
+}
+
+impl StoreError {
+    /// The database could not be reached (connection refused, lost, or no free connection in
+    /// time): nothing was done.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Sql(sql::SqlError::Unavailable(_)))
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -491,20 +501,6 @@ impl Store {
         })
     }
 
-    /// On PostgreSQL, takes the database's one-relay lock (a session advisory lock held by a
-    /// connection of its own for the life of the store): several relays on one database need
-    /// the routing and leases that are not built yet, so a second relay refuses to start
-    /// instead of double-running the engines. A no-op on SQLite (the file has one relay).
-    pub async fn hold_single_relay_lock(&self) -> Result<(), StoreError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || match &*backend {
-            Backend::Sqlite(_) => Ok(()),
-            Backend::Postgres(b) => b.hold_single_relay_lock(),
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
-    }
-
     /// Which backend this store runs on.
     pub fn backend_name(&self) -> &'static str {
         match &*self.backend {
@@ -574,8 +570,28 @@ impl Store {
 
     /// Runs `f` in one write transaction, off the async threads: committed when it returns
     /// `Ok`. `f` may run more than once (a backend retries a transaction that conflicted), so
-    /// it must not have effects outside the transaction.
+    /// it must not have effects outside the transaction. Inside a [`Fence::scope`] the
+    /// transaction first checks the fence (and fails with [`StoreError::Fenced`]).
     async fn write<T, F>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut dyn sql::Conn) -> Result<T, StoreError> + Send + 'static,
+    {
+        match Fence::current() {
+            Some(fence) => {
+                self.write_unfenced(move |c| {
+                    Sql::check_fence(c, &fence)?;
+                    f(c)
+                })
+                .await
+            }
+            None => self.write_unfenced(f).await,
+        }
+    }
+
+    /// [`Store::write`] without the fence check: the cluster's own bookkeeping (membership,
+    /// routes, the leases themselves), which any relay does whatever it holds.
+    async fn write_unfenced<T, F>(&self, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&mut dyn sql::Conn) -> Result<T, StoreError> + Send + 'static,

@@ -36,6 +36,9 @@ pub const REPLAY_AGE: Duration = Duration::from_secs(600);
 /// How far behind a client may fall before it is reset.
 pub const CLIENT_QUEUE: usize = 1024;
 
+/// Where a bus forwards what is published on it ([`EventBus::forward_to`]).
+pub type Forward = Box<dyn Fn(&FleetEvent) + Send + Sync>;
+
 struct Ring {
     events: VecDeque<Arc<FleetEvent>>,
     next_id: u64,
@@ -46,6 +49,8 @@ pub struct EventBus {
     tx: broadcast::Sender<Arc<FleetEvent>>,
     max_events: usize,
     max_age: chrono::Duration,
+    /// Where published events also go (the other relays), see [`EventBus::forward_to`].
+    forward: std::sync::OnceLock<Forward>,
 }
 
 /// What a client is interested in.
@@ -94,6 +99,7 @@ impl EventBus {
             tx,
             max_events: max_events.max(1),
             max_age: chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX),
+            forward: std::sync::OnceLock::new(),
         }
     }
 
@@ -123,11 +129,8 @@ impl EventBus {
         summary: String,
         data: Option<serde_json::Value>,
     ) -> u64 {
-        let mut ring = self.lock();
-        let id = ring.next_id;
-        ring.next_id += 1;
-        let event = Arc::new(FleetEvent {
-            id,
+        let event = self.append(FleetEvent {
+            id: 0,
             at,
             kind: kind.as_str().to_string(),
             agent_id: agent_id.map(str::to_string),
@@ -135,11 +138,37 @@ impl EventBus {
             summary,
             data,
         });
+        if let Some(forward) = self.forward.get() {
+            forward(&event);
+        }
+        event.id
+    }
+
+    /// An event another relay of the cluster published: given this bus's next id and handed
+    /// to this relay's clients like its own, never forwarded again.
+    pub fn publish_remote(&self, event: FleetEvent) -> u64 {
+        self.append(event).id
+    }
+
+    /// Hands every event published here from now on to `forward` too (the cluster's link to
+    /// the other relays); set once. `forward` must not block.
+    pub fn forward_to(&self, forward: Forward) {
+        if self.forward.set(forward).is_err() {
+            tracing::warn!("the event bus is already forwarded; ignoring a second forward");
+        }
+    }
+
+    fn append(&self, mut event: FleetEvent) -> Arc<FleetEvent> {
+        let mut ring = self.lock();
+        event.id = ring.next_id;
+        ring.next_id += 1;
+        let at = event.at;
+        let event = Arc::new(event);
         ring.events.push_back(event.clone());
         self.prune(&mut ring, at);
         // No receivers is not an error: nobody is watching.
-        let _ = self.tx.send(event);
-        id
+        let _ = self.tx.send(event.clone());
+        event
     }
 
     fn prune(&self, ring: &mut Ring, now: DateTime<Utc>) {

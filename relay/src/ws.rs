@@ -50,6 +50,14 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 pub async fn connect(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    if state.cluster.stepped_down() {
+        // The agent backs off and tries again (through its load balancer or its next relay).
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "this relay cannot reach its database; connect to another relay",
+        )
+            .into_response();
+    }
     let Ok(handshake) = state.handshakes.clone().try_acquire_owned() else {
         state
             .metrics
@@ -318,8 +326,14 @@ impl Connection {
             .hub
             .register_with_version(&agent_id, &agent_version);
         let generation = registration.generation;
+        let connected_at = registration.connected_at;
+        let cluster = self.state.cluster.clone();
+        cluster
+            .connected(&agent_id, connected_at, &agent_version)
+            .await;
         let _ = self.serve_registered(agent_version, registration).await;
         self.state.hub.unregister(&agent_id, generation);
+        cluster.disconnected(&agent_id, connected_at).await;
         tracing::info!(agent_id = %agent_id, "agent disconnected");
         use flotilla_shared::stream::EventKind;
         let summary = format!("agent {agent_id} disconnected");

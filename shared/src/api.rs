@@ -659,6 +659,40 @@ pub struct RelayStatus {
     pub connected_agents: u64,
 }
 
+/// `GET /api/v1/cluster`: the relays sharing this relay's database and who runs each
+/// singleton engine. One relay (SQLite) shows itself alone and no leases.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterStatus {
+    /// The relay that answered.
+    pub relay_id: String,
+    /// `sqlite` or `postgres`.
+    pub backend: String,
+    /// Relays seen in the last 15 s (with SQLite: this one).
+    pub relays: Vec<ClusterRelay>,
+    pub leases: Vec<ClusterLease>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterRelay {
+    pub relay_id: String,
+    pub started_at: DateTime<Utc>,
+    pub seen_at: DateTime<Utc>,
+    pub version: String,
+    pub address: String,
+}
+
+/// A singleton engine's lease: its holder and epoch (the fencing token its writes carry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClusterLease {
+    pub name: String,
+    pub holder: String,
+    pub epoch: i64,
+    pub expires_at: DateTime<Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,34 @@ impl Relay {
         self.spawn(&addr).await;
     }
 
+    /// Starts another relay of the same cluster as `first`: its own data dir holding copies
+    /// of `first`'s signing key and admin token (what an operator copies to a new relay), the
+    /// same settings (and so the same `FLOTILLA_DATABASE_URL`).
+    pub async fn start_joining(first: &Relay) -> Relay {
+        let dir = tempfile::Builder::new()
+            .prefix("flotilla-relay-")
+            .tempdir()
+            .expect("tempdir");
+        for file in ["relay.key", "admin-token"] {
+            std::fs::copy(first.dir.path().join(file), dir.path().join(file))
+                .unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+        let mut relay = Relay {
+            dir,
+            addr: String::new(),
+            admin_token: first.admin_token.clone(),
+            child: None,
+            extra_env: first.extra_env.clone(),
+        };
+        relay.spawn("127.0.0.1:0").await;
+        relay
+    }
+
+    /// Whether the relay process is still running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Creates a one-use enrollment token with these labels.
     pub async fn enrollment_token(&self, labels: &str) -> String {
         let req = CreateEnrollmentToken {

@@ -7,5 +7,6 @@ pub mod browser;
 pub mod fake_agent;
 pub mod fixtures;
 pub mod harness;
+pub mod pg;
 pub mod procfs;
 pub mod sim;

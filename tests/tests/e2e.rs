@@ -15,6 +15,7 @@ mod e2e {
     pub mod enrollment;
     pub mod events;
     pub mod fanout;
+    pub mod ha;
     pub mod heartbeats;
     pub mod install;
     pub mod openapi;

@@ -368,6 +368,11 @@ pub async fn revoke(
         state
             .hub
             .disconnect(&id, error_codes::REVOKED, "this agent has been revoked");
+        state.cluster.signal(crate::cluster::Signal::Disconnect {
+            agent_id: id.clone(),
+            code: error_codes::REVOKED.to_string(),
+            message: "this agent has been revoked".to_string(),
+        });
         state.heartbeats.forget(&id);
         state.commands.all_finished(&ended);
         tracing::info!(agent_id = %id, "agent revoked");

@@ -236,6 +236,7 @@ pub async fn create_silence(
     .await;
     if result.is_ok() {
         state.alerts.kick.notify_one();
+        state.cluster.signal(crate::cluster::Signal::KickAlerts);
     }
     result
 }
@@ -258,6 +259,7 @@ pub async fn delete_silence(
     super::audit(&state, caller.name(), "silence.delete", &id, &result, None).await;
     if result.is_ok() {
         state.alerts.kick.notify_one();
+        state.cluster.signal(crate::cluster::Signal::KickAlerts);
     }
     result
 }

@@ -46,6 +46,15 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         tracing::error!(error = %e, "store error while handling a request");
+        if e.is_unavailable() {
+            // The database is unreachable (a partition, a restart): nothing was done, and
+            // another relay (or this one, later) can take the request.
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the relay cannot reach its database; retry, or use another relay",
+            );
+        }
         ApiError::internal()
     }
 }

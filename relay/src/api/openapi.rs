@@ -136,6 +136,7 @@ pub const ROUTES: &[Route] = &[
     route("get", "/download/systemd/{unit}", None, "A systemd unit of the agent", Empty, 200, Raw("text/plain")),
     route("get", "/api/v1/events/stream", READ, "Server-Sent Events of the fleet (query `kinds`, `selector`; `Last-Event-ID` resumes); each `data:` is a FleetEvent, an `event: reset` carries a Reset", Empty, 200, EventStream("FleetEvent")),
     route("get", "/api/v1/audit", READ, "The audit trail, newest first", Empty, 200, List("AuditRecord")),
+    route("get", "/api/v1/cluster", READ, "The relays sharing the database and the singleton leases", Empty, 200, Json("ClusterStatus")),
 ];
 
 /// A documented query parameter: name, description, and the values it takes when they are a
@@ -210,6 +211,7 @@ pub const QUERY: &[(&str, &str, &[Param])] = &[
     flotilla_shared::api::UpdateRecord,
     flotilla_shared::api::PullLayers,
     flotilla_shared::api::AuditRecord,
+    flotilla_shared::api::ClusterStatus,
     flotilla_shared::backup::AgentBackups,
     flotilla_shared::backup::FleetBackups,
     flotilla_shared::alert::AlertInfo,

@@ -239,6 +239,7 @@ pub async fn create(
         // Only kick the engine: advancing inline would race its tick (two dispatches past the
         // parallelism) and turn an error after the commit into a 500 for a created rollout.
         state.rollouts.kick();
+        state.cluster.signal(crate::cluster::Signal::KickRollouts);
         let info = state
             .store
             .rollout(id.clone())
@@ -394,6 +395,7 @@ pub async fn act(
             }
         }
         state.rollouts.kick();
+        state.cluster.signal(crate::cluster::Signal::KickRollouts);
         Ok(detail)
     }
     .await;

@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flotilla_shared::api::{AuditRecord, RelayStatus, Scope};
+use flotilla_shared::api::{
+    AuditRecord, ClusterLease, ClusterRelay, ClusterStatus, RelayStatus, Scope,
+};
 use serde::Deserialize;
 use std::sync::atomic::Ordering;
 
@@ -26,6 +28,14 @@ pub async fn healthz(State(state): State<AppState>) -> Json<RelayStatus> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.cluster.stepped_down() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stepped_down",
+            "the relay cannot reach its database and stepped down; another relay serves",
+        )
+        .into_response();
+    }
     if state.ready.load(Ordering::Acquire) {
         Json(status(&state, "ready")).into_response()
     } else {
@@ -73,6 +83,58 @@ pub async fn audit_trail(
         )));
     }
     Ok(Json(state.store.recent_audit(limit).await?))
+}
+
+/// `GET /api/v1/cluster`: the live relays and the leases, as this relay reads them.
+pub async fn cluster(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    caller.require(Scope::Read)?;
+    let relay_id = state.cluster.relay_id().to_string();
+    let backend = state.store.backend_name().to_string();
+    if !state.cluster.is_shared() {
+        let now = crate::store::now();
+        return Ok(Json(ClusterStatus {
+            relays: vec![ClusterRelay {
+                relay_id: relay_id.clone(),
+                started_at: state.alerts.started_at,
+                seen_at: now,
+                version: flotilla_shared::release::version().to_string(),
+                address: state.config.listen.to_string(),
+            }],
+            relay_id,
+            backend,
+            leases: Vec::new(),
+        }));
+    }
+    let since = crate::store::now()
+        - chrono::Duration::from_std(crate::cluster::DEAD_AFTER).unwrap_or_default();
+    let relays = state.store.live_relays(since).await?;
+    let leases = state.store.leases().await?;
+    Ok(Json(ClusterStatus {
+        relay_id,
+        backend,
+        relays: relays
+            .into_iter()
+            .map(|r| ClusterRelay {
+                relay_id: r.relay_id,
+                started_at: r.started_at,
+                seen_at: r.seen_at,
+                version: r.version,
+                address: r.address,
+            })
+            .collect(),
+        leases: leases
+            .into_iter()
+            .map(|l| ClusterLease {
+                name: l.name,
+                holder: l.holder,
+                epoch: l.epoch,
+                expires_at: l.expires_at,
+            })
+            .collect(),
+    }))
 }
 
 pub async fn no_route() -> ApiError {

@@ -1,5 +1,5 @@
 //! The store's facade for agents, their labels, facts and latest heartbeats: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/agents.rs`) off the async threads.
+//! in `sql/agents.rs` off the async threads.
 
 use super::*;
 

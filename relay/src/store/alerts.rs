@@ -1,5 +1,5 @@
 //! Alert persistence: domain methods of [`Store`] for the alerts engine and API (SQL in
-//! `sqlite/alerts.rs`). The engine's evaluation is one call, [`Store::apply_alert_conditions`],
+//! `sql/alerts.rs`). The engine's evaluation is one call, [`Store::apply_alert_conditions`],
 //! one transaction: the diff of the conditions with the firing alerts, silences, and the
 //! notification decisions with their `notified_at`.
 

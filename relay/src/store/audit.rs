@@ -1,5 +1,5 @@
 //! The store's facade for the audit trail: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/audit.rs`) off the async threads.
+//! in `sql/audit.rs` off the async threads.
 
 use super::*;
 

@@ -1,5 +1,5 @@
 //! The store's facade for backup reports and history: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/backups.rs`) off the async threads.
+//! in `sql/backups.rs` off the async threads.
 
 use super::*;
 

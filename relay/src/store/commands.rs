@@ -1,5 +1,5 @@
 //! The store's facade for commands and their deliveries: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/commands.rs`) off the async threads.
+//! in `sql/commands.rs` off the async threads.
 
 use super::*;
 

@@ -1,5 +1,5 @@
 //! The store's facade for enrollment tokens and enrolling: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/enrollment.rs`) off the async threads.
+//! in `sql/enrollment.rs` off the async threads.
 
 use super::*;
 

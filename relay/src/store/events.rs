@@ -1,5 +1,5 @@
 //! The store's facade for agent events: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/events.rs`) off the async threads.
+//! in `sql/events.rs` off the async threads.
 
 use super::*;
 

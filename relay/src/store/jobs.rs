@@ -1,5 +1,5 @@
 //! The store's facade for fan-out jobs: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/jobs.rs`) off the async threads.
+//! in `sql/jobs.rs` off the async threads.
 
 use super::*;
 

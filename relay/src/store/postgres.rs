@@ -15,12 +15,14 @@
 //! JSON `text` (read inside with `::jsonb` casts, see [`super::sql::Dialect`]), text
 //! `COLLATE "C"` so that order and comparison are byte order, as on SQLite.
 
+use super::cluster::Notice;
 use super::sql::{to_postgres, Conn, Dialect, Row, SqlError, SqlResult, Value};
 use super::StoreError;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, SecondsFormat, Utc};
 use flotilla_daemon::backoff::Backoff;
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement};
 use std::collections::HashMap;
@@ -46,12 +48,7 @@ pub(super) struct PgBackend {
     config: postgres::Config,
     idle: Mutex<Pool>,
     freed: Condvar,
-    /// The connection holding the one-relay lock ([`PgBackend::hold_single_relay_lock`]).
-    lock_holder: Mutex<Option<Client>>,
 }
-
-/// The advisory lock key of the one-relay lock.
-const RELAY_LOCK: i64 = 0x666c_6f74_0000_0001;
 
 struct Pool {
     clients: Vec<PgClient>,
@@ -72,6 +69,13 @@ impl PgBackend {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("flotilla-relay");
+        // A relay cut off from the database must notice within its lease (it then steps down),
+        // not after the kernel's default of many minutes of retransmissions.
+        config
+            .tcp_user_timeout(Duration::from_secs(8))
+            .keepalives_idle(Duration::from_secs(5))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(2);
         let backend = PgBackend {
             config,
             idle: Mutex::new(Pool {
@@ -79,28 +83,12 @@ impl PgBackend {
                 open: 0,
             }),
             freed: Condvar::new(),
-            lock_holder: Mutex::new(None),
         };
         let mut client = backend.acquire()?;
         let migrated = migrate(&mut client.client);
         backend.release(client, migrated.is_ok());
         migrated?;
         Ok(backend)
-    }
-
-    /// Takes the one-relay lock on a connection of its own, kept for the life of the backend.
-    pub(super) fn hold_single_relay_lock(&self) -> Result<(), StoreError> {
-        let mut client = self.config.connect(NoTls).map_err(pg_error)?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
-            .map_err(pg_error)?
-            .get(0);
-        if !got {
-            std::thread::spawn(move || drop(client));
-            return Err(StoreError::RelayRunning);
-        }
-        *self.lock_holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(client);
-        Ok(())
     }
 
     fn connect(&self) -> Result<PgClient, StoreError> {
@@ -198,6 +186,71 @@ impl PgBackend {
     }
 }
 
+/// The notification channel of the relays sharing a database.
+pub(super) const CHANNEL: &str = "flotilla";
+
+impl PgBackend {
+    /// Listens on [`CHANNEL`] on a connection of its own, reconnecting with backoff, handing
+    /// everything to `deliver` until it returns false (blocking; runs on a thread of its own).
+    pub(super) fn listen(&self, deliver: &mut dyn FnMut(Notice) -> bool) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            let connected = self.config.connect(NoTls).and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+                Ok(c)
+            });
+            let mut client = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    if !deliver(Notice::Broken(e.to_string())) {
+                        return;
+                    }
+                    std::thread::sleep(backoff.next_delay());
+                    continue;
+                }
+            };
+            backoff.reset();
+            if !deliver(Notice::Connected) {
+                return;
+            }
+            let broke = loop {
+                let mut failed = None;
+                {
+                    let mut notices = client.notifications();
+                    let mut arrived = notices.timeout_iter(Duration::from_millis(500));
+                    loop {
+                        match arrived.next() {
+                            Ok(Some(n)) => {
+                                if !deliver(Notice::Payload(n.payload().to_string())) {
+                                    return;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                }
+                // A quiet connection may be a dead one: ask it something.
+                if failed.is_none() {
+                    if let Err(e) = client.simple_query("SELECT 1") {
+                        failed = Some(e.to_string());
+                    }
+                }
+                if failed.is_some() || !deliver(Notice::Idle) {
+                    break failed;
+                }
+            };
+            let Some(error) = broke else { return };
+            if !deliver(Notice::Broken(error)) {
+                return;
+            }
+        }
+    }
+}
+
 fn once<T>(
     pc: &mut PgClient,
     level: IsolationLevel,
@@ -225,13 +278,8 @@ impl Drop for PgBackend {
         // async worker: close them on a thread of their own.
         let pool = self.idle.get_mut().unwrap_or_else(|p| p.into_inner());
         let clients = std::mem::take(&mut pool.clients);
-        let holder = self
-            .lock_holder
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if !clients.is_empty() || holder.is_some() {
-            std::thread::spawn(move || drop((clients, holder)));
+        if !clients.is_empty() {
+            std::thread::spawn(move || drop(clients));
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Published agent builds: domain methods of [`Store`] for releases (SQL in
-//! `sqlite/releases.rs`, the files and signing in `crate::releases`). One row per (version,
+//! `sql/releases.rs`, the files and signing in `crate::releases`). One row per (version,
 //! arch) with the exact signed manifest text and its signature, who published it, and whether
 //! it is marked broken. Marking a build broken also ends, in the same transaction, every
 //! `agent.upgrade` delivery of it that has not reached its agent yet (pending, queued or sent):

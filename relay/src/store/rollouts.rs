@@ -1,5 +1,5 @@
 //! Rollout persistence: domain methods of [`Store`] for canary rollouts (SQL in
-//! `sqlite/rollouts.rs`, the engine in `crate::rollouts`). Each method is one transaction.
+//! `sql/rollouts.rs`, the engine in `crate::rollouts`). Each method is one transaction.
 
 use super::{now, NewCommand, Sql, Store, StoreError};
 use crate::model::rollouts::{

@@ -1,6 +1,6 @@
 //! The store's facade for dashboard sessions: a session is a hashed cookie secret bound to the
 //! API token the operator signed in with, so revoking that token ends its sessions (the lookup
-//! joins the token and requires it unrevoked). SQL in `sqlite/sessions.rs`.
+//! joins the token and requires it unrevoked). SQL in `sql/sessions.rs`.
 
 use super::*;
 use crate::model::sessions;

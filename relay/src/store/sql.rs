@@ -40,6 +40,7 @@ pub(super) mod agents;
 pub(super) mod alerts;
 pub(super) mod audit;
 pub(super) mod backups;
+pub(super) mod cluster;
 pub(super) mod commands;
 pub(super) mod enrollment;
 pub(super) mod events;

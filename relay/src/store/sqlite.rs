@@ -172,25 +172,27 @@ CREATE INDEX backup_results_agent_key_success ON backup_results(agent_id, key, f
     WHERE status = 'success';
 CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 "#,
-    // 5: canary rollouts (see `sqlite/rollouts.rs`).
+    // 5: canary rollouts (see `sql/rollouts.rs`).
     sql::rollouts::SCHEMA,
-    // 6: alerts and silences (see `sqlite/alerts.rs`).
+    // 6: alerts and silences (see `sql/alerts.rs`).
     sql::alerts::SCHEMA,
-    // 7: published agent builds (see `sqlite/releases.rs`).
+    // 7: published agent builds (see `sql/releases.rs`).
     sql::releases::SCHEMA,
-    // 8: dashboard sessions (see `sqlite/sessions.rs`).
+    // 8: dashboard sessions (see `sql/sessions.rs`).
     sql::sessions::SCHEMA,
-    // 9: the agents' metrics history (see `sqlite/metrics.rs`).
+    // 9: the agents' metrics history (see `sql/metrics.rs`).
     sql::metrics::SCHEMA,
-    // 10: keyset paging of the agents list (see `sqlite/agents.rs`).
+    // 10: keyset paging of the agents list (see `sql/agents.rs`).
     sql::agents::LIST_INDEXES,
-    // 11: the newest firing alerts and their counts (see `sqlite/alerts.rs`).
+    // 11: the newest firing alerts and their counts (see `sql/alerts.rs`).
     sql::alerts::FIRING_INDEXES,
-    // 12: counting revoked agents (see `sqlite/agents.rs`).
+    // 12: counting revoked agents (see `sql/agents.rs`).
     sql::agents::REVOKED_INDEX,
-    // 13: image pull progress of an update (the agent's pull events, `sqlite/events.rs`).
+    // 13: image pull progress of an update (the agent's pull events, `sql/events.rs`).
     "ALTER TABLE updates ADD COLUMN layers_done INTEGER;\n\
      ALTER TABLE updates ADD COLUMN layers_total INTEGER;",
+    // 14: several relays on one database: membership, routes, leases (see `sql/cluster.rs`).
+    sql::cluster::SCHEMA,
 ];
 
 pub(super) struct SqliteBackend {

@@ -1,5 +1,5 @@
 //! The store's facade for API tokens: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/tokens.rs`) off the async threads.
+//! in `sql/tokens.rs` off the async threads.
 
 use super::*;
 

@@ -1,5 +1,5 @@
 //! The store's facade for container update history: async methods of [`Store`], each one blocking call
-//! on the SQLite backend (`sqlite/updates.rs`) off the async threads.
+//! in `sql/updates.rs` off the async threads.
 
 use super::*;
 

@@ -205,7 +205,7 @@ impl Sql {
         };
         let ended = if kind == CommandKind::AgentUpgrade.as_str() {
             // A reverted upgrade marks its build broken, ending its undelivered copies (see
-            // `sqlite/releases.rs`).
+            // `sql/releases.rs`).
             releases::upgrade_failed(tx, agent_id, result, now)?
         } else {
             Vec::new()

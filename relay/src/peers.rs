@@ -1,0 +1,309 @@
+//! The link to the other relays sharing the database (see `crate::cluster` for the design):
+//! the sender of this relay's signals, the listener that applies the others', and the
+//! membership loop (alive marks, dead relays forgotten, the periodic resync of routes, queued
+//! deliveries and heartbeats).
+
+use crate::cluster::{
+    encode, Cluster, Envelope, Signal, DEAD_AFTER, LEASE_MARGIN, LEASE_TTL, OUTBOX,
+    RESYNC_INTERVAL, SEEN_INTERVAL,
+};
+use crate::commands::{Commands, Completion};
+use crate::hub::{Hub, RemoteConnection};
+use crate::store::{Notice, RelayRow, Store};
+use crate::stream::EventBus;
+use chrono::{DateTime, Utc};
+use flotilla_shared::stream::FleetEvent;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The parts the cluster's background tasks act on.
+pub struct ClusterTasks {
+    pub cluster: Cluster,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub commands: Commands,
+    pub stream: Arc<EventBus>,
+    pub heartbeats: Arc<crate::heartbeats::HeartbeatCache>,
+    pub rollouts: crate::rollouts::RolloutKicker,
+    pub alerts: Arc<crate::alerts::AlertsHandle>,
+    /// Where this relay serves (shown in the relays table).
+    pub address: String,
+}
+
+impl ClusterTasks {
+    /// Starts the sender, the listener and the membership loop; nothing with one relay.
+    pub fn start(
+        self,
+        outbox: Option<mpsc::Receiver<Signal>>,
+        shutdown: CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
+        let Some(outbox) = outbox else {
+            return Vec::new();
+        };
+        let me = self.cluster.relay_id().to_string();
+        // Everything published on this relay's bus reaches the others' streams.
+        let forward = self.cluster.clone();
+        self.stream.forward_to(Box::new(move |e: &FleetEvent| {
+            forward.signal(Signal::Event { event: e.clone() });
+        }));
+        let mut tasks = vec![tokio::spawn(send_loop(
+            self.store.clone(),
+            me.clone(),
+            outbox,
+        ))];
+        let (heard_tx, heard) = mpsc::channel::<Notice>(OUTBOX);
+        let stop = shutdown.clone();
+        // The listener thread ends at its next idle moment after shutdown.
+        let _ = self.store.spawn_listener(move |notice| {
+            !stop.is_cancelled() && heard_tx.blocking_send(notice).is_ok()
+        });
+        let this = Arc::new(self);
+        tasks.push(tokio::spawn(
+            this.clone().apply_loop(heard, shutdown.clone()),
+        ));
+        tasks.push(tokio::spawn(this.membership_loop(shutdown)));
+        tasks
+    }
+
+    async fn apply_loop(
+        self: Arc<Self>,
+        mut heard: mpsc::Receiver<Notice>,
+        stop: CancellationToken,
+    ) {
+        let me = self.cluster.relay_id().to_string();
+        loop {
+            let notice = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = heard.recv() => match n { Some(n) => n, None => return },
+            };
+            match notice {
+                Notice::Payload(text) => match serde_json::from_str::<Envelope>(&text) {
+                    Ok(e) if e.from == me => {}
+                    Ok(e) => self.apply(e.from, e.signal).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed signal on the cluster channel; ignored")
+                    }
+                },
+                Notice::Connected => {
+                    tracing::info!("listening to the other relays");
+                    // Anything sent while not listening is repaired by a resync now.
+                    self.resync().await;
+                }
+                Notice::Idle => {}
+                Notice::Broken(e) => {
+                    tracing::warn!(error = %e, "cluster channel lost; reconnecting");
+                }
+            }
+        }
+    }
+
+    async fn apply(&self, from: String, signal: Signal) {
+        match signal {
+            Signal::Dispatch { command_id } => {
+                if let Err(e) = self.commands.dispatch_queued(&command_id).await {
+                    tracing::warn!(%command_id, error = %e, "cannot dispatch a command another relay issued");
+                }
+            }
+            Signal::Finished {
+                command_id,
+                agent_id,
+                job_id,
+                state,
+            } => self.commands.remote_finished(Completion {
+                command_id,
+                agent_id,
+                job_id,
+                state,
+            }),
+            Signal::Event { event } => {
+                self.stream.publish_remote(event);
+            }
+            Signal::Connected {
+                agent_id,
+                connected_at,
+                agent_version,
+            } => {
+                if self
+                    .hub
+                    .connected_at(&agent_id)
+                    .is_some_and(|t| t < connected_at && self.hub.is_local(&agent_id))
+                {
+                    // It reconnected elsewhere: the connection here is a dead one.
+                    self.hub.disconnect(
+                        &agent_id,
+                        flotilla_shared::protocol::error_codes::REPLACED,
+                        "a newer connection of this agent (to another relay) replaced this one",
+                    );
+                }
+                self.hub.remote_connected(
+                    &agent_id,
+                    RemoteConnection {
+                        relay_id: from,
+                        connected_at,
+                        agent_version,
+                    },
+                );
+            }
+            Signal::Disconnected {
+                agent_id,
+                connected_at,
+            } => self.hub.remote_disconnected(&agent_id, connected_at),
+            Signal::Disconnect {
+                agent_id,
+                code,
+                message,
+            } => {
+                self.hub.disconnect(&agent_id, &code, &message);
+            }
+            Signal::KickRollouts => self.rollouts.kick(),
+            Signal::KickAlerts => self.alerts.kick.notify_one(),
+        }
+    }
+
+    /// Re-reads the others' connections and sends what is still queued for this relay's
+    /// agents: the repair for any lost signal.
+    async fn resync(&self) {
+        let since =
+            crate::store::now() - chrono::Duration::from_std(DEAD_AFTER).unwrap_or_default();
+        match self
+            .store
+            .remote_routes(self.cluster.relay_id().to_string(), since)
+            .await
+        {
+            Ok(routes) => self.hub.set_remote(
+                routes
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.agent_id,
+                            RemoteConnection {
+                                relay_id: r.relay_id,
+                                connected_at: r.connected_at,
+                                agent_version: r.agent_version,
+                            },
+                        )
+                    })
+                    .collect::<HashMap<_, _>>(),
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot read the routing table"),
+        }
+        match self
+            .store
+            .queued_for_relay(self.cluster.relay_id().to_string())
+            .await
+        {
+            Ok(queued) => {
+                let mut ids: Vec<String> = queued.into_iter().map(|(id, _, _)| id).collect();
+                ids.dedup();
+                for id in ids {
+                    if let Err(e) = self.commands.dispatch_queued(&id).await {
+                        tracing::warn!(command_id = %id, error = %e, "cannot send a queued command");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read queued deliveries"),
+        }
+    }
+
+    /// Takes the heartbeats the other relays wrote since `since`.
+    async fn merge_heartbeats(&self, since: DateTime<Utc>) {
+        match self.store.heartbeats_since(since).await {
+            Ok(written) => self.heartbeats.merge(written),
+            Err(e) => tracing::warn!(error = %e, "cannot read the other relays' heartbeats"),
+        }
+    }
+
+    async fn membership_loop(self: Arc<Self>, stop: CancellationToken) {
+        let me = self.cluster.relay_id().to_string();
+        let started_at = crate::store::now();
+        let mut seen = tokio::time::interval(SEEN_INTERVAL);
+        seen.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_resync = Instant::now();
+        let mut last_ok = Instant::now();
+        // Heartbeats reach the database up to a flush interval after they arrive, stamped
+        // with the receiving relay's clock: read back far enough to cover both.
+        let overlap = chrono::Duration::from_std(
+            crate::heartbeats::FLUSH_INTERVAL + RESYNC_INTERVAL + LEASE_MARGIN,
+        )
+        .unwrap_or_default();
+        let mut heartbeats_read = started_at;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = seen.tick() => {}
+            }
+            let now = crate::store::now();
+            let row = RelayRow {
+                relay_id: me.clone(),
+                started_at,
+                seen_at: now,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                address: self.address.clone(),
+            };
+            match tokio::time::timeout(SEEN_INTERVAL * 2, self.store.relay_seen(row)).await {
+                Ok(Ok(())) => {
+                    last_ok = Instant::now();
+                    if self.cluster.set_stepped_down(false) {
+                        tracing::warn!("the database answers again; this relay serves again");
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this relay as alive"),
+                Err(_) => tracing::warn!("recording this relay as alive timed out"),
+            }
+            if last_ok.elapsed() > LEASE_TTL - LEASE_MARGIN {
+                if !self.cluster.set_stepped_down(true) {
+                    tracing::error!(
+                        "cut off from the database for {:?}: stepping down (readyz 503, agent connections closed, engines stop with their leases)",
+                        last_ok.elapsed()
+                    );
+                }
+                // Agents go to a relay that can serve them (and any that connected meanwhile).
+                let closed = self.hub.disconnect_all(
+                    "relay_unavailable",
+                    "this relay lost its database; reconnect to another relay",
+                );
+                if closed > 0 {
+                    tracing::warn!(
+                        agents = closed,
+                        "closed agent connections while stepped down"
+                    );
+                }
+                continue;
+            }
+            if last_resync.elapsed() >= RESYNC_INTERVAL {
+                last_resync = Instant::now();
+                let dead = now - chrono::Duration::from_std(DEAD_AFTER).unwrap_or_default();
+                match self.store.forget_dead_relays(dead).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(
+                        relays = n,
+                        "relays not seen for {DEAD_AFTER:?} forgotten with their agents' routes"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot forget dead relays"),
+                }
+                self.resync().await;
+                self.merge_heartbeats(heartbeats_read - overlap).await;
+                heartbeats_read = now;
+            }
+        }
+        // Leaving on purpose: the others stop counting this relay's agents at once.
+        if let Err(e) = self.store.relay_left(me).await {
+            tracing::warn!(error = %e, "cannot remove this relay from the relays table");
+        }
+    }
+}
+
+/// Sends queued signals, as many as are waiting in one transaction.
+async fn send_loop(store: Store, me: String, mut outbox: mpsc::Receiver<Signal>) {
+    let mut batch = Vec::new();
+    while outbox.recv_many(&mut batch, 256).await > 0 {
+        let payloads: Vec<String> = batch.drain(..).filter_map(|s| encode(&me, s)).collect();
+        if let Err(e) = store.notify(payloads).await {
+            tracing::warn!(error = %e, "cannot signal the other relays (the next resync repairs it)");
+        }
+    }
+}
