@@ -12,9 +12,12 @@
 
 mod update;
 mod upgrade;
+// issue 17 §2: certificates on the host.
+mod certificates;
 
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
+pub use certificates::{CertificatesConfig, CERTBOT_GLOB};
 
 use crate::backup::config::{BackupConfig, DestinationConfig, JobConfig, RetentionConfig};
 use flotilla_daemon::logging::LogFormat;
@@ -227,6 +230,19 @@ flotilla_daemon::settings! {
         }
         file_only {}
     }
+
+    /// Certificates on the host (issue 17 §2): files, globs and local TLS endpoints.
+    section certificates: CertificatesConfig => CertificatesOverrides {
+        env {
+            enabled: bool = "FLOTILLA_CERTIFICATES_ENABLED";
+            certbot: bool = "FLOTILLA_CERTIFICATES_CERTBOT";
+            paths: Vec<String> = "FLOTILLA_CERTIFICATES_PATHS";
+            endpoints: Vec<String> = "FLOTILLA_CERTIFICATES_ENDPOINTS";
+            interval_secs: u64 = "FLOTILLA_CERTIFICATES_INTERVAL_SECS",
+                check |v| (1..=86_400).contains(v), "expected 1 to 86400 seconds";
+        }
+        file_only {}
+    }
 }
 
 flotilla_shared::message_error!(
@@ -290,6 +306,15 @@ impl AgentConfig {
             }
         }
         crate::backup::validate_config(&self.backup).map_err(|e| backup_error(e.into()))?;
+        for e in &self.certificates.endpoints {
+            if let Err(reason) = crate::certs::parse_endpoint(e) {
+                return Err(ConfigError::value(
+                    "certificates.endpoints",
+                    e.clone(),
+                    reason,
+                ));
+            }
+        }
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::value(

@@ -10,6 +10,7 @@
 
 mod agent_id;
 pub mod backup;
+pub mod certs;
 pub mod config;
 pub mod docker;
 pub mod enroll;
@@ -201,6 +202,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let token = tasks_token.clone();
     tasks.spawn(async move { ("backup status watcher", watcher.watcher(token).await) });
 
+    // issue 17 §2: certificates on the host, read at most every interval into heartbeats.
+    let (certificates_tx, certificates_rx) = watch::channel(Vec::new());
+    if certs::CertificateScanner::active(&config.certificates) {
+        let scanner = certs::CertificateScanner {
+            config: config.certificates.clone(),
+            out: certificates_tx,
+            poke: poke.clone(),
+        };
+        let token = tasks_token.clone();
+        tasks.spawn(async move { ("certificates", scanner.run(token).await) });
+    }
+
     let hb = heartbeat::HeartbeatTask {
         docker: docker.clone(),
         interval: interval_rx,
@@ -208,6 +221,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         out: heartbeat_tx,
         backup: backups.summary(),
         disk_paths: config.disk_paths.clone(),
+        certificates: certificates_rx,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("heartbeat", hb.run(token).await) });

@@ -65,6 +65,8 @@ pub mod selector;
 pub mod signing;
 pub mod stream;
 pub mod update;
+// issue 17 §2: host certificates (the agent reads them, the relay alerts on them).
+pub mod x509;
 
 /// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
 /// speaking a version it does not know.

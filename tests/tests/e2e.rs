@@ -6,6 +6,7 @@ mod e2e {
     pub mod alerts;
     pub mod api;
     pub mod backup;
+    pub mod certs;
     pub mod cli;
     pub mod commands;
     pub mod delivery;

@@ -361,6 +361,14 @@ fn sample(setting: &Setting, default: &serde_json::Value) -> (String, serde_json
         ("backup.watch_status_file", _) => (" /opt/status.json ".into(), json!("/opt/status.json")),
         ("backup.age_recipients", _) => ("age1a, age1b".into(), json!(["age1a", "age1b"])),
         ("backup.age_recipients_file", _) => (" /etc/recipients ".into(), json!("/etc/recipients")),
+        ("certificates.paths", _) => (
+            "/etc/ssl/shop.pem, /srv/certs/*.crt".into(),
+            json!(["/etc/ssl/shop.pem", "/srv/certs/*.crt"]),
+        ),
+        ("certificates.endpoints", _) => (
+            "shop.example.com@127.0.0.1:443,127.0.0.1:8443".into(),
+            json!(["shop.example.com@127.0.0.1:443", "127.0.0.1:8443"]),
+        ),
         (key, _) => panic!("no sample value for {key}: add one here"),
     }
 }
@@ -396,7 +404,28 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 35);
+    assert_eq!(count, 40);
+}
+
+#[test]
+fn certificate_endpoints_are_checked() {
+    let c = AgentConfig::from_toml(
+        "[certificates]\nendpoints = [\"shop.example.com@127.0.0.1:443\"]\ninterval_secs = 5\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.certificates.interval_secs, 5);
+    let e = with_env(&[("FLOTILLA_CERTIFICATES_ENDPOINTS", "127.0.0.1")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("certificates.endpoints") && e.contains("FLOTILLA_CERTIFICATES_ENDPOINTS"),
+        "{e}"
+    );
+    let e = with_env(&[("FLOTILLA_CERTIFICATES_INTERVAL_SECS", "0")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificates.interval_secs"), "{e}");
 }
 
 #[test]

@@ -44,6 +44,7 @@ fn flags_make_the_command_arguments() {
             job: Some("pg".into()),
             database: Some("app".into()),
             limit: Some(5),
+            ..Default::default()
         }))
     );
     assert_eq!(
@@ -79,6 +80,7 @@ fn flags_make_the_command_arguments() {
             into: Some("pg-staging".into()),
             database: Some("app_copy".into()),
             force: true,
+            ..Default::default()
         })
     );
     assert_eq!(restore.target().agent, "ag_1");

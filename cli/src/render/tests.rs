@@ -90,6 +90,7 @@ fn heartbeat_sample() -> Heartbeat {
                     190 << 30,
                 ),
             ],
+            ..HostMetrics::default()
         },
         docker: DockerSnapshot {
             version: Some("20.10.24".into()),

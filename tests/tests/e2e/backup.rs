@@ -107,6 +107,7 @@ async fn list(api: &Api, agent: &str, job: Option<&str>) -> BackupListOutput {
             job: job.map(str::to_string),
             database: None,
             limit: Some(100),
+            ..Default::default()
         }),
     )
     .await;
@@ -124,6 +125,7 @@ fn restore_args(id: &str, database: Option<&str>, force: bool) -> BackupRestoreA
         into: None,
         database: database.map(str::to_string),
         force,
+        ..Default::default()
     }
 }
 

@@ -163,6 +163,7 @@ fn command(kind: CommandKind, state: DeliveryState, result: CommandResult) -> Co
             into: None,
             database: None,
             force: false,
+            ..Default::default()
         }),
     };
     CommandInfo {
@@ -201,6 +202,8 @@ fn backup_list_table() {
             manifest("bk_1", "app", BackupStatus::Success),
         ],
         truncated: true,
+        offsite: vec![],
+        offsite_errors: vec![],
     };
     check(
         backup_list(&out),
@@ -215,6 +218,8 @@ bk_1  pg   app       success              2026-03-01T03:00:12Z  3.0 MiB  9f86d08
         backup_list(&BackupListOutput {
             backups: vec![],
             truncated: false,
+            offsite: vec![],
+            offsite_errors: vec![],
         }),
         "no backups\n",
     );

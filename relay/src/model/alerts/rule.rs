@@ -24,10 +24,12 @@ pub enum Rule {
     AgentVersionSkew,
     TlsExpiry,
     AgentUpgradeReverted,
+    // issue 17 §2: certificates the agents read on their hosts.
+    CertificateExpiry,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 17] = [
+pub const RULES: [Rule; 18] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -45,6 +47,7 @@ pub const RULES: [Rule; 17] = [
     Rule::AgentVersionSkew,
     Rule::TlsExpiry,
     Rule::AgentUpgradeReverted,
+    Rule::CertificateExpiry,
 ];
 
 impl Rule {
@@ -67,6 +70,7 @@ impl Rule {
             Rule::AgentVersionSkew => "agent_version_skew",
             Rule::TlsExpiry => "tls_expiry",
             Rule::AgentUpgradeReverted => "agent_upgrade_reverted",
+            Rule::CertificateExpiry => "certificate_expiry",
         }
     }
 
@@ -74,7 +78,9 @@ impl Rule {
         RULES.iter().copied().find(|r| r.as_str() == s)
     }
 
-    /// The users' defaults.
+    /// The users' defaults. `certificate_expiry` is medium, and hard below
+    /// `certificate_hard_days` or once expired (unless `[alerts.rules.certificate_expiry]`
+    /// sets a severity).
     pub fn default_severity(self) -> Severity {
         match self {
             Rule::AgentUnreachable

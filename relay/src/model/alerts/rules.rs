@@ -825,5 +825,9 @@ pub struct RevertedRollback {
     pub at: DateTime<Utc>,
 }
 
+// issue 17 §2: certificate_expiry, from the certificates agents read on their hosts.
+mod certificates;
+pub use certificates::certificate_conditions;
+
 #[cfg(test)]
 mod tests;
