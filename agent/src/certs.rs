@@ -39,13 +39,13 @@ pub struct CertificateScanner {
 impl CertificateScanner {
     /// Whether there is anything to read.
     pub fn active(config: &CertificatesConfig) -> bool {
-        config.enabled && (config.certbot || !config.paths.is_empty() || !config.endpoints.is_empty())
+        config.enabled
+            && (config.certbot || !config.paths.is_empty() || !config.endpoints.is_empty())
     }
 
     /// Reads now and then every `interval_secs` until shutdown.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut tick =
-            tokio::time::interval(Duration::from_secs(self.config.interval_secs.max(1)));
+        let mut tick = tokio::time::interval(Duration::from_secs(self.config.interval_secs.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -153,7 +153,9 @@ mod tests {
         };
         let got = read_all(&config).await;
         assert_eq!(got.len(), 2, "{got:?}");
-        assert!(got.iter().all(|c| c.warning.is_some() && c.not_after.is_none()));
+        assert!(got
+            .iter()
+            .all(|c| c.warning.is_some() && c.not_after.is_none()));
         assert!(same_facts(&got, &read_all(&config).await));
         assert!(CertificateScanner::active(&config));
         assert!(!CertificateScanner::active(&CertificatesConfig {

@@ -15,9 +15,9 @@ mod upgrade;
 // issue 17 §2: certificates on the host.
 mod certificates;
 
+pub use certificates::{CertificatesConfig, CERTBOT_GLOB};
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
-pub use certificates::{CertificatesConfig, CERTBOT_GLOB};
 
 use crate::backup::config::{BackupConfig, DestinationConfig, JobConfig, RetentionConfig};
 use flotilla_daemon::logging::LogFormat;

@@ -280,14 +280,12 @@ mod tests {
             );
             let ext = tlv(
                 0x30,
-                &[
-                    tlv(0x06, OID_SAN),
-                    tlv(0x01, &[0]),
-                    tlv(0x04, &names),
-                ]
-                .concat(),
+                &[tlv(0x06, OID_SAN), tlv(0x01, &[0]), tlv(0x04, &names)].concat(),
             );
-            let other = tlv(0x30, &[tlv(0x06, &[0x55, 0x1d, 0x13]), tlv(0x04, &[0x30, 0])].concat());
+            let other = tlv(
+                0x30,
+                &[tlv(0x06, &[0x55, 0x1d, 0x13]), tlv(0x04, &[0x30, 0])].concat(),
+            );
             tbs.extend(tlv(0xa3, &tlv(0x30, &[other, ext].concat())));
         }
         let cert = [

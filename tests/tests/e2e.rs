@@ -17,6 +17,7 @@ mod e2e {
     pub mod install;
     pub mod openapi;
     pub mod protocol_abuse;
+    pub mod restore;
     pub mod rollout;
     pub mod secrets;
     pub mod tls;

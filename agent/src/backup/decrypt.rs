@@ -76,8 +76,7 @@ fn parse(text: &str) -> Result<Identities, String> {
 /// A reader of the plaintext of age-encrypted `input`. Fails at once (before any plaintext)
 /// when none of the identities opens the file.
 pub fn decrypting<R: Read>(ids: &Identities, input: R) -> io::Result<impl Read> {
-    let decryptor =
-        age::Decryptor::new(input).map_err(|e| io::Error::other(describe(e)))?;
+    let decryptor = age::Decryptor::new(input).map_err(|e| io::Error::other(describe(e)))?;
     decryptor
         .decrypt(ids.0.iter().map(|i| i as &dyn age::Identity))
         .map_err(|e| io::Error::other(describe(e)))

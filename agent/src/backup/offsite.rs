@@ -41,7 +41,10 @@ impl Backups {
             .await?;
         found.retain(|b| {
             args.job.as_ref().is_none_or(|j| &b.manifest.job == j)
-                && args.database.as_ref().is_none_or(|d| &b.manifest.database == d)
+                && args
+                    .database
+                    .as_ref()
+                    .is_none_or(|d| &b.manifest.database == d)
         });
         found.sort_by(|a, b| {
             b.manifest
@@ -70,8 +73,10 @@ impl Backups {
         let (found, errors) = self
             .offsite_manifests(args.destination.as_deref(), args.source_agent.as_deref())
             .await?;
-        let mut matching: Vec<OffsiteBackup> =
-            found.into_iter().filter(|b| b.manifest.id == args.id).collect();
+        let mut matching: Vec<OffsiteBackup> = found
+            .into_iter()
+            .filter(|b| b.manifest.id == args.id)
+            .collect();
         let mut agents: Vec<&str> = matching.iter().map(|b| b.source_agent.as_str()).collect();
         agents.sort_unstable();
         agents.dedup();
@@ -80,7 +85,10 @@ impl Backups {
                 let why = if errors.is_empty() {
                     String::new()
                 } else {
-                    format!(" (not every destination could be read: {})", errors.join("; "))
+                    format!(
+                        " (not every destination could be read: {})",
+                        errors.join("; ")
+                    )
                 };
                 Err(err(
                     error_codes::NO_SUCH_BACKUP,
@@ -242,7 +250,11 @@ impl Backups {
 }
 
 /// Downloads one manifest into `tmp`, parses it and removes the copy.
-async fn read_manifest(d: &Destination, location: &str, tmp: &Path) -> Result<BackupManifest, String> {
+async fn read_manifest(
+    d: &Destination,
+    location: &str,
+    tmp: &Path,
+) -> Result<BackupManifest, String> {
     let local = RemoveOnDrop(tmp.join(format!(
         "manifest-{:016x}.json",
         flotilla_shared::ids::random_u64()

@@ -247,7 +247,10 @@ pub fn decompress_each(path: &Path, each: impl FnMut(&[u8]) -> bool) -> io::Resu
 }
 
 /// [`decompress_each`] of any reader (a decrypting one, for an encrypted backup).
-pub fn decompress_reader<R: Read>(input: R, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<Ends> {
+pub fn decompress_reader<R: Read>(
+    input: R,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> io::Result<Ends> {
     let mut decoder = zstd::stream::read::Decoder::new(input)?;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut ends = Ends::default();

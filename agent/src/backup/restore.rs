@@ -349,7 +349,10 @@ impl Backups {
             container = target.name,
             database,
             bytes,
-            offsite = offsite.as_ref().map(|b| b.destination.as_str()).unwrap_or(""),
+            offsite = offsite
+                .as_ref()
+                .map(|b| b.destination.as_str())
+                .unwrap_or(""),
             "backup restored"
         );
         drop(downloaded);

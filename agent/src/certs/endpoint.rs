@@ -97,9 +97,9 @@ pub(super) fn read(entry: &str, timeout: Duration) -> HostCertificate {
         warning: None,
         checked_at: Utc::now(),
     };
-    match leaf(entry, timeout).and_then(|der| {
-        flotilla_shared::x509::parse_certificate(&der).map_err(|e| e.0)
-    }) {
+    match leaf(entry, timeout)
+        .and_then(|der| flotilla_shared::x509::parse_certificate(&der).map_err(|e| e.0))
+    {
         Ok(f) => {
             report.subject = f.subject_cn;
             report.sans = f.sans;
@@ -164,7 +164,14 @@ mod tests {
             }
         );
         assert_eq!(parse_endpoint("[::1]:8443").unwrap().host, "::1");
-        for bad in ["127.0.0.1", "x@", ":443", "a b@127.0.0.1:443", "h:0", "h:http"] {
+        for bad in [
+            "127.0.0.1",
+            "x@",
+            ":443",
+            "a b@127.0.0.1:443",
+            "h:0",
+            "h:http",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

@@ -134,7 +134,9 @@ fn expand_glob(pattern: &str) -> Result<Vec<PathBuf>, (std::io::Error, PathBuf)>
             let mut names: Vec<String> = entries
                 .filter_map(|e| e.ok())
                 .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| (!n.starts_with('.') || segment.starts_with('.')) && matches(segment, n))
+                .filter(|n| {
+                    (!n.starts_with('.') || segment.starts_with('.')) && matches(segment, n)
+                })
                 .collect();
             names.sort();
             next.extend(names.into_iter().map(|n| dir.join(n)));
@@ -337,8 +339,16 @@ mod tests {
         assert!(warning("garbage.pem").contains("no certificate"));
         assert!(warning("empty.pem").contains("empty"));
         assert!(read(&p("key.pem")).is_none());
-        assert!(warning("bad.pem").contains("certificate"), "{}", warning("bad.pem"));
-        assert!(warning("der.crt").contains("X.509"), "{}", warning("der.crt"));
+        assert!(
+            warning("bad.pem").contains("certificate"),
+            "{}",
+            warning("bad.pem")
+        );
+        assert!(
+            warning("der.crt").contains("X.509"),
+            "{}",
+            warning("der.crt")
+        );
         assert!(warning("missing.pem").contains("no such file"));
         let fifo = p("fifo.pem");
         assert!(std::process::Command::new("mkfifo")

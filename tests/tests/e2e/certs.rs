@@ -16,7 +16,14 @@ use std::process::{Child, Command, Stdio};
 /// certificate) and `<stem>.key` in `dir`.
 fn openssl_certificate(dir: &Path, stem: &str, name: &str, days: u32) {
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", &days.to_string(), "-subj"])
         .arg(format!("/CN={name}"))
         .arg("-addext")
@@ -67,7 +74,11 @@ async fn host_certificates_alert_per_agent_and_resolve_after_renewal() {
     std::fs::write(dir.join("garbage.pem"), "this is not a certificate\n").unwrap();
     // A FIFO named like a certificate: opening it for reading would block forever.
     let fifo = certs.path().join("fifo.pem");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
     // A local endpoint presenting a certificate that expires in 2 days: hard.
     openssl_certificate(certs.path(), "endpoint", "app.example.test", 2);
     let port = free_port();
@@ -132,7 +143,11 @@ async fn host_certificates_alert_per_agent_and_resolve_after_renewal() {
     })
     .await;
     assert_eq!(hard.severity, Severity::Hard, "{hard:?}");
-    assert!(hard.message.contains("app.example.test"), "{}", hard.message);
+    assert!(
+        hard.message.contains("app.example.test"),
+        "{}",
+        hard.message
+    );
 
     // The heartbeat carries every reading, garbage and the FIFO as clear warnings.
     let read = certificates(&api, &agent.id).await;
@@ -148,7 +163,11 @@ async fn host_certificates_alert_per_agent_and_resolve_after_renewal() {
     let garbage = by(&dir.join("garbage.pem").display().to_string()).expect("garbage reported");
     assert!(garbage.not_after.is_none());
     assert!(
-        garbage.warning.as_deref().unwrap().contains("no certificate"),
+        garbage
+            .warning
+            .as_deref()
+            .unwrap()
+            .contains("no certificate"),
         "{garbage:?}"
     );
     let fifo_read = by(&fifo.display().to_string()).expect("fifo reported");
@@ -170,7 +189,10 @@ async fn host_certificates_alert_per_agent_and_resolve_after_renewal() {
     openssl_certificate(&renewed, "shop", "shop.example.test", 90);
     std::fs::rename(renewed.join("shop.pem"), dir.join("shop.pem")).unwrap();
     eventually(DEADLINE, "the certificate alert to resolve", || async {
-        let a: AlertInfo = api.get(&format!("/api/v1/alerts/{}", alert.id)).await.ok()?;
+        let a: AlertInfo = api
+            .get(&format!("/api/v1/alerts/{}", alert.id))
+            .await
+            .ok()?;
         (a.state == AlertState::Resolved).then_some(())
     })
     .await;

@@ -130,7 +130,9 @@ mod tests {
             sans: vec!["shop.example.com".into(), "*.shop.example.com".into()],
             issuer: Some("R11".into()),
             not_after,
-            warning: not_after.is_none().then(|| "no certificate in the file".to_string()),
+            warning: not_after
+                .is_none()
+                .then(|| "no certificate in the file".to_string()),
             checked_at: now,
         }
     }
@@ -166,7 +168,9 @@ mod tests {
         );
         assert!(got[0].message.contains("shop-vps"), "{}", got[0].message);
         assert!(got[0].message.contains("/a.pem"));
-        assert!(got[0].message.contains("expires in 4d") || got[0].message.contains("expires in 5d"));
+        assert!(
+            got[0].message.contains("expires in 4d") || got[0].message.contains("expires in 5d")
+        );
         assert!(got[0].message.contains("(+1 names)"), "{}", got[0].message);
         assert!(got[2].message.contains("expired"));
         assert!(got[3].message.contains("cannot read"));
