@@ -9,12 +9,13 @@
 //! kept between readings but the latest result. A file that cannot be read or holds garbage
 //! is a report with a `warning`, never an error of the agent.
 
+pub mod config;
 mod endpoint;
 mod files;
 
 pub use endpoint::{parse_endpoint, Endpoint};
 
-use crate::config::{CertificatesConfig, CERTBOT_GLOB};
+use config::{CertificatesConfig, CERTBOT_GLOB};
 use flotilla_shared::heartbeat::{CertificateSourceKind, HostCertificate};
 use std::sync::Arc;
 use std::time::Duration;

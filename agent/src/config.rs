@@ -6,16 +6,16 @@
 //! default, doc and range check. `AgentConfig`, its defaults, the `Overrides` read from the
 //! environment, the merge, the range checks and [`SETTINGS`] are generated from it, and a test
 //! (`config/tests.rs`) fails when `packaging/agent.toml` and the table drift apart. The keys of
-//! `[update]`, `[upgrade]` (`config/update.rs`, `config/upgrade.rs`) and `[backup]`
-//! (`backup/config.rs`) keep their fields, defaults and docs in their own structs; the table
-//! names their variables, and which keys (lists of tables) only the file can set.
+//! `[update]`, `[upgrade]` (`config/update.rs`, `config/upgrade.rs`), `[certificates]`
+//! (`certs/config.rs`) and `[backup]` (`backup/config.rs`) keep their fields, defaults and
+//! docs in their own structs; the table names their variables, and which keys (lists of
+//! tables) only the file can set.
 
 mod update;
 mod upgrade;
-// issue 17 §2: certificates on the host.
-mod certificates;
 
-pub use certificates::{CertificatesConfig, CERTBOT_GLOB};
+// issue 17 §2: certificates on the host (`[certificates]`, kept beside their reader).
+pub use crate::certs::config::{CertificatesConfig, CERTBOT_GLOB};
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
 

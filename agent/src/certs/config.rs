@@ -1,5 +1,6 @@
 //! `[certificates]` of agent.toml: which certificates on the host the agent reads and how
-//! often (issue 17 §2). Its keys' variables and ranges are in the settings table (`config.rs`).
+//! often (issue 17 §2). Its keys' variables and ranges are in the settings table
+//! (`crate::config`), which imports this, not the other way round.
 
 use serde::{Deserialize, Serialize};
 
