@@ -89,6 +89,52 @@ fn flags_make_the_command_arguments() {
 }
 
 #[test]
+fn offsite_flags_make_the_command_arguments() {
+    assert_eq!(
+        command_of(&[
+            "backup",
+            "list",
+            "--agent",
+            "ag_1",
+            "--offsite",
+            "--source-agent",
+            "vps-a",
+            "--destination",
+            "b2"
+        ]),
+        Ok(Command::BackupList(BackupListArgs {
+            offsite: true,
+            source_agent: Some("vps-a".into()),
+            destination: Some("b2".into()),
+            ..Default::default()
+        }))
+    );
+    assert_eq!(
+        command_of(&[
+            "backup",
+            "restore",
+            "--agent",
+            "ag_2",
+            "bk_1",
+            "--offsite",
+            "--into",
+            "pg-new",
+            "--identity",
+            "/root/backup-key.txt"
+        ]),
+        Ok(Command::BackupRestore(BackupRestoreArgs {
+            id: "bk_1".into(),
+            into: Some("pg-new".into()),
+            offsite: true,
+            identity_file: Some("/root/backup-key.txt".into()),
+            ..Default::default()
+        }))
+    );
+    // --source-agent and --destination only make sense off-site.
+    assert!(parse(&["backup", "list", "--agent", "ag_1", "--source-agent", "a"]).is_err());
+}
+
+#[test]
 fn bad_flags_are_usage_errors() {
     // Refused before any request, as the relay would.
     let e = command_of(&["backup", "list", "--agent", "ag_1", "--limit", "0"]).unwrap_err();
