@@ -23,7 +23,9 @@ const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 /// Most manifests read from one destination in one listing.
 const MAX_MANIFESTS: usize = 10_000;
 
-/// Removes a downloaded file when dropped (every way out of a restore).
+/// Removes a downloaded file when dropped (every way out of a restore). The files end in
+/// `.tmp`, so what a killed process leaves behind goes at the daemon's next start
+/// (`Backups::prepare`).
 pub(super) struct RemoveOnDrop(pub PathBuf);
 
 impl Drop for RemoveOnDrop {
@@ -130,7 +132,7 @@ impl Backups {
             .map_err(|e| internal(e.into()))?
             .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
         let local = RemoveOnDrop(dir.join(format!(
-            "{}-{}.download",
+            "{}-{}.download.tmp",
             file_part(&b.source_agent),
             file_part(&b.manifest.id)
         )));
@@ -256,7 +258,7 @@ async fn read_manifest(
     tmp: &Path,
 ) -> Result<BackupManifest, String> {
     let local = RemoveOnDrop(tmp.join(format!(
-        "manifest-{:016x}.json",
+        "manifest-{:016x}.json.tmp",
         flotilla_shared::ids::random_u64()
     )));
     d.download(location, &local.0)
