@@ -13,6 +13,9 @@ use flotilla_shared::backup::{
     BackupEngine, BackupManifest, BackupRestoreArgs, BackupRestoreOutput, BackupStatus,
     BackupVerifyOutput, OffsiteBackup, VerifyCheck,
 };
+use flotilla_shared::command::{error_codes, ErrorInfo};
+use std::path::Path;
+use tracing::info;
 
 /// What a restore reads: a catalogue backup, or (issue 17 §3) one found off-site.
 #[derive(Clone, Debug)]
@@ -21,9 +24,6 @@ pub struct RestoreSource {
     /// Set when the backup is read from a destination, not this agent's backup directory.
     pub offsite: Option<OffsiteBackup>,
 }
-use flotilla_shared::command::{error_codes, ErrorInfo};
-use std::path::Path;
-use tracing::info;
 
 // === impl Backups ===
 
