@@ -14,6 +14,7 @@ use flotilla_shared::backup::{
     OffsiteBackup,
 };
 use flotilla_shared::command::{error_codes, ErrorInfo};
+use futures_util::StreamExt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,8 @@ const MANIFEST_SUFFIX: &str = ".manifest.json";
 const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 /// Most manifests read from one destination in one listing.
 const MAX_MANIFESTS: usize = 10_000;
+/// Manifest downloads in flight at once.
+const MANIFEST_READS_AT_ONCE: usize = 8;
 
 /// Removes a downloaded file when dropped (every way out of a restore). The files end in
 /// `.tmp`, so what a killed process leaves behind goes at the daemon's next start
@@ -219,11 +222,11 @@ impl Backups {
                     manifests.len()
                 ));
             }
+            let mut wanted = Vec::new();
             for o in manifests.into_iter().take(MAX_MANIFESTS) {
                 let Some(key) = d.key_of(&o.location) else {
                     continue;
                 };
-                let source = key.split('/').next().unwrap_or_default().to_string();
                 if o.size > MAX_MANIFEST_BYTES {
                     errors.push(format!(
                         "destination {}: {key} is {} bytes, not a manifest",
@@ -232,14 +235,24 @@ impl Backups {
                     ));
                     continue;
                 }
-                match read_manifest(d, &o.location, &tmp).await {
+                wanted.push((key, o.location));
+            }
+            // A few at a time: one request each, so a long history lists in seconds.
+            let tmp = &tmp;
+            let mut reads =
+                futures_util::stream::iter(wanted.into_iter().map(|(key, location)| async move {
+                    let manifest = read_manifest(d, &location, tmp).await;
+                    (key, location, manifest)
+                }))
+                .buffered(MANIFEST_READS_AT_ONCE);
+            while let Some((key, location, manifest)) = reads.next().await {
+                match manifest {
                     Ok(manifest) => found.push(OffsiteBackup {
                         destination: d.name().to_string(),
-                        source_agent: source,
-                        location: o
-                            .location
+                        source_agent: key.split('/').next().unwrap_or_default().to_string(),
+                        location: location
                             .strip_suffix(MANIFEST_SUFFIX)
-                            .unwrap_or(&o.location)
+                            .unwrap_or(&location)
                             .to_string(),
                         manifest,
                     }),
