@@ -14,9 +14,12 @@
 //! of one job), `restore` (verify and restore) and `scheduler` (the scheduler and the watcher).
 
 pub mod config;
+// issue 17 §3: restore onto a replacement server (off-site listing, age identities).
+pub mod decrypt;
 pub mod destination;
 pub mod encrypt;
 pub mod engine;
+mod offsite;
 pub mod pipeline;
 mod restore;
 pub mod retention;
@@ -42,6 +45,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+
+pub use restore::RestoreSource;
 
 /// A job resolved from configuration or discovery.
 #[derive(Clone, Debug)]

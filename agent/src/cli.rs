@@ -128,6 +128,16 @@ pub enum BackupAction {
         database: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// List the backups at the off-site destinations (every agent's, by the manifests
+        /// stored beside them) instead of this host's catalogue: on a replacement server.
+        #[arg(long)]
+        offsite: bool,
+        /// With --offsite: only this destination.
+        #[arg(long, requires = "offsite")]
+        destination: Option<String>,
+        /// With --offsite: only the backups of this agent (its name).
+        #[arg(long, requires = "offsite")]
+        source_agent: Option<String>,
     },
     /// Run one job now (every job when none is named); exits 1 when any database failed.
     Run { job: Option<String> },
@@ -145,6 +155,20 @@ pub enum BackupAction {
         /// Overwrite a database that holds tables.
         #[arg(long)]
         force: bool,
+        /// Restore from the off-site copy (see `backup list --offsite`): downloaded, checksum
+        /// verified, then restored.
+        #[arg(long)]
+        offsite: bool,
+        /// With --offsite: only look at this destination.
+        #[arg(long, requires = "offsite")]
+        destination: Option<String>,
+        /// With --offsite: the agent that made the backup (when two share the id).
+        #[arg(long, requires = "offsite")]
+        source_agent: Option<String>,
+        /// age identity file (AGE-SECRET-KEY-1...) decrypting an encrypted backup; read for
+        /// this restore only.
+        #[arg(long)]
+        identity: Option<PathBuf>,
     },
     /// Stop expecting a backup job whose container was removed on purpose (its backups stay).
     Forget { job: String },

@@ -6,15 +6,18 @@
 //! default, doc and range check. `AgentConfig`, its defaults, the `Overrides` read from the
 //! environment, the merge, the range checks and [`SETTINGS`] are generated from it, and a test
 //! (`config/tests.rs`) fails when `packaging/agent.toml` and the table drift apart. The keys of
-//! `[update]`, `[upgrade]` (`config/update.rs`, `config/upgrade.rs`) and `[backup]`
-//! (`backup/config.rs`) keep their fields, defaults and docs in their own structs; the table
-//! names their variables, and which keys (lists of tables) only the file can set.
+//! `[update]`, `[upgrade]` (`config/update.rs`, `config/upgrade.rs`), `[certificates]`
+//! (`certs/config.rs`) and `[backup]` (`backup/config.rs`) keep their fields, defaults and
+//! docs in their own structs; the table names their variables, and which keys (lists of
+//! tables) only the file can set.
 
 mod update;
 mod upgrade;
 // issue 17 part 6
 mod upkeep;
 
+// issue 17 §2: certificates on the host (`[certificates]`, kept beside their reader).
+pub use crate::certs::config::{CertificatesConfig, CERTBOT_GLOB};
 pub use update::{RegistryAuth, UpdateConfig};
 pub use upgrade::UpgradeConfig;
 pub use upkeep::{AutohealConfig, ImagesConfig};
@@ -270,6 +273,19 @@ flotilla_daemon::settings! {
         }
         file_only {}
     }
+
+    /// Certificates on the host (issue 17 §2): files, globs and local TLS endpoints.
+    section certificates: CertificatesConfig => CertificatesOverrides {
+        env {
+            enabled: bool = "FLOTILLA_CERTIFICATES_ENABLED";
+            certbot: bool = "FLOTILLA_CERTIFICATES_CERTBOT";
+            paths: Vec<String> = "FLOTILLA_CERTIFICATES_PATHS";
+            endpoints: Vec<String> = "FLOTILLA_CERTIFICATES_ENDPOINTS";
+            interval_secs: u64 = "FLOTILLA_CERTIFICATES_INTERVAL_SECS",
+                check |v| (1..=86_400).contains(v), "expected 1 to 86400 seconds";
+        }
+        file_only {}
+    }
 }
 
 flotilla_shared::message_error!(
@@ -333,6 +349,15 @@ impl AgentConfig {
             }
         }
         crate::backup::validate_config(&self.backup).map_err(|e| backup_error(e.into()))?;
+        for e in &self.certificates.endpoints {
+            if let Err(reason) = crate::certs::parse_endpoint(e) {
+                return Err(ConfigError::value(
+                    "certificates.endpoints",
+                    e.clone(),
+                    reason,
+                ));
+            }
+        }
         if let Some(url) = &self.relay_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::value(

@@ -573,6 +573,7 @@ async fn execute(shared: &Shared, env: &CommandEnvelope) -> Result<serde_json::V
             message: "agent.upgrade is run by the upgrade handler, not here".into(),
         }
         .into()),
+        Command::BackupList(a) if a.offsite => Ok(to_json(&shared.backups.list_offsite(a).await?)?),
         Command::BackupList(a) => Ok(to_json(&shared.backups.list(a).await?)?),
         Command::BackupRun(a) => {
             let reports = shared

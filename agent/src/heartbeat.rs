@@ -141,6 +141,7 @@ impl HostCollector {
             swap_total_bytes: self.sys.total_swap(),
             swap_used_bytes: self.sys.used_swap(),
             filesystems: filesystems(&self.disks, &self.disk_paths),
+            certificates: Vec::new(),
         }
     }
 }
@@ -312,6 +313,9 @@ pub struct HeartbeatTask {
     pub backup: watch::Receiver<Option<flotilla_shared::backup::BackupSummary>>,
     /// Paths whose file systems are always reported (`disk_paths`).
     pub disk_paths: Vec<String>,
+    /// The latest reading of the host's certificates (issue 17 §2), carried as
+    /// `host.certificates`.
+    pub certificates: watch::Receiver<Vec<flotilla_shared::heartbeat::HostCertificate>>,
 }
 
 impl HeartbeatTask {
@@ -398,6 +402,8 @@ impl HeartbeatTask {
                 }
             };
             let compose_drift = compose_drift(&self.docker, &drift).await;
+            let mut host = host;
+            host.certificates = self.certificates.borrow().clone();
             let hb = Heartbeat {
                 at: Utc::now(),
                 agent_version: flotilla_shared::release::version().to_string(),
@@ -542,6 +548,7 @@ pub fn fit_heartbeat(hb: &Heartbeat, limit: usize) -> Option<FittedHeartbeat> {
         if kept.pop().is_none() {
             // Not even without containers: the host part alone is too big.
             out.host.filesystems = Vec::new();
+            out.host.certificates = Vec::new();
             let text = encode(out.clone());
             return (text.len() <= limit).then_some(FittedHeartbeat {
                 text,

@@ -12,6 +12,7 @@ mod agent_id;
 // issue 17 part 6: restarting containers that stay unhealthy
 pub mod autoheal;
 pub mod backup;
+pub mod certs;
 pub mod compose;
 pub mod config;
 pub mod docker;
@@ -217,6 +218,18 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
     let pruner = images.clone();
     let token = tasks_token.clone();
     tasks.spawn(async move { ("image pruning", pruner.scheduler(token).await) });
+    // issue 17 §2: certificates on the host, read at most every interval into heartbeats.
+    let (certificates_tx, certificates_rx) = watch::channel(Vec::new());
+    if certs::CertificateScanner::active(&config.certificates) {
+        let scanner = certs::CertificateScanner {
+            config: config.certificates.clone(),
+            out: certificates_tx,
+            poke: poke.clone(),
+        };
+        let token = tasks_token.clone();
+        tasks.spawn(async move { ("certificates", scanner.run(token).await) });
+    }
+
     let hb = heartbeat::HeartbeatTask {
         docker: docker.clone(),
         interval: interval_rx,
@@ -224,6 +237,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         out: heartbeat_tx,
         backup: backups.summary(),
         disk_paths: config.disk_paths.clone(),
+        certificates: certificates_rx,
     };
     let token = tasks_token.clone();
     tasks.spawn(async move { ("heartbeat", hb.run(token).await) });

@@ -214,15 +214,24 @@ async fn backup_command(
             job,
             database,
             limit,
+            offsite,
+            destination,
+            source_agent,
         } => {
-            let out = backups
-                .list(&BackupListArgs {
-                    job,
-                    database,
-                    limit: Some(limit),
-                })
-                .await
-                .map_err(fail)?;
+            let args = BackupListArgs {
+                job,
+                database,
+                limit: Some(limit),
+                offsite,
+                destination,
+                source_agent,
+            };
+            let out = if offsite {
+                backups.list_offsite(&args).await
+            } else {
+                backups.list(&args).await
+            }
+            .map_err(fail)?;
             print(&out);
         }
         BackupAction::Run { job } => {
@@ -256,12 +265,20 @@ async fn backup_command(
             into,
             database,
             force,
+            offsite,
+            destination,
+            source_agent,
+            identity,
         } => {
             let args = BackupRestoreArgs {
                 id,
                 into,
                 database,
                 force,
+                offsite,
+                destination,
+                source_agent,
+                identity_file: identity.map(|p| p.display().to_string()),
             };
             let (manifest, target) = backups.restore_target(&args).await.map_err(fail)?;
             let out = backups
@@ -317,6 +334,24 @@ mod erased {
                     size(b.compressed_bytes),
                     b.error.as_deref().unwrap_or(&b.file)
                 );
+            }
+            for b in &self.offsite {
+                let m = &b.manifest;
+                println!(
+                    "{}  {}  {}  {}/{}  {}  {}{}  {}",
+                    m.id,
+                    m.finished_at.format("%Y-%m-%d %H:%M:%S"),
+                    b.source_agent,
+                    m.job,
+                    m.database,
+                    m.status.as_str(),
+                    size(m.compressed_bytes),
+                    if m.encrypted { " (age)" } else { "" },
+                    b.destination
+                );
+            }
+            for e in &self.offsite_errors {
+                println!("warning: {e}");
             }
             if self.truncated {
                 println!("(more backups; raise --limit)");

@@ -76,6 +76,16 @@ pub enum BackupCommand {
         /// At most this many (default 100, at most 1000).
         #[arg(long)]
         limit: Option<u32>,
+        /// The backups at the agent's off-site destinations (every agent's, from the
+        /// manifests stored there) instead of its catalogue: on a replacement server.
+        #[arg(long)]
+        offsite: bool,
+        /// With --offsite: only this destination.
+        #[arg(long, requires = "offsite")]
+        destination: Option<String>,
+        /// With --offsite: only the backups made by this agent (its name).
+        #[arg(long, requires = "offsite")]
+        source_agent: Option<String>,
     },
     /// Run a backup job now (every job without --job) and show each database's outcome.
     Run {
@@ -107,6 +117,20 @@ pub enum BackupCommand {
         /// Restore even when the target database already holds tables.
         #[arg(long)]
         force: bool,
+        /// Restore from the off-site copy (see `backup list --offsite`): downloaded and
+        /// checksum-verified by the agent before anything is written.
+        #[arg(long)]
+        offsite: bool,
+        /// With --offsite: only look at this destination.
+        #[arg(long, requires = "offsite")]
+        destination: Option<String>,
+        /// With --offsite: the agent that made the backup (when two share the id).
+        #[arg(long, requires = "offsite")]
+        source_agent: Option<String>,
+        /// An age identity file ON THE AGENT'S HOST decrypting an encrypted backup (the key
+        /// never travels through the relay).
+        #[arg(long)]
+        identity: Option<String>,
     },
     /// Stop expecting a backup job (a discovered database whose container was removed on
     /// purpose): its runs stop failing, its backups stay, the relay audits it.
@@ -136,11 +160,17 @@ impl BackupCommand {
                 job,
                 database,
                 limit,
+                offsite,
+                destination,
+                source_agent,
                 ..
             } => Command::BackupList(BackupListArgs {
                 job: job.clone(),
                 database: database.clone(),
                 limit: *limit,
+                offsite: *offsite,
+                destination: destination.clone(),
+                source_agent: source_agent.clone(),
             }),
             BackupCommand::Run { job, .. } => {
                 Command::BackupRun(BackupRunArgs { job: job.clone() })
@@ -153,12 +183,20 @@ impl BackupCommand {
                 into,
                 database,
                 force,
+                offsite,
+                destination,
+                source_agent,
+                identity,
                 ..
             } => Command::BackupRestore(BackupRestoreArgs {
                 id: id.clone(),
                 into: into.clone(),
                 database: database.clone(),
                 force: *force,
+                offsite: *offsite,
+                destination: destination.clone(),
+                source_agent: source_agent.clone(),
+                identity_file: identity.clone(),
             }),
             BackupCommand::Forget { job, .. } => {
                 Command::BackupForget(flotilla_shared::upkeep::BackupForgetArgs {

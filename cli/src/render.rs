@@ -406,6 +406,25 @@ pub fn heartbeat(hb: &Heartbeat) -> String {
         }
         out.push_str(&indent(&table.render()));
     }
+    // issue 17 §2: the certificates the agent read on its host.
+    if !h.certificates.is_empty() {
+        let _ = writeln!(out, "\ncertificates:");
+        let mut table = Table::new(&["SOURCE", "NAMES", "ISSUER", "NOT AFTER"]);
+        for c in &h.certificates {
+            table.row(vec![
+                c.source.clone(),
+                match (&c.warning, c.not_after) {
+                    (Some(w), None) => format!("unreadable: {w}"),
+                    _ => c.names(),
+                },
+                or_dash(c.issuer.as_deref()),
+                c.not_after
+                    .map(|t| format!("{} ({})", time(t), ago(t, hb.at)))
+                    .unwrap_or_else(|| "-".into()),
+            ]);
+        }
+        out.push_str(&indent(&table.render()));
+    }
     let docker = &hb.docker;
     let _ = writeln!(
         out,

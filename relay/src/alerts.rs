@@ -429,6 +429,12 @@ pub async fn conditions(
         &engine.handle.tls.snapshot(),
         now,
     ));
+    // issue 17 §2: certificates read by the agents on their hosts.
+    if cfg.enabled(Rule::CertificateExpiry) {
+        for a in &agents {
+            out.extend(rules::certificate_conditions(cfg, a, now));
+        }
+    }
 
     // Disabled rules go; agent conditions get the agent's name and labels.
     let by_id: HashMap<&str, &AgentView> = agents.iter().map(|a| (a.id.as_str(), a)).collect();

@@ -149,6 +149,9 @@ flotilla_daemon::settings! {
             tls_check_interval_secs: u64 = "FLOTILLA_ALERTS_TLS_CHECK_INTERVAL_SECS";
             tls_warn_days: u32 = "FLOTILLA_ALERTS_TLS_WARN_DAYS";
             tls_timeout_secs: u64 = "FLOTILLA_ALERTS_TLS_TIMEOUT_SECS";
+            // issue 17 §2: host certificates.
+            certificate_warn_days: u32 = "FLOTILLA_ALERTS_CERTIFICATE_WARN_DAYS";
+            certificate_hard_days: u32 = "FLOTILLA_ALERTS_CERTIFICATE_HARD_DAYS";
         }
         file_only {
             rules: BTreeMap<String, RuleOverride> = "a table per rule ([alerts.rules.<rule>])";

@@ -346,6 +346,23 @@ pub struct BackupListArgs {
     /// At most this many (default 100, at most 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+
+    // --- issue 17 §3: restore onto a replacement server ---
+    /// Read the manifests at the off-site destinations instead of this agent's catalogue:
+    /// every agent's backups there (a replacement server sees the lost one's), in `offsite`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offsite: bool,
+    /// With `offsite`: only this destination (default: every configured one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// With `offsite`: only the backups made by this agent (its name, the first segment of
+    /// its off-site keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_agent: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -354,6 +371,30 @@ pub struct BackupListOutput {
     pub backups: Vec<BackupManifest>,
     /// True when more backups matched than `limit`.
     pub truncated: bool,
+
+    // --- issue 17 §3: restore onto a replacement server ---
+    /// `offsite` lists: the backups found at the destinations, newest first (`backups` is
+    /// then empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsite: Vec<OffsiteBackup>,
+    /// `offsite` lists: destinations that could not be listed and manifests that could not
+    /// be read (the others are still listed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsite_errors: Vec<String>,
+}
+
+/// A backup found at an off-site destination (issue 17 §3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OffsiteBackup {
+    /// The destination's name in `[[backup.destinations]]`.
+    pub destination: String,
+    /// The agent that made it: its name, the first segment of the key.
+    pub source_agent: String,
+    /// Where the dump is at the destination (key with prefix, or path).
+    pub location: String,
+    /// The manifest stored beside it.
+    pub manifest: BackupManifest,
 }
 
 /// `backup.run`: run one job now, or every job when `job` is not given.
@@ -397,7 +438,7 @@ pub struct BackupVerifyOutput {
 }
 
 /// `backup.restore`: stream a backup into a database server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BackupRestoreArgs {
@@ -414,6 +455,23 @@ pub struct BackupRestoreArgs {
     /// statements apply).
     #[serde(default)]
     pub force: bool,
+
+    // --- issue 17 §3: restore onto a replacement server ---
+    /// Restore from the off-site copy (found by id in the destinations' manifests) instead
+    /// of this agent's catalogue: downloaded, checksum-verified, then restored.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub offsite: bool,
+    /// With `offsite`: only look at this destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// With `offsite`: the agent that made the backup (needed only when two agents' backups
+    /// share the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_agent: Option<String>,
+    /// An age identity file (`AGE-SECRET-KEY-1...` lines) on the agent's host, to decrypt an
+    /// encrypted backup. Read for this restore only, never stored or sent anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_file: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,13 @@ pub struct HostMetrics {
     pub swap_total_bytes: u64,
     pub swap_used_bytes: u64,
     pub filesystems: Vec<FilesystemUsage>,
+
+    // --- issue 17 §2: certificates seen from the tenant ---
+    /// Certificates the agent read on its host (certificate files and local TLS endpoints,
+    /// re-read at most every `[certificates] interval_secs`); empty when none are configured
+    /// or found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<HostCertificate>,
 }
 
 impl HostMetrics {
@@ -64,6 +71,61 @@ fn percent(used: u64, total: u64) -> f32 {
         0.0
     } else {
         (used as f64 * 100.0 / total as f64) as f32
+    }
+}
+
+// --- issue 17 §2: certificates seen from the tenant ---
+
+/// Where a host certificate was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateSourceKind {
+    /// A PEM (or DER) file on the host; a chain reports its first certificate, the leaf.
+    File,
+    /// A TLS endpoint on the host (`127.0.0.1:443` with an SNI name): the leaf it presents.
+    Endpoint,
+}
+
+/// One certificate the agent read on its host, or why it could not be read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HostCertificate {
+    pub kind: CertificateSourceKind,
+    /// The file's path, or the endpoint as configured (`shop.example.com@127.0.0.1:443`).
+    pub source: String,
+    /// The subject's common name (CN), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// DNS names (and IP addresses) of the subjectAltName extension.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sans: Vec<String>,
+    /// The issuer's common name (else its organisation), e.g. `R11` for Let's Encrypt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<DateTime<Utc>>,
+    /// Why nothing (or not everything) could be read: unreadable or garbage file, refused
+    /// connection, ... None when the certificate was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    pub checked_at: DateTime<Utc>,
+}
+
+impl HostCertificate {
+    /// Subject and SANs as one short label for people: `shop.example.com (+2 names)`.
+    pub fn names(&self) -> String {
+        let first = self.subject.clone().or_else(|| self.sans.first().cloned());
+        let others = self
+            .sans
+            .iter()
+            .filter(|s| Some(*s) != first.as_ref())
+            .count();
+        match (first, others) {
+            (None, _) => "no name".to_string(),
+            (Some(f), 0) => f,
+            (Some(f), n) => format!("{f} (+{n} names)"),
+        }
     }
 }
 

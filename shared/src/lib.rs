@@ -68,6 +68,8 @@ pub mod stream;
 pub mod update;
 // issue 17 parts 4 and 6: host upkeep
 pub mod upkeep;
+// issue 17 §2: host certificates (the agent reads them, the relay alerts on them).
+pub mod x509;
 
 /// Version of the agent ↔ relay protocol. Exchanged in `Hello`/`Auth`; a relay refuses agents
 /// speaking a version it does not know.

@@ -8,6 +8,7 @@ mod e2e {
     pub mod backup;
     // issue 17 part 4
     pub mod backup_expected;
+    pub mod certs;
     pub mod cli;
     pub mod commands;
     pub mod compose;
@@ -20,6 +21,7 @@ mod e2e {
     pub mod install;
     pub mod openapi;
     pub mod protocol_abuse;
+    pub mod restore;
     pub mod rollout;
     pub mod secrets;
     pub mod tls;

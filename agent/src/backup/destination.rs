@@ -405,6 +405,22 @@ impl Destination {
     }
 }
 
+// === issue 17 §3: restore onto a replacement server ===
+
+impl Destination {
+    /// The key (relative to the configured prefix) of a location that
+    /// [`list`](Self::list) returned; None for a location outside this destination.
+    pub fn key_of(&self, location: &str) -> Option<String> {
+        let full = self.resolve(location).ok()?;
+        if self.prefix.is_empty() {
+            return Some(full);
+        }
+        full.strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(str::to_string)
+    }
+}
+
 // === impl Destination: helpers ===
 
 impl Destination {

@@ -1,8 +1,9 @@
 //! Optional encryption of dumps to age recipients (X25519 `age1...` public keys), so an operator
 //! decrypts a backup with the standard tool: `age -d -i key.txt dump.zst.age | zstd -d`.
 //!
-//! The agent only ever encrypts: it holds public keys, never identities, so it cannot read an
-//! encrypted backup back (restore and verify of one are refused by their callers). Everything
+//! The agent holds public keys, never identities: it reads an encrypted backup back only in a
+//! restore given an identity file by the operator (`decrypt.rs`); verify checks the checksum
+//! only, and a restore without an identity file is refused. Everything
 //! here is synchronous and runs on the blocking thread that writes the dump; memory stays at
 //! one age chunk (64 KiB) whatever the dump's size.
 

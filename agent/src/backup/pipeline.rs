@@ -242,9 +242,16 @@ pub fn file_sha256(path: &Path) -> io::Result<(String, u64)> {
 
 /// Decompresses a (not encrypted) backup file, handing each chunk to `each`; returns the
 /// start, end and size of the dump.
-pub fn decompress_each(path: &Path, mut each: impl FnMut(&[u8]) -> bool) -> io::Result<Ends> {
-    let file = File::open(path)?;
-    let mut decoder = zstd::stream::read::Decoder::new(file)?;
+pub fn decompress_each(path: &Path, each: impl FnMut(&[u8]) -> bool) -> io::Result<Ends> {
+    decompress_reader(File::open(path)?, each)
+}
+
+/// [`decompress_each`] of any reader (a decrypting one, for an encrypted backup).
+pub fn decompress_reader<R: Read>(
+    input: R,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> io::Result<Ends> {
+    let mut decoder = zstd::stream::read::Decoder::new(input)?;
     let mut buf = vec![0u8; READ_CHUNK];
     let mut ends = Ends::default();
     loop {
@@ -268,6 +275,26 @@ pub fn spawn_source(path: PathBuf) -> (mpsc::Receiver<Bytes>, JoinHandle<io::Res
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let task = tokio::task::spawn_blocking(move || {
         decompress_each(&path, |chunk| {
+            tx.blocking_send(Bytes::copy_from_slice(chunk)).is_ok()
+        })
+    });
+    (rx, task)
+}
+
+/// [`spawn_source`] that first decrypts with `identities` when given (issue 17 §3: an
+/// encrypted backup restored with an identity file).
+pub fn spawn_source_with(
+    path: PathBuf,
+    identities: Option<super::decrypt::Identities>,
+) -> (mpsc::Receiver<Bytes>, JoinHandle<io::Result<Ends>>) {
+    let Some(ids) = identities else {
+        return spawn_source(path);
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
+    let task = tokio::task::spawn_blocking(move || {
+        let file = BufReader::with_capacity(READ_CHUNK, File::open(&path)?);
+        let plain = super::decrypt::decrypting(&ids, file)?;
+        decompress_reader(plain, |chunk| {
             tx.blocking_send(Bytes::copy_from_slice(chunk)).is_ok()
         })
     });

@@ -1,19 +1,29 @@
 //! Verify and restore of a backup from the catalogue: the checksum, the decompressed size and
 //! end marker, and the engine's own listing for verify; for restore the target container and
 //! database (created when missing, refused when it holds tables unless forced), then the file
-//! streamed into the engine's restore tool.
+//! streamed into the engine's restore tool. An off-site backup (issue 17 §3, `offsite.rs`) is
+//! downloaded and checksum-verified first; an encrypted one is decrypted on the way with the
+//! identity file the restore names.
 
-use super::{docker_err, err, internal, Backups};
+use super::{decrypt, docker_err, err, internal, Backups};
 use super::{engine, pipeline};
 use crate::docker::{ExecSpec, ResolvedContainer};
 use anyhow::Result;
 use flotilla_shared::backup::{
     BackupEngine, BackupManifest, BackupRestoreArgs, BackupRestoreOutput, BackupStatus,
-    BackupVerifyOutput, VerifyCheck,
+    BackupVerifyOutput, OffsiteBackup, VerifyCheck,
 };
 use flotilla_shared::command::{error_codes, ErrorInfo};
 use std::path::Path;
 use tracing::info;
+
+/// What a restore reads: a catalogue backup, or (issue 17 §3) one found off-site.
+#[derive(Clone, Debug)]
+pub struct RestoreSource {
+    pub manifest: BackupManifest,
+    /// Set when the backup is read from a destination, not this agent's backup directory.
+    pub offsite: Option<OffsiteBackup>,
+}
 
 // === impl Backups ===
 
@@ -181,15 +191,31 @@ impl Backups {
         Ok(format!("pg_restore --list read {entries} entries"))
     }
 
-    /// The container a restore goes into (`into`, else the backup's own container).
+    /// The backup a restore reads (from the catalogue, or with `offsite` from the
+    /// destinations' manifests) and the container it goes into (`into`, else the backup's
+    /// own container).
     pub async fn restore_target(
         &self,
         args: &BackupRestoreArgs,
-    ) -> Result<(BackupManifest, ResolvedContainer), ErrorInfo> {
-        let m = self.manifest(&args.id).await?;
-        let name = args.into.clone().unwrap_or_else(|| m.container.clone());
+    ) -> Result<(RestoreSource, ResolvedContainer), ErrorInfo> {
+        let source = if args.offsite {
+            let b = self.find_offsite(args).await?;
+            RestoreSource {
+                manifest: b.manifest.clone(),
+                offsite: Some(b),
+            }
+        } else {
+            RestoreSource {
+                manifest: self.manifest(&args.id).await?,
+                offsite: None,
+            }
+        };
+        let name = args
+            .into
+            .clone()
+            .unwrap_or_else(|| source.manifest.container.clone());
         let c = self.inner.docker.resolve(&name).await.map_err(docker_err)?;
-        Ok((m, c))
+        Ok((source, c))
     }
 
     /// Streams a backup into a database server: the checksum is verified first, the target
@@ -197,27 +223,53 @@ impl Backups {
     pub async fn restore(
         &self,
         args: &BackupRestoreArgs,
-        m: BackupManifest,
+        source: RestoreSource,
         target: ResolvedContainer,
     ) -> Result<BackupRestoreOutput, ErrorInfo> {
         let started = std::time::Instant::now();
         let refused = |msg: String| err(error_codes::RESTORE_REFUSED, msg);
         let failed = |msg: String| err(error_codes::RESTORE_FAILED, msg);
+        let RestoreSource {
+            manifest: m,
+            offsite,
+        } = source;
         if m.status != BackupStatus::Success {
             return Err(refused(format!(
                 "backup {} failed when it was made; nothing to restore",
                 m.id
             )));
         }
-        if m.encrypted {
-            return Err(refused(format!(
-                "backup {} is encrypted to age recipients and the agent holds no private key: \
-                 decrypt it with `age -d -i key.txt {} | zstd -d` and load it by hand",
-                m.id,
-                self.file_path(&m).display()
-            )));
-        }
-        let path = self.file_path(&m);
+        let identities = match (&args.identity_file, m.encrypted) {
+            (None, true) => {
+                return Err(refused(format!(
+                    "backup {} is encrypted to age recipients and the agent holds no private \
+                     key: pass the age identity file with the restore (identity_file, \
+                     --identity) or decrypt it with `age -d -i key.txt | zstd -d` and load it \
+                     by hand",
+                    m.id
+                )))
+            }
+            (Some(file), true) => {
+                let file = std::path::PathBuf::from(file);
+                Some(
+                    tokio::task::spawn_blocking(move || decrypt::read_identity_file(&file))
+                        .await
+                        .map_err(|e| internal(e.into()))?
+                        .map_err(|e| refused(e.into()))?,
+                )
+            }
+            (_, false) => None,
+        };
+        // An off-site backup is downloaded first (streamed to disk); the checksum below is
+        // then checked on the downloaded copy, before anything reaches the database.
+        let downloaded = match &offsite {
+            Some(b) => Some(self.download_offsite(b).await?),
+            None => None,
+        };
+        let path = match &downloaded {
+            Some(d) => d.0.clone(),
+            None => self.file_path(&m),
+        };
         let p = path.clone();
         let (sha, _) = tokio::task::spawn_blocking(move || pipeline::file_sha256(&p))
             .await
@@ -228,6 +280,13 @@ impl Backups {
                 "backup {} is damaged: its sha256 is {sha}, the manifest says {}",
                 m.id, m.sha256
             )));
+        }
+        if let Some(ids) = &identities {
+            let (ids, p) = (ids.clone(), path.clone());
+            tokio::task::spawn_blocking(move || decrypt::check(&ids, &p))
+                .await
+                .map_err(|e| internal(e.into()))?
+                .map_err(|e| refused(format!("backup {}: {e}", m.id)))?;
         }
         let docker = &self.inner.docker;
         let inspect = docker.inspect(&target).await.map_err(docker_err)?;
@@ -266,7 +325,7 @@ impl Backups {
             .map_err(|e| refused(e.into()))?;
         self.prepare_restore_target(m.engine, &creds, &target, &database, args.force)
             .await?;
-        let (rx, source) = pipeline::spawn_source(path.clone());
+        let (rx, source) = pipeline::spawn_source_with(path.clone(), identities);
         let outcome = docker
             .exec_feed(&target, &spec, rx)
             .await
@@ -290,8 +349,13 @@ impl Backups {
             container = target.name,
             database,
             bytes,
+            offsite = offsite
+                .as_ref()
+                .map(|b| b.destination.as_str())
+                .unwrap_or(""),
             "backup restored"
         );
+        drop(downloaded);
         Ok(BackupRestoreOutput {
             id: m.id,
             container: target.name,

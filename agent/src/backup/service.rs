@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 /// Default number of backups a list returns.
-const DEFAULT_LIST_LIMIT: u32 = 100;
+pub(super) const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Failed backups (which have no file) stay in the local catalogue this long.
 const FAILED_KEEP_DAYS: i64 = 90;
 
@@ -431,7 +431,12 @@ impl Backups {
             .backup_list(args.job.clone(), args.database.clone(), limit)
             .await
             .map_err(internal)?;
-        Ok(BackupListOutput { backups, truncated })
+        Ok(BackupListOutput {
+            backups,
+            truncated,
+            offsite: Vec::new(),
+            offsite_errors: Vec::new(),
+        })
     }
 
     pub(super) async fn manifest(&self, id: &str) -> Result<BackupManifest, ErrorInfo> {

@@ -367,6 +367,14 @@ fn sample(setting: &Setting, default: &serde_json::Value) -> (String, serde_json
             json!(["/srv/stacks", "/opt/apps"]),
         ),
         ("compose.command", _) => ("docker compose".into(), json!("docker compose")),
+        ("certificates.paths", _) => (
+            "/etc/ssl/shop.pem, /srv/certs/*.crt".into(),
+            json!(["/etc/ssl/shop.pem", "/srv/certs/*.crt"]),
+        ),
+        ("certificates.endpoints", _) => (
+            "shop.example.com@127.0.0.1:443,127.0.0.1:8443".into(),
+            json!(["shop.example.com@127.0.0.1:443", "127.0.0.1:8443"]),
+        ),
         (key, _) => panic!("no sample value for {key}: add one here"),
     }
 }
@@ -402,7 +410,28 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 44);
+    assert_eq!(count, 49);
+}
+
+#[test]
+fn certificate_endpoints_are_checked() {
+    let c = AgentConfig::from_toml(
+        "[certificates]\nendpoints = [\"shop.example.com@127.0.0.1:443\"]\ninterval_secs = 5\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.certificates.interval_secs, 5);
+    let e = with_env(&[("FLOTILLA_CERTIFICATES_ENDPOINTS", "127.0.0.1")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("certificates.endpoints") && e.contains("FLOTILLA_CERTIFICATES_ENDPOINTS"),
+        "{e}"
+    );
+    let e = with_env(&[("FLOTILLA_CERTIFICATES_INTERVAL_SECS", "0")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("certificates.interval_secs"), "{e}");
 }
 
 #[test]

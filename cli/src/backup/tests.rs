@@ -44,6 +44,7 @@ fn flags_make_the_command_arguments() {
             job: Some("pg".into()),
             database: Some("app".into()),
             limit: Some(5),
+            ..Default::default()
         }))
     );
     assert_eq!(
@@ -79,11 +80,58 @@ fn flags_make_the_command_arguments() {
             into: Some("pg-staging".into()),
             database: Some("app_copy".into()),
             force: true,
+            ..Default::default()
         })
     );
     assert_eq!(restore.target().agent, "ag_1");
     assert_eq!(restore.target().timeout, Some(Duration::from_secs(7200)));
     assert_eq!(restore.target().ttl, Some(Duration::from_secs(3 * 3600)));
+}
+
+#[test]
+fn offsite_flags_make_the_command_arguments() {
+    assert_eq!(
+        command_of(&[
+            "backup",
+            "list",
+            "--agent",
+            "ag_1",
+            "--offsite",
+            "--source-agent",
+            "vps-a",
+            "--destination",
+            "b2"
+        ]),
+        Ok(Command::BackupList(BackupListArgs {
+            offsite: true,
+            source_agent: Some("vps-a".into()),
+            destination: Some("b2".into()),
+            ..Default::default()
+        }))
+    );
+    assert_eq!(
+        command_of(&[
+            "backup",
+            "restore",
+            "--agent",
+            "ag_2",
+            "bk_1",
+            "--offsite",
+            "--into",
+            "pg-new",
+            "--identity",
+            "/root/backup-key.txt"
+        ]),
+        Ok(Command::BackupRestore(BackupRestoreArgs {
+            id: "bk_1".into(),
+            into: Some("pg-new".into()),
+            offsite: true,
+            identity_file: Some("/root/backup-key.txt".into()),
+            ..Default::default()
+        }))
+    );
+    // --source-agent and --destination only make sense off-site.
+    assert!(parse(&["backup", "list", "--agent", "ag_1", "--source-agent", "a"]).is_err());
 }
 
 #[test]

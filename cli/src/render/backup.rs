@@ -38,6 +38,9 @@ fn plural(n: usize, one: &str, many: &str) -> String {
 
 /// `backup.list`: the agent's catalogue, newest first.
 pub fn backup_list(out: &BackupListOutput) -> String {
+    if out.backups.is_empty() && (!out.offsite.is_empty() || !out.offsite_errors.is_empty()) {
+        return offsite_list(out);
+    }
     if out.backups.is_empty() {
         return "no backups\n".into();
     }
@@ -77,6 +80,47 @@ pub fn backup_list(out: &BackupListOutput) -> String {
         ]);
     }
     let mut text = table.render();
+    if out.truncated {
+        text.push_str("(more backups match; raise --limit or narrow with --job/--database)\n");
+    }
+    text
+}
+
+/// `backup.list --offsite` (issue 17 §3): the backups at the destinations, by source agent.
+fn offsite_list(out: &BackupListOutput) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "SOURCE AGENT",
+        "JOB",
+        "DATABASE",
+        "FINISHED",
+        "SIZE",
+        "DESTINATION",
+    ]);
+    for b in &out.offsite {
+        let m = &b.manifest;
+        table.row(vec![
+            m.id.clone(),
+            b.source_agent.clone(),
+            m.job.clone(),
+            m.database.clone(),
+            time(m.finished_at),
+            if m.encrypted {
+                format!("{} (encrypted)", bytes(m.compressed_bytes))
+            } else {
+                bytes(m.compressed_bytes)
+            },
+            b.destination.clone(),
+        ]);
+    }
+    let mut text = if out.offsite.is_empty() {
+        "no backups at the destinations\n".to_string()
+    } else {
+        table.render()
+    };
+    for e in &out.offsite_errors {
+        let _ = writeln!(text, "warning: {e}");
+    }
     if out.truncated {
         text.push_str("(more backups match; raise --limit or narrow with --job/--database)\n");
     }

@@ -91,6 +91,7 @@ fn heartbeat_sample() -> Heartbeat {
                     190 << 30,
                 ),
             ],
+            ..HostMetrics::default()
         },
         docker: DockerSnapshot {
             version: Some("20.10.24".into()),
@@ -182,6 +183,49 @@ fn agent_show_prints_every_heartbeat_fact() {
         heartbeat: None,
     };
     assert!(agent_detail(&no_hb, now()).contains("no heartbeat received yet"));
+    assert!(!text.contains("certificates:"), "none read, none shown");
+}
+
+#[test]
+fn agent_show_lists_host_certificates() {
+    use flotilla_shared::heartbeat::{CertificateSourceKind, HostCertificate};
+    let mut hb = heartbeat_sample();
+    let cert = |source: &str| HostCertificate {
+        kind: CertificateSourceKind::File,
+        source: source.into(),
+        subject: Some("shop.example.com".into()),
+        sans: vec!["shop.example.com".into(), "*.shop.example.com".into()],
+        issuer: Some("R11".into()),
+        not_after: Some(now() + chrono::Duration::days(5)),
+        warning: None,
+        checked_at: now(),
+    };
+    hb.host.certificates = vec![
+        cert("/etc/letsencrypt/live/shop/fullchain.pem"),
+        HostCertificate {
+            subject: None,
+            sans: vec![],
+            issuer: None,
+            not_after: None,
+            warning: Some("no certificate in the file".into()),
+            ..cert("/srv/certs/garbage.pem")
+        },
+    ];
+    let text = agent_detail(
+        &AgentDetail {
+            agent: agent("ag_1", "build-1", None),
+            heartbeat: Some(hb),
+        },
+        now(),
+    );
+    for needle in [
+        "certificates:",
+        "/etc/letsencrypt/live/shop/fullchain.pem  shop.example.com (+1 names)",
+        "R11     2026-03-06T12:00:00Z (in 5d",
+        "/srv/certs/garbage.pem                    unreadable: no certificate in the file  -",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
 }
 
 fn result(

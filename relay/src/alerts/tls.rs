@@ -2,12 +2,13 @@
 //!
 //! Each check connects over TCP, runs a TLS handshake with a verifier that accepts any
 //! certificate (the point is to read an expiring or already expired certificate, trusted or
-//! not), and reads the leaf certificate's notAfter from its DER encoding. Checks run on their
-//! own task, every `tls_check_interval_secs`, on blocking threads with a deadline; the engine
-//! only reads the cached results, so a slow endpoint never delays an evaluation.
+//! not), and reads the leaf certificate's notAfter from its DER encoding
+//! (`flotilla_shared::x509`). Checks run on their own task, every `tls_check_interval_secs`,
+//! on blocking threads with a deadline; the engine only reads the cached results, so a slow
+//! endpoint never delays an evaluation.
 
 use super::rules::TlsCheck;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
@@ -109,86 +110,13 @@ fn check_blocking_message(endpoint: &str, timeout: Duration) -> Result<DateTime<
     Ok(not_after)
 }
 
-flotilla_shared::message_error!(
-    /// A certificate whose validity could not be parsed.
-    pub BadCertificate
-);
+/// A certificate whose validity could not be parsed.
+pub use flotilla_shared::x509::BadCertificate;
 
-/// The notAfter of a DER X.509 certificate:
-/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL, serialNumber,
-/// signature, issuer, validity SEQUENCE { notBefore, notAfter }, ... }, ... }.
+/// The notAfter of a DER X.509 certificate (the DER reader is shared with the agent's
+/// host-certificate checks: `flotilla_shared::x509`).
 pub fn not_after(der: &[u8]) -> Result<DateTime<Utc>, BadCertificate> {
-    not_after_message(der).map_err(BadCertificate)
-}
-
-fn not_after_message(der: &[u8]) -> Result<DateTime<Utc>, String> {
-    let bad = |what: &str| format!("cannot parse the certificate: {what}");
-    let (tag, cert, _) = read_tlv(der).ok_or_else(|| bad("outer sequence"))?;
-    if tag != 0x30 {
-        return Err(bad("outer sequence"));
-    }
-    let (tag, tbs, _) = read_tlv(cert).ok_or_else(|| bad("tbsCertificate"))?;
-    if tag != 0x30 {
-        return Err(bad("tbsCertificate"));
-    }
-    let mut rest = tbs;
-    let (tag, _, after) = read_tlv(rest).ok_or_else(|| bad("version"))?;
-    if tag == 0xa0 {
-        rest = after;
-    }
-    // serialNumber, signature, issuer.
-    for what in ["serial number", "signature algorithm", "issuer"] {
-        let (_, _, after) = read_tlv(rest).ok_or_else(|| bad(what))?;
-        rest = after;
-    }
-    let (tag, validity, _) = read_tlv(rest).ok_or_else(|| bad("validity"))?;
-    if tag != 0x30 {
-        return Err(bad("validity"));
-    }
-    let (_, _, after) = read_tlv(validity).ok_or_else(|| bad("notBefore"))?;
-    let (tag, time, _) = read_tlv(after).ok_or_else(|| bad("notAfter"))?;
-    parse_time(tag, time).ok_or_else(|| bad("notAfter time"))
-}
-
-/// One DER tag-length-value: (tag, value, what follows).
-fn read_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *b.first()?;
-    let first = *b.get(1)? as usize;
-    let (len, header) = if first < 0x80 {
-        (first, 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = (len << 8) | *b.get(2 + i)? as usize;
-        }
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    if end > b.len() {
-        return None;
-    }
-    Some((tag, &b[header..end], &b[end..]))
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
-fn parse_time(tag: u8, v: &[u8]) -> Option<DateTime<Utc>> {
-    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 => {
-            let yy: i32 = s.get(..2)?.parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
-        }
-        0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
-        _ => return None,
-    };
-    let num = |r: std::ops::Range<usize>| rest.get(r)?.parse::<u32>().ok();
-    let date = NaiveDate::from_ymd_opt(year, num(0..2)?, num(2..4)?)?;
-    let t = date.and_hms_opt(num(4..6)?, num(6..8)?, num(8..10)?)?;
-    Some(t.and_utc())
+    flotilla_shared::x509::parse_certificate(der).map(|f| f.not_after)
 }
 
 /// The latest result of every configured endpoint, shared between the checker and the engine.
@@ -302,12 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn times_parse() {
-        let t = parse_time(0x17, b"260101120000Z").unwrap();
-        assert_eq!(t.to_rfc3339(), "2026-01-01T12:00:00+00:00");
-        let t = parse_time(0x18, b"20991231235959Z").unwrap();
-        assert_eq!(t.to_rfc3339(), "2099-12-31T23:59:59+00:00");
-        assert!(parse_time(0x17, b"2601011200Z").is_none());
+    fn garbage_is_not_a_certificate() {
         assert!(not_after(b"\x30\x03\x02\x01").is_err());
     }
 

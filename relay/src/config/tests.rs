@@ -372,7 +372,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 36);
+    assert_eq!(count, 38);
 }
 
 #[test]

@@ -91,6 +91,7 @@ mod tests {
             into: None,
             database: None,
             force: false,
+            ..Default::default()
         })));
         assert!(!is_long(&Command::BackupList(BackupListArgs::default())));
         assert_eq!(backup_ttl_secs(600, 1), 6 * 3600);

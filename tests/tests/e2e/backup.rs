@@ -21,7 +21,7 @@ use std::time::Duration;
 const BACKUP_DEADLINE: Duration = Duration::from_secs(180);
 
 /// Starts a database container visible to the test's agent (its scope label).
-async fn database(engine: DbEngine, scope: &str, env: &[(&str, &str)]) -> DbContainer {
+pub(super) async fn database(engine: DbEngine, scope: &str, env: &[(&str, &str)]) -> DbContainer {
     let name = flotilla_tests::fixtures::unique_name(&format!("{scope}-db"));
     let scope_label = ("flotilla.test.scope", scope.to_string());
     let env: Vec<(String, String)> = env
@@ -37,12 +37,12 @@ async fn database(engine: DbEngine, scope: &str, env: &[(&str, &str)]) -> DbCont
     .expect("start a database container")
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
 /// Sends a command and waits for its final state (ttl 1 h).
-async fn run(api: &Api, agent: &str, command: Command) -> CommandInfo {
+pub(super) async fn run(api: &Api, agent: &str, command: Command) -> CommandInfo {
     let info = api
         .post::<_, CommandInfo>(
             &format!("/api/v1/agents/{agent}/commands"),
@@ -56,7 +56,7 @@ async fn run(api: &Api, agent: &str, command: Command) -> CommandInfo {
     api.wait_final(&info.id, BACKUP_DEADLINE).await
 }
 
-fn output<T: serde::de::DeserializeOwned>(info: &CommandInfo) -> T {
+pub(super) fn output<T: serde::de::DeserializeOwned>(info: &CommandInfo) -> T {
     let result = info
         .result
         .as_ref()
@@ -70,7 +70,7 @@ fn output<T: serde::de::DeserializeOwned>(info: &CommandInfo) -> T {
     .unwrap()
 }
 
-fn error_code(info: &CommandInfo) -> String {
+pub(super) fn error_code(info: &CommandInfo) -> String {
     info.result
         .as_ref()
         .and_then(|r| r.error.as_ref())
@@ -78,7 +78,7 @@ fn error_code(info: &CommandInfo) -> String {
         .unwrap_or_default()
 }
 
-fn error_message(info: &CommandInfo) -> String {
+pub(super) fn error_message(info: &CommandInfo) -> String {
     info.result
         .as_ref()
         .and_then(|r| r.error.as_ref())
@@ -86,7 +86,11 @@ fn error_message(info: &CommandInfo) -> String {
         .unwrap_or_default()
 }
 
-async fn backup_run(api: &Api, agent: &str, job: Option<&str>) -> (CommandInfo, BackupRunOutput) {
+pub(super) async fn backup_run(
+    api: &Api,
+    agent: &str,
+    job: Option<&str>,
+) -> (CommandInfo, BackupRunOutput) {
     let info = run(
         api,
         agent,
@@ -107,6 +111,7 @@ async fn list(api: &Api, agent: &str, job: Option<&str>) -> BackupListOutput {
             job: job.map(str::to_string),
             database: None,
             limit: Some(100),
+            ..Default::default()
         }),
     )
     .await;
@@ -124,11 +129,12 @@ fn restore_args(id: &str, database: Option<&str>, force: bool) -> BackupRestoreA
         into: None,
         database: database.map(str::to_string),
         force,
+        ..Default::default()
     }
 }
 
 /// A content checksum of a PostgreSQL table (row order fixed by id).
-fn pg_checksum(db: &DbContainer, database: &str, table: &str) -> String {
+pub(super) fn pg_checksum(db: &DbContainer, database: &str, table: &str) -> String {
     db.psql(
         database,
         &format!(

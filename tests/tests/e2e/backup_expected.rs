@@ -96,6 +96,9 @@ async fn a_stopped_database_fails_the_run_until_it_is_removed_and_forgotten() {
                 job: Some(gone.name().to_string()),
                 database: None,
                 limit: Some(10),
+                offsite: false,
+                destination: None,
+                source_agent: None,
             }),
         )
         .await,

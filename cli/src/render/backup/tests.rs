@@ -163,6 +163,7 @@ fn command(kind: CommandKind, state: DeliveryState, result: CommandResult) -> Co
             into: None,
             database: None,
             force: false,
+            ..Default::default()
         }),
     };
     CommandInfo {
@@ -201,6 +202,8 @@ fn backup_list_table() {
             manifest("bk_1", "app", BackupStatus::Success),
         ],
         truncated: true,
+        offsite: vec![],
+        offsite_errors: vec![],
     };
     check(
         backup_list(&out),
@@ -215,8 +218,35 @@ bk_1  pg   app       success              2026-03-01T03:00:12Z  3.0 MiB  9f86d08
         backup_list(&BackupListOutput {
             backups: vec![],
             truncated: false,
+            offsite: vec![],
+            offsite_errors: vec![],
         }),
         "no backups\n",
+    );
+}
+
+#[test]
+fn offsite_backup_list_table() {
+    let mut m = manifest("bk_9", "appdb", BackupStatus::Success);
+    m.encrypted = true;
+    let out = BackupListOutput {
+        backups: vec![],
+        truncated: false,
+        offsite: vec![flotilla_shared::backup::OffsiteBackup {
+            destination: "offsite".into(),
+            source_agent: "vps-a".into(),
+            location: "fleet/vps-a/pg/x.pgdump.zst.age".into(),
+            manifest: m,
+        }],
+        offsite_errors: vec!["destination b2 (s3): list of / failed: timed out".into()],
+    };
+    check(
+        backup_list(&out),
+        "\
+ID    SOURCE AGENT  JOB  DATABASE  FINISHED              SIZE                 DESTINATION
+bk_9  vps-a         pg   appdb     2026-03-01T03:00:12Z  3.0 MiB (encrypted)  offsite
+warning: destination b2 (s3): list of / failed: timed out
+",
     );
 }
 

@@ -53,6 +53,13 @@ pub struct AlertsConfig {
     pub tls_timeout_secs: u64,
     /// Per-rule overrides, keyed by rule name.
     pub rules: BTreeMap<String, RuleOverride>,
+
+    // --- issue 17 §2: certificates the agents read on their hosts ---
+    /// `certificate_expiry`: a host certificate expiring in fewer days than this alerts
+    /// (medium).
+    pub certificate_warn_days: u32,
+    /// `certificate_expiry`: fewer days than this (or expired) is hard.
+    pub certificate_hard_days: u32,
 }
 
 /// `[alerts.rules.<rule>]`.
@@ -64,7 +71,8 @@ pub struct RuleOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub severity: Option<Severity>,
     /// The rule's threshold, replacing the section-wide one: percent for `disk_full` and
-    /// `memory_high`, heartbeat intervals for `agent_unreachable`, days for `tls_expiry`.
+    /// `memory_high`, heartbeat intervals for `agent_unreachable`, days for `tls_expiry` and
+    /// `certificate_expiry` (its warning days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<u32>,
 }
@@ -89,6 +97,8 @@ impl Default for AlertsConfig {
             tls_warn_days: 14,
             tls_timeout_secs: 10,
             rules: BTreeMap::new(),
+            certificate_warn_days: 14,
+            certificate_hard_days: 3,
         }
     }
 }
@@ -153,6 +163,20 @@ impl AlertsConfig {
             if split_endpoint(e).is_none() {
                 return bad("tls_endpoints", e.clone(), "expected host:port entries");
             }
+        }
+        if !(1..=365).contains(&self.certificate_warn_days) {
+            return bad(
+                "certificate_warn_days",
+                self.certificate_warn_days.to_string(),
+                "expected 1 to 365 days",
+            );
+        }
+        if self.certificate_hard_days > self.certificate_warn_days {
+            return bad(
+                "certificate_hard_days",
+                self.certificate_hard_days.to_string(),
+                "expected at most certificate_warn_days",
+            );
         }
         let url = self.public_url.trim();
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {

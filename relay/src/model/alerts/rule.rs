@@ -29,10 +29,12 @@ pub enum Rule {
     ContainerAutohealed,
     // --- compose (issue 17, part 1) ---
     ComposeDrift,
+    // issue 17 §2: certificates the agents read on their hosts.
+    CertificateExpiry,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 20] = [
+pub const RULES: [Rule; 21] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -55,6 +57,7 @@ pub const RULES: [Rule; 20] = [
     Rule::ContainerAutohealed,
     // --- compose (issue 17, part 1) ---
     Rule::ComposeDrift,
+    Rule::CertificateExpiry,
 ];
 
 impl Rule {
@@ -82,6 +85,7 @@ impl Rule {
             Rule::ContainerAutohealed => "container_autohealed",
             // --- compose (issue 17, part 1) ---
             Rule::ComposeDrift => "compose_drift",
+            Rule::CertificateExpiry => "certificate_expiry",
         }
     }
 
@@ -89,7 +93,9 @@ impl Rule {
         RULES.iter().copied().find(|r| r.as_str() == s)
     }
 
-    /// The users' defaults.
+    /// The users' defaults. `certificate_expiry` is medium, and hard below
+    /// `certificate_hard_days` or once expired (unless `[alerts.rules.certificate_expiry]`
+    /// sets a severity).
     pub fn default_severity(self) -> Severity {
         match self {
             Rule::AgentUnreachable

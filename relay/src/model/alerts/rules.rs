@@ -828,6 +828,9 @@ pub struct RevertedRollback {
 // issue 17 part 6: container memory near its limit, auto-heal restarts
 mod upkeep;
 pub use upkeep::{autoheal_conditions, container_memory_conditions};
+// issue 17 §2: certificate_expiry, from the certificates agents read on their hosts.
+mod certificates;
+pub use certificates::certificate_conditions;
 
 #[cfg(test)]
 mod tests;
