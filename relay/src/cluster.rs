@@ -315,6 +315,25 @@ where
                     .filter(|_| Instant::now() < held_until)
             }
         };
+        if running.as_ref().is_some_and(|r| r.2.is_finished()) {
+            if let Some((e, token, handle)) = running.take() {
+                match handle.await {
+                    // It panicked: run it again below while the lease is held.
+                    Err(err) => {
+                        tracing::error!(lease = name, error = %err, "the {name} engine failed; starting it again")
+                    }
+                    // It chose to end (e.g. disabled): keep the lease, do not restart it.
+                    Ok(()) => {
+                        let idle = token.clone();
+                        running = Some((
+                            e,
+                            token,
+                            tokio::spawn(async move { idle.cancelled().await }),
+                        ));
+                    }
+                }
+            }
+        }
         match (epoch, &running) {
             (Some(e), Some((current, _, _))) if e == *current => {}
             (Some(e), _) => {

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often expired deliveries are looked for.
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How often every running job is looked at even without a completion: a completion another
+/// relay announced may have been lost on the way (`crate::cluster`).
+pub const JOB_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The jobs engine: advances a job whenever one of its deliveries finishes (it subscribes to
 /// the commands service's completions), and every running job at start.
@@ -95,16 +98,21 @@ impl JobEngine {
     }
 
     /// Runs until shutdown: a pass at start (running jobs resume), then one evaluation per job
-    /// whose delivery finished, bursts coalesced; a pass whenever completions were missed.
+    /// whose delivery finished, bursts coalesced; a pass whenever completions were missed, and
+    /// every [`JOB_RESCAN_INTERVAL`].
     pub async fn run(self, shutdown: CancellationToken) {
         // Subscribed before the first pass, so nothing finishing meanwhile is missed.
         let mut completions = self.commands.subscribe();
         if let Err(e) = self.step(crate::store::now()).await {
             tracing::error!(error = %e, "cannot list running jobs; they resume when one of their deliveries finishes");
         }
+        let start = tokio::time::Instant::now() + JOB_RESCAN_INTERVAL;
+        let mut rescan = tokio::time::interval_at(start, JOB_RESCAN_INTERVAL);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = rescan.tick() => Err(RecvError::Lagged(0)),
                 c = completions.recv() => c,
             };
             let mut ids = BTreeSet::new();

@@ -54,6 +54,7 @@ impl ClusterTasks {
             self.store.clone(),
             me.clone(),
             outbox,
+            shutdown.clone(),
         ))];
         let (heard_tx, heard) = mpsc::channel::<Notice>(OUTBOX);
         let stop = shutdown.clone();
@@ -297,13 +298,34 @@ impl ClusterTasks {
     }
 }
 
-/// Sends queued signals, as many as are waiting in one transaction.
-async fn send_loop(store: Store, me: String, mut outbox: mpsc::Receiver<Signal>) {
+/// Sends queued signals, as many as are waiting in one transaction, until shutdown (then what
+/// is queued, once). The outbox's senders live as long as the relay's state, so the loop ends
+/// on the token, not on a closed channel.
+async fn send_loop(
+    store: Store,
+    me: String,
+    mut outbox: mpsc::Receiver<Signal>,
+    shutdown: CancellationToken,
+) {
     let mut batch = Vec::new();
-    while outbox.recv_many(&mut batch, 256).await > 0 {
+    loop {
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => {
+                while let Ok(s) = outbox.try_recv() {
+                    batch.push(s);
+                }
+                0
+            }
+            n = outbox.recv_many(&mut batch, 256) => n,
+        };
         let payloads: Vec<String> = batch.drain(..).filter_map(|s| encode(&me, s)).collect();
-        if let Err(e) = store.notify(payloads).await {
-            tracing::warn!(error = %e, "cannot signal the other relays (the next resync repairs it)");
+        if !payloads.is_empty() {
+            if let Err(e) = store.notify(payloads).await {
+                tracing::warn!(error = %e, "cannot signal the other relays (the next resync repairs it)");
+            }
+        }
+        if got == 0 {
+            return;
         }
     }
 }

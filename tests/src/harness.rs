@@ -254,6 +254,12 @@ impl Relay {
         relay
     }
 
+    /// SIGTERM, then waits (at most `deadline`) for the relay to exit; how long it took.
+    pub async fn terminate(&mut self, deadline: Duration) -> Duration {
+        let child = self.child.take().expect("relay is running");
+        terminate_child(child, "relay", deadline).await
+    }
+
     /// Whether the relay process is still running (not killed).
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -274,6 +280,22 @@ impl Relay {
             .expect("create enrollment token");
         created.token
     }
+}
+
+/// SIGTERM to `child`, then waits for it to exit within `deadline`; how long it took.
+async fn terminate_child(mut child: Child, what: &str, deadline: Duration) -> Duration {
+    let pid = child.id().expect("child pid").to_string();
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+    tokio::time::timeout(deadline, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not exit within {deadline:?} of SIGTERM"))
+        .expect("wait for the child");
+    started.elapsed()
 }
 
 impl Drop for Relay {
@@ -401,24 +423,8 @@ impl Agent {
     /// SIGTERM, like `systemctl stop`; waits at most `deadline` for the process to exit and
     /// returns how long it took (panics if it did not exit).
     pub async fn terminate(&mut self, deadline: Duration) -> Duration {
-        let mut child = self.child.take().expect("agent is running");
-        let pid = child.id().expect("agent pid").to_string();
-        let started = std::time::Instant::now();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid} failed");
-        tokio::time::timeout(deadline, child.wait())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "agent {} did not exit within {deadline:?} of SIGTERM",
-                    self.name
-                )
-            })
-            .expect("wait for the agent");
-        started.elapsed()
+        let child = self.child.take().expect("agent is running");
+        terminate_child(child, &format!("agent {}", self.name), deadline).await
     }
 
     /// SIGKILL, like a crash.

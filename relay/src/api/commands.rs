@@ -19,6 +19,9 @@ use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 
+/// How often a `?wait=` re-reads the command while no completion arrives.
+const WAIT_RECHECK: Duration = Duration::from_secs(2);
+
 /// Longest `?wait=` honoured; larger values are clamped to it.
 pub const MAX_WAIT_SECS: u64 = 300;
 
@@ -273,6 +276,8 @@ pub async fn create(
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break false,
                 _ = state.shutdown.cancelled() => break false,
+                // A completion another relay announced may be lost: look at the store again.
+                _ = tokio::time::sleep(WAIT_RECHECK) => break true,
                 msg = completions.recv() => match msg {
                     Ok(c) if c.command_id == command_id => break true,
                     Ok(_) => continue,

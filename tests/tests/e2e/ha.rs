@@ -52,7 +52,7 @@ async fn read_until_finished(mut stream: reqwest::Response, command_id: &str) ->
 async fn commands_jobs_waits_and_events_cross_relays() {
     let pg = PgServer::start();
     let a = Relay::start_with_env(&[("FLOTILLA_DATABASE_URL", &pg.url)]).await;
-    let b = Relay::start_joining(&a).await;
+    let mut b = Relay::start_joining(&a).await;
     let scope = scope("ha_cross");
     let on_a = Agent::start(&a, "ha-a", "tier=ha", &scope).await;
     // Enrolled through B: enrollment on any relay is for all.
@@ -108,6 +108,15 @@ async fn commands_jobs_waits_and_events_cross_relays() {
     let job = api_a.wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, JobState::Completed, "{job:#?}");
     assert_eq!(job.counts.succeeded, 2, "{job:#?}");
+
+    // A clean stop of a relay on PostgreSQL ends promptly (its signals' sender stops with it)
+    // and takes it out of the cluster at once.
+    let took = b.terminate(Duration::from_secs(20)).await;
+    eprintln!("relay on PostgreSQL stopped {took:?} after SIGTERM");
+    eventually(Duration::from_secs(5), "A alone in the cluster", || async {
+        (cluster(&api_a).await.relays.len() == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
