@@ -259,6 +259,14 @@ impl Hub {
         self.lock().len()
     }
 
+    /// Every agent connected to this relay: (agent, connection start, announced version).
+    pub fn local_connections(&self) -> Vec<(String, DateTime<Utc>, String)> {
+        self.lock()
+            .iter()
+            .map(|(a, h)| (a.clone(), h.connected_at, h.agent_version.clone()))
+            .collect()
+    }
+
     /// Every agent connected to this relay with the time its connection started.
     pub fn snapshot(&self) -> Vec<(String, DateTime<Utc>)> {
         self.lock()

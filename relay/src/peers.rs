@@ -165,9 +165,57 @@ impl ClusterTasks {
         }
     }
 
+    /// Makes the routing table say what this relay's hub holds: a route written or removed
+    /// while the database was unreachable (best effort at connect and disconnect) is repaired.
+    async fn repair_own_routes(&self) {
+        let me = self.cluster.relay_id().to_string();
+        let recorded: HashMap<String, DateTime<Utc>> = match self.store.own_routes(me.clone()).await
+        {
+            Ok(r) => r.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read this relay's routes");
+                return;
+            }
+        };
+        let live = self.hub.local_connections();
+        let mut repaired = 0;
+        for (agent_id, connected_at, agent_version) in &live {
+            if recorded.get(agent_id) != Some(connected_at) {
+                let route = crate::store::Route {
+                    agent_id: agent_id.clone(),
+                    relay_id: me.clone(),
+                    connected_at: *connected_at,
+                    agent_version: agent_version.clone(),
+                };
+                if self.store.route_connected(route).await.is_ok() {
+                    repaired += 1;
+                }
+            }
+        }
+        let held: std::collections::HashSet<&String> = live.iter().map(|(a, _, _)| a).collect();
+        for (agent_id, connected_at) in &recorded {
+            if !held.contains(agent_id) {
+                let gone = self
+                    .store
+                    .route_disconnected(agent_id.clone(), me.clone(), *connected_at)
+                    .await;
+                if gone.is_ok() {
+                    repaired += 1;
+                }
+            }
+        }
+        if repaired > 0 {
+            tracing::info!(
+                routes = repaired,
+                "repaired this relay's routes in the routing table"
+            );
+        }
+    }
+
     /// Re-reads the others' connections and sends what is still queued for this relay's
     /// agents: the repair for any lost signal.
     async fn resync(&self) {
+        self.repair_own_routes().await;
         let since =
             crate::store::now() - chrono::Duration::from_std(DEAD_AFTER).unwrap_or_default();
         match self

@@ -114,6 +114,14 @@ impl Store {
             .await
     }
 
+    /// The routes recorded through `relay_id`: (agent, connected_at).
+    pub async fn own_routes(
+        &self,
+        relay_id: String,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        self.read(move |c| Sql::own_routes(c, &relay_id)).await
+    }
+
     /// Routes through live relays (seen since `since`) other than `me`.
     pub async fn remote_routes(
         &self,

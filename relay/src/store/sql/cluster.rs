@@ -136,6 +136,21 @@ impl Sql {
         Ok(())
     }
 
+    /// The routes through `relay_id`: (agent, connected_at).
+    pub(in crate::store) fn own_routes(
+        tx: &mut dyn Conn,
+        relay_id: &str,
+    ) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let mut stmt =
+            tx.prepare("SELECT agent_id, connected_at FROM agent_routes WHERE relay_id = ?1")?;
+        let rows = stmt.query_map([relay_id], |r| {
+            Ok((r.get::<String>(0)?, r.get::<String>(1)?))
+        })?;
+        rows.into_iter()
+            .map(|(agent, at)| Ok((agent, parse_ts(&at)?)))
+            .collect()
+    }
+
     /// The routes through live relays other than `me` (seen at or after `since`).
     pub(in crate::store) fn remote_routes(
         tx: &mut dyn Conn,

@@ -120,6 +120,13 @@ async fn routes_follow_connections_and_die_with_their_relay() {
         .unwrap();
     let from_b = store.remote_routes("relay_b".into(), t0).await.unwrap();
     assert_eq!(from_b.len(), 2, "{from_b:?}");
+    let mut own = store.own_routes("relay_a".into()).await.unwrap();
+    own.sort();
+    assert_eq!(
+        own,
+        vec![("ag_1".to_string(), t1), ("ag_2".to_string(), t0)]
+    );
+    assert!(store.own_routes("relay_b".into()).await.unwrap().is_empty());
     // relay_a stops being seen: it and its routes are forgotten.
     store
         .relay_seen(seen("relay_b", t0 + secs(30)))
