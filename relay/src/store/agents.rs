@@ -20,7 +20,7 @@ impl Store {
 
     /// The last flushed heartbeat of every agent that is not revoked.
     pub async fn latest_heartbeats(&self) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        self.read(Sql::latest_heartbeats).await
+        self.read(|c| Sql::latest_heartbeats(c, None)).await
     }
 
     /// Every agent, without its last heartbeat (`last_heartbeat` is `None`).

@@ -157,7 +157,8 @@ impl Store {
         &self,
         since: DateTime<Utc>,
     ) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        self.read(move |c| Sql::heartbeats_since(c, since)).await
+        self.read(move |c| Sql::latest_heartbeats(c, Some(since)))
+            .await
     }
 
     /// Takes or renews a lease (see [`Sql::acquire_lease`]): its epoch, or None while another

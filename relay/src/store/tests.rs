@@ -822,6 +822,12 @@ async fn file_database_reads_use_read_only_connections() {
     let latest = store.latest_heartbeats().await.unwrap();
     assert_eq!(latest.len(), 1);
     assert_eq!(*latest[0].heartbeat, hb);
+    // What another relay reads back: written at or after a time (`peers.rs`).
+    let since = store.heartbeats_since(at).await.unwrap();
+    assert_eq!(since.len(), 1);
+    assert_eq!(*since[0].heartbeat, hb);
+    let later = at + chrono::Duration::seconds(1);
+    assert!(store.heartbeats_since(later).await.unwrap().is_empty());
     assert_eq!(
         store.agent_targets().await.unwrap(),
         vec![(a.id.clone(), labels("x=1"))]

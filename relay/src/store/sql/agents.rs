@@ -162,21 +162,28 @@ impl Sql {
 
     /// The last flushed heartbeat of every agent that is not revoked (to fill the heartbeat
     /// cache once at startup).
+    /// Every unrevoked agent's latest stored heartbeat; with `since`, only those written at or
+    /// after it (what the other relays of a cluster flushed, `peers.rs`).
     pub(in crate::store) fn latest_heartbeats(
         tx: &mut dyn Conn,
+        since: Option<DateTime<Utc>>,
     ) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        let mut stmt = tx.prepare(
-            "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
+        let base = "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
              WHERE revoked_at IS NULL AND last_heartbeat IS NOT NULL \
-             AND last_heartbeat_at IS NOT NULL",
-        )?;
-        let rows = stmt.query_map(params![], |r| {
+             AND last_heartbeat_at IS NOT NULL";
+        let read = |r: &Row| {
             Ok((
                 r.get::<String>(0)?,
                 r.get::<String>(1)?,
                 r.get::<String>(2)?,
             ))
-        })?;
+        };
+        let rows = match since {
+            None => tx.prepare(base)?.query_map(params![], read)?,
+            Some(t) => tx
+                .prepare(&format!("{base} AND last_heartbeat_at >= ?1"))?
+                .query_map([ts(t)], read)?,
+        };
         rows.into_iter()
             .map(|(agent_id, heartbeat, at)| {
                 Ok(HeartbeatWrite {

@@ -237,37 +237,6 @@ impl Sql {
         Ok(Some((signed, agents)))
     }
 
-    /// The latest heartbeats written at or after `since` (by any relay's flusher).
-    pub(in crate::store) fn heartbeats_since(
-        tx: &mut dyn Conn,
-        since: DateTime<Utc>,
-    ) -> Result<Vec<HeartbeatWrite>, StoreError> {
-        let mut stmt = tx.prepare(
-            "SELECT id, last_heartbeat, last_heartbeat_at FROM agents \
-             WHERE revoked_at IS NULL AND last_heartbeat IS NOT NULL \
-             AND last_heartbeat_at >= ?1",
-        )?;
-        let rows = stmt.query_map([ts(since)], |r| {
-            Ok((
-                r.get::<String>(0)?,
-                r.get::<String>(1)?,
-                r.get::<String>(2)?,
-            ))
-        })?;
-        rows.into_iter()
-            .map(|(agent_id, heartbeat, at)| {
-                Ok(HeartbeatWrite {
-                    agent_id,
-                    heartbeat: std::sync::Arc::new(from_json::<Heartbeat>(
-                        "heartbeat",
-                        &heartbeat,
-                    )?),
-                    received_at: parse_ts(&at)?,
-                })
-            })
-            .collect()
-    }
-
     /// Takes or renews the lease `name` for `holder` until `expires_at`: free, expired or
     /// already the holder's. A takeover raises the epoch; a renewal keeps it. None when another
     /// relay holds it unexpired.
