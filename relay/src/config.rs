@@ -59,8 +59,8 @@ flotilla_daemon::settings! {
         /// Directory holding `relay.db`, `relay.key`, `admin-token` and `listen-addr`.
         data_dir: PathBuf = PathBuf::from("./relay-data"), env "FLOTILLA_DATA_DIR";
         /// The relay's database on PostgreSQL (14 or newer), `postgres://user@host:port/dbname`
-        /// (`--database`). Unset: SQLite, `relay.db` in `data_dir`. One relay per database for
-        /// now: a second relay on the same database refuses to start.
+        /// (`--database`). Unset: SQLite, `relay.db` in `data_dir`. Several relays may share one
+        /// database (with a copy of the same `relay.key`): see the README's high availability.
         database_url: Option<String> = None, env "FLOTILLA_DATABASE_URL";
         /// File holding the PostgreSQL password (its first line), so it is not in the URL, the
         /// config or the environment.

@@ -17,6 +17,7 @@ mod hub;
 mod jobs;
 mod keys;
 mod metrics;
+pub mod migrate;
 mod model;
 mod peers;
 mod ratelimit;
@@ -41,7 +42,8 @@ pub mod embed {
     pub use crate::alerts::notify;
     pub use crate::keys::{read_admin_token, ADMIN_TOKEN_FILE};
     pub use crate::rollouts::RolloutEngine;
-    pub use crate::store::{now, NewEnrollmentToken};
+    pub use crate::server::DB_FILE;
+    pub use crate::store::{now, redact_database_url, NewEnrollmentToken};
 }
 
 #[cfg(test)]

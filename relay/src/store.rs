@@ -55,6 +55,7 @@ mod rollouts;
 mod sessions;
 mod sql;
 mod sqlite;
+pub mod transfer;
 
 use sql::Sql;
 mod tokens;

@@ -231,6 +231,21 @@ impl Relay {
         self.spawn(&addr).await;
     }
 
+    /// Sets (or replaces) an environment variable of the relay's next start ([`Relay::restart`],
+    /// [`Relay::start_again`]).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.retain(|(k, _)| k != key);
+        self.extra_env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Starts the relay again after [`Relay::terminate`] or [`Relay::kill`]: same address,
+    /// same data dir.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the relay is still running");
+        let addr = self.addr.clone();
+        self.spawn(&addr).await;
+    }
+
     /// Starts another relay of the same cluster as `first`: its own data dir holding copies
     /// of `first`'s signing key and admin token (what an operator copies to a new relay), the
     /// same settings (and so the same `FLOTILLA_DATABASE_URL`).

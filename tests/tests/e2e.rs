@@ -19,6 +19,7 @@ mod e2e {
     pub mod ha;
     pub mod heartbeats;
     pub mod install;
+    pub mod migrate;
     pub mod openapi;
     pub mod protocol_abuse;
     pub mod restore;

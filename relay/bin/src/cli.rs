@@ -23,6 +23,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Serve plus one in-process agent against the local Docker engine, for trying Flotilla.
     Dev(DevArgs),
+    /// Move a single SQLite relay's state into an empty PostgreSQL database.
+    Migrate(MigrateArgs),
 }
 
 #[derive(Args)]
@@ -49,4 +51,17 @@ pub struct DevArgs {
     /// Data directory (default ./flotilla-dev).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The SQLite relay's data directory (holding relay.db); it is only read.
+    #[arg(long, value_name = "DIR")]
+    pub from: PathBuf,
+    /// The PostgreSQL database to fill (it must be empty).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// File whose first line is the database password (env FLOTILLA_DATABASE_PASSWORD_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }

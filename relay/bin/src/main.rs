@@ -90,6 +90,12 @@ fn config_for(command: &Command) -> anyhow::Result<RelayConfig> {
             ),
             ..Overrides::default()
         }),
+        // Logging and the password file only: the source and target are the flags.
+        Command::Migrate(args) => load_config(Overrides {
+            data_dir: Some(args.from.clone()),
+            database_password_file: args.password_file.clone(),
+            ..Overrides::default()
+        }),
     }
 }
 
@@ -125,6 +131,30 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
         }
         Command::Dev(_) => {
             dev::run(config, shutdown_signal()).await?;
+        }
+        Command::Migrate(args) => {
+            let report = flotilla_relay_server::migrate::migrate(
+                &args.from,
+                &args.to,
+                config.database_password_file.as_deref(),
+            )
+            .await
+            .context("migration failed")?;
+            for (table, rows) in &report.tables {
+                println!("{table:>24}  {rows} rows");
+            }
+            println!(
+                "migrated {} rows from {} into {}",
+                report.total_rows(),
+                args.from
+                    .join(flotilla_relay_server::embed::DB_FILE)
+                    .display(),
+                flotilla_relay_server::embed::redact_database_url(&args.to)
+            );
+            println!(
+                "next: start each relay with --database and a copy of {} (agents keep their enrollment)",
+                args.from.join("relay.key").display()
+            );
         }
     }
     Ok(())

@@ -992,4 +992,5 @@ mod backups;
 mod cluster;
 mod fleet;
 mod rollouts;
+mod transfer;
 mod updates;
