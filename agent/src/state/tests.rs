@@ -478,7 +478,9 @@ fn assert_undo_restores(migrations: &[(&str, Option<&str>)], n: usize) {
     migrate(&mut c, &migrations[..n]).unwrap();
     let migrated = schema(&c);
     migrate(&mut c, &migrations[..n - 1]).unwrap();
-    let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
     assert_eq!(version, n as i64 - 1);
     assert_ne!(migrated, schema(&before), "migration {n} changes nothing");
     assert_eq!(
@@ -500,7 +502,10 @@ fn every_downgrade_restores_the_previous_schema() {
         );
     }
     for (v, _) in DOWNGRADES {
-        assert!(*v > DOWNGRADES_FROM && *v <= MIGRATIONS.len() as i64, "stray undo script {v}");
+        assert!(
+            *v > DOWNGRADES_FROM && *v <= MIGRATIONS.len() as i64,
+            "stray undo script {v}"
+        );
     }
     // ...that restores the schema before it, exactly (checked on the next release's too).
     let migrations = all_migrations(&[NEXT]);
@@ -522,8 +527,10 @@ async fn a_newer_schema_without_undo_scripts_is_refused_naming_the_versions() {
     }
     let err = format!("{:#}", State::open(&dir).await.unwrap_err());
     assert!(
-        err.contains(&format!("schema version {} is newer than this agent understands ({known})", known + 2))
-            && err.contains(&format!("[{}, {}]", known + 2, known + 1)),
+        err.contains(&format!(
+            "schema version {} is newer than this agent understands ({known})",
+            known + 2
+        )) && err.contains(&format!("[{}, {}]", known + 2, known + 1)),
         "{err}"
     );
     assert_eq!(user_version(&dir), known + 2, "the file is left alone");
@@ -536,7 +543,10 @@ async fn an_older_agent_undoes_a_newer_migration_and_keeps_the_outbox() {
     let known = MIGRATIONS.len() as i64;
     // The current build runs first and queues a result it could not send yet.
     let old = State::open(&dir).await.unwrap();
-    let before = old.append_outbox(vec![OutboxItem::Result(result("c_before"))]).await.unwrap();
+    let before = old
+        .append_outbox(vec![OutboxItem::Result(result("c_before"))])
+        .await
+        .unwrap();
     drop(old);
     // The next release migrates the file, queues events and a result, writes its own table,
     // and the relay acknowledges nothing.
@@ -566,20 +576,34 @@ async fn an_older_agent_undoes_a_newer_migration_and_keeps_the_outbox() {
     State::open(&fresh_dir).await.unwrap();
     let fresh = Connection::open(fresh_dir.join(DB_FILE)).unwrap();
     let reverted = Connection::open(dir.join(DB_FILE)).unwrap();
-    assert_eq!(schema(&reverted), schema(&fresh), "exactly this build's schema again");
+    assert_eq!(
+        schema(&reverted),
+        schema(&fresh),
+        "exactly this build's schema again"
+    );
     let stored: i64 = reverted
         .query_row("SELECT COUNT(*) FROM schema_downgrades", [], |r| r.get(0))
         .unwrap();
     assert_eq!(stored, DOWNGRADES.len() as i64, "the undone script is gone");
     let items = back.outbox_after(0, 100).await.unwrap();
     let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, [before.clone(), queued.clone()].concat(), "same items, same seqs");
-    assert_eq!(event_message(&items[1].1, "queued by the newer build"), items[1].1);
+    assert_eq!(
+        seqs,
+        [before.clone(), queued.clone()].concat(),
+        "same items, same seqs"
+    );
+    assert_eq!(
+        event_message(&items[1].1, "queued by the newer build"),
+        items[1].1
+    );
     assert!(matches!(&items[2].1, OutboxItem::Result(r) if r.command_id == "c_newer"));
     // The result queued by the newer build is still the one pending for its command (no second
     // copy with another seq), and new items come after every seq the newer build used.
     assert!(!back.requeue_result(result("c_newer")).await.unwrap());
-    let next = back.append_outbox(vec![event("after the revert")]).await.unwrap();
+    let next = back
+        .append_outbox(vec![event("after the revert")])
+        .await
+        .unwrap();
     assert!(next[0] > *queued.last().unwrap());
     back.ack_outbox(next[0]).await.unwrap();
     assert_eq!(back.outbox_len().await.unwrap(), 0);
@@ -608,7 +632,8 @@ async fn a_failing_undo_script_leaves_the_file_as_it_was() {
     drop(newer);
     let err = format!("{:#}", State::open(&dir).await.unwrap_err());
     assert!(
-        err.contains(&format!("cannot undo schema version {}", known + 1)) && err.contains("no_such_table"),
+        err.contains(&format!("cannot undo schema version {}", known + 1))
+            && err.contains("no_such_table"),
         "{err}"
     );
     assert_eq!(user_version(&dir), known + 1);
@@ -618,7 +643,11 @@ async fn a_failing_undo_script_leaves_the_file_as_it_was() {
             Ok((r.get(0)?, r.get(1)?))
         })
         .unwrap();
-    assert_eq!((rows, origin), (1, None), "the column and the row are still there");
+    assert_eq!(
+        (rows, origin),
+        (1, None),
+        "the column and the row are still there"
+    );
     drop(c);
     // The newer build still opens it as its own.
     State::open_blocking_with(&dir, &[broken]).unwrap();
