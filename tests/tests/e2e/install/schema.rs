@@ -37,13 +37,33 @@ async fn a_reverted_build_that_migrated_agent_db_leaves_a_working_agent_with_its
     let db = "/var/lib/flotilla/agent.db";
     let owner_before = host.sh(&format!("stat -c '%U:%G %a' {db}"));
 
-    let done = host
-        .upgrade_result(&agent.id, "0.4.0", false, REVERT_DEADLINE)
-        .await;
+    // The updater is killed right after the swap, as in the broken-build test: the resumed run
+    // (from the known-good copy) reverts, and agent.db needs nothing from either run.
+    let cmd = host.upgrade(&agent.id, "0.4.0", false).await.unwrap();
+    let applied = flotilla_testkit::Poller::new(REVERT_DEADLINE).every(Duration::from_millis(200));
+    loop {
+        let result = host.sh("cat /var/lib/flotilla/upgrade/result.json 2>/dev/null || true");
+        if result.contains("\"status\": \"applied\"") {
+            break;
+        }
+        assert!(
+            !applied.expired(),
+            "the updater never applied 0.4.0: {result}"
+        );
+        applied.pause().await;
+    }
+    host.sh(&format!("systemctl kill --signal=SIGKILL {UPDATER_UNIT}"));
+    host.step("updater killed after the swap");
+    let done = host.api.wait_final(&cmd.id, REVERT_DEADLINE).await;
     let message = assert_error(&done, error_codes::UPGRADE_REVERTED);
     assert!(
         message.contains("crash loop: ") || message.contains("unit failed: "),
         "{message}"
+    );
+    let updater = blocking(|| host.container.journal(&[UPDATER_UNIT], 400));
+    assert!(
+        updater.contains("resuming an upgrade a previous run of the updater did not finish"),
+        "{updater}"
     );
     host.step(&format!("0.4.0 reverted: {message}"));
 
