@@ -4,8 +4,10 @@
 //! welcome (`identity`), the command journal (`journal`: every command runs at most once and its
 //! result is remembered), the outbox of results and events not yet acknowledged by the relay
 //! (`outbox`), the container update journal (`update_journal`) and the backup catalogue
-//! (`backup_catalogue`). This file opens the database and migrates its schema; each table
-//! family's methods on `State` live in its own file.
+//! (`backup_catalogue`). This file opens the database and migrates its schema — forward, or
+//! back with the undo scripts a newer agent stored in `schema_downgrades` when a self-update
+//! to it was reverted (`downgrade`); each table family's methods on `State` live in its own
+//! file.
 //!
 //! SQLite calls block, so every method hops onto the blocking pool; the connection sits behind a
 //! std mutex that is only ever held inside those blocking closures, never across an `.await`.
@@ -30,7 +32,7 @@ pub use rollback_images::RollbackImages;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -178,6 +180,13 @@ impl State {
 
     /// The blocking body of `open`.
     pub fn open_blocking(state_dir: &Path) -> Result<State> {
+        State::open_blocking_with(state_dir, &[])
+    }
+
+    /// `open_blocking` for a build that carries `extra` migrations after this build's own
+    /// (numbered from `MIGRATIONS.len() + 1`). Only the test build that plays a newer release
+    /// with one more migration (`examples/flotilla-agent-next-schema.rs`) passes any.
+    pub fn open_blocking_with(state_dir: &Path, extra: &[ExtraMigration]) -> Result<State> {
         create_private_dir(state_dir)?;
         let path = state_dir.join(DB_FILE);
         create_private_file(&path)?;
@@ -188,7 +197,14 @@ impl State {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut conn).with_context(|| format!("cannot migrate {}", path.display()))?;
+        let mut migrations: Vec<(&str, Option<&str>)> = MIGRATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, up)| (*up, downgrade_of(i as i64 + 1)))
+            .collect();
+        migrations.extend(extra.iter().map(|m| (m.up, Some(m.down))));
+        migrate(&mut conn, &migrations)
+            .with_context(|| format!("cannot migrate {}", path.display()))?;
         Ok(State {
             conn: Arc::new(Mutex::new(conn)),
             path,
@@ -243,21 +259,108 @@ fn parse_ts(s: &str) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Undo scripts of the migrations above [`DOWNGRADES_FROM`], by version: applying migration N
+/// also stores its undo script in `schema_downgrades`, so an OLDER binary that finds the
+/// database at N (a reverted or rolled-back self-update) can bring it back to the schema it
+/// knows without knowing migration N itself (see `downgrade`). An undo script drops what its
+/// migration added (or converts it back); `every_downgrade_restores_the_previous_schema` checks
+/// that the schema after it is exactly the one before the migration.
+const DOWNGRADES: &[(i64, &str)] = &[];
+
+/// The newest schema version that has no undo script: binaries from before stored undo scripts
+/// know at least this version, so every migration above it must come with one (a test checks).
+#[cfg(test)]
+const DOWNGRADES_FROM: i64 = 6;
+
+/// A migration a build carries beyond this build's own, with its undo script (see
+/// [`State::open_blocking_with`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ExtraMigration {
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+fn downgrade_of(version: i64) -> Option<&'static str> {
+    DOWNGRADES
+        .iter()
+        .find(|(v, _)| *v == version)
+        .map(|(_, sql)| *sql)
+}
+
+/// Bookkeeping outside the numbered migrations (it must exist whatever the version is): the
+/// undo script of every applied migration that has one.
+const DOWNGRADES_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_downgrades (
+    version INTEGER PRIMARY KEY,
+    down TEXT NOT NULL
+)";
+
+/// Brings the schema to `migrations.len()`: forward by applying (and recording the undo script
+/// of) each missing migration; backward, when a newer agent migrated the file, by the undo
+/// scripts that agent stored. Each step is one transaction.
+fn migrate(conn: &mut Connection, migrations: &[(&str, Option<&str>)]) -> Result<()> {
+    conn.execute_batch(DOWNGRADES_TABLE)?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
+    let known = migrations.len() as i64;
     if version > known {
-        bail!(
-            "database schema version {version} is newer than this agent understands ({known}); \
-             upgrade the agent"
-        );
+        return downgrade(conn, version, known);
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, (up, down)) in migrations.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
+        tx.execute_batch(up)?;
+        if let Some(down) = down {
+            tx.execute(
+                "INSERT OR REPLACE INTO schema_downgrades (version, down) VALUES (?1, ?2)",
+                rusqlite::params![i as i64 + 1, down],
+            )?;
+        }
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
     }
+    Ok(())
+}
+
+/// Undoes schema versions `known + 1 ..= version` (newest first) with the scripts the newer agent
+/// stored, in ONE transaction: a crash or a failing script leaves the file as it was. The rows
+/// of every table stay (the outbox's unacknowledged results and events, with their seqs, the
+/// journal, the update journal, the backup catalogue); only what the newer migrations added goes.
+fn downgrade(conn: &mut Connection, version: i64, known: i64) -> Result<()> {
+    let tx = conn.transaction()?;
+    let mut scripts = Vec::new();
+    let mut missing = Vec::new();
+    for v in (known + 1..=version).rev() {
+        let down: Option<String> = tx
+            .query_row(
+                "SELECT down FROM schema_downgrades WHERE version = ?1",
+                [v],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match down {
+            Some(sql) => scripts.push((v, sql)),
+            None => missing.push(v),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "database schema version {version} is newer than this agent understands ({known}) \
+             and the newer agent left no undo script for version(s) {missing:?}; upgrade the \
+             agent"
+        );
+    }
+    for (v, sql) in &scripts {
+        tx.execute_batch(sql).with_context(|| {
+            format!("cannot undo schema version {v} (written by a newer agent)")
+        })?;
+        tx.execute("DELETE FROM schema_downgrades WHERE version = ?1", [v])?;
+    }
+    tx.pragma_update(None, "user_version", known)?;
+    tx.commit()?;
+    tracing::warn!(
+        from = version,
+        to = known,
+        "the database was migrated by a newer agent; undid its migrations with the scripts it \
+         stored (a reverted or rolled-back upgrade)"
+    );
     Ok(())
 }
 

@@ -393,3 +393,263 @@ async fn prune_drops_only_long_expired_entries() {
     assert!(state.journal_get("live").await.unwrap().is_some());
     std::fs::remove_dir_all(dir).ok();
 }
+
+// === schema downgrades (a reverted or rolled-back self-update) ===
+
+/// What a newer release's extra migration looks like: a table of its own and an outbox column.
+const NEXT: ExtraMigration = ExtraMigration {
+    up: "CREATE TABLE next_probe (id INTEGER PRIMARY KEY, note TEXT NOT NULL);
+         ALTER TABLE outbox ADD COLUMN next_origin TEXT;
+         CREATE INDEX outbox_next_origin ON outbox (next_origin);",
+    down: "DROP INDEX outbox_next_origin;
+           ALTER TABLE outbox DROP COLUMN next_origin;
+           DROP TABLE next_probe;",
+};
+
+fn user_version(dir: &Path) -> i64 {
+    Connection::open(dir.join(DB_FILE))
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+/// The schema as the code sees it: every table's columns (name, type, not null, default, key)
+/// and every index's columns, in name order; SQLite's stored CREATE text is left out (ALTER
+/// TABLE edits it in place, so equal schemas can differ in whitespace).
+fn schema(c: &Connection) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut objects = c
+        .prepare(
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'
+             ORDER BY type, name",
+        )
+        .unwrap();
+    let objects: Vec<(String, String, String)> = objects
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for (kind, name, table) in objects {
+        let columns: Vec<String> = if kind == "table" {
+            let mut s = c
+                .prepare(&format!("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info('{name}')"))
+                .unwrap();
+            s.query_map([], |r| {
+                Ok(format!(
+                    "{} {} {} {:?} {}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?
+                ))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+        } else {
+            let mut s = c
+                .prepare(&format!("SELECT name FROM pragma_index_info('{name}')"))
+                .unwrap();
+            s.query_map([], |r| r.get::<_, Option<String>>(0))
+                .unwrap()
+                .map(|n| n.unwrap().unwrap_or_default())
+                .collect()
+        };
+        out.push(format!("{kind} {name} on {table}: {}", columns.join(", ")));
+    }
+    out
+}
+
+fn all_migrations(extra: &[ExtraMigration]) -> Vec<(&'static str, Option<&'static str>)> {
+    MIGRATIONS
+        .iter()
+        .enumerate()
+        .map(|(i, up)| (*up, downgrade_of(i as i64 + 1)))
+        .chain(extra.iter().map(|m| (m.up, Some(m.down))))
+        .collect()
+}
+
+/// Migrating to N and back to N - 1 gives exactly the schema of N - 1, for `migrations[..n]`.
+fn assert_undo_restores(migrations: &[(&str, Option<&str>)], n: usize) {
+    let mut before = Connection::open_in_memory().unwrap();
+    migrate(&mut before, &migrations[..n - 1]).unwrap();
+    let mut c = Connection::open_in_memory().unwrap();
+    migrate(&mut c, &migrations[..n]).unwrap();
+    let migrated = schema(&c);
+    migrate(&mut c, &migrations[..n - 1]).unwrap();
+    let version: i64 = c
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, n as i64 - 1);
+    assert_ne!(migrated, schema(&before), "migration {n} changes nothing");
+    assert_eq!(
+        schema(&c),
+        schema(&before),
+        "the undo script of migration {n} does not restore the schema of {}",
+        n - 1
+    );
+}
+
+#[test]
+fn every_downgrade_restores_the_previous_schema() {
+    // Every migration an older binary may have to undo carries its undo script...
+    for v in DOWNGRADES_FROM + 1..=MIGRATIONS.len() as i64 {
+        assert!(
+            downgrade_of(v).is_some(),
+            "migration {v} has no undo script in DOWNGRADES: a reverted self-update could not \
+             open the database"
+        );
+    }
+    for (v, _) in DOWNGRADES {
+        assert!(
+            *v > DOWNGRADES_FROM && *v <= MIGRATIONS.len() as i64,
+            "stray undo script {v}"
+        );
+    }
+    // ...that restores the schema before it, exactly (checked on the next release's too).
+    let migrations = all_migrations(&[NEXT]);
+    for n in DOWNGRADES_FROM as usize + 1..=migrations.len() {
+        assert_undo_restores(&migrations, n);
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_without_undo_scripts_is_refused_naming_the_versions() {
+    let dir = temp_dir();
+    State::open(&dir).await.unwrap();
+    let known = MIGRATIONS.len() as i64;
+    {
+        // What an agent from before the undo scripts (or a damaged file) leaves: a newer
+        // version and nothing to undo it with.
+        let c = Connection::open(dir.join(DB_FILE)).unwrap();
+        c.pragma_update(None, "user_version", known + 2).unwrap();
+    }
+    let err = format!("{:#}", State::open(&dir).await.unwrap_err());
+    assert!(
+        err.contains(&format!(
+            "schema version {} is newer than this agent understands ({known})",
+            known + 2
+        )) && err.contains(&format!("[{}, {}]", known + 2, known + 1)),
+        "{err}"
+    );
+    assert_eq!(user_version(&dir), known + 2, "the file is left alone");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn an_older_agent_undoes_a_newer_migration_and_keeps_the_outbox() {
+    let dir = temp_dir();
+    let known = MIGRATIONS.len() as i64;
+    // The current build runs first and queues a result it could not send yet.
+    let old = State::open(&dir).await.unwrap();
+    let before = old
+        .append_outbox(vec![OutboxItem::Result(result("c_before"))])
+        .await
+        .unwrap();
+    drop(old);
+    // The next release migrates the file, queues events and a result, writes its own table,
+    // and the relay acknowledges nothing.
+    let newer = State::open_blocking_with(&dir, &[NEXT]).unwrap();
+    assert_eq!(user_version(&dir), known + 1);
+    let queued = newer
+        .append_outbox(vec![
+            event("queued by the newer build"),
+            OutboxItem::Result(result("c_newer")),
+        ])
+        .await
+        .unwrap();
+    newer
+        .call(|c| {
+            c.execute("INSERT INTO next_probe (note) VALUES ('x')", [])?;
+            c.execute("UPDATE outbox SET next_origin = 'newer'", [])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    drop(newer);
+
+    // Reverted: the current build opens it again, undoes the migration, keeps every row.
+    let back = State::open(&dir).await.unwrap();
+    assert_eq!(user_version(&dir), known);
+    let fresh_dir = temp_dir();
+    State::open(&fresh_dir).await.unwrap();
+    let fresh = Connection::open(fresh_dir.join(DB_FILE)).unwrap();
+    let reverted = Connection::open(dir.join(DB_FILE)).unwrap();
+    assert_eq!(
+        schema(&reverted),
+        schema(&fresh),
+        "exactly this build's schema again"
+    );
+    let stored: i64 = reverted
+        .query_row("SELECT COUNT(*) FROM schema_downgrades", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, DOWNGRADES.len() as i64, "the undone script is gone");
+    let items = back.outbox_after(0, 100).await.unwrap();
+    let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        [before.clone(), queued.clone()].concat(),
+        "same items, same seqs"
+    );
+    assert_eq!(
+        event_message(&items[1].1, "queued by the newer build"),
+        items[1].1
+    );
+    assert!(matches!(&items[2].1, OutboxItem::Result(r) if r.command_id == "c_newer"));
+    // The result queued by the newer build is still the one pending for its command (no second
+    // copy with another seq), and new items come after every seq the newer build used.
+    assert!(!back.requeue_result(result("c_newer")).await.unwrap());
+    let next = back
+        .append_outbox(vec![event("after the revert")])
+        .await
+        .unwrap();
+    assert!(next[0] > *queued.last().unwrap());
+    back.ack_outbox(next[0]).await.unwrap();
+    assert_eq!(back.outbox_len().await.unwrap(), 0);
+    drop(back);
+
+    // Upgrading again migrates forward again.
+    State::open_blocking_with(&dir, &[NEXT]).unwrap();
+    assert_eq!(user_version(&dir), known + 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&fresh_dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_undo_script_leaves_the_file_as_it_was() {
+    let dir = temp_dir();
+    let known = MIGRATIONS.len() as i64;
+    let broken = ExtraMigration {
+        up: NEXT.up,
+        // Drops the outbox column first, then fails: the whole undo must roll back.
+        down: "DROP INDEX outbox_next_origin;
+               ALTER TABLE outbox DROP COLUMN next_origin;
+               DROP TABLE no_such_table;",
+    };
+    let newer = State::open_blocking_with(&dir, &[broken]).unwrap();
+    newer.append_outbox(vec![event("kept")]).await.unwrap();
+    drop(newer);
+    let err = format!("{:#}", State::open(&dir).await.unwrap_err());
+    assert!(
+        err.contains(&format!("cannot undo schema version {}", known + 1))
+            && err.contains("no_such_table"),
+        "{err}"
+    );
+    assert_eq!(user_version(&dir), known + 1);
+    let c = Connection::open(dir.join(DB_FILE)).unwrap();
+    let (rows, origin): (i64, Option<String>) = c
+        .query_row("SELECT COUNT(*), MAX(next_origin) FROM outbox", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (rows, origin),
+        (1, None),
+        "the column and the row are still there"
+    );
+    drop(c);
+    // The newer build still opens it as its own.
+    State::open_blocking_with(&dir, &[broken]).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

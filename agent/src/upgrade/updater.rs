@@ -29,6 +29,8 @@
 //! 6. Revert: `result.json` `reverted` with the reason (written first, so an old binary that
 //!    systemd starts in the next instant already finds the verdict), the previous binary swapped
 //!    back in the same atomic way, `systemctl reset-failed`, `systemctl restart --no-block`.
+//!    agent.db is left alone: a new build that migrated it left the undo scripts in it, and the
+//!    previous binary runs them when it opens the file (`state.rs`, `downgrade`).
 //!
 //! Re-run after a crash: `inflight.json` records the stage reached (`accepted`, `applied`,
 //! `reverting`). A re-run finishes it before looking at a new request: `accepted` starts over

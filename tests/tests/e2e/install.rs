@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+// issue 17 part 5: a revert across a schema migration (in its own file: this one is long)
+mod schema;
+
 /// The agent reaching the relay after an install or a restart (start, enroll, connect).
 const ONLINE_DEADLINE: Duration = Duration::from_secs(90);
 /// An upgrade end to end: download, checks, smoke test, the updater's swap, the restart and the
