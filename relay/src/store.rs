@@ -50,9 +50,11 @@ mod fleet;
 mod jobs;
 mod metrics;
 mod postgres;
+mod relaybackups;
 pub mod releases;
 mod rollouts;
 mod sessions;
+pub mod snapshot;
 mod sql;
 mod sqlite;
 

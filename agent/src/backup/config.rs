@@ -1,8 +1,8 @@
 //! `[backup]` in agent.toml: where backups go, when they run, how long they are kept, and the
 //! jobs (configured, or discovered from running database containers).
 
-use flotilla_shared::backup::BackupEngine;
 pub use flotilla_offsite::config::{DestinationConfig, DestinationKind, RetentionConfig};
+use flotilla_shared::backup::BackupEngine;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
