@@ -21,6 +21,8 @@ mod e2e {
     pub mod install;
     pub mod openapi;
     pub mod protocol_abuse;
+    // issue 15 item 8: the relay backs up its own database
+    pub mod relay_backup;
     pub mod restore;
     pub mod rollout;
     pub mod secrets;
