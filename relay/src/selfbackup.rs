@@ -31,6 +31,9 @@ pub use restore::{restore, verify, RestoreOptions};
 
 /// Key prefix of the relay's backups at a destination (after the destination's own prefix).
 pub const REMOTE_PREFIX: &str = "relay";
+/// The SQLite file in the data dir (`server::DB_FILE`; not imported, so the composition root
+/// and this engine do not import each other).
+pub const DB_FILE: &str = "relay.db";
 /// The lease the scheduled engine runs under.
 pub const LEASE: &str = "relay-backup";
 
@@ -168,7 +171,7 @@ async fn produce(
     let made = match ctx.backend() {
         SQLITE => {
             let (db, files, recipients) = (
-                ctx.data_dir.join(crate::server::DB_FILE),
+                ctx.data_dir.join(DB_FILE),
                 files.clone(),
                 recipients.clone(),
             );
@@ -420,7 +423,7 @@ pub async fn run_cli(config: &RelayConfig) -> Result<Manifest, BackupError> {
             })?
         }
         None => {
-            let db = config.data_dir.join(crate::server::DB_FILE);
+            let db = config.data_dir.join(DB_FILE);
             if !db.is_file() {
                 return Err(err(format!(
                     "no relay database at {}: give the relay's --data-dir",
@@ -445,4 +448,12 @@ pub async fn newest_local(config: &RelayConfig) -> Result<String, BackupError> {
         .next()
         .map(|m| m.name)
         .ok_or_else(|| err(format!("no backup in {shown}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_database_file_is_the_one_the_relay_opens() {
+        assert_eq!(super::DB_FILE, crate::server::DB_FILE);
+    }
 }

@@ -257,7 +257,7 @@ pub async fn restore(
     check_sums(&found)?;
     let ids = identities(&m, options.identity.as_deref())?;
     let data_dir = config.data_dir.clone();
-    let db = data_dir.join(crate::server::DB_FILE);
+    let db = data_dir.join(super::DB_FILE);
     let key = data_dir.join(crate::keys::RELAY_KEY_FILE);
     if !options.force {
         if m.backend == SQLITE && db.exists() {
