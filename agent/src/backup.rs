@@ -14,15 +14,13 @@
 //! of one job), `restore` (verify and restore) and `scheduler` (the scheduler and the watcher).
 
 pub mod config;
-// issue 17 §3: restore onto a replacement server (off-site listing, age identities).
-pub mod decrypt;
-pub mod destination;
-pub mod encrypt;
 pub mod engine;
+// The off-site parts the relay shares (crate flotilla-offsite), under their old paths; `decrypt`
+// is issue 17 §3: restore onto a replacement server (off-site listing, age identities).
+pub use flotilla_offsite::{decrypt, destination, encrypt, retention};
 mod offsite;
 pub mod pipeline;
 mod restore;
-pub mod retention;
 mod run;
 pub mod schedule;
 mod scheduler;

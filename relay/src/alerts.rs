@@ -178,6 +178,8 @@ pub struct AlertsEngine {
     /// [`alert_url`] without the id.
     url_prefix: String,
     sink: Sink,
+    /// `[backup] enabled`: the relay's own backups are expected (the `relay_backup` rule).
+    relay_backups_enabled: bool,
 }
 
 impl AlertsEngine {
@@ -200,6 +202,7 @@ impl AlertsEngine {
             unreachable_after: unreachable_after(config),
             url_prefix: alert_url(config, ""),
             sink,
+            relay_backups_enabled: config.backup.enabled,
         }
     }
 
@@ -394,6 +397,15 @@ pub async fn conditions(
             cfg,
             &backups.databases,
             backups.truncated,
+        ));
+    }
+    if engine.relay_backups_enabled && cfg.enabled(Rule::RelayBackup) {
+        let health = engine.store.relay_backup_health().await?;
+        out.extend(rules::relay_backup_conditions(
+            cfg,
+            &health,
+            engine.handle.started_at,
+            now,
         ));
     }
     if cfg.enabled(Rule::UpdateRolledBack) || cfg.enabled(Rule::RollbackFailed) {

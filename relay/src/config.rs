@@ -9,11 +9,15 @@
 //! `[notify]` and `[alerts]` keep their fields, defaults and docs in their own structs
 //! (`config/notify.rs`, `model/alerts/config.rs`); the table names their variables.
 
+pub mod backup;
 pub mod notify;
 pub mod table;
 
 use crate::model::alerts::{AlertsConfig, RuleOverride};
+use backup::{RelayBackupConfig, RelayRetention};
 use flotilla_daemon::logging::LogFormat;
+use flotilla_daemon::settings::trimmed_path;
+use flotilla_offsite::config::DestinationConfig;
 use notify::{EmailConfig, NotifyConfig, SlackConfig, WebhookConfig};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -155,6 +159,33 @@ flotilla_daemon::settings! {
         }
         file_only {
             rules: BTreeMap<String, RuleOverride> = "a table per rule ([alerts.rules.<rule>])";
+        }
+    }
+
+    /// The relay's backups of its own database (`[backup]`, see `config/backup.rs`).
+    section backup: RelayBackupConfig => BackupOverrides {
+        env {
+            enabled: bool = "FLOTILLA_BACKUP_ENABLED";
+            dir: Option<PathBuf> = "FLOTILLA_BACKUP_DIR", parse trimmed_path;
+            interval_hours: u32 = "FLOTILLA_BACKUP_INTERVAL_HOURS",
+                check |v| (1..=24 * 31).contains(v), "expected 1 to 744 hours";
+            compression_level: i32 = "FLOTILLA_BACKUP_COMPRESSION_LEVEL",
+                check |v| (1..=19).contains(v), "expected 1 to 19";
+            pg_dump: Option<PathBuf> = "FLOTILLA_BACKUP_PG_DUMP", parse trimmed_path;
+            age_recipients: Vec<String> = "FLOTILLA_BACKUP_AGE_RECIPIENTS";
+            age_recipients_file: Option<PathBuf> = "FLOTILLA_BACKUP_AGE_RECIPIENTS_FILE",
+                parse trimmed_path;
+        }
+        section retention: RelayRetention => RetentionOverrides {
+            env {
+                daily: u32 = "FLOTILLA_BACKUP_RETENTION_DAILY";
+                weekly: u32 = "FLOTILLA_BACKUP_RETENTION_WEEKLY";
+                monthly: u32 = "FLOTILLA_BACKUP_RETENTION_MONTHLY";
+            }
+        }
+        file_only {
+            destinations: Vec<DestinationConfig> = "a list of tables (name, type, path or \
+                bucket, credential files, ...), as in agent.toml";
         }
     }
 }

@@ -24,6 +24,7 @@ mod ratelimit;
 mod releases;
 mod retention;
 mod rollouts;
+pub mod selfbackup;
 mod server;
 mod state;
 mod store;

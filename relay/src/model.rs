@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod commands;
 pub mod jobs;
 pub mod metrics;
+pub mod relaybackup;
 pub mod rollouts;
 pub mod sessions;
 pub mod ttl;

@@ -400,6 +400,15 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             retention.clone().run(stop)
         })),
     ];
+    // The relay's own backups, under their lease: at most one relay of a cluster backs up.
+    if state.config.backup.enabled {
+        let backup =
+            crate::selfbackup::SelfBackup::new(store.clone(), &state.config, cluster.relay_id());
+        tasks.push(tokio::spawn(run_singleton(
+            singleton(crate::selfbackup::LEASE),
+            move |stop| crate::selfbackup::run_scheduled(backup.clone(), stop),
+        )));
+    }
     if wants_lifecycle {
         tasks.push(tokio::spawn(run_singleton(
             singleton("notify-lifecycle"),

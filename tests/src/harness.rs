@@ -269,6 +269,28 @@ impl Relay {
         relay
     }
 
+    /// Starts a relay on a data directory prepared elsewhere (restored from a backup), on
+    /// `listen` (the old relay's address, so its agents come back), with `env`.
+    pub async fn start_on(
+        dir: tempfile::TempDir,
+        listen: &str,
+        admin_token: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        let mut relay = Relay {
+            dir,
+            addr: String::new(),
+            admin_token: admin_token.to_string(),
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        relay.spawn(listen).await;
+        relay
+    }
+
     /// SIGTERM, then waits (at most `deadline`) for the relay to exit; how long it took.
     pub async fn terminate(&mut self, deadline: Duration) -> Duration {
         let child = self.child.take().expect("relay is running");

@@ -22,6 +22,8 @@ mod e2e {
     pub mod migrate;
     pub mod openapi;
     pub mod protocol_abuse;
+    // issue 15 item 8: the relay backs up its own database
+    pub mod relay_backup;
     pub mod restore;
     pub mod rollout;
     pub mod secrets;

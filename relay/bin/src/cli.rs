@@ -25,6 +25,66 @@ pub enum Command {
     Dev(DevArgs),
     /// Move a single SQLite relay's state into an empty PostgreSQL database.
     Migrate(MigrateArgs),
+    /// Back up the relay's own database (settings: `[backup]` in relay.toml).
+    Backup(BackupArgs),
+    /// Restore a relay backup onto a fresh data dir (SQLite) or an empty database (PostgreSQL).
+    Restore(RestoreArgs),
+}
+
+/// Where the relay keeps its state: the same options as `serve`.
+#[derive(Args, Clone)]
+pub struct StateArgs {
+    /// Data directory (env FLOTILLA_DATA_DIR; default ./relay-data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// relay.toml to read (env FLOTILLA_CONFIG).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// PostgreSQL database URL instead of the SQLite file (env FLOTILLA_DATABASE_URL).
+    #[arg(long = "database", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub action: BackupAction,
+}
+
+#[derive(Subcommand)]
+pub enum BackupAction {
+    /// Back up now (safe beside a running relay: the snapshot is online).
+    Run(StateArgs),
+    /// List the local backups and those at every destination.
+    List(StateArgs),
+    /// Check a backup's checksums and that its snapshot opens (default: the newest local one).
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Backup name (relay-YYYYMMDDTHHMMSSZ) or the path of its .json manifest.
+    pub backup: Option<String>,
+    /// age identity file, to check an encrypted backup opens.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// Backup name (relay-YYYYMMDDTHHMMSSZ, local or at a destination) or the path of its
+    /// .json manifest.
+    pub backup: String,
+    /// Replace a relay database or key that is already there (stop that relay first).
+    #[arg(long)]
+    pub force: bool,
+    /// age identity file, for an encrypted backup.
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args)]

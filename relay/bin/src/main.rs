@@ -8,8 +8,9 @@ mod dev;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command};
+use cli::{BackupAction, Cli, Command, StateArgs};
 use flotilla_relay_server::config::{Overrides, RelayConfig};
+use flotilla_relay_server::selfbackup;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -71,9 +72,23 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+fn state_overrides(args: &StateArgs) -> Overrides {
+    Overrides {
+        data_dir: args.data_dir.clone(),
+        config: args.config.clone(),
+        database_url: args.database_url.clone(),
+        ..Overrides::default()
+    }
+}
+
 /// The configuration of `command`: its flags over the environment over the config file.
 fn config_for(command: &Command) -> anyhow::Result<RelayConfig> {
     match command {
+        Command::Backup(b) => load_config(state_overrides(match &b.action {
+            BackupAction::Run(s) | BackupAction::List(s) => s,
+            BackupAction::Verify(v) => &v.state,
+        })),
+        Command::Restore(r) => load_config(state_overrides(&r.state)),
         Command::Serve(args) => load_config(Overrides {
             listen: args.listen,
             data_dir: args.data_dir.clone(),
@@ -154,6 +169,55 @@ async fn run(command: Command, config: RelayConfig) -> anyhow::Result<()> {
             println!(
                 "next: start each relay with --database and a copy of {} (agents keep their enrollment)",
                 args.from.join("relay.key").display()
+            );
+        }
+        Command::Backup(b) => backup(b.action, &config).await?,
+        Command::Restore(r) => {
+            let options = selfbackup::RestoreOptions {
+                force: r.force,
+                identity: r.identity,
+            };
+            println!(
+                "{}",
+                selfbackup::restore(&config, &r.backup, &options).await?
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `flotilla-relay backup run|list|verify`.
+async fn backup(action: BackupAction, config: &RelayConfig) -> anyhow::Result<()> {
+    match action {
+        BackupAction::Run(_) => {
+            let m = selfbackup::run_cli(config).await?;
+            println!(
+                "backup {} done: {} ({} bytes, sha256 {})",
+                m.name, m.file, m.size, m.sha256
+            );
+        }
+        BackupAction::List(_) => {
+            let listed = selfbackup::list(config).await?;
+            if listed.is_empty() {
+                println!("no relay backups");
+            }
+            for l in listed {
+                let size = l.size.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+                let detail = l
+                    .manifest
+                    .map(|m| format!("{} schema {} {}", m.backend, m.schema_version, m.created_at))
+                    .unwrap_or_default();
+                println!("{}\t{}\t{size}\t{detail}", l.name, l.place);
+            }
+        }
+        BackupAction::Verify(v) => {
+            let name = match v.backup {
+                Some(n) => n,
+                None => selfbackup::newest_local(config).await?,
+            };
+            println!(
+                "{}",
+                selfbackup::verify(config, &name, v.identity.as_deref()).await?
             );
         }
     }

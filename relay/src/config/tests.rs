@@ -305,7 +305,8 @@ fn env_names_follow_the_keys() {
             "notify.webhooks",
             "notify.slack",
             "notify.email",
-            "alerts.rules"
+            "alerts.rules",
+            "backup.destinations"
         ]
     );
 }
@@ -337,6 +338,10 @@ fn sample(setting: &Setting, default: &serde_json::Value) -> (String, serde_json
             "a.example.com:443,,b.example.com:8443".into(),
             json!(["a.example.com:443", "b.example.com:8443"]),
         ),
+        ("backup.dir", _) => ("/srv/backups".into(), json!("/srv/backups")),
+        ("backup.pg_dump", _) => ("/opt/pg/pg_dump".into(), json!("/opt/pg/pg_dump")),
+        ("backup.age_recipients", _) => ("age1a,age1b".into(), json!(["age1a", "age1b"])),
+        ("backup.age_recipients_file", _) => ("/etc/r.txt".into(), json!("/etc/r.txt")),
         (key, _) => panic!("no sample value for {key}: add one here"),
     }
 }
@@ -372,7 +377,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 38);
+    assert_eq!(count, 48);
 }
 
 #[test]

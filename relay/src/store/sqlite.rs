@@ -193,6 +193,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
      ALTER TABLE updates ADD COLUMN layers_total INTEGER;",
     // 14: several relays on one database: membership, routes, leases (see `sql/cluster.rs`).
     sql::cluster::SCHEMA,
+    // 15: the relay's own backup runs (see `sql/relaybackups.rs`).
+    sql::relaybackups::SCHEMA,
 ];
 
 pub(super) struct SqliteBackend {

@@ -31,10 +31,12 @@ pub enum Rule {
     ComposeDrift,
     // issue 17 §2: certificates the agents read on their hosts.
     CertificateExpiry,
+    // issue 15 item 8: the relay's own backups failed or are stale.
+    RelayBackup,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 21] = [
+pub const RULES: [Rule; 22] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -58,6 +60,7 @@ pub const RULES: [Rule; 21] = [
     // --- compose (issue 17, part 1) ---
     Rule::ComposeDrift,
     Rule::CertificateExpiry,
+    Rule::RelayBackup,
 ];
 
 impl Rule {
@@ -86,6 +89,7 @@ impl Rule {
             // --- compose (issue 17, part 1) ---
             Rule::ComposeDrift => "compose_drift",
             Rule::CertificateExpiry => "certificate_expiry",
+            Rule::RelayBackup => "relay_backup",
         }
     }
 
@@ -103,7 +107,8 @@ impl Rule {
             | Rule::BackupsAllFailed
             | Rule::RollbackFailed
             | Rule::RolloutPaused
-            | Rule::RolloutAborted => Severity::Hard,
+            | Rule::RolloutAborted
+            | Rule::RelayBackup => Severity::Hard,
             Rule::AgentVersionSkew | Rule::ComposeDrift => Severity::Soft,
             _ => Severity::Medium,
         }

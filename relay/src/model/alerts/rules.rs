@@ -830,7 +830,10 @@ mod upkeep;
 pub use upkeep::{autoheal_conditions, container_memory_conditions};
 // issue 17 §2: certificate_expiry, from the certificates agents read on their hosts.
 mod certificates;
+// issue 15 item 8
+mod relaybackup;
 pub use certificates::certificate_conditions;
+pub use relaybackup::relay_backup_conditions;
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@
 //! may be kept for several reasons. Periods are calendar days, ISO weeks and months in the time
 //! zone the caller passes (the agent passes `chrono::Local`, so "a day" is the operator's day).
 
-use super::config::RetentionConfig;
+use crate::config::RetentionConfig;
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 /// One successful backup of the series.

@@ -3,7 +3,7 @@
 //! escaping both ways. No XML crate: the answers are small, flat and machine-written.
 
 use super::Error;
-use crate::backup::destination::RemoteObject;
+use crate::destination::RemoteObject;
 
 /// One page of ListObjectsV2: the objects and the continuation token, if truncated.
 pub(super) fn parse_list(xml: &str) -> Result<(Vec<RemoteObject>, Option<String>), Error> {

@@ -12,7 +12,7 @@
 //! speaks the handful of calls backups need and sends no checksum headers beyond the signed
 //! payload hash, which B2 and R2 accept.
 
-use crate::backup::config::{DestinationConfig, DestinationKind};
+use crate::config::{DestinationConfig, DestinationKind};
 use bytes::Bytes;
 use std::fmt;
 use std::io::Read;
