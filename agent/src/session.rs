@@ -256,7 +256,8 @@ impl Session {
                 NextTry::Backoff => backoff.next_delay(),
                 NextTry::NextRelay => {
                     let ms = NEXT_RELAY_MAX_DELAY.as_millis() as u64;
-                    let pause = Duration::from_millis(flotilla_shared::ids::random_u64() % (ms + 1));
+                    let pause =
+                        Duration::from_millis(flotilla_shared::ids::random_u64() % (ms + 1));
                     debug!(next = self.relays.current().ws, "trying the next relay");
                     pause
                 }
@@ -358,10 +359,7 @@ impl Session {
         }
     }
 
-    fn verify_welcome(
-        &self,
-        welcome: &SignedWelcome,
-    ) -> Result<(WelcomeBody, WelcomeAge), String> {
+    fn verify_welcome(&self, welcome: &SignedWelcome) -> Result<(WelcomeBody, WelcomeAge), String> {
         let body = welcome.verify(&self.relay_key).map_err(|e| {
             format!(
                 "welcome does not verify with the pinned relay key {}: {e}",
@@ -770,7 +768,10 @@ mod tests {
         let t = Utc::now();
         assert_eq!(welcome_age(None, &body(t, &[])), Ok(WelcomeAge::Newer));
         let stored = body(t, &[("env", "prod")]);
-        for new in [body(t, &[("env", "prod")]), body(t + chrono::Duration::seconds(1), &[])] {
+        for new in [
+            body(t, &[("env", "prod")]),
+            body(t + chrono::Duration::seconds(1), &[]),
+        ] {
             assert_eq!(welcome_age(Some(&stored), &new), Ok(WelcomeAge::Newer));
         }
     }
@@ -780,7 +781,11 @@ mod tests {
         let t = Utc::now();
         let stored = body(t, &[("env", "prod"), ("team", "a")]);
         let skew = chrono::Duration::from_std(WELCOME_CLOCK_SKEW).unwrap();
-        for behind in [chrono::Duration::milliseconds(1), chrono::Duration::seconds(2), skew] {
+        for behind in [
+            chrono::Duration::milliseconds(1),
+            chrono::Duration::seconds(2),
+            skew,
+        ] {
             let new = body(t - behind, &[("team", "a"), ("env", "prod")]);
             assert_eq!(
                 welcome_age(Some(&stored), &new),
@@ -802,7 +807,11 @@ mod tests {
             assert!(e.contains("older than the one already stored"), "{e}");
         }
         // Within the skew but with other labels: it would roll them back, so refused.
-        for labels in [&[("env", "staging")][..], &[][..], &[("env", "prod"), ("x", "y")][..]] {
+        for labels in [
+            &[("env", "staging")][..],
+            &[][..],
+            &[("env", "prod"), ("x", "y")][..],
+        ] {
             let rollback = body(t - chrono::Duration::seconds(1), labels);
             let e = welcome_age(Some(&stored), &rollback).unwrap_err();
             assert!(e.contains("with other labels"), "{e}");

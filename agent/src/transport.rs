@@ -216,7 +216,9 @@ mod tests {
     use super::*;
 
     fn rotation(n: usize) -> RelayRotation {
-        let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{}", 8700 + i)).collect();
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 8700 + i))
+            .collect();
         RelayRotation::new(&urls, false).unwrap()
     }
 
@@ -260,7 +262,10 @@ mod tests {
         let remote = vec!["http://192.0.2.1:8700".to_string()];
         assert!(RelayRotation::new(&remote, false).is_err());
         assert!(RelayRotation::new(&[], false).is_err());
-        let tls = vec!["http://127.0.0.1:1".into(), "https://relay.example.com".into()];
+        let tls = vec![
+            "http://127.0.0.1:1".into(),
+            "https://relay.example.com".into(),
+        ];
         assert!(RelayRotation::new(&tls, false).unwrap().any_tls());
     }
 

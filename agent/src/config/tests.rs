@@ -557,7 +557,10 @@ fn relay_list_puts_relay_url_first_and_lists_each_relay_once() {
     let c = AgentConfig::default();
     assert_eq!(c.relay_list(enrolled), vec![enrolled.to_string()]);
     let c = AgentConfig::from_toml("relay_url = \"http://127.0.0.1:8800\"\n").unwrap();
-    assert_eq!(c.relay_list(enrolled), vec!["http://127.0.0.1:8800".to_string()]);
+    assert_eq!(
+        c.relay_list(enrolled),
+        vec!["http://127.0.0.1:8800".to_string()]
+    );
     let c = AgentConfig::from_toml(
         "relay_url = \"http://127.0.0.1:8801\"\n\
          relay_urls = [\"http://127.0.0.1:8802\", \"http://127.0.0.1:8801/\"]\n",
@@ -572,10 +575,17 @@ fn relay_list_puts_relay_url_first_and_lists_each_relay_once() {
         ]
     );
     // Without relay_url the list replaces the enrolled URL.
-    let c = with_env(&[("FLOTILLA_RELAY_URLS", "http://127.0.0.1:1, http://127.0.0.1:2")]).unwrap();
+    let c = with_env(&[(
+        "FLOTILLA_RELAY_URLS",
+        "http://127.0.0.1:1, http://127.0.0.1:2",
+    )])
+    .unwrap();
     assert_eq!(
         c.relay_list(enrolled),
-        vec!["http://127.0.0.1:1".to_string(), "http://127.0.0.1:2".to_string()]
+        vec![
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string()
+        ]
     );
     let e = AgentConfig::from_toml("relay_urls = [\"ftp://x\"]\n")
         .unwrap()

@@ -61,13 +61,17 @@ impl Haproxy {
             .expect("start /usr/sbin/haproxy (apt-get install haproxy)");
         let url = format!("http://127.0.0.1:{port}");
         // Up once a relay answers /readyz through it.
-        eventually(Duration::from_secs(20), "HAProxy forwarding /readyz", || {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
-                r.status().is_success().then_some(())
-            }
-        })
+        eventually(
+            Duration::from_secs(20),
+            "HAProxy forwarding /readyz",
+            || {
+                let url = url.clone();
+                async move {
+                    let r = reqwest::get(format!("{url}/readyz")).await.ok()?;
+                    r.status().is_success().then_some(())
+                }
+            },
+        )
         .await;
         Haproxy {
             _dir: dir,
@@ -81,7 +85,13 @@ impl Haproxy {
 async fn routes(pg: &PgServer, agents: &[Agent]) -> BTreeMap<String, String> {
     let out = tokio::process::Command::new("psql")
         .arg(&pg.url)
-        .args(["-At", "-F", " ", "-c", "SELECT agent_id, relay_id FROM agent_routes"])
+        .args([
+            "-At",
+            "-F",
+            " ",
+            "-c",
+            "SELECT agent_id, relay_id FROM agent_routes",
+        ])
         .output()
         .await
         .expect("run psql");
@@ -135,11 +145,7 @@ async fn kill_the_busiest_relay(via_haproxy: bool) {
     } else {
         None
     };
-    let relay_urls = relays
-        .iter()
-        .map(|r| r.url())
-        .collect::<Vec<_>>()
-        .join(",");
+    let relay_urls = relays.iter().map(|r| r.url()).collect::<Vec<_>>().join(",");
     let tag = if via_haproxy { "fo_lb" } else { "fo_list" };
     let scope = scope(tag);
     let labels = format!("tier={tag}");
@@ -175,7 +181,11 @@ async fn kill_the_busiest_relay(via_haproxy: bool) {
     eprintln!("agents per relay before the kill: {per_relay:?}");
     if !via_haproxy {
         // Everyone starts with the first URL of the list.
-        assert_eq!(per_relay.get(ids[0].as_str()), Some(&AGENTS), "{per_relay:?}");
+        assert_eq!(
+            per_relay.get(ids[0].as_str()),
+            Some(&AGENTS),
+            "{per_relay:?}"
+        );
     }
     let (victim_id, victim_count) = per_relay
         .iter()
@@ -226,7 +236,10 @@ async fn kill_the_busiest_relay(via_haproxy: bool) {
 
     // The job issued during the failure: done on every target, exactly once.
     let done = api.wait_job(&job.id, Duration::from_secs(60)).await;
-    eprintln!("the job issued during the failure ended {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "the job issued during the failure ended {:?} after the kill",
+        killed.elapsed()
+    );
     assert_eq!(done.state, JobState::Completed, "{done:#?}");
     assert_eq!(done.counts.succeeded as usize, AGENTS, "{done:#?}");
     assert_eq!(done.targets.len(), AGENTS, "{done:#?}");
@@ -279,18 +292,21 @@ async fn a_relay_cut_off_from_postgres_steps_down_and_rejoins() {
     let (port, _) = tail.split_once('/').expect("PORT/db");
     let upstream = format!("127.0.0.1:{port}").parse().unwrap();
     let proxy = flotilla_tests::tcpproxy::TcpProxy::start(upstream).await;
-    let proxied = pg.url.replacen(
-        &format!(":{port}/"),
-        &format!(":{}/", proxy.addr.port()),
-        1,
-    );
+    let proxied = pg
+        .url
+        .replacen(&format!(":{port}/"), &format!(":{}/", proxy.addr.port()), 1);
     // The cut-off relay starts first and alone, so it holds every lease.
     let cut = Relay::start_with_env(&[("FLOTILLA_DATABASE_URL", &proxied)]).await;
     let cut_id = relay_id(&cut.api()).await;
-    eventually(crate::DEADLINE, "the first relay holding every lease", || async {
-        let s: flotilla_shared::api::ClusterStatus = cut.api().get("/api/v1/cluster").await.ok()?;
-        (s.leases.len() >= 5 && s.leases.iter().all(|l| l.holder == cut_id)).then_some(())
-    })
+    eventually(
+        crate::DEADLINE,
+        "the first relay holding every lease",
+        || async {
+            let s: flotilla_shared::api::ClusterStatus =
+                cut.api().get("/api/v1/cluster").await.ok()?;
+            (s.leases.len() >= 5 && s.leases.iter().all(|l| l.holder == cut_id)).then_some(())
+        },
+    )
     .await;
     let direct = [("FLOTILLA_DATABASE_URL", pg.url.as_str())];
     let a = Relay::start_joining_with_env(&cut, &direct).await;
@@ -308,18 +324,26 @@ async fn a_relay_cut_off_from_postgres_steps_down_and_rejoins() {
         agent.run().await;
         agents.push(agent);
     }
-    eventually(crate::DEADLINE, "every agent on the first relay", || async {
-        let r = routes(&pg, &agents).await;
-        (r.len() == agents.len() && r.values().all(|relay| *relay == cut_id)).then_some(())
-    })
+    eventually(
+        crate::DEADLINE,
+        "every agent on the first relay",
+        || async {
+            let r = routes(&pg, &agents).await;
+            (r.len() == agents.len() && r.values().all(|relay| *relay == cut_id)).then_some(())
+        },
+    )
     .await;
 
     proxy.blackhole();
     let cut_at = Instant::now();
-    eventually(Duration::from_secs(30), "/readyz 503 stepped_down", || async {
-        let (status, body) = readyz(&cut).await?;
-        (status == 503 && body.contains("stepped_down")).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "/readyz 503 stepped_down",
+        || async {
+            let (status, body) = readyz(&cut).await?;
+            (status == 503 && body.contains("stepped_down")).then_some(())
+        },
+    )
     .await;
     let stepped_down = cut_at.elapsed();
     eprintln!("stepped down {stepped_down:?} after the cut");
@@ -328,10 +352,14 @@ async fn a_relay_cut_off_from_postgres_steps_down_and_rejoins() {
         "a cut-off relay steps down within its lease; took {stepped_down:?}"
     );
     let api = a.api();
-    eventually(Duration::from_secs(45), "the agents on the other relays", || async {
-        let r = routes(&pg, &agents).await;
-        (r.len() == agents.len() && r.values().all(|relay| *relay != cut_id)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(45),
+        "the agents on the other relays",
+        || async {
+            let r = routes(&pg, &agents).await;
+            (r.len() == agents.len() && r.values().all(|relay| *relay != cut_id)).then_some(())
+        },
+    )
     .await;
     for agent in &agents {
         api.wait_online(&agent.id, crate::DEADLINE).await;
@@ -352,15 +380,23 @@ async fn a_relay_cut_off_from_postgres_steps_down_and_rejoins() {
 
     proxy.heal();
     let healed = Instant::now();
-    eventually(Duration::from_secs(45), "/readyz 200 after the heal", || async {
-        let (status, _) = readyz(&cut).await?;
-        (status == 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(45),
+        "/readyz 200 after the heal",
+        || async {
+            let (status, _) = readyz(&cut).await?;
+            (status == 200).then_some(())
+        },
+    )
     .await;
     eprintln!("ready again {:?} after the heal", healed.elapsed());
-    eventually(Duration::from_secs(20), "the healed relay back in the cluster", || async {
-        let s: flotilla_shared::api::ClusterStatus = api.get("/api/v1/cluster").await.ok()?;
-        s.relays.iter().any(|r| r.relay_id == cut_id).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the healed relay back in the cluster",
+        || async {
+            let s: flotilla_shared::api::ClusterStatus = api.get("/api/v1/cluster").await.ok()?;
+            s.relays.iter().any(|r| r.relay_id == cut_id).then_some(())
+        },
+    )
     .await;
 }
