@@ -125,6 +125,10 @@ flotilla_daemon::settings! {
         /// Relay base URL (`https://relay.example.com`); overrides the URL the agent enrolled
         /// with.
         relay_url: Option<String> = None, env "FLOTILLA_RELAY_URL";
+        /// Several relay base URLs of one fleet, tried in turn: on a failed connect, a refusal
+        /// or a dropped link the agent moves to the next (after `relay_url` when both are set).
+        /// Empty: `relay_url`, else the URL the agent enrolled with.
+        relay_urls: Vec<String> = Vec::new(), env "FLOTILLA_RELAY_URLS";
         /// Allow plain `ws://` to hosts other than loopback. Off by default: commands and
         /// credentials would travel unencrypted.
         allow_insecure_ws: bool = false, env "FLOTILLA_ALLOW_INSECURE_WS";
@@ -367,7 +371,34 @@ impl AgentConfig {
                 ));
             }
         }
+        for url in &self.relay_urls {
+            if let Err(e) = crate::transport::normalise_relay_url(url) {
+                return Err(ConfigError::value(
+                    "relay_urls",
+                    url.clone(),
+                    format!("expected http:// or https:// URLs ({e:#})"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The relays this agent tries, in order: `relay_url` (else, when `relay_urls` is empty,
+    /// the URL it enrolled with), then `relay_urls`, each once.
+    pub fn relay_list(&self, enrolled: &str) -> Vec<String> {
+        let mut urls: Vec<String> = Vec::new();
+        match &self.relay_url {
+            Some(url) => urls.push(url.clone()),
+            None if self.relay_urls.is_empty() => urls.push(enrolled.to_string()),
+            None => {}
+        }
+        for url in &self.relay_urls {
+            let same = |u: &String| u.trim_end_matches('/') == url.trim_end_matches('/');
+            if !urls.iter().any(same) {
+                urls.push(url.clone());
+            }
+        }
+        urls
     }
 
     /// `only_label` split into key and value (validated by `load`).

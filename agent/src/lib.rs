@@ -75,12 +75,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         .map_err(|e| anyhow!("the stored agent key is unusable: {e}"))?;
     let relay_key = PublicKey::from_base64(&identity.relay_public_key)
         .map_err(|e| anyhow!("the pinned relay key is unusable: {e}"))?;
-    let relay_url = config
-        .relay_url
-        .clone()
-        .unwrap_or_else(|| identity.relay_url.clone());
-    let ws_url = transport::websocket_url(&relay_url, config.allow_insecure_ws)?;
-    let tls = if ws_url.starts_with("wss://") {
+    // `relay_url`, else the enrolled URL, then `relay_urls`: tried in turn by the session.
+    let relays = transport::RelayRotation::new(
+        &config.relay_list(&identity.relay_url),
+        config.allow_insecure_ws,
+    )?;
+    let relay_url = relays.current().base.clone();
+    let ws_url = relays.current().ws.clone();
+    let tls = if relays.any_tls() {
         let ca = config.ca_file.clone();
         Some(
             tokio::task::spawn_blocking(move || transport::tls_config(ca.as_deref()))
@@ -166,7 +168,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         agent_id: identity.agent_id.clone(),
         key,
         relay_key,
-        ws_url: ws_url.clone(),
+        relays,
+        connected_relay: upgrades.relay_base(),
         tls,
         max_frame_bytes: config.max_frame_bytes,
         frame_limit: frame_limit.clone(),
@@ -302,6 +305,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<()>
         agent_id = identity.agent_id,
         name = identity.name,
         relay = ws_url,
+        relays = config.relay_list(&identity.relay_url).len(),
         hold_outbox = config.test_hold_outbox,
         only_label = config.only_label.as_deref().unwrap_or(""),
         "agent running"

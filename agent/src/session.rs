@@ -12,6 +12,7 @@ use crate::executor::IncomingCommand;
 use crate::frame::{effective_frame_limit, encode, fit_outbox_item, FrameLimit};
 use crate::heartbeat::{fit_heartbeat, interval_from_secs};
 use crate::state::State;
+use crate::transport::{NextTry, RelayRotation, NEXT_RELAY_MAX_DELAY};
 use anyhow::{anyhow, Result};
 use flotilla_daemon::backoff::Backoff;
 use flotilla_shared::heartbeat::Heartbeat;
@@ -47,6 +48,10 @@ const HANDSHAKE_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Outbox items read per batch.
 const OUTBOX_BATCH: usize = 64;
+/// How much older than the stored welcome a welcome may be and still be taken: the clock
+/// difference tolerated between the relays of one fleet (the relay's `cluster::LEASE_MARGIN`,
+/// which their leases already rely on). See `welcome_age`.
+pub const WELCOME_CLOCK_SKEW: Duration = Duration::from_secs(4);
 /// Per-connection socket buffers are kept small (the relay holds many of these).
 const SOCKET_BUFFER_BYTES: usize = 4096;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -66,10 +71,57 @@ enum End {
     Lost(String),
 }
 
+/// How a verified welcome compares with the stored one (`welcome_age`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WelcomeAge {
+    /// At least as new as the stored one (or nothing is stored): it replaces it.
+    Newer,
+    /// Up to `WELCOME_CLOCK_SKEW` older, with the very labels already stored: another relay
+    /// whose clock is a little behind. It is taken for the session but not stored, so it
+    /// changes nothing and the stored issue time never goes back.
+    SameLabelsWithinSkew,
+}
+
+/// Replay protection with relays whose clocks differ a little. A replayed old welcome could
+/// roll the labels back (and with them which selector jobs this agent accepts), so:
+/// - a welcome at least as new as the stored one is taken and stored;
+/// - one older by at most `WELCOME_CLOCK_SKEW` is taken only when its labels are exactly the
+///   stored ones (it cannot roll anything back), and is not stored: the stored issue time, the
+///   bar every later welcome is measured against, never moves back;
+/// - anything else older is refused: a replay, or a relay whose clock is far off.
+///
+/// A label change signed by a relay whose clock is behind is refused until its clock passes the
+/// stored time (at most the skew); the agent reconnects and gets a fresh welcome meanwhile.
+fn welcome_age(stored: Option<&WelcomeBody>, new: &WelcomeBody) -> Result<WelcomeAge, String> {
+    let Some(stored) = stored else {
+        return Ok(WelcomeAge::Newer);
+    };
+    if new.issued_at >= stored.issued_at {
+        return Ok(WelcomeAge::Newer);
+    }
+    let skew = chrono::Duration::from_std(WELCOME_CLOCK_SKEW).expect("a few seconds");
+    let within_skew = new.issued_at >= stored.issued_at - skew;
+    if within_skew && new.labels == stored.labels {
+        return Ok(WelcomeAge::SameLabelsWithinSkew);
+    }
+    Err(format!(
+        "welcome issued at {} is older than the one already stored (issued at {}){}; \
+         refusing to roll its labels back",
+        new.issued_at.to_rfc3339(),
+        stored.issued_at.to_rfc3339(),
+        if within_skew {
+            " with other labels"
+        } else {
+            ""
+        }
+    ))
+}
+
 /// A verified welcome.
 struct Welcome {
     signed: SignedWelcome,
     body: WelcomeBody,
+    age: WelcomeAge,
     heartbeat_interval: Duration,
     /// The relay's frame limit, when it says.
     max_frame_bytes: Option<usize>,
@@ -81,7 +133,11 @@ pub struct Session {
     pub agent_id: String,
     pub key: SigningKey,
     pub relay_key: PublicKey,
-    pub ws_url: String,
+    /// The relays tried in turn (`relay_url`, `relay_urls`).
+    pub relays: RelayRotation,
+    /// The base URL of the relay the agent is connected to (or last was): agent builds are
+    /// downloaded from it.
+    pub connected_relay: Arc<std::sync::Mutex<String>>,
     /// TLS settings for wss (None for ws).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The agent's own frame limit (`max_frame_bytes` from its configuration).
@@ -114,13 +170,19 @@ impl Session {
                 _ = shutdown.cancelled() => return Ok(()),
                 r = self.connect() => r,
             };
+            let url = self.relays.current().ws.clone();
             let end = match attempt {
                 Ok((ws, welcome)) => {
                     if outage_logged {
-                        info!(failed_attempts, url = self.ws_url, "reconnected to relay");
+                        info!(failed_attempts, url, "reconnected to relay");
                     } else {
-                        info!(url = self.ws_url, "connected to relay");
+                        info!(url, "connected to relay");
                     }
+                    self.relays.connected();
+                    *self
+                        .connected_relay
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = self.relays.current().base.clone();
                     outage_logged = false;
                     refused_logged = false;
                     failed_attempts = 0;
@@ -140,7 +202,14 @@ impl Session {
                     end
                 }
             };
-            let delay = match end {
+            if matches!(end, End::Shutdown) {
+                return Ok(());
+            }
+            // Another relay of the list is tried after a short pause; once every relay has
+            // failed since the last good connection, the backoff applies as with one relay.
+            let next = self.relays.failed();
+            // Refused: the slowest pace; otherwise the next step of the backoff.
+            let at_cap = match end {
                 End::Shutdown => return Ok(()),
                 End::Refused { code, message } => {
                     if !refused_logged {
@@ -153,7 +222,7 @@ impl Session {
                         refused_logged = true;
                     }
                     outage_logged = true;
-                    backoff.cap()
+                    true
                 }
                 End::BadWelcome(why) => {
                     if !outage_logged {
@@ -165,20 +234,32 @@ impl Session {
                     } else {
                         debug!(reason = why, "relay welcome failed verification again");
                     }
-                    backoff.next_delay()
+                    false
                 }
                 End::Lost(why) => {
                     if !outage_logged {
                         warn!(
                             error = why,
-                            url = self.ws_url,
+                            url,
+                            relays = self.relays.len(),
                             "cannot connect to relay; retrying with backoff"
                         );
                         outage_logged = true;
                     } else {
                         debug!(error = why, "still cannot connect to relay");
                     }
-                    backoff.next_delay()
+                    false
+                }
+            };
+            let delay = match next {
+                NextTry::Backoff if at_cap => backoff.cap(),
+                NextTry::Backoff => backoff.next_delay(),
+                NextTry::NextRelay => {
+                    let ms = NEXT_RELAY_MAX_DELAY.as_millis() as u64;
+                    let pause =
+                        Duration::from_millis(flotilla_shared::ids::random_u64() % (ms + 1));
+                    debug!(next = self.relays.current().ws, "trying the next relay");
+                    pause
                 }
             };
             tokio::select! {
@@ -206,7 +287,7 @@ impl Session {
         let (mut ws, _) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             tokio_tungstenite::connect_async_tls_with_config(
-                self.ws_url.as_str(),
+                self.relays.current().ws.as_str(),
                 Some(self.ws_config()),
                 true,
                 Some(connector),
@@ -258,12 +339,13 @@ impl Session {
                 heartbeat_interval_secs,
                 max_frame_bytes,
             } => {
-                let body = self.verify_welcome(&welcome).map_err(End::BadWelcome)?;
+                let (body, age) = self.verify_welcome(&welcome).map_err(End::BadWelcome)?;
                 Ok((
                     ws,
                     Welcome {
                         signed: welcome,
                         body,
+                        age,
                         heartbeat_interval: interval_from_secs(heartbeat_interval_secs),
                         max_frame_bytes,
                     },
@@ -277,7 +359,7 @@ impl Session {
         }
     }
 
-    fn verify_welcome(&self, welcome: &SignedWelcome) -> Result<WelcomeBody, String> {
+    fn verify_welcome(&self, welcome: &SignedWelcome) -> Result<(WelcomeBody, WelcomeAge), String> {
         let body = welcome.verify(&self.relay_key).map_err(|e| {
             format!(
                 "welcome does not verify with the pinned relay key {}: {e}",
@@ -290,28 +372,26 @@ impl Session {
                 body.agent_id, self.agent_id
             ));
         }
-        // A replayed old welcome would roll the labels back (and with them which selector
-        // jobs this agent accepts): only a welcome at least as new as the stored one counts.
-        if let Some(stored) = self.welcome.borrow().as_ref().map(|w| w.issued_at) {
-            if body.issued_at < stored {
-                return Err(format!(
-                    "welcome issued at {} is older than the one already stored (issued at {}); \
-                     refusing to roll its labels back",
-                    body.issued_at.to_rfc3339(),
-                    stored.to_rfc3339()
-                ));
-            }
-        }
-        Ok(body)
+        let age = welcome_age(self.welcome.borrow().as_ref(), &body)?;
+        Ok((body, age))
     }
 
     /// Stores and publishes a verified welcome.
     async fn apply_welcome(&self, welcome: Welcome) {
-        if let Err(e) = self.state.save_welcome(welcome.signed).await {
-            warn!(error = format!("{e:#}"), "cannot store welcome");
+        match welcome.age {
+            WelcomeAge::Newer => {
+                if let Err(e) = self.state.save_welcome(welcome.signed).await {
+                    warn!(error = format!("{e:#}"), "cannot store welcome");
+                }
+                debug!(labels = ?welcome.body.labels, "welcome verified");
+                self.welcome.send_replace(Some(welcome.body));
+            }
+            WelcomeAge::SameLabelsWithinSkew => debug!(
+                issued_at = welcome.body.issued_at.to_rfc3339(),
+                "welcome a little older than the stored one, same labels (relay clock skew); \
+                 keeping the stored one"
+            ),
         }
-        debug!(labels = ?welcome.body.labels, "welcome verified");
-        self.welcome.send_replace(Some(welcome.body));
         let limit = effective_frame_limit(self.max_frame_bytes, welcome.max_frame_bytes);
         if self.frame_limit.swap(limit, Ordering::Relaxed) != limit && limit < self.max_frame_bytes
         {
@@ -563,11 +643,12 @@ impl Session {
                 heartbeat_interval_secs,
                 max_frame_bytes,
             } => match self.verify_welcome(&welcome) {
-                Ok(body) => {
+                Ok((body, age)) => {
                     info!(labels = ?body.labels, "relay sent new labels");
                     self.apply_welcome(Welcome {
                         signed: welcome,
                         body,
+                        age,
                         heartbeat_interval: interval_from_secs(heartbeat_interval_secs),
                         max_frame_bytes,
                     })
@@ -669,6 +750,73 @@ async fn send_text(ws: &mut Ws, text: String) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
+
+    fn body(at: DateTime<Utc>, labels: &[(&str, &str)]) -> WelcomeBody {
+        WelcomeBody {
+            agent_id: "agt_1".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            issued_at: at,
+        }
+    }
+
+    #[test]
+    fn a_welcome_as_new_as_the_stored_one_or_newer_replaces_it() {
+        let t = Utc::now();
+        assert_eq!(welcome_age(None, &body(t, &[])), Ok(WelcomeAge::Newer));
+        let stored = body(t, &[("env", "prod")]);
+        for new in [
+            body(t, &[("env", "prod")]),
+            body(t + chrono::Duration::seconds(1), &[]),
+        ] {
+            assert_eq!(welcome_age(Some(&stored), &new), Ok(WelcomeAge::Newer));
+        }
+    }
+
+    #[test]
+    fn a_relay_a_few_seconds_behind_is_accepted_with_the_same_labels() {
+        let t = Utc::now();
+        let stored = body(t, &[("env", "prod"), ("team", "a")]);
+        let skew = chrono::Duration::from_std(WELCOME_CLOCK_SKEW).unwrap();
+        for behind in [
+            chrono::Duration::milliseconds(1),
+            chrono::Duration::seconds(2),
+            skew,
+        ] {
+            let new = body(t - behind, &[("team", "a"), ("env", "prod")]);
+            assert_eq!(
+                welcome_age(Some(&stored), &new),
+                Ok(WelcomeAge::SameLabelsWithinSkew),
+                "{behind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replayed_old_welcome_is_still_refused() {
+        let t = Utc::now();
+        let stored = body(t, &[("env", "prod")]);
+        let skew = chrono::Duration::from_std(WELCOME_CLOCK_SKEW).unwrap();
+        // Older than the tolerated skew: refused whatever its labels.
+        for labels in [&[("env", "prod")][..], &[("env", "staging")][..], &[][..]] {
+            let old = body(t - skew - chrono::Duration::milliseconds(1), labels);
+            let e = welcome_age(Some(&stored), &old).unwrap_err();
+            assert!(e.contains("older than the one already stored"), "{e}");
+        }
+        // Within the skew but with other labels: it would roll them back, so refused.
+        for labels in [
+            &[("env", "staging")][..],
+            &[][..],
+            &[("env", "prod"), ("x", "y")][..],
+        ] {
+            let rollback = body(t - chrono::Duration::seconds(1), labels);
+            let e = welcome_age(Some(&stored), &rollback).unwrap_err();
+            assert!(e.contains("with other labels"), "{e}");
+        }
+    }
 
     #[test]
     fn malformed_command_frames_are_recognised() {

@@ -9,6 +9,7 @@ use flotilla_shared::protocol::CONNECT_PATH;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::{debug, warn};
 
 /// An HTTP client trusting the relay as `run` does (a private CA file replaces the system's
@@ -124,9 +125,149 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Longest pause before trying the next relay of the list (uniform in `[0, this]`, so a
+/// fleet leaving a dead relay does not knock at the next one all at once).
+pub const NEXT_RELAY_MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// One relay of the list: its base URL (downloads) and its agent websocket URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayEndpoint {
+    pub base: String,
+    pub ws: String,
+}
+
+/// The relays an agent tries in turn (`relay_url`, `relay_urls`). After a failed connect, a
+/// refusal or a lost link the agent moves to the next; only when every relay of the list has
+/// failed since the last good connection does it wait with the reconnect backoff.
+#[derive(Clone, Debug)]
+pub struct RelayRotation {
+    relays: Vec<RelayEndpoint>,
+    current: usize,
+    /// Relays that failed since the last good connection.
+    failed_in_round: usize,
+}
+
+/// What to do after an attempt failed or a link ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextTry {
+    /// Another relay of the list has not been tried since the last good connection: try it
+    /// after a short jittered pause.
+    NextRelay,
+    /// Every relay failed once: wait with the backoff, then start the round again.
+    Backoff,
+}
+
+impl RelayRotation {
+    /// Checks every URL (`websocket_url`); the list must not be empty.
+    pub fn new(urls: &[String], allow_insecure_ws: bool) -> Result<RelayRotation> {
+        if urls.is_empty() {
+            bail!("no relay URL: set relay_url or relay_urls, or enroll the agent");
+        }
+        let relays = urls
+            .iter()
+            .map(|u| {
+                Ok(RelayEndpoint {
+                    base: normalise_relay_url(u)?,
+                    ws: websocket_url(u, allow_insecure_ws)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RelayRotation {
+            relays,
+            current: 0,
+            failed_in_round: 0,
+        })
+    }
+
+    pub fn current(&self) -> &RelayEndpoint {
+        &self.relays[self.current]
+    }
+
+    pub fn len(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Whether any relay uses TLS (`wss://`).
+    pub fn any_tls(&self) -> bool {
+        self.relays.iter().any(|r| r.ws.starts_with("wss://"))
+    }
+
+    /// The current relay accepted the agent: a later failure starts a new round.
+    pub fn connected(&mut self) {
+        self.failed_in_round = 0;
+    }
+
+    /// The current relay failed (or its link ended): moves to the next one, and says whether
+    /// to try it soon or to back off first.
+    pub fn failed(&mut self) -> NextTry {
+        self.current = (self.current + 1) % self.relays.len();
+        self.failed_in_round += 1;
+        if self.failed_in_round >= self.relays.len() {
+            self.failed_in_round = 0;
+            NextTry::Backoff
+        } else {
+            NextTry::NextRelay
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rotation(n: usize) -> RelayRotation {
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 8700 + i))
+            .collect();
+        RelayRotation::new(&urls, false).unwrap()
+    }
+
+    #[test]
+    fn one_relay_backs_off_after_every_failure() {
+        let mut r = rotation(1);
+        assert_eq!(r.current().ws, "ws://127.0.0.1:8700/api/v1/agent/connect");
+        for _ in 0..3 {
+            assert_eq!(r.failed(), NextTry::Backoff);
+            assert_eq!(r.current().base, "http://127.0.0.1:8700");
+        }
+    }
+
+    #[test]
+    fn several_relays_are_tried_in_turn_before_backing_off() {
+        let mut r = rotation(3);
+        assert_eq!(r.current().base, "http://127.0.0.1:8700");
+        assert_eq!(r.failed(), NextTry::NextRelay);
+        assert_eq!(r.current().base, "http://127.0.0.1:8701");
+        assert_eq!(r.failed(), NextTry::NextRelay);
+        assert_eq!(r.current().base, "http://127.0.0.1:8702");
+        // All three failed: back off, then start over at the first.
+        assert_eq!(r.failed(), NextTry::Backoff);
+        assert_eq!(r.current().base, "http://127.0.0.1:8700");
+        assert_eq!(r.failed(), NextTry::NextRelay);
+        // A good connection starts a new round from the relay that accepted.
+        r.connected();
+        assert_eq!(r.current().base, "http://127.0.0.1:8701");
+        assert_eq!(r.failed(), NextTry::NextRelay);
+        assert_eq!(r.failed(), NextTry::NextRelay);
+        assert_eq!(r.current().base, "http://127.0.0.1:8700");
+        assert_eq!(r.failed(), NextTry::Backoff);
+        assert_eq!(r.current().base, "http://127.0.0.1:8701");
+    }
+
+    #[test]
+    fn a_bad_url_in_the_list_is_refused_by_name() {
+        let urls = vec!["http://127.0.0.1:1".to_string(), "relay-b".to_string()];
+        let e = RelayRotation::new(&urls, false).unwrap_err().to_string();
+        assert!(e.contains("relay-b"), "{e}");
+        let remote = vec!["http://192.0.2.1:8700".to_string()];
+        assert!(RelayRotation::new(&remote, false).is_err());
+        assert!(RelayRotation::new(&[], false).is_err());
+        let tls = vec![
+            "http://127.0.0.1:1".into(),
+            "https://relay.example.com".into(),
+        ];
+        assert!(RelayRotation::new(&tls, false).unwrap().any_tls());
+    }
 
     #[test]
     fn relay_urls() {

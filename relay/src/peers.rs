@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use flotilla_shared::stream::FleetEvent;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -293,8 +294,15 @@ impl ClusterTasks {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 address: self.address.clone(),
             };
-            match tokio::time::timeout(SEEN_INTERVAL * 2, self.store.relay_seen(row)).await {
+            // Never waits past the step-down point: a write hanging on a dead link must not
+            // delay the step-down beyond the lease (a partition drops packets, it does not
+            // close sockets).
+            let step_down_in = (LEASE_TTL - LEASE_MARGIN).saturating_sub(last_ok.elapsed());
+            let wait = step_down_in.clamp(Duration::from_millis(500), SEEN_INTERVAL * 2);
+            let mut seen_ok = false;
+            match tokio::time::timeout(wait, self.store.relay_seen(row)).await {
                 Ok(Ok(())) => {
+                    seen_ok = true;
                     last_ok = Instant::now();
                     if self.cluster.set_stepped_down(false) {
                         tracing::warn!("the database answers again; this relay serves again");
@@ -323,20 +331,31 @@ impl ClusterTasks {
                 }
                 continue;
             }
-            if last_resync.elapsed() >= RESYNC_INTERVAL {
+            // The resync reads the same database: not while it does not answer.
+            if seen_ok && last_resync.elapsed() >= RESYNC_INTERVAL {
                 last_resync = Instant::now();
                 let dead = now - chrono::Duration::from_std(DEAD_AFTER).unwrap_or_default();
-                match self.store.forget_dead_relays(dead).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        relays = n,
-                        "relays not seen for {DEAD_AFTER:?} forgotten with their agents' routes"
+                // Bounded: on a link that stopped answering (a partition drops packets, it does
+                // not close sockets) an unbounded read here would stall this loop, and with it
+                // the liveness check above: the relay would never step down.
+                let step = async {
+                    match self.store.forget_dead_relays(dead).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(
+                            relays = n,
+                            "relays not seen for {DEAD_AFTER:?} forgotten with their agents' routes"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "cannot forget dead relays"),
+                    }
+                    self.resync().await;
+                    self.merge_heartbeats(heartbeats_read - overlap).await;
+                };
+                match tokio::time::timeout(RESYNC_INTERVAL, step).await {
+                    Ok(()) => heartbeats_read = now,
+                    Err(_) => tracing::warn!(
+                        "the resync did not finish within {RESYNC_INTERVAL:?}; trying again later"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "cannot forget dead relays"),
                 }
-                self.resync().await;
-                self.merge_heartbeats(heartbeats_read - overlap).await;
-                heartbeats_read = now;
             }
         }
         // Leaving on purpose: the others stop counting this relay's agents at once.

@@ -250,6 +250,12 @@ impl Relay {
     /// of `first`'s signing key and admin token (what an operator copies to a new relay), the
     /// same settings (and so the same `FLOTILLA_DATABASE_URL`).
     pub async fn start_joining(first: &Relay) -> Relay {
+        Self::start_joining_with_env(first, &[]).await
+    }
+
+    /// [`Relay::start_joining`] with `env` over `first`'s settings (another database URL to
+    /// the same database, say).
+    pub async fn start_joining_with_env(first: &Relay, env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::Builder::new()
             .prefix("flotilla-relay-")
             .tempdir()
@@ -263,7 +269,13 @@ impl Relay {
             addr: String::new(),
             admin_token: first.admin_token.clone(),
             child: None,
-            extra_env: first.extra_env.clone(),
+            extra_env: first
+                .extra_env
+                .iter()
+                .filter(|(k, _)| !env.iter().any(|(key, _)| key == k))
+                .cloned()
+                .chain(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect(),
         };
         relay.spawn("127.0.0.1:0").await;
         relay
@@ -365,12 +377,24 @@ impl Agent {
     }
 
     pub async fn enroll(relay: &Relay, name: &str, labels: &str, scope: &str) -> Agent {
+        Self::enroll_via(relay, &relay.url(), name, labels, scope).await
+    }
+
+    /// Like [`Agent::enroll`], with the token from `relay` but enrolling at `url` (a load
+    /// balancer in front of the relays): the URL the agent keeps and connects to.
+    pub async fn enroll_via(
+        relay: &Relay,
+        url: &str,
+        name: &str,
+        labels: &str,
+        scope: &str,
+    ) -> Agent {
         let token = relay.enrollment_token(labels).await;
         let dir = tempfile::Builder::new()
             .prefix("flotilla-agent-")
             .tempdir()
             .expect("tempdir");
-        let out = enroll_with_token(&relay.url(), &token, dir.path(), name)
+        let out = enroll_with_token(url, &token, dir.path(), name)
             .await
             .expect("run flotilla-agent enroll");
         assert!(

@@ -10,3 +10,4 @@ pub mod harness;
 pub mod pg;
 pub mod procfs;
 pub mod sim;
+pub mod tcpproxy;

@@ -15,6 +15,7 @@ mod e2e {
     pub mod delivery;
     pub mod enrollment;
     pub mod events;
+    pub mod failover;
     pub mod fanout;
     pub mod ha;
     pub mod heartbeats;

@@ -345,6 +345,10 @@ fn sample(setting: &Setting, default: &serde_json::Value) -> (String, serde_json
         ),
         ("only_label", _) => (" a=b ".into(), json!("a=b")),
         ("disk_paths", _) => ("/a,,/b c".into(), json!(["/a", "/b c"])),
+        ("relay_urls", _) => (
+            "http://127.0.0.1:8701, https://relay-b.example.com/".into(),
+            json!(["http://127.0.0.1:8701", "https://relay-b.example.com/"]),
+        ),
         ("log_dir", _) => (" /srv/log ".into(), json!("/srv/log")),
         ("log_format", _) => ("JSON".into(), json!("json")),
         ("update.allowed_images", _) => (
@@ -410,7 +414,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 49);
+    assert_eq!(count, 50);
 }
 
 #[test]
@@ -522,6 +526,7 @@ fn rejected_values_name_the_key_and_its_variable() {
         ),
         ("FLOTILLA_ONLY_LABEL", "novalue", "only_label"),
         ("FLOTILLA_RELAY_URL", "relay.example.com", "relay_url"),
+        ("FLOTILLA_RELAY_URLS", "relay-b", "relay_urls"),
     ] {
         let e = with_env(&[(name, value)]).unwrap_err().to_string();
         assert!(
@@ -544,4 +549,48 @@ fn rejected_values_name_the_key_and_its_variable() {
     .unwrap();
     let e = c.validate().unwrap_err().to_string();
     assert!(e.contains("update.registries.registry"), "{e}");
+}
+
+#[test]
+fn relay_list_puts_relay_url_first_and_lists_each_relay_once() {
+    let enrolled = "http://127.0.0.1:8700";
+    let c = AgentConfig::default();
+    assert_eq!(c.relay_list(enrolled), vec![enrolled.to_string()]);
+    let c = AgentConfig::from_toml("relay_url = \"http://127.0.0.1:8800\"\n").unwrap();
+    assert_eq!(
+        c.relay_list(enrolled),
+        vec!["http://127.0.0.1:8800".to_string()]
+    );
+    let c = AgentConfig::from_toml(
+        "relay_url = \"http://127.0.0.1:8801\"\n\
+         relay_urls = [\"http://127.0.0.1:8802\", \"http://127.0.0.1:8801/\"]\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(
+        c.relay_list(enrolled),
+        vec![
+            "http://127.0.0.1:8801".to_string(),
+            "http://127.0.0.1:8802".to_string()
+        ]
+    );
+    // Without relay_url the list replaces the enrolled URL.
+    let c = with_env(&[(
+        "FLOTILLA_RELAY_URLS",
+        "http://127.0.0.1:1, http://127.0.0.1:2",
+    )])
+    .unwrap();
+    assert_eq!(
+        c.relay_list(enrolled),
+        vec![
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".to_string()
+        ]
+    );
+    let e = AgentConfig::from_toml("relay_urls = [\"ftp://x\"]\n")
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("relay_urls") && e.contains("ftp://x"), "{e}");
 }

@@ -116,7 +116,8 @@ struct Inner {
     paths: UpgradePaths,
     state: State,
     relay_key: PublicKey,
-    relay_base: String,
+    /// The relay the agent is connected to (set by the session; the first of the list before).
+    relay_base: Arc<Mutex<String>>,
     /// Built for each download (upgrades are rare; the idle agent keeps no CA store for it).
     ca_file: Option<PathBuf>,
     settings: UpgradeSettings,
@@ -200,13 +201,18 @@ impl Upgrades {
                 paths: UpgradePaths::new(&opts.state_dir),
                 state,
                 relay_key: opts.relay_key,
-                relay_base,
+                relay_base: Arc::new(Mutex::new(relay_base)),
                 ca_file: opts.ca_file,
                 settings: opts.settings,
                 running: Mutex::new(None),
                 pending: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Where builds are downloaded from: the session keeps it on the relay it is connected to.
+    pub fn relay_base(&self) -> Arc<Mutex<String>> {
+        self.inner.relay_base.clone()
     }
 
     pub fn paths(&self) -> &UpgradePaths {
@@ -423,10 +429,13 @@ impl Upgrades {
     /// Streams the build to `partial`, hashing it and stopping as soon as it exceeds the
     /// manifest's size; then checks size and SHA-256 and makes it executable.
     async fn download(&self, m: &ReleaseManifest, partial: &Path) -> Result<(), ErrorInfo> {
-        let url = format!(
-            "{}/download/agent/{}/{}",
-            self.inner.relay_base, m.version, m.arch
-        );
+        let base = self
+            .inner
+            .relay_base
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let url = format!("{base}/download/agent/{}/{}", m.version, m.arch);
         // Trusts the relay as the websocket does (its CA file, else the system's roots).
         let client = crate::transport::http_client_builder(self.inner.ca_file.as_deref())
             .and_then(|b| {

@@ -201,3 +201,79 @@ async fn queued_deliveries_are_found_through_the_routing_table() {
         .unwrap()
         .is_empty());
 }
+
+/// Two relays race for one lease at its expiry, round after round, started together (the
+/// holder of the last round is gone, the other two of three relays race to take over): exactly
+/// one wins each round, the epoch rises by one every round, and the old holder's epoch can no
+/// longer write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_racing_for_a_lease_never_both_hold_it() {
+    const ROUNDS: i64 = 40;
+    const RELAYS: [&str; 3] = ["relay_a", "relay_b", "relay_c"];
+    let store = Store::open_for_test();
+    let t0 = now();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let mut previous: Option<(&str, i64)> = None;
+    let mut wins = std::collections::BTreeMap::new();
+    for round in 0..ROUNDS {
+        // Each round starts after the previous lease ran out (held 12 s, rounds 20 s apart).
+        let at = t0 + secs(20 * round);
+        let race = |holder: &'static str| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let got = store
+                    .acquire_lease("race".into(), holder.into(), at, at + secs(12))
+                    .await
+                    .expect("acquire_lease");
+                (holder, got)
+            })
+        };
+        let contenders: Vec<&'static str> = RELAYS
+            .into_iter()
+            .filter(|r| previous.map(|(h, _)| h) != Some(*r))
+            .take(2)
+            .collect();
+        let (x, y) = (race(contenders[0]), race(contenders[1]));
+        let results = [x.await.unwrap(), y.await.unwrap()];
+        let winners: Vec<(&str, i64)> = results
+            .iter()
+            .filter_map(|(h, got)| got.map(|e| (*h, e)))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let (holder, epoch) = winners[0];
+        *wins.entry(holder).or_insert(0) += 1;
+        assert_eq!(epoch, previous.map_or(1, |(_, e)| e + 1), "round {round}");
+        if let Some((old, old_epoch)) = previous {
+            // The former holder's epoch is fenced off.
+            let stale = Fence {
+                lease: "race".into(),
+                holder: old.into(),
+                epoch: old_epoch,
+            };
+            let refused = stale.scope(store.prune_alerts(at)).await;
+            assert!(
+                matches!(&refused, Err(StoreError::Fenced { epoch, .. }) if *epoch == old_epoch),
+                "round {round}: {refused:?}"
+            );
+        }
+        let fresh = Fence {
+            lease: "race".into(),
+            holder: holder.into(),
+            epoch,
+        };
+        fresh
+            .scope(store.prune_alerts(at))
+            .await
+            .expect("the winner writes");
+        previous = Some((holder, epoch));
+    }
+    let leases = store.leases().await.unwrap();
+    let (holder, epoch) = previous.unwrap();
+    assert_eq!(
+        (leases[0].holder.as_str(), leases[0].epoch),
+        (holder, epoch)
+    );
+    assert_eq!(epoch, ROUNDS);
+    eprintln!("{ROUNDS} raced takeovers, won: {wins:?}");
+}
