@@ -270,7 +270,10 @@ const SQL_PLACES: [&str; 3] = ["relay/src/store", "agent/src/state.rs", "agent/s
 
 /// Files outside [`SQL_PLACES`] that still use rusqlite, with the reason (none today; an entry
 /// here is a debt to pay, and the test fails once the file no longer needs it).
-const SQL_DEBTS: [(&str, &str); 0] = [];
+const SQL_DEBTS: [(&str, &str); 1] = [(
+    "tests/src/bin/relay-backup-bench.rs",
+    "fills a relay.db with 10,000 agents and 30 days of history by bulk SQL (the store's domain writes would take hours); to move behind a store bulk-load operation",
+)];
 
 #[test]
 fn sql_only_in_the_store_modules() {
@@ -301,6 +304,7 @@ fn sql_only_in_the_store_modules() {
 /// Non-test files allowed over [`MAX_LINES`], with the reason.
 const LONG_FILES: &[(&str, &str)] = &[
     ("agent/src/update/mod.rs", "the container update state machine with its recovery table, kept together on purpose until the phases get their own files"),
+    ("agent/src/upgrade/agent.rs", "the agent side of self-update (download from the connected relay, verify, hand-off, report); grew with relay_urls: to split the download from the hand-off"),
     ("agent/src/upgrade/updater.rs", "the root updater's whole protocol (request, swap, watch, revert, resume) in one file on purpose: it runs as root and is read as one; tidy checks it imports only the agent's file helpers"),
     ("relay/src/store/sql/rollouts.rs", "rollout persistence: about thirty transactions, each with its state guards; its decisions are in model::rollouts; to split by phase (membership and dispatch, results, reverts, reads)"),
     ("relay/src/store/sql/releases.rs", "releases persistence and its transactions"),
