@@ -8,7 +8,7 @@
 
 use crate::server::DB_FILE;
 use crate::store::transfer::{CopyError, CopyReport};
-use crate::store::{redact_database_url, Store, StoreError};
+use crate::store::{read_password_file, redact_database_url, Store, StoreError};
 use std::path::{Path, PathBuf};
 
 /// Why a migration did not happen.
@@ -49,15 +49,10 @@ pub async fn migrate(
     }
     let password = match password_file {
         Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| MigrateError::Password {
-                    path: path.to_path_buf(),
-                    source,
-                })?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
+            read_password_file(path).map_err(|source| MigrateError::Password {
+                path: path.to_path_buf(),
+                source,
+            })?,
         ),
         None => None,
     };

@@ -242,13 +242,14 @@ async fn produce(
 
 fn read_password(path: Option<&Path>) -> Result<Option<String>, BackupError> {
     let Some(path) = path else { return Ok(None) };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        err(format!(
-            "cannot read the database password file {}: {e}",
-            path.display()
-        ))
-    })?;
-    Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+    crate::store::read_password_file(path)
+        .map(Some)
+        .map_err(|e| {
+            err(format!(
+                "cannot read the database password file {}: {e}",
+                path.display()
+            ))
+        })
 }
 
 async fn blocking<T: Send + 'static>(

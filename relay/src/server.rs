@@ -192,17 +192,14 @@ async fn systemd_tasks(
 /// Connects to the PostgreSQL database (password from `password_file`, first line). Errors name the database by host and name, never with the password.
 async fn open_postgres(url: &str, password_file: Option<&Path>) -> Result<Store, StartError> {
     let password = match password_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| StartError::Io {
+        Some(path) => {
+            Some(
+                crate::store::read_password_file(path).map_err(|source| StartError::Io {
                     what: format!("the database password file {}", path.display()),
                     source,
-                })?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
+                })?,
+            )
+        }
         None => None,
     };
     let shown = crate::store::redact_database_url(url);
@@ -286,15 +283,18 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     let retention = Retention::new(store.clone(), config.retention_days);
     let heartbeats = Arc::new(HeartbeatCache::default());
     // Once, so listing agents never has to parse heartbeat JSON from the database.
-    heartbeats.load(
-        store
-            .latest_heartbeats()
-            .await
-            .map_err(|source| StartError::Store {
+    heartbeats.load(store.latest_heartbeats().await.map_err(
+        |source| match &config.database_url {
+            Some(url) => StartError::Database {
+                url: crate::store::redact_database_url(url),
+                source,
+            },
+            None => StartError::Store {
                 path: data_dir.join(DB_FILE),
                 source,
-            })?,
-    );
+            },
+        },
+    )?);
     let state = AppState(Arc::new(Shared {
         fingerprint: key.public_key().fingerprint(),
         enroll_limiter: Arc::new(RateLimiter::new(config.enroll_rate_per_minute)),

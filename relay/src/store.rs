@@ -112,6 +112,16 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The database password kept in `path`: its first line (so a trailing newline, or a comment
+/// line after it, is not part of the password).
+pub fn read_password_file(path: &Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
 /// A database URL fit for logs and errors: the password, if any, replaced by `***`.
 pub fn redact_database_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

@@ -92,15 +92,8 @@ pub struct ServeArgs {
     /// Address to listen on (env FLOTILLA_LISTEN; default 127.0.0.1:8700).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Data directory (env FLOTILLA_DATA_DIR; default ./relay-data).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// relay.toml to read (env FLOTILLA_CONFIG).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// PostgreSQL database URL instead of the SQLite file (env FLOTILLA_DATABASE_URL).
-    #[arg(long = "database", value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
 }
 
 #[derive(Args)]

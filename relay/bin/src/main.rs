@@ -91,10 +91,7 @@ fn config_for(command: &Command) -> anyhow::Result<RelayConfig> {
         Command::Restore(r) => load_config(state_overrides(&r.state)),
         Command::Serve(args) => load_config(Overrides {
             listen: args.listen,
-            data_dir: args.data_dir.clone(),
-            config: args.config.clone(),
-            database_url: args.database_url.clone(),
-            ..Overrides::default()
+            ..state_overrides(&args.state)
         }),
         Command::Dev(args) => load_config(Overrides {
             listen: args.listen,

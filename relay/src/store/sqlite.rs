@@ -283,25 +283,6 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A consistent copy of the database file at `path` into the new file `snapshot`
-/// (`VACUUM INTO`, from a read-only connection: one read transaction, so writers elsewhere
-/// neither block it nor tear it).
-pub(super) fn snapshot(path: &Path, snapshot: &Path) -> Result<(), StoreError> {
-    if !path.is_file() {
-        return Err(StoreError::Corrupt(format!(
-            "{} does not exist or is not a file",
-            path.display()
-        )));
-    }
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let target = snapshot.to_str().ok_or_else(|| {
-        StoreError::Corrupt(format!("{} is not a UTF-8 path", snapshot.display()))
-    })?;
-    conn.execute("VACUUM INTO ?1", [target])?;
-    Ok(())
-}
-
 fn init(mut conn: Connection) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;

@@ -102,7 +102,7 @@ impl Store {
     /// `snapshot` must not exist), consistent even while another connection writes.
     pub async fn snapshot_sqlite(path: &Path, snapshot: &Path) -> Result<(), StoreError> {
         let (path, snapshot) = (path.to_path_buf(), snapshot.to_path_buf());
-        tokio::task::spawn_blocking(move || sqlite::snapshot(&path, &snapshot))
+        tokio::task::spawn_blocking(move || super::snapshot::sqlite_snapshot(&path, &snapshot))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
