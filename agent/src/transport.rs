@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, warn};
 
 /// An HTTP client trusting the relay as `run` does (a private CA file replaces the system's
 /// roots); also used to download agent builds.
@@ -86,43 +85,7 @@ pub fn is_loopback(url: &reqwest::Url) -> bool {
 
 /// rustls client settings for `wss://`: the CAs in `ca_file` when given, else the system roots.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read ca_file {}", path.display()))?;
-            let mut reader = std::io::BufReader::new(pem.as_slice());
-            let mut added = 0;
-            for cert in rustls_pemfile::certs(&mut reader) {
-                let cert =
-                    cert.with_context(|| format!("invalid certificate in {}", path.display()))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("unusable certificate in {}", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                bail!("ca_file {} holds no PEM certificates", path.display());
-            }
-        }
-        None => {
-            let native = rustls_native_certs::load_native_certs();
-            for e in &native.errors {
-                debug!(error = %e, "skipping unreadable system certificate");
-            }
-            let (ok, _bad) = roots.add_parsable_certificates(native.certs);
-            if ok == 0 {
-                warn!("no system CA certificates found; wss:// connections will fail");
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("cannot configure TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(flotilla_daemon::tls::client_config(ca_file)?)
 }
 
 /// Longest pause before trying the next relay of the list (uniform in `[0, this]`, so a

@@ -141,6 +141,10 @@ pub fn router(
             state.clone(),
             audit_refusals,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_writes_while_stepped_down,
+        ))
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
         .with_state(state)
@@ -171,6 +175,31 @@ async fn time_requests(
         started.elapsed().as_secs_f64(),
     );
     response
+}
+
+/// While this relay is stepped down (cut off from its database, or retired by a schema it must
+/// not write to) every state-changing request is refused with 503 and the reason, before
+/// anything runs, so the client or its load balancer goes to another relay; reads still answer
+/// from what this relay can read.
+async fn refuse_writes_while_stepped_down(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{Method, StatusCode};
+    use axum::response::IntoResponse;
+    if matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    ) {
+        return next.run(request).await;
+    }
+    match state.cluster.step_down_reason() {
+        Some((code, message)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
+        }
+        None => next.run(request).await,
+    }
 }
 
 /// Audits every refused (403) state-changing request, whoever made it and whichever route:

@@ -110,6 +110,9 @@ struct Inner {
     store: Option<Store>,
     /// Set while this relay cannot reach the shared database (see [`Cluster::stepped_down`]).
     stepped_down: std::sync::atomic::AtomicBool,
+    /// Set for good once the database was migrated to a schema this relay must not write to
+    /// (see [`Cluster::retired`]).
+    retired: std::sync::OnceLock<String>,
 }
 
 impl Cluster {
@@ -121,6 +124,7 @@ impl Cluster {
                 out: None,
                 store: None,
                 stepped_down: Default::default(),
+                retired: Default::default(),
             }),
         }
     }
@@ -138,6 +142,7 @@ impl Cluster {
                 out: Some(tx),
                 store: Some(store.clone()),
                 stepped_down: Default::default(),
+                retired: Default::default(),
             }),
         };
         (cluster, Some(rx))
@@ -157,10 +162,42 @@ impl Cluster {
     /// leases could last, it answers `/readyz` 503, refuses agent connections (closing the
     /// ones it had, so agents move to a healthy relay) and lets its engines stop. It serves
     /// again on its own once the database answers.
+    ///
+    /// A retired relay ([`Cluster::retired`]) is stepped down for good.
     pub fn stepped_down(&self) -> bool {
         self.inner
             .stepped_down
             .load(std::sync::atomic::Ordering::Acquire)
+            || self.retired().is_some()
+    }
+
+    /// Why this relay retired, if it did: a newer relay migrated the shared database to a
+    /// schema this one must not write to (a rolling upgrade past what it can run on). It
+    /// steps down as when cut off, until it is replaced by the newer build.
+    pub fn retired(&self) -> Option<&str> {
+        self.inner.retired.get().map(String::as_str)
+    }
+
+    /// Retires this relay (see [`Cluster::retired`]); false when it already was.
+    pub(crate) fn retire(&self, why: String) -> bool {
+        self.inner.retired.set(why).is_ok()
+    }
+
+    /// Why this relay refuses to serve, for an answer: None while it serves.
+    pub fn step_down_reason(&self) -> Option<(&'static str, String)> {
+        if let Some(why) = self.retired() {
+            return Some((
+                "schema_too_new",
+                format!("this relay stepped down: {why}; another relay serves"),
+            ));
+        }
+        self.stepped_down().then(|| {
+            (
+                "stepped_down",
+                "the relay cannot reach its database and stepped down; another relay serves"
+                    .to_string(),
+            )
+        })
     }
 
     pub(crate) fn set_stepped_down(&self, down: bool) -> bool {
@@ -285,6 +322,21 @@ where
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+        }
+        if cluster.stepped_down() {
+            // Stepped down: it must not act, whatever the database would grant it (a retired
+            // relay still reaches the database). A retired relay hands the lease over at once.
+            if running.is_some() {
+                tracing::warn!(
+                    lease = name,
+                    "stepped down; stopping the {name} engine here"
+                );
+                stop_run(name, running.take()).await;
+                if cluster.retired().is_some() {
+                    let _ = store.release_lease(name.to_string(), me.clone()).await;
+                }
+            }
+            continue;
         }
         let asked = Instant::now();
         let now = crate::store::now();

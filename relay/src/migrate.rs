@@ -2,7 +2,8 @@
 //! moved into an empty PostgreSQL database (the copy itself is `store::transfer`).
 //!
 //! The source file is never written: a snapshot of it (`VACUUM INTO`, next to it) is migrated
-//! to this binary's schema and copied, then removed. The signing key stays in the data
+//! to this binary's schema, given the bytes of the builds published as files only, and copied,
+//! then removed. The signing key stays in the data
 //! directory: start the PostgreSQL relay with the same `--data-dir` (or copy `relay.key` to
 //! each relay), and agents keep their enrollment.
 
@@ -67,6 +68,15 @@ pub async fn migrate(
             source,
         })?;
     let source = Store::open(&snapshot)
+        .await
+        .map_err(|source| MigrateError::Source {
+            path: db.clone(),
+            source,
+        })?;
+    // A relay older than the database's copy of builds kept them only as files: their bytes
+    // go into the snapshot, so the relays on PostgreSQL can serve them whatever their data
+    // directory.
+    crate::releases::backfill(&source, from)
         .await
         .map_err(|source| MigrateError::Source {
             path: db.clone(),

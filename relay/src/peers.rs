@@ -311,6 +311,37 @@ impl ClusterTasks {
                 Ok(Err(e)) => tracing::warn!(error = %e, "cannot record this relay as alive"),
                 Err(_) => tracing::warn!("recording this relay as alive timed out"),
             }
+            // A newer relay may have migrated the database past what this one can write to (a
+            // rolling upgrade): then it retires for good.
+            if seen_ok && self.cluster.retired().is_none() {
+                match tokio::time::timeout(wait, self.store.check_schema()).await {
+                    Ok(Err(e @ crate::store::StoreError::TooNew { .. })) => {
+                        tracing::error!(
+                            error = %e,
+                            "the database was migrated by a newer relay to a schema this relay \
+                             must not write to: stepping down for good (readyz 503, writes \
+                             refused, agent connections closed, engines stopped); replace this \
+                             relay with the newer build"
+                        );
+                        self.cluster.retire(e.to_string());
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the database's schema"),
+                    Ok(Ok(())) | Err(_) => {}
+                }
+            }
+            if self.cluster.retired().is_some() {
+                let closed = self.hub.disconnect_all(
+                    "relay_unavailable",
+                    "this relay is older than its database's schema; reconnect to another relay",
+                );
+                if closed > 0 {
+                    tracing::warn!(
+                        agents = closed,
+                        "closed agent connections of a retired relay"
+                    );
+                }
+                continue;
+            }
             if last_ok.elapsed() > LEASE_TTL - LEASE_MARGIN {
                 if !self.cluster.set_stepped_down(true) {
                     tracing::error!(

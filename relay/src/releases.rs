@@ -1,7 +1,9 @@
 //! Agent releases on the relay: publishing a build (streamed to a temporary file under
 //! `<data_dir>/releases/`, hashed while it is written, capped at [`MAX_RELEASE_BYTES`], fsynced
-//! and renamed into `<data_dir>/releases/<version>/<arch>/flotilla-agent`), the manifest the
-//! relay signs for it with its key, resolving `latest`, marking builds broken, the
+//! and renamed into `<data_dir>/releases/<version>/<arch>/flotilla-agent`, its bytes stored in
+//! the database in the transaction that records it, so every relay on a shared database serves
+//! it: `files.rs` fills a relay's missing file from them), the manifest the relay signs for it
+//! with its key, resolving `latest`, marking builds broken, the
 //! `agent.upgrade` command for one agent, and the files the installer downloads (`install.sh`
 //! with the relay's address and key filled in, the systemd units).
 //!
@@ -33,6 +35,9 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+
+mod files;
+pub use files::{backfill, materialise, MaterialiseError};
 
 /// The installer, served at `/install.sh` with its placeholders filled in.
 pub const INSTALL_SH: &str = include_str!("../../install.sh");
@@ -111,7 +116,7 @@ pub enum PublishError {
         arch: String,
         existing: String,
     },
-    /// Another relay process sharing the data directory published the same build meanwhile.
+    /// Another relay published (or removed) the same build meanwhile.
     #[error("flotilla-agent {version} for {arch} was published by someone else meanwhile")]
     Concurrent { version: String, arch: String },
     #[error("the upload was cut short: {0}")]
@@ -316,6 +321,7 @@ where
         // repairs a file that went missing or was damaged, even one of the same length.
         install(&temp_path, final_path, &dir).await?;
         temp.kept();
+        files::ensure_stored(&releases.store, version, arch, final_path).await?;
         tracing::info!(
             version,
             arch,
@@ -353,6 +359,7 @@ where
     let created = releases
         .store
         .create_release(NewRelease {
+            file: Some(final_path.to_path_buf()),
             version: version.to_string(),
             arch: arch.to_string(),
             size,
@@ -363,11 +370,28 @@ where
         })
         .await?;
     if !created {
-        // Only possible when another relay process shares the data directory.
-        return Err(PublishError::Concurrent {
-            version: version.to_string(),
-            arch: arch.to_string(),
-        });
+        // Another relay on the same database published this build meanwhile (the lock above
+        // is this process's only): the same bytes are that build, others a conflict.
+        return match releases
+            .store
+            .release(version.to_string(), arch.to_string())
+            .await?
+        {
+            Some(existing) if existing.info.sha256 == sha256 && existing.info.size == size => {
+                files::ensure_stored(&releases.store, version, arch, final_path).await?;
+                Ok(Published::Existing(existing.info))
+            }
+            Some(existing) => Err(PublishError::Conflict {
+                version: version.to_string(),
+                arch: arch.to_string(),
+                existing: existing.info.sha256,
+                uploaded: sha256,
+            }),
+            None => Err(PublishError::Concurrent {
+                version: version.to_string(),
+                arch: arch.to_string(),
+            }),
+        };
     }
     tracing::info!(version, arch, size, %sha256, published_by, "agent build published");
     Ok(Published::Created(ReleaseInfo {

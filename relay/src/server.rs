@@ -275,6 +275,15 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         key.clone(),
         config.data_dir.clone(),
     );
+    // Builds published before the database kept their bytes get them from this relay's files.
+    tokio::spawn({
+        let (store, data_dir) = (store.clone(), config.data_dir.clone());
+        async move {
+            if let Err(e) = crate::releases::backfill(&store, &data_dir).await {
+                tracing::warn!(error = %e, "cannot store the bytes of earlier builds");
+            }
+        }
+    });
     let sweeper = ExpirySweeper::new(
         store.clone(),
         commands.clone(),

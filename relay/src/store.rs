@@ -90,10 +90,18 @@ pub enum StoreError {
     Sql(#[from] sql::SqlError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("database schema version {found} is newer than this relay understands ({known})")]
-    TooNew { found: i64, known: i64 },
+    /// `needs`: the fewest migrations a relay must know to run on it (see
+    /// `sqlite::COMPATIBLE_FROM`); a relay refused knows fewer.
+    #[error(
+        "database schema version {found} is newer than this relay understands ({known}), and \
+         runs only relays that know schema {needs} or newer: upgrade this relay"
+    )]
+    TooNew { found: i64, known: i64, needs: i64 },
     #[error("database task failed: {0}")]
     Task(String),
+    /// A file a write stores in the database could not be read (a build's bytes).
+    #[error("{0}")]
+    File(String),
     #[error("lease {lease} epoch {epoch} is no longer this relay's; the write was refused")]
     Fenced { lease: String, epoch: i64 },
 }

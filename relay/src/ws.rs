@@ -50,13 +50,9 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
 pub async fn connect(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    if state.cluster.stepped_down() {
+    if let Some((_, message)) = state.cluster.step_down_reason() {
         // The agent backs off and tries again (through its load balancer or its next relay).
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "this relay cannot reach its database; connect to another relay",
-        )
-            .into_response();
+        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     }
     let Ok(handshake) = state.handshakes.clone().try_acquire_owned() else {
         state

@@ -48,6 +48,60 @@ impl PgServer {
     }
 }
 
+impl PgServer {
+    /// Turns TLS on, with `cert` and `key` (PEM) copied into the data directory as the
+    /// server's certificate and key (owned like the data directory, the key private).
+    pub fn enable_tls(&self, cert: &std::path::Path, key: &std::path::Path) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = self.dir.path().join("pg");
+        let owner = std::fs::metadata(&data).expect("the data directory");
+        for (from, name, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = data.join(name);
+            std::fs::copy(from, &to).expect("copy into the data directory");
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid()))
+                .expect("chown to the server's user");
+        }
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.psql("SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.psql("SHOW ssl") != "on" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PostgreSQL did not turn TLS on"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `sql` with `psql` on the server's `postgres` database (stopping at the first
+    /// error); what it printed, unaligned and without headers. Panics naming the statement
+    /// when it fails.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 impl Drop for PgServer {
     fn drop(&mut self) {
         let _ = Command::new("bash")

@@ -12,6 +12,7 @@ mod e2e {
     pub mod cli;
     pub mod commands;
     pub mod compose;
+    pub mod database_tls;
     pub mod delivery;
     pub mod enrollment;
     pub mod events;
@@ -26,6 +27,7 @@ mod e2e {
     // issue 15 item 8: the relay backs up its own database
     pub mod relay_backup;
     pub mod restore;
+    pub mod rolling;
     pub mod rollout;
     pub mod secrets;
     pub mod tls;

@@ -289,7 +289,8 @@ fn with_build_headers(
     response
 }
 
-/// `GET /download/agent/{version}/{arch}`: the binary, streamed from disk; `latest` is the
+/// `GET /download/agent/{version}/{arch}`: the binary, streamed from this relay's file (written
+/// from the database first when it lacks it); `latest` is the
 /// highest build not marked broken. 404 naming what exists, 410 for a broken build.
 pub async fn download_binary(
     State(state): State<AppState>,
@@ -303,6 +304,20 @@ pub async fn download_binary(
         &release.info.version,
         &release.info.arch,
     );
+    // The file is this relay's cache of the bytes in the database: written from there when
+    // it is missing or has the wrong size (published through another relay, restored, ...).
+    match rel::materialise(&state.store, &state.config.data_dir, &release).await {
+        Ok(_) => {}
+        Err(rel::MaterialiseError::Store(e)) => return Err(e.into()),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot write a published build's file from the database");
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "release_corrupt",
+                format!("{e}; publish the same build again to restore it"),
+            ));
+        }
+    }
     let file = tokio::fs::File::open(&path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "cannot open a published build");
         ApiError::new(

@@ -28,13 +28,8 @@ pub async fn healthz(State(state): State<AppState>) -> Json<RelayStatus> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.cluster.stepped_down() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stepped_down",
-            "the relay cannot reach its database and stepped down; another relay serves",
-        )
-        .into_response();
+    if let Some((code, message)) = state.cluster.step_down_reason() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response();
     }
     if state.ready.load(Ordering::Acquire) {
         Json(status(&state, "ready")).into_response()

@@ -6,8 +6,12 @@
 //!
 //! The schema is SQLite's, translated ([`translate_ddl`]): the same migrations, numbered the
 //! same, recorded in `flotilla_schema`; they run once, under a transaction-scoped advisory
-//! lock, so relays starting together never both migrate. A database whose schema is newer than
-//! this relay knows is refused ([`StoreError::TooNew`]) before anything is written.
+//! lock, so relays starting together never both migrate. `flotilla_schema` also records the
+//! oldest schema whose relays can still run on it (`compatible_from`, the migrating build's
+//! [`super::sqlite::COMPATIBLE_FROM`]): during a rolling upgrade a relay that knows fewer
+//! migrations than the database has starts (and keeps running) without migrating when it knows
+//! at least that many, and is refused ([`StoreError::TooNew`]) otherwise, before anything is
+//! written; a running relay re-checks ([`super::Store::check_schema`]) and steps down.
 //!
 //! Values cross the seam with SQLite's classes ([`Value`]); here they are converted by the
 //! type the server inferred for each parameter and by each column's type: timestamps are
@@ -24,7 +28,7 @@ use flotilla_daemon::backoff::Backoff;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
-use postgres::{Client, IsolationLevel, NoTls, Statement};
+use postgres::{Client, IsolationLevel, Statement};
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -44,8 +48,12 @@ struct PgClient {
     statements: HashMap<String, Statement>,
 }
 
+pub(crate) mod tls;
+
 pub(super) struct PgBackend {
     config: postgres::Config,
+    /// Plain or TLS, from the URL's `sslmode` (see [`tls`]).
+    connector: tls::Connector,
     idle: Mutex<Pool>,
     freed: Condvar,
 }
@@ -59,9 +67,7 @@ struct Pool {
 impl PgBackend {
     /// Connects and migrates. `password` overrides the URL's (read from a file by the caller).
     pub(super) fn open(url: &str, password: Option<&str>) -> Result<PgBackend, StoreError> {
-        let mut config: postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Corrupt(format!("bad PostgreSQL URL: {e}")))?;
+        let (mut config, connector) = tls::parse(url)?;
         if let Some(p) = password {
             config.password(p);
         }
@@ -78,6 +84,7 @@ impl PgBackend {
             .keepalives_retries(2);
         let backend = PgBackend {
             config,
+            connector,
             idle: Mutex::new(Pool {
                 clients: Vec::new(),
                 open: 0,
@@ -92,7 +99,7 @@ impl PgBackend {
     }
 
     fn connect(&self) -> Result<PgClient, StoreError> {
-        let client = self.config.connect(NoTls).map_err(pg_error)?;
+        let client = self.connector.connect(&self.config).map_err(pg_error)?;
         Ok(PgClient {
             client,
             statements: HashMap::new(),
@@ -195,7 +202,7 @@ impl PgBackend {
     pub(super) fn listen(&self, deliver: &mut dyn FnMut(Notice) -> bool) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
-            let connected = self.config.connect(NoTls).and_then(|mut c| {
+            let connected = self.connector.connect(&self.config).and_then(|mut c| {
                 c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
                 Ok(c)
             });
@@ -372,13 +379,29 @@ fn sql_error(e: postgres::Error) -> SqlError {
             SqlError::Conflict(e.to_string())
         }
         _ if e.is_closed() || e.code().is_none() && e.as_db_error().is_none() => {
-            SqlError::Unavailable(e.to_string())
+            SqlError::Unavailable(with_causes(&e))
         }
         _ => SqlError::Postgres(match e.as_db_error() {
             Some(db) => format!("{}: {}", db.code().code(), db.message()),
             None => e.to_string(),
         }),
     }
+}
+
+/// The error and what caused it ("error performing TLS handshake: invalid peer certificate:
+/// UnknownIssuer"): the driver's own message alone rarely says what to fix.
+fn with_causes(e: &postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// A statement PostgreSQL refused to prepare: a bug of ours, so the error names the statement.
@@ -530,8 +553,8 @@ fn numeric(raw: &[u8]) -> Result<Value, Box<dyn std::error::Error + Sync + Send>
 
 /// SQLite's DDL (the relay's migrations) as PostgreSQL's: integers are `bigint`, reals
 /// `double precision`, the timestamp columns (`*_at`, `ts`, `at`, `stage_deadline`)
-/// `timestamptz`, other text `COLLATE "C"`, `INTEGER PRIMARY KEY [AUTOINCREMENT]` an identity
-/// column; `WITHOUT ROWID` goes.
+/// `timestamptz`, other text `COLLATE "C"`, blobs `bytea`, `INTEGER PRIMARY KEY [AUTOINCREMENT]`
+/// an identity column; `WITHOUT ROWID` goes.
 pub(super) fn translate_ddl(sqlite: &str) -> String {
     let mut out = String::with_capacity(sqlite.len() + 256);
     for line in sqlite.lines() {
@@ -582,9 +605,36 @@ fn column_types(line: &str) -> String {
         "TEXT" if timestamp => "TIMESTAMPTZ",
         "TEXT" => "TEXT COLLATE \"C\"",
         "BIGINT" => "BIGINT",
+        "BLOB" => "BYTEA",
         _ => return line.to_string(),
     };
     format!("{prefix}{name} {new_ty}{tail}{rest}")
+}
+
+/// The schema a database holds: how many migrations it has, and the fewest a relay must know
+/// to run on it.
+pub(super) fn schema_state(tx: &mut dyn Conn) -> Result<(i64, i64), StoreError> {
+    let row = tx
+        .rows("SELECT version, compatible_from FROM flotilla_schema", &[])?
+        .into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Corrupt("flotilla_schema has no row".into()))?;
+    let version: i64 = row.get(0)?;
+    let compatible_from: Option<i64> = row.get(1)?;
+    Ok((version, compatible_from.unwrap_or(version)))
+}
+
+/// Whether a relay that knows `known` migrations may run on a database at `version` whose
+/// migrations keep relays from `compatible_from` on working.
+pub(super) fn runs_on(version: i64, compatible_from: i64, known: i64) -> Result<(), StoreError> {
+    if version > known && compatible_from > known {
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+            needs: compatible_from,
+        });
+    }
+    Ok(())
 }
 
 fn migrate(client: &mut Client) -> Result<(), StoreError> {
@@ -593,32 +643,49 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction().map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(pg_error)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS flotilla_schema (version BIGINT NOT NULL)")
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS flotilla_schema (version BIGINT NOT NULL);\n\
+         ALTER TABLE flotilla_schema ADD COLUMN IF NOT EXISTS compatible_from BIGINT;",
+    )
+    .map_err(pg_error)?;
+    let row = tx
+        .query_opt("SELECT version, compatible_from FROM flotilla_schema", &[])
         .map_err(pg_error)?;
-    let version: i64 = match tx
-        .query_opt("SELECT version FROM flotilla_schema", &[])
-        .map_err(pg_error)?
-    {
-        Some(r) => r.get(0),
+    let (version, compatible_from): (i64, i64) = match row {
+        Some(r) => {
+            let version: i64 = r.get(0);
+            (version, r.get::<_, Option<i64>>(1).unwrap_or(version))
+        }
         None => {
             tx.execute("INSERT INTO flotilla_schema (version) VALUES (0)", &[])
                 .map_err(pg_error)?;
-            0
+            (0, 0)
         }
     };
-    if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
+    runs_on(version, compatible_from, known)?;
+    if version >= known {
+        if version > known {
+            tracing::warn!(
+                schema = version,
+                known,
+                compatible_from,
+                "the database was migrated by a newer relay whose schema this relay can run on: \
+                 running side by side (rolling upgrade); upgrade this relay soon"
+            );
+        }
+        tx.commit().map_err(pg_error)?;
+        return Ok(());
     }
     for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
         tx.batch_execute(&translate_ddl(sql)).map_err(|e| {
             StoreError::Corrupt(format!("PostgreSQL migration {} failed: {e}", i + 1))
         })?;
     }
-    tx.execute("UPDATE flotilla_schema SET version = $1", &[&known])
-        .map_err(pg_error)?;
+    tx.execute(
+        "UPDATE flotilla_schema SET version = $1, compatible_from = $2",
+        &[&known, &super::sqlite::COMPATIBLE_FROM],
+    )
+    .map_err(pg_error)?;
     tx.commit().map_err(pg_error)?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use flotilla_shared::release::{
     compare_versions, is_prerelease, BrokenInfo, ReleaseInfo, SignedManifest,
 };
+use std::path::PathBuf;
 
 /// A published build as stored: what the API lists, plus the signed manifest sent to agents.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +27,9 @@ pub struct StoredRelease {
 /// A build to record (its file is already in place).
 #[derive(Clone, Debug)]
 pub struct NewRelease {
+    /// The verified file whose bytes are stored with the record (in the same transaction), so
+    /// every relay on the database can serve the build. None only in tests of the records.
+    pub file: Option<PathBuf>,
     pub version: String,
     pub arch: String,
     pub size: u64,
@@ -60,9 +64,52 @@ pub fn latest_of(list: Vec<StoredRelease>, arch: &str) -> Option<StoredRelease> 
 }
 
 impl Store {
-    /// Records a published build; false (nothing written) when (version, arch) exists.
+    /// Records a published build with its bytes (read from `release.file`); false (nothing
+    /// written) when (version, arch) exists.
     pub async fn create_release(&self, release: NewRelease) -> Result<bool, StoreError> {
-        self.write(move |c| Sql::insert_release(c, &release)).await
+        self.write(move |c| {
+            let created = Sql::insert_release(c, &release)?;
+            if let (true, Some(file)) = (created, &release.file) {
+                Sql::put_release_chunks(c, &release.version, &release.arch, file)?;
+            }
+            Ok(created)
+        })
+        .await
+    }
+
+    /// Stores the bytes of an already recorded build from `file` (replacing any stored),
+    /// the number of bytes stored; None when no such build is recorded.
+    pub async fn store_release_bytes(
+        &self,
+        version: String,
+        arch: String,
+        file: PathBuf,
+    ) -> Result<Option<u64>, StoreError> {
+        self.write(move |c| {
+            if Sql::release(c, &version, &arch)?.is_none() {
+                return Ok(None);
+            }
+            Sql::put_release_chunks(c, &version, &arch, &file).map(Some)
+        })
+        .await
+    }
+
+    /// Piece `seq` of a build's stored bytes (`sql::releasefiles::CHUNK_BYTES` each, the last one shorter);
+    /// None past the end, or when the build's bytes are not stored.
+    pub async fn release_chunk(
+        &self,
+        version: String,
+        arch: String,
+        seq: u32,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(move |c| Sql::release_chunk(c, &version, &arch, seq))
+            .await
+    }
+
+    /// Recorded builds whose bytes are not stored (published before the database kept them),
+    /// as (version, arch).
+    pub async fn releases_without_bytes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(Sql::releases_without_chunks).await
     }
 
     /// One build.

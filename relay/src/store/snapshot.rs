@@ -58,16 +58,14 @@ pub fn sqlite_check(path: &Path) -> Result<i64, String> {
 /// How many tables the PostgreSQL database at `url` holds outside the system schemas (a
 /// restore refuses a database that has any). Blocking.
 pub fn postgres_table_count(url: &str, password: Option<&str>) -> Result<i64, String> {
-    let mut config: postgres::Config = url
-        .parse()
-        .map_err(|e| format!("bad PostgreSQL URL: {e}"))?;
+    let (mut config, connector) = super::postgres::tls::parse(url).map_err(|e| e.to_string())?;
     if let Some(p) = password {
         config.password(p);
     }
     config.connect_timeout(Duration::from_secs(10));
     let shown = super::redact_database_url(url);
-    let mut client = config
-        .connect(postgres::NoTls)
+    let mut client = connector
+        .connect(&config)
         .map_err(|e| format!("cannot connect to {shown}: {e}"))?;
     let row = client
         .query_one(

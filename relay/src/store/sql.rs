@@ -48,6 +48,7 @@ pub(super) mod fleet;
 pub(super) mod jobs;
 pub(super) mod metrics;
 pub(super) mod relaybackups;
+pub(super) mod releasefiles;
 pub(super) mod releases;
 pub(super) mod retention;
 pub(super) mod rollouts;

@@ -195,7 +195,20 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     sql::cluster::SCHEMA,
     // 15: the relay's own backup runs (see `sql/relaybackups.rs`).
     sql::relaybackups::SCHEMA,
+    // 16: the bytes of published agent builds (see `sql/releasefiles.rs`).
+    sql::releasefiles::SCHEMA,
 ];
+
+/// The fewest migrations a relay must know to run on a database this build migrated (several
+/// relays on PostgreSQL, during a rolling upgrade: see `postgres.rs`). Every migration after it
+/// only adds what an older relay never reads (tables, columns with defaults, indexes). Raise it
+/// to `MIGRATIONS.len()` with a migration that changes what existing columns mean, drops any, or
+/// adds rows older relays would handle wrongly: running relays that know fewer then step down
+/// instead of writing, and refuse to start.
+///
+/// At 15: migration 16 (the builds' bytes) is ignored by relays that know 15, which store only
+/// files for the builds they publish (each relay stores its files' bytes when it starts).
+pub(super) const COMPATIBLE_FROM: i64 = 15;
 
 pub(super) struct SqliteBackend {
     writer: Mutex<Connection>,
@@ -298,6 +311,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         return Err(StoreError::TooNew {
             found: version,
             known,
+            needs: version,
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {

@@ -17,8 +17,9 @@ fn run(cmd: &mut Command) {
     );
 }
 
-/// A private CA and a server certificate for localhost / 127.0.0.1, made with the openssl CLI.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A private CA and a server certificate for localhost / 127.0.0.1, made with the openssl CLI:
+/// (CA, certificate, key).
+pub(crate) fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let p = |f: &str| dir.join(f);
     run(Command::new("openssl")
         .args([

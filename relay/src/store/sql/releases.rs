@@ -405,6 +405,7 @@ mod tests {
 
     fn release(key: &SigningKey, version: &str, arch: &str) -> NewRelease {
         NewRelease {
+            file: None,
             version: version.into(),
             arch: arch.into(),
             size: 3,

@@ -277,3 +277,38 @@ async fn two_relays_racing_for_a_lease_never_both_hold_it() {
     assert_eq!(epoch, ROUNDS);
     eprintln!("{ROUNDS} raced takeovers, won: {wins:?}");
 }
+
+#[tokio::test]
+async fn a_newer_schema_is_run_on_only_when_it_keeps_this_relay_compatible() {
+    use crate::store::postgres::runs_on;
+    // Known 16: an older or equal schema runs; a newer one runs while it is compatible.
+    assert!(runs_on(15, 15, 16).is_ok());
+    assert!(runs_on(16, 15, 16).is_ok());
+    assert!(runs_on(17, 16, 16).is_ok());
+    let err = runs_on(18, 17, 16).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "database schema version 18 is newer than this relay understands (16), and runs only \
+         relays that know schema 17 or newer: upgrade this relay"
+    );
+
+    let store = Store::open_for_test();
+    assert!(store.check_schema().await.is_ok());
+    if !store.is_shared() {
+        return; // one relay owns its SQLite file: nobody else migrates it
+    }
+    let bump = |sql: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .write_unfenced(move |c| Ok(c.execute(sql, params![])?))
+                .await
+                .unwrap();
+        }
+    };
+    bump("UPDATE flotilla_schema SET version = version + 1").await;
+    assert!(store.check_schema().await.is_ok());
+    bump("UPDATE flotilla_schema SET compatible_from = version").await;
+    let err = store.check_schema().await.unwrap_err();
+    assert!(matches!(err, StoreError::TooNew { .. }), "{err}");
+}
