@@ -39,12 +39,15 @@
 //! One unreadable event or command row is skipped (counted, warned about once per evaluation);
 //! it never stops all alerting.
 //!
-//! Notification routing happens in that transaction too, so a restart never notifies twice:
+//! Notification decisions happen in that transaction too, so a restart never decides twice:
 //! soft never; medium once the condition is `medium_notify_after_secs` old; hard at once;
-//! never while silenced or acknowledged. `notified_at` is written with the decision, and a
-//! resolution is notified only for alerts that were notified firing. The decided
-//! notifications are handed to a [`Sink`] (in the relay: [`notify::Notifier::send`], which
-//! never blocks), after the commit.
+//! never while silenced or acknowledged. The decision (`notify_decided_at`) and one outbox row
+//! per channel that takes it are written with the firing or resolution, and a resolution is
+//! notified only for alerts whose firing was. The delivery engine ([`notify`]) sends the rows
+//! after the commit, retrying across restarts; `notified_at` is written once the firing
+//! notification was delivered (or given up) everywhere. After the commit the engine kicks the
+//! notifier, which never blocks. A channel that gives a notification up raises the hard
+//! `notification_failed` alert (subject: the channel's name) until it delivers again.
 //!
 //! Containers an update acts on are skipped (`Store::active_updates`, one call per
 //! evaluation) and events raised during an update (attribute `updating`) are ignored. TLS
@@ -66,9 +69,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::stream::EventBus;
 use chrono::{DateTime, Utc};
-use flotilla_shared::alert::AlertInfo;
 use flotilla_shared::stream::EventKind;
-use notify::Notification;
 use rules::{AgentView, Condition, Rule};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,10 +79,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Most backup databases one evaluation looks at.
 const MAX_BACKUP_ROWS: u32 = 100_000;
-
-/// Where decided notifications go (the relay: the notifier's `send`; tests: a channel).
-/// Must not block.
-pub type Sink = Arc<dyn Fn(Notification) + Send + Sync>;
 
 /// How long an agent may be silent and disconnected before it is unreachable:
 /// `heartbeat_interval_secs` × `alerts.unreachable_intervals` (or the rule's threshold).
@@ -146,24 +143,6 @@ pub fn alert_url(config: &RelayConfig, id: &str) -> String {
     }
 }
 
-/// The notification announcing an alert's firing or resolution.
-pub fn notification(kind: NotificationKind, a: &AlertInfo, url: String) -> Notification {
-    Notification {
-        alert_id: a.id.clone(),
-        kind,
-        rule: a.rule.clone(),
-        severity: a.severity,
-        agent_id: a.agent_id.clone(),
-        agent_name: a.agent_name.clone(),
-        agent_labels: a.agent_labels.clone(),
-        subject: a.subject.clone(),
-        message: a.message.clone(),
-        started_at: a.started_at,
-        resolved_at: a.resolved_at,
-        url,
-    }
-}
-
 /// The alerts engine: exactly what an evaluation reads and where its decisions go.
 #[derive(Clone)]
 pub struct AlertsEngine {
@@ -177,7 +156,8 @@ pub struct AlertsEngine {
     unreachable_after: Duration,
     /// [`alert_url`] without the id.
     url_prefix: String,
-    sink: Sink,
+    /// The channels decided notifications are written for, and the delivery engine to kick.
+    notifier: notify::Notifier,
     /// `[backup] enabled`: the relay's own backups are expected (the `relay_backup` rule).
     relay_backups_enabled: bool,
 }
@@ -190,7 +170,7 @@ impl AlertsEngine {
         metrics: Arc<Metrics>,
         handle: Arc<AlertsHandle>,
         config: &RelayConfig,
-        sink: Sink,
+        notifier: notify::Notifier,
     ) -> AlertsEngine {
         AlertsEngine {
             store,
@@ -201,7 +181,7 @@ impl AlertsEngine {
             cfg: config.alerts.clone(),
             unreachable_after: unreachable_after(config),
             url_prefix: alert_url(config, ""),
-            sink,
+            notifier,
             relay_backups_enabled: config.backup.enabled,
         }
     }
@@ -436,6 +416,16 @@ pub async fn conditions(
         let rollbacks = engine.store.reverted_rollbacks(since).await?;
         out.extend(rules::rollback_reverted_conditions(cfg, &rollbacks, now));
     }
+    if cfg.enabled(Rule::NotificationFailed) {
+        let failures = engine.store.notification_failures().await?;
+        out.extend(
+            crate::model::alerts::outbox::notification_failed_conditions(
+                cfg,
+                &failures,
+                &engine.notifier.routes(),
+            ),
+        );
+    }
     out.extend(rules::tls_conditions(
         cfg,
         &engine.handle.tls.snapshot(),
@@ -495,6 +485,11 @@ pub async fn evaluate(engine: &AlertsEngine, now: DateTime<Utc>) -> Result<Appli
         .unwrap_or_default();
     let tls_ready = engine.cfg.tls_endpoints.is_empty() || engine.handle.tls.ready();
     let policy = AlertPolicy {
+        outbox: crate::model::alerts::outbox::OutboxPolicy {
+            routes: engine.notifier.routes(),
+            url_prefix: engine.url_prefix.clone(),
+            capacity: engine.notifier.capacity(),
+        },
         held: held_rules(uptime, engine.unreachable_after, tls_ready),
         now,
         medium_after: chrono::Duration::seconds(
@@ -505,9 +500,9 @@ pub async fn evaluate(engine: &AlertsEngine, now: DateTime<Utc>) -> Result<Appli
         .store
         .apply_alert_conditions(conditions, policy)
         .await?;
-    for (kind, alert) in &applied.notify {
-        let url = format!("{}{}", engine.url_prefix, alert.id);
-        (engine.sink)(notification(*kind, alert, url));
+    if applied.queued > 0 {
+        engine.notifier.count_dropped(applied.dropped, "(alerts)");
+        engine.notifier.kick();
     }
     engine.metrics.set_alerts_firing(applied.firing);
     if applied.fired > 0 || applied.resolved > 0 {
@@ -515,6 +510,7 @@ pub async fn evaluate(engine: &AlertsEngine, now: DateTime<Utc>) -> Result<Appli
             fired = applied.fired,
             resolved = applied.resolved,
             notified = applied.notify.len(),
+            queued = applied.queued,
             "alerts changed"
         );
     }

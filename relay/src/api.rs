@@ -85,6 +85,7 @@ pub fn router(
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/{id}", get(alerts::show))
         .route("/api/v1/alerts/{id}/ack", post(alerts::ack))
+        .route("/api/v1/notifications", get(alerts::notifications))
         .route(
             "/api/v1/silences",
             get(alerts::list_silences).post(alerts::create_silence),

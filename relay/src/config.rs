@@ -148,6 +148,7 @@ flotilla_daemon::settings! {
             hysteresis_percent: u32 = "FLOTILLA_ALERTS_HYSTERESIS_PERCENT";
             update_alert_hours: u32 = "FLOTILLA_ALERTS_UPDATE_ALERT_HOURS";
             medium_notify_after_secs: u64 = "FLOTILLA_ALERTS_MEDIUM_NOTIFY_AFTER_SECS";
+            notify_give_up_after_secs: u64 = "FLOTILLA_ALERTS_NOTIFY_GIVE_UP_AFTER_SECS";
             public_url: String = "FLOTILLA_ALERTS_PUBLIC_URL";
             tls_endpoints: Vec<String> = "FLOTILLA_ALERTS_TLS_ENDPOINTS";
             tls_check_interval_secs: u64 = "FLOTILLA_ALERTS_TLS_CHECK_INTERVAL_SECS";

@@ -44,7 +44,7 @@ pub mod embed {
     pub use crate::keys::{read_admin_token, ADMIN_TOKEN_FILE};
     pub use crate::rollouts::RolloutEngine;
     pub use crate::server::DB_FILE;
-    pub use crate::store::{now, redact_database_url, NewEnrollmentToken};
+    pub use crate::store::{now, redact_database_url, NewEnrollmentToken, Store};
 }
 
 #[cfg(test)]

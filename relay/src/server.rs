@@ -334,8 +334,13 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         state.alerts.started_at,
         &state.config,
     );
-    // Alert notifications: the engine decides, the notifier delivers without ever blocking.
-    let notifier = crate::alerts::notify::Notifier::start(&state.config.notify, shutdown.clone())?;
+    // Notifications: the alerts engine (and the lifecycle task) write them to the store's
+    // outbox where they decide them; the notifier delivers from there under its lease.
+    let notifier = crate::alerts::notify::Notifier::new(
+        &state.config.notify,
+        state.config.alerts.notify_give_up_after_secs,
+        store.clone(),
+    )?;
     // Lifecycle notifications read the live bus, subscribed before the relay serves (and
     // again whenever this relay takes the lease over); only when a channel wants one.
     let wants_lifecycle = crate::alerts::notify::NotifyEvent::ALL
@@ -361,7 +366,6 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
     };
     // Subscribed now, so the first run misses nothing from before serving.
     let mut first_lifecycle = Some(lifecycle());
-    let alert_sink: crate::alerts::Sink = Arc::new(move |n| notifier.send(n));
     let alerts = crate::alerts::AlertsEngine::new(
         store.clone(),
         state.hub.clone(),
@@ -369,7 +373,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         state.metrics.clone(),
         state.alerts.clone(),
         &state.config,
-        alert_sink,
+        notifier.clone(),
     );
     let singleton = |name: &'static str| crate::cluster::Lease {
         cluster: cluster.clone(),
@@ -416,6 +420,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         tasks.push(tokio::spawn(run_singleton(
             singleton(crate::selfbackup::LEASE),
             move |stop| crate::selfbackup::run_scheduled(backup.clone(), stop),
+        )));
+    }
+    if !notifier.channels().is_empty() {
+        tasks.push(tokio::spawn(run_singleton(
+            singleton("notify"),
+            move |stop| notifier.clone().run(stop),
         )));
     }
     if wants_lifecycle {

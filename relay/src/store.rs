@@ -49,6 +49,7 @@ mod events;
 mod fleet;
 mod jobs;
 mod metrics;
+mod notifications;
 mod postgres;
 mod relaybackups;
 pub mod releases;

@@ -133,9 +133,85 @@ pub struct AlertInfo {
     pub silenced: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silence_id: Option<String>,
-    /// When its firing notification was handed to the notifier (None: never notified).
+    /// When its firing notification was delivered on every channel that takes it, or given up
+    /// (`GET /api/v1/notifications?alert_id=` shows each channel); at once when no channel
+    /// takes it. None: not notified (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notified_at: Option<DateTime<Utc>>,
+}
+
+/// Where one notification is on one channel (`GET /api/v1/notifications`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationState {
+    /// Waiting for its next attempt, or in one (`next_attempt_at`).
+    Pending,
+    /// The receiver accepted it.
+    Delivered,
+    /// Given up: refused for good, not delivered within `notify_give_up_after_secs`, or its
+    /// channel's queue was full. Raises `notification_failed`.
+    Failed,
+}
+
+impl NotificationState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            NotificationState::Pending => "pending",
+            NotificationState::Delivered => "delivered",
+            NotificationState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for NotificationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for NotificationState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pending" => Ok(NotificationState::Pending),
+            "delivered" => Ok(NotificationState::Delivered),
+            "failed" => Ok(NotificationState::Failed),
+            other => Err(format!(
+                "invalid notification state {other:?}: expected pending, delivered or failed"
+            )),
+        }
+    }
+}
+
+/// One notification on one channel, as the relay's durable outbox keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NotificationDelivery {
+    /// What receivers de-duplicate on (`X-Flotilla-Delivery`, `webhook-id`, the e-mail's
+    /// `Message-ID`, Slack's text): `<alert_id>.<firing|resolved>` or `evt_<id>.<type>`, the
+    /// same on every attempt and across relay restarts.
+    pub delivery_id: String,
+    /// The configured channel's `name`.
+    pub channel: String,
+    /// `alert.firing`, `alert.resolved` or a lifecycle event.
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
+    pub state: NotificationState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When the relay decided it (the give-up time counts from here).
+    pub created_at: DateTime<Utc>,
+    /// Pending: when it is tried next (during an attempt: when the attempt's claim expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it was delivered or given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The latest failed attempt's error (kept after a later delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// A silence: alerts it matches are still recorded, never notified, while it is active.

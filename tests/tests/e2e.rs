@@ -22,6 +22,8 @@ mod e2e {
     pub mod heartbeats;
     pub mod install;
     pub mod migrate;
+    // issue 18 part 2: notifications across relay crashes
+    pub mod notify;
     pub mod openapi;
     pub mod protocol_abuse;
     // issue 15 item 8: the relay backs up its own database

@@ -21,6 +21,7 @@ fn cond(agent: &str, rule: Rule, subject: &str, severity: Severity, labels: &Lab
 
 fn policy(now: DateTime<Utc>) -> AlertPolicy {
     AlertPolicy {
+        outbox: Default::default(),
         now,
         medium_after: chrono::Duration::seconds(300),
         held: Vec::new(),

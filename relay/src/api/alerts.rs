@@ -1,7 +1,8 @@
 //! Alerts and silences: `GET /api/v1/alerts` (filters: state, severity, agent, rule, limit),
 //! `GET /api/v1/alerts/{id}`, `POST /api/v1/alerts/{id}/ack`, `GET/POST /api/v1/silences`,
-//! `DELETE /api/v1/silences/{id}`. Acks and silences are audited and wake the engine, so a
-//! silence applies at the next evaluation, at once.
+//! `DELETE /api/v1/silences/{id}`, and `GET /api/v1/notifications` (the durable outbox of
+//! alert and lifecycle notifications, per channel). Acks and silences are audited and wake the
+//! engine, so a silence applies at the next evaluation, at once.
 
 use super::error::{JsonBody, QueryParams};
 use super::{ApiError, Caller};
@@ -12,7 +13,10 @@ use crate::store::now;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use flotilla_shared::alert::{AckRequest, AlertInfo, AlertState, CreateSilence, Severity, Silence};
+use flotilla_shared::alert::{
+    AckRequest, AlertInfo, AlertState, CreateSilence, NotificationDelivery, NotificationState,
+    Severity, Silence,
+};
 use flotilla_shared::api::Scope;
 use serde::Deserialize;
 
@@ -262,4 +266,47 @@ pub async fn delete_silence(
         state.cluster.signal(crate::cluster::Signal::KickAlerts);
     }
     result
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsQuery {
+    /// `pending`, `delivered`, `failed` or `all` (default).
+    state: Option<String>,
+    /// Only the notifications of this alert.
+    alert: Option<String>,
+    /// Only this channel's.
+    channel: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/notifications` (read): every notification on every channel, newest first,
+/// with its state, attempts, next attempt and last error.
+pub async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+    QueryParams(q): QueryParams<NotificationsQuery>,
+) -> Result<Json<Vec<NotificationDelivery>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = q.limit.unwrap_or(DEFAULT_ALERTS_LIMIT);
+    if !(1..=MAX_ALERTS_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_ALERTS_LIMIT}"
+        )));
+    }
+    let filter = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None | Some("all") => None,
+        Some(s) => Some(s.parse::<NotificationState>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "unknown state {s:?}; expected pending, delivered, failed or all"
+            ))
+        })?),
+    };
+    let query = crate::model::alerts::outbox::NotificationQuery {
+        state: filter,
+        alert_id: q.alert.filter(|a| !a.is_empty()),
+        channel: q.channel.filter(|c| !c.is_empty()),
+        limit,
+    };
+    Ok(Json(state.store.notifications(query).await?))
 }

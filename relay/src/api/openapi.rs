@@ -119,6 +119,7 @@ pub const ROUTES: &[Route] = &[
     route("get", "/api/v1/alerts", READ, "List alerts", Empty, 200, List("AlertInfo")),
     route("get", "/api/v1/alerts/{id}", READ, "One alert", Empty, 200, Json("AlertInfo")),
     route("post", "/api/v1/alerts/{id}/ack", OPERATE, "Acknowledge an alert (body optional)", Json("AckRequest"), 200, Json("AlertInfo")),
+    route("get", "/api/v1/notifications", READ, "Alert and lifecycle notifications per channel, newest first: pending (with the next attempt), delivered or failed (given up)", Empty, 200, List("NotificationDelivery")),
     route("get", "/api/v1/silences", READ, "List silences", Empty, 200, List("Silence")),
     route("post", "/api/v1/silences", OPERATE, "Create a silence", Json("CreateSilence"), 201, Json("Silence")),
     route("delete", "/api/v1/silences/{id}", OPERATE, "Delete a silence", Empty, 204, Empty),
@@ -176,6 +177,20 @@ pub const QUERY: &[(&str, &str, &[Param])] = &[
     ),
     (
         "get",
+        "/api/v1/notifications",
+        &[
+            (
+                "state",
+                "Only notifications in this state (default all)",
+                &["pending", "delivered", "failed", "all"],
+            ),
+            ("alert", "Only the notifications of this alert id", &[]),
+            ("channel", "Only this channel's (its configured name)", &[]),
+            ("limit", "At most this many, 1 to 10000 (default 100)", &[]),
+        ],
+    ),
+    (
+        "get",
         "/api/v1/agents/{id}/metrics",
         &[(
             "range",
@@ -216,6 +231,7 @@ pub const QUERY: &[(&str, &str, &[Param])] = &[
     flotilla_shared::backup::FleetBackups,
     flotilla_shared::alert::AlertInfo,
     flotilla_shared::alert::AckRequest,
+    flotilla_shared::alert::NotificationDelivery,
     flotilla_shared::alert::Silence,
     flotilla_shared::alert::CreateSilence,
     flotilla_shared::rollout::CreateRollout,

@@ -24,11 +24,13 @@ pub struct NotifyConfig {
     pub slack: Vec<SlackConfig>,
     /// E-mail over SMTP (`[[notify.email]]`).
     pub email: Vec<EmailConfig>,
-    /// Notifications each channel may hold waiting for delivery; when a channel's queue is full
-    /// further notifications for it are dropped (and counted), never waited for.
+    /// Undelivered notifications each channel may hold in the relay's outbox; when a channel
+    /// holds this many, further notifications for it are recorded as given up at once (and
+    /// counted), never waited for.
     pub queue_capacity: usize,
     /// Delivery attempts per notification and channel before it is given up (logged as an
-    /// error and counted as failed).
+    /// error and counted as failed); 0: no limit, only `[alerts] notify_give_up_after_secs`
+    /// ends the retries.
     pub max_attempts: u32,
     /// Wait before the first retry, in seconds; doubled after every failed attempt (with jitter).
     pub initial_backoff_secs: u64,
@@ -43,7 +45,7 @@ impl Default for NotifyConfig {
             slack: Vec::new(),
             email: Vec::new(),
             queue_capacity: 10_000,
-            max_attempts: 8,
+            max_attempts: 0,
             initial_backoff_secs: 1,
             max_backoff_secs: 300,
         }
@@ -364,10 +366,10 @@ impl NotifyConfig {
                 format!("{} is not 1 to 1000000", self.queue_capacity),
             ));
         }
-        if !(1..=100).contains(&self.max_attempts) {
+        if self.max_attempts > 100_000 {
             return Err(invalid(
                 "notify.max_attempts",
-                format!("{} is not 1 to 100", self.max_attempts),
+                format!("{} is not 0 (no limit) to 100000", self.max_attempts),
             ));
         }
         if !(1..=86_400).contains(&self.initial_backoff_secs) {

@@ -5,6 +5,7 @@
 //! the decisions to the notifier; the store applies them; neither is imported here.
 
 pub mod config;
+pub mod outbox;
 pub mod rule;
 pub mod rules;
 // --- compose (issue 17, part 1) ---
@@ -40,6 +41,8 @@ impl NotificationKind {
 /// What the diff and the notification decision need.
 #[derive(Clone, Debug)]
 pub struct AlertPolicy {
+    /// Where decided notifications are written (one outbox row per channel that takes one).
+    pub outbox: outbox::OutboxPolicy,
     pub now: DateTime<Utc>,
     /// A medium alert notifies once its condition is this old.
     pub medium_after: chrono::Duration,
@@ -61,8 +64,11 @@ pub struct AlertQuery {
 /// What one evaluation changed and decided.
 #[derive(Clone, Debug, Default)]
 pub struct Applied {
-    /// Notifications to hand over (already recorded as notified).
+    /// Notifications decided (already written to the outbox, one row per channel taking it).
     pub notify: Vec<(NotificationKind, AlertInfo)>,
+    /// Outbox rows written, and how many of them were given up at once (a full queue).
+    pub queued: usize,
+    pub dropped: usize,
     /// Firing alerts after the evaluation, by severity (soft, medium, hard).
     pub firing: [usize; 3],
     /// Alerts that started firing now.

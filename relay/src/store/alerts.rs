@@ -1,7 +1,7 @@
 //! Alert persistence: domain methods of [`Store`] for the alerts engine and API (SQL in
 //! `sql/alerts.rs`). The engine's evaluation is one call, [`Store::apply_alert_conditions`],
 //! one transaction: the diff of the conditions with the firing alerts, silences, and the
-//! notification decisions with their `notified_at`.
+//! notification decisions with their outbox rows (`store/notifications.rs`).
 
 use super::{Sql, Store, StoreError};
 use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
@@ -64,9 +64,15 @@ impl Store {
         self.write(move |c| Sql::end_silence(c, &id, now)).await
     }
 
-    /// Deletes resolved alerts and ended silences older than `cutoff`; returns the alerts gone.
+    /// Deletes resolved alerts, ended silences and finished notifications older than `cutoff`;
+    /// returns the alerts gone.
     pub async fn prune_alerts(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
-        self.write(move |c| Sql::prune_alerts(c, cutoff)).await
+        self.write(move |c| {
+            let n = Sql::prune_alerts(c, cutoff)?;
+            Sql::prune_notifications(c, cutoff)?;
+            Ok(n)
+        })
+        .await
     }
 
     /// Container died/OOM/restart-loop events received since `since`, oldest first, with

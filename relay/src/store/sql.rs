@@ -47,6 +47,7 @@ pub(super) mod events;
 pub(super) mod fleet;
 pub(super) mod jobs;
 pub(super) mod metrics;
+pub(super) mod notifications;
 pub(super) mod relaybackups;
 pub(super) mod releasefiles;
 pub(super) mod releases;

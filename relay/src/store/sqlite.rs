@@ -197,6 +197,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     sql::relaybackups::SCHEMA,
     // 16: the bytes of published agent builds (see `sql/releasefiles.rs`).
     sql::releasefiles::SCHEMA,
+    // 17: the durable notification outbox (see `sql/notifications.rs`).
+    sql::notifications::SCHEMA,
 ];
 
 /// The fewest migrations a relay must know to run on a database this build migrated (several
@@ -207,7 +209,9 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 /// instead of writing, and refuse to start.
 ///
 /// At 15: migration 16 (the builds' bytes) is ignored by relays that know 15, which store only
-/// files for the builds they publish (each relay stores its files' bytes when it starts).
+/// files for the builds they publish (each relay stores its files' bytes when it starts), and
+/// migration 17 (the notification outbox) too: an older relay holding the alerts lease notifies
+/// from memory as it always did (at most once), and writes `notified_at` when it decides.
 pub(super) const COMPATIBLE_FROM: i64 = 15;
 
 pub(super) struct SqliteBackend {
@@ -299,7 +303,12 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 fn init(mut conn: Connection) -> Result<Connection, StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Whatever the relay acknowledges is on disk (ARCHITECTURE.md): in WAL mode FULL syncs the
+    // WAL at every commit, so a power cut cannot take back a result, event or backup report the
+    // agent was told is stored (and has deleted from its outbox). NORMAL syncs only at
+    // checkpoints: safe against a crash of the process, not of the machine. The cost is one
+    // fsync per write transaction (BENCHMARKS.md, "Acknowledged data on disk").
+    conn.pragma_update(None, "synchronous", "FULL")?;
     migrate(&mut conn)?;
     Ok(conn)
 }
@@ -327,4 +336,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 pub(super) fn test_connection() -> Connection {
     init(Connection::open_in_memory().expect("in-memory sqlite")).expect("migrations apply")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_syncs_every_commit_to_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let backend = SqliteBackend::open(&dir.path().join("relay.db")).expect("open");
+        let writer = backend.writer.lock().expect("writer");
+        let mode: String = writer
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .expect("journal_mode");
+        let synchronous: i64 = writer
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .expect("synchronous");
+        // WAL with synchronous = FULL (2): every commit is on disk before the call returns, so
+        // before the relay acknowledges what it wrote.
+        assert_eq!((mode.as_str(), synchronous), ("wal", 2));
+    }
 }

@@ -991,6 +991,7 @@ async fn retention_prunes_old_events_audit_and_finished_commands() {
 mod backups;
 mod cluster;
 mod fleet;
+mod notifications;
 mod releasefiles;
 mod rollouts;
 mod transfer;

@@ -1,7 +1,8 @@
 //! Lifecycle notifications: one relay task subscribes to the live event bus
 //! ([`crate::stream::EventBus`]) and turns fleet events into [`LifecycleEvent`]s for the
-//! channels whose `events` list them, through the same queues, retries and backoff as alert
-//! notifications ([`Notifier::send_lifecycle`]).
+//! channels whose `events` list them, written to the same durable outbox as alert
+//! notifications ([`Notifier::queue_lifecycle`]), so they share its retries, backoff and
+//! restarts.
 //!
 //! | lifecycle event    | from the bus                                                        |
 //! |--------------------|---------------------------------------------------------------------|
@@ -26,8 +27,9 @@
 //! **Never blocking the relay.** The task reads the bus like any stream client: when it falls
 //! more than the bus's client queue behind, the broadcast skips it forward (the "reset" of a
 //! stream client); the events it missed are lost for notification, logged as a warning and
-//! counted in `flotilla_lifecycle_events_lost_total`. A durable outbox that would survive both
-//! that and a restart is a separate issue (#18).
+//! counted in `flotilla_lifecycle_events_lost_total`. Once written to the outbox an event
+//! survives restarts; what the bus skipped, or a crash before the write, is lost. A store
+//! write that fails loses that event (logged).
 
 use super::{Notifier, NotifyEvent};
 use crate::hub::Hub;
@@ -241,9 +243,9 @@ impl LifecycleTask {
             let deadline = self.pending.next_deadline();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                () = sleep_until(deadline) => self.fire_due(),
+                () = sleep_until(deadline) => self.fire_due().await,
                 next = self.live.recv() => match next {
-                    Ok(event) => self.handle(event),
+                    Ok(event) => self.handle(event).await,
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         self.metrics.lifecycle_events_lost(missed);
                         tracing::warn!(
@@ -264,7 +266,7 @@ impl LifecycleTask {
         }
     }
 
-    fn handle(&mut self, event: Arc<FleetEvent>) {
+    async fn handle(&mut self, event: Arc<FleetEvent>) {
         if let Some(kind) = immediate(&event) {
             if kind == NotifyEvent::AgentRevoked {
                 if let Some(agent_id) = &event.agent_id {
@@ -273,8 +275,8 @@ impl LifecycleTask {
                 }
             }
             if self.notifier.wants(kind) {
-                self.notifier
-                    .send_lifecycle(LifecycleEvent::new(kind, &event, event.at));
+                self.queue(LifecycleEvent::new(kind, &event, event.at))
+                    .await;
             }
             return;
         }
@@ -291,17 +293,30 @@ impl LifecycleTask {
         }
     }
 
-    fn fire_due(&mut self) {
+    async fn fire_due(&mut self) {
         let hub = &self.hub;
-        for event in self
+        let due = self
             .pending
-            .due(Instant::now(), |agent_id| hub.is_connected(agent_id))
-        {
-            self.notifier.send_lifecycle(LifecycleEvent::new(
+            .due(Instant::now(), |agent_id| hub.is_connected(agent_id));
+        for event in due {
+            self.queue(LifecycleEvent::new(
                 NotifyEvent::AgentOffline,
                 &event,
                 Utc::now(),
-            ));
+            ))
+            .await;
+        }
+    }
+
+    /// Writes one event to the outbox (a failure loses it, logged).
+    async fn queue(&self, event: LifecycleEvent) {
+        let delivery_id = event.delivery_id();
+        if let Err(e) = self.notifier.queue_lifecycle(event).await {
+            tracing::warn!(
+                %delivery_id,
+                error = %e,
+                "cannot write a lifecycle notification to the outbox; it is not notified"
+            );
         }
     }
 }
@@ -476,7 +491,7 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let task = LifecycleTask::new(
             &bus,
-            Notifier::disabled(),
+            Notifier::disabled(crate::store::Store::open_in_memory().unwrap()),
             Arc::new(Hub::new()),
             metrics.clone(),
             Duration::from_secs(1),

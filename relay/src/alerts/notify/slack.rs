@@ -67,11 +67,13 @@ impl SlackTransport {
         }
     }
 
-    pub(super) async fn attempt(&self, n: &Notification) -> Attempt {
-        let request = self
-            .client
-            .post(self.url.clone())
-            .json(&serde_json::json!({ "text": text(n) }));
+    /// POSTs the text with the delivery id beside it (receivers ignore the field they do not
+    /// know; a bridge can de-duplicate on it).
+    pub(super) async fn attempt(&self, delivery_id: &str, n: &Notification) -> Attempt {
+        let request = self.client.post(self.url.clone()).json(&serde_json::json!({
+            "text": text(n),
+            "flotilla_delivery_id": delivery_id,
+        }));
         http::send(request, self.timeout).await
     }
 }

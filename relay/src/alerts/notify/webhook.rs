@@ -12,7 +12,8 @@
 //!   bytes (the relay refuses to start when that part is not valid base64); any other secret
 //!   is keyed with its bytes as written, like the Flotilla header ([`standard_key`]).
 
-use super::{http, Attempt, NotificationKind, Payload};
+use super::delivery::Outgoing;
+use super::{http, Attempt, NotificationKind};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use reqwest::Url;
@@ -165,16 +166,9 @@ impl WebhookTransport {
         }
     }
 
-    /// POSTs the payload, signed afresh with the current time.
-    pub(super) async fn attempt(&self, delivery_id: &str, payload: &Payload) -> Attempt {
-        let body = match payload.json() {
-            Ok(body) => body,
-            Err(e) => {
-                return Attempt::GiveUp {
-                    error: format!("cannot serialise the notification: {e}"),
-                }
-            }
-        };
+    /// POSTs the stored payload, signed afresh with the current time.
+    pub(super) async fn attempt(&self, out: &Outgoing<'_>) -> Attempt {
+        let (delivery_id, body) = (out.delivery_id, out.body.to_vec());
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -186,7 +180,7 @@ impl WebhookTransport {
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(EVENT_HEADER, payload.event_name())
+            .header(EVENT_HEADER, out.event)
             .header(DELIVERY_HEADER, delivery_id)
             .header(TIMESTAMP_HEADER, &timestamp)
             .header(

@@ -141,7 +141,7 @@ fn bad_settings_are_named() {
         &["notify.webhooks[0].timeout_secs"],
     );
     check_rejected("queue_capacity = 0", &["notify.queue_capacity"]);
-    check_rejected("max_attempts = 0", &["notify.max_attempts"]);
+    check_rejected("max_attempts = 100001", &["notify.max_attempts"]);
     check_rejected(
         "initial_backoff_secs = 10\nmax_backoff_secs = 5",
         &["notify.max_backoff_secs"],

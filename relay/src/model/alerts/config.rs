@@ -39,6 +39,10 @@ pub struct AlertsConfig {
     pub update_alert_hours: u32,
     /// A medium alert is notified once its condition has lasted this many seconds.
     pub medium_notify_after_secs: u64,
+    /// A notification not delivered this many seconds after it was decided is given up on its
+    /// channel (retried with backoff until then, across relay restarts), which raises
+    /// `notification_failed`.
+    pub notify_give_up_after_secs: u64,
     /// Base of the links in notifications (`<public_url>/api/v1/alerts/<id>`), and the relay
     /// URL written into the `/install.sh` the relay serves; empty: `http://<listen>` for links,
     /// the address the request reached the relay by for install.sh.
@@ -91,6 +95,7 @@ impl Default for AlertsConfig {
             hysteresis_percent: 3,
             update_alert_hours: 24,
             medium_notify_after_secs: 300,
+            notify_give_up_after_secs: 24 * 3600,
             public_url: String::new(),
             tls_endpoints: Vec::new(),
             tls_check_interval_secs: 6 * 3600,
@@ -130,6 +135,13 @@ impl AlertsConfig {
             if !(1..=100).contains(&v) {
                 return bad(key, v.to_string(), "expected a percentage from 1 to 100");
             }
+        }
+        if !(1..=30 * 86_400).contains(&self.notify_give_up_after_secs) {
+            return bad(
+                "notify_give_up_after_secs",
+                self.notify_give_up_after_secs.to_string(),
+                "expected 1 to 2592000 seconds (30 days)",
+            );
         }
         if self.hysteresis_percent > 50 {
             return bad(

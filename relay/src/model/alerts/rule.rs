@@ -33,10 +33,12 @@ pub enum Rule {
     CertificateExpiry,
     // issue 15 item 8: the relay's own backups failed or are stale.
     RelayBackup,
+    // issue 18 part 2: a notification channel gave a notification up.
+    NotificationFailed,
 }
 
 /// All rules, in documentation order.
-pub const RULES: [Rule; 22] = [
+pub const RULES: [Rule; 23] = [
     Rule::AgentUnreachable,
     Rule::DiskFull,
     Rule::MemoryHigh,
@@ -61,6 +63,7 @@ pub const RULES: [Rule; 22] = [
     Rule::ComposeDrift,
     Rule::CertificateExpiry,
     Rule::RelayBackup,
+    Rule::NotificationFailed,
 ];
 
 impl Rule {
@@ -90,6 +93,7 @@ impl Rule {
             Rule::ComposeDrift => "compose_drift",
             Rule::CertificateExpiry => "certificate_expiry",
             Rule::RelayBackup => "relay_backup",
+            Rule::NotificationFailed => "notification_failed",
         }
     }
 
@@ -108,7 +112,8 @@ impl Rule {
             | Rule::RollbackFailed
             | Rule::RolloutPaused
             | Rule::RolloutAborted
-            | Rule::RelayBackup => Severity::Hard,
+            | Rule::RelayBackup
+            | Rule::NotificationFailed => Severity::Hard,
             Rule::AgentVersionSkew | Rule::ComposeDrift => Severity::Soft,
             _ => Severity::Medium,
         }

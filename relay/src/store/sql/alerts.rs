@@ -1,9 +1,11 @@
 //! Alert tables and statements: `alerts` (one row per alert; at most one firing row per
-//! (agent, rule, subject), enforced by a partial unique index) and `silences`.
+//! (agent, rule, subject), enforced by a partial unique index) and `silences`. Decided
+//! notifications go to the outbox (`sql/notifications.rs`) in the evaluation's transaction.
 
 use super::super::StoreError;
 use super::{from_json, parse_opt_ts, parse_ts, to_json, ts, Sql};
 use super::{params, Conn, ConnExt, Optional, Row, SqlResult};
+use crate::model::alerts::outbox::{NewNotification, Notification};
 use crate::model::alerts::rules::{Condition, FinishedUpdate, RequestedStop};
 use crate::model::alerts::{AlertChange, AlertPolicy, AlertQuery, Applied, NotificationKind};
 use chrono::{DateTime, Utc};
@@ -67,7 +69,7 @@ CREATE INDEX alerts_firing_severity ON alerts(severity) WHERE state = 'firing';
 
 const ALERT_COLUMNS: &str = "id, agent_id, rule, subject, severity, message, state, agent_name, \
      agent_labels, started_at, fired_at, resolved_at, last_seen_at, acknowledged_by, \
-     acknowledged_at, silence_id, notified_at";
+     acknowledged_at, silence_id, notified_at, notify_decided_at";
 
 struct AlertRow {
     id: String,
@@ -87,6 +89,8 @@ struct AlertRow {
     acknowledged_at: Option<String>,
     silence_id: Option<String>,
     notified_at: Option<String>,
+    /// When the firing notification was decided (written to the outbox).
+    notify_decided_at: Option<String>,
 }
 
 impl AlertRow {
@@ -109,6 +113,7 @@ impl AlertRow {
             acknowledged_at: r.get(14)?,
             silence_id: r.get(15)?,
             notified_at: r.get(16)?,
+            notify_decided_at: r.get(17)?,
         })
     }
 
@@ -203,14 +208,54 @@ pub(in crate::store) fn due(
     }
 }
 
+/// Writes the outbox rows of one decided notification (one per channel that takes it). A
+/// firing alert with nothing left to deliver (no channel takes it, or every row was given up
+/// for a full queue) is notified now.
+fn queue_notification(
+    tx: &mut dyn Conn,
+    kind: NotificationKind,
+    info: &mut AlertInfo,
+    p: &AlertPolicy,
+    applied: &mut Applied,
+) -> Result<(), StoreError> {
+    let n = Notification::of(kind, info, format!("{}{}", p.outbox.url_prefix, info.id));
+    let event = n.event_name();
+    let payload = to_json(&n);
+    let rows: Vec<NewNotification> = p
+        .outbox
+        .routes
+        .iter()
+        .filter(|r| r.takes(event, Some(n.severity)))
+        .map(|r| NewNotification {
+            delivery_id: n.delivery_id(),
+            channel: r.name.clone(),
+            event: event.to_string(),
+            alert_id: Some(n.alert_id.clone()),
+            payload: payload.clone(),
+        })
+        .collect();
+    let (queued, dropped) = Sql::insert_notifications(tx, &rows, p.outbox.capacity, p.now)?;
+    applied.queued += queued;
+    applied.dropped += dropped;
+    if kind == NotificationKind::Firing {
+        let now = ts(p.now);
+        Sql::mark_alert_notified(tx, &info.id, &now)?;
+        if queued == dropped {
+            info.notified_at = Some(p.now);
+        }
+    }
+    Ok(())
+}
+
 /// A stop command's container and creation time.
 type StopTarget = (String, DateTime<Utc>);
 
 impl Sql {
     /// One evaluation: diffs the conditions that hold now with the firing alerts, in one
     /// transaction (insert new, refresh still present, resolve absent), updates which silence
-    /// covers each firing alert, and decides the notifications (recording `notified_at` in the
-    /// same transaction, so a restart never notifies twice).
+    /// covers each firing alert, and decides the notifications (recording `notify_decided_at`
+    /// and writing their outbox rows in the same transaction, so a restart never decides twice
+    /// and never loses a decision).
     ///
     /// Rules in `p.held` (their source is not ready yet) keep their firing alerts exactly as
     /// they are, and their new conditions wait. A still-firing alert is written only when
@@ -257,7 +302,7 @@ impl Sql {
             match existing {
                 Some(row) => {
                     let name = c.agent_name.clone().or_else(|| row.agent_name.clone());
-                    let notify = row.notified_at.is_none()
+                    let notify = row.notify_decided_at.is_none()
                         && row.acknowledged_at.is_none()
                         && silence.is_none()
                         && due(c.severity, parse_ts(&row.started_at)?, p);
@@ -272,7 +317,7 @@ impl Sql {
                     tx.execute(
                         "UPDATE alerts SET last_seen_at = ?2, message = ?3, severity = ?4, \
                          agent_name = ?5, agent_labels = ?6, silence_id = ?7, \
-                         notified_at = COALESCE(notified_at, ?8) WHERE id = ?1",
+                         notify_decided_at = COALESCE(notify_decided_at, ?8) WHERE id = ?1",
                         params![
                             row.id,
                             now,
@@ -285,17 +330,24 @@ impl Sql {
                         ],
                     )?;
                     if notify {
-                        let info = AlertRow {
+                        let mut info = AlertRow {
                             last_seen_at: now.clone(),
                             message: c.message.clone(),
                             severity: c.severity.as_str().to_string(),
                             agent_name: name,
                             agent_labels: labels,
                             silence_id: silence,
-                            notified_at: Some(now.clone()),
+                            notify_decided_at: Some(now.clone()),
                             ..row
                         }
                         .into_info()?;
+                        queue_notification(
+                            tx,
+                            NotificationKind::Firing,
+                            &mut info,
+                            p,
+                            &mut applied,
+                        )?;
                         applied.notify.push((NotificationKind::Firing, info));
                     }
                 }
@@ -306,7 +358,7 @@ impl Sql {
                     tx.execute(
                         "INSERT INTO alerts (id, agent_id, rule, subject, severity, message, \
                          state, agent_name, agent_labels, started_at, fired_at, last_seen_at, \
-                         silence_id, notified_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'firing', ?7, \
+                         silence_id, notify_decided_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'firing', ?7, \
                          ?8, ?9, ?10, ?10, ?11, ?12)",
                         params![
                             id,
@@ -334,7 +386,7 @@ impl Sql {
                         message: c.message.clone(),
                     });
                     if notify {
-                        let info = AlertInfo {
+                        let mut info = AlertInfo {
                             id,
                             agent_id: Some(agent_id).filter(|a| !a.is_empty()),
                             rule: rule.to_string(),
@@ -352,8 +404,15 @@ impl Sql {
                             acknowledged_at: None,
                             silenced: false,
                             silence_id: None,
-                            notified_at: Some(p.now),
+                            notified_at: None,
                         };
+                        queue_notification(
+                            tx,
+                            NotificationKind::Firing,
+                            &mut info,
+                            p,
+                            &mut applied,
+                        )?;
                         applied.notify.push((NotificationKind::Firing, info));
                     }
                 }
@@ -389,13 +448,14 @@ impl Sql {
                 severity: row.severity.clone(),
                 message: row.message.clone(),
             });
-            let notify = row.notified_at.is_some() && silence.is_none();
+            let notify = row.notify_decided_at.is_some() && silence.is_none();
             if notify {
-                let info = AlertInfo {
+                let mut info = AlertInfo {
                     state: AlertState::Resolved,
                     resolved_at: Some(p.now),
                     ..row.into_info()?
                 };
+                queue_notification(tx, NotificationKind::Resolved, &mut info, p, &mut applied)?;
                 applied.notify.push((NotificationKind::Resolved, info));
             }
         }
