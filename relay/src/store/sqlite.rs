@@ -195,6 +195,10 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     sql::cluster::SCHEMA,
     // 15: the relay's own backup runs (see `sql/relaybackups.rs`).
     sql::relaybackups::SCHEMA,
+    // Enrollment: the label keys a token lets agents add (NULL: a token from before, any key)
+    // and the labels each agent claimed, shown apart (see `model/enrollment.rs`).
+    "ALTER TABLE enrollment_tokens ADD COLUMN agent_label_keys TEXT;\n\
+     ALTER TABLE agents ADD COLUMN claimed_labels TEXT NOT NULL DEFAULT '{}';",
 ];
 
 pub(super) struct SqliteBackend {
