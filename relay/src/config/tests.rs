@@ -377,7 +377,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 48);
+    assert_eq!(count, 53);
 }
 
 #[test]
