@@ -166,6 +166,20 @@ pub async fn enroll_with(opts: EnrollOptions, trust: EnrollTrust) -> Result<Enro
         relay_key = relay_key.fingerprint(),
         "enrolled"
     );
+    if !enrolled.ignored_labels.is_empty() {
+        let ignored: Vec<String> = enrolled
+            .ignored_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        // The relay enrolled the agent with its token's labels; say which asked-for ones it
+        // did not apply, so an operator is not surprised by a missing label later.
+        tracing::warn!(
+            ignored = %ignored.join(","),
+            labels = ?enrolled.labels,
+            "the relay did not apply these labels: the enrollment token sets them itself or does not let agents set their keys (token create --agent-labels)"
+        );
+    }
     Ok(enrolled)
 }
 

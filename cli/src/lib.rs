@@ -166,6 +166,10 @@ pub enum TokenCommand {
         /// Free text shown in `token list`.
         #[arg(long)]
         note: Option<String>,
+        /// Label keys an enrolling agent may set itself (`key1,key2`, or `*` for any); the
+        /// token's own labels always win. Default: none.
+        #[arg(long, value_delimiter = ',')]
+        agent_labels: Vec<String>,
     },
     /// List enrollment tokens (never their secrets).
     List,
@@ -408,12 +412,14 @@ async fn execute(cli: &Cli) -> Result<Outcome, CliError> {
             ttl,
             uses,
             note,
+            agent_labels,
         }) => {
             let body = CreateEnrollmentToken {
                 labels: labels.clone().unwrap_or_default(),
                 ttl_secs: ttl.map(|d| d.as_secs()),
                 max_uses: *uses,
                 note: note.clone(),
+                agent_label_keys: agent_labels.iter().map(|k| k.trim().to_string()).collect(),
             };
             let value = client
                 .post(

@@ -308,6 +308,10 @@ pub fn agent_detail(d: &AgentDetail, now: DateTime<Utc>) -> String {
     };
     let _ = writeln!(out, "  status:          {status}");
     let _ = writeln!(out, "  labels:          {}", labels(&a.labels));
+    if !d.claimed_labels.is_empty() {
+        // What the agent asked for at enrollment, apart from the labels it was given.
+        let _ = writeln!(out, "  claimed labels:  {}", labels(&d.claimed_labels));
+    }
     let _ = writeln!(
         out,
         "  enrolled:        {} ({})",

@@ -12,6 +12,7 @@ pub(crate) mod backups;
 pub(crate) mod commands;
 pub(crate) mod error;
 pub(crate) mod fleet;
+pub(crate) mod limits;
 pub(crate) mod openapi;
 pub(crate) mod releases;
 pub(crate) mod rollouts;
@@ -148,6 +149,12 @@ pub fn router(
         ))
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
+        // Outermost, so a refused request costs no token lookup, handler or audit row; on the
+        // fallback too (probing unknown paths is charged as well).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit,
+        ))
         .with_state(state)
 }
 

@@ -91,13 +91,36 @@ flotilla_daemon::settings! {
         result_grace_secs: u64 = 900, env "FLOTILLA_RESULT_GRACE_SECS",
             check |v| *v <= MAX_COMMAND_TTL_SECS, "expected 0 to 604800 seconds";
         /// Agent websocket connections allowed to be waiting for authentication at once; further
-        /// upgrade requests get 503. Bounds what unauthenticated peers can hold: each may buffer up
-        /// to `max_frame_bytes`, since a websocket's limits cannot change after the upgrade.
+        /// upgrade requests get 503. A quarter of them is kept for addresses holding no other
+        /// pending handshake (reconnecting agents), whatever busier addresses do. Until it has
+        /// authenticated, a connection may send at most a few KiB.
         max_pending_handshakes: usize = 1024, env "FLOTILLA_MAX_PENDING_HANDSHAKES",
             check |v| *v > 0, "expected at least 1 connection";
+        /// Of those, how many one client address (an IPv6 /64) may hold; more get 503.
+        max_pending_handshakes_per_address: usize = 32,
+            env "FLOTILLA_MAX_PENDING_HANDSHAKES_PER_ADDRESS",
+            check |v| *v > 0, "expected at least 1 connection";
+        /// Open TCP connections (HTTP and websockets) one client address (an IPv6 /64) may hold;
+        /// more are closed at once. The `trusted_proxies` are exempt (they carry many clients'
+        /// connections). 0: no cap.
+        max_connections_per_address: usize = 1024, env "FLOTILLA_MAX_CONNECTIONS_PER_ADDRESS";
+        /// Seconds a connection has to send a whole request head (request line and headers),
+        /// and that a kept-alive connection may stay idle between requests; then it is closed.
+        header_read_timeout_secs: u64 = 15, env "FLOTILLA_HEADER_READ_TIMEOUT_SECS",
+            check |v| (1..=3600).contains(v), "expected 1 to 3600 seconds";
+        /// API requests per second allowed per API token (or dashboard session) and, separately,
+        /// per client address: the refill rate of each bucket. Over it: 429 with `Retry-After`.
+        /// The agents' websockets, enrollment (its own limit), health checks, the installer and
+        /// agent downloads are not counted.
+        api_rate_per_sec: u32 = 30, env "FLOTILLA_API_RATE_PER_SEC",
+            check |v| *v > 0, "expected at least 1 request per second";
+        /// API requests one token or address may make at once (the bucket's size).
+        api_rate_burst: u32 = 50, env "FLOTILLA_API_RATE_BURST",
+            check |v| *v > 0, "expected at least 1 request";
         /// Addresses of reverse proxies (e.g. nginx) whose `X-Forwarded-For` is believed: for
-        /// requests from these peers the enrollment rate limit keys on the last address in that
-        /// header instead of the peer. Empty: the header is ignored.
+        /// requests from these peers the per-address limits (enrollment, sign-in, API, pending
+        /// handshakes) key on the last address in that header instead of the peer. Empty: the
+        /// header is ignored.
         trusted_proxies: Vec<IpAddr> = Vec::new(), env "FLOTILLA_TRUSTED_PROXIES";
         /// Events, audit rows, finished commands and updates, and backup history older than this
         /// many days are deleted (a sweep runs every few hours; each database's latest backup and

@@ -6,13 +6,13 @@
 //! under it). Every connection has a generation number, so a connection that was replaced by a
 //! newer one cannot unregister its successor when it ends.
 
-use axum::extract::ws::Utf8Bytes;
 use chrono::{DateTime, Utc};
 use flotilla_shared::protocol::{error_codes, RelayFrame};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 /// Frames queued per connection before the connection counts as stuck.

@@ -16,6 +16,7 @@ mod heartbeats;
 mod hub;
 mod jobs;
 mod keys;
+mod listener;
 mod metrics;
 pub mod migrate;
 mod model;

@@ -126,6 +126,10 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<RequestKey, Histogram>>,
     /// Live-bus events the lifecycle notification task missed by falling behind.
     lifecycle_events_lost: AtomicU64,
+    /// API requests answered 429 by the per-token or per-address limit.
+    rate_limited: AtomicU64,
+    /// TCP connections closed at accept: their address held `max_connections_per_address`.
+    connections_refused: AtomicU64,
 }
 
 /// Figures that are read from live state when rendering rather than counted.
@@ -143,6 +147,14 @@ impl Metrics {
 
     pub fn frame_out(&self) {
         self.frames_out.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rate_limited(&self) {
+        self.rate_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn enrollment(&self) {
@@ -249,6 +261,18 @@ impl Metrics {
             "# HELP flotilla_frames_out_total Websocket frames sent to agents.\n\
              # TYPE flotilla_frames_out_total counter\nflotilla_frames_out_total {}",
             get(&self.frames_out)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_http_rate_limited_total API requests refused with 429 by the per-token or per-address limit.\n\
+             # TYPE flotilla_http_rate_limited_total counter\nflotilla_http_rate_limited_total {}",
+            get(&self.rate_limited)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP flotilla_connections_refused_total TCP connections closed at accept because their address held max_connections_per_address.\n\
+             # TYPE flotilla_connections_refused_total counter\nflotilla_connections_refused_total {}",
+            get(&self.connections_refused)
         );
         let _ = writeln!(
             out,

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod commands;
+pub mod enrollment;
 pub mod jobs;
 pub mod metrics;
 pub mod relaybackup;

@@ -1,13 +1,19 @@
-//! Per-client token buckets (enrollment is unauthenticated, so it is rate-limited per client
-//! address), and which address a request comes from when a trusted proxy sits in front.
+//! Per-client token buckets, and which address a request comes from when a trusted proxy sits
+//! in front. Enrollment and sign-in are unauthenticated, so they are limited per client address
+//! (`per_minute` requests in a burst); the API is limited per token and per address alike
+//! (`api_rate_per_sec` refill, `api_rate_burst` burst; `api/limits.rs`). A refusal says how
+//! long until the next token ([`RateLimiter::try_take`]), which becomes `Retry-After`.
 //!
 //! IPv6 clients are keyed by their /64: one host usually owns a whole /64, so keying by the full
 //! address would let it take a fresh bucket per request. The map is bounded: buckets that are
 //! full again carry no information and are dropped by a periodic prune, and at
 //! [`MAX_TRACKED_CLIENTS`] the least recently used ones are evicted.
 
+pub mod handshakes;
+
 use axum::http::HeaderMap;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,11 +29,13 @@ struct Bucket {
     last: Instant,
 }
 
-/// Allows `per_minute` requests per client in a burst, refilled evenly over a minute.
-pub struct RateLimiter {
-    per_minute: u32,
+/// Allows `burst` requests per client at once, refilled at `per_sec`; clients are keyed by `K`
+/// (an address by default, an API token's hash for the API's per-token limit).
+pub struct RateLimiter<K = IpAddr> {
+    burst: f64,
+    per_sec: f64,
     max_clients: usize,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    buckets: Mutex<HashMap<K, Bucket>>,
 }
 
 /// The key a client address is limited under: IPv4 as is (also when IPv4-mapped), IPv6 by /64.
@@ -71,37 +79,44 @@ fn client_key_exact(ip: IpAddr) -> IpAddr {
     }
 }
 
-impl RateLimiter {
+impl RateLimiter<IpAddr> {
+    /// `per_minute` requests in a burst, refilled evenly over a minute.
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter::with_max_clients(per_minute, MAX_TRACKED_CLIENTS)
     }
 
     pub fn with_max_clients(per_minute: u32, max_clients: usize) -> RateLimiter {
+        let burst = f64::from(per_minute);
+        RateLimiter::with_rate(burst, burst / 60.0, max_clients)
+    }
+
+    /// Takes one token for `client` at time `now`; false when none is left. IPv6 clients share
+    /// their /64's bucket.
+    pub fn check(&self, client: IpAddr, now: Instant) -> bool {
+        self.try_take(client_key(client), now).is_ok()
+    }
+}
+
+impl<K: Hash + Eq + Clone> RateLimiter<K> {
+    /// `burst` requests at once, refilled at `per_sec`, at most `max_clients` tracked.
+    pub fn with_rate(burst: f64, per_sec: f64, max_clients: usize) -> RateLimiter<K> {
         RateLimiter {
-            per_minute,
+            burst: burst.max(1.0),
+            per_sec: per_sec.max(f64::MIN_POSITIVE),
             max_clients: max_clients.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    fn capacity(&self) -> f64 {
-        f64::from(self.per_minute)
-    }
-
-    fn refill_per_sec(&self) -> f64 {
-        self.capacity() / 60.0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Bucket>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, Bucket>> {
         // Buckets are plain numbers; a poisoned lock still guards usable data.
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one token for `client` at time `now`; false when none is left.
-    pub fn check(&self, client: IpAddr, now: Instant) -> bool {
-        let key = client_key(client);
-        let capacity = self.capacity();
-        let refill_per_sec = self.refill_per_sec();
+    /// Takes one token for `key` at time `now`, or says how long until one is there. The key
+    /// is used as given (callers fold addresses with [`client_key`]).
+    pub fn try_take(&self, key: K, now: Instant) -> Result<(), Duration> {
+        let (burst, per_sec) = (self.burst, self.per_sec);
         let mut buckets = self.lock();
         if !buckets.contains_key(&key) && buckets.len() >= self.max_clients {
             self.prune_locked(&mut buckets, now);
@@ -110,26 +125,24 @@ impl RateLimiter {
             }
         }
         let b = buckets.entry(key).or_insert(Bucket {
-            tokens: capacity,
+            tokens: burst,
             last: now,
         });
         let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-        b.tokens = (b.tokens + elapsed * refill_per_sec).min(capacity);
+        b.tokens = (b.tokens + elapsed * per_sec).min(burst);
         b.last = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / per_sec))
         }
     }
 
-    fn prune_locked(&self, buckets: &mut HashMap<IpAddr, Bucket>, now: Instant) {
-        let capacity = self.capacity();
-        let refill_per_sec = self.refill_per_sec();
+    fn prune_locked(&self, buckets: &mut HashMap<K, Bucket>, now: Instant) {
+        let (burst, per_sec) = (self.burst, self.per_sec);
         buckets.retain(|_, b| {
-            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * refill_per_sec
-                < capacity
+            b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * per_sec < burst
         });
     }
 
@@ -146,20 +159,48 @@ impl RateLimiter {
 }
 
 /// Drops the `n` buckets used least recently.
-fn evict_least_recent(buckets: &mut HashMap<IpAddr, Bucket>, n: usize) {
-    let mut by_age: Vec<(Instant, IpAddr)> = buckets.iter().map(|(k, b)| (b.last, *k)).collect();
+fn evict_least_recent<K: Hash + Eq + Clone>(buckets: &mut HashMap<K, Bucket>, n: usize) {
+    let mut by_age: Vec<(Instant, K)> = buckets.iter().map(|(k, b)| (b.last, k.clone())).collect();
     let n = n.min(by_age.len());
     if n == 0 {
         return;
     }
-    by_age.select_nth_unstable(n - 1);
+    by_age.select_nth_unstable_by_key(n - 1, |(at, _)| *at);
     for (_, k) in &by_age[..n] {
         buckets.remove(k);
     }
 }
 
+/// The API's two tables (`api/limits.rs` charges them): per credential (a token's or session's
+/// hash) and per client address.
+pub struct ApiLimits {
+    pub by_credential: std::sync::Arc<RateLimiter<String>>,
+    pub by_address: std::sync::Arc<RateLimiter<IpAddr>>,
+}
+
+impl ApiLimits {
+    pub fn new(per_sec: u32, burst: u32) -> ApiLimits {
+        let (per_sec, burst) = (f64::from(per_sec), f64::from(burst));
+        ApiLimits {
+            by_credential: std::sync::Arc::new(RateLimiter::with_rate(
+                burst,
+                per_sec,
+                MAX_TRACKED_CLIENTS,
+            )),
+            by_address: std::sync::Arc::new(RateLimiter::with_rate(
+                burst,
+                per_sec,
+                MAX_TRACKED_CLIENTS,
+            )),
+        }
+    }
+}
+
 /// Prunes the limiter every [`PRUNE_INTERVAL`] until shutdown.
-pub async fn run_pruner(limiter: std::sync::Arc<RateLimiter>, shutdown: CancellationToken) {
+pub async fn run_pruner<K: Hash + Eq + Clone>(
+    limiter: std::sync::Arc<RateLimiter<K>>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PRUNE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -209,6 +250,34 @@ mod tests {
         assert!(rl.check(other_64, t0));
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_next_request_is_allowed() {
+        // The API's plan: 30 per second, bursts of 50.
+        let rl: RateLimiter<String> = RateLimiter::with_rate(50.0, 30.0, 100);
+        let t0 = Instant::now();
+        for i in 0..50 {
+            assert!(
+                rl.try_take("tok".into(), t0).is_ok(),
+                "request {i} of the burst"
+            );
+        }
+        let wait = rl.try_take("tok".into(), t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(30) && wait <= Duration::from_millis(34),
+            "one token refills in 1/30 s: {wait:?}"
+        );
+        assert!(
+            rl.try_take("other".into(), t0).is_ok(),
+            "another key is unaffected"
+        );
+        let later = t0 + wait + Duration::from_millis(1);
+        assert!(rl.try_take("tok".into(), later).is_ok());
+        assert!(
+            rl.try_take("tok".into(), later).is_err(),
+            "one token, not a new burst"
+        );
     }
 
     #[test]

@@ -17,8 +17,6 @@ use crate::retention::Retention;
 use crate::rollouts::RolloutEngine;
 use crate::state::{AppState, Shared};
 use crate::store::{Store, StoreError};
-use axum::serve::ListenerExt;
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -308,7 +306,14 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         fingerprint: key.public_key().fingerprint(),
         enroll_limiter: Arc::new(RateLimiter::new(config.enroll_rate_per_minute)),
         login_limiter: Arc::new(RateLimiter::new(crate::web::SIGN_IN_PER_MINUTE)),
-        handshakes: Arc::new(tokio::sync::Semaphore::new(config.max_pending_handshakes)),
+        handshakes: Arc::new(crate::ratelimit::handshakes::PendingHandshakes::new(
+            config.max_pending_handshakes,
+            config.max_pending_handshakes_per_address,
+        )),
+        api_limits: crate::ratelimit::ApiLimits::new(
+            config.api_rate_per_sec,
+            config.api_rate_burst,
+        ),
         config,
         store: store.clone(),
         hub,
@@ -409,6 +414,14 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
             state.login_limiter.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(crate::ratelimit::run_pruner(
+            state.api_limits.by_credential.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::ratelimit::run_pruner(
+            state.api_limits.by_address.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(run_singleton(singleton("retention"), move |stop| {
             retention.clone().run(stop)
         })),
@@ -456,20 +469,19 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, StartError> {
         axum::routing::get(crate::ws::connect),
         crate::web::routes(),
     );
-    let server = tokio::spawn(
-        axum::serve(
-            // Frames are small and latency matters (a command, then its ack and result): without
-            // TCP_NODELAY, Nagle's algorithm meets delayed ACKs and every exchange waits ~40 ms.
-            listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!("cannot set TCP_NODELAY on an accepted connection: {e}");
-                }
-            }),
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future(),
-    );
+    // Header-read and idle timeouts, a per-address connection cap, TCP_NODELAY (listener.rs).
+    let limits = crate::listener::Limits {
+        header_read_timeout: Duration::from_secs(state.config.header_read_timeout_secs),
+        max_per_address: state.config.max_connections_per_address,
+        exempt: state.config.trusted_proxies.clone(),
+    };
+    let server = tokio::spawn(crate::listener::serve(
+        listener,
+        app,
+        limits,
+        state.metrics.clone(),
+        shutdown.clone(),
+    ));
     state.ready.store(true, Ordering::Release);
     tasks.extend(systemd_tasks(store.clone(), addr, shutdown.clone()).await);
     tracing::info!(%addr, fingerprint = %state.fingerprint, "relay serving");

@@ -11,13 +11,13 @@ use crate::metrics::{Gauges, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::rollouts::RolloutKicker;
 use crate::store::Store;
-use axum::extract::ws::Utf8Bytes;
 use flotilla_shared::protocol::{RelayFrame, SignedWelcome, WelcomeBody};
 use flotilla_shared::selector::Labels;
 use flotilla_shared::signing::SigningKey;
 use std::ops::Deref;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 pub struct Shared {
@@ -39,9 +39,11 @@ pub struct Shared {
     pub enroll_limiter: Arc<RateLimiter>,
     /// Dashboard sign-in attempts per client address (`web::login`).
     pub login_limiter: Arc<RateLimiter>,
-    /// One permit per agent websocket that has not authenticated yet
-    /// (`max_pending_handshakes`).
-    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Agent websockets that have not authenticated yet, in all and per client address
+    /// (`max_pending_handshakes`, `max_pending_handshakes_per_address`).
+    pub handshakes: Arc<crate::ratelimit::handshakes::PendingHandshakes>,
+    /// The API's per-token and per-address rate limits (`api/limits.rs`).
+    pub api_limits: crate::ratelimit::ApiLimits,
     pub shutdown: CancellationToken,
     /// Set once the store is open and the background tasks run (`GET /readyz`).
     pub ready: AtomicBool,

@@ -193,6 +193,8 @@ pub struct AgentRecord {
     /// [`Store::agent`] loads it; [`Store::agents`] leaves it `None` (use the heartbeat cache).
     pub last_heartbeat: Option<Heartbeat>,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// The labels the agent asked for when it enrolled (`model::enrollment`), applied or not.
+    pub claimed_labels: Labels,
 }
 
 /// Orders of the paginated agents list; each is total (ties broken by id).
@@ -283,6 +285,8 @@ pub struct NewEnrollmentToken {
     pub max_uses: u32,
     pub note: Option<String>,
     pub created_by: String,
+    /// Label keys an agent may add (`model::enrollment`).
+    pub agent_label_keys: Vec<String>,
 }
 
 /// What an agent presents when enrolling (after the handler validated it).

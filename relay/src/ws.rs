@@ -6,10 +6,18 @@
 //! for it, the ping timer and the dead-peer deadline. Buffers are small on purpose: a relay holds
 //! many thousands of these.
 //!
-//! Unauthenticated connections are bounded by a semaphore (`max_pending_handshakes`) taken before
-//! the upgrade and released once the agent authenticated (or the attempt ended). axum fixes a
-//! websocket's message size limit at upgrade time, so a peer that has not authenticated may still
-//! send up to `max_frame_bytes`; the semaphore is what bounds the total.
+//! What an unauthenticated peer can hold is bounded three ways (review findings 9 and 10): a
+//! pending-handshake slot (`ratelimit/handshakes.rs`: `max_pending_handshakes` in all, a per-address share,
+//! a reserve for addresses holding none) taken before the upgrade and given back once the agent
+//! authenticated or the attempt ended; [`AUTH_TIMEOUT`] to authenticate; and at most
+//! `upgrade::PRE_AUTH_MAX_BYTES` read from it before it has (`upgrade.rs` does the upgrade
+//! itself so that the budget sits under the websocket). Only then may frames reach
+//! `max_frame_bytes`.
+
+mod upgrade;
+
+use crate::ratelimit::handshakes::{Pending, Refusal};
+pub use upgrade::PRE_AUTH_MAX_BYTES;
 
 use crate::api::ApiError;
 use crate::commands::Completion;
@@ -18,25 +26,29 @@ use crate::metrics::ProtocolError;
 use crate::state::AppState;
 use crate::store::{now, ResultOutcome};
 use axum::body::Bytes;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use flotilla_shared::protocol::{error_codes, AgentFrame, OutboxItem, RelayFrame};
 use flotilla_shared::signing::{auth_message, PublicKey, AUTH_DOMAIN};
 use flotilla_shared::PROTOCOL_VERSION;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Socket buffer sizes: small, since the relay holds one socket per agent.
 pub const READ_BUFFER_BYTES: usize = 4096;
 pub const WRITE_BUFFER_BYTES: usize = 4096;
-/// How long an agent has to answer the challenge.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an agent has to answer the challenge: one round trip and a signature, so a few
+/// seconds are plenty even far away; an unauthenticated socket holds its slot no longer.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Websocket ping period.
 pub const PING_INTERVAL: Duration = Duration::from_secs(25);
 /// A peer silent for this long is dead.
@@ -49,66 +61,80 @@ const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
 
-pub async fn connect(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+pub async fn connect(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: upgrade::Upgrade,
+) -> Response {
     if let Some((_, message)) = state.cluster.step_down_reason() {
         // The agent backs off and tries again (through its load balancer or its next relay).
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, message).into_response();
     }
-    let Ok(handshake) = state.handshakes.clone().try_acquire_owned() else {
-        state
-            .metrics
-            .protocol_error(ProtocolError::TooManyHandshakes);
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_handshakes",
-            "too many agent connections are authenticating; retry later",
-        )
-        .into_response();
+    let client =
+        crate::ratelimit::client_address(peer.ip(), &headers, &state.config.trusted_proxies);
+    let handshake = match state.handshakes.try_take(client) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            state
+                .metrics
+                .protocol_error(ProtocolError::TooManyHandshakes);
+            let message = match refusal {
+                Refusal::Address => format!(
+                    "too many agent connections from {client} are authenticating (at most {}); retry later",
+                    state.config.max_pending_handshakes_per_address
+                ),
+                Refusal::Full => {
+                    "too many agent connections are authenticating; retry later".to_string()
+                }
+            };
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_handshakes",
+                message,
+            )
+            .into_response();
+        }
     };
     let max = state.config.max_frame_bytes;
-    ws.read_buffer_size(READ_BUFFER_BYTES)
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         // Bounded so a peer that stops reading cannot make the relay buffer without limit. A
         // single message larger than this can never be written, so leave room for what the test
         // hook may inject (its body limit is 4 × max_frame_bytes).
         .max_write_buffer_size(4 * max + WRITE_BUFFER_BYTES)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            let mut conn = Connection {
-                state,
-                socket,
-                agent_id: String::new(),
-                handshake: Some(handshake),
-                unknown_delivery_logged: false,
-            };
-            conn.run().await;
-        })
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    ws.on_upgrade(config, move |socket| async move {
+        let mut conn = Connection {
+            state,
+            socket,
+            agent_id: String::new(),
+            handshake: Some(handshake),
+            unknown_delivery_logged: false,
+        };
+        conn.run().await;
+    })
 }
 
 struct Connection {
     state: AppState,
-    socket: WebSocket,
+    socket: upgrade::Socket,
     /// Empty until authenticated.
     agent_id: String,
-    /// Held until authenticated: counts this connection against `max_pending_handshakes`.
-    handshake: Option<OwnedSemaphorePermit>,
+    /// Held until authenticated: counts this connection as a pending handshake.
+    handshake: Option<Pending>,
     /// `received`/results for deliveries the relay does not know are logged once per connection.
     unknown_delivery_logged: bool,
 }
 
 /// True when a websocket read failed because the peer's message or frame exceeded the limit.
-fn is_too_large(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| {
-            matches!(
-                e,
-                tungstenite::Error::Capacity(
-                    tungstenite::error::CapacityError::MessageTooLong { .. }
-                )
-            )
-        })
+fn is_too_large(e: &tungstenite::Error) -> bool {
+    matches!(
+        e,
+        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong { .. })
+    )
 }
 
 /// Why the connection ends.
@@ -148,7 +174,7 @@ impl Connection {
 
     async fn close(&mut self, code: u16, reason: &'static str) {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: Utf8Bytes::from_static(reason),
         }));
         let _ = tokio::time::timeout(Duration::from_secs(2), self.socket.send(frame)).await;
@@ -179,10 +205,11 @@ impl Connection {
         let auth = tokio::time::timeout(AUTH_TIMEOUT, self.read_auth()).await;
         let (agent_id, protocol_version, agent_version, signature) = match auth {
             Err(_) => {
+                let message = format!("no auth frame within {} seconds", AUTH_TIMEOUT.as_secs());
                 self.refuse(
                     ProtocolError::AuthTimeout,
                     error_codes::AUTH_FAILED,
-                    "no auth frame within 10 seconds",
+                    &message,
                 )
                 .await;
                 return;
@@ -205,18 +232,35 @@ impl Connection {
             return;
         }
         self.agent_id = agent_id;
-        // Authenticated: no longer counts as a pending handshake.
+        // Authenticated: no longer counts as a pending handshake, and frames may now be as
+        // large as `max_frame_bytes`.
         self.handshake = None;
+        self.socket.get_mut().authenticated();
         self.serve(agent_version).await;
     }
 
     /// Waits for the `auth` frame. None when the connection ended or was refused.
     async fn read_auth(&mut self) -> Option<(String, u32, String, String)> {
         loop {
-            let msg = match self.socket.recv().await {
+            let msg = match self.socket.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "agent websocket failed before auth");
+                    if self.socket.get_ref().exceeded() || is_too_large(&e) {
+                        let message = format!(
+                            "before authentication frames may be at most {PRE_AUTH_MAX_BYTES} bytes in all (the auth frame is small)"
+                        );
+                        self.state
+                            .metrics
+                            .protocol_error(ProtocolError::FrameTooLarge);
+                        tracing::info!(error = %e, "unauthenticated agent websocket sent too much; closing it");
+                        let _ = self
+                            .send_error(error_codes::FRAME_TOO_LARGE, &message)
+                            .await;
+                        self.close(CLOSE_TOO_BIG, "frame too large before auth")
+                            .await;
+                    } else {
+                        tracing::debug!(error = %e, "agent websocket failed before auth");
+                    }
                     return None;
                 }
                 None => return None,
@@ -224,7 +268,7 @@ impl Connection {
             self.state.metrics.frame_in();
             let text = match msg {
                 Message::Text(t) => t,
-                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
                 Message::Close(_) => return None,
                 Message::Binary(_) => {
                     self.refuse(
@@ -440,7 +484,7 @@ impl Connection {
                     self.close(CLOSE_GOING_AWAY, "peer silent").await;
                     return Ok(());
                 }
-                msg = self.socket.recv() => {
+                msg = self.socket.next() => {
                     last_heard = Instant::now();
                     let msg = match msg {
                         None => return Ok(()),
@@ -462,7 +506,7 @@ impl Connection {
                     match msg {
                         Message::Text(text) => self.handle_text(&text, &mut malformed_logged).await?,
                         Message::Binary(_) => self.malformed("binary frames are not accepted".into(), &mut malformed_logged).await?,
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                         Message::Close(_) => return Ok(()),
                     }
                 }

@@ -225,14 +225,7 @@ async fn unreachable_agent_alert_through_the_api() {
         );
     }
 
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(format!("{base}/metrics")).await.text().await.unwrap();
     assert!(
         metrics.contains("flotilla_alerts_firing{severity=\"hard\"} 1"),
         "{metrics}"

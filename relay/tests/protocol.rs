@@ -350,6 +350,7 @@ async fn auth_commands_results_events_and_abuse() {
     let metrics = relay
         .http
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(&relay.admin)
         .send()
         .await
         .unwrap()
@@ -861,6 +862,7 @@ async fn backup_reports_are_stored_once_and_listed_by_state() {
     let metrics = relay
         .http
         .get(format!("{}/metrics", relay.base))
+        .bearer_auth(&relay.admin)
         .send()
         .await
         .unwrap()

@@ -74,7 +74,15 @@ pub struct CreateEnrollmentToken {
     pub max_uses: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Label keys an enrolling agent may set beyond the token's own labels (which always win);
+    /// `["*"]`: any key. Default: none, so the token alone decides where the agent belongs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_label_keys: Vec<String>,
 }
+
+/// In [`CreateEnrollmentToken::agent_label_keys`]: the agent may set any label key (tokens
+/// created before the field existed behave so).
+pub const ANY_LABEL_KEY: &str = "*";
 
 /// An enrollment token as listed (never the secret itself).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +98,10 @@ pub struct EnrollmentTokenInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     pub created_by: String,
+    /// Label keys an enrolling agent may add (`["*"]`: any, as for tokens made before this
+    /// setting existed).
+    #[serde(default)]
+    pub agent_label_keys: Vec<String>,
 }
 
 /// Answer to `POST /api/v1/enrollment-tokens`: the only time the secret is shown.
@@ -122,8 +134,9 @@ pub struct EnrollRequest {
     pub name: Option<String>,
     /// The agent's Ed25519 public key, base64.
     pub public_key: String,
-    /// Labels the agent asks for; merged over the token's labels (the token's win on conflict,
-    /// since the operator set them).
+    /// Labels the agent asks for. The token's labels always win, and only the keys the token
+    /// lets agents add (`agent_label_keys`) are applied; all are recorded as the agent's
+    /// claimed labels.
     #[serde(default)]
     pub labels: Labels,
     pub facts: AgentFacts,
@@ -134,7 +147,12 @@ pub struct EnrollRequest {
 pub struct EnrollResponse {
     pub agent_id: String,
     pub name: String,
+    /// The labels the agent has: the token's, plus the asked-for ones the token allows.
     pub labels: Labels,
+    /// Asked-for labels that were not applied (their key is not in the token's
+    /// `agent_label_keys`, or the token sets the key itself).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub ignored_labels: Labels,
     /// The relay's Ed25519 public key, base64: the agent pins it.
     pub relay_public_key: String,
     pub relay_key_fingerprint: String,
@@ -235,6 +253,10 @@ pub struct AgentInfo {
 pub struct AgentDetail {
     #[serde(flatten)]
     pub agent: AgentInfo,
+    /// The labels the agent asked for when it enrolled, whether applied or not (`labels` are
+    /// the operator-given ones it has: its token's, allowed claims, and later PATCHes).
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub claimed_labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
 }

@@ -156,6 +156,12 @@ impl Relay {
             )
             .env("FLOTILLA_TEST_HOOKS", "true")
             .env("FLOTILLA_LOG", "info,flotilla_relay_server=debug")
+            // Every test client and agent comes from 127.0.0.1: the per-client limits are
+            // lifted unless a test sets them (e2e::limits does).
+            .env("FLOTILLA_API_RATE_PER_SEC", "1000000")
+            .env("FLOTILLA_API_RATE_BURST", "1000000")
+            .env("FLOTILLA_MAX_CONNECTIONS_PER_ADDRESS", "0")
+            .env("FLOTILLA_MAX_PENDING_HANDSHAKES_PER_ADDRESS", "1000000")
             .stdin(Stdio::null())
             .stdout(log_file(&self.log_path()))
             .stderr(log_file(&self.log_path()))
@@ -321,6 +327,9 @@ impl Relay {
             ttl_secs: Some(600),
             max_uses: Some(1),
             note: None,
+            // Tests that enroll through install.sh name labels for the agent to ask for
+            // (`--labels env=test`); tokens that restrict them are made by e2e::enrollment.
+            agent_label_keys: vec![flotilla_shared::api::ANY_LABEL_KEY.to_string()],
         };
         let created: EnrollmentTokenCreated = self
             .api()

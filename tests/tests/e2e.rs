@@ -21,6 +21,8 @@ mod e2e {
     pub mod ha;
     pub mod heartbeats;
     pub mod install;
+    // issue 18 parts 4-5: timeouts, connection caps, rate limits, /metrics
+    pub mod limits;
     pub mod migrate;
     // issue 18 part 2: notifications across relay crashes
     pub mod notify;

@@ -156,6 +156,7 @@ fn agents_table() {
 #[test]
 fn agent_show_prints_every_heartbeat_fact() {
     let detail = AgentDetail {
+        claimed_labels: Default::default(),
         agent: agent("ag_1", "build-1", None),
         heartbeat: Some(heartbeat_sample()),
     };
@@ -179,6 +180,7 @@ fn agent_show_prints_every_heartbeat_fact() {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
     let no_hb = AgentDetail {
+        claimed_labels: Default::default(),
         agent: agent("ag_1", "build-1", None),
         heartbeat: None,
     };
@@ -213,6 +215,7 @@ fn agent_show_lists_host_certificates() {
     ];
     let text = agent_detail(
         &AgentDetail {
+            claimed_labels: Default::default(),
             agent: agent("ag_1", "build-1", None),
             heartbeat: Some(hb),
         },

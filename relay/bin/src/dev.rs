@@ -122,6 +122,7 @@ async fn enroll_dev_agent(
             max_uses: 1,
             note: Some("flotilla-relay dev".into()),
             created_by: "dev".into(),
+            agent_label_keys: vec![flotilla_shared::api::ANY_LABEL_KEY.to_string()],
         })
         .await
         .context("cannot create an enrollment token")?;

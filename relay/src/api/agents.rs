@@ -56,6 +56,7 @@ pub(super) fn agent_detail(state: &Shared, agent: AgentRecord) -> AgentDetail {
             connected_at,
             facts: agent.facts,
         },
+        claimed_labels: agent.claimed_labels,
         heartbeat,
     }
 }

@@ -91,7 +91,7 @@ use Body::{AnyJson, EventStream, Json, List, None as Empty, Raw};
 pub const ROUTES: &[Route] = &[
     route("get", "/healthz", None, "Liveness and relay status", Empty, 200, Json("RelayStatus")),
     route("get", "/readyz", None, "Readiness (503 while the store is unreachable)", Empty, 200, Json("RelayStatus")),
-    route("get", "/metrics", None, "Prometheus metrics", Empty, 200, Raw("text/plain")),
+    route("get", "/metrics", READ, "Prometheus metrics", Empty, 200, Raw("text/plain")),
     route("post", "/api/v1/enroll", None, "An agent enrolls with a one-time enrollment token", Json("EnrollRequest"), 200, Json("EnrollResponse")),
     route("get", OPENAPI_PATH, None, "This document", Empty, 200, AnyJson),
     route("post", "/api/v1/enrollment-tokens", OPERATE, "Create an enrollment token (shown once)", Json("CreateEnrollmentToken"), 201, Json("EnrollmentTokenCreated")),

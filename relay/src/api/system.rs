@@ -43,16 +43,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics` (read): fleet size, command outcomes and error counts are not public
+/// (Prometheus sends the token with `authorization: credentials_file: ...`).
+pub async fn metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Scope::Read)?;
     let text = state.metrics.render(&state.gauges());
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
     )
-        .into_response()
+        .into_response())
 }
 
 const DEFAULT_AUDIT_LIMIT: u32 = 100;

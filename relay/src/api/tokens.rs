@@ -9,10 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use flotilla_shared::api::{
     ApiTokenCreated, ApiTokenInfo, CreateApiToken, CreateEnrollmentToken, EnrollRequest,
-    EnrollResponse, EnrollmentTokenCreated, EnrollmentTokenInfo, Scope,
+    EnrollResponse, EnrollmentTokenCreated, EnrollmentTokenInfo, Scope, ANY_LABEL_KEY,
 };
 use flotilla_shared::ids;
-use flotilla_shared::selector::validate_labels;
+use flotilla_shared::selector::{validate_key, validate_labels};
 use flotilla_shared::signing::PublicKey;
 use flotilla_shared::stream::EventKind;
 use std::net::SocketAddr;
@@ -31,6 +31,7 @@ pub async fn create_enrollment_token(
     let id = ids::new_id("et");
     let result = async {
         validate_labels(&req.labels).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        validate_agent_label_keys(&req.agent_label_keys)?;
         let ttl = req.ttl_secs.unwrap_or(DEFAULT_ENROLLMENT_TTL_SECS);
         if !(1..=MAX_ENROLLMENT_TTL_SECS).contains(&ttl) {
             return Err(ApiError::bad_request(format!(
@@ -54,6 +55,7 @@ pub async fn create_enrollment_token(
                 max_uses,
                 note: req.note.clone(),
                 created_by: caller.name().to_string(),
+                agent_label_keys: req.agent_label_keys.clone(),
             })
             .await?;
         Ok((
@@ -72,6 +74,24 @@ pub async fn create_enrollment_token(
     )
     .await;
     result
+}
+
+/// Label keys a token lets agents add: valid label keys, or `*` alone, at most 64.
+fn validate_agent_label_keys(keys: &[String]) -> Result<(), ApiError> {
+    if keys.len() > 64 {
+        return Err(ApiError::bad_request(
+            "agent_label_keys may list at most 64 keys",
+        ));
+    }
+    if keys.iter().any(|k| k == ANY_LABEL_KEY) && keys.len() > 1 {
+        return Err(ApiError::bad_request(
+            "agent_label_keys: \"*\" (any key) cannot be combined with other keys",
+        ));
+    }
+    for key in keys.iter().filter(|k| *k != ANY_LABEL_KEY) {
+        validate_key(key).map_err(|e| ApiError::bad_request(format!("agent_label_keys: {e}")))?;
+    }
+    Ok(())
 }
 
 pub async fn list_enrollment_tokens(
@@ -191,7 +211,12 @@ pub async fn enroll(
     let result = match outcome {
         Ok((agent, token_id)) => {
             state.metrics.enrollment();
+            let ignored =
+                crate::model::enrollment::ignored_labels(&agent.claimed_labels, &agent.labels);
             tracing::info!(agent_id = %agent.id, name = %agent.name, token_id = %token_id, "agent enrolled");
+            if !ignored.is_empty() {
+                tracing::info!(agent_id = %agent.id, token_id = %token_id, ignored = ?ignored, "labels the agent asked for were not applied: the token does not let agents set these keys");
+            }
             state.stream.publish(
                 EventKind::AgentEnrolled,
                 Some(&agent.id),
@@ -205,6 +230,7 @@ pub async fn enroll(
                     agent_id: agent.id,
                     name: agent.name,
                     labels: agent.labels,
+                    ignored_labels: ignored,
                     relay_public_key: state.key.public_key().to_base64(),
                     relay_key_fingerprint: state.fingerprint.clone(),
                     heartbeat_interval_secs: state.config.heartbeat_interval_secs,

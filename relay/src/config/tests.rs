@@ -377,7 +377,7 @@ fn every_env_variable_sets_its_key() {
         }
         count += 1;
     }
-    assert_eq!(count, 49);
+    assert_eq!(count, 54);
 }
 
 #[test]

@@ -155,11 +155,11 @@ fn parse_job_state(s: &str) -> Result<JobState, StoreError> {
 }
 
 const AGENT_COLUMNS: &str = "id, name, public_key, labels, facts, enrolled_at, revoked_at, \
-     agent_version, last_heartbeat, last_heartbeat_at";
+     agent_version, last_heartbeat, last_heartbeat_at, claimed_labels";
 /// [`AGENT_COLUMNS`] without the heartbeat JSON (NULL in its place): listing many agents must
 /// not parse every agent's last heartbeat; the heartbeat cache has the latest ones.
 const AGENT_LIST_COLUMNS: &str = "id, name, public_key, labels, facts, enrolled_at, revoked_at, \
-     agent_version, NULL, last_heartbeat_at";
+     agent_version, NULL, last_heartbeat_at, claimed_labels";
 
 /// Raw agent row; converted outside the rusqlite closure so JSON errors surface as ours.
 struct AgentRow {
@@ -173,6 +173,7 @@ struct AgentRow {
     agent_version: String,
     last_heartbeat: Option<String>,
     last_heartbeat_at: Option<String>,
+    claimed_labels: String,
 }
 
 impl AgentRow {
@@ -188,12 +189,14 @@ impl AgentRow {
             agent_version: r.get(7)?,
             last_heartbeat: r.get(8)?,
             last_heartbeat_at: r.get(9)?,
+            claimed_labels: r.get(10)?,
         })
     }
 
     fn into_record(self) -> Result<AgentRecord, StoreError> {
         Ok(AgentRecord {
             labels: from_json("labels", &self.labels)?,
+            claimed_labels: from_json("claimed_labels", &self.claimed_labels)?,
             facts: from_json::<AgentFacts>("facts", &self.facts)?,
             enrolled_at: parse_ts(&self.enrolled_at)?,
             revoked_at: parse_opt_ts(self.revoked_at)?,
@@ -397,10 +400,12 @@ struct TokenRow {
     revoked_at: Option<String>,
     note: Option<String>,
     created_by: String,
+    /// JSON list; NULL for tokens made before the column existed (any key, as then).
+    agent_label_keys: Option<String>,
 }
 
-const TOKEN_COLUMNS: &str =
-    "id, labels, created_at, expires_at, max_uses, uses, revoked_at, note, created_by";
+const TOKEN_COLUMNS: &str = "id, labels, created_at, expires_at, max_uses, uses, revoked_at, \
+     note, created_by, agent_label_keys";
 
 impl TokenRow {
     fn read(r: &Row) -> SqlResult<TokenRow> {
@@ -414,6 +419,7 @@ impl TokenRow {
             revoked_at: r.get(6)?,
             note: r.get(7)?,
             created_by: r.get(8)?,
+            agent_label_keys: r.get(9)?,
         })
     }
 
@@ -428,6 +434,10 @@ impl TokenRow {
             revoked: self.revoked_at.is_some(),
             note: self.note,
             created_by: self.created_by,
+            agent_label_keys: match self.agent_label_keys {
+                Some(keys) => from_json("agent_label_keys", &keys)?,
+                None => vec![flotilla_shared::api::ANY_LABEL_KEY.to_string()],
+            },
         })
     }
 }

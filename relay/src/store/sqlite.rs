@@ -199,6 +199,10 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     sql::releasefiles::SCHEMA,
     // 17: the durable notification outbox (see `sql/notifications.rs`).
     sql::notifications::SCHEMA,
+    // 18: enrollment: the label keys a token lets agents add (NULL: a token from before, any key)
+    // and the labels each agent claimed, shown apart (see `model/enrollment.rs`).
+    "ALTER TABLE enrollment_tokens ADD COLUMN agent_label_keys TEXT;\n\
+     ALTER TABLE agents ADD COLUMN claimed_labels TEXT NOT NULL DEFAULT '{}';",
 ];
 
 /// The fewest migrations a relay must know to run on a database this build migrated (several
@@ -208,11 +212,12 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 /// adds rows older relays would handle wrongly: running relays that know fewer then step down
 /// instead of writing, and refuse to start.
 ///
-/// At 15: migration 16 (the builds' bytes) is ignored by relays that know 15, which store only
-/// files for the builds they publish (each relay stores its files' bytes when it starts), and
-/// migration 17 (the notification outbox) too: an older relay holding the alerts lease notifies
-/// from memory as it always did (at most once), and writes `notified_at` when it decides.
-pub(super) const COMPATIBLE_FROM: i64 = 15;
+/// At 18: migration 18 (the label keys an enrollment token lets agents add) would be ignored by
+/// an older relay, which would then let an agent enrolling through it claim any label. (Relays
+/// before this build do not read this value at all: they refuse to start on any newer schema
+/// and keep running beside one. Migrations 16, the builds' bytes, and 17, the notification
+/// outbox, alone would have kept 15: older relays ignore both harmlessly.)
+pub(super) const COMPATIBLE_FROM: i64 = 18;
 
 pub(super) struct SqliteBackend {
     writer: Mutex<Connection>,

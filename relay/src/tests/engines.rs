@@ -43,6 +43,7 @@ async fn agents(store: &Store, n: usize) -> Vec<AgentRecord> {
             max_uses: n as u32,
             note: None,
             created_by: "test".into(),
+            agent_label_keys: vec![flotilla_shared::api::ANY_LABEL_KEY.to_string()],
         })
         .await
         .unwrap();

@@ -32,6 +32,10 @@ impl TestRelay {
             name,
             config: RelayConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
+                // Every client is 127.0.0.1: the API's per-client limits are lifted unless a
+                // test sets them.
+                api_rate_per_sec: 1_000_000,
+                api_rate_burst: 1_000_000,
                 ..RelayConfig::default()
             },
         }

@@ -45,6 +45,8 @@ async fn main() -> Result<()> {
         .json(&CreateEnrollmentToken {
             max_uses: Some(n as u32 + 100),
             ttl_secs: Some(3600),
+            // The simulated agents name their own region.
+            agent_label_keys: vec!["region".into()],
             ..CreateEnrollmentToken::default()
         })
         .send()

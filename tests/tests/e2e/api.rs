@@ -167,7 +167,10 @@ async fn scopes_errors_health_and_metrics() {
         .unwrap();
     assert!(ping.state.is_final());
     let metrics = eventually(DEADLINE, "metrics", || async {
-        let m = reqwest::get(format!("{}/metrics", relay.url()))
+        let m = reqwest::Client::new()
+            .get(format!("{}/metrics", relay.url()))
+            .bearer_auth(&relay.admin_token)
+            .send()
             .await
             .ok()?
             .text()

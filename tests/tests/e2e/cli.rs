@@ -335,7 +335,10 @@ async fn the_cli_tails_the_event_stream_with_a_token_file() {
             .and_then(|n| n.trim().parse().ok())
     };
     let metrics = || async {
-        reqwest::get(format!("{}/metrics", relay.url()))
+        reqwest::Client::new()
+            .get(format!("{}/metrics", relay.url()))
+            .bearer_auth(&relay.admin_token)
+            .send()
             .await
             .ok()?
             .text()

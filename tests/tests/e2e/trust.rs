@@ -42,7 +42,10 @@ async fn a_revoked_agent_is_disconnected_and_refused() {
     assert!(format!("{err:#}").contains("revoked"), "{err:#}");
 
     // The real agent keeps retrying but never gets back online.
-    let metrics = reqwest::get(format!("{}/metrics", relay.url()))
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", relay.url()))
+        .bearer_auth(&relay.admin_token)
+        .send()
         .await
         .unwrap()
         .text()

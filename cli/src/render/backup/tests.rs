@@ -495,6 +495,7 @@ fn heartbeat_summary_line_in_agent_show() {
     };
     let text = agent_detail(
         &AgentDetail {
+            claimed_labels: Default::default(),
             agent: agent.clone(),
             heartbeat: Some(heartbeat.clone()),
         },
@@ -507,6 +508,7 @@ fn heartbeat_summary_line_in_agent_show() {
     heartbeat.backup = None;
     let text = agent_detail(
         &AgentDetail {
+            claimed_labels: Default::default(),
             agent,
             heartbeat: Some(heartbeat),
         },

@@ -9,8 +9,8 @@ impl Sql {
     ) -> Result<EnrollmentTokenInfo, StoreError> {
         tx.execute(
             "INSERT INTO enrollment_tokens \
-             (id, token_hash, labels, created_at, expires_at, max_uses, note, created_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (id, token_hash, labels, created_at, expires_at, max_uses, note, created_by, \
+             agent_label_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 t.id,
                 t.token_hash,
@@ -19,7 +19,8 @@ impl Sql {
                 ts(t.expires_at),
                 t.max_uses,
                 t.note,
-                t.created_by
+                t.created_by,
+                to_json(&t.agent_label_keys)
             ],
         )?;
         Ok(EnrollmentTokenInfo {
@@ -32,6 +33,7 @@ impl Sql {
             revoked: false,
             note: t.note.clone(),
             created_by: t.created_by.clone(),
+            agent_label_keys: t.agent_label_keys.clone(),
         })
     }
 
@@ -93,8 +95,11 @@ impl Sql {
         if token.expires_at <= now {
             return Ok(Err(EnrollRefusal::Expired));
         }
-        let mut labels = agent.labels;
-        labels.extend(token.labels.clone());
+        let labels = crate::model::enrollment::enrolled_labels(
+            &token.labels,
+            &token.agent_label_keys,
+            &agent.labels,
+        );
         let name = agent
             .name
             .filter(|n| !n.trim().is_empty())
@@ -116,10 +121,11 @@ impl Sql {
             revoked_at: None,
             last_heartbeat: None,
             last_heartbeat_at: None,
+            claimed_labels: agent.labels,
         };
         tx.execute(
             "INSERT INTO agents (id, name, public_key, labels, facts, enrolled_at, agent_version, \
-             enrollment_token_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             enrollment_token_id, claimed_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 record.id,
                 record.name,
@@ -128,7 +134,8 @@ impl Sql {
                 to_json(&record.facts),
                 ts(now),
                 record.agent_version,
-                token.id
+                token.id,
+                to_json(&record.claimed_labels)
             ],
         )?;
         tx.execute(

@@ -569,6 +569,7 @@ mod tests {
                 max_uses: 100,
                 note: None,
                 created_by: "test".into(),
+                agent_label_keys: vec![flotilla_shared::api::ANY_LABEL_KEY.to_string()],
             })
             .await
             .unwrap();
