@@ -195,6 +195,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     sql::cluster::SCHEMA,
     // 15: the relay's own backup runs (see `sql/relaybackups.rs`).
     sql::relaybackups::SCHEMA,
+    // 16: `compose.update` in the update history: one row per container (see `sql/updates.rs`).
+    sql::updates::COMPOSE_COLUMNS,
 ];
 
 pub(super) struct SqliteBackend {
