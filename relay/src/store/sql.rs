@@ -90,7 +90,10 @@ pub(super) fn insert_command(tx: &mut dyn Conn, c: &NewCommand) -> Result<(), St
             ])?;
         }
     }
-    if c.command.kind() == CommandKind::ContainerUpdate {
+    if matches!(
+        c.command.kind(),
+        CommandKind::ContainerUpdate | CommandKind::ComposeUpdate
+    ) {
         // A job's pending targets get their row when they are dispatched (`advance_job`).
         let dispatched: Vec<&str> = c
             .targets

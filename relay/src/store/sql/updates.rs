@@ -199,7 +199,7 @@ impl Sql {
     ) -> Result<Vec<UpdateRecord>, StoreError> {
         let mut stmt = tx.prepare(&format!(
             "SELECT {UPDATE_COLUMNS} FROM updates u LEFT JOIN deliveries d \
-             ON d.command_id = u.command_id AND d.agent_id = u.agent_id \
+             ON d.command_id = COALESCE(u.group_id, u.command_id) AND d.agent_id = u.agent_id \
              WHERE (?1 IS NULL OR u.agent_id = ?1) \
              AND (?2 IS NULL OR u.container = ?2 OR u.container_name = ?2) \
              AND (?3 IS NULL OR (CASE WHEN u.finished_at IS NULL THEN 1 ELSE 0 END) = ?3) \
