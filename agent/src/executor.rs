@@ -270,14 +270,30 @@ impl Executor {
                 return;
             }
         };
-        // One task per container name, converging its records one after another.
+        // One task per container name, converging its records one after another; one task
+        // per compose.update, converging its containers together (`Updater::recover_group`).
         let mut by_name: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        let mut groups: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for record in records {
-            let name = serde_json::from_str::<serde_json::Value>(&record)
-                .ok()
-                .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_string))
-                .unwrap_or_default();
-            by_name.entry(name).or_default().push(record);
+            let v = serde_json::from_str::<serde_json::Value>(&record).ok();
+            let field = |k: &str| {
+                v.as_ref()
+                    .and_then(|v| v.get(k).and_then(|n| n.as_str()).map(str::to_string))
+            };
+            let name = field("name").unwrap_or_default();
+            match field("group") {
+                Some(group) => groups.entry(group).or_default().push(name),
+                None => by_name.entry(name).or_default().push(record),
+            }
+        }
+        for (group, names) in groups {
+            let guards: Vec<_> = names.iter().map(|n| shared.locks.try_lock(n)).collect();
+            let shared = shared.clone();
+            tasks.spawn(async move {
+                let _guards = guards;
+                shared.updater.recover_group(&group).await;
+                shared.heartbeat_poke.notify_one();
+            });
         }
         for (name, records) in by_name {
             let guard = shared.locks.try_lock(&name);

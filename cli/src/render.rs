@@ -946,9 +946,7 @@ pub fn updates(list: &[UpdateRecord], now: DateTime<Utc>, with_agent: bool) -> S
             row.push(u.agent_id.clone());
         }
         row.extend([
-            u.container_name
-                .clone()
-                .unwrap_or_else(|| u.container.clone()),
+            u.target_label(),
             u.image.clone(),
             update_status(u),
             or_dash(u.phase.as_deref()),

@@ -135,6 +135,12 @@ pub struct StartArgs {
     /// How long a stage waits for offline agents (default 1h).
     #[arg(long, value_parser = parse_duration)]
     pub stage_timeout: Option<Duration>,
+    /// Update compose containers even where an agent may not edit their project's files
+    /// (outside its `[compose] allowed_dirs`): the container alone is updated and the drift
+    /// is reported (the member's reason). Without it such a member fails with the agent's
+    /// error saying how to allow the edit.
+    #[arg(long, conflicts_with = "agent_version")]
+    pub allow_drift: bool,
     /// A name for people.
     #[arg(long)]
     pub name: Option<String>,
@@ -204,6 +210,7 @@ pub fn build_request(a: &StartArgs) -> Result<CreateRollout, CliError> {
         stable_secs: secs32("--stable", a.stable)?,
         strategy: a.strategy,
         stage_timeout_secs: a.stage_timeout.map(|d| d.as_secs()),
+        allow_drift: a.allow_drift,
     };
     req.target().map_err(|e| CliError::Usage(e.to_string()))?;
     req.stage_specs()
@@ -557,6 +564,45 @@ mod compose_tests {
         );
         assert!(parse(&["--compose-service", "web", "--container", "x"]).is_err());
         assert!(parse(&["--compose-project", "p", "--compose-service", "web"]).is_err());
+        assert!(!r.allow_drift);
+        // --allow-drift carries into the request (each member's container.update).
+        let r = parse(&["--compose-project", "shop", "--allow-drift"])
+            .unwrap()
+            .unwrap();
+        assert!(r.allow_drift);
+        // A compose target is one target: with --container or --container-label too, clap
+        // refuses the pair and names both flags (the README's rollout section says so).
+        for other in [
+            &["--container", "web"][..],
+            &["--container-label", "a=b"][..],
+        ] {
+            let mut args = vec!["--compose-project", "shop"];
+            args.extend_from_slice(other);
+            let e = parse(&args)
+                .err()
+                .expect("both targets are refused")
+                .to_string();
+            assert!(
+                e.contains("--compose-project") && e.contains(other[0]),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_drift_is_for_container_rollouts_only() {
+        let e = T::try_parse_from([
+            "t",
+            "--selector",
+            "a=b",
+            "--agent-version",
+            "0.2.0",
+            "--allow-drift",
+        ])
+        .err()
+        .expect("an agent rollout has no compose files")
+        .to_string();
+        assert!(e.contains("--allow-drift"), "{e}");
     }
 }
 

@@ -156,7 +156,20 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
         .send(&AgentFrame::Heartbeat(Box::new(Heartbeat {
             at: chrono::Utc::now(),
             agent_version: "test".into(),
-            host: HostMetrics::default(),
+            // A host certificate with hostile names, expiring in 5 days.
+            host: HostMetrics {
+                certificates: vec![flotilla_shared::heartbeat::HostCertificate {
+                    kind: flotilla_shared::heartbeat::CertificateSourceKind::File,
+                    source: "/etc/letsencrypt/live/shop/fullchain.pem".into(),
+                    subject: Some(HOSTILE.into()),
+                    sans: vec!["shop.example.com".into(), HOSTILE.into()],
+                    issuer: Some("R11".into()),
+                    not_after: Some(chrono::Utc::now() + chrono::Duration::hours(5 * 24 + 1)),
+                    warning: Some(HOSTILE.into()),
+                    checked_at: chrono::Utc::now(),
+                }],
+                ..HostMetrics::default()
+            },
             docker: DockerSnapshot {
                 containers: vec![container],
                 ..DockerSnapshot::default()
@@ -196,6 +209,20 @@ async fn sign_in_pages_csrf_scope_and_sign_out() {
     assert!(html.contains("data-test=\"container-row\""));
     assert!(html.contains("data-test=\"compose-drift-row\""), "{html}");
     assert!(html.contains("shop:v1"), "{html}");
+    assert!(
+        html.contains("data-test=\"host-certificate-row\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("/etc/letsencrypt/live/shop/fullchain.pem"),
+        "{html}"
+    );
+    assert!(html.contains("shop.example.com"), "{html}");
+    assert!(html.contains(">R11<"), "{html}");
+    assert!(
+        html.contains("data-test=\"certificate-expiring\">5<"),
+        "days left: {html}"
+    );
     assert!(html.contains("class=\"action\""), "admin sees actions");
     for path in [
         "/ui/",

@@ -604,6 +604,32 @@ pub struct UpdateRecord {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<UpdateReport>,
+    // --- compose (issue 17, part 1) ---
+    /// For one container of a `compose.update`: that command's id (this record's
+    /// `command_id` is `<group_id>.<service>`, the id the agent journals the container under).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The compose project of a `compose.update` (on its containers' records, and on the one
+    /// record of the whole project until the agent's result names the containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    /// The compose service of a `compose.update`'s container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+}
+
+impl UpdateRecord {
+    /// What was updated, for people: the container's reported name (else as asked for), with
+    /// its compose project and service for a `compose.update`'s container
+    /// (`shop-web-1 (compose shop/web)`), or `compose project shop` for the project's record.
+    pub fn target_label(&self) -> String {
+        let name = self.container_name.as_deref().unwrap_or(&self.container);
+        match (&self.compose_project, &self.compose_service) {
+            (Some(p), Some(s)) => format!("{name} (compose {p}/{s})"),
+            (Some(p), None) => format!("compose project {p}"),
+            _ => name.to_string(),
+        }
+    }
 }
 
 // === API tokens ===

@@ -118,6 +118,13 @@ pub struct CreateRollout {
     /// How long a stage waits for offline members (default [`DEFAULT_STAGE_TIMEOUT_SECS`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_timeout_secs: Option<u64>,
+    // --- compose (issue 17, part 1) ---
+    /// Update compose containers even where the agent may not edit their project's files
+    /// (outside its `[compose] allowed_dirs`): each such container is updated alone and its
+    /// update reports the drift (the member's reason says `compose drift: ...`). Without it
+    /// such an update is refused and the member fails.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drift: bool,
 }
 
 impl CreateRollout {
@@ -712,6 +719,9 @@ pub struct RolloutInfo {
     pub stable_secs: Option<u32>,
     pub strategy: UpdateStrategy,
     pub stage_timeout_secs: u64,
+    /// The updates may leave compose projects drifted ([`CreateRollout::allow_drift`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drift: bool,
     pub state: RolloutState,
     /// Why it is paused (or why it stopped, for aborted rollouts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -917,6 +927,7 @@ mod tests {
             stable_secs: None,
             strategy: None,
             stage_timeout_secs: None,
+            allow_drift: false,
         };
         assert_eq!(
             req(Some("ghost"), None).target().unwrap(),

@@ -108,6 +108,8 @@ impl State {
             let mut stmt = c.prepare(
                 "SELECT id, command FROM journal WHERE status = 'running'
                  AND id NOT IN (SELECT command_id FROM updates WHERE finished = 0)
+                 AND id NOT IN (SELECT json_extract(record, '$.group') FROM updates
+                   WHERE finished = 0 AND json_extract(record, '$.group') IS NOT NULL)
                  ORDER BY received_at",
             )?;
             let rows = stmt
@@ -125,6 +127,8 @@ impl State {
             let mut stmt = c.prepare(
                 "SELECT id FROM journal WHERE status = 'running'
                  AND id NOT IN (SELECT command_id FROM updates WHERE finished = 0)
+                 AND id NOT IN (SELECT json_extract(record, '$.group') FROM updates
+                   WHERE finished = 0 AND json_extract(record, '$.group') IS NOT NULL)
                  ORDER BY received_at",
             )?;
             let ids = stmt

@@ -75,6 +75,23 @@ impl State {
     }
 
     // --- compose (issue 17, part 1) ---
+    /// Every record (finished or not) of the containers of the `compose.update` `group`, by
+    /// command id (`<group>.<service>`): what a recovery of the group decides from.
+    pub async fn group_update_records(&self, group: &str) -> Result<Vec<String>> {
+        let group = group.to_string();
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT record FROM updates WHERE json_extract(record, '$.group') = ?1
+                 ORDER BY command_id",
+            )?;
+            let rows = stmt
+                .query_map([group], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Closes the record of one container's run inside a `compose.update` (the group's one
     /// result is journaled by `finish_update`).
     pub async fn finish_update_record(&self, id: &str, record: String) -> Result<()> {

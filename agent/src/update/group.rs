@@ -4,21 +4,23 @@
 //! committed or all rolled back (files restored byte for byte).
 //!
 //! Each container keeps its own journal record (`<command id>.<service>`, marked with the
-//! group), so a crash in the middle converges every container on its own as a single update
-//! would (and puts the files back if it rolls back); the command then reports `interrupted`.
+//! group). A crash in the middle is converged for the group as a whole (`recover_group`):
+//! once any container was committing (every health gate had passed) the others are committed
+//! too, otherwise every touched container is rolled back and the files are put back, so the
+//! project ends all new or all old; the group then files its one result, marked recovered.
 //! Only `stop-first` is supported: the services of a project share its ports.
 
 use super::compose::{plan_edits, ComposeJournal};
-use super::{empty_report, policy, refuse, Outcome, Run, Updater};
+use super::{empty_report, policy, refuse, Journal, Outcome, Run, Updater};
 use crate::compose::{self, Project};
 use crate::frame::keep_newest_lines;
 use chrono::Utc;
 use flotilla_shared::command::{error_codes, CommandResult, ErrorInfo, ResultStatus};
 use flotilla_shared::compose::{ComposeReport, ComposeUpdateArgs, ComposeUpdateReport};
 use flotilla_shared::update::{
-    UpdateOutcome, UpdateReport, UpdateStrategy, BACKUP_NAME_MARKER, NEW_NAME_MARKER,
+    UpdateOutcome, UpdatePhase, UpdateReport, UpdateStrategy, BACKUP_NAME_MARKER, NEW_NAME_MARKER,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// One container of the project to update.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,6 +147,13 @@ impl Updater {
             match self.prepare(&sub_id, &cargs, &mut report, true).await {
                 Ok(mut run) => {
                     run.j.group = Some(command_id.to_string());
+                    // Every service's report names its project and service (the relay's
+                    // update history keeps one record per container under the group).
+                    run.j.report.compose = Some(ComposeReport {
+                        project: args.project.clone(),
+                        service: m.service.clone(),
+                        ..Default::default()
+                    });
                     runs.push(run);
                 }
                 Err(e) => {
@@ -204,9 +213,13 @@ impl Updater {
         let (project, edits) = match planned {
             Ok((p, e)) => (Some(p), e),
             Err(why) if args.allow_drift => {
-                group_report.drift = Some(format!(
-                    "the project's files were not edited (allow_drift): {why}"
-                ));
+                let drift = format!("the project's files were not edited (allow_drift): {why}");
+                for run in runs.iter_mut() {
+                    if let Some(c) = run.j.report.compose.as_mut() {
+                        c.drift = Some(drift.clone());
+                    }
+                }
+                group_report.drift = Some(drift);
                 (None, Vec::new())
             }
             Err(why) => {
@@ -459,6 +472,150 @@ impl Updater {
                 "cannot store compose.update result"
             );
         }
+    }
+}
+
+impl Updater {
+    /// Converges the containers of the `compose.update` `group` a previous process left
+    /// unfinished, all one way, and files the group's one result (see the module doc). The
+    /// caller holds every unfinished container's lock.
+    pub async fn recover_group(&self, group: &str) {
+        let records = match self.state.group_update_records(group).await {
+            Ok(r) => r,
+            Err(e) => {
+                error!(
+                    group,
+                    error = format!("{e:#}"),
+                    "cannot read the update journal"
+                );
+                return;
+            }
+        };
+        let journals: Vec<Journal> = records
+            .iter()
+            .filter_map(|r| match serde_json::from_str::<Journal>(r) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    error!(group, error = %e, "unreadable update journal record; leaving it");
+                    None
+                }
+            })
+            .collect();
+        let Some(first) = journals.first() else {
+            return;
+        };
+        let started_at = journals
+            .iter()
+            .map(|j| j.started_at)
+            .min()
+            .unwrap_or(first.started_at);
+        let image = first.args.image.clone();
+        let project = first
+            .report
+            .compose
+            .as_ref()
+            .map(|c| c.project.clone())
+            .unwrap_or_default();
+        let files = first
+            .compose
+            .as_ref()
+            .map(|c| {
+                c.edits
+                    .iter()
+                    .map(|e| e.path.display().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Every gate passed before the first commit: one committing (or committed) container
+        // means the group had decided to commit.
+        let commit = journals.iter().any(|j| {
+            j.report.phase == UpdatePhase::Committing
+                || (j.report.phase == UpdatePhase::Done
+                    && j.report.outcome == UpdateOutcome::Updated)
+        });
+        warn!(
+            group,
+            project,
+            containers = journals.len(),
+            commit,
+            "the agent stopped during a compose.update; converging its containers together"
+        );
+        let mut reports = Vec::new();
+        for j in journals {
+            let phase = j.report.phase;
+            if phase == UpdatePhase::Done {
+                reports.push(j.report);
+                continue;
+            }
+            self.updating.insert(&j.name, &j.command_id);
+            let mut run = Run {
+                j,
+                recovering: true,
+            };
+            run.j.report.recovered = true;
+            let outcome = match phase {
+                UpdatePhase::HealthGate | UpdatePhase::Committing if commit => {
+                    match self.commit(&mut run).await {
+                        Ok(()) => Outcome::Updated,
+                        Err(e) => Outcome::CommitFailed(e),
+                    }
+                }
+                UpdatePhase::Validated | UpdatePhase::Pulling | UpdatePhase::Pulled => {
+                    Outcome::Unchanged(format!(
+                        "the agent stopped during compose.update {group} (this container at \
+                         phase {phase}, not touched yet); nothing was changed"
+                    ))
+                }
+                _ => {
+                    let why = format!(
+                        "the agent stopped during compose.update {group} before every service \
+                         was proven (this container at phase {phase}); every service was rolled \
+                         back"
+                    );
+                    self.rollback(&mut run, why).await
+                }
+            };
+            self.updating.remove(&run.j.name);
+            let started = run.j.started_at;
+            reports.push(self.finish(run, outcome, started).await);
+        }
+        let outcome = group_outcome(&reports);
+        let restored = reports
+            .iter()
+            .any(|r| r.compose.as_ref().is_some_and(|c| c.restored));
+        let warning = reports
+            .iter()
+            .find_map(|r| r.compose.as_ref().and_then(|c| c.warning.clone()));
+        let services: Vec<String> = reports
+            .iter()
+            .filter_map(|r| r.compose.as_ref().map(|c| c.service.clone()))
+            .collect();
+        let report = ComposeUpdateReport {
+            project: project.clone(),
+            image,
+            outcome,
+            reason: (outcome != UpdateOutcome::Updated).then(|| {
+                format!(
+                    "the agent restarted during this compose.update before every service was \
+                     proven; {}",
+                    if outcome == UpdateOutcome::FailedUnchanged {
+                        "no container had been touched"
+                    } else {
+                        "every service was rolled back"
+                    }
+                )
+            }),
+            compose: Some(ComposeReport {
+                project,
+                service: services.join(","),
+                files,
+                restored,
+                warning,
+                ..Default::default()
+            }),
+            services: reports,
+        };
+        self.file_group(group, report, None, started_at).await;
     }
 }
 

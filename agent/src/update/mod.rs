@@ -955,6 +955,10 @@ impl Updater {
 
     async fn event(&self, run: &Run, message: String, mut attributes: BTreeMap<String, String>) {
         attributes.insert("command_id".into(), run.j.command_id.clone());
+        // A compose.update's container: the relay records it under the group.
+        if let Some(group) = &run.j.group {
+            attributes.insert("group".into(), group.clone());
+        }
         attributes.insert("phase".into(), run.j.report.phase.as_str().to_string());
         attributes.insert("image".into(), run.j.args.image.clone());
         let event = AgentEvent {

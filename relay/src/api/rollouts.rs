@@ -88,6 +88,7 @@ pub fn agent_spec_of(req: &CreateAgentRollout) -> Result<RolloutSpec, ApiError> 
         stable_secs: None,
         strategy: UpdateStrategy::default(),
         stage_timeout_secs: stage_timeout(req.stage_timeout_secs)?,
+        allow_drift: false,
     })
 }
 
@@ -168,6 +169,7 @@ pub fn spec_of(req: &CreateRollout) -> Result<RolloutSpec, ApiError> {
         stable_secs: req.stable_secs,
         strategy: req.strategy.unwrap_or_default(),
         stage_timeout_secs,
+        allow_drift: req.allow_drift,
     };
     // The update command each member gets must be valid too.
     flotilla_shared::command::Command::ContainerUpdate(spec.update_args("probe", &spec.image))

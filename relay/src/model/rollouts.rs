@@ -55,6 +55,10 @@ pub struct RolloutSpec {
     pub stable_secs: Option<u32>,
     pub strategy: UpdateStrategy,
     pub stage_timeout_secs: u64,
+    /// The members' updates may leave compose projects drifted (`allow_drift`; absent in
+    /// rollouts stored before it existed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_drift: bool,
 }
 
 impl RolloutSpec {
@@ -67,7 +71,7 @@ impl RolloutSpec {
             health_timeout_secs: self.health_timeout_secs,
             stable_secs: self.stable_secs,
             strategy: self.strategy,
-            allow_drift: false,
+            allow_drift: self.allow_drift,
         }
     }
 }
@@ -819,6 +823,9 @@ pub enum ActionRefusal {
 pub const NO_SUCH_CONTAINER: &str = flotilla_shared::command::error_codes::NO_SUCH_CONTAINER;
 /// Marker (reason prefix) of a container the agent refused to update because it is not running.
 pub const NOT_RUNNING: &str = "not_running";
+/// Reason prefix of an updated container whose compose project files were left declaring the
+/// old image (a rollout with `allow_drift`): `compose drift: <the agent's words>`.
+pub const COMPOSE_DRIFT: &str = "compose drift";
 
 /// An in-flight agent's outcome from its containers' (outcome, reason), or None while any is
 /// still in flight.
@@ -900,6 +907,7 @@ pub fn info_of(row: RolloutRow, counts: RolloutCounts, stage_failures: u32) -> R
         stable_secs: spec.stable_secs,
         strategy: spec.strategy,
         stage_timeout_secs: spec.stage_timeout_secs,
+        allow_drift: spec.allow_drift,
         state: p.state,
         reason: p.reason,
         stage: p.stage,

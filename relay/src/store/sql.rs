@@ -92,7 +92,10 @@ pub(super) fn insert_command(tx: &mut dyn Conn, c: &NewCommand) -> Result<(), St
             ])?;
         }
     }
-    if c.command.kind() == CommandKind::ContainerUpdate {
+    if matches!(
+        c.command.kind(),
+        CommandKind::ContainerUpdate | CommandKind::ComposeUpdate
+    ) {
         // A job's pending targets get their row when they are dispatched (`advance_job`).
         let dispatched: Vec<&str> = c
             .targets
@@ -217,7 +220,8 @@ impl AgentRow {
 const UPDATE_COLUMNS: &str = "u.command_id, u.agent_id, u.job_id, u.container, \
      u.container_name, u.image, u.health, u.strategy, u.requested_by, u.created_at, \
      COALESCE(u.state, d.state), u.phase, u.phase_at, u.outcome, u.error_code, u.error_message, \
-     u.finished_at, u.report, u.layers_done, u.layers_total";
+     u.finished_at, u.report, u.layers_done, u.layers_total, u.group_id, u.compose_project, \
+     u.compose_service";
 
 /// Raw `updates` row (joined with its delivery's live state).
 struct UpdateRow {
@@ -241,6 +245,9 @@ struct UpdateRow {
     report: Option<String>,
     layers_done: Option<u32>,
     layers_total: Option<u32>,
+    group_id: Option<String>,
+    compose_project: Option<String>,
+    compose_service: Option<String>,
 }
 
 impl UpdateRow {
@@ -266,6 +273,9 @@ impl UpdateRow {
             report: r.get(17)?,
             layers_done: r.get(18)?,
             layers_total: r.get(19)?,
+            group_id: r.get(20)?,
+            compose_project: r.get(21)?,
+            compose_service: r.get(22)?,
         })
     }
 
@@ -319,6 +329,9 @@ impl UpdateRow {
             image: self.image,
             phase: self.phase,
             requested_by: self.requested_by,
+            group_id: self.group_id,
+            compose_project: self.compose_project,
+            compose_service: self.compose_service,
         })
     }
 }
@@ -513,7 +526,9 @@ fn finalise_where(
     let mut ended = Vec::with_capacity(rows.len());
     let mut updates = Vec::new();
     for (f, kind) in rows {
-        if kind == CommandKind::ContainerUpdate.as_str() {
+        if kind == CommandKind::ContainerUpdate.as_str()
+            || kind == CommandKind::ComposeUpdate.as_str()
+        {
             updates.push(ended.len());
         }
         ended.push(f);
@@ -557,7 +572,7 @@ fn finalise_where(
              finished_at = ?6 WHERE command_id = ?1 AND agent_id = ?2 AND finished_at IS NULL \
              RETURNING image",
         )?;
-        for i in updates {
+        for &i in &updates {
             let f = &mut ended[i];
             let image: Option<Option<String>> = fin
                 .query_row(
@@ -577,6 +592,20 @@ fn finalise_where(
                 image: image.unwrap_or_default(),
                 replaced: false,
             });
+        }
+        drop(fin);
+        // A compose.update's containers the agent had started reporting on end with it.
+        for &i in &updates {
+            let f = &ended[i];
+            updates::end_compose_members(
+                tx,
+                &f.command_id,
+                &f.agent_id,
+                state,
+                code,
+                message,
+                now,
+            )?;
         }
     }
     Ok(ended)
@@ -605,6 +634,7 @@ fn start_updates(
          FROM commands c JOIN json_each(?2) a ON 1 = 1 WHERE c.id = ?1 AND c.kind = 'container.update'",
         params![command_id, to_json(&agent_ids), ts(at)],
     )?;
+    updates::start_compose_updates(tx, command_id, agent_ids, at)?;
     Ok(())
 }
 

@@ -203,6 +203,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
     // and the labels each agent claimed, shown apart (see `model/enrollment.rs`).
     "ALTER TABLE enrollment_tokens ADD COLUMN agent_label_keys TEXT;\n\
      ALTER TABLE agents ADD COLUMN claimed_labels TEXT NOT NULL DEFAULT '{}';",
+    // 19: `compose.update` in the update history: one row per container (see `sql/updates.rs`).
+    sql::updates::COMPOSE_COLUMNS,
 ];
 
 /// The fewest migrations a relay must know to run on a database this build migrated (several
@@ -216,7 +218,8 @@ CREATE INDEX backup_results_finished_at ON backup_results(finished_at);
 /// an older relay, which would then let an agent enrolling through it claim any label. (Relays
 /// before this build do not read this value at all: they refuse to start on any newer schema
 /// and keep running beside one. Migrations 16, the builds' bytes, and 17, the notification
-/// outbox, alone would have kept 15: older relays ignore both harmlessly.)
+/// outbox, alone would have kept 15: older relays ignore both harmlessly; so would 19, the
+/// `compose.update` columns of the update history.)
 pub(super) const COMPATIBLE_FROM: i64 = 18;
 
 pub(super) struct SqliteBackend {

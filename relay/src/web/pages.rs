@@ -9,6 +9,8 @@ pub mod agent;
 // --- compose (issue 17, part 1) ---
 pub mod agents;
 pub mod alerts;
+// --- host certificates (issue 17, part 2) ---
+pub mod certificates;
 pub mod compose;
 pub mod misc;
 pub mod overview;

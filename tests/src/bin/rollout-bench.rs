@@ -208,6 +208,7 @@ fn request(image: &str, stages: &str, parallelism: &str) -> CreateRollout {
         stable_secs: None,
         strategy: None,
         stage_timeout_secs: Some(60),
+        allow_drift: false,
     }
 }
 

@@ -7,7 +7,8 @@
 //! rolls them back together.
 
 use crate::{images, DEADLINE};
-use flotilla_shared::api::CommandInfo;
+use flotilla_shared::alert::AlertInfo;
+use flotilla_shared::api::{CommandInfo, UpdateRecord};
 use flotilla_shared::command::Command;
 use flotilla_shared::compose::{ComposeUpdateArgs, ComposeUpdateReport};
 use flotilla_shared::update::UpdateOutcome;
@@ -179,6 +180,49 @@ impl Stack {
 
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap()
+}
+
+/// The relay's update records of the `compose.update` `group` (its containers' records).
+async fn group_records(api: &Api, agent: &str, group: &str) -> Vec<UpdateRecord> {
+    let all: Vec<UpdateRecord> = api
+        .get(&format!("/api/v1/agents/{agent}/updates?limit=1000"))
+        .await
+        .expect("list updates");
+    let mut mine: Vec<UpdateRecord> = all
+        .into_iter()
+        .filter(|u| u.command_id == group || u.group_id.as_deref() == Some(group))
+        .collect();
+    mine.sort_by(|a, b| a.command_id.cmp(&b.command_id));
+    mine
+}
+
+/// Checks the relay recorded one finished record per service of `group`, marked with the
+/// group and the project, each with the outcome its service's report gave.
+async fn assert_recorded(
+    api: &Api,
+    agent: &str,
+    group: &str,
+    project: &str,
+    containers: &[(&str, &str)],
+    outcome: UpdateOutcome,
+) -> Vec<UpdateRecord> {
+    let records = eventually(DEADLINE, "the relay records each service", || async {
+        let r = group_records(api, agent, group).await;
+        (r.len() == containers.len() && r.iter().all(|u| !u.active)).then_some(r)
+    })
+    .await;
+    for (u, (service, container)) in records.iter().zip(containers) {
+        assert_eq!(u.command_id, format!("{group}.{service}"), "{u:#?}");
+        assert_eq!(u.group_id.as_deref(), Some(group), "{u:#?}");
+        assert_eq!(u.compose_project.as_deref(), Some(project), "{u:#?}");
+        assert_eq!(u.compose_service.as_deref(), Some(*service), "{u:#?}");
+        assert_eq!(u.container_name.as_deref(), Some(*container), "{u:#?}");
+        assert_eq!(u.outcome, Some(outcome), "{u:#?}");
+        let report = u.report.as_ref().expect("the service's own report");
+        assert_eq!(report.container, *container);
+        assert_eq!(report.outcome, outcome);
+    }
+    records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,6 +482,18 @@ async fn two_services_are_updated_together_and_rolled_back_together() {
     let out = s.up(&project, &dir).await;
     let after = (s.container(&web).await, s.container(&worker).await);
     assert_eq!(after, ids, "up -d recreated a service: {out}");
+    // The relay's update history: one record per container, marked with group and project.
+    let services = [("web", web.as_str()), ("worker", worker.as_str())];
+    let (agent, api) = (&s.agent.id, &s.api);
+    assert_recorded(
+        api,
+        agent,
+        &info.id,
+        &project,
+        &services,
+        UpdateOutcome::Updated,
+    )
+    .await;
 
     // v2-health: the web passes its HEALTHCHECK, the worker does not → both rolled back.
     let (info, report) = s.compose_update(args(s.image("v2-health"))).await;
@@ -460,10 +516,292 @@ async fn two_services_are_updated_together_and_rolled_back_together() {
     assert_eq!(read(&env_file), "TAG=v2\n", "byte-identical");
     let now = (s.container(&web).await, s.container(&worker).await);
     assert_eq!(now, ids, "both old containers are back");
+    // Recorded per container as rolled back, and each raises the alert a rolled-back
+    // container.update raises (`update_rolled_back`, subject: the container).
+    let failed = info.id.clone();
+    let rolled = UpdateOutcome::RolledBack;
+    assert_recorded(api, agent, &failed, &project, &services, rolled).await;
+    let alerts = eventually(
+        DEADLINE,
+        "an update_rolled_back alert per container",
+        || async {
+            let list: Vec<AlertInfo> = api
+                .get(&format!(
+                    "/api/v1/alerts?state=firing&rule=update_rolled_back&agent={agent}&limit=100"
+                ))
+                .await
+                .ok()?;
+            let of = |c: &str| list.iter().find(|a| a.subject == c).cloned();
+            Some((of(&web)?, of(&worker)?))
+        },
+    )
+    .await;
+    for a in [&alerts.0, &alerts.1] {
+        assert!(a.message.contains(&failed), "names the command: {a:#?}");
+        assert!(a.message.contains("was rolled back"), "{a:#?}");
+    }
     let out = s.up(&project, &dir).await;
     assert_eq!(
         (s.container(&web).await, s.container(&worker).await),
         ids,
         "{out}"
+    );
+}
+
+/// SIGKILL of the agent paused at `phase` of a two-service `compose.update`; restarted
+/// without the hook, the agent converges the project as a whole and files ONE result for the
+/// command (the group's report, `recovered`): all committed or all rolled back, the files
+/// matching what runs. Returns the report.
+async fn killed_in_compose_update(test: &str, phase: &str) -> ComposeUpdateReport {
+    let mut s = Stack::new(test, &["v2"], true).await;
+    let project = s.project("kill");
+    let dir = s.stacks.join(&project);
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = s.image("v1");
+    let repo = v1.trim_end_matches(":v1").to_string();
+    let file = dir.join("docker-compose.yml");
+    let value = format!("{repo}:${{TAG}}");
+    let text = s.compose_file(&[("web", &value, ""), ("worker", &value, "")]);
+    std::fs::write(&file, &text).unwrap();
+    let env_file = dir.join(".env");
+    std::fs::write(&env_file, "TAG=v1\n").unwrap();
+    s.up(&project, &dir).await;
+    let (web, worker) = (format!("{project}_web_1"), format!("{project}_worker_1"));
+    let before = (s.container(&web).await, s.container(&worker).await);
+
+    s.agent.kill().await;
+    s.agent
+        .set_env(flotilla_tests::harness::UPDATE_PAUSE_ENV, phase);
+    s.agent.run().await;
+    s.api.wait_online(&s.agent.id, DEADLINE).await;
+    let args = ComposeUpdateArgs {
+        project: project.clone(),
+        services: Vec::new(),
+        image: s.image("v2"),
+        health: "running".parse().unwrap(),
+        health_timeout_secs: Some(20),
+        stable_secs: Some(1),
+        strategy: Default::default(),
+        allow_drift: false,
+    };
+    let info = s
+        .api
+        .command(&s.agent.id, Command::ComposeUpdate(args), None)
+        .await
+        .expect("create compose.update");
+    let marker = s.agent.state_dir().join(format!("update-paused-{phase}"));
+    eventually(
+        UPDATE_DEADLINE,
+        &format!("the group to pause at {phase}"),
+        || {
+            let marker = marker.clone();
+            async move { marker.exists().then_some(()) }
+        },
+    )
+    .await;
+    // The files were edited before any container was touched.
+    assert_eq!(read(&env_file), "TAG=v2\n", "edited before the pause");
+    s.agent.kill().await;
+    s.agent
+        .remove_env(flotilla_tests::harness::UPDATE_PAUSE_ENV);
+    s.agent.run().await;
+
+    let info = s.api.wait_final(&info.id, UPDATE_DEADLINE).await;
+    let output = info
+        .result
+        .as_ref()
+        .and_then(|r| r.output.clone())
+        .unwrap_or_else(|| panic!("the group's result carries its report: {info:#?}"));
+    let report: ComposeUpdateReport = serde_json::from_value(output).unwrap();
+    assert_eq!(report.services.len(), 2, "{report:#?}");
+    assert!(
+        report.services.iter().any(|r| r.recovered),
+        "finished after the restart: {report:#?}"
+    );
+    let now = (s.container(&web).await, s.container(&worker).await);
+    match report.outcome {
+        UpdateOutcome::Updated => {
+            assert!(report
+                .services
+                .iter()
+                .all(|r| r.outcome == UpdateOutcome::Updated));
+            assert_eq!(
+                (now.0 .1.as_str(), now.1 .1.as_str()),
+                (s.image("v2").as_str(), s.image("v2").as_str())
+            );
+            assert_eq!(read(&env_file), "TAG=v2\n", "the files declare what runs");
+        }
+        _ => {
+            assert!(
+                report
+                    .services
+                    .iter()
+                    .all(|r| r.outcome != UpdateOutcome::Updated),
+                "never half updated: {report:#?}"
+            );
+            assert_eq!(now, before, "both old containers run again");
+            assert_eq!(
+                read(&env_file),
+                "TAG=v1\n",
+                "the files are put back byte for byte"
+            );
+        }
+    }
+    assert_eq!(read(&file), text);
+    // The project is coherent: compose finds nothing to recreate.
+    let out = s.up(&project, &dir).await;
+    let after = (s.container(&web).await, s.container(&worker).await);
+    assert_eq!(after, now, "up -d recreated a service: {out}");
+    // Exactly one result reached the relay: the command's result is the group's report, and
+    // the history holds one record per container, each finished once with its outcome.
+    let records = eventually(DEADLINE, "the relay records each service", || async {
+        let r = group_records(&s.api, &s.agent.id, &info.id).await;
+        (r.len() == 2 && r.iter().all(|u| !u.active && u.outcome.is_some())).then_some(r)
+    })
+    .await;
+    for (u, r) in records.iter().zip(&report.services) {
+        assert_eq!(u.outcome, Some(r.outcome), "{u:#?}");
+    }
+    let results = s
+        .api
+        .events(&s.agent.id)
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.event.attributes.get("group") == Some(&info.id)
+                && e.event.attributes.contains_key("outcome")
+        })
+        .count();
+    assert_eq!(results, 2, "one final event per container");
+    println!(
+        "killed at {phase}: {} ({:?})",
+        report.outcome, report.reason
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_the_file_edit_and_the_first_stop_rolls_the_project_back() {
+    let r = killed_in_compose_update("cmp-kill-stop", "old_stopped").await;
+    assert_eq!(r.outcome, UpdateOutcome::RolledBack, "{r:#?}");
+    assert!(r.compose.as_ref().is_some_and(|c| c.restored), "{r:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_committing_commits_every_service() {
+    let r = killed_in_compose_update("cmp-kill-commit", "committing").await;
+    assert_eq!(r.outcome, UpdateOutcome::Updated, "{r:#?}");
+}
+
+/// A rollout of `--compose-project` over a project outside `[compose] allowed_dirs`: the
+/// member fails with the agent's refusal (nothing touched) until the rollout opts in with
+/// `allow_drift`; then the container is updated alone, the member says `compose drift: …`,
+/// and the relay raises the soft `compose_drift` alert from the heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compose_project_rollout_outside_allowed_dirs_opts_in_with_allow_drift() {
+    use flotilla_shared::rollout::{
+        AgentOutcome, ContainerOutcome, CreateRollout, RolloutInfo, RolloutState,
+    };
+    let s = Stack::new("cmp-rollout", &["v2"], true).await;
+    let project = s.project("ro");
+    let dir = s.elsewhere.join(&project);
+    std::fs::create_dir_all(&dir).unwrap();
+    let v1 = s.image("v1");
+    let file = dir.join("docker-compose.yml");
+    let text = s.compose_file(&[("web", &v1, "")]);
+    std::fs::write(&file, &text).unwrap();
+    s.up(&project, &dir).await;
+    let web = format!("{project}_web_1");
+    let before = s.container(&web).await;
+
+    let request = |allow_drift: bool| CreateRollout {
+        name: None,
+        selector: "*".parse().unwrap(),
+        container: None,
+        container_label: Some(format!("com.docker.compose.project={project}")),
+        image: s.image("v2"),
+        stages: Some("100%".into()),
+        staging: None,
+        order: None,
+        max_failures: None,
+        on_failure: None,
+        parallelism: None,
+        health: Some("running".parse().unwrap()),
+        health_timeout_secs: Some(20),
+        stable_secs: Some(1),
+        strategy: None,
+        stage_timeout_secs: None,
+        allow_drift,
+    };
+    let run = |allow_drift: bool| {
+        let req = request(allow_drift);
+        let api = &s.api;
+        async move {
+            let r: RolloutInfo = api
+                .post("/api/v1/rollouts", &req)
+                .await
+                .expect("start rollout");
+            assert_eq!(r.allow_drift, allow_drift);
+            eventually(UPDATE_DEADLINE, "the rollout to stop", || async {
+                let r: RolloutInfo = api.get(&format!("/api/v1/rollouts/{}", r.id)).await.ok()?;
+                matches!(r.state, RolloutState::Paused | RolloutState::Completed).then_some(r)
+            })
+            .await
+        }
+    };
+    // Without allow_drift: refused by the agent, nothing changed.
+    let refused = run(false).await;
+    assert_eq!(refused.state, RolloutState::Paused, "{refused:#?}");
+    let member = &refused.agents[0];
+    assert_eq!(member.outcome, AgentOutcome::Failed, "{member:#?}");
+    let reason = member.containers[0].reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("allowed_dirs"),
+        "says how to allow it: {reason}"
+    );
+    assert_eq!(s.container(&web).await, before, "not touched");
+    let _: RolloutInfo = s
+        .api
+        .post(
+            &format!("/api/v1/rollouts/{}/abort", refused.id),
+            &serde_json::json!({}),
+        )
+        .await
+        .expect("abort the refused rollout");
+
+    // With allow_drift: updated, the drift reported on the member and alerted from heartbeats.
+    let done = run(true).await;
+    assert_eq!(done.state, RolloutState::Completed, "{done:#?}");
+    let c = &done.agents[0].containers[0];
+    assert_eq!(c.outcome, ContainerOutcome::Updated, "{c:#?}");
+    let reason = c.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("compose drift: "), "{reason}");
+    assert!(reason.contains("allowed"), "{reason}");
+    assert_eq!(s.container(&web).await.1, s.image("v2"));
+    assert_eq!(read(&file), text, "the files were not edited");
+    let agent = &s.agent.id;
+    let alert = eventually(
+        DEADLINE,
+        "a compose_drift alert for the container",
+        || async {
+            let list: Vec<AlertInfo> = s
+                .api
+                .get(&format!(
+                    "/api/v1/alerts?state=firing&rule=compose_drift&agent={agent}&limit=100"
+                ))
+                .await
+                .ok()?;
+            list.into_iter().find(|a| a.subject == web)
+        },
+    )
+    .await;
+    assert_eq!(
+        alert.severity,
+        flotilla_shared::alert::Severity::Soft,
+        "{alert:#?}"
+    );
+    assert!(
+        alert.message.contains(&v1),
+        "names what the project declares: {alert:#?}"
     );
 }

@@ -121,6 +121,7 @@ impl Fleet {
             stable_secs: Some(1),
             strategy: None,
             stage_timeout_secs: None,
+            allow_drift: false,
         }
     }
 

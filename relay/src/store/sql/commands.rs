@@ -200,6 +200,8 @@ impl Sql {
         )?;
         let update = if kind == CommandKind::ContainerUpdate.as_str() {
             finish_update(tx, agent_id, result, new_state, now)?
+        } else if kind == CommandKind::ComposeUpdate.as_str() {
+            super::updates::finish_compose_update(tx, agent_id, result, new_state, now)?
         } else {
             None
         };

@@ -23,6 +23,14 @@ impl Sql {
         )?;
         if n > 0 && event.kind == EventKind::ContainerUpdate {
             if let Some(command_id) = event.attributes.get("command_id") {
+                // A container of a compose.update (`<group>.<service>`): its own row.
+                if let (Some(group), Some(name)) =
+                    (event.attributes.get("group"), &event.container_name)
+                {
+                    super::updates::start_compose_member(
+                        tx, agent_id, group, command_id, name, event.at,
+                    )?;
+                }
                 // Progress only moves an update that has no report yet (a late event after the
                 // result must not overwrite the report's final phase).
                 // A pull event says how many layers are done (both numbers or neither).

@@ -68,7 +68,9 @@ impl Sql {
                  AND agent_id IN (SELECT value FROM json_each(?2))",
                 params![command_id, to_json(&step.queued), ts(now)],
             )?;
-            if kind == CommandKind::ContainerUpdate.as_str() {
+            if kind == CommandKind::ContainerUpdate.as_str()
+                || kind == CommandKind::ComposeUpdate.as_str()
+            {
                 let queued: Vec<&str> = step.queued.iter().map(String::as_str).collect();
                 start_updates(tx, &command_id, &queued, now)?;
             }

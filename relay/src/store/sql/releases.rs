@@ -817,6 +817,7 @@ mod tests {
             stable_secs: None,
             strategy: UpdateStrategy::StopFirst,
             stage_timeout_secs: 3600,
+            allow_drift: false,
         };
         store
             .create_rollout(id.into(), spec, "ops".into())

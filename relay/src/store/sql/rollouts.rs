@@ -19,7 +19,8 @@ use super::{params, Conn, ConnExt, Optional, Row, SqlResult};
 use crate::model::rollouts::{
     agent_outcome, classify_update, container_list_verdict, info_of, order_fleet, select_members,
     ActionRefused, ContainerDispatch, FleetAgent, Progress, RevertPlan, RolloutRow, RolloutSpec,
-    SoakMember, StageView, Transition, UpdateVerdict, NOT_RUNNING, NO_SUCH_CONTAINER,
+    SoakMember, StageView, Transition, UpdateVerdict, COMPOSE_DRIFT, NOT_RUNNING,
+    NO_SUCH_CONTAINER,
 };
 use crate::store::{NewCommand, StoreError};
 use chrono::{DateTime, Utc};
@@ -469,7 +470,8 @@ impl Sql {
                 "SELECT rc.agent_id, rc.name, rc.outcome, d.state, \
                  json_extract(d.result, '$.error.code'), json_extract(d.result, '$.error.message'), \
                  u.outcome, COALESCE(json_extract(u.report, '$.old_image_digest'), \
-                 json_extract(u.report, '$.old_image')), d.updated_at \
+                 json_extract(u.report, '$.old_image')), d.updated_at, \
+                 json_extract(u.report, '$.compose.drift') \
                  FROM rollout_containers rc \
                  JOIN deliveries d ON d.agent_id = rc.agent_id AND d.command_id = \
                    CASE WHEN rc.outcome IN ('reverting','revert_failed') THEN rc.revert_command_id \
@@ -492,6 +494,7 @@ impl Sql {
                     r.get(6)?,
                     r.get(7)?,
                     r.get(8)?,
+                    r.get(9)?,
                 ))
             })?
         };
@@ -503,8 +506,18 @@ impl Sql {
                  old_image = COALESCE(?6, old_image), delivery_at = ?7 \
                  WHERE rollout_id = ?1 AND agent_id = ?2 AND name = ?3",
             )?;
-            for (agent_id, name, outcome, state, code, message, update_outcome, old_image, at) in
-                finished
+            for (
+                agent_id,
+                name,
+                outcome,
+                state,
+                code,
+                message,
+                update_outcome,
+                old_image,
+                at,
+                drift,
+            ) in finished
             {
                 let state = DeliveryState::parse(&state)
                     .ok_or_else(|| corrupt("delivery state", &state))?;
@@ -521,9 +534,12 @@ impl Sql {
                 let reverting = outcome == ContainerOutcome::Reverting.as_str()
                     || outcome == ContainerOutcome::RevertFailed.as_str();
                 let (new, reason, old) = match (reverting, verdict) {
-                    (false, UpdateVerdict::Updated { old_image }) => {
-                        (ContainerOutcome::Updated, None, old_image)
-                    }
+                    // An update allowed to leave its compose project drifted says so.
+                    (false, UpdateVerdict::Updated { old_image }) => (
+                        ContainerOutcome::Updated,
+                        drift.map(|d| format!("{COMPOSE_DRIFT}: {d}")),
+                        old_image,
+                    ),
                     (false, UpdateVerdict::Failed { reason }) => {
                         (ContainerOutcome::Failed, Some(reason), None)
                     }
@@ -1403,7 +1419,8 @@ impl Sql {
 }
 
 /// A container whose delivery is final: agent, name, outcome, delivery state, error code and
-/// message, update outcome, old image from the report, the delivery's `updated_at`.
+/// message, update outcome, old image from the report, the delivery's `updated_at`, and the
+/// compose drift the update reported (`allow_drift`).
 type FinishedContainer = (
     String,
     String,
@@ -1414,6 +1431,7 @@ type FinishedContainer = (
     Option<String>,
     Option<String>,
     String,
+    Option<String>,
 );
 
 /// Kinds of command that change an agent's containers or data: an agent upgrade (a restart of

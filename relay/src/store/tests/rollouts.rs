@@ -48,6 +48,7 @@ fn spec(selector: &str, container: &str, stages: &str) -> RolloutSpec {
         stable_secs: None,
         strategy: UpdateStrategy::StopFirst,
         stage_timeout_secs: 3600,
+        allow_drift: false,
     }
 }
 
@@ -224,6 +225,59 @@ async fn create_dispatch_atomically_reload_and_never_dispatch_twice() {
     assert_eq!(view.in_flight, 0);
     assert_eq!(info.events[0].action, "created");
     assert_eq!(info.events[1].action, "stage_started");
+}
+
+// --- compose (issue 17, part 1) ---
+#[tokio::test]
+async fn an_allow_drift_rollout_sends_it_and_records_the_drift_as_the_reason() {
+    let (_db, store) = file_store().await;
+    let agents = three_agents(&store).await;
+    let id = "ro_drift".to_string();
+    let mut spec = spec("tier=build", "ghost", "100%");
+    spec.allow_drift = true;
+    // The members' update commands carry it (the spec survives the store's JSON).
+    assert!(spec.update_args("ghost", "x:2").allow_drift);
+    store
+        .create_rollout(id.clone(), spec, "ops".into())
+        .await
+        .unwrap()
+        .unwrap();
+    let row = store.rollout_row(id.clone()).await.unwrap().unwrap();
+    assert!(row.spec.allow_drift);
+    assert!(
+        store
+            .rollout(id.clone())
+            .await
+            .unwrap()
+            .unwrap()
+            .allow_drift
+    );
+    store
+        .start_rollout_stage(id.clone(), row.progress.clone(), now())
+        .await
+        .unwrap();
+    let agent = agents[2].id.clone();
+    let mut cmd = update_command("cmd_ro_d1", &agent);
+    cmd.command = Command::ContainerUpdate(row.spec.update_args("ghost", &row.spec.image));
+    assert!(store
+        .dispatch_rollout_agent(id.clone(), agent.clone(), None, vec![ghost(cmd)])
+        .await
+        .unwrap());
+    let mut result = updated_result("cmd_ro_d1");
+    result.output.as_mut().unwrap()["compose"] = serde_json::json!({
+        "project": "shop", "service": "ghost",
+        "drift": "/srv/shop is not under [compose] allowed_dirs"
+    });
+    store.record_result(agent.clone(), result).await.unwrap();
+    store.refresh_rollout(id.clone(), now()).await.unwrap();
+    let info = store.rollout(id.clone()).await.unwrap().unwrap();
+    let member = info.agents.iter().find(|a| a.agent_id == agent).unwrap();
+    assert_eq!(member.outcome, AgentOutcome::Updated);
+    assert_eq!(member.containers[0].outcome, ContainerOutcome::Updated);
+    assert_eq!(
+        member.containers[0].reason.as_deref(),
+        Some("compose drift: /srv/shop is not under [compose] allowed_dirs")
+    );
 }
 
 #[tokio::test]

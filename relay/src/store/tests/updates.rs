@@ -713,3 +713,150 @@ async fn retention_prunes_finished_updates_only() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].command_id, "cmd_running");
 }
+
+// --- compose (issue 17, part 1) ---
+#[tokio::test]
+async fn a_compose_update_is_recorded_one_row_per_container_under_its_group() {
+    use flotilla_shared::compose::{ComposeReport, ComposeUpdateArgs, ComposeUpdateReport};
+    let fs = file_store().await;
+    let store = &fs.store;
+    token(store, "t", 3600, 5, "").await;
+    let a = enroll_ok(store, "t", new_agent("a", "")).await;
+    let mut c = command("cmd_grp", vec![(a.id.clone(), DeliveryState::Queued)], 600);
+    c.command = Command::ComposeUpdate(ComposeUpdateArgs {
+        project: "shop".into(),
+        services: Vec::new(),
+        image: "reg.example/app:v2".into(),
+        health: HealthSpec::Auto,
+        health_timeout_secs: None,
+        stable_secs: None,
+        strategy: UpdateStrategy::StopFirst,
+        allow_drift: false,
+    });
+    store.create_command(c).await.unwrap();
+    // At dispatch: one active row for the project.
+    let r = one(store, "cmd_grp").await;
+    assert_eq!(r.target_label(), "compose project shop");
+    assert!(r.active);
+    assert_eq!((r.group_id, r.compose_service), (None, None));
+
+    // The agent's first progress event about a container starts its row.
+    let mut ev = progress("cmd_grp.web", "pulling");
+    ev.container_name = Some("shop-web-1".into());
+    ev.attributes.insert("group".into(), "cmd_grp".into());
+    assert!(store.insert_event(a.id.clone(), 1, ev).await.unwrap());
+    let w = one(store, "cmd_grp.web").await;
+    assert_eq!(w.group_id.as_deref(), Some("cmd_grp"));
+    assert_eq!(w.compose_service.as_deref(), Some("web"));
+    assert_eq!(w.phase.as_deref(), Some("pulling"));
+    assert_eq!(w.image, "reg.example/app:v2");
+    assert!(w.active);
+    assert_eq!(
+        store
+            .is_updating(a.id.clone(), "shop-web-1".into())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("cmd_grp.web"),
+        "alerts about the container are suppressed while it updates"
+    );
+
+    // The result: both services rolled back (the worker failed its gate).
+    let service = |name: &str, container: &str| {
+        let mut r = report(UpdateOutcome::RolledBack);
+        r.container = container.into();
+        r.compose = Some(ComposeReport {
+            project: "shop".into(),
+            service: name.into(),
+            ..Default::default()
+        });
+        r
+    };
+    let group = ComposeUpdateReport {
+        project: "shop".into(),
+        image: "reg.example/app:v2".into(),
+        outcome: UpdateOutcome::RolledBack,
+        reason: Some("the health gate failed for shop-worker-1".into()),
+        compose: None,
+        services: vec![
+            service("web", "shop-web-1"),
+            service("worker", "shop-worker-1"),
+        ],
+    };
+    let mut result = update_result(
+        "cmd_grp",
+        ResultStatus::Failed,
+        None,
+        Some("update_rolled_back"),
+    );
+    result.output = Some(serde_json::to_value(&group).unwrap());
+    store.record_result(a.id.clone(), result).await.unwrap();
+    let rows = history(store, &a.id).await;
+    let mut ids: Vec<&str> = rows.iter().map(|r| r.command_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["cmd_grp.web", "cmd_grp.worker"],
+        "the project's row is replaced"
+    );
+    for r in &rows {
+        assert!(!r.active);
+        assert_eq!(r.outcome, Some(UpdateOutcome::RolledBack));
+        assert_eq!(r.state, DeliveryState::Failed);
+        assert_eq!(r.error.as_ref().unwrap().code, "update_rolled_back");
+        assert_eq!(r.compose_project.as_deref(), Some("shop"));
+        assert_eq!(r.group_id.as_deref(), Some("cmd_grp"));
+        assert_eq!(r.report.as_ref().unwrap().container, r.container);
+    }
+    // What the update rules read: one rolled-back update per container.
+    let finished = store
+        .finished_updates(now() - chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    let mut containers: Vec<(&str, Option<UpdateOutcome>)> = finished
+        .iter()
+        .map(|f| (f.container.as_str(), f.outcome))
+        .collect();
+    containers.sort_by_key(|c| c.0);
+    assert_eq!(
+        containers,
+        [
+            ("shop-web-1", Some(UpdateOutcome::RolledBack)),
+            ("shop-worker-1", Some(UpdateOutcome::RolledBack))
+        ]
+    );
+
+    // A refusal that touched nothing keeps the project's row, with the error.
+    let mut c = command("cmd_grp2", vec![(a.id.clone(), DeliveryState::Queued)], 600);
+    c.command = Command::ComposeUpdate(ComposeUpdateArgs {
+        project: "ghost".into(),
+        services: Vec::new(),
+        image: "reg.example/app:v2".into(),
+        health: HealthSpec::Auto,
+        health_timeout_secs: None,
+        stable_secs: None,
+        strategy: UpdateStrategy::StopFirst,
+        allow_drift: false,
+    });
+    store.create_command(c).await.unwrap();
+    let refusal = ComposeUpdateReport {
+        project: "ghost".into(),
+        image: "reg.example/app:v2".into(),
+        outcome: UpdateOutcome::FailedUnchanged,
+        reason: Some("no such project".into()),
+        compose: None,
+        services: Vec::new(),
+    };
+    let mut result = update_result(
+        "cmd_grp2",
+        ResultStatus::Failed,
+        None,
+        Some("no_such_container"),
+    );
+    result.output = Some(serde_json::to_value(&refusal).unwrap());
+    store.record_result(a.id.clone(), result).await.unwrap();
+    let r = one(store, "cmd_grp2").await;
+    assert!(!r.active);
+    assert_eq!(r.outcome, Some(UpdateOutcome::FailedUnchanged));
+    assert_eq!(r.error.unwrap().code, "no_such_container");
+}

@@ -174,6 +174,11 @@ fn markup(v: &View, now: DateTime<Utc>) -> Markup {
             h2 { "Compose drift" }
             (super::compose::drift_table(&hb.compose_drift))
         } }
+        // --- host certificates (issue 17, part 2) ---
+        @if let Some(hb) = hb { @if !hb.host.certificates.is_empty() {
+            h2 { "Host certificates" }
+            (super::certificates::table(&hb.host.certificates, now))
+        } }
         h2 { "Alerts" }
         @if v.alerts.is_empty() { p.muted { "None." } } @else { (super::alerts::table(v.alerts, now, v.operate)) }
         h2 { "Updates" }
@@ -267,7 +272,7 @@ fn updates(list: &[UpdateRecord], now: DateTime<Utc>) -> Markup {
                     @for u in list.iter().take(50) {
                         tr {
                             td { (layout::when(u.created_at, now)) }
-                            td { (u.container_name.as_deref().unwrap_or(&u.container)) }
+                            td { (u.target_label()) }
                             td { code { (u.image) } }
                             td { (u.requested_by) }
                             td data-test="update-progress" { (u.state.as_str()) @if let Some(p) = &u.phase { " · " (p) }

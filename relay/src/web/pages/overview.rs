@@ -76,7 +76,7 @@ fn markup(v: &FleetOverview, agents: &[AgentInfo], now: chrono::DateTime<chrono:
         }
         @for u in &v.updates {
             div.flight data-test="flight-update" {
-                "update of " (u.container_name.as_deref().unwrap_or(&u.container)) " on "
+                "update of " (u.target_label()) " on "
                 a href={ "/ui/agents/" (u.agent_id) } { (u.agent_id) }
                 " to " code { (u.image) } " · " (u.phase.as_deref().unwrap_or("queued"))
             }
