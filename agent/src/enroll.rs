@@ -309,6 +309,7 @@ mod tests {
             agent_id: "ag_new".into(),
             name: "host".into(),
             labels: Labels::new(),
+            ignored_labels: Labels::new(),
             relay_public_key: key.to_base64(),
             relay_key_fingerprint: fingerprint.into(),
             heartbeat_interval_secs: 60,

@@ -53,6 +53,8 @@ fn token_create_parses_labels_and_durations() {
         "3",
         "--note",
         "rack 4",
+        "--agent-labels",
+        "rack,zone",
     ])
     .unwrap();
     let CliCommand::Token(TokenCommand::Create {
@@ -60,6 +62,7 @@ fn token_create_parses_labels_and_durations() {
         ttl,
         uses,
         note,
+        agent_labels,
     }) = cli.command
     else {
         panic!("wrong command")
@@ -68,6 +71,7 @@ fn token_create_parses_labels_and_durations() {
     assert_eq!(ttl, Some(Duration::from_secs(3600)));
     assert_eq!(uses, Some(3));
     assert_eq!(note.as_deref(), Some("rack 4"));
+    assert_eq!(agent_labels, vec!["rack".to_string(), "zone".to_string()]);
 
     let e = parse(&["token", "create", "--ttl", "1w"]).unwrap_err();
     assert!(e.to_string().contains("invalid duration"), "{e}");

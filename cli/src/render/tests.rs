@@ -417,6 +417,7 @@ fn tokens() {
         revoked: false,
         note: None,
         created_by: "admin".into(),
+        agent_label_keys: Vec::new(),
     };
     let created = EnrollmentTokenCreated {
         token: "fet_secret".into(),
