@@ -578,10 +578,10 @@ mod compose_tests {
         ] {
             let mut args = vec!["--compose-project", "shop"];
             args.extend_from_slice(other);
-            let e = parse(&args)
-                .err()
-                .expect("both targets are refused")
-                .to_string();
+            let Err(e) = parse(&args) else {
+                panic!("both targets are refused: {args:?}")
+            };
+            let e = e.to_string();
             assert!(
                 e.contains("--compose-project") && e.contains(other[0]),
                 "{e}"

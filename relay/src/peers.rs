@@ -267,6 +267,20 @@ impl ClusterTasks {
         }
     }
 
+    /// Closes the agent connections of a retired relay (any that reached it meanwhile too).
+    fn close_retired(&self) {
+        let closed = self.hub.disconnect_all(
+            "relay_unavailable",
+            "this relay is older than its database's schema; reconnect to another relay",
+        );
+        if closed > 0 {
+            tracing::warn!(
+                agents = closed,
+                "closed agent connections of a retired relay"
+            );
+        }
+    }
+
     async fn membership_loop(self: Arc<Self>, stop: CancellationToken) {
         let me = self.cluster.relay_id().to_string();
         let started_at = crate::store::now();
@@ -285,6 +299,11 @@ impl ClusterTasks {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = seen.tick() => {}
+            }
+            if self.cluster.retired().is_some() {
+                // Retired for good: out of the cluster (no more liveness), and no agent stays.
+                self.close_retired();
+                continue;
             }
             let now = crate::store::now();
             let row = RelayRow {
@@ -324,22 +343,17 @@ impl ClusterTasks {
                              relay with the newer build"
                         );
                         self.cluster.retire(e.to_string());
+                        // The others stop counting this relay and its agents at once.
+                        if let Err(e) = self.store.relay_left(me.clone()).await {
+                            tracing::warn!(error = %e, "cannot remove this relay from the relays table");
+                        }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "cannot check the database's schema"),
                     Ok(Ok(())) | Err(_) => {}
                 }
             }
             if self.cluster.retired().is_some() {
-                let closed = self.hub.disconnect_all(
-                    "relay_unavailable",
-                    "this relay is older than its database's schema; reconnect to another relay",
-                );
-                if closed > 0 {
-                    tracing::warn!(
-                        agents = closed,
-                        "closed agent connections of a retired relay"
-                    );
-                }
+                self.close_retired();
                 continue;
             }
             if last_ok.elapsed() > LEASE_TTL - LEASE_MARGIN {

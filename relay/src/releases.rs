@@ -321,7 +321,7 @@ where
         // repairs a file that went missing or was damaged, even one of the same length.
         install(&temp_path, final_path, &dir).await?;
         temp.kept();
-        files::ensure_stored(&releases.store, version, arch, final_path).await?;
+        files::store_bytes(&releases.store, version, arch, final_path).await?;
         tracing::info!(
             version,
             arch,
@@ -378,15 +378,20 @@ where
             .await?
         {
             Some(existing) if existing.info.sha256 == sha256 && existing.info.size == size => {
-                files::ensure_stored(&releases.store, version, arch, final_path).await?;
+                files::store_bytes(&releases.store, version, arch, final_path).await?;
                 Ok(Published::Existing(existing.info))
             }
-            Some(existing) => Err(PublishError::Conflict {
-                version: version.to_string(),
-                arch: arch.to_string(),
-                existing: existing.info.sha256,
-                uploaded: sha256,
-            }),
+            Some(existing) => {
+                // This upload's bytes are not the build: the file goes, and the next download
+                // writes the build's from the database.
+                let _ = tokio::fs::remove_file(final_path).await;
+                Err(PublishError::Conflict {
+                    version: version.to_string(),
+                    arch: arch.to_string(),
+                    existing: existing.info.sha256,
+                    uploaded: sha256,
+                })
+            }
             None => Err(PublishError::Concurrent {
                 version: version.to_string(),
                 arch: arch.to_string(),

@@ -131,6 +131,12 @@ pub fn read_password_file(path: &Path) -> std::io::Result<String> {
         .to_string())
 }
 
+/// The relay's database URL as libpq's tools (`pg_dump`, `pg_restore`) should get it: see
+/// `postgres/tls.rs`.
+pub fn libpq_url(url: &str) -> String {
+    postgres::tls::libpq_url(url)
+}
+
 /// A database URL fit for logs and errors: the password, if any, replaced by `***`.
 pub fn redact_database_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

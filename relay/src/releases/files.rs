@@ -18,6 +18,48 @@ use tokio::io::AsyncWriteExt;
 /// build this relay lacks writes it once.
 static MATERIALISE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Files this process checked against their manifest (path, length, modification time): a file
+/// is hashed once, not at every download.
+static VERIFIED: std::sync::Mutex<Vec<(PathBuf, u64, std::time::SystemTime)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The identity [`VERIFIED`] remembers a file by; None when it is not a file.
+async fn stamp(path: &Path) -> Option<(PathBuf, u64, std::time::SystemTime)> {
+    let meta = tokio::fs::metadata(path).await.ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    Some((path.to_path_buf(), meta.len(), meta.modified().ok()?))
+}
+
+/// Whether the file at `path` holds the build (size and SHA-256), hashing it only when this
+/// process has not checked this version of the file before.
+async fn holds(path: &Path, release: &StoredRelease) -> bool {
+    let Some(id) = stamp(path).await else {
+        return false;
+    };
+    if id.1 != release.info.size {
+        return false;
+    }
+    if VERIFIED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&id)
+    {
+        return true;
+    }
+    let good = matches!(
+        hash_file(path.to_path_buf()).await,
+        Ok((sha, size)) if sha == release.info.sha256 && size == release.info.size
+    );
+    if good {
+        let mut verified = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
+        verified.retain(|v| v.0 != id.0);
+        verified.push(id);
+    }
+    good
+}
+
 /// Why a build's file could not be written from the database.
 #[derive(Debug, thiserror::Error)]
 pub enum MaterialiseError {
@@ -49,16 +91,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterialiseError + '_ {
     }
 }
 
-/// Whether the file at `path` has `size` bytes.
-async fn has_size(path: &Path, size: u64) -> bool {
-    tokio::fs::metadata(path)
-        .await
-        .is_ok_and(|m| m.is_file() && m.len() == size)
-}
-
-/// Makes sure the file of `release` is in place under `data_dir`: kept when it has the
-/// manifest's size, otherwise written from the bytes in the database and checked against the
-/// manifest. `Ok(false)` when the file is missing and the database has no bytes for it.
+/// Makes sure the file of `release` is in place under `data_dir`: kept when it holds the
+/// manifest's bytes (size and SHA-256, hashed once per process and version of the file),
+/// otherwise written from the bytes in the database and checked against the manifest.
+/// `Ok(false)` when the file is not the build and the database has no bytes for it.
 pub async fn materialise(
     store: &Store,
     data_dir: &Path,
@@ -66,12 +102,12 @@ pub async fn materialise(
 ) -> Result<bool, MaterialiseError> {
     let info = &release.info;
     let path = binary_path(data_dir, &info.version, &info.arch);
-    if has_size(&path, info.size).await {
+    if holds(&path, release).await {
         return Ok(true);
     }
     let _guard = MATERIALISE_LOCK.lock().await;
     // Written by a download that held the lock before this one.
-    if has_size(&path, info.size).await {
+    if holds(&path, release).await {
         return Ok(true);
     }
     let dir = path.parent().expect("a build path has a directory");
@@ -114,12 +150,12 @@ async fn fill(
         .await?
     {
         size += chunk.len() as u64;
+        seq += 1;
         if size > info.size {
             break;
         }
         sha.update(&chunk);
         file.write_all(&chunk).await.map_err(io(temp))?;
-        seq += 1;
     }
     if seq == 0 {
         return Ok(false);
@@ -151,22 +187,18 @@ async fn fill(
     Ok(true)
 }
 
-/// Stores the bytes of a build from its verified file unless the database has them already.
-pub(super) async fn ensure_stored(
+/// Stores the bytes of a build from its file (replacing what the database held: publishing the
+/// same bytes again is the repair of damaged stored bytes); refused, with nothing changed,
+/// unless the file holds the build.
+pub(super) async fn store_bytes(
     store: &Store,
     version: &str,
     arch: &str,
     file: &Path,
 ) -> Result<(), StoreError> {
-    if store
-        .release_chunk(version.to_string(), arch.to_string(), 0)
-        .await?
-        .is_none()
-    {
-        store
-            .store_release_bytes(version.to_string(), arch.to_string(), file.to_path_buf())
-            .await?;
-    }
+    store
+        .store_release_bytes(version.to_string(), arch.to_string(), file.to_path_buf())
+        .await?;
     Ok(())
 }
 

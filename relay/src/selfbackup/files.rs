@@ -221,7 +221,7 @@ pub async fn pg_dump_file(
         .arg("--file")
         .arg(&tmp)
         .arg("--dbname")
-        .arg(url)
+        .arg(crate::store::libpq_url(url))
         .output()
         .await
         .map_err(|e| err(format!("cannot run {}: {e}", pg_dump.display())))?;

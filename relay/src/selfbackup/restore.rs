@@ -347,7 +347,7 @@ async fn pg_restore_into(
     }
     let out = cmd
         .arg("--dbname")
-        .arg(&url)
+        .arg(crate::store::libpq_url(&url))
         .arg(dump)
         .output()
         .await

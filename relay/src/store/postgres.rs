@@ -643,11 +643,22 @@ fn migrate(client: &mut Client) -> Result<(), StoreError> {
     let mut tx = client.transaction().map_err(pg_error)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .map_err(pg_error)?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS flotilla_schema (version BIGINT NOT NULL);\n\
-         ALTER TABLE flotilla_schema ADD COLUMN IF NOT EXISTS compatible_from BIGINT;",
-    )
-    .map_err(pg_error)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS flotilla_schema (version BIGINT NOT NULL)")
+        .map_err(pg_error)?;
+    // Altered once (a relay running with a role that may only read and write rows starts on a
+    // database that already has the column).
+    let has_column = tx
+        .query_opt(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name = 'flotilla_schema' AND column_name = 'compatible_from'",
+            &[],
+        )
+        .map_err(pg_error)?
+        .is_some();
+    if !has_column {
+        tx.batch_execute("ALTER TABLE flotilla_schema ADD COLUMN compatible_from BIGINT")
+            .map_err(pg_error)?;
+    }
     let row = tx
         .query_opt("SELECT version, compatible_from FROM flotilla_schema", &[])
         .map_err(pg_error)?;

@@ -70,15 +70,17 @@ impl Store {
         self.write(move |c| {
             let created = Sql::insert_release(c, &release)?;
             if let (true, Some(file)) = (created, &release.file) {
-                Sql::put_release_chunks(c, &release.version, &release.arch, file)?;
+                let expected = (release.size, release.sha256.as_str());
+                Sql::put_release_chunks(c, &release.version, &release.arch, file, expected)?;
             }
             Ok(created)
         })
         .await
     }
 
-    /// Stores the bytes of an already recorded build from `file` (replacing any stored),
-    /// the number of bytes stored; None when no such build is recorded.
+    /// Stores the bytes of an already recorded build from `file` (replacing any stored) when
+    /// they are the build's (its size and SHA-256, else an error and nothing changes); the
+    /// number of bytes stored, None when no such build is recorded.
     pub async fn store_release_bytes(
         &self,
         version: String,
@@ -86,10 +88,11 @@ impl Store {
         file: PathBuf,
     ) -> Result<Option<u64>, StoreError> {
         self.write(move |c| {
-            if Sql::release(c, &version, &arch)?.is_none() {
+            let Some(release) = Sql::release(c, &version, &arch)? else {
                 return Ok(None);
-            }
-            Sql::put_release_chunks(c, &version, &arch, &file).map(Some)
+            };
+            let expected = (release.info.size, release.info.sha256.as_str());
+            Sql::put_release_chunks(c, &version, &arch, &file, expected).map(Some)
         })
         .await
     }

@@ -42,22 +42,45 @@ impl Connector {
     }
 }
 
-/// Splits the relay's database URL into the driver's settings and the connector.
+/// The URL's base and its query's `key=value` pairs.
+fn split(url: &str) -> (&str, Vec<(&str, &str)>) {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let pairs = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    (base, pairs)
+}
+
+/// Splits the relay's database URL into the driver's settings and the connector. Only
+/// `postgres://` / `postgresql://` URLs: a `key=value` connection string would carry its own
+/// `sslmode` past this parsing (and its password into error messages).
 pub(crate) fn parse(url: &str) -> Result<(Config, Connector), StoreError> {
     let bad = |why: String| StoreError::Corrupt(format!("bad PostgreSQL URL: {why}"));
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, q),
-        None => (url, ""),
-    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(bad(
+            "give the database as a postgres://user@host/database URL (key=value connection \
+             strings are not accepted)"
+                .into(),
+        ));
+    }
+    let (base, pairs) = split(url);
     let mut mode = None;
     let mut root_cert = None;
     let mut rest = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in pairs {
         match key {
             "sslmode" => mode = Some(value.to_string()),
             "sslrootcert" => root_cert = Some(PathBuf::from(percent_decode(value))),
-            _ => rest.push(pair),
+            "channel_binding" if value == "require" => {
+                return Err(bad(
+                    "channel_binding=require is not supported (the relay verifies the server's \
+                     certificate instead): remove it"
+                        .into(),
+                ))
+            }
+            _ => rest.push(format!("{key}={value}")),
         }
     }
     let driver_url = if rest.is_empty() {
@@ -68,6 +91,12 @@ pub(crate) fn parse(url: &str) -> Result<(Config, Connector), StoreError> {
     let mut config: Config = driver_url.parse().map_err(|e| bad(format!("{e}")))?;
     let tls = match mode.as_deref() {
         None | Some("disable" | "allow" | "prefer") => {
+            if matches!(mode.as_deref(), Some("allow" | "prefer")) {
+                tracing::warn!(
+                    "sslmode={} connects to PostgreSQL without TLS; use sslmode=verify-full for TLS",
+                    mode.as_deref().unwrap_or_default()
+                );
+            }
             if root_cert.is_some() {
                 return Err(bad(
                     "sslrootcert is set but sslmode is not require, verify-ca or verify-full: \
@@ -92,6 +121,39 @@ pub(crate) fn parse(url: &str) -> Result<(Config, Connector), StoreError> {
         }
     };
     Ok((config, Connector { tls }))
+}
+
+/// The URL for libpq's own tools (`pg_dump`, `pg_restore`: the relay's backup), with the
+/// relay's TLS rule: any TLS mode becomes `verify-full`, and without `sslrootcert` the
+/// system's CA bundle is named (libpq would otherwise look for `~/.postgresql/root.crt`), so the
+/// tools verify the server exactly as the relay does.
+pub(crate) fn libpq_url(url: &str) -> String {
+    let (base, pairs) = split(url);
+    let tls = pairs
+        .iter()
+        .any(|(k, v)| *k == "sslmode" && matches!(*v, "require" | "verify-ca" | "verify-full"));
+    if !tls {
+        return url.to_string();
+    }
+    let mut out: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| match *k {
+            "sslmode" => "sslmode=verify-full".to_string(),
+            _ => format!("{k}={v}"),
+        })
+        .collect();
+    if !pairs.iter().any(|(k, _)| *k == "sslrootcert") {
+        let bundle = [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file());
+        if let Some(bundle) = bundle {
+            out.push(format!("sslrootcert={bundle}"));
+        }
+    }
+    format!("{base}?{}", out.join("&"))
 }
 
 /// `%2F` and friends in a path given in the URL.
@@ -217,5 +279,20 @@ mod tests {
         assert!(err.to_string().contains("sslmode=sometimes"), "{err}");
         let err = parse("postgres://db/f?sslrootcert=/ca.pem").err().unwrap();
         assert!(err.to_string().contains("would not use TLS"), "{err}");
+        let err = parse("host=db password=s3cret sslmode=require")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(percent_decode("%2Fa%+fb%zz"), "/a%+fb%zz");
+
+        // The backup's tools verify as the relay does.
+        assert_eq!(
+            libpq_url("postgres://db/f?sslmode=require&sslrootcert=/ca.pem"),
+            "postgres://db/f?sslmode=verify-full&sslrootcert=/ca.pem"
+        );
+        assert_eq!(libpq_url("postgres://db/f"), "postgres://db/f");
+        assert!(libpq_url("postgres://db/f?sslmode=verify-ca")
+            .starts_with("postgres://db/f?sslmode=verify-full"));
     }
 }

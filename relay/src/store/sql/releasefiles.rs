@@ -29,12 +29,15 @@ pub const CHUNK_BYTES: usize = 256 * 1024;
 
 impl Sql {
     /// Replaces the stored bytes of (version, arch) with the file at `path`, read in
-    /// [`CHUNK_BYTES`] pieces inside the caller's transaction. The number of bytes stored.
+    /// [`CHUNK_BYTES`] pieces inside the caller's transaction, which fails (so nothing is
+    /// stored) unless what was read has the build's size and SHA-256: the file may have
+    /// changed since it was checked. The number of bytes stored.
     pub(in crate::store) fn put_release_chunks(
         tx: &mut dyn Conn,
         version: &str,
         arch: &str,
         path: &Path,
+        expected: (u64, &str),
     ) -> Result<u64, StoreError> {
         let unreadable =
             |e: std::io::Error| StoreError::File(format!("cannot read {}: {e}", path.display()));
@@ -45,6 +48,7 @@ impl Sql {
         )?;
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut total = 0u64;
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
         for seq in 0i64.. {
             let mut filled = 0;
             while filled < CHUNK_BYTES {
@@ -60,10 +64,21 @@ impl Sql {
                 "INSERT INTO release_chunks (version, arch, seq, data) VALUES (?1, ?2, ?3, ?4)",
                 params![version, arch, seq, buf[..filled].to_vec()],
             )?;
+            sha.update(&buf[..filled]);
             total += filled as u64;
-            if filled < CHUNK_BYTES {
+            if filled < CHUNK_BYTES || total > expected.0 {
                 break;
             }
+        }
+        let sha256 = hex::encode(sha.finish().as_ref());
+        if (total, sha256.as_str()) != expected {
+            return Err(StoreError::File(format!(
+                "{} no longer holds flotilla-agent {version} for {arch}: {total} bytes with sha256 \
+                 {sha256}, not {} bytes with sha256 {}",
+                path.display(),
+                expected.0,
+                expected.1
+            )));
         }
         Ok(total)
     }

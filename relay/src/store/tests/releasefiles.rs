@@ -87,6 +87,13 @@ async fn a_published_build_keeps_its_bytes_in_the_database_in_order() {
         vec![("0.9.0".to_string(), "x86_64".to_string())]
     );
     let file = dir.path().join("old");
+    std::fs::write(&file, b"not these bytes").unwrap();
+    let err = store
+        .store_release_bytes("0.9.0".into(), "x86_64".into(), file.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer holds"), "{err}");
+    assert!(stored_bytes(&store, "0.9.0").await.is_empty());
     std::fs::write(&file, &bytes).unwrap();
     let n = store
         .store_release_bytes("0.9.0".into(), "x86_64".into(), file.clone())
@@ -146,6 +153,12 @@ async fn a_relay_without_the_file_writes_it_from_the_database() {
     std::fs::write(&path, &bytes[..100]).unwrap();
     assert!(materialise(&store, other.path(), &release).await.unwrap());
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    // Damaged with its size kept (bit rot, another upload's bytes): rewritten too.
+    let mut flipped = bytes.clone();
+    flipped[CHUNK_BYTES + 3] ^= 0x55;
+    std::fs::write(&path, &flipped).unwrap();
+    assert!(materialise(&store, other.path(), &release).await.unwrap());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
     // No temporary file is left beside it.
     let names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
@@ -160,8 +173,22 @@ async fn a_relay_without_the_file_writes_it_from_the_database() {
         .collect::<Vec<u8>>();
     let wrong_file = publisher.path().join("wrong");
     std::fs::write(&wrong_file, &wrong).unwrap();
-    store
+    // Bytes that are not the build's are never stored through the store's operations ...
+    let err = store
         .store_release_bytes("2.0.0".into(), "x86_64".into(), wrong_file)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no longer holds"), "{err}");
+    assert_eq!(stored_bytes(&store, "2.0.0").await, bytes);
+    // ... so damage them underneath (a restored or edited database).
+    let first = wrong[..CHUNK_BYTES].to_vec();
+    store
+        .write_unfenced(move |c| {
+            Ok(c.execute(
+                "UPDATE release_chunks SET data = ?1 WHERE version = '2.0.0' AND seq = 0",
+                params![first],
+            )?)
+        })
         .await
         .unwrap();
     let third = tempfile::tempdir().unwrap();
