@@ -257,7 +257,7 @@ mod tests {
             min_severity: Severity::Medium,
             events: vec!["alert.firing".into()],
         };
-        let c = notification_failed_conditions(&cfg, &failures, &[route.clone()]);
+        let c = notification_failed_conditions(&cfg, &failures, std::slice::from_ref(&route));
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].rule, Rule::NotificationFailed);
         assert_eq!(c[0].severity, Severity::Hard);
