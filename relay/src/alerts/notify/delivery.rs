@@ -15,6 +15,7 @@ use chrono::{DateTime, Utc};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use webhook::Outgoing;
 
 /// Longest wait between two looks at a channel's outbox when nothing is due sooner.
 pub(super) const POLL: Duration = Duration::from_secs(1);
@@ -32,16 +33,6 @@ pub(super) enum Attempt {
     GiveUp {
         error: String,
     },
-}
-
-/// What one attempt sends: the stored row's delivery id, event and payload.
-pub(super) struct Outgoing<'a> {
-    /// `X-Flotilla-Delivery`, `webhook-id`, Slack's `flotilla_delivery_id`.
-    pub delivery_id: &'a str,
-    /// `X-Flotilla-Event`.
-    pub event: &'a str,
-    /// The generic webhook's body: the payload exactly as stored when it was decided.
-    pub body: &'a [u8],
 }
 
 pub(super) enum Transport {

@@ -12,7 +12,6 @@
 //!   bytes (the relay refuses to start when that part is not valid base64); any other secret
 //!   is keyed with its bytes as written, like the Flotilla header ([`standard_key`]).
 
-use super::delivery::Outgoing;
 use super::{http, Attempt, NotificationKind};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -140,6 +139,16 @@ fn sign(key: &hmac::Key, timestamp: &str, body: &[u8]) -> hmac::Tag {
     context.update(b".");
     context.update(body);
     context.sign()
+}
+
+/// What one attempt sends: the stored row's delivery id, event and payload.
+pub(super) struct Outgoing<'a> {
+    /// `X-Flotilla-Delivery`, `webhook-id`, Slack's `flotilla_delivery_id`.
+    pub delivery_id: &'a str,
+    /// `X-Flotilla-Event`.
+    pub event: &'a str,
+    /// The generic webhook's body: the payload exactly as stored when it was decided.
+    pub body: &'a [u8],
 }
 
 /// One configured webhook.
