@@ -579,8 +579,7 @@ mod compose_tests {
             let mut args = vec!["--compose-project", "shop"];
             args.extend_from_slice(other);
             let e = parse(&args)
-                .err()
-                .expect("both targets are refused")
+                .expect_err("both targets are refused")
                 .to_string();
             assert!(
                 e.contains("--compose-project") && e.contains(other[0]),
@@ -591,17 +590,17 @@ mod compose_tests {
 
     #[test]
     fn allow_drift_is_for_container_rollouts_only() {
-        let e = T::try_parse_from([
+        let Err(e) = T::try_parse_from([
             "t",
             "--selector",
             "a=b",
             "--agent-version",
             "0.2.0",
             "--allow-drift",
-        ])
-        .err()
-        .expect("an agent rollout has no compose files")
-        .to_string();
+        ]) else {
+            panic!("an agent rollout has no compose files");
+        };
+        let e = e.to_string();
         assert!(e.contains("--allow-drift"), "{e}");
     }
 }
