@@ -18,46 +18,14 @@ use tokio::io::AsyncWriteExt;
 /// build this relay lacks writes it once.
 static MATERIALISE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Files this process checked against their manifest (path, length, modification time): a file
-/// is hashed once, not at every download.
-static VERIFIED: std::sync::Mutex<Vec<(PathBuf, u64, std::time::SystemTime)>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// The identity [`VERIFIED`] remembers a file by; None when it is not a file.
-async fn stamp(path: &Path) -> Option<(PathBuf, u64, std::time::SystemTime)> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    Some((path.to_path_buf(), meta.len(), meta.modified().ok()?))
-}
-
-/// Whether the file at `path` holds the build (size and SHA-256), hashing it only when this
-/// process has not checked this version of the file before.
+/// Whether the file at `path` has the build's size. Its bytes are not hashed here: agents and
+/// install.sh check the SHA-256 of what they download against the signed manifest (a file
+/// damaged in place is refused by them, as `e2e::install` shows); a file written from the
+/// database is checked before it is put in place.
 async fn holds(path: &Path, release: &StoredRelease) -> bool {
-    let Some(id) = stamp(path).await else {
-        return false;
-    };
-    if id.1 != release.info.size {
-        return false;
-    }
-    if VERIFIED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&id)
-    {
-        return true;
-    }
-    let good = matches!(
-        hash_file(path.to_path_buf()).await,
-        Ok((sha, size)) if sha == release.info.sha256 && size == release.info.size
-    );
-    if good {
-        let mut verified = VERIFIED.lock().unwrap_or_else(|p| p.into_inner());
-        verified.retain(|v| v.0 != id.0);
-        verified.push(id);
-    }
-    good
+    tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|m| m.is_file() && m.len() == release.info.size)
 }
 
 /// Why a build's file could not be written from the database.
@@ -91,9 +59,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MaterialiseError + '_ {
     }
 }
 
-/// Makes sure the file of `release` is in place under `data_dir`: kept when it holds the
-/// manifest's bytes (size and SHA-256, hashed once per process and version of the file),
-/// otherwise written from the bytes in the database and checked against the manifest.
+/// Makes sure the file of `release` is in place under `data_dir`: kept when it has the
+/// manifest's size, otherwise written from the bytes in the database and checked against the manifest.
 /// `Ok(false)` when the file is not the build and the database has no bytes for it.
 pub async fn materialise(
     store: &Store,
