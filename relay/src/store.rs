@@ -569,6 +569,17 @@ impl Store {
         .expect("test store thread")
     }
 
+    /// Whether this relay may still run on its database: on PostgreSQL a newer relay may have
+    /// migrated it meanwhile (a rolling upgrade) to a schema this one must not write to, which
+    /// is [`StoreError::TooNew`]. Always fine on SQLite, whose file only this relay migrates.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let (version, compatible_from) = self.read(postgres::schema_state).await?;
+        postgres::runs_on(version, compatible_from, sqlite::MIGRATIONS.len() as i64)
+    }
+
     /// An in-memory database, for unit tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
         Ok(Store {

@@ -64,14 +64,9 @@ impl PgServer {
         }
         self.psql("ALTER SYSTEM SET ssl = on");
         self.psql("SELECT pg_reload_conf()");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while self.psql("SHOW ssl") != "on" {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "PostgreSQL did not turn TLS on"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        flotilla_testkit::wait::Poller::new(std::time::Duration::from_secs(10))
+            .poll_blocking(|| (self.psql("SHOW ssl") == "on").then_some(()))
+            .expect("PostgreSQL did not turn TLS on");
     }
 
     /// Runs `sql` with `psql` on the server's `postgres` database (stopping at the first

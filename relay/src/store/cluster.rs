@@ -225,21 +225,6 @@ impl Store {
         .await
     }
 
-    /// Whether this relay may still run on its database: on PostgreSQL a newer relay may have
-    /// migrated it meanwhile (a rolling upgrade) to a schema this one must not write to, which
-    /// is [`StoreError::TooNew`]. Always fine on SQLite, whose file only this relay migrates.
-    pub async fn check_schema(&self) -> Result<(), StoreError> {
-        if !self.is_shared() {
-            return Ok(());
-        }
-        let (version, compatible_from) = self.read(super::postgres::schema_state).await?;
-        super::postgres::runs_on(
-            version,
-            compatible_from,
-            super::sqlite::MIGRATIONS.len() as i64,
-        )
-    }
-
     /// Whether several relays can share this store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(&*self.backend, Backend::Postgres(_))
