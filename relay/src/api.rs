@@ -185,6 +185,12 @@ async fn time_requests(
     response
 }
 
+/// Whether a request only reads (the methods that change no state).
+fn is_read(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
 /// While this relay is stepped down (cut off from its database, or retired by a schema it must
 /// not write to) every state-changing request is refused with 503 and the reason, before
 /// anything runs, so the client or its load balancer goes to another relay; reads still answer
@@ -194,12 +200,9 @@ async fn refuse_writes_while_stepped_down(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::http::{Method, StatusCode};
+    use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    if is_read(request.method()) {
         return next.run(request).await;
     }
     match state.cluster.step_down_reason() {
@@ -219,10 +222,7 @@ async fn audit_refusals(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::http::{Method, StatusCode};
-    if matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    if is_read(request.method()) {
         return next.run(request).await;
     }
     let method = request.method().clone();
